@@ -1,0 +1,420 @@
+//! Version 1 of every message body.
+//!
+//! Messages carry forward what later stages need (the request, the triage report, the
+//! decision, the MRE summary), so that a stage in another process never has to read another
+//! stage's database. Project files never travel in bodies: they are referenced by
+//! [`ProjectRef`] (a local path in the embedded mode, an object-store key over NATS).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{IterationId, MessageId, RepairId, Stage};
+
+/// Where the project to repair lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProjectRef {
+    /// A directory readable by every stage (embedded mode, or workers sharing a volume).
+    LocalPath { path: String },
+    /// A tar snapshot in the JetStream object store.
+    ObjectStore {
+        bucket: String,
+        key: String,
+        sha256: String,
+        size: u64,
+    },
+    /// A stored iteration of the workspace.
+    Iteration { id: IterationId },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// The configured model when it answers, else the search engine.
+    #[default]
+    Auto,
+    Llm,
+    Search,
+}
+
+/// A client asks for a repair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepairRequested {
+    pub repair_id: RepairId,
+    pub project: ProjectRef,
+    /// The error log, as given (the client caps its size).
+    pub error_log: String,
+    #[serde(default)]
+    pub test_cmd: Option<String>,
+    #[serde(default)]
+    pub iteration: Option<IterationId>,
+    #[serde(default)]
+    pub engine: EngineChoice,
+    #[serde(default)]
+    pub model: Option<String>,
+    pub max_attempts: u32,
+    /// Stop after the decision: print the analysis, change nothing.
+    #[serde(default)]
+    pub analyze_only: bool,
+    pub requested_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    Python,
+    JavaScript,
+    TypeScript,
+    Go,
+    Rust,
+    Java,
+    Ruby,
+    Php,
+    C,
+    #[default]
+    Unknown,
+}
+
+/// The problem categories of the original tool, made precise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Syntax,
+    Import,
+    Type,
+    Name,
+    Runtime,
+    Network,
+    FileConfig,
+    Environment,
+    #[default]
+    Other,
+}
+
+impl Category {
+    pub const ALL: [Category; 9] = [
+        Category::Syntax,
+        Category::Import,
+        Category::Type,
+        Category::Name,
+        Category::Runtime,
+        Category::Network,
+        Category::FileConfig,
+        Category::Environment,
+        Category::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Syntax => "syntax",
+            Category::Import => "import",
+            Category::Type => "type",
+            Category::Name => "name",
+            Category::Runtime => "runtime",
+            Category::Network => "network",
+            Category::FileConfig => "file_config",
+            Category::Environment => "environment",
+            Category::Other => "other",
+        }
+    }
+}
+
+/// One frame of a stack trace or one location named by a compiler or test runner.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Frame {
+    pub file: String,
+    #[serde(default)]
+    pub line: Option<u32>,
+    #[serde(default)]
+    pub column: Option<u32>,
+    #[serde(default)]
+    pub function: Option<String>,
+    /// Inside the project (not stdlib, site-packages, node_modules, GOROOT, a registry).
+    pub in_project: bool,
+}
+
+/// A place the fault may be, with how suspicious it is (0..=1) and why.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Suspect {
+    pub file: String,
+    #[serde(default)]
+    pub line: Option<u32>,
+    pub score: f64,
+    pub reason: String,
+}
+
+/// The decision model's inputs, each on 0..=1.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Technical debt D.
+    pub debt: f64,
+    /// Test coverage T.
+    pub coverage: f64,
+    /// Whether T was measured by a coverage tool (else estimated).
+    pub coverage_measured: bool,
+    /// Available context K.
+    pub context: f64,
+    /// Model capability S.
+    pub capability: f64,
+    /// Lines of code in the project files considered.
+    #[serde(default)]
+    pub loc: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TriageReport {
+    pub language: Language,
+    pub error_type: String,
+    pub message: String,
+    pub category: Category,
+    pub frames: Vec<Frame>,
+    pub failing_tests: Vec<String>,
+    pub suspects: Vec<Suspect>,
+    pub metrics: Metrics,
+    /// Notes for the report: what could not be determined and why.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Triaged {
+    pub request: RepairRequested,
+    pub report: TriageReport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    #[default]
+    Repair,
+    Rebuild,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub c_fix: f64,
+    pub c_new: f64,
+    /// Estimated probability that a repair succeeds.
+    pub p_success: f64,
+    /// Plain-words reasons, one per line of decision.md.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decided {
+    pub request: RepairRequested,
+    pub triage: TriageReport,
+    pub decision: Decision,
+}
+
+/// What the MRE stage built and whether the failure reproduced in the sandbox.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MreSummary {
+    pub reproduced: bool,
+    /// The MRE fell back to the whole project.
+    pub whole_project: bool,
+    pub files: Vec<String>,
+    pub test_cmd: String,
+    pub failing_tests: Vec<String>,
+    /// Tests that passed before any fix: a fix must keep them passing.
+    #[serde(default)]
+    pub passing_tests: Vec<String>,
+    pub sandbox: String,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MreReady {
+    pub request: RepairRequested,
+    pub triage: TriageReport,
+    pub decision: Decision,
+    pub mre: MreSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CandidateSource {
+    Model { name: String },
+    Search { operator: String },
+}
+
+/// One proposed change, normalised by the fix stage into a unified diff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub id: String,
+    pub source: CandidateSource,
+    pub description: String,
+    pub diff: String,
+}
+
+/// Model usage for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestOutcome {
+    pub name: String,
+    pub status: TestStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateResult {
+    pub candidate_id: String,
+    pub passed: bool,
+    pub tests: Vec<TestOutcome>,
+    /// Tests that passed before and fail with this candidate.
+    pub regressions: Vec<String>,
+    pub changed_lines: u32,
+    /// Why the candidate failed, when it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// What happened in one earlier attempt, fed back into the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub engine: String,
+    pub candidates: Vec<Candidate>,
+    pub results: Vec<CandidateResult>,
+    #[serde(default)]
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixProposed {
+    pub request: RepairRequested,
+    pub triage: TriageReport,
+    pub decision: Decision,
+    pub mre: MreSummary,
+    pub attempt: u32,
+    pub engine: String,
+    pub candidates: Vec<Candidate>,
+    #[serde(default)]
+    pub usage: Usage,
+    /// Earlier attempts of this repair.
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationFailed {
+    pub request: RepairRequested,
+    pub triage: TriageReport,
+    pub decision: Decision,
+    pub mre: MreSummary,
+    pub attempt: u32,
+    pub attempts_left: u32,
+    /// Every attempt so far, this one last.
+    pub history: Vec<AttemptRecord>,
+    /// The failing output the next attempt gets as feedback (capped).
+    pub feedback: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationPassed {
+    pub request: RepairRequested,
+    pub triage: TriageReport,
+    pub decision: Decision,
+    pub mre: MreSummary,
+    pub attempt: u32,
+    pub history: Vec<AttemptRecord>,
+    pub winner: CandidateResult,
+    /// The winning change as a unified diff against the project.
+    pub patch: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairOutcome {
+    /// A fix passed validation.
+    Fixed,
+    /// Every attempt failed validation.
+    NoFix,
+    /// The decision recommends rebuilding.
+    RebuildRecommended,
+    /// Analysis only was asked for.
+    Analyzed,
+    /// The repair could not run (bad input, a dead-lettered stage).
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepairCompleted {
+    pub repair_id: RepairId,
+    pub outcome: RepairOutcome,
+    pub summary: String,
+    #[serde(default)]
+    pub new_iteration: Option<IterationId>,
+    /// Where the report was written (`repairs/repair-<id>/`), relative to the workspace.
+    #[serde(default)]
+    pub report_dir: Option<String>,
+    pub completed_at_ms: u64,
+}
+
+/// A message no stage could handle: undecodable, rejected, or out of deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub repair_id: RepairId,
+    pub stage: Stage,
+    #[serde(default)]
+    pub message_id: Option<MessageId>,
+    /// The `Coval-Type` header as received, if any.
+    #[serde(default)]
+    pub original_kind: Option<String>,
+    pub original_subject: String,
+    pub reason: String,
+    pub deliveries: u32,
+    /// The original headers and body, kept so the message can be inspected or replayed.
+    pub headers: Vec<(String, String)>,
+    #[serde(with = "serde_bytes_compat")]
+    pub body: Vec<u8>,
+    pub dead_at_ms: u64,
+}
+
+/// Encodes a byte vector as MessagePack `bin` instead of an array of integers.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,129 @@
+//! Subject, stream, consumer and bucket names. Every name comes from here, never from a
+//! string literal elsewhere, and all of them hang off a [`Namespace`] so that tests and
+//! tenants can share one server without seeing each other's messages.
+
+use crate::{RepairId, Stage};
+
+/// A validated subject prefix: lowercase letters, digits, `-` and `_`, 1 to 32 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace("coval".into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a valid namespace: use 1 to 32 lowercase letters, digits, `-` or `_`")]
+pub struct NamespaceError(pub String);
+
+impl Namespace {
+    pub fn new(s: &str) -> Result<Namespace, NamespaceError> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Namespace(s.to_owned()))
+        } else {
+            Err(NamespaceError(s.chars().take(64).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn upper(&self) -> String {
+        self.0.to_ascii_uppercase().replace('-', "_")
+    }
+
+    /// Work for `stage`: `<ns>.stage.<stage>.<kind>`.
+    pub fn stage_subject(&self, stage: Stage, kind: crate::Kind) -> String {
+        format!("{}.stage.{}.{}", self.0, stage.as_str(), kind.as_str())
+    }
+
+    /// The filter of `stage`'s consumer; filters of different stages never overlap.
+    pub fn stage_filter(&self, stage: Stage) -> String {
+        format!("{}.stage.{}.>", self.0, stage.as_str())
+    }
+
+    /// Every stage's work, as captured by the work stream.
+    pub fn work_subjects(&self) -> String {
+        format!("{}.stage.>", self.0)
+    }
+
+    /// The work-queue stream holding messages not yet handled.
+    pub fn work_stream(&self) -> String {
+        format!("{}_WORK", self.upper())
+    }
+
+    pub fn dead_letter_subject(&self, stage: Stage) -> String {
+        format!("{}.dlq.{}", self.0, stage.as_str())
+    }
+
+    pub fn dead_letter_subjects(&self) -> String {
+        format!("{}.dlq.>", self.0)
+    }
+
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DLQ", self.upper())
+    }
+
+    /// Progress and completion events of one repair, for `coval watch`.
+    pub fn event_subject(&self, repair: &RepairId, kind: crate::Kind) -> String {
+        format!("{}.events.{}.{}", self.0, repair, kind.as_str())
+    }
+
+    pub fn repair_events(&self, repair: &RepairId) -> String {
+        format!("{}.events.{}.>", self.0, repair)
+    }
+
+    pub fn event_subjects(&self) -> String {
+        format!("{}.events.>", self.0)
+    }
+
+    pub fn event_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper())
+    }
+
+    /// The durable consumer of `stage`.
+    pub fn consumer(&self, stage: Stage) -> String {
+        stage.as_str().to_owned()
+    }
+
+    /// The object-store bucket holding project snapshots.
+    pub fn snapshot_bucket(&self) -> String {
+        format!("{}-snapshots", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Kind;
+
+    #[test]
+    fn names_hang_off_the_namespace() {
+        let ns = Namespace::new("t-1").unwrap();
+        assert_eq!(ns.stage_subject(Stage::Fix, Kind::MreReady), "t-1.stage.fix.mre_ready");
+        assert_eq!(ns.stage_filter(Stage::Fix), "t-1.stage.fix.>");
+        assert_eq!(ns.work_stream(), "T_1_WORK");
+        assert!(Namespace::new("Bad.Name").is_err());
+        assert!(Namespace::new("").is_err());
+    }
+
+    #[test]
+    fn stage_filters_do_not_overlap() {
+        let ns = Namespace::default();
+        for a in Stage::WORKERS {
+            for b in Stage::WORKERS {
+                if a != b {
+                    assert!(!ns.stage_subject(a, Kind::Triaged).starts_with(&ns.stage_filter(b).replace('>', "")));
+                }
+            }
+        }
+    }
+}
