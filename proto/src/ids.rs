@@ -37,6 +37,11 @@ macro_rules! prefixed_ulid {
                 Self(Ulid::new())
             }
 
+            /// The all-zero id, for records whose real id could not be read.
+            pub fn nil() -> Self {
+                Self(Ulid::nil())
+            }
+
             pub fn from_ulid(u: Ulid) -> Self {
                 Self(u)
             }

@@ -1,0 +1,18 @@
+//! coval's shared runtime: the two buses (in-process and NATS JetStream), the stage runtime
+//! that runs a handler on either, the sled store, configuration and telemetry.
+
+pub mod bus;
+pub mod config;
+pub mod jetstream;
+pub mod memory;
+pub mod runtime;
+pub mod store;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

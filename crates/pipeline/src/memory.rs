@@ -1,0 +1,214 @@
+//! The in-process bus of the embedded mode: one queue per stage, the same message types and
+//! envelopes as on JetStream, no serialisation on the way. Like JetStream it drops a message
+//! whose id it has already seen within its duplicate window, and a Nak redelivers after the
+//! delay with the delivery count raised. Nothing survives the process: the embedded mode's
+//! unit of failure is the whole process.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::{Envelope, Message, MessageId, Stage};
+use tokio::sync::mpsc;
+
+use crate::bus::{Bus, BusError, Delivery, Poison, Published, Subscription};
+
+type Item = (Envelope, Message, u32);
+
+struct Queue {
+    tx: mpsc::UnboundedSender<Item>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Item>>>,
+}
+
+struct Dedup {
+    seen: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+    window: usize,
+}
+
+struct Inner {
+    ns: proto::subjects::Namespace,
+    queues: HashMap<Stage, Queue>,
+    events: Queue,
+    dedup: Mutex<Dedup>,
+}
+
+/// Cheap to clone; clones share the queues.
+#[derive(Clone)]
+pub struct MemoryBus {
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new(100_000)
+    }
+}
+
+fn queue() -> Queue {
+    let (tx, rx) = mpsc::unbounded_channel();
+    Queue {
+        tx,
+        rx: Arc::new(tokio::sync::Mutex::new(rx)),
+    }
+}
+
+impl MemoryBus {
+    /// `dedup_window`: how many recent message ids are remembered to drop duplicates.
+    pub fn new(dedup_window: usize) -> Self {
+        let queues = Stage::WORKERS.into_iter().map(|s| (s, queue())).collect();
+        MemoryBus {
+            inner: Arc::new(Inner {
+                ns: proto::subjects::Namespace::default(),
+                queues,
+                events: queue(),
+                dedup: Mutex::new(Dedup {
+                    seen: HashSet::new(),
+                    order: VecDeque::new(),
+                    window: dedup_window.max(1),
+                }),
+            }),
+        }
+    }
+
+    /// Completions and dead letters: everything no stage consumes.
+    pub async fn next_event(&self) -> Option<(Envelope, Message)> {
+        let mut rx = self.inner.events.rx.lock().await;
+        rx.recv().await.map(|(e, m, _)| (e, m))
+    }
+
+    fn first_sighting(&self, id: MessageId) -> bool {
+        let mut d = self.inner.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        if !d.seen.insert(id) {
+            return false;
+        }
+        d.order.push_back(id);
+        if d.order.len() > d.window {
+            if let Some(old) = d.order.pop_front() {
+                d.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn send(&self, envelope: Envelope, message: Message, delivered: u32) -> Result<(), BusError> {
+        let q = match message.route() {
+            Some(stage) if !matches!(message, Message::DeadLetter(_)) => {
+                self.inner.queues.get(&stage).ok_or(BusError::Closed)?
+            }
+            _ => &self.inner.events,
+        };
+        q.tx.send((envelope, message, delivered)).map_err(|_| BusError::Closed)
+    }
+}
+
+impl Bus for MemoryBus {
+    type Delivery = MemoryDelivery;
+    type Subscription = MemorySubscription;
+
+    async fn publish(&self, envelope: &Envelope, message: &Message) -> Result<Published, BusError> {
+        if !self.first_sighting(envelope.message_id) {
+            return Ok(Published { duplicate: true });
+        }
+        self.send(envelope.clone(), message.clone(), 1)?;
+        Ok(Published { duplicate: false })
+    }
+
+    async fn subscribe(&self, stage: Stage) -> Result<MemorySubscription, BusError> {
+        let q = self.inner.queues.get(&stage).ok_or(BusError::Closed)?;
+        Ok(MemorySubscription {
+            stage,
+            rx: q.rx.clone(),
+            bus: self.clone(),
+        })
+    }
+}
+
+pub struct MemorySubscription {
+    stage: Stage,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Item>>>,
+    bus: MemoryBus,
+}
+
+impl Subscription for MemorySubscription {
+    type Delivery = MemoryDelivery;
+
+    async fn next(&mut self) -> Option<Result<MemoryDelivery, BusError>> {
+        let (envelope, message, delivered) = self.rx.lock().await.recv().await?;
+        Some(Ok(MemoryDelivery {
+            stage: self.stage,
+            envelope,
+            message: Some(message),
+            delivered,
+            bus: self.bus.clone(),
+        }))
+    }
+}
+
+pub struct MemoryDelivery {
+    stage: Stage,
+    envelope: Envelope,
+    message: Option<Message>,
+    delivered: u32,
+    bus: MemoryBus,
+}
+
+impl Delivery for MemoryDelivery {
+    fn open(&mut self) -> Result<(Envelope, Message), Poison> {
+        // The body stays available for a Nak: clone rather than take.
+        match &self.message {
+            Some(m) => Ok((self.envelope.clone(), m.clone())),
+            None => Err(Poison {
+                reason: "message already consumed".into(),
+            }),
+        }
+    }
+
+    fn delivered(&self) -> u32 {
+        self.delivered
+    }
+
+    fn subject(&self) -> String {
+        match &self.message {
+            Some(m) => proto::subjects::subject_for(&self.bus.inner.ns, m),
+            None => self.bus.inner.ns.stage_filter(self.stage),
+        }
+    }
+
+    fn raw(&self) -> (Vec<(String, String)>, Vec<u8>) {
+        let headers = self
+            .envelope
+            .to_headers()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let body = self.message.as_ref().and_then(|m| m.encode().ok()).unwrap_or_default();
+        (headers, body)
+    }
+
+    async fn ack(self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn nak(mut self, delay: Duration) -> Result<(), BusError> {
+        let Some(message) = self.message.take() else {
+            return Ok(());
+        };
+        let bus = self.bus.clone();
+        let envelope = self.envelope.clone();
+        let delivered = self.delivered + 1;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = bus.send(envelope, message, delivered);
+        });
+        Ok(())
+    }
+
+    async fn term(self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn progress(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,392 @@
+//! The stage runtime: runs one stage's handler on either bus and turns its outcome into bus
+//! actions. Outputs are recorded, published and acknowledged by the bus before the input is
+//! acked; transient failures are Nak'ed with backoff; poison input and messages out of
+//! deliveries are published to the dead-letter subject and terminated; in-progress acks keep a
+//! long handler's message from being redelivered; shutdown stops pulling and lets in-flight
+//! work finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use proto::messages::DeadLetter;
+use proto::{Envelope, Kind, Message, MessageId, RepairId, Stage};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::bus::{Bus, BusError, Delivery, Subscription};
+use crate::config::BusConfig;
+use crate::store::{Store, StoreError};
+
+/// A message handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub envelope: Envelope,
+    pub message: Message,
+    /// 1 on first delivery.
+    pub delivered: u32,
+}
+
+/// What a handler decided.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Publish these messages (possibly none), then ack the input.
+    Publish(Vec<Message>),
+    /// Nothing to do for this input (a message for another flow, already done): ack it.
+    Skip(String),
+    /// A transient failure: deliver again after `after` (or the configured backoff).
+    Retry { after: Option<Duration>, reason: String },
+    /// The input can never succeed: dead-letter it with this reason.
+    Reject(String),
+}
+
+/// One stage's logic. Handlers should not do network IO where that can be avoided, and they
+/// must be idempotent: the runtime may call them again for the same input after a crash.
+pub trait Handler: Send + Sync + 'static {
+    fn stage(&self) -> Stage;
+    fn handle(&self, input: Input) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Where the runtime remembers which inputs were handled and what they produced.
+pub trait Ledger: Send + Sync + 'static {
+    fn outputs(&self, stage: Stage, id: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError>;
+    fn record(&self, stage: Stage, id: &MessageId, outputs: &[(Envelope, Message)]) -> Result<(), StoreError>;
+}
+
+impl Ledger for Store {
+    fn outputs(&self, stage: Stage, id: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
+        self.processed(stage, id)
+    }
+
+    fn record(&self, stage: Stage, id: &MessageId, outputs: &[(Envelope, Message)]) -> Result<(), StoreError> {
+        self.record_processed(stage, id, outputs)
+    }
+}
+
+/// For the in-process bus: nothing is redelivered after a crash (the process is the unit of
+/// failure) and the bus itself drops duplicate ids, so there is nothing to remember.
+pub struct NoLedger;
+
+impl Ledger for NoLedger {
+    fn outputs(&self, _: Stage, _: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
+        Ok(None)
+    }
+
+    fn record(&self, _: Stage, _: &MessageId, _: &[(Envelope, Message)]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Counters of one stage runtime.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub handled: AtomicU64,
+    pub republished: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+struct Shared<B, H> {
+    bus: B,
+    handler: Arc<H>,
+    ledger: Arc<dyn Ledger>,
+    cfg: BusConfig,
+    stats: Arc<Stats>,
+}
+
+/// Run `handler` on `bus` until `shutdown` is cancelled or the subscription ends.
+pub async fn run<B: Bus, H: Handler>(
+    bus: B,
+    handler: Arc<H>,
+    ledger: Arc<dyn Ledger>,
+    cfg: BusConfig,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let stage = handler.stage();
+    let mut sub = bus.subscribe(stage).await?;
+    let shared = Arc::new(Shared {
+        bus,
+        handler,
+        ledger,
+        cfg,
+        stats,
+    });
+    let slots = Arc::new(Semaphore::new(shared.cfg.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    tracing::debug!(%stage, "stage runtime started");
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = sub.next() => n,
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                tracing::warn!(%stage, error = %e, "receive failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Some(Ok(delivery)) => {
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    handle_one(&shared, delivery).await;
+                    drop(permit);
+                });
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    // Stop pulling first, then let in-flight work finish.
+    drop(sub);
+    while tasks.join_next().await.is_some() {}
+    tracing::debug!(%stage, "stage runtime stopped");
+    Ok(())
+}
+
+async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
+    let stage = s.handler.stage();
+    let delivered = d.delivered();
+    let (envelope, message) = match d.open() {
+        Ok(x) => x,
+        Err(p) => {
+            dead_letter(s, d, None, p.reason).await;
+            return;
+        }
+    };
+    if envelope.kind != message.kind() || message.route() != Some(stage) {
+        let reason = format!("a `{}` message does not belong to the `{stage}` stage", message.kind());
+        dead_letter(s, d, Some(&envelope), reason).await;
+        return;
+    }
+
+    // Handled before (a redelivery after a crash or a lost ack): publish the same outputs
+    // again, with the same ids, and do not redo the handler's side effects.
+    match s.ledger.outputs(stage, &envelope.message_id) {
+        Ok(Some(outputs)) => {
+            s.stats.republished.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%stage, message = %envelope.message_id, "already handled; republishing its outputs");
+            settle_publish(s, d, &envelope, outputs).await;
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(%stage, error = %e, "cannot read the processed-message ledger; retrying later");
+            retry(s, d, &envelope, None, format!("ledger unreadable: {e}")).await;
+            return;
+        }
+    }
+
+    let span = tracing::info_span!(
+        "stage",
+        otel.name = %format!("{stage} {}", envelope.kind),
+        stage = %stage,
+        repair = %envelope.repair_id,
+        message = %envelope.message_id,
+        delivered,
+    );
+    let parent = TraceContextPropagator::new().extract(&EnvelopeHeaders(&envelope));
+    let _ = span.set_parent(parent);
+
+    let input = Input {
+        envelope: envelope.clone(),
+        message,
+        delivered,
+    };
+    let handler = s.handler.clone();
+    let mut task = tokio::spawn(async move { handler.handle(input).await }.instrument(span.clone()));
+    let mut tick = tokio::time::interval(s.cfg.progress_interval());
+    tick.tick().await;
+    let joined = loop {
+        tokio::select! {
+            r = &mut task => break r,
+            _ = tick.tick() => {
+                if let Err(e) = d.progress().await {
+                    tracing::warn!(%stage, error = %e, "in-progress ack failed");
+                }
+            }
+        }
+    };
+    let outcome = match joined {
+        Ok(o) => o,
+        Err(e) => Outcome::Retry {
+            after: None,
+            reason: format!("handler crashed: {e}"),
+        },
+    };
+    s.stats.handled.fetch_add(1, Ordering::Relaxed);
+
+    match outcome {
+        Outcome::Publish(messages) => {
+            let outputs: Vec<(Envelope, Message)> = messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let mut env = Envelope::derived(&envelope, stage, i as u32, m.kind(), m.repair_id(), m.attempt());
+                    inject_trace(&span, &envelope, &mut env);
+                    (env, m)
+                })
+                .collect();
+            if let Err(e) = s.ledger.record(stage, &envelope.message_id, &outputs) {
+                // Outputs have deterministic ids, so publishing without the record is still
+                // safe: a redelivery would produce the same ids and be de-duplicated.
+                tracing::warn!(%stage, error = %e, "cannot record the handled message");
+            }
+            settle_publish(s, d, &envelope, outputs).await;
+        }
+        Outcome::Skip(reason) => {
+            s.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%stage, %reason, "skipped");
+            let _ = s.ledger.record(stage, &envelope.message_id, &[]);
+            ack(d, stage).await;
+        }
+        Outcome::Retry { after, reason } => retry(s, d, &envelope, after, reason).await,
+        Outcome::Reject(reason) => dead_letter(s, d, Some(&envelope), reason).await,
+    }
+}
+
+async fn settle_publish<B: Bus, H: Handler>(s: &Shared<B, H>, d: B::Delivery, input: &Envelope, outputs: Vec<(Envelope, Message)>) {
+    let stage = s.handler.stage();
+    for (env, msg) in &outputs {
+        match s.bus.publish(env, msg).await {
+            Ok(p) if p.duplicate => {
+                tracing::debug!(%stage, message = %env.message_id, "output was already published")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reason = format!("publishing `{}` failed: {e}", msg.kind());
+                retry(s, d, input, None, reason).await;
+                return;
+            }
+        }
+    }
+    ack(d, stage).await;
+}
+
+async fn ack<D: Delivery>(d: D, stage: Stage) {
+    if let Err(e) = d.ack().await {
+        // The message will be redelivered and its outputs republished with the same ids.
+        tracing::warn!(%stage, error = %e, "ack failed");
+    }
+}
+
+async fn retry<B: Bus, H: Handler>(s: &Shared<B, H>, d: B::Delivery, env: &Envelope, after: Option<Duration>, reason: String) {
+    let stage = s.handler.stage();
+    let delivered = d.delivered();
+    if delivered >= s.cfg.max_deliver {
+        let reason = format!("gave up after {delivered} deliveries: {reason}");
+        dead_letter(s, d, Some(env), reason).await;
+        return;
+    }
+    s.stats.retried.fetch_add(1, Ordering::Relaxed);
+    let delay = after.unwrap_or_else(|| s.cfg.backoff(delivered));
+    tracing::warn!(%stage, message = %env.message_id, delivered, delay_ms = delay.as_millis() as u64, %reason, "will retry");
+    if let Err(e) = d.nak(delay).await {
+        tracing::warn!(%stage, error = %e, "nak failed; the message is redelivered after the ack wait");
+    }
+}
+
+/// Publish a dead-letter record (the original headers, body and the reason), then terminate
+/// the delivery. When the dead-letter publish fails the message is left to redelivery, so it
+/// is never lost silently.
+async fn dead_letter<B: Bus, H: Handler>(s: &Shared<B, H>, d: B::Delivery, env: Option<&Envelope>, reason: String) {
+    let stage = s.handler.stage();
+    let (headers, body) = d.raw();
+    let repair_id = env.map(|e| e.repair_id).unwrap_or_else(|| RepairId::nil());
+    let record = DeadLetter {
+        repair_id,
+        stage,
+        message_id: env.map(|e| e.message_id),
+        original_kind: headers
+            .iter()
+            .find(|(k, _)| k == proto::envelope::headers::KIND)
+            .map(|(_, v)| v.clone()),
+        original_subject: d.subject(),
+        reason: reason.clone(),
+        deliveries: d.delivered(),
+        headers,
+        body,
+        dead_at_ms: crate::now_ms(),
+    };
+    let dl_env = match env {
+        Some(e) => Envelope::derived(e, stage, u32::MAX, Kind::DeadLetter, repair_id, None),
+        None => {
+            let mut e = Envelope::origin(Kind::DeadLetter, repair_id);
+            e.producer = stage;
+            e
+        }
+    };
+    tracing::error!(%stage, repair = %repair_id, %reason, "dead-lettering a message");
+    match s.bus.publish(&dl_env, &Message::DeadLetter(record)).await {
+        Ok(_) => {
+            s.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = d.term().await {
+                tracing::warn!(%stage, error = %e, "term failed");
+            }
+        }
+        Err(e) => {
+            tracing::error!(%stage, error = %e, "dead-letter publish failed; leaving the message for redelivery");
+            let delay = s.cfg.backoff(1);
+            let _ = d.nak(delay).await;
+        }
+    }
+}
+
+struct EnvelopeHeaders<'a>(&'a Envelope);
+
+impl Extractor for EnvelopeHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.0.traceparent.as_deref(),
+            "tracestate" => self.0.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+struct EnvelopeHeadersMut<'a>(&'a mut Envelope);
+
+impl Injector for EnvelopeHeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.0.traceparent = Some(value),
+            "tracestate" => self.0.tracestate = Some(value).filter(|v| !v.is_empty()),
+            _ => {}
+        }
+    }
+}
+
+/// Carry the trace on: the handler's span when tracing exports, else the input's context
+/// unchanged, so a worker without an exporter does not break the trace.
+fn inject_trace(span: &Span, input: &Envelope, out: &mut Envelope) {
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut EnvelopeHeadersMut(out));
+    } else {
+        out.traceparent = input.traceparent.clone();
+        out.tracestate = input.tracestate.clone();
+    }
+}
+
+/// Start a repair's trace: the context of the current span, if any, goes into `env`.
+pub fn inject_current_trace(env: &mut Envelope) {
+    let cx = Span::current().context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut EnvelopeHeadersMut(env));
+    }
+}

@@ -1,0 +1,454 @@
+//! The sled store. This module owns every tree; nothing else opens the database.
+//!
+//! Trees: `repairs` (RepairId → RepairRecord), `iterations` (u32 big-endian → IterationRecord),
+//! `history` (category/engine/repair → HistoryRecord), `processed` (stage/message → the outputs
+//! a handler published, for idempotent redelivery), `meta` (schema version, counters).
+//! Writes that span trees go through one transaction, so a crash leaves all or none of them.
+//! sled writes to disk in the background; callers that must not lose a write before acking a
+//! message call [`Store::flush`]. Every state here can be rebuilt from messages and files.
+
+use std::path::Path;
+
+use proto::messages::{Category, RepairOutcome};
+use proto::{Envelope, IterationId, Message, MessageId, RepairId, Stage};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+const SCHEMA_VERSION: u32 = 1;
+const NEXT_ITERATION: &[u8] = b"next_iteration";
+const SCHEMA: &[u8] = b"schema_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {reason}; is another coval process using this workspace?")]
+    Open { path: String, reason: String },
+    #[error("store at {path} has schema version {found}, this build reads {expected}; use a newer coval or another workspace")]
+    Schema { path: String, found: u32, expected: u32 },
+    #[error("store IO failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("corrupt `{tree}` record `{key}`: {reason}")]
+    Corrupt { tree: &'static str, key: String, reason: String },
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("iteration {0} does not exist")]
+    NoIteration(IterationId),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Io(_))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairStatus {
+    InFlight,
+    Completed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepairRecord {
+    pub id: RepairId,
+    pub status: RepairStatus,
+    #[serde(default)]
+    pub outcome: Option<RepairOutcome>,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub source_iteration: Option<IterationId>,
+    #[serde(default)]
+    pub new_iteration: Option<IterationId>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum IterationOrigin {
+    Import { path: String },
+    Repair { repair: RepairId },
+    Generate { description: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IterationRecord {
+    pub id: IterationId,
+    #[serde(default)]
+    pub parent: Option<IterationId>,
+    pub origin: IterationOrigin,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub repair: RepairId,
+    pub category: Category,
+    /// `search` or the model alias.
+    pub engine: String,
+    pub success: bool,
+    /// The decision model's features at decision time, for refitting.
+    #[serde(default)]
+    pub features: Vec<f64>,
+    pub at_ms: u64,
+}
+
+/// The end of a repair, written atomically with its new iteration and history record.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub repair: RepairId,
+    pub outcome: RepairOutcome,
+    pub summary: String,
+    /// Create a new iteration with this parent (`Some(None)`: a root iteration).
+    pub new_iteration_parent: Option<Option<IterationId>>,
+    pub history: Option<HistoryRecord>,
+}
+
+/// A message a handler published, kept to republish it unchanged on redelivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredOutput {
+    headers: Vec<(String, String)>,
+    kind: String,
+    version: u16,
+    #[serde(with = "bytes_as_bin")]
+    body: Vec<u8>,
+}
+
+mod bytes_as_bin {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(<serde_bytes_buf::Buf>::deserialize(d)?.0)
+    }
+    mod serde_bytes_buf {
+        pub struct Buf(pub Vec<u8>);
+        impl<'de> serde::Deserialize<'de> for Buf {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Buf, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Buf;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Buf, E> {
+                        Ok(Buf(v.to_vec()))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    repairs: sled::Tree,
+    iterations: sled::Tree,
+    history: sled::Tree,
+    processed: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(rmp_serde::to_vec_named(v)?)
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn processed_key(stage: Stage, id: &MessageId) -> Vec<u8> {
+    format!("{}/{}", stage.as_str(), id).into_bytes()
+}
+
+fn history_key(h: &HistoryRecord) -> Vec<u8> {
+    format!("{}/{}/{}", h.category.as_str(), h.engine, h.repair).into_bytes()
+}
+
+fn abort<E: std::fmt::Display>(e: E) -> ConflictableTransactionError<String> {
+    ConflictableTransactionError::Abort(e.to_string())
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let store = Store {
+            repairs: db.open_tree("repairs")?,
+            iterations: db.open_tree("iterations")?,
+            history: db.open_tree("history")?,
+            processed: db.open_tree("processed")?,
+            meta: db.open_tree("meta")?,
+            db,
+        };
+        match store.meta.get(SCHEMA)? {
+            None => {
+                store.meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema {
+                        path: path.display().to_string(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Wait until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // ---- processed messages -------------------------------------------------------------
+
+    /// The outputs recorded when `stage` handled message `id`, if it did.
+    pub fn processed(&self, stage: Stage, id: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
+        let key = processed_key(stage, id);
+        let Some(bytes) = self.processed.get(&key)? else {
+            return Ok(None);
+        };
+        let outputs: Vec<StoredOutput> = dec("processed", &key, &bytes)?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            tree: "processed",
+            key: String::from_utf8_lossy(&key).into_owned(),
+            reason,
+        };
+        outputs
+            .into_iter()
+            .map(|o| {
+                let env = Envelope::from_headers(|n| {
+                    o.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str())
+                })
+                .map_err(|e| corrupt(e.to_string()))?;
+                let msg = Message::decode(&o.kind, o.version, &o.body).map_err(|e| corrupt(e.to_string()))?;
+                Ok((env, msg))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// Record that `stage` handled `id` by publishing `outputs`.
+    pub fn record_processed(&self, stage: Stage, id: &MessageId, outputs: &[(Envelope, Message)]) -> Result<(), StoreError> {
+        let stored = outputs
+            .iter()
+            .map(|(e, m)| {
+                Ok(StoredOutput {
+                    headers: e.to_headers().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                    kind: e.kind.as_str().to_owned(),
+                    version: e.version,
+                    body: m.encode().map_err(|err| StoreError::Corrupt {
+                        tree: "processed",
+                        key: e.message_id.to_string(),
+                        reason: err.to_string(),
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.processed.insert(processed_key(stage, id), enc(&stored)?)?;
+        Ok(())
+    }
+
+    // ---- repairs, iterations, history ---------------------------------------------------
+
+    /// Register a repair as in flight; an existing record is left as it is.
+    pub fn begin_repair(&self, id: RepairId, source_iteration: Option<IterationId>) -> Result<RepairRecord, StoreError> {
+        let now = crate::now_ms();
+        let rec = RepairRecord {
+            id,
+            status: RepairStatus::InFlight,
+            outcome: None,
+            summary: String::new(),
+            source_iteration,
+            new_iteration: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let key = id.to_string();
+        match self.repairs.compare_and_swap(&key, None as Option<&[u8]>, Some(enc(&rec)?))? {
+            Ok(()) => Ok(rec),
+            Err(cur) => match cur.current {
+                Some(bytes) => dec("repairs", key.as_bytes(), &bytes),
+                None => Ok(rec),
+            },
+        }
+    }
+
+    pub fn repair(&self, id: &RepairId) -> Result<Option<RepairRecord>, StoreError> {
+        let key = id.to_string();
+        self.repairs
+            .get(&key)?
+            .map(|b| dec("repairs", key.as_bytes(), &b))
+            .transpose()
+    }
+
+    pub fn repairs(&self) -> Result<Vec<RepairRecord>, StoreError> {
+        self.repairs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec("repairs", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Complete a repair: its record, its new iteration and its history entry in one
+    /// transaction. Completing an already completed repair changes nothing and returns the
+    /// record as it was, with `false`.
+    pub fn complete_repair(&self, c: &Completion) -> Result<(RepairRecord, bool), StoreError> {
+        let key = c.repair.to_string();
+        let history_kv = match &c.history {
+            Some(h) => Some((history_key(h), enc(h)?)),
+            None => None,
+        };
+        let result = (&self.repairs, &self.iterations, &self.history, &self.meta).transaction(
+            |(repairs, iterations, history, meta)| {
+                let now = crate::now_ms();
+                let existing: Option<RepairRecord> = match repairs.get(&key)? {
+                    Some(b) => Some(rmp_serde::from_slice(&b).map_err(abort)?),
+                    None => None,
+                };
+                if let Some(r) = &existing {
+                    if r.status == RepairStatus::Completed {
+                        return Ok((r.clone(), false));
+                    }
+                }
+                let mut rec = existing.unwrap_or(RepairRecord {
+                    id: c.repair,
+                    status: RepairStatus::InFlight,
+                    outcome: None,
+                    summary: String::new(),
+                    source_iteration: None,
+                    new_iteration: None,
+                    created_ms: now,
+                    updated_ms: now,
+                });
+                if let Some(parent) = c.new_iteration_parent {
+                    if let Some(p) = parent {
+                        if iterations.get(p.0.to_be_bytes())?.is_none() {
+                            return Err(abort(StoreError::NoIteration(p)));
+                        }
+                    }
+                    let next = match meta.get(NEXT_ITERATION)? {
+                        Some(b) => <[u8; 4]>::try_from(b.as_ref()).map(u32::from_be_bytes).map_err(abort)?,
+                        None => 1,
+                    };
+                    let it = IterationRecord {
+                        id: IterationId(next),
+                        parent,
+                        origin: IterationOrigin::Repair { repair: c.repair },
+                        created_ms: now,
+                    };
+                    iterations.insert(&next.to_be_bytes(), enc(&it).map_err(abort)?)?;
+                    meta.insert(NEXT_ITERATION, &(next + 1).to_be_bytes())?;
+                    rec.new_iteration = Some(IterationId(next));
+                }
+                if let Some((hk, hv)) = &history_kv {
+                    history.insert(hk.as_slice(), hv.as_slice())?;
+                }
+                rec.status = RepairStatus::Completed;
+                rec.outcome = Some(c.outcome);
+                rec.summary = c.summary.clone();
+                rec.updated_ms = now;
+                repairs.insert(key.as_bytes(), enc(&rec).map_err(abort)?)?;
+                Ok((rec, true))
+            },
+        );
+        result.map_err(|e| match e {
+            TransactionError::Abort(reason) => StoreError::Corrupt {
+                tree: "repairs",
+                key: key.clone(),
+                reason,
+            },
+            TransactionError::Storage(e) => StoreError::Io(e),
+        })
+    }
+
+    /// Add an iteration that does not come from a repair (an import or a generation).
+    pub fn add_iteration(&self, parent: Option<IterationId>, origin: IterationOrigin) -> Result<IterationRecord, StoreError> {
+        let result = (&self.iterations, &self.meta).transaction(|(iterations, meta)| {
+            if let Some(p) = parent {
+                if iterations.get(p.0.to_be_bytes())?.is_none() {
+                    return Err(abort(StoreError::NoIteration(p)));
+                }
+            }
+            let next = match meta.get(NEXT_ITERATION)? {
+                Some(b) => <[u8; 4]>::try_from(b.as_ref()).map(u32::from_be_bytes).map_err(abort)?,
+                None => 1,
+            };
+            let it = IterationRecord {
+                id: IterationId(next),
+                parent,
+                origin: origin.clone(),
+                created_ms: crate::now_ms(),
+            };
+            iterations.insert(&next.to_be_bytes(), enc(&it).map_err(abort)?)?;
+            meta.insert(NEXT_ITERATION, &(next + 1).to_be_bytes())?;
+            Ok(it)
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(reason) => StoreError::Corrupt {
+                tree: "iterations",
+                key: String::new(),
+                reason,
+            },
+            TransactionError::Storage(e) => StoreError::Io(e),
+        })
+    }
+
+    pub fn iterations(&self) -> Result<Vec<IterationRecord>, StoreError> {
+        self.iterations
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec("iterations", &k, &v)
+            })
+            .collect()
+    }
+
+    /// The id the next iteration will get.
+    pub fn next_iteration(&self) -> Result<IterationId, StoreError> {
+        Ok(IterationId(match self.meta.get(NEXT_ITERATION)? {
+            Some(b) => <[u8; 4]>::try_from(b.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|e| StoreError::Corrupt {
+                    tree: "meta",
+                    key: "next_iteration".into(),
+                    reason: e.to_string(),
+                })?,
+            None => 1,
+        }))
+    }
+
+    /// Recorded outcomes, optionally of one category.
+    pub fn history(&self, category: Option<Category>) -> Result<Vec<HistoryRecord>, StoreError> {
+        let prefix = category.map(|c| format!("{}/", c.as_str())).unwrap_or_default();
+        self.history
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec("history", &k, &v)
+            })
+            .collect()
+    }
+}

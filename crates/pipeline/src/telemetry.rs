@@ -1,0 +1,130 @@
+//! Logs and traces. Logs go to stderr as text or JSON lines (stdout is for `--json` output).
+//! A tracer provider is always installed so every repair has a trace id that travels in
+//! message headers; spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! is set.
+
+use std::io::IsTerminal;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not a log format: use text or json")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("bad RUST_LOG filter: {0}")]
+    Filter(String),
+    #[error("cannot set up the OTLP exporter for {endpoint}: {reason}; check OTEL_EXPORTER_OTLP_ENDPOINT")]
+    Exporter { endpoint: String, reason: String },
+    #[error("logging was already set up")]
+    AlreadyInitialised,
+}
+
+/// Flushes exported spans when dropped.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let _ = self.provider.force_flush();
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Crates whose logs `-v` raises.
+const OURS: &[&str] = &[
+    "coval", "cli", "pipeline", "proto", "triage", "decision", "mre", "fix", "validate", "integrate",
+];
+
+fn filter(verbosity: u8) -> Result<EnvFilter, TelemetryError> {
+    if let Ok(f) = std::env::var("RUST_LOG") {
+        return EnvFilter::try_new(f).map_err(|e| TelemetryError::Filter(e.to_string()));
+    }
+    let ours = match verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let others = if verbosity >= 3 { "debug" } else { "warn" };
+    let directives: Vec<String> = std::iter::once(others.to_owned())
+        .chain(OURS.iter().map(|c| format!("{c}={ours}")))
+        .collect();
+    EnvFilter::try_new(directives.join(",")).map_err(|e| TelemetryError::Filter(e.to_string()))
+}
+
+/// A tracer provider with the OTLP exporter when the endpoint variable is set.
+pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = Resource::builder().with_service_name(service.to_owned()).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        if !endpoint.is_empty() {
+            use opentelemetry_otlp::WithExportConfig;
+            let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(traces)
+                .build()
+                .map_err(|e| TelemetryError::Exporter {
+                    endpoint: endpoint.clone(),
+                    reason: e.to_string(),
+                })?;
+            builder = builder.with_batch_exporter(exporter);
+        }
+    }
+    Ok(builder.build())
+}
+
+/// Set up logging and tracing for a process named `service`.
+pub fn init(service: &str, format: LogFormat, verbosity: u8) -> Result<Telemetry, TelemetryError> {
+    let provider = tracer_provider(service)?;
+    let tracer = provider.tracer(service.to_owned());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_target(false)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter(verbosity)?)
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInitialised)?;
+    Ok(Telemetry { provider })
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's one test command: local services, formatting, lints, then every test.
+#   scripts/test.sh [extra cargo test args...]   e.g. scripts/test.sh -- --nocapture
+# Set COVAL_SKIP_DOCKER=1 on machines without Docker (tests that need it fail or skip).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "scripts/dev-services.sh up"
+services_env="$(scripts/dev-services.sh up)"
+eval "$services_env"
+printf '%s\n' "$services_env" >&2
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --workspace --locked $*"
+cargo test --workspace --locked "$@"
+
+step "all checks passed"
