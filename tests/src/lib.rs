@@ -1,0 +1,227 @@
+//! Test support shared by the integration tests, the `testkit` helper binary and the
+//! benchmarks: a real nats-server per test (killed on drop), and no-op stage handlers that
+//! advance a repair through all six stages with the real message types.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pipeline::config::BusConfig;
+use pipeline::runtime::{Handler, Input, Outcome};
+use proto::messages::*;
+use proto::{Message, RepairId, Stage};
+
+/// A nats-server with JetStream on its own port and store, killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// `sync_interval` of the JetStream store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// The server's default (fsync every 2 minutes; acks before fsync).
+    Default,
+    /// fsync before every ack.
+    Always,
+}
+
+fn nats_server_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.dev/venv/bin/nats-server");
+    if local.exists() {
+        return Ok(local);
+    }
+    bail!(
+        "no nats-server: run `scripts/dev-services.sh up` and export NATS_SERVER_BIN (the README's test command does both)"
+    )
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl NatsServer {
+    pub fn start(sync: SyncMode) -> Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let sync_line = match sync {
+            SyncMode::Default => String::new(),
+            SyncMode::Always => "  sync_interval: always\n".into(),
+        };
+        let conf = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: coval-test-{port}\njetstream {{\n  store_dir: \"{}\"\n{sync_line}}}\n",
+            dir.path().join("js").display()
+        );
+        let conf_path = dir.path().join("nats.conf");
+        std::fs::write(&conf_path, conf)?;
+        let bin = nats_server_bin()?;
+        let log = std::fs::File::create(dir.path().join("nats.log"))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let server = NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server on port {port} did not start within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bus settings for tests: short waits so redelivery happens within seconds.
+pub fn test_bus_config() -> BusConfig {
+    BusConfig {
+        namespace: "coval".into(),
+        concurrency: 4,
+        ack_wait_secs: 2,
+        progress_interval_secs: 1,
+        max_deliver: 3,
+        retry_backoff_secs: 1,
+        retry_backoff_max_secs: 2,
+        duplicate_window_secs: 120,
+        max_ack_pending: 1000,
+        work_max_bytes: -1,
+        dead_letter_max_age_hours: 1,
+        event_max_age_hours: 1,
+        connect_timeout_secs: 5,
+        publish_timeout_secs: 10,
+        max_reconnects: 10,
+    }
+}
+
+pub fn request(repair_id: RepairId) -> RepairRequested {
+    RepairRequested {
+        repair_id,
+        project: ProjectRef::LocalPath {
+            path: "/nonexistent/project".into(),
+        },
+        error_log: "ZeroDivisionError: division by zero".into(),
+        test_cmd: None,
+        iteration: None,
+        engine: EngineChoice::Search,
+        model: None,
+        max_attempts: 1,
+        analyze_only: false,
+        requested_at_ms: pipeline::now_ms(),
+    }
+}
+
+/// The message a no-op `stage` publishes for `input`: the next edge of the workflow.
+pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
+    Some(match (stage, input) {
+        (Stage::Triage, Message::RepairRequested(r)) => Message::Triaged(Triaged {
+            request: r.clone(),
+            report: TriageReport::default(),
+        }),
+        (Stage::Decision, Message::Triaged(t)) => Message::Decided(Decided {
+            request: t.request.clone(),
+            triage: t.report.clone(),
+            decision: Decision::default(),
+        }),
+        (Stage::Mre, Message::Decided(d)) => Message::MreReady(MreReady {
+            request: d.request.clone(),
+            triage: d.triage.clone(),
+            decision: d.decision.clone(),
+            mre: MreSummary::default(),
+        }),
+        (Stage::Fix, Message::MreReady(m)) => Message::FixProposed(FixProposed {
+            request: m.request.clone(),
+            triage: m.triage.clone(),
+            decision: m.decision.clone(),
+            mre: m.mre.clone(),
+            attempt: 1,
+            engine: "noop".into(),
+            candidates: vec![],
+            usage: Usage::default(),
+            history: vec![],
+        }),
+        (Stage::Validate, Message::FixProposed(f)) => Message::ValidationPassed(ValidationPassed {
+            request: f.request.clone(),
+            triage: f.triage.clone(),
+            decision: f.decision.clone(),
+            mre: f.mre.clone(),
+            attempt: f.attempt,
+            history: vec![],
+            winner: CandidateResult {
+                candidate_id: "noop".into(),
+                passed: true,
+                tests: vec![],
+                regressions: vec![],
+                changed_lines: 0,
+                reason: None,
+                duration_ms: 0,
+            },
+            patch: String::new(),
+        }),
+        (Stage::Integrate, m @ Message::ValidationPassed(_)) => {
+            Message::RepairCompleted(RepairCompleted {
+                repair_id: m.repair_id(),
+                outcome: RepairOutcome::Fixed,
+                summary: "no-op chain".into(),
+                new_iteration: None,
+                report_dir: None,
+                completed_at_ms: pipeline::now_ms(),
+            })
+        }
+        _ => return None,
+    })
+}
+
+/// A handler that advances the chain, optionally observing each call.
+pub struct NoopStage<F = fn(&Input)> {
+    pub stage: Stage,
+    pub observe: F,
+}
+
+impl NoopStage {
+    pub fn new(stage: Stage) -> NoopStage {
+        NoopStage {
+            stage,
+            observe: |_| {},
+        }
+    }
+}
+
+impl<F: Fn(&Input) + Send + Sync + 'static> Handler for NoopStage<F> {
+    fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        (self.observe)(&input);
+        match advance(self.stage, &input.message) {
+            Some(m) => Outcome::Publish(vec![m]),
+            None => Outcome::Reject(format!(
+                "no-op {} cannot handle {}",
+                self.stage,
+                input.message.kind()
+            )),
+        }
+    }
+}
