@@ -104,8 +104,13 @@ impl Envelope {
     }
 
     /// Read an envelope from received headers. `get` looks a header up by name.
-    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Envelope, EnvelopeError> {
-        fn req<'a>(get: &impl Fn(&str) -> Option<&'a str>, n: &'static str) -> Result<&'a str, EnvelopeError> {
+    pub fn from_headers<'a>(
+        get: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Envelope, EnvelopeError> {
+        fn req<'a>(
+            get: &impl Fn(&str) -> Option<&'a str>,
+            n: &'static str,
+        ) -> Result<&'a str, EnvelopeError> {
             get(n).ok_or(EnvelopeError::Missing(n))
         }
         fn invalid(name: &'static str, value: &str) -> EnvelopeError {
@@ -121,9 +126,13 @@ impl Envelope {
             .parse()
             .map_err(|_| invalid(headers::VERSION, version_s))?;
         let id_s = req(&get, headers::MESSAGE_ID)?;
-        let message_id = id_s.parse().map_err(|_| invalid(headers::MESSAGE_ID, id_s))?;
+        let message_id = id_s
+            .parse()
+            .map_err(|_| invalid(headers::MESSAGE_ID, id_s))?;
         let rep_s = req(&get, headers::REPAIR_ID)?;
-        let repair_id = rep_s.parse().map_err(|_| invalid(headers::REPAIR_ID, rep_s))?;
+        let repair_id = rep_s
+            .parse()
+            .map_err(|_| invalid(headers::REPAIR_ID, rep_s))?;
         let causation_id = match get(headers::CAUSATION_ID) {
             Some(c) => Some(c.parse().map_err(|_| invalid(headers::CAUSATION_ID, c))?),
             None => None,
@@ -158,7 +167,14 @@ mod tests {
     #[test]
     fn envelope_round_trips_through_headers() {
         let origin = Envelope::origin(Kind::RepairRequested, RepairId::new());
-        let mut e = Envelope::derived(&origin, Stage::Triage, 0, Kind::Triaged, origin.repair_id, None);
+        let mut e = Envelope::derived(
+            &origin,
+            Stage::Triage,
+            0,
+            Kind::Triaged,
+            origin.repair_id,
+            None,
+        );
         e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         let map: HashMap<&str, String> = e.to_headers().into_iter().collect();
         assert_eq!(map[headers::NATS_MSG_ID], e.message_id.to_string());
@@ -176,7 +192,10 @@ mod tests {
         let map: HashMap<&str, &str> = [(headers::KIND, "nope")].into();
         assert!(matches!(
             Envelope::from_headers(|n| map.get(n).copied()),
-            Err(EnvelopeError::Invalid { name: headers::KIND, .. })
+            Err(EnvelopeError::Invalid {
+                name: headers::KIND,
+                ..
+            })
         ));
     }
 }

@@ -148,7 +148,11 @@ mod tests {
         let r = RepairId::new();
         assert_eq!(r.to_string().parse::<RepairId>().unwrap(), r);
         assert!(r.to_string().starts_with("rep_"));
-        assert!("msg_01ARZ3NDEKTSV4RRFFQ69G5FAV".parse::<RepairId>().is_err());
+        assert!(
+            "msg_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+                .parse::<RepairId>()
+                .is_err()
+        );
         assert!("rep_not-a-ulid".parse::<RepairId>().is_err());
         assert_eq!("iter-007".parse::<IterationId>().unwrap(), IterationId(7));
         assert_eq!(IterationId(7).to_string(), "iter-007");

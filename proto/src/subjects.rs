@@ -22,8 +22,7 @@ impl Namespace {
     pub fn new(s: &str) -> Result<Namespace, NamespaceError> {
         let ok = !s.is_empty()
             && s.len() <= 32
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if ok {
             Ok(Namespace(s.to_owned()))
@@ -108,7 +107,10 @@ mod tests {
     #[test]
     fn names_hang_off_the_namespace() {
         let ns = Namespace::new("t-1").unwrap();
-        assert_eq!(ns.stage_subject(Stage::Fix, Kind::MreReady), "t-1.stage.fix.mre_ready");
+        assert_eq!(
+            ns.stage_subject(Stage::Fix, Kind::MreReady),
+            "t-1.stage.fix.mre_ready"
+        );
         assert_eq!(ns.stage_filter(Stage::Fix), "t-1.stage.fix.>");
         assert_eq!(ns.work_stream(), "T_1_WORK");
         assert!(Namespace::new("Bad.Name").is_err());
@@ -121,7 +123,10 @@ mod tests {
         for a in Stage::WORKERS {
             for b in Stage::WORKERS {
                 if a != b {
-                    assert!(!ns.stage_subject(a, Kind::Triaged).starts_with(&ns.stage_filter(b).replace('>', "")));
+                    assert!(
+                        !ns.stage_subject(a, Kind::Triaged)
+                            .starts_with(&ns.stage_filter(b).replace('>', ""))
+                    );
                 }
             }
         }

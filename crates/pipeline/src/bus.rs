@@ -8,7 +8,9 @@ use proto::{Envelope, Message, Stage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("cannot reach NATS at {url}: {reason}; start it with `scripts/dev-services.sh up` or pass --nats URL")]
+    #[error(
+        "cannot reach NATS at {url}: {reason}; start it with `scripts/dev-services.sh up` or pass --nats URL"
+    )]
     Connect { url: String, reason: String },
     #[error("JetStream setup failed for {what}: {reason}")]
     Setup { what: String, reason: String },
@@ -81,5 +83,8 @@ pub trait Bus: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Published, BusError>> + Send;
 
     /// Start receiving `stage`'s work.
-    fn subscribe(&self, stage: Stage) -> impl Future<Output = Result<Self::Subscription, BusError>> + Send;
+    fn subscribe(
+        &self,
+        stage: Stage,
+    ) -> impl Future<Output = Result<Self::Subscription, BusError>> + Send;
 }

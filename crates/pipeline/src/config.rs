@@ -137,7 +137,9 @@ impl BusConfig {
     /// The longest time between a message's first delivery and its last: every delivery
     /// times out and every retry waits its full backoff.
     pub fn longest_retry_span(&self) -> Duration {
-        let waits: u64 = (1..self.max_deliver).map(|d| self.backoff(d).as_secs()).sum();
+        let waits: u64 = (1..self.max_deliver)
+            .map(|d| self.backoff(d).as_secs())
+            .sum();
         Duration::from_secs(waits + u64::from(self.max_deliver) * self.ack_wait_secs)
     }
 }
@@ -189,9 +191,13 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{origin}: cannot read: {reason}; check that the file exists and is readable, or drop --config")]
+    #[error(
+        "{origin}: cannot read: {reason}; check that the file exists and is readable, or drop --config"
+    )]
     Unreadable { origin: String, reason: String },
-    #[error("{origin}: not valid YAML: {reason}; fix the syntax (indent with spaces, `key: value`)")]
+    #[error(
+        "{origin}: not valid YAML: {reason}; fix the syntax (indent with spaces, `key: value`)"
+    )]
     Syntax { origin: String, reason: String },
     #[error("{origin}: unknown key `{key}`{hint}; remove it or fix its spelling")]
     UnknownKey {
@@ -253,18 +259,24 @@ fn yaml_layer(origin: String, source: LayerSource) -> Result<Layer, ConfigError>
                 origin: origin.clone(),
                 reason: e.to_string(),
             })?;
-            Merged::builder().add_source(File::from(p.as_path()).format(FileFormat::Yaml).required(true))
+            Merged::builder().add_source(
+                File::from(p.as_path())
+                    .format(FileFormat::Yaml)
+                    .required(true),
+            )
         }
         LayerSource::Env(map, prefix) => Merged::builder().add_source(env_source(map, *prefix)),
         LayerSource::Overrides(kv) => {
             let mut b = Merged::builder();
             for (k, v) in kv {
-                b = b.set_override(k.as_str(), v.as_str()).map_err(|e| ConfigError::BadValue {
-                    origin: origin.clone(),
-                    key: k.clone(),
-                    reason: e.to_string(),
-                    fix: "use section.key=value".into(),
-                })?;
+                b = b
+                    .set_override(k.as_str(), v.as_str())
+                    .map_err(|e| ConfigError::BadValue {
+                        origin: origin.clone(),
+                        key: k.clone(),
+                        reason: e.to_string(),
+                        fix: "use section.key=value".into(),
+                    })?;
             }
             b
         }
@@ -276,8 +288,16 @@ fn yaml_layer(origin: String, source: LayerSource) -> Result<Layer, ConfigError>
             origin: origin.clone(),
             reason: e.to_string(),
         })?;
-    let value = if value.is_null() { Value::Object(Default::default()) } else { value };
-    Ok(Layer { origin, value, source })
+    let value = if value.is_null() {
+        Value::Object(Default::default())
+    } else {
+        value
+    };
+    Ok(Layer {
+        origin,
+        value,
+        source,
+    })
 }
 
 /// `COVAL_SECTION__KEY` for project settings (prefix `COVAL`, then `_`), `COVAL_LLM__KEY`
@@ -322,7 +342,10 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
         LayerSource::Text(DEFAULT_SETTINGS),
     )?];
     if let Some(p) = &settings_file {
-        settings_layers.push(yaml_layer(p.display().to_string(), LayerSource::Path(p.clone()))?);
+        settings_layers.push(yaml_layer(
+            p.display().to_string(),
+            LayerSource::Path(p.clone()),
+        )?);
     }
     let senv = env("COVAL", Some("COVAL_LLM__"));
     if !senv.is_empty() {
@@ -332,8 +355,11 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
             LayerSource::Env(senv, SETTINGS_ENV),
         )?);
     }
-    let (llm_overrides, settings_overrides): (Vec<_>, Vec<_>) =
-        opts.overrides.iter().cloned().partition(|(k, _)| k.starts_with("llm."));
+    let (llm_overrides, settings_overrides): (Vec<_>, Vec<_>) = opts
+        .overrides
+        .iter()
+        .cloned()
+        .partition(|(k, _)| k.starts_with("llm."));
     if !settings_overrides.is_empty() {
         settings_layers.push(yaml_layer(
             "command-line flags".into(),
@@ -346,19 +372,30 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
         LayerSource::Text(DEFAULT_LLM),
     )?];
     if let Some(p) = &llm_file {
-        llm_layers.push(yaml_layer(p.display().to_string(), LayerSource::Path(p.clone()))?);
+        llm_layers.push(yaml_layer(
+            p.display().to_string(),
+            LayerSource::Path(p.clone()),
+        )?);
     }
     let lenv = env("COVAL_LLM", None);
     if !lenv.is_empty() {
         let names = lenv.keys().cloned().collect::<Vec<_>>().join(", ");
-        llm_layers.push(yaml_layer(format!("environment ({names})"), LayerSource::Env(lenv, LLM_ENV))?);
+        llm_layers.push(yaml_layer(
+            format!("environment ({names})"),
+            LayerSource::Env(lenv, LLM_ENV),
+        )?);
     }
     // The model server: COVAL_LLM_URL, else Ollama's own OLLAMA_HOST.
     let mut llm_overrides: Vec<(String, String)> = llm_overrides
         .into_iter()
         .map(|(k, v)| (k.trim_start_matches("llm.").to_owned(), v))
         .collect();
-    let var = |n: &str| opts.env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let var = |n: &str| {
+        opts.env
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
     if let Some(url) = var("COVAL_LLM_URL").filter(|u| !u.is_empty()) {
         llm_overrides.insert(0, ("server.url".into(), url));
     } else if let Some(host) = var("OLLAMA_HOST").filter(|u| !u.is_empty()) {
@@ -440,13 +477,23 @@ fn locate(opts: &LoadOptions) -> Result<(Option<PathBuf>, Option<PathBuf>), Conf
 
 /// Every key of `value` must exist in `schema`; under `free` maps any key is allowed and its
 /// entries are checked against the schema's first entry.
-fn check_keys(value: &Value, schema: &Value, path: &str, origin: &str, free: &[&str]) -> Result<(), ConfigError> {
+fn check_keys(
+    value: &Value,
+    schema: &Value,
+    path: &str,
+    origin: &str,
+    free: &[&str],
+) -> Result<(), ConfigError> {
     let (Value::Object(v), Value::Object(s)) = (value, schema) else {
         return Ok(());
     };
     let is_free = free.contains(&path);
     for (k, child) in v {
-        let key = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let key = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
         let child_schema = if is_free { s.values().next() } else { s.get(k) };
         match child_schema {
             Some(cs) => check_keys(child, cs, &key, origin, free)?,
@@ -500,11 +547,13 @@ fn merge<T: DeserializeOwned>(layers: &[Layer]) -> Result<T, ConfigError> {
             LayerSource::Overrides(kv) => {
                 let mut b = b;
                 for (k, v) in kv {
-                    b = b.set_override(k.as_str(), v.as_str()).map_err(|e| ConfigError::BadValue {
-                        origin: l.origin.clone(),
-                        key: k.clone(),
-                        reason: e.to_string(),
-                        fix: "use section.key=value".into(),
+                    b = b.set_override(k.as_str(), v.as_str()).map_err(|e| {
+                        ConfigError::BadValue {
+                            origin: l.origin.clone(),
+                            key: k.clone(),
+                            reason: e.to_string(),
+                            fix: "use section.key=value".into(),
+                        }
                     })?;
                 }
                 b
@@ -517,9 +566,15 @@ fn merge<T: DeserializeOwned>(layers: &[Layer]) -> Result<T, ConfigError> {
     })?;
     merged.try_deserialize::<T>().map_err(|e| {
         let (key, reason) = match &e {
-            config::ConfigError::Type { key: Some(k), unexpected, expected, .. } => {
-                (k.clone(), format!("found {unexpected}, expected {expected}"))
-            }
+            config::ConfigError::Type {
+                key: Some(k),
+                unexpected,
+                expected,
+                ..
+            } => (
+                k.clone(),
+                format!("found {unexpected}, expected {expected}"),
+            ),
             _ => (String::new(), e.to_string()),
         };
         let origin = if key.is_empty() {
@@ -531,7 +586,8 @@ fn merge<T: DeserializeOwned>(layers: &[Layer]) -> Result<T, ConfigError> {
             origin,
             key,
             reason,
-            fix: "see config/coval.config.yaml and config/llm.config.yaml for the expected values".into(),
+            fix: "see config/coval.config.yaml and config/llm.config.yaml for the expected values"
+                .into(),
         }
     })
 }
@@ -576,12 +632,20 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
         ("bus.retry_backoff_secs", b.retry_backoff_secs),
         ("global.timeout", s.global.timeout),
         ("global.max_iterations", u64::from(s.global.max_iterations)),
-        ("project.max_iterations", u64::from(s.project.max_iterations)),
+        (
+            "project.max_iterations",
+            u64::from(s.project.max_iterations),
+        ),
         ("docker.base_port", u64::from(s.docker.base_port)),
     ];
     for (key, v) in positive {
         if v == 0 {
-            return Err(bad(layers, key, "must be at least 1".into(), "set a positive number"));
+            return Err(bad(
+                layers,
+                key,
+                "must be at least 1".into(),
+                "set a positive number",
+            ));
         }
     }
     if b.progress_interval_secs == 0 || b.progress_interval_secs >= b.ack_wait_secs {
@@ -608,13 +672,26 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
         ));
     }
     let c = &s.cost_calculation;
-    for (key, v) in [("cost_calculation.gamma", c.gamma), ("cost_calculation.rebuild_threshold", c.rebuild_threshold)] {
+    for (key, v) in [
+        ("cost_calculation.gamma", c.gamma),
+        ("cost_calculation.rebuild_threshold", c.rebuild_threshold),
+    ] {
         if !(v.is_finite() && v > 0.0) {
-            return Err(bad(layers, key, format!("{v} must be a positive number"), "e.g. 1.0"));
+            return Err(bad(
+                layers,
+                key,
+                format!("{v} must be a positive number"),
+                "e.g. 1.0",
+            ));
         }
     }
     if !(c.lambda.is_finite() && c.lambda >= 0.0) {
-        return Err(bad(layers, "cost_calculation.lambda", format!("{} must be ≥ 0", c.lambda), "e.g. 0.5"));
+        return Err(bad(
+            layers,
+            "cost_calculation.lambda",
+            format!("{} must be ≥ 0", c.lambda),
+            "e.g. 0.5",
+        ));
     }
     let hw = s.global.adaptive_evaluation.history_weight;
     if !(0.0..=1.0).contains(&hw) {
@@ -649,7 +726,12 @@ fn validate_llm(l: &LlmSettings, layers: &[Layer]) -> Result<(), ConfigError> {
     for (alias, m) in &l.models {
         let key = |k: &str| format!("models.{alias}.{k}");
         if !(0.0..=2.0).contains(&m.temperature) {
-            return Err(bad(layers, &key("temperature"), format!("{} is outside 0..=2", m.temperature), "e.g. 0.2"));
+            return Err(bad(
+                layers,
+                &key("temperature"),
+                format!("{} is outside 0..=2", m.temperature),
+                "e.g. 0.2",
+            ));
         }
         if !(m.base_capability > 0.0 && m.base_capability <= 1.0) {
             return Err(bad(
@@ -671,7 +753,12 @@ fn validate_llm(l: &LlmSettings, layers: &[Layer]) -> Result<(), ConfigError> {
             ));
         }
         if m.model_name.trim().is_empty() {
-            return Err(bad(layers, &key("model_name"), "is empty".into(), "e.g. qwen2.5-coder:7b"));
+            return Err(bad(
+                layers,
+                &key("model_name"),
+                "is empty".into(),
+                "e.g. qwen2.5-coder:7b",
+            ));
         }
     }
     Ok(())
@@ -695,7 +782,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = load(&opts(dir.path())).unwrap();
         let aliases: Vec<&str> = c.llm.models.keys().map(String::as_str).collect();
-        assert_eq!(aliases, ["codellama13b", "deepseek", "deepseek-r1", "granite", "mistral", "qwen"]);
+        assert_eq!(
+            aliases,
+            [
+                "codellama13b",
+                "deepseek",
+                "deepseek-r1",
+                "granite",
+                "mistral",
+                "qwen"
+            ]
+        );
         assert_eq!(c.settings.cost_calculation.rebuild_threshold, 1.5);
         assert_eq!(c.llm.server.url, "http://127.0.0.1:11434");
         assert!(c.settings.bus.duplicate_window() > c.settings.bus.longest_retry_span());
@@ -704,7 +801,11 @@ mod tests {
     #[test]
     fn layers_override_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(SETTINGS_FILE), "docker:\n  base_port: 9000\nproject:\n  name: shop\n").unwrap();
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            "docker:\n  base_port: 9000\nproject:\n  name: shop\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join(LLM_FILE), "default_model: mistral\n").unwrap();
         let mut o = opts(dir.path());
         o.env = vec![
@@ -739,7 +840,10 @@ mod tests {
         std::fs::write(&f, "docker:\n  base_prot: 9000\n").unwrap();
         let e = load(&opts(dir.path())).unwrap_err().to_string();
         assert!(e.contains(&f.display().to_string()), "{e}");
-        assert!(e.contains("docker.base_prot") && e.contains("did you mean `base_port`"), "{e}");
+        assert!(
+            e.contains("docker.base_prot") && e.contains("did you mean `base_port`"),
+            "{e}"
+        );
 
         std::fs::write(&f, "docker:\n  base_port: [not, a, port\n").unwrap();
         let e = load(&opts(dir.path())).unwrap_err();
@@ -747,21 +851,37 @@ mod tests {
 
         std::fs::write(&f, "docker:\n  base_port: lots\n").unwrap();
         let e = load(&opts(dir.path())).unwrap_err().to_string();
-        assert!(e.contains("docker.base_port") && e.contains(&f.display().to_string()), "{e}");
+        assert!(
+            e.contains("docker.base_port") && e.contains(&f.display().to_string()),
+            "{e}"
+        );
 
         std::fs::write(&f, "bus:\n  duplicate_window_secs: 60\n").unwrap();
         let e = load(&opts(dir.path())).unwrap_err().to_string();
-        assert!(e.contains("bus.duplicate_window_secs") && e.contains("retry span"), "{e}");
+        assert!(
+            e.contains("bus.duplicate_window_secs") && e.contains("retry span"),
+            "{e}"
+        );
 
         std::fs::write(&f, "").unwrap();
         let mut o = opts(dir.path());
         o.env = vec![("COVAL_DOCKER__NOPE".into(), "1".into())];
         let e = load(&o).unwrap_err().to_string();
-        assert!(e.contains("COVAL_DOCKER__NOPE") && e.contains("docker.nope"), "{e}");
+        assert!(
+            e.contains("COVAL_DOCKER__NOPE") && e.contains("docker.nope"),
+            "{e}"
+        );
 
-        std::fs::write(dir.path().join(LLM_FILE), "models:\n  qwen:\n    temperature: 7\n").unwrap();
+        std::fs::write(
+            dir.path().join(LLM_FILE),
+            "models:\n  qwen:\n    temperature: 7\n",
+        )
+        .unwrap();
         let e = load(&opts(dir.path())).unwrap_err().to_string();
-        assert!(e.contains("models.qwen.temperature") && e.contains(LLM_FILE), "{e}");
+        assert!(
+            e.contains("models.qwen.temperature") && e.contains(LLM_FILE),
+            "{e}"
+        );
 
         let mut o = opts(dir.path());
         o.config_file = Some(dir.path().join("missing.yaml"));

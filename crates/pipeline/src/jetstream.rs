@@ -36,7 +36,9 @@ impl JetStreamBus {
         // first connection within the timeout so an unreachable server is a clear error.
         let client = tokio::time::timeout(Duration::from_secs(cfg.connect_timeout_secs), async {
             let c = client.await?;
-            c.flush().await.map_err(|e| -> async_nats::Error { Box::new(e) })?;
+            c.flush()
+                .await
+                .map_err(|e| -> async_nats::Error { Box::new(e) })?;
             Ok::<_, async_nats::Error>(c)
         })
         .await
@@ -50,7 +52,12 @@ impl JetStreamBus {
         })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(cfg.publish_timeout_secs));
-        let bus = JetStreamBus { client, js, ns, cfg };
+        let bus = JetStreamBus {
+            client,
+            js,
+            ns,
+            cfg,
+        };
         bus.ensure_streams().await?;
         Ok(bus)
     }
@@ -68,7 +75,12 @@ impl JetStreamBus {
     }
 
     async fn ensure_streams(&self) -> Result<(), BusError> {
-        let setup = |what: String| move |e: String| BusError::Setup { what: what.clone(), reason: e };
+        let setup = |what: String| {
+            move |e: String| BusError::Setup {
+                what: what.clone(),
+                reason: e,
+            }
+        };
         let ns = &self.ns;
         // Work: each message is removed once its stage acks it. Unlimited size with discard
         // "new": when a limit is ever set, a full stream refuses work instead of silently
@@ -83,7 +95,9 @@ impl JetStreamBus {
             duplicate_window: self.cfg.duplicate_window(),
             ..Default::default()
         };
-        self.create_or_update(work).await.map_err(setup(ns.work_stream()))?;
+        self.create_or_update(work)
+            .await
+            .map_err(setup(ns.work_stream()))?;
         let dlq = stream::Config {
             name: ns.dead_letter_stream(),
             subjects: vec![ns.dead_letter_subjects()],
@@ -93,7 +107,9 @@ impl JetStreamBus {
             duplicate_window: self.cfg.duplicate_window(),
             ..Default::default()
         };
-        self.create_or_update(dlq).await.map_err(setup(ns.dead_letter_stream()))?;
+        self.create_or_update(dlq)
+            .await
+            .map_err(setup(ns.dead_letter_stream()))?;
         let events = stream::Config {
             name: ns.event_stream(),
             subjects: vec![ns.event_subjects()],
@@ -103,14 +119,26 @@ impl JetStreamBus {
             duplicate_window: self.cfg.duplicate_window(),
             ..Default::default()
         };
-        self.create_or_update(events).await.map_err(setup(ns.event_stream()))?;
+        self.create_or_update(events)
+            .await
+            .map_err(setup(ns.event_stream()))?;
         Ok(())
     }
 
     async fn create_or_update(&self, cfg: stream::Config) -> Result<(), String> {
         match self.js.get_stream(&cfg.name).await {
-            Ok(_) => self.js.update_stream(cfg).await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(_) => self.js.create_stream(cfg).await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(_) => self
+                .js
+                .update_stream(cfg)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(_) => self
+                .js
+                .create_stream(cfg)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -218,10 +246,13 @@ pub struct JetStreamDelivery {
 
 impl JetStreamDelivery {
     async fn settle(&self, kind: AckKind) -> Result<(), BusError> {
-        self.message.ack_with(kind).await.map_err(|e| BusError::Ack {
-            stage: self.stage,
-            reason: e.to_string(),
-        })
+        self.message
+            .ack_with(kind)
+            .await
+            .map_err(|e| BusError::Ack {
+                stage: self.stage,
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -230,14 +261,18 @@ impl Delivery for JetStreamDelivery {
         let headers = self.message.headers.as_ref().ok_or_else(|| Poison {
             reason: "message has no headers, so no envelope".into(),
         })?;
-        let envelope = Envelope::from_headers(|n| headers.get(n).map(|v| v.as_str()))
-            .map_err(|e| Poison {
+        let envelope =
+            Envelope::from_headers(|n| headers.get(n).map(|v| v.as_str())).map_err(|e| Poison {
                 reason: format!("bad envelope: {e}"),
             })?;
-        let message = Message::decode(envelope.kind.as_str(), envelope.version, &self.message.payload)
-            .map_err(|e| Poison {
-                reason: format!("bad body: {e}"),
-            })?;
+        let message = Message::decode(
+            envelope.kind.as_str(),
+            envelope.version,
+            &self.message.payload,
+        )
+        .map_err(|e| Poison {
+            reason: format!("bad body: {e}"),
+        })?;
         if message.repair_id() != envelope.repair_id {
             return Err(Poison {
                 reason: format!(
@@ -268,7 +303,10 @@ impl Delivery for JetStreamDelivery {
             .as_ref()
             .map(|h| {
                 h.iter()
-                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_owned())))
+                    .flat_map(|(k, vs)| {
+                        vs.iter()
+                            .map(move |v| (k.to_string(), v.as_str().to_owned()))
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -98,7 +98,8 @@ impl MemoryBus {
             }
             _ => &self.inner.events,
         };
-        q.tx.send((envelope, message, delivered)).map_err(|_| BusError::Closed)
+        q.tx.send((envelope, message, delivered))
+            .map_err(|_| BusError::Closed)
     }
 }
 
@@ -182,7 +183,11 @@ impl Delivery for MemoryDelivery {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-        let body = self.message.as_ref().and_then(|m| m.encode().ok()).unwrap_or_default();
+        let body = self
+            .message
+            .as_ref()
+            .and_then(|m| m.encode().ok())
+            .unwrap_or_default();
         (headers, body)
     }
 

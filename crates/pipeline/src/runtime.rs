@@ -42,7 +42,10 @@ pub enum Outcome {
     /// Nothing to do for this input (a message for another flow, already done): ack it.
     Skip(String),
     /// A transient failure: deliver again after `after` (or the configured backoff).
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// The input can never succeed: dead-letter it with this reason.
     Reject(String),
 }
@@ -56,16 +59,34 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Where the runtime remembers which inputs were handled and what they produced.
 pub trait Ledger: Send + Sync + 'static {
-    fn outputs(&self, stage: Stage, id: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError>;
-    fn record(&self, stage: Stage, id: &MessageId, outputs: &[(Envelope, Message)]) -> Result<(), StoreError>;
+    fn outputs(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+    ) -> Result<Option<Vec<(Envelope, Message)>>, StoreError>;
+    fn record(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+        outputs: &[(Envelope, Message)],
+    ) -> Result<(), StoreError>;
 }
 
 impl Ledger for Store {
-    fn outputs(&self, stage: Stage, id: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
+    fn outputs(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+    ) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
         self.processed(stage, id)
     }
 
-    fn record(&self, stage: Stage, id: &MessageId, outputs: &[(Envelope, Message)]) -> Result<(), StoreError> {
+    fn record(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+        outputs: &[(Envelope, Message)],
+    ) -> Result<(), StoreError> {
         self.record_processed(stage, id, outputs)
     }
 }
@@ -75,7 +96,11 @@ impl Ledger for Store {
 pub struct NoLedger;
 
 impl Ledger for NoLedger {
-    fn outputs(&self, _: Stage, _: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
+    fn outputs(
+        &self,
+        _: Stage,
+        _: &MessageId,
+    ) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
         Ok(None)
     }
 
@@ -166,7 +191,10 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         }
     };
     if envelope.kind != message.kind() || message.route() != Some(stage) {
-        let reason = format!("a `{}` message does not belong to the `{stage}` stage", message.kind());
+        let reason = format!(
+            "a `{}` message does not belong to the `{stage}` stage",
+            message.kind()
+        );
         dead_letter(s, d, Some(&envelope), reason).await;
         return;
     }
@@ -205,7 +233,8 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         delivered,
     };
     let handler = s.handler.clone();
-    let mut task = tokio::spawn(async move { handler.handle(input).await }.instrument(span.clone()));
+    let mut task =
+        tokio::spawn(async move { handler.handle(input).await }.instrument(span.clone()));
     let mut tick = tokio::time::interval(s.cfg.progress_interval());
     tick.tick().await;
     let joined = loop {
@@ -233,7 +262,14 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
                 .into_iter()
                 .enumerate()
                 .map(|(i, m)| {
-                    let mut env = Envelope::derived(&envelope, stage, i as u32, m.kind(), m.repair_id(), m.attempt());
+                    let mut env = Envelope::derived(
+                        &envelope,
+                        stage,
+                        i as u32,
+                        m.kind(),
+                        m.repair_id(),
+                        m.attempt(),
+                    );
                     inject_trace(&span, &envelope, &mut env);
                     (env, m)
                 })
@@ -256,7 +292,12 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     }
 }
 
-async fn settle_publish<B: Bus, H: Handler>(s: &Shared<B, H>, d: B::Delivery, input: &Envelope, outputs: Vec<(Envelope, Message)>) {
+async fn settle_publish<B: Bus, H: Handler>(
+    s: &Shared<B, H>,
+    d: B::Delivery,
+    input: &Envelope,
+    outputs: Vec<(Envelope, Message)>,
+) {
     let stage = s.handler.stage();
     for (env, msg) in &outputs {
         match s.bus.publish(env, msg).await {
@@ -281,7 +322,13 @@ async fn ack<D: Delivery>(d: D, stage: Stage) {
     }
 }
 
-async fn retry<B: Bus, H: Handler>(s: &Shared<B, H>, d: B::Delivery, env: &Envelope, after: Option<Duration>, reason: String) {
+async fn retry<B: Bus, H: Handler>(
+    s: &Shared<B, H>,
+    d: B::Delivery,
+    env: &Envelope,
+    after: Option<Duration>,
+    reason: String,
+) {
     let stage = s.handler.stage();
     let delivered = d.delivered();
     if delivered >= s.cfg.max_deliver {
@@ -300,7 +347,12 @@ async fn retry<B: Bus, H: Handler>(s: &Shared<B, H>, d: B::Delivery, env: &Envel
 /// Publish a dead-letter record (the original headers, body and the reason), then terminate
 /// the delivery. When the dead-letter publish fails the message is left to redelivery, so it
 /// is never lost silently.
-async fn dead_letter<B: Bus, H: Handler>(s: &Shared<B, H>, d: B::Delivery, env: Option<&Envelope>, reason: String) {
+async fn dead_letter<B: Bus, H: Handler>(
+    s: &Shared<B, H>,
+    d: B::Delivery,
+    env: Option<&Envelope>,
+    reason: String,
+) {
     let stage = s.handler.stage();
     let (headers, body) = d.raw();
     let repair_id = env.map(|e| e.repair_id).unwrap_or_else(|| RepairId::nil());

@@ -22,14 +22,26 @@ const SCHEMA: &[u8] = b"schema_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}: {reason}; is another coval process using this workspace?")]
+    #[error(
+        "cannot open the store at {path}: {reason}; is another coval process using this workspace?"
+    )]
     Open { path: String, reason: String },
-    #[error("store at {path} has schema version {found}, this build reads {expected}; use a newer coval or another workspace")]
-    Schema { path: String, found: u32, expected: u32 },
+    #[error(
+        "store at {path} has schema version {found}, this build reads {expected}; use a newer coval or another workspace"
+    )]
+    Schema {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
     #[error("store IO failed: {0}")]
     Io(#[from] sled::Error),
     #[error("corrupt `{tree}` record `{key}`: {reason}")]
-    Corrupt { tree: &'static str, key: String, reason: String },
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("cannot encode a record: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     #[error("iteration {0} does not exist")]
@@ -201,7 +213,9 @@ impl Store {
                 store.meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
             }
             Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
                 if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema {
                         path: path.display().to_string(),
@@ -223,7 +237,11 @@ impl Store {
     // ---- processed messages -------------------------------------------------------------
 
     /// The outputs recorded when `stage` handled message `id`, if it did.
-    pub fn processed(&self, stage: Stage, id: &MessageId) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
+    pub fn processed(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+    ) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
         let key = processed_key(stage, id);
         let Some(bytes) = self.processed.get(&key)? else {
             return Ok(None);
@@ -238,10 +256,14 @@ impl Store {
             .into_iter()
             .map(|o| {
                 let env = Envelope::from_headers(|n| {
-                    o.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str())
+                    o.headers
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.as_str())
                 })
                 .map_err(|e| corrupt(e.to_string()))?;
-                let msg = Message::decode(&o.kind, o.version, &o.body).map_err(|e| corrupt(e.to_string()))?;
+                let msg = Message::decode(&o.kind, o.version, &o.body)
+                    .map_err(|e| corrupt(e.to_string()))?;
                 Ok((env, msg))
             })
             .collect::<Result<Vec<_>, _>>()
@@ -249,12 +271,21 @@ impl Store {
     }
 
     /// Record that `stage` handled `id` by publishing `outputs`.
-    pub fn record_processed(&self, stage: Stage, id: &MessageId, outputs: &[(Envelope, Message)]) -> Result<(), StoreError> {
+    pub fn record_processed(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+        outputs: &[(Envelope, Message)],
+    ) -> Result<(), StoreError> {
         let stored = outputs
             .iter()
             .map(|(e, m)| {
                 Ok(StoredOutput {
-                    headers: e.to_headers().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                    headers: e
+                        .to_headers()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
                     kind: e.kind.as_str().to_owned(),
                     version: e.version,
                     body: m.encode().map_err(|err| StoreError::Corrupt {
@@ -265,14 +296,19 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.processed.insert(processed_key(stage, id), enc(&stored)?)?;
+        self.processed
+            .insert(processed_key(stage, id), enc(&stored)?)?;
         Ok(())
     }
 
     // ---- repairs, iterations, history ---------------------------------------------------
 
     /// Register a repair as in flight; an existing record is left as it is.
-    pub fn begin_repair(&self, id: RepairId, source_iteration: Option<IterationId>) -> Result<RepairRecord, StoreError> {
+    pub fn begin_repair(
+        &self,
+        id: RepairId,
+        source_iteration: Option<IterationId>,
+    ) -> Result<RepairRecord, StoreError> {
         let now = crate::now_ms();
         let rec = RepairRecord {
             id,
@@ -285,7 +321,10 @@ impl Store {
             updated_ms: now,
         };
         let key = id.to_string();
-        match self.repairs.compare_and_swap(&key, None as Option<&[u8]>, Some(enc(&rec)?))? {
+        match self
+            .repairs
+            .compare_and_swap(&key, None as Option<&[u8]>, Some(enc(&rec)?))?
+        {
             Ok(()) => Ok(rec),
             Err(cur) => match cur.current {
                 Some(bytes) => dec("repairs", key.as_bytes(), &bytes),
@@ -350,7 +389,9 @@ impl Store {
                         }
                     }
                     let next = match meta.get(NEXT_ITERATION)? {
-                        Some(b) => <[u8; 4]>::try_from(b.as_ref()).map(u32::from_be_bytes).map_err(abort)?,
+                        Some(b) => <[u8; 4]>::try_from(b.as_ref())
+                            .map(u32::from_be_bytes)
+                            .map_err(abort)?,
                         None => 1,
                     };
                     let it = IterationRecord {
@@ -385,7 +426,11 @@ impl Store {
     }
 
     /// Add an iteration that does not come from a repair (an import or a generation).
-    pub fn add_iteration(&self, parent: Option<IterationId>, origin: IterationOrigin) -> Result<IterationRecord, StoreError> {
+    pub fn add_iteration(
+        &self,
+        parent: Option<IterationId>,
+        origin: IterationOrigin,
+    ) -> Result<IterationRecord, StoreError> {
         let result = (&self.iterations, &self.meta).transaction(|(iterations, meta)| {
             if let Some(p) = parent {
                 if iterations.get(p.0.to_be_bytes())?.is_none() {
@@ -393,7 +438,9 @@ impl Store {
                 }
             }
             let next = match meta.get(NEXT_ITERATION)? {
-                Some(b) => <[u8; 4]>::try_from(b.as_ref()).map(u32::from_be_bytes).map_err(abort)?,
+                Some(b) => <[u8; 4]>::try_from(b.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(abort)?,
                 None => 1,
             };
             let it = IterationRecord {
@@ -442,7 +489,9 @@ impl Store {
 
     /// Recorded outcomes, optionally of one category.
     pub fn history(&self, category: Option<Category>) -> Result<Vec<HistoryRecord>, StoreError> {
-        let prefix = category.map(|c| format!("{}/", c.as_str())).unwrap_or_default();
+        let prefix = category
+            .map(|c| format!("{}/", c.as_str()))
+            .unwrap_or_default();
         self.history
             .scan_prefix(prefix.as_bytes())
             .map(|kv| {

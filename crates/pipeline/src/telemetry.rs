@@ -34,7 +34,9 @@ impl std::str::FromStr for LogFormat {
 pub enum TelemetryError {
     #[error("bad RUST_LOG filter: {0}")]
     Filter(String),
-    #[error("cannot set up the OTLP exporter for {endpoint}: {reason}; check OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[error(
+        "cannot set up the OTLP exporter for {endpoint}: {reason}; check OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
     Exporter { endpoint: String, reason: String },
     #[error("logging was already set up")]
     AlreadyInitialised,
@@ -60,7 +62,16 @@ impl Drop for Telemetry {
 
 /// Crates whose logs `-v` raises.
 const OURS: &[&str] = &[
-    "coval", "cli", "pipeline", "proto", "triage", "decision", "mre", "fix", "validate", "integrate",
+    "coval",
+    "cli",
+    "pipeline",
+    "proto",
+    "triage",
+    "decision",
+    "mre",
+    "fix",
+    "validate",
+    "integrate",
 ];
 
 fn filter(verbosity: u8) -> Result<EnvFilter, TelemetryError> {
@@ -81,7 +92,9 @@ fn filter(verbosity: u8) -> Result<EnvFilter, TelemetryError> {
 
 /// A tracer provider with the OTLP exporter when the endpoint variable is set.
 pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider, TelemetryError> {
-    let resource = Resource::builder().with_service_name(service.to_owned()).build();
+    let resource = Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         if !endpoint.is_empty() {
@@ -106,7 +119,8 @@ pub fn init(service: &str, format: LogFormat, verbosity: u8) -> Result<Telemetry
     let provider = tracer_provider(service)?;
     let tracer = provider.tracer(service.to_owned());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

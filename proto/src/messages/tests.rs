@@ -176,7 +176,11 @@ fn samples() -> Vec<Message> {
         Message::DeadLetter(DeadLetter {
             repair_id: rq.repair_id,
             stage: Stage::Validate,
-            message_id: Some("msg_01JDQ7Z8W6Y9S7B2C4D5E6F7G9".parse::<MessageId>().unwrap()),
+            message_id: Some(
+                "msg_01JDQ7Z8W6Y9S7B2C4D5E6F7G9"
+                    .parse::<MessageId>()
+                    .unwrap(),
+            ),
             original_kind: Some("fix_proposed".into()),
             original_subject: "coval.stage.validate.fix_proposed".into(),
             reason: "max deliveries (5) reached: sandbox unavailable".into(),
@@ -212,18 +216,29 @@ fn committed_snapshots_still_decode() {
     let bless = std::env::var_os("COVAL_BLESS").is_some();
     for m in samples() {
         for &v in m.kind().supported_versions() {
-            let path = snapshot_dir().join(format!("v{v}")).join(format!("{}.msgpack", m.kind()));
+            let path = snapshot_dir()
+                .join(format!("v{v}"))
+                .join(format!("{}.msgpack", m.kind()));
             if !path.exists() && bless && v == m.kind().current_version() {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(&path, m.encode().unwrap()).unwrap();
             }
-            let bytes = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("snapshot {} missing ({e}); run with COVAL_BLESS=1", path.display()));
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "snapshot {} missing ({e}); run with COVAL_BLESS=1",
+                    path.display()
+                )
+            });
             let decoded = Message::decode(m.kind().as_str(), v, &bytes)
                 .unwrap_or_else(|e| panic!("snapshot {} no longer decodes: {e}", path.display()));
             assert_eq!(decoded.kind(), m.kind());
             if v == m.kind().current_version() {
-                assert_eq!(decoded, m, "snapshot {} decodes to something else", path.display());
+                assert_eq!(
+                    decoded,
+                    m,
+                    "snapshot {} decodes to something else",
+                    path.display()
+                );
             }
         }
     }
@@ -232,13 +247,18 @@ fn committed_snapshots_still_decode() {
 #[test]
 fn unknown_or_malformed_input_is_a_typed_error() {
     let body = samples()[0].encode().unwrap();
-    assert!(matches!(Message::decode("no_such_kind", 1, &body), Err(DecodeError::UnknownKind(k)) if k == "no_such_kind"));
+    assert!(
+        matches!(Message::decode("no_such_kind", 1, &body), Err(DecodeError::UnknownKind(k)) if k == "no_such_kind")
+    );
     assert!(matches!(
         Message::decode("triaged", 99, &body),
         Err(DecodeError::UnsupportedVersion { version: 99, .. })
     ));
     // A repair request's body read as another kind, truncated bodies, garbage: errors.
-    assert!(matches!(Message::decode("triaged", 1, &body), Err(DecodeError::Malformed { .. })));
+    assert!(matches!(
+        Message::decode("triaged", 1, &body),
+        Err(DecodeError::Malformed { .. })
+    ));
     for cut in [0, 1, body.len() / 2, body.len() - 1] {
         assert!(Message::decode("repair_requested", 1, &body[..cut]).is_err());
     }
@@ -285,13 +305,17 @@ fn routing_follows_the_workflow() {
     assert_eq!(stage(5), Some(Stage::Fix));
     assert_eq!(stage(6), Some(Stage::Integrate));
     assert_eq!(stage(7), None);
-    let Message::Decided(mut d) = s[2].clone() else { unreachable!() };
+    let Message::Decided(mut d) = s[2].clone() else {
+        unreachable!()
+    };
     d.decision.verdict = Verdict::Rebuild;
     assert_eq!(Message::Decided(d.clone()).route(), Some(Stage::Integrate));
     d.decision.verdict = Verdict::Repair;
     d.request.analyze_only = true;
     assert_eq!(Message::Decided(d).route(), Some(Stage::Integrate));
-    let Message::ValidationFailed(mut f) = s[5].clone() else { unreachable!() };
+    let Message::ValidationFailed(mut f) = s[5].clone() else {
+        unreachable!()
+    };
     f.attempts_left = 0;
     assert_eq!(Message::ValidationFailed(f).route(), Some(Stage::Integrate));
 }
