@@ -87,7 +87,7 @@ async fn chain_completes_on_the_in_process_bus() -> Result<()> {
     let repairs: Vec<RepairId> = (0..50).map(|_| RepairId::new()).collect();
     for r in &repairs {
         let (e, m) = origin(*r);
-        bus.publish(&e, &m).await?;
+        bus.publish(&e, m).await?;
     }
     let mut done = std::collections::HashSet::new();
     while done.len() < repairs.len() {
@@ -126,7 +126,7 @@ async fn chain_completes_on_jetstream() -> Result<()> {
     let repairs: Vec<RepairId> = (0..30).map(|_| RepairId::new()).collect();
     for r in &repairs {
         let (e, m) = origin(*r);
-        assert!(!bus.publish(&e, &m).await?.duplicate);
+        assert!(!bus.publish(&e, m).await?.duplicate);
     }
     let mut done = std::collections::HashSet::new();
     while done.len() < repairs.len() {
@@ -200,8 +200,8 @@ async fn the_same_message_twice_is_handled_once() -> Result<()> {
 
     // Same id published twice: JetStream drops the second copy.
     let (env, msg) = origin(RepairId::new());
-    assert!(!bus.publish(&env, &msg).await?.duplicate);
-    assert!(bus.publish(&env, &msg).await?.duplicate);
+    assert!(!bus.publish(&env, msg.clone()).await?.duplicate);
+    assert!(bus.publish(&env, msg.clone()).await?.duplicate);
     let (first, _) = next_message(&mut triaged, Duration::from_secs(10)).await?;
 
     // The same message again under another Nats-Msg-Id (as after the duplicate window): the
@@ -312,7 +312,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> Result<()> {
 
     // 3. A handler that fails every time: dead-lettered after max_deliver deliveries.
     let (env, msg) = origin(RepairId::new());
-    bus.publish(&env, &msg).await?;
+    bus.publish(&env, msg).await?;
     let (dl_env, dl) = next_message(&mut dlq, Duration::from_secs(20)).await?;
     let Message::DeadLetter(dl) = dl else {
         panic!("not a dead letter")
@@ -373,7 +373,7 @@ async fn shutdown_finishes_in_flight_work_and_progress_acks_prevent_redelivery()
     );
     let mut out = js_events_work(&bus, Stage::Decision).await?;
     let (env, msg) = origin(RepairId::new());
-    bus.publish(&env, &msg).await?;
+    bus.publish(&env, msg).await?;
     started.notified().await;
     stop.cancel();
     // The runtime stops only after the in-flight message is handled and its output published.

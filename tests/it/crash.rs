@@ -144,7 +144,7 @@ async fn a_worker_killed_mid_message_is_replaced_and_the_repair_completes_once()
     let repair = RepairId::new();
     bus.publish(
         &Envelope::origin(Kind::RepairRequested, repair),
-        &Message::RepairRequested(request(repair)),
+        Message::RepairRequested(request(repair)),
     )
     .await?;
 

@@ -88,7 +88,7 @@ async fn run() -> Result<()> {
             .as_deref()
             .is_some_and(|t| t.contains(&client_trace.to_string()))
     );
-    bus.publish(&env, &Message::RepairRequested(request(repair)))
+    bus.publish(&env, Message::RepairRequested(request(repair)))
         .await?;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

@@ -2,6 +2,7 @@
 //! of the embedded mode and JetStream in the distributed mode.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{Envelope, Message, Stage};
@@ -49,7 +50,7 @@ pub struct Poison {
 /// A message as received, with the controls to settle it.
 pub trait Delivery: Send + 'static {
     /// The envelope and the decoded body, or why they cannot be read.
-    fn open(&mut self) -> Result<(Envelope, Message), Poison>;
+    fn open(&mut self) -> Result<(Envelope, Arc<Message>), Poison>;
     /// How many times this message has been delivered, this time included (1 on first).
     fn delivered(&self) -> u32;
     fn subject(&self) -> String;
@@ -79,7 +80,7 @@ pub trait Bus: Clone + Send + Sync + 'static {
     fn publish(
         &self,
         envelope: &Envelope,
-        message: &Message,
+        message: Message,
     ) -> impl Future<Output = Result<Published, BusError>> + Send;
 
     /// Start receiving `stage`'s work.

@@ -3,6 +3,7 @@
 //! event stream for completions. Bodies are MessagePack, envelopes are headers, and the
 //! `Nats-Msg-Id` header makes the server drop a republished copy within the duplicate window.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -182,8 +183,8 @@ impl Bus for JetStreamBus {
     type Delivery = JetStreamDelivery;
     type Subscription = JetStreamSubscription;
 
-    async fn publish(&self, envelope: &Envelope, message: &Message) -> Result<Published, BusError> {
-        let subject = subject_for(&self.ns, message);
+    async fn publish(&self, envelope: &Envelope, message: Message) -> Result<Published, BusError> {
+        let subject = subject_for(&self.ns, &message);
         let body = message.encode()?;
         let fail = |e: String| BusError::Publish {
             subject: subject.clone(),
@@ -257,7 +258,7 @@ impl JetStreamDelivery {
 }
 
 impl Delivery for JetStreamDelivery {
-    fn open(&mut self) -> Result<(Envelope, Message), Poison> {
+    fn open(&mut self) -> Result<(Envelope, Arc<Message>), Poison> {
         let headers = self.message.headers.as_ref().ok_or_else(|| Poison {
             reason: "message has no headers, so no envelope".into(),
         })?;
@@ -282,7 +283,7 @@ impl Delivery for JetStreamDelivery {
                 ),
             });
         }
-        Ok((envelope, message))
+        Ok((envelope, Arc::new(message)))
     }
 
     fn delivered(&self) -> u32 {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::bus::{Bus, BusError, Delivery, Poison, Published, Subscription};
 
-type Item = (Envelope, Message, u32);
+type Item = (Envelope, Arc<Message>, u32);
 
 struct Queue {
     tx: mpsc::UnboundedSender<Item>,
@@ -72,7 +72,7 @@ impl MemoryBus {
     }
 
     /// Completions and dead letters: everything no stage consumes.
-    pub async fn next_event(&self) -> Option<(Envelope, Message)> {
+    pub async fn next_event(&self) -> Option<(Envelope, Arc<Message>)> {
         let mut rx = self.inner.events.rx.lock().await;
         rx.recv().await.map(|(e, m, _)| (e, m))
     }
@@ -91,9 +91,14 @@ impl MemoryBus {
         true
     }
 
-    fn send(&self, envelope: Envelope, message: Message, delivered: u32) -> Result<(), BusError> {
+    fn send(
+        &self,
+        envelope: Envelope,
+        message: Arc<Message>,
+        delivered: u32,
+    ) -> Result<(), BusError> {
         let q = match message.route() {
-            Some(stage) if !matches!(message, Message::DeadLetter(_)) => {
+            Some(stage) if !matches!(*message, Message::DeadLetter(_)) => {
                 self.inner.queues.get(&stage).ok_or(BusError::Closed)?
             }
             _ => &self.inner.events,
@@ -107,11 +112,11 @@ impl Bus for MemoryBus {
     type Delivery = MemoryDelivery;
     type Subscription = MemorySubscription;
 
-    async fn publish(&self, envelope: &Envelope, message: &Message) -> Result<Published, BusError> {
+    async fn publish(&self, envelope: &Envelope, message: Message) -> Result<Published, BusError> {
         if !self.first_sighting(envelope.message_id) {
             return Ok(Published { duplicate: true });
         }
-        self.send(envelope.clone(), message.clone(), 1)?;
+        self.send(envelope.clone(), Arc::new(message), 1)?;
         Ok(Published { duplicate: false })
     }
 
@@ -149,14 +154,14 @@ impl Subscription for MemorySubscription {
 pub struct MemoryDelivery {
     stage: Stage,
     envelope: Envelope,
-    message: Option<Message>,
+    message: Option<Arc<Message>>,
     delivered: u32,
     bus: MemoryBus,
 }
 
 impl Delivery for MemoryDelivery {
-    fn open(&mut self) -> Result<(Envelope, Message), Poison> {
-        // The body stays available for a Nak: clone rather than take.
+    fn open(&mut self) -> Result<(Envelope, Arc<Message>), Poison> {
+        // The body stays available for a Nak: share rather than take.
         match &self.message {
             Some(m) => Ok((self.envelope.clone(), m.clone())),
             None => Err(Poison {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -29,7 +30,7 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Clone)]
 pub struct Input {
     pub envelope: Envelope,
-    pub message: Message,
+    pub message: Arc<Message>,
     /// 1 on first delivery.
     pub delivered: u32,
 }
@@ -232,11 +233,12 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         message,
         delivered,
     };
-    let handler = s.handler.clone();
-    let mut task =
-        tokio::spawn(async move { handler.handle(input).await }.instrument(span.clone()));
-    let mut tick = tokio::time::interval(s.cfg.progress_interval());
-    tick.tick().await;
+    // A panicking handler is a failed attempt, not a dead worker.
+    let task = std::panic::AssertUnwindSafe(s.handler.handle(input).instrument(span.clone()))
+        .catch_unwind();
+    tokio::pin!(task);
+    let every = s.cfg.progress_interval();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let joined = loop {
         tokio::select! {
             r = &mut task => break r,
@@ -249,10 +251,17 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     };
     let outcome = match joined {
         Ok(o) => o,
-        Err(e) => Outcome::Retry {
-            after: None,
-            reason: format!("handler crashed: {e}"),
-        },
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Outcome::Retry {
+                after: None,
+                reason: format!("handler panicked: {what}"),
+            }
+        }
     };
     s.stats.handled.fetch_add(1, Ordering::Relaxed);
 
@@ -299,14 +308,15 @@ async fn settle_publish<B: Bus, H: Handler>(
     outputs: Vec<(Envelope, Message)>,
 ) {
     let stage = s.handler.stage();
-    for (env, msg) in &outputs {
-        match s.bus.publish(env, msg).await {
+    for (env, msg) in outputs {
+        let kind = msg.kind();
+        match s.bus.publish(&env, msg).await {
             Ok(p) if p.duplicate => {
                 tracing::debug!(%stage, message = %env.message_id, "output was already published")
             }
             Ok(_) => {}
             Err(e) => {
-                let reason = format!("publishing `{}` failed: {e}", msg.kind());
+                let reason = format!("publishing `{kind}` failed: {e}");
                 retry(s, d, input, None, reason).await;
                 return;
             }
@@ -380,7 +390,7 @@ async fn dead_letter<B: Bus, H: Handler>(
         }
     };
     tracing::error!(%stage, repair = %repair_id, %reason, "dead-lettering a message");
-    match s.bus.publish(&dl_env, &Message::DeadLetter(record)).await {
+    match s.bus.publish(&dl_env, Message::DeadLetter(record)).await {
         Ok(_) => {
             s.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = d.term().await {
