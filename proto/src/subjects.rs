@@ -99,6 +99,18 @@ impl Namespace {
     }
 }
 
+/// The subject a message is published on: the work subject of the stage it routes to, the
+/// dead-letter subject of the stage that gave up on it, or the repair's event subject.
+pub fn subject_for(ns: &Namespace, msg: &crate::Message) -> String {
+    match msg {
+        crate::Message::DeadLetter(d) => ns.dead_letter_subject(d.stage),
+        _ => match msg.route() {
+            Some(stage) => ns.stage_subject(stage, msg.kind()),
+            None => ns.event_subject(&msg.repair_id(), msg.kind()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,17 +142,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-/// The subject a message is published on: the work subject of the stage it routes to, the
-/// dead-letter subject of the stage that gave up on it, or the repair's event subject.
-pub fn subject_for(ns: &Namespace, msg: &crate::Message) -> String {
-    match msg {
-        crate::Message::DeadLetter(d) => ns.dead_letter_subject(d.stage),
-        _ => match msg.route() {
-            Some(stage) => ns.stage_subject(stage, msg.kind()),
-            None => ns.event_subject(&msg.repair_id(), msg.kind()),
-        },
     }
 }

@@ -83,10 +83,10 @@ impl MemoryBus {
             return false;
         }
         d.order.push_back(id);
-        if d.order.len() > d.window {
-            if let Some(old) = d.order.pop_front() {
-                d.seen.remove(&old);
-            }
+        if d.order.len() > d.window
+            && let Some(old) = d.order.pop_front()
+        {
+            d.seen.remove(&old);
         }
         true
     }

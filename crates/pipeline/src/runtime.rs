@@ -365,7 +365,7 @@ async fn dead_letter<B: Bus, H: Handler>(
 ) {
     let stage = s.handler.stage();
     let (headers, body) = d.raw();
-    let repair_id = env.map(|e| e.repair_id).unwrap_or_else(|| RepairId::nil());
+    let repair_id = env.map(|e| e.repair_id).unwrap_or_else(RepairId::nil);
     let record = DeadLetter {
         repair_id,
         stage,

@@ -367,10 +367,10 @@ impl Store {
                     Some(b) => Some(rmp_serde::from_slice(&b).map_err(abort)?),
                     None => None,
                 };
-                if let Some(r) = &existing {
-                    if r.status == RepairStatus::Completed {
-                        return Ok((r.clone(), false));
-                    }
+                if let Some(r) = &existing
+                    && r.status == RepairStatus::Completed
+                {
+                    return Ok((r.clone(), false));
                 }
                 let mut rec = existing.unwrap_or(RepairRecord {
                     id: c.repair,
@@ -383,10 +383,10 @@ impl Store {
                     updated_ms: now,
                 });
                 if let Some(parent) = c.new_iteration_parent {
-                    if let Some(p) = parent {
-                        if iterations.get(p.0.to_be_bytes())?.is_none() {
-                            return Err(abort(StoreError::NoIteration(p)));
-                        }
+                    if let Some(p) = parent
+                        && iterations.get(p.0.to_be_bytes())?.is_none()
+                    {
+                        return Err(abort(StoreError::NoIteration(p)));
                     }
                     let next = match meta.get(NEXT_ITERATION)? {
                         Some(b) => <[u8; 4]>::try_from(b.as_ref())
@@ -432,10 +432,10 @@ impl Store {
         origin: IterationOrigin,
     ) -> Result<IterationRecord, StoreError> {
         let result = (&self.iterations, &self.meta).transaction(|(iterations, meta)| {
-            if let Some(p) = parent {
-                if iterations.get(p.0.to_be_bytes())?.is_none() {
-                    return Err(abort(StoreError::NoIteration(p)));
-                }
+            if let Some(p) = parent
+                && iterations.get(p.0.to_be_bytes())?.is_none()
+            {
+                return Err(abort(StoreError::NoIteration(p)));
             }
             let next = match meta.get(NEXT_ITERATION)? {
                 Some(b) => <[u8; 4]>::try_from(b.as_ref())

@@ -96,20 +96,20 @@ pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider, TelemetryErro
         .with_service_name(service.to_owned())
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        if !endpoint.is_empty() {
-            use opentelemetry_otlp::WithExportConfig;
-            let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(traces)
-                .build()
-                .map_err(|e| TelemetryError::Exporter {
-                    endpoint: endpoint.clone(),
-                    reason: e.to_string(),
-                })?;
-            builder = builder.with_batch_exporter(exporter);
-        }
+    if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        && !endpoint.is_empty()
+    {
+        use opentelemetry_otlp::WithExportConfig;
+        let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces)
+            .build()
+            .map_err(|e| TelemetryError::Exporter {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+        builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
 }
