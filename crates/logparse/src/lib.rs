@@ -1,0 +1,1 @@
+//! Parse error logs (stack traces, compiler errors, test-runner output) into typed reports.
