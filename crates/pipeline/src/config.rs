@@ -77,6 +77,32 @@ pub struct CostConfig {
     pub gamma: f64,
     pub lambda: f64,
     pub rebuild_threshold: f64,
+    /// Floor of D in C_fix, so clean code still costs something to repair.
+    pub min_debt: f64,
+    /// D of freshly written code, used in C_new.
+    pub new_code_debt: f64,
+    /// K for a rebuild: the old code and the tests serve as its specification.
+    pub rebuild_context: f64,
+    /// Smallest fault region, in lines.
+    pub min_region_lines: u64,
+    /// S of the built-in search engine (no model).
+    pub search_capability: f64,
+    /// Weights of the success probability before history is available.
+    pub prior: SuccessWeights,
+    /// Pull of the prior on a refit (L2 strength; higher trusts the prior more).
+    pub refit_l2: f64,
+}
+
+/// p = σ(bias + debt·D + coverage·T + context·K + capability·S + size·min(1, region/200)).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessWeights {
+    pub bias: f64,
+    pub debt: f64,
+    pub coverage: f64,
+    pub context: f64,
+    pub capability: f64,
+    pub size: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -684,6 +710,42 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
                 "e.g. 1.0",
             ));
         }
+    }
+    for (key, v) in [
+        ("cost_calculation.min_debt", c.min_debt),
+        ("cost_calculation.new_code_debt", c.new_code_debt),
+        ("cost_calculation.rebuild_context", c.rebuild_context),
+        ("cost_calculation.search_capability", c.search_capability),
+    ] {
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(bad(
+                layers,
+                key,
+                format!("{v} is outside (0, 1]"),
+                "use a number between 0 and 1, e.g. 0.2",
+            ));
+        }
+    }
+    let w = &c.prior;
+    if ![
+        w.bias,
+        w.debt,
+        w.coverage,
+        w.context,
+        w.capability,
+        w.size,
+        c.refit_l2,
+    ]
+    .iter()
+    .all(|v| v.is_finite())
+        || c.refit_l2 < 0.0
+    {
+        return Err(bad(
+            layers,
+            "cost_calculation.prior",
+            "weights must be finite numbers and refit_l2 ≥ 0".into(),
+            "see config/coval.config.yaml for the shipped weights",
+        ));
     }
     if !(c.lambda.is_finite() && c.lambda >= 0.0) {
         return Err(bad(

@@ -54,6 +54,8 @@ fn triage() -> TriageReport {
             context: 0.9,
             capability: 0.75,
             loc: 120,
+            region_lines: 0,
+            module_lines: 0,
         },
         notes: vec![],
     }
@@ -66,6 +68,7 @@ fn decision() -> Decision {
         c_new: 3.0,
         p_success: 0.81,
         reasons: vec!["small tested project with a precise trace".into()],
+        features: vec![],
     }
 }
 

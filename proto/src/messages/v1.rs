@@ -158,6 +158,13 @@ pub struct Metrics {
     /// Lines of code in the project files considered.
     #[serde(default)]
     pub loc: u64,
+    /// Lines of the code around the fault (the enclosing function when localisation is
+    /// precise, else the whole suspect module).
+    #[serde(default)]
+    pub region_lines: u64,
+    /// Lines of the module(s) a rebuild would replace.
+    #[serde(default)]
+    pub module_lines: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -198,6 +205,9 @@ pub struct Decision {
     pub p_success: f64,
     /// Plain-words reasons, one per line of decision.md.
     pub reasons: Vec<String>,
+    /// The success model's features at decision time, recorded with the outcome for refits.
+    #[serde(default)]
+    pub features: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
