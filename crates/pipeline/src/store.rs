@@ -501,3 +501,24 @@ impl Store {
             .collect()
     }
 }
+
+/// Recorded outcomes of past repairs, by category: the store in the embedded mode and in the
+/// worker that owns the ledger, nothing where no history is reachable.
+pub trait HistorySource: Send + Sync + 'static {
+    fn outcomes(&self, category: Category) -> Result<Vec<HistoryRecord>, StoreError>;
+}
+
+impl HistorySource for Store {
+    fn outcomes(&self, category: Category) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.history(Some(category))
+    }
+}
+
+/// No history: every estimate uses the configured priors.
+pub struct NoHistory;
+
+impl HistorySource for NoHistory {
+    fn outcomes(&self, _: Category) -> Result<Vec<HistoryRecord>, StoreError> {
+        Ok(vec![])
+    }
+}

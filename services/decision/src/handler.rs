@@ -5,36 +5,16 @@ use std::sync::Arc;
 
 use pipeline::config::CostConfig;
 use pipeline::runtime::{Handler, Input, Outcome};
-use pipeline::store::{HistoryRecord, Store, StoreError};
-use proto::messages::{Category, Decided, Decision, TriageReport, Verdict};
+use pipeline::store::{HistoryRecord, HistorySource};
+use proto::messages::{Decided, Decision, TriageReport, Verdict};
 use proto::{Message, Stage};
 
 use crate::model::{self, Inputs, WeightsSource};
 
-/// Recorded outcomes of past repairs, by category.
-pub trait History: Send + Sync + 'static {
-    fn outcomes(&self, category: Category) -> Result<Vec<HistoryRecord>, StoreError>;
-}
-
-impl History for Store {
-    fn outcomes(&self, category: Category) -> Result<Vec<HistoryRecord>, StoreError> {
-        self.history(Some(category))
-    }
-}
-
-/// No history (a fresh workspace, or a worker without the ledger).
-pub struct NoHistory;
-
-impl History for NoHistory {
-    fn outcomes(&self, _: Category) -> Result<Vec<HistoryRecord>, StoreError> {
-        Ok(vec![])
-    }
-}
-
 pub struct DecisionStage {
     pub cost: CostConfig,
     pub min_samples: usize,
-    pub history: Arc<dyn History>,
+    pub history: Arc<dyn HistorySource>,
 }
 
 /// Decide for one triage report, given the category's recorded outcomes.
