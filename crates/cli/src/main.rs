@@ -10,9 +10,45 @@ use clap::{Args, Parser, Subcommand};
 use pipeline::config::{self, LoadOptions};
 use pipeline::telemetry::{self, LogFormat};
 
-/// Exit codes of DESIGN.md.
+mod repair;
+mod report;
+
+/// Exit codes of DESIGN.md, and the failures that lead to them.
 mod exit {
+    pub const DONE: u8 = 0;
+    /// No validated fix, rebuild recommended, unhealthy; also an internal failure.
+    pub const NOT_DONE: u8 = 1;
     pub const BAD_INPUT: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+
+    /// A command that could not do its job: what to tell the user, and the exit code.
+    #[derive(Debug)]
+    pub struct Failure {
+        pub code: u8,
+        pub message: String,
+    }
+
+    impl Failure {
+        pub fn input(message: String) -> Failure {
+            Failure {
+                code: BAD_INPUT,
+                message,
+            }
+        }
+        #[allow(dead_code)]
+        pub fn unreachable(message: String) -> Failure {
+            Failure {
+                code: UNREACHABLE,
+                message,
+            }
+        }
+        pub fn internal(message: String) -> Failure {
+            Failure {
+                code: NOT_DONE,
+                message,
+            }
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -57,6 +93,8 @@ struct Global {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Repair a failure: triage, decide, reproduce, fix, validate, integrate
+    Repair(repair::RepairArgs),
     /// Print the effective configuration: built-in defaults, files, COVAL_* variables
     Config {
         /// Print JSON instead of `key = value` lines
@@ -83,6 +121,25 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Repair(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("coval: cannot start the async runtime: {e}");
+                    return ExitCode::from(exit::NOT_DONE);
+                }
+            };
+            match rt.block_on(repair::run(args, &cfg, &cli.global.workspace)) {
+                Ok(code) => ExitCode::from(code),
+                Err(f) => {
+                    eprintln!("coval: {}", f.message);
+                    ExitCode::from(f.code)
+                }
+            }
+        }
         Command::Config { json } => {
             let value = serde_json::json!({
                 "settings": cfg.settings,

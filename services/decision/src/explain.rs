@@ -11,16 +11,16 @@ pub fn decision_md(report: &TriageReport, d: &Decision) -> String {
         Verdict::Rebuild => "rebuild",
     };
     let _ = writeln!(s, "# Decision: {verdict}\n");
+    let what = match (report.error_type.is_empty(), report.message.is_empty()) {
+        (true, true) => "an error the log does not name".to_owned(),
+        (true, false) => format!("\"{}\"", report.message),
+        (false, true) => format!("`{}`", report.error_type),
+        (false, false) => format!("`{}`: {}", report.error_type, report.message),
+    };
     let _ = writeln!(
         s,
-        "The failure is a **{}** problem: `{}`{}.\n",
-        report.category.as_str(),
-        report.error_type,
-        if report.message.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", report.message)
-        }
+        "The failure ({} category) is {what}.\n",
+        report.category.as_str()
     );
     if report.suspects.is_empty() {
         let _ = writeln!(s, "No file of the project could be pointed at.\n");

@@ -27,7 +27,10 @@ struct Ranking {
 
 impl Ranking {
     fn add(&mut self, file: &str, line: Option<u32>, score: f64, reason: String) {
-        let e = self.by_place.entry((file.to_owned(), line)).or_insert((0.0, String::new()));
+        let e = self
+            .by_place
+            .entry((file.to_owned(), line))
+            .or_insert((0.0, String::new()));
         if score > e.0 {
             *e = (score, reason);
         }
@@ -44,22 +47,42 @@ impl Ranking {
                 reason,
             })
             .collect();
-        v.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.file.cmp(&b.file)).then(a.line.cmp(&b.line)));
+        v.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.file.cmp(&b.file))
+                .then(a.line.cmp(&b.line))
+        });
         v.truncate(50);
         v
     }
 }
 
 /// Where the frames and failing tests point, in the project.
-pub fn localise(project: &Project, frames: &[Frame], failing_tests: &[String], metrics: &HashMap<String, FileMetrics>) -> Vec<Suspect> {
+pub fn localise(
+    project: &Project,
+    frames: &[Frame],
+    failing_tests: &[String],
+    metrics: &HashMap<String, FileMetrics>,
+) -> Vec<Suspect> {
     let mut r = Ranking::default();
     let mut weight = 1.0;
     let mut innermost_code: Option<&SourceFile> = None;
     let mut test_sites: Vec<(&SourceFile, Option<u32>)> = vec![];
     for f in frames.iter().filter(|f| f.in_project) {
-        let Some(sf) = resolve_frame(project, f) else { continue };
-        let w = if sf.is_test { weight * TEST_FRAME_WEIGHT } else { weight };
-        let what = f.function.as_deref().map(|n| format!(" in `{n}`")).unwrap_or_default();
+        let Some(sf) = resolve_frame(project, f) else {
+            continue;
+        };
+        let w = if sf.is_test {
+            weight * TEST_FRAME_WEIGHT
+        } else {
+            weight
+        };
+        let what = f
+            .function
+            .as_deref()
+            .map(|n| format!(" in `{n}`"))
+            .unwrap_or_default();
         r.add(&sf.path, f.line, w, format!("trace frame{what}"));
         if sf.is_test {
             test_sites.push((sf, f.line));
@@ -71,17 +94,22 @@ pub fn localise(project: &Project, frames: &[Frame], failing_tests: &[String], m
     // Failing tests named by the runner (`tests/test_x.py::test_y`, `TestX`, `x_test.go`).
     for t in failing_tests {
         let file = t.split("::").next().unwrap_or(t);
-        if let Some(sf) = project.resolve(file).filter(|s| s.is_test) {
-            if !test_sites.iter().any(|(s, _)| s.path == sf.path) {
-                test_sites.push((sf, None));
-            }
+        if let Some(sf) = project.resolve(file).filter(|s| s.is_test)
+            && !test_sites.iter().any(|(s, _)| s.path == sf.path)
+        {
+            test_sites.push((sf, None));
         }
     }
     // The code under test.
     for (test, line) in &test_sites {
         let imported = local_imports(project, test);
         for dep in &imported {
-            r.add(&dep.path, None, UNDER_TEST, format!("imported by the failing test {}", test.path));
+            r.add(
+                &dep.path,
+                None,
+                UNDER_TEST,
+                format!("imported by the failing test {}", test.path),
+            );
         }
         let called = line.map(|l| called_names(test, l)).unwrap_or_default();
         let candidates: Vec<&SourceFile> = if imported.is_empty() {
@@ -90,20 +118,32 @@ pub fn localise(project: &Project, frames: &[Frame], failing_tests: &[String], m
             imported.clone()
         };
         for dep in candidates {
-            let Some(m) = metrics.get(&dep.path) else { continue };
+            let Some(m) = metrics.get(&dep.path) else {
+                continue;
+            };
             for f in m.functions.iter().filter(|f| called.contains(&f.name)) {
                 r.add(
                     &dep.path,
                     Some(f.start_line),
                     CALLED_FROM_TEST,
-                    format!("`{}` is called on the failing line {}:{}", f.name, test.path, line.unwrap_or(0)),
+                    format!(
+                        "`{}` is called on the failing line {}:{}",
+                        f.name,
+                        test.path,
+                        line.unwrap_or(0)
+                    ),
                 );
             }
         }
     }
     if let Some(code) = innermost_code {
         for dep in local_imports(project, code) {
-            r.add(&dep.path, None, IMPORTED, format!("imported by {}", code.path));
+            r.add(
+                &dep.path,
+                None,
+                IMPORTED,
+                format!("imported by {}", code.path),
+            );
         }
     }
     r.into_suspects()
@@ -130,10 +170,19 @@ fn called_names(file: &SourceFile, line: u32) -> HashSet<String> {
     let Some(re) = CALL.get_or_init(|| Regex::new(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(").ok()) else {
         return HashSet::new();
     };
-    let text = file.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
+    let text = file
+        .text
+        .lines()
+        .nth(line.saturating_sub(1) as usize)
+        .unwrap_or("");
     re.captures_iter(text)
         .filter_map(|c| c.get(1).map(|m| m.as_str().to_owned()))
-        .filter(|n| !matches!(n.as_str(), "assert" | "assertEqual" | "expect" | "print" | "len" | "if" | "for" | "while"))
+        .filter(|n| {
+            !matches!(
+                n.as_str(),
+                "assert" | "assertEqual" | "expect" | "print" | "len" | "if" | "for" | "while"
+            )
+        })
         .collect()
 }
 
@@ -143,20 +192,27 @@ pub fn local_imports<'a>(project: &'a Project, file: &SourceFile) -> Vec<&'a Sou
     static JS: std::sync::OnceLock<Option<Regex>> = std::sync::OnceLock::new();
     let mut out: Vec<&SourceFile> = vec![];
     let mut push = |sf: Option<&'a SourceFile>| {
-        if let Some(sf) = sf.filter(|s| s.path != file.path && !s.is_test) {
-            if !out.iter().any(|o| o.path == sf.path) {
-                out.push(sf);
-            }
+        if let Some(sf) = sf.filter(|s| s.path != file.path && !s.is_test)
+            && !out.iter().any(|o| o.path == sf.path)
+        {
+            out.push(sf);
         }
     };
     let dir = file.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     match file.language {
         Language::Python => {
-            let Some(re) = PY.get_or_init(|| Regex::new(r"(?m)^\s*(?:from\s+(\.*[\w.]*)\s+import\s+([\w, ]+)|import\s+([\w.]+))").ok()) else {
+            let Some(re) = PY.get_or_init(|| {
+                Regex::new(r"(?m)^\s*(?:from\s+(\.*[\w.]*)\s+import\s+([\w, ]+)|import\s+([\w.]+))")
+                    .ok()
+            }) else {
                 return out;
             };
             for c in re.captures_iter(&file.text) {
-                let module = c.get(1).or_else(|| c.get(3)).map(|m| m.as_str()).unwrap_or("");
+                let module = c
+                    .get(1)
+                    .or_else(|| c.get(3))
+                    .map(|m| m.as_str())
+                    .unwrap_or("");
                 let dots = module.chars().take_while(|c| *c == '.').count();
                 let name = module.trim_start_matches('.').replace('.', "/");
                 let base = if dots > 0 {
@@ -168,26 +224,51 @@ pub fn local_imports<'a>(project: &'a Project, file: &SourceFile) -> Vec<&'a Sou
                 } else {
                     String::new()
                 };
-                let join = |a: &str, b: &str| if a.is_empty() { b.to_owned() } else if b.is_empty() { a.to_owned() } else { format!("{a}/{b}") };
+                let join = |a: &str, b: &str| {
+                    if a.is_empty() {
+                        b.to_owned()
+                    } else if b.is_empty() {
+                        a.to_owned()
+                    } else {
+                        format!("{a}/{b}")
+                    }
+                };
                 let m = join(&base, &name);
                 push(project.files.get(&format!("{m}.py")));
                 push(project.files.get(&format!("{m}/__init__.py")));
                 // `from pkg import module`
                 if let Some(names) = c.get(2) {
-                    for n in names.as_str().split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    for n in names
+                        .as_str()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                    {
                         push(project.files.get(&format!("{}.py", join(&m, n))));
                     }
                 }
             }
         }
         Language::JavaScript | Language::TypeScript => {
-            let Some(re) = JS.get_or_init(|| Regex::new(r#"(?:require\(\s*|from\s+|import\s+)['"](\.{1,2}/[^'"]+)['"]"#).ok()) else {
+            let Some(re) = JS.get_or_init(|| {
+                Regex::new(r#"(?:require\(\s*|from\s+|import\s+)['"](\.{1,2}/[^'"]+)['"]"#).ok()
+            }) else {
                 return out;
             };
             for c in re.captures_iter(&file.text) {
                 let Some(spec) = c.get(1) else { continue };
                 let joined = normalise(&format!("{dir}/{}", spec.as_str()));
-                for ext in ["", ".js", ".ts", ".mjs", ".cjs", ".jsx", ".tsx", "/index.js", "/index.ts"] {
+                for ext in [
+                    "",
+                    ".js",
+                    ".ts",
+                    ".mjs",
+                    ".cjs",
+                    ".jsx",
+                    ".tsx",
+                    "/index.js",
+                    "/index.ts",
+                ] {
                     push(project.files.get(&format!("{joined}{ext}")));
                 }
             }

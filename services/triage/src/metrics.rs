@@ -61,26 +61,45 @@ fn grammar(lang: Language, path: &str) -> Option<Grammar> {
             functions: &["function_definition", "lambda"],
             classes: &["class_definition"],
             branches: &[
-                "if_statement", "elif_clause", "for_statement", "while_statement", "except_clause",
-                "conditional_expression", "boolean_operator", "if_clause", "case_clause", "for_in_clause",
+                "if_statement",
+                "elif_clause",
+                "for_statement",
+                "while_statement",
+                "except_clause",
+                "conditional_expression",
+                "boolean_operator",
+                "if_clause",
+                "case_clause",
+                "for_in_clause",
             ],
             binary: &[],
             python_docstrings: true,
         },
         Language::JavaScript | Language::TypeScript => Grammar {
             language: match lang {
-                Language::TypeScript if path.ends_with(".tsx") => tree_sitter_typescript::LANGUAGE_TSX.into(),
+                Language::TypeScript if path.ends_with(".tsx") => {
+                    tree_sitter_typescript::LANGUAGE_TSX.into()
+                }
                 Language::TypeScript => tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
                 _ => tree_sitter_javascript::LANGUAGE.into(),
             },
             functions: &[
-                "function_declaration", "function_expression", "arrow_function", "method_definition",
+                "function_declaration",
+                "function_expression",
+                "arrow_function",
+                "method_definition",
                 "generator_function_declaration",
             ],
             classes: &["class_declaration", "class"],
             branches: &[
-                "if_statement", "for_statement", "for_in_statement", "while_statement", "do_statement",
-                "switch_case", "catch_clause", "ternary_expression",
+                "if_statement",
+                "for_statement",
+                "for_in_statement",
+                "while_statement",
+                "do_statement",
+                "switch_case",
+                "catch_clause",
+                "ternary_expression",
             ],
             binary: &["binary_expression"],
             python_docstrings: false,
@@ -89,7 +108,13 @@ fn grammar(lang: Language, path: &str) -> Option<Grammar> {
             language: tree_sitter_go::LANGUAGE.into(),
             functions: &["function_declaration", "method_declaration", "func_literal"],
             classes: &["type_declaration"],
-            branches: &["if_statement", "for_statement", "expression_case", "type_case", "communication_case"],
+            branches: &[
+                "if_statement",
+                "for_statement",
+                "expression_case",
+                "type_case",
+                "communication_case",
+            ],
             binary: &["binary_expression"],
             python_docstrings: false,
         },
@@ -97,17 +122,37 @@ fn grammar(lang: Language, path: &str) -> Option<Grammar> {
             language: tree_sitter_rust::LANGUAGE.into(),
             functions: &["function_item", "closure_expression"],
             classes: &["struct_item", "enum_item", "trait_item"],
-            branches: &["if_expression", "match_arm", "while_expression", "for_expression", "loop_expression"],
+            branches: &[
+                "if_expression",
+                "match_arm",
+                "while_expression",
+                "for_expression",
+                "loop_expression",
+            ],
             binary: &["binary_expression"],
             python_docstrings: false,
         },
         Language::Java => Grammar {
             language: tree_sitter_java::LANGUAGE.into(),
-            functions: &["method_declaration", "constructor_declaration", "lambda_expression"],
-            classes: &["class_declaration", "interface_declaration", "enum_declaration"],
+            functions: &[
+                "method_declaration",
+                "constructor_declaration",
+                "lambda_expression",
+            ],
+            classes: &[
+                "class_declaration",
+                "interface_declaration",
+                "enum_declaration",
+            ],
             branches: &[
-                "if_statement", "for_statement", "enhanced_for_statement", "while_statement", "do_statement",
-                "catch_clause", "switch_label", "ternary_expression",
+                "if_statement",
+                "for_statement",
+                "enhanced_for_statement",
+                "while_statement",
+                "do_statement",
+                "catch_clause",
+                "switch_label",
+                "ternary_expression",
             ],
             binary: &["binary_expression"],
             python_docstrings: false,
@@ -117,7 +162,11 @@ fn grammar(lang: Language, path: &str) -> Option<Grammar> {
 }
 
 fn line_of(n: &Node, end: bool) -> u32 {
-    let p = if end { n.end_position() } else { n.start_position() };
+    let p = if end {
+        n.end_position()
+    } else {
+        n.start_position()
+    };
     u32::try_from(p.row).unwrap_or(u32::MAX - 1) + 1
 }
 
@@ -134,32 +183,36 @@ fn is_decision(g: &Grammar, n: &Node, src: &[u8]) -> bool {
     if g.branches.contains(&n.kind()) {
         return true;
     }
-    if g.binary.contains(&n.kind()) {
-        if let Some(op) = n.child_by_field_name("operator") {
-            return matches!(op.utf8_text(src).unwrap_or(""), "&&" | "||" | "??");
-        }
+    if g.binary.contains(&n.kind())
+        && let Some(op) = n.child_by_field_name("operator")
+    {
+        return matches!(op.utf8_text(src).unwrap_or(""), "&&" | "||" | "??");
     }
     false
 }
 
 fn documented(g: &Grammar, n: &Node) -> bool {
     if g.python_docstrings {
-        let first = n
-            .child_by_field_name("body")
-            .and_then(|b| b.named_child(0));
+        let first = n.child_by_field_name("body").and_then(|b| b.named_child(0));
         return first.is_some_and(|s| {
-            s.kind() == "expression_statement" && s.named_child(0).is_some_and(|e| e.kind() == "string")
+            s.kind() == "expression_statement"
+                && s.named_child(0).is_some_and(|e| e.kind() == "string")
         });
     }
     // A comment right above the definition (or above its attributes/decorators/export).
     let mut cur = *n;
-    if let Some(p) = cur.parent().filter(|p| matches!(p.kind(), "export_statement" | "decorated_definition")) {
+    if let Some(p) = cur
+        .parent()
+        .filter(|p| matches!(p.kind(), "export_statement" | "decorated_definition"))
+    {
         cur = p;
     }
     let mut prev = cur.prev_sibling();
     while let Some(p) = prev {
         match p.kind() {
-            "attribute_item" | "annotation" | "marker_annotation" | "decorator" => prev = p.prev_sibling(),
+            "attribute_item" | "annotation" | "marker_annotation" | "decorator" => {
+                prev = p.prev_sibling()
+            }
             k if k.contains("comment") => return line_of(&p, true) + 1 >= line_of(&cur, false),
             _ => return false,
         }
@@ -195,15 +248,27 @@ fn complexity(g: &Grammar, n: &Node, src: &[u8]) -> u32 {
 pub fn analyse(lang: Language, path: &str, text: &str) -> FileMetrics {
     let loc = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
     let Some(g) = grammar(lang, path) else {
-        return FileMetrics { loc, functions: vec![], parsed: false };
+        return FileMetrics {
+            loc,
+            functions: vec![],
+            parsed: false,
+        };
     };
     let mut parser = Parser::new();
     if parser.set_language(&g.language).is_err() {
-        return FileMetrics { loc, functions: vec![], parsed: false };
+        return FileMetrics {
+            loc,
+            functions: vec![],
+            parsed: false,
+        };
     }
     let src = text.as_bytes();
     let Some(tree) = parser.parse(src, None) else {
-        return FileMetrics { loc, functions: vec![], parsed: false };
+        return FileMetrics {
+            loc,
+            functions: vec![],
+            parsed: false,
+        };
     };
     let mut functions = vec![];
     let mut stack = vec![tree.root_node()];
@@ -226,7 +291,11 @@ pub fn analyse(lang: Language, path: &str, text: &str) -> FileMetrics {
         }
     }
     functions.sort_by_key(|f| (f.start_line, f.end_line));
-    FileMetrics { loc, functions, parsed: true }
+    FileMetrics {
+        loc,
+        functions,
+        parsed: true,
+    }
 }
 
 /// The parts of D and D itself.
@@ -247,7 +316,9 @@ fn significant(line: &str) -> Option<String> {
 
 /// Share of significant lines inside a 5-line window that occurs more than once.
 pub fn duplication<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
-    let files: Vec<Vec<String>> = texts.map(|t| t.lines().filter_map(significant).collect()).collect();
+    let files: Vec<Vec<String>> = texts
+        .map(|t| t.lines().filter_map(significant).collect())
+        .collect();
     let mut seen: HashMap<&[String], u32> = HashMap::new();
     for f in &files {
         for w in f.windows(WINDOW) {
@@ -268,7 +339,11 @@ pub fn duplication<'a>(texts: impl Iterator<Item = &'a str>) -> f64 {
         }
         dup += marked.iter().filter(|m| **m).count();
     }
-    if total == 0 { 0.0 } else { dup as f64 / total as f64 }
+    if total == 0 {
+        0.0
+    } else {
+        dup as f64 / total as f64
+    }
 }
 
 /// D over a set of analysed files (their texts give the duplication).
@@ -291,7 +366,11 @@ pub fn debt<'a>(files: &[(&'a str, &'a FileMetrics)]) -> Debt {
         }
     }
     let complexity = if weight > 0.0 { weighted / weight } else { 0.0 };
-    let missing_docs = if doc_total > 0 { doc_missing as f64 / doc_total as f64 } else { 0.0 };
+    let missing_docs = if doc_total > 0 {
+        doc_missing as f64 / doc_total as f64
+    } else {
+        0.0
+    };
     let duplication = duplication(files.iter().map(|(t, _)| *t));
     Debt {
         complexity,
@@ -310,7 +389,11 @@ mod tests {
         let src = "def simple(x):\n    \"\"\"Doc.\"\"\"\n    return x\n\n\ndef branchy(a, b):\n    if a and b:\n        return 1\n    elif a:\n        return 2\n    for i in range(3):\n        while b:\n            b -= 1\n    return 3 if a else 4\n";
         let m = analyse(Language::Python, "m.py", src);
         assert!(m.parsed);
-        let names: Vec<_> = m.functions.iter().map(|f| (f.name.as_str(), f.complexity, f.documented)).collect();
+        let names: Vec<_> = m
+            .functions
+            .iter()
+            .map(|f| (f.name.as_str(), f.complexity, f.documented))
+            .collect();
         // if, and, elif, for, while, conditional: 6 decision points.
         assert_eq!(names, [("simple", 1, true), ("branchy", 7, false)]);
         assert_eq!(m.enclosing(8).map(|f| f.name.as_str()), Some("branchy"));
@@ -320,15 +403,44 @@ mod tests {
     #[test]
     fn every_grammar_finds_functions_and_branches() {
         let cases = [
-            (Language::JavaScript, "a.js", "/** doc */\nfunction f(a) {\n  if (a || b) { return 1 }\n  return a ? 2 : 3;\n}\n", 4),
-            (Language::TypeScript, "a.ts", "function f(a: number): number {\n  if (a > 1 && a < 3) { return 1 }\n  return 2;\n}\n", 3),
-            (Language::Go, "a.go", "package a\n\n// F does.\nfunc F(a int) int {\n\tif a > 1 || a < 0 {\n\t\treturn 1\n\t}\n\tfor i := 0; i < a; i++ {\n\t}\n\treturn 2\n}\n", 4),
-            (Language::Rust, "a.rs", "/// Doc.\nfn f(a: i32) -> i32 {\n    if a > 1 && a < 3 { 1 } else { match a { 0 => 0, _ => 2 } }\n}\n", 5),
-            (Language::Java, "A.java", "class A {\n  /** Doc. */\n  int f(int a) {\n    if (a > 1) { return 1; }\n    for (int i = 0; i < a; i++) {}\n    return a > 2 ? 1 : 0;\n  }\n}\n", 4),
+            (
+                Language::JavaScript,
+                "a.js",
+                "/** doc */\nfunction f(a) {\n  if (a || b) { return 1 }\n  return a ? 2 : 3;\n}\n",
+                4,
+            ),
+            (
+                Language::TypeScript,
+                "a.ts",
+                "function f(a: number): number {\n  if (a > 1 && a < 3) { return 1 }\n  return 2;\n}\n",
+                3,
+            ),
+            (
+                Language::Go,
+                "a.go",
+                "package a\n\n// F does.\nfunc F(a int) int {\n\tif a > 1 || a < 0 {\n\t\treturn 1\n\t}\n\tfor i := 0; i < a; i++ {\n\t}\n\treturn 2\n}\n",
+                4,
+            ),
+            (
+                Language::Rust,
+                "a.rs",
+                "/// Doc.\nfn f(a: i32) -> i32 {\n    if a > 1 && a < 3 { 1 } else { match a { 0 => 0, _ => 2 } }\n}\n",
+                5,
+            ),
+            (
+                Language::Java,
+                "A.java",
+                "class A {\n  /** Doc. */\n  int f(int a) {\n    if (a > 1) { return 1; }\n    for (int i = 0; i < a; i++) {}\n    return a > 2 ? 1 : 0;\n  }\n}\n",
+                4,
+            ),
         ];
         for (lang, path, src, cc) in cases {
             let m = analyse(lang, path, src);
-            let f = m.functions.iter().find(|f| !f.is_class).unwrap_or_else(|| panic!("{path}: no function"));
+            let f = m
+                .functions
+                .iter()
+                .find(|f| !f.is_class)
+                .unwrap_or_else(|| panic!("{path}: no function"));
             assert_eq!(f.complexity, cc, "{path}: {m:?}");
             if lang != Language::TypeScript {
                 assert!(f.documented, "{path}: doc comment not seen: {m:?}");

@@ -8,8 +8,25 @@ use proto::messages::Language;
 
 /// Directories that are never the user's code.
 const SKIP_DIRS: &[&str] = &[
-    ".git", ".hg", ".svn", "node_modules", "target", "vendor", "__pycache__", ".venv", "venv", "env",
-    ".tox", ".mypy_cache", ".pytest_cache", "dist", "build", ".coval", ".idea", ".vscode", ".next",
+    ".git",
+    ".hg",
+    ".svn",
+    "node_modules",
+    "target",
+    "vendor",
+    "__pycache__",
+    ".venv",
+    "venv",
+    "env",
+    ".tox",
+    ".mypy_cache",
+    ".pytest_cache",
+    "dist",
+    "build",
+    ".coval",
+    ".idea",
+    ".vscode",
+    ".next",
 ];
 const MAX_FILES: usize = 20_000;
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -43,7 +60,11 @@ pub enum ScanError {
 impl std::fmt::Display for ScanError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ScanError::NotADirectory(p) => write!(f, "source directory {} does not exist or is not a directory", p.display()),
+            ScanError::NotADirectory(p) => write!(
+                f,
+                "source directory {} does not exist or is not a directory",
+                p.display()
+            ),
             ScanError::Unreadable(p, e) => write!(f, "cannot read {}: {e}", p.display()),
         }
     }
@@ -90,9 +111,21 @@ pub fn is_test_path(path: &str) -> bool {
 fn is_manifest(name: &str) -> bool {
     matches!(
         name,
-        "pyproject.toml" | "setup.py" | "setup.cfg" | "requirements.txt" | "Pipfile" | "package.json" | "go.mod"
-            | "Cargo.toml" | "pom.xml" | "build.gradle" | "build.gradle.kts" | "Gemfile" | "composer.json"
-            | "Makefile" | "CMakeLists.txt"
+        "pyproject.toml"
+            | "setup.py"
+            | "setup.cfg"
+            | "requirements.txt"
+            | "Pipfile"
+            | "package.json"
+            | "go.mod"
+            | "Cargo.toml"
+            | "pom.xml"
+            | "build.gradle"
+            | "build.gradle.kts"
+            | "Gemfile"
+            | "composer.json"
+            | "Makefile"
+            | "CMakeLists.txt"
     )
 }
 
@@ -139,19 +172,28 @@ impl Project {
                     p.truncated = true;
                     return Ok(p);
                 }
-                let Some(rel) = relative(root, &path) else { continue };
+                let Some(rel) = relative(root, &path) else {
+                    continue;
+                };
                 if is_manifest(&name) {
                     p.manifests.push(rel.clone());
                 }
                 if is_doc(&name) {
                     p.docs.push(rel.clone());
                 }
-                let Some(language) = language_of(&rel) else { continue };
-                if e.metadata().map(|m| m.len() > MAX_FILE_BYTES).unwrap_or(true) {
+                let Some(language) = language_of(&rel) else {
+                    continue;
+                };
+                if e.metadata()
+                    .map(|m| m.len() > MAX_FILE_BYTES)
+                    .unwrap_or(true)
+                {
                     p.truncated = true;
                     continue;
                 }
-                let Ok(bytes) = std::fs::read(&path) else { continue };
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 let is_test = is_test_path(&rel);
                 p.files.insert(
@@ -172,10 +214,16 @@ impl Project {
     pub fn main_language(&self) -> Language {
         let mut counts: BTreeMap<String, (usize, Language)> = BTreeMap::new();
         for f in self.files.values().filter(|f| !f.is_test) {
-            let e = counts.entry(format!("{:?}", f.language)).or_insert((0, f.language));
+            let e = counts
+                .entry(format!("{:?}", f.language))
+                .or_insert((0, f.language));
             e.0 += f.text.lines().count();
         }
-        counts.into_values().max_by_key(|(n, _)| *n).map(|(_, l)| l).unwrap_or_default()
+        counts
+            .into_values()
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, l)| l)
+            .unwrap_or_default()
     }
 
     pub fn source_files(&self) -> impl Iterator<Item = &SourceFile> {
@@ -199,17 +247,25 @@ impl Project {
             return Some(f);
         }
         let root = self.root.to_string_lossy().replace('\\', "/");
-        if let Some(stripped) = cleaned.strip_prefix(&format!("{}/", root.trim_end_matches('/'))) {
-            if let Some(f) = self.files.get(stripped) {
-                return Some(f);
-            }
+        if let Some(stripped) = cleaned.strip_prefix(&format!("{}/", root.trim_end_matches('/')))
+            && let Some(f) = self.files.get(stripped)
+        {
+            return Some(f);
         }
-        let parts: Vec<&str> = cleaned.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+        let parts: Vec<&str> = cleaned
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect();
         let mut best: Option<(usize, &SourceFile)> = None;
         let mut tie = false;
         for f in self.files.values() {
             let fp: Vec<&str> = f.path.split('/').collect();
-            let n = fp.iter().rev().zip(parts.iter().rev()).take_while(|(a, b)| a == b).count();
+            let n = fp
+                .iter()
+                .rev()
+                .zip(parts.iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count();
             // The whole project path ends the log path (a foreign root), or the log path is
             // a tail of the project path (a bare file name).
             if n == 0 || (n < fp.len() && n < parts.len()) {
@@ -251,11 +307,18 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("tests")).unwrap();
         std::fs::write(dir.path().join("app/calc.py"), "def f():\n    return 1\n").unwrap();
         std::fs::write(dir.path().join("app/util.py"), "x = 1\n").unwrap();
-        std::fs::write(dir.path().join("tests/test_calc.py"), "def test_f():\n    pass\n").unwrap();
+        std::fs::write(
+            dir.path().join("tests/test_calc.py"),
+            "def test_f():\n    pass\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("README.md"), "# x\n").unwrap();
         std::fs::write(dir.path().join("pyproject.toml"), "").unwrap();
         let p = Project::scan(dir.path()).unwrap();
-        assert_eq!(p.resolve("/ci/build/42/app/calc.py").unwrap().path, "app/calc.py");
+        assert_eq!(
+            p.resolve("/ci/build/42/app/calc.py").unwrap().path,
+            "app/calc.py"
+        );
         assert_eq!(p.resolve("app/calc.py").unwrap().path, "app/calc.py");
         assert_eq!(p.resolve("calc.py").unwrap().path, "app/calc.py");
         assert!(p.resolve("/usr/lib/python3.11/json/decoder.py").is_none());

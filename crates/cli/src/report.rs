@@ -1,0 +1,90 @@
+//! What `coval repair --analyze` prints: a human summary, or JSON for machines.
+
+use proto::messages::{Decided, Verdict};
+
+pub fn print_analysis(d: &Decided, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "repair_id": d.request.repair_id.to_string(),
+            "triage": {
+                "language": d.triage.language,
+                "error_type": d.triage.error_type,
+                "message": d.triage.message,
+                "category": d.triage.category,
+                "failing_tests": d.triage.failing_tests,
+                "suspects": d.triage.suspects.iter().map(|s| serde_json::json!({
+                    "file": s.file, "line": s.line, "score": s.score, "reason": s.reason,
+                })).collect::<Vec<_>>(),
+                "frames": d.triage.frames.len(),
+                "notes": d.triage.notes,
+            },
+            "metrics": {
+                "D": d.triage.metrics.debt,
+                "T": d.triage.metrics.coverage,
+                "T_measured": d.triage.metrics.coverage_measured,
+                "K": d.triage.metrics.context,
+                "S": d.triage.metrics.capability,
+                "loc": d.triage.metrics.loc,
+                "region_lines": d.triage.metrics.region_lines,
+                "module_lines": d.triage.metrics.module_lines,
+            },
+            "decision": {
+                "verdict": d.decision.verdict,
+                "c_fix": d.decision.c_fix,
+                "c_new": d.decision.c_new,
+                "p_success": d.decision.p_success,
+                "reasons": d.decision.reasons,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let t = &d.triage;
+    let m = &t.metrics;
+    let name = if t.error_type.is_empty() {
+        "unnamed error"
+    } else {
+        t.error_type.as_str()
+    };
+    println!("failure   {name} ({}): {}", t.category.as_str(), t.message);
+    if t.suspects.is_empty() {
+        println!("suspects  none found in the project");
+    }
+    for (i, s) in t.suspects.iter().take(5).enumerate() {
+        let line = s.line.map(|l| format!(":{l}")).unwrap_or_default();
+        println!(
+            "{}  {}{line}  {:.2}  {}",
+            if i == 0 { "suspects" } else { "        " },
+            s.file,
+            s.score,
+            s.reason
+        );
+    }
+    println!(
+        "metrics   D={:.2} T={:.2}{} K={:.2} S={:.2}",
+        m.debt,
+        m.coverage,
+        if m.coverage_measured {
+            ""
+        } else {
+            " (estimated)"
+        },
+        m.context,
+        m.capability
+    );
+    println!(
+        "costs     C_fix={:.3} C_new={:.3}  p(success)={:.0}%",
+        d.decision.c_fix,
+        d.decision.c_new,
+        d.decision.p_success * 100.0
+    );
+    println!(
+        "verdict   {}",
+        match d.decision.verdict {
+            Verdict::Repair => "repair",
+            Verdict::Rebuild => "rebuild",
+        }
+    );
+    println!();
+    print!("{}", decision::explain::decision_md(t, &d.decision));
+}

@@ -1,0 +1,131 @@
+//! The cleaned log as lines, plus the small text helpers every parser uses.
+
+use crate::input::MAX_LINE_BYTES;
+
+/// A cleaned log split into lines (trailing whitespace removed, each cut to 16 KiB).
+pub(crate) struct Log<'a> {
+    pub text: &'a str,
+    pub lines: Vec<&'a str>,
+}
+
+impl<'a> Log<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let mut lines: Vec<&str> = text.split('\n').map(|l| cut(l.trim_end())).collect();
+        strip_line_prefixes(&mut lines);
+        Log { text, lines }
+    }
+
+    pub fn has(&self, needle: &str) -> bool {
+        self.text.contains(needle)
+    }
+
+    /// Index of the first line at or after `from` matching `pred`.
+    pub fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
+        let rest = self.lines.get(from..)?;
+        rest.iter().position(|l| pred(l)).map(|p| p + from)
+    }
+
+    pub fn line(&self, i: usize) -> &'a str {
+        self.lines.get(i).copied().unwrap_or("")
+    }
+}
+
+/// Removes a per-line prefix that CI systems and log collectors add to most lines: an ISO
+/// timestamp (GitHub Actions raw logs) or a `docker compose` service column (`web-1  | `).
+fn strip_line_prefixes(lines: &mut [&str]) {
+    let prefixes = [
+        regex!(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})? ?"),
+        regex!(r"^[A-Za-z][\w.-]*\s+\| ?"),
+    ];
+    let non_empty = lines.iter().filter(|l| !l.is_empty()).count();
+    for prefix in prefixes {
+        let with_prefix = lines.iter().filter(|l| prefix.is_match(l)).count();
+        if with_prefix * 2 <= non_empty {
+            continue;
+        }
+        for l in lines.iter_mut() {
+            if let Some(m) = prefix.find(l) {
+                *l = l.get(m.end()..).unwrap_or(l);
+            }
+        }
+    }
+}
+
+/// `s` cut to at most [`MAX_LINE_BYTES`], on a character boundary.
+fn cut(s: &str) -> &str {
+    if s.len() <= MAX_LINE_BYTES {
+        return s;
+    }
+    let mut end = MAX_LINE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+/// Parses a line or column number; `None` for anything that is not a `u32`.
+pub(crate) fn num(s: &str) -> Option<u32> {
+    s.parse().ok()
+}
+
+/// A capture group as `&str` ("" when absent).
+pub(crate) fn cap<'h>(c: &regex::Captures<'h>, i: usize) -> &'h str {
+    c.get(i).map_or("", |m| m.as_str())
+}
+
+/// The first line of a possibly multi-line text.
+pub(crate) fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+/// Pushes `name` unless already present.
+pub(crate) fn push_unique(names: &mut Vec<String>, name: &str) {
+    if !name.is_empty() && !names.iter().any(|n| n == name) {
+        names.push(name.to_string());
+    }
+}
+
+/// `captures` that tries the cheaper `is_match` first: most lines match nothing, and a
+/// failed `captures` still allocates its slots.
+pub(crate) trait Caps {
+    fn caps<'h>(&self, haystack: &'h str) -> Option<regex::Captures<'h>>;
+}
+
+impl Caps for regex::Regex {
+    fn caps<'h>(&self, haystack: &'h str) -> Option<regex::Captures<'h>> {
+        if self.is_match(haystack) {
+            self.captures(haystack)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_prefixes_are_stripped_when_most_lines_have_them() {
+        let gha =
+            "2024-05-01T10:00:01.1234567Z Traceback\n2024-05-01T10:00:01Z   File \"x\"\n\nplain";
+        assert_eq!(
+            Log::new(gha).lines,
+            ["Traceback", "  File \"x\"", "", "plain"]
+        );
+        let compose = "web-1  | Error: x\nweb-1  |     at f (a.js:1:2)\nweb-1 exited with code 1";
+        assert_eq!(
+            Log::new(compose).lines,
+            [
+                "Error: x",
+                "    at f (a.js:1:2)",
+                "web-1 exited with code 1"
+            ]
+        );
+        let few = "2024-05-01T10:00:01Z started\nError: x\n    at f (a.js:1:2)";
+        assert_eq!(
+            Log::new(few).lines.first(),
+            Some(&"2024-05-01T10:00:01Z started")
+        );
+    }
+}

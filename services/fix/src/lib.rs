@@ -1,0 +1,4 @@
+//! The fix stage: candidate changes for a localised fault, from a language model or from the
+//! built-in search-based engine (`search`), which needs no model at all.
+
+pub mod search;

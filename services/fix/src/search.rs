@@ -1,0 +1,926 @@
+//! The search-based repair engine: mutation and template operators applied at the suspicious
+//! lines through tree-sitter, so every candidate is a syntactically valid program. Candidates
+//! are ranked by suspiciousness × how often the operator's kind of slip occurs, then by edit
+//! size. Python gets every operator; JavaScript and TypeScript get operator and constant
+//! mutations.
+
+use std::collections::HashSet;
+
+use proto::messages::Language;
+use tree_sitter::{Node, Parser, Tree};
+
+/// One candidate program: the whole new text of one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutant {
+    pub file: String,
+    pub line: u32,
+    pub operator: &'static str,
+    pub description: String,
+    pub new_text: String,
+    pub score: f64,
+    /// Characters replaced plus characters inserted: smaller is preferred.
+    pub edit_size: usize,
+}
+
+/// A suspicious place in one file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Target {
+    /// 1-based; `None` means anywhere in the file.
+    pub line: Option<u32>,
+    pub score: f64,
+}
+
+const ARITH: &[&str] = &["+", "-", "*", "/", "//", "%"];
+const COMPARE: &[&str] = &["<", "<=", ">", ">=", "==", "!="];
+const JS_ARITH: &[&str] = &["+", "-", "*", "/", "%"];
+const JS_COMPARE: &[&str] = &["<", "<=", ">", ">=", "===", "!==", "==", "!="];
+const JS_LOGIC: &[&str] = &["&&", "||"];
+
+/// How likely each kind of slip is, relative to the others (from the mutation-testing and
+/// program-repair literature: operator and off-by-one slips dominate one-line bugs).
+fn prior(op: &str) -> f64 {
+    match op {
+        "comparison" | "arithmetic" => 1.0,
+        "constant" | "off-by-one" => 0.9,
+        "boolean" | "negation" => 0.75,
+        "swap-operands" | "swap-arguments" => 0.7,
+        "missing-return" | "base-case" => 0.65,
+        "guard" => 0.55,
+        "variable" => 0.5,
+        "delete-statement" => 0.3,
+        _ => 0.5,
+    }
+}
+
+struct Edit {
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+struct Ctx<'a> {
+    lang: Language,
+    file: &'a str,
+    src: &'a str,
+    parser: Parser,
+    out: Vec<Mutant>,
+    seen: HashSet<String>,
+}
+
+fn language(lang: Language, path: &str) -> Option<tree_sitter::Language> {
+    Some(match lang {
+        Language::Python => tree_sitter_python::LANGUAGE.into(),
+        Language::JavaScript => tree_sitter_javascript::LANGUAGE.into(),
+        Language::TypeScript if path.ends_with(".tsx") => {
+            tree_sitter_typescript::LANGUAGE_TSX.into()
+        }
+        Language::TypeScript => tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
+        _ => return None,
+    })
+}
+
+fn line(n: &Node) -> u32 {
+    u32::try_from(n.start_position().row).unwrap_or(u32::MAX - 1) + 1
+}
+
+fn text<'a>(n: &Node, src: &'a str) -> &'a str {
+    src.get(n.start_byte()..n.end_byte()).unwrap_or("")
+}
+
+impl Ctx<'_> {
+    /// Apply edits (non-overlapping), keep the result if it still parses cleanly and is new.
+    fn emit(
+        &mut self,
+        at: &Node,
+        operator: &'static str,
+        description: String,
+        mut edits: Vec<Edit>,
+        score: f64,
+    ) {
+        edits.sort_by_key(|e| e.start);
+        let mut new = String::with_capacity(self.src.len() + 64);
+        let mut pos = 0;
+        let mut size = 0;
+        for e in &edits {
+            if e.start < pos || e.end > self.src.len() {
+                return;
+            }
+            new.push_str(&self.src[pos..e.start]);
+            new.push_str(&e.text);
+            size += (e.end - e.start) + e.text.len();
+            pos = e.end;
+        }
+        new.push_str(&self.src[pos..]);
+        if new == self.src || !self.seen.insert(new.clone()) {
+            return;
+        }
+        match self.parser.parse(&new, None) {
+            Some(t) if !t.root_node().has_error() => {}
+            _ => return,
+        }
+        self.out.push(Mutant {
+            file: self.file.to_owned(),
+            line: line(at),
+            operator,
+            description,
+            new_text: new,
+            score: score * prior(operator),
+            edit_size: size,
+        });
+    }
+
+    fn replace(&mut self, node: &Node, with: &str, operator: &'static str, score: f64) {
+        let old = text(node, self.src).to_owned();
+        let desc = format!("line {}: `{}` → `{}`", line(node), old, with);
+        self.emit(
+            node,
+            operator,
+            desc,
+            vec![Edit {
+                start: node.start_byte(),
+                end: node.end_byte(),
+                text: with.to_owned(),
+            }],
+            score,
+        );
+    }
+}
+
+/// Candidates for `text` (the file at `path`), most promising first, at most `limit`.
+pub fn mutants(
+    lang: Language,
+    path: &str,
+    src: &str,
+    targets: &[Target],
+    limit: usize,
+) -> Vec<Mutant> {
+    let Some(language) = language(lang, path) else {
+        return vec![];
+    };
+    let mut parser = Parser::new();
+    if parser.set_language(&language).is_err() {
+        return vec![];
+    }
+    let Some(tree) = parser.parse(src, None) else {
+        return vec![];
+    };
+    let mut ctx = Ctx {
+        lang,
+        file: path,
+        src,
+        parser,
+        out: vec![],
+        seen: HashSet::new(),
+    };
+    let lines = line_scores(&tree, src, targets);
+    let mut stack = vec![tree.root_node()];
+    while let Some(n) = stack.pop() {
+        let l = line(&n);
+        if let Some(score) = lines.get(&l).copied() {
+            mutate(&mut ctx, &n, score);
+        }
+        let mut c = n.walk();
+        for child in n.children(&mut c) {
+            stack.push(child);
+        }
+    }
+    if lang == Language::Python {
+        templates(&mut ctx, &tree, &lines);
+    }
+    let mut out = ctx.out;
+    out.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.edit_size.cmp(&b.edit_size))
+            .then(a.line.cmp(&b.line))
+            .then(a.description.cmp(&b.description))
+    });
+    out.truncate(limit);
+    out
+}
+
+fn functions<'t>(tree: &'t Tree) -> Vec<Node<'t>> {
+    let mut v = vec![];
+    let mut stack = vec![tree.root_node()];
+    while let Some(n) = stack.pop() {
+        if matches!(
+            n.kind(),
+            "function_definition"
+                | "function_declaration"
+                | "method_definition"
+                | "arrow_function"
+                | "function_expression"
+        ) {
+            v.push(n);
+        }
+        let mut c = n.walk();
+        for child in n.children(&mut c) {
+            stack.push(child);
+        }
+    }
+    v
+}
+
+/// Lines to mutate with their suspicion: each target line, and the rest of its enclosing
+/// function a little lower (a suspect on a `def` line means "somewhere in this function").
+fn line_scores(tree: &Tree, src: &str, targets: &[Target]) -> std::collections::HashMap<u32, f64> {
+    let mut m = std::collections::HashMap::new();
+    let fns = functions(tree);
+    let total = u32::try_from(src.lines().count()).unwrap_or(u32::MAX);
+    let mut put = |l: u32, s: f64| {
+        let e = m.entry(l).or_insert(0.0f64);
+        *e = e.max(s);
+    };
+    for t in targets {
+        match t.line {
+            Some(l) => {
+                put(l, t.score);
+                let enclosing = fns
+                    .iter()
+                    .filter(|f| {
+                        line(f) <= l && l <= u32::try_from(f.end_position().row).unwrap_or(0) + 1
+                    })
+                    .min_by_key(|f| f.end_byte() - f.start_byte());
+                if let Some(f) = enclosing {
+                    let end = u32::try_from(f.end_position().row).unwrap_or(0) + 1;
+                    for k in line(f)..=end {
+                        put(k, t.score * 0.8);
+                    }
+                }
+            }
+            None => {
+                for k in 1..=total {
+                    put(k, t.score * 0.5);
+                }
+            }
+        }
+    }
+    m
+}
+
+fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
+    let python = ctx.lang == Language::Python;
+    match n.kind() {
+        "binary_operator" | "binary_expression" => {
+            let Some(op) = n.child_by_field_name("operator") else {
+                return;
+            };
+            let o = text(&op, ctx.src).to_owned();
+            let (arith, compare, logic): (&[&str], &[&str], &[&str]) = if python {
+                (ARITH, COMPARE, &[])
+            } else {
+                (JS_ARITH, JS_COMPARE, JS_LOGIC)
+            };
+            for (class, name) in [
+                (arith, "arithmetic"),
+                (compare, "comparison"),
+                (logic, "boolean"),
+            ] {
+                if class.contains(&o.as_str()) {
+                    for alt in class.iter().filter(|a| **a != o) {
+                        ctx.replace(&op, alt, name, score);
+                    }
+                }
+            }
+            if matches!(o.as_str(), "-" | "/" | "//" | "%" | "<" | ">" | "<=" | ">=") {
+                swap_operands(ctx, n, score);
+            }
+        }
+        "comparison_operator" => {
+            // Python: `a < b` (possibly chained); mutate each operator token.
+            let mut c = n.walk();
+            let ops: Vec<Node> = n.children(&mut c).filter(|k| !k.is_named()).collect();
+            for op in &ops {
+                let o = text(op, ctx.src).to_owned();
+                if COMPARE.contains(&o.as_str()) {
+                    for alt in COMPARE.iter().filter(|a| **a != o) {
+                        ctx.replace(op, alt, "comparison", score);
+                    }
+                }
+            }
+            if ops.len() == 1 {
+                swap_operands(ctx, n, score);
+            }
+        }
+        "boolean_operator" => {
+            if let Some(op) = n.child_by_field_name("operator") {
+                let alt = if text(&op, ctx.src) == "and" {
+                    "or"
+                } else {
+                    "and"
+                };
+                ctx.replace(&op, alt, "boolean", score);
+            }
+        }
+        "integer" | "number" => {
+            let t = text(n, ctx.src);
+            if let Ok(v) = t.parse::<i64>() {
+                for alt in [v + 1, v - 1] {
+                    ctx.replace(n, &alt.to_string(), "constant", score);
+                }
+            }
+        }
+        "not_operator" if python => {
+            if let Some(arg) = n.child_by_field_name("argument") {
+                let inner = text(&arg, ctx.src).to_owned();
+                ctx.replace(n, &inner, "negation", score);
+            }
+        }
+        "unary_expression" if !python => {
+            if let Some(arg) = n.child_by_field_name("argument")
+                && text(n, ctx.src).starts_with('!')
+            {
+                let inner = text(&arg, ctx.src).to_owned();
+                ctx.replace(n, &inner, "negation", score);
+            }
+        }
+        _ if python => python_only(ctx, n, score),
+        _ => {}
+    }
+}
+
+fn swap_operands(ctx: &mut Ctx, n: &Node, score: f64) {
+    let (Some(l), Some(r)) = (n.child(0), n.child(n.child_count().saturating_sub(1))) else {
+        return;
+    };
+    if l.id() == r.id() {
+        return;
+    }
+    let (lt, rt) = (text(&l, ctx.src).to_owned(), text(&r, ctx.src).to_owned());
+    let desc = format!("line {}: swap `{lt}` and `{rt}`", line(n));
+    ctx.emit(
+        n,
+        "swap-operands",
+        desc,
+        vec![
+            Edit {
+                start: l.start_byte(),
+                end: l.end_byte(),
+                text: rt,
+            },
+            Edit {
+                start: r.start_byte(),
+                end: r.end_byte(),
+                text: lt,
+            },
+        ],
+        score,
+    );
+}
+
+fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
+    match n.kind() {
+        // Off by one: `xs[i]`, `xs[a:b]`, `range(n)`, `len(xs)`.
+        "subscript" | "slice" => {
+            let mut c = n.walk();
+            let parts: Vec<Node> = n
+                .named_children(&mut c)
+                .filter(|k| {
+                    matches!(
+                        k.kind(),
+                        "identifier" | "call" | "attribute" | "binary_operator"
+                    )
+                })
+                .collect();
+            // For a subscript the first named child is the value being indexed.
+            for p in parts.iter().skip(usize::from(n.kind() == "subscript")) {
+                off_by_one(ctx, p, score);
+            }
+        }
+        "call" => {
+            let func = n
+                .child_by_field_name("function")
+                .map(|f| text(&f, ctx.src).to_owned())
+                .unwrap_or_default();
+            let Some(args) = n.child_by_field_name("arguments") else {
+                return;
+            };
+            let mut c = args.walk();
+            let list: Vec<Node> = args
+                .named_children(&mut c)
+                .filter(|a| a.kind() != "comment")
+                .collect();
+            if func == "range" {
+                for a in &list {
+                    if !matches!(a.kind(), "integer") {
+                        off_by_one(ctx, a, score);
+                    }
+                }
+            }
+            if func == "len" && n.parent().is_some_and(|p| p.kind() != "binary_operator") {
+                off_by_one(ctx, n, score);
+            }
+            for pair in list.windows(2) {
+                if pair
+                    .iter()
+                    .any(|a| a.kind() == "keyword_argument" || a.kind() == "list_splat")
+                {
+                    continue;
+                }
+                let (a, b) = (
+                    text(&pair[0], ctx.src).to_owned(),
+                    text(&pair[1], ctx.src).to_owned(),
+                );
+                let desc = format!(
+                    "line {}: swap arguments `{a}` and `{b}` of `{func}`",
+                    line(n)
+                );
+                ctx.emit(
+                    n,
+                    "swap-arguments",
+                    desc,
+                    vec![
+                        Edit {
+                            start: pair[0].start_byte(),
+                            end: pair[0].end_byte(),
+                            text: b,
+                        },
+                        Edit {
+                            start: pair[1].start_byte(),
+                            end: pair[1].end_byte(),
+                            text: a,
+                        },
+                    ],
+                    score,
+                );
+            }
+        }
+        "if_statement" | "while_statement" | "elif_clause" => {
+            if let Some(cond) = n.child_by_field_name("condition")
+                && cond.kind() != "not_operator"
+            {
+                let t = text(&cond, ctx.src);
+                let negated = format!("not ({t})");
+                ctx.replace(&cond, &negated, "negation", score);
+            }
+        }
+        "identifier" => variable(ctx, n, score),
+        "expression_statement" => {
+            let t = text(n, ctx.src).to_owned();
+            let siblings = n.parent().map(|p| p.named_child_count()).unwrap_or(0);
+            let desc = format!(
+                "line {}: delete `{}`",
+                line(n),
+                t.lines().next().unwrap_or("")
+            );
+            let with = if siblings <= 1 { "pass" } else { "" };
+            let (start, end) = if with.is_empty() {
+                whole_lines(ctx.src, n)
+            } else {
+                (n.start_byte(), n.end_byte())
+            };
+            ctx.emit(
+                n,
+                "delete-statement",
+                desc,
+                vec![Edit {
+                    start,
+                    end,
+                    text: with.into(),
+                }],
+                score,
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The byte range of the lines `n` spans, newline included.
+fn whole_lines(src: &str, n: &Node) -> (usize, usize) {
+    let start = src[..n.start_byte()]
+        .rfind('\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let end = src[n.end_byte()..]
+        .find('\n')
+        .map(|i| n.end_byte() + i + 1)
+        .unwrap_or(src.len());
+    (start, end)
+}
+
+fn off_by_one(ctx: &mut Ctx, n: &Node, score: f64) {
+    let t = text(n, ctx.src).to_owned();
+    for what in ["+ 1", "- 1"] {
+        let with = format!("{t} {what}");
+        ctx.replace(n, &with, "off-by-one", score);
+    }
+}
+
+/// Use another variable in scope: names bound in the enclosing function (parameters and
+/// assignments) of which this identifier is one.
+fn variable(ctx: &mut Ctx, n: &Node, score: f64) {
+    let parent = n.parent();
+    // Only values being read: not call targets, attribute names, keyword names, or bindings.
+    if parent.is_some_and(|p| {
+        matches!(
+            p.kind(),
+            "call"
+                | "attribute"
+                | "keyword_argument"
+                | "parameters"
+                | "function_definition"
+                | "default_parameter"
+        ) || (p.kind() == "assignment"
+            && p.child_by_field_name("left")
+                .is_some_and(|l| l.id() == n.id()))
+            || (p.kind() == "for_statement"
+                && p.child_by_field_name("left")
+                    .is_some_and(|l| l.id() == n.id()))
+    }) {
+        return;
+    }
+    let mut f = n.parent();
+    while let Some(p) = f {
+        if p.kind() == "function_definition" {
+            break;
+        }
+        f = p.parent();
+    }
+    let Some(func) = f else { return };
+    let mut names: Vec<String> = vec![];
+    let mut stack = vec![func];
+    while let Some(x) = stack.pop() {
+        let bound = match x.kind() {
+            "parameters" => {
+                let mut c = x.walk();
+                x.named_children(&mut c)
+                    .filter_map(|p| match p.kind() {
+                        "identifier" => Some(text(&p, ctx.src).to_owned()),
+                        "default_parameter" | "typed_parameter" | "typed_default_parameter" => p
+                            .child_by_field_name("name")
+                            .or_else(|| p.named_child(0))
+                            .map(|q| text(&q, ctx.src).to_owned()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            }
+            "assignment" | "for_statement" => x
+                .child_by_field_name("left")
+                .filter(|l| l.kind() == "identifier")
+                .map(|l| vec![text(&l, ctx.src).to_owned()])
+                .unwrap_or_default(),
+            _ => vec![],
+        };
+        for b in bound {
+            if !names.contains(&b) {
+                names.push(b);
+            }
+        }
+        let mut c = x.walk();
+        for child in x.children(&mut c) {
+            stack.push(child);
+        }
+    }
+    let me = text(n, ctx.src).to_owned();
+    if !names.contains(&me) {
+        return;
+    }
+    for other in names.iter().filter(|x| **x != me) {
+        ctx.replace(n, other, "variable", score);
+    }
+}
+
+/// Template operators: a missing `return`, a missing base case, a missing division guard.
+fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, f64>) {
+    for f in functions(tree) {
+        if f.kind() != "function_definition" {
+            continue;
+        }
+        let start = line(&f);
+        let end = u32::try_from(f.end_position().row).unwrap_or(0) + 1;
+        let score = (start..=end)
+            .filter_map(|l| lines.get(&l))
+            .fold(0.0f64, |a, b| a.max(*b));
+        if score == 0.0 {
+            continue;
+        }
+        let Some(body) = f.child_by_field_name("body") else {
+            continue;
+        };
+        let name = f
+            .child_by_field_name("name")
+            .map(|n| text(&n, ctx.src).to_owned())
+            .unwrap_or_default();
+        let params: Vec<String> = f
+            .child_by_field_name("parameters")
+            .map(|p| {
+                let mut c = p.walk();
+                p.named_children(&mut c)
+                    .filter(|q| q.kind() == "identifier")
+                    .map(|q| text(&q, ctx.src).to_owned())
+                    .filter(|q| q != "self")
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(first) = body.named_child(0) else {
+            continue;
+        };
+        let indent = " ".repeat(first.start_position().column);
+        let line_start = ctx.src[..first.start_byte()]
+            .rfind('\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let body_text = text(&body, ctx.src);
+        let has_return = body_text.contains("return");
+
+        // Missing return: the last statement computes a value nobody returns.
+        let count = body.named_child_count();
+        if let Some(last) = count
+            .checked_sub(1)
+            .and_then(|i| body.named_child(u32::try_from(i).ok()?))
+            && last.kind() == "expression_statement"
+            && !has_return
+        {
+            let expr = text(&last, ctx.src).to_owned();
+            if let Some(value) = last
+                .named_child(0)
+                .filter(|e| e.kind() == "assignment")
+                .and_then(|a| a.child_by_field_name("left"))
+                .map(|l| text(&l, ctx.src).to_owned())
+            {
+                let desc = format!(
+                    "line {}: return `{value}` at the end of `{name}`",
+                    line(&last)
+                );
+                let at = last.end_byte();
+                ctx.emit(
+                    &last,
+                    "missing-return",
+                    desc,
+                    vec![Edit {
+                        start: at,
+                        end: at,
+                        text: format!("\n{indent}return {value}"),
+                    }],
+                    score,
+                );
+            } else {
+                let desc = format!("line {}: return `{expr}`", line(&last));
+                ctx.emit(
+                    &last,
+                    "missing-return",
+                    desc,
+                    vec![Edit {
+                        start: last.start_byte(),
+                        end: last.end_byte(),
+                        text: format!("return {expr}"),
+                    }],
+                    score,
+                );
+            }
+        }
+
+        // Missing base case: a recursive function whose first statement is not a guard.
+        let recursive = body_text.contains(&format!("{name}("));
+        if recursive
+            && first.kind() != "if_statement"
+            && let Some(p) = params.first()
+        {
+            for (cond, ret) in [
+                (format!("{p} <= 0"), "0".to_owned()),
+                (format!("{p} <= 1"), p.clone()),
+                (format!("{p} == 0"), "1".to_owned()),
+                (format!("{p} <= 1"), "1".to_owned()),
+                (format!("not {p}"), p.clone()),
+            ] {
+                let desc = format!(
+                    "line {}: base case `if {cond}: return {ret}` in `{name}`",
+                    line(&first)
+                );
+                let text = format!("{indent}if {cond}:\n{indent}    return {ret}\n");
+                ctx.emit(
+                    &first,
+                    "base-case",
+                    desc,
+                    vec![Edit {
+                        start: line_start,
+                        end: line_start,
+                        text,
+                    }],
+                    score,
+                );
+            }
+        }
+
+        // Missing guard against an empty input before a division by its length.
+        for p in &params {
+            if body_text.contains(&format!("/ len({p})"))
+                || body_text.contains(&format!("/len({p})"))
+            {
+                for ret in ["0", "None", "0.0"] {
+                    let desc = format!(
+                        "line {}: guard `if not {p}: return {ret}` in `{name}`",
+                        line(&first)
+                    );
+                    let text = format!("{indent}if not {p}:\n{indent}    return {ret}\n");
+                    ctx.emit(
+                        &first,
+                        "guard",
+                        desc,
+                        vec![Edit {
+                            start: line_start,
+                            end: line_start,
+                            text,
+                        }],
+                        score,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(ms: &[Mutant], needle: &str) -> bool {
+        ms.iter().any(|m| m.new_text.contains(needle))
+    }
+
+    #[test]
+    fn python_operators_constants_and_bounds() {
+        let src = "def mean(xs):\n    return sum(xs) / (len(xs) - 1)\n";
+        let ms = mutants(
+            Language::Python,
+            "m.py",
+            src,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "return sum(xs) / (len(xs) + 1)"));
+        assert!(has(&ms, "return sum(xs) / (len(xs) - 0)"));
+        assert!(has(&ms, "return sum(xs) * (len(xs) - 1)"));
+        // Every candidate parses.
+        for m in &ms {
+            let mut p = Parser::new();
+            p.set_language(&tree_sitter_python::LANGUAGE.into())
+                .unwrap();
+            assert!(
+                !p.parse(&m.new_text, None).unwrap().root_node().has_error(),
+                "{}",
+                m.new_text
+            );
+        }
+        // Ranked: the most suspicious line's operator mutations come before deletions.
+        let first_delete = ms
+            .iter()
+            .position(|m| m.operator == "delete-statement")
+            .unwrap_or(ms.len());
+        let first_arith = ms.iter().position(|m| m.operator == "arithmetic").unwrap();
+        assert!(first_arith < first_delete);
+    }
+
+    #[test]
+    fn python_templates() {
+        let fact = "def fact(n):\n    return n * fact(n - 1)\n";
+        let ms = mutants(
+            Language::Python,
+            "f.py",
+            fact,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(
+            has(
+                &ms,
+                "    if n == 0:\n        return 1\n    return n * fact(n - 1)"
+            ),
+            "{:#?}",
+            ms.iter().map(|m| &m.description).collect::<Vec<_>>()
+        );
+        let noret = "def total(xs):\n    s = sum(xs)\n";
+        let ms = mutants(
+            Language::Python,
+            "t.py",
+            noret,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "s = sum(xs)\n    return s"));
+        let cmp = "def adult(age):\n    return age > 18\n";
+        let ms = mutants(
+            Language::Python,
+            "a.py",
+            cmp,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "age >= 18"));
+        let swap = "def sub(a, b):\n    return minus(b, a)\n";
+        let ms = mutants(
+            Language::Python,
+            "s.py",
+            swap,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "minus(a, b)"));
+        let var = "def pick(a, b):\n    c = a + 1\n    return a\n";
+        let ms = mutants(
+            Language::Python,
+            "v.py",
+            var,
+            &[Target {
+                line: Some(3),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "    return c\n"));
+        let neg = "def ok(x):\n    if x:\n        return 1\n    return 2\n";
+        let ms = mutants(
+            Language::Python,
+            "n.py",
+            neg,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "if not (x):"));
+    }
+
+    #[test]
+    fn javascript_operators_and_constants() {
+        let src =
+            "function last(xs) {\n  return xs[xs.length - 2];\n}\nmodule.exports = { last };\n";
+        let ms = mutants(
+            Language::JavaScript,
+            "l.js",
+            src,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "xs[xs.length - 1]"));
+        assert!(has(&ms, "xs[xs.length + 2]"));
+        let ts = "export function ok(a: number): boolean {\n  return a > 0 && a < 10;\n}\n";
+        let ms = mutants(
+            Language::TypeScript,
+            "o.ts",
+            ts,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(has(&ms, "a >= 0"));
+        assert!(has(&ms, "a > 0 || a < 10"));
+    }
+
+    #[test]
+    fn nothing_outside_the_targets_and_no_panics_on_garbage() {
+        let src = "def a():\n    return 1 + 2\n\ndef b():\n    return 3 + 4\n";
+        let ms = mutants(
+            Language::Python,
+            "x.py",
+            src,
+            &[Target {
+                line: Some(2),
+                score: 1.0,
+            }],
+            500,
+        );
+        assert!(ms.iter().all(|m| m.new_text.contains("return 3 + 4")));
+        let _ = mutants(
+            Language::Python,
+            "g.py",
+            "def (\0\u{feff}((",
+            &[Target {
+                line: Some(1),
+                score: 1.0,
+            }],
+            50,
+        );
+        let _ = mutants(
+            Language::Go,
+            "g.go",
+            "package x",
+            &[Target {
+                line: None,
+                score: 1.0,
+            }],
+            50,
+        );
+    }
+}

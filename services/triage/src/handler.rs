@@ -1,0 +1,75 @@
+//! The triage stage's handler: `RepairRequested` in, `Triaged` out.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pipeline::runtime::{Handler, Input, Outcome};
+use pipeline::store::HistorySource;
+use proto::messages::{ProjectRef, Triaged};
+use proto::{Message, Stage};
+
+use crate::analysis::{self, TriageConfig};
+use crate::project::Project;
+
+pub struct TriageStage {
+    pub config: TriageConfig,
+    pub history: Arc<dyn HistorySource>,
+    /// Where stored iterations live (`<workspace>/iterations`), for `ProjectRef::Iteration`.
+    pub iterations_dir: Option<PathBuf>,
+}
+
+impl Handler for TriageStage {
+    fn stage(&self) -> Stage {
+        Stage::Triage
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        let Message::RepairRequested(rq) = &*input.message else {
+            return Outcome::Reject(format!("triage cannot handle `{}`", input.message.kind()));
+        };
+        let root = match &rq.project {
+            ProjectRef::LocalPath { path } => PathBuf::from(path),
+            ProjectRef::Iteration { id } => match &self.iterations_dir {
+                Some(d) => d.join(id.to_string()),
+                None => {
+                    return Outcome::Reject(format!(
+                        "iteration {id} requested but this worker has no workspace"
+                    ));
+                }
+            },
+            ProjectRef::ObjectStore { .. } => {
+                return Outcome::Reject("project snapshots from the object store are not supported by this triage worker".into());
+            }
+        };
+        let parsed = logparse::parse(&rq.error_log);
+        let project = match Project::scan(&root) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Reject(format!("cannot read the project: {e}")),
+        };
+        let engine = analysis::engine_for(rq.engine, rq.model.as_deref(), &self.config.llm);
+        let history = match self.history.outcomes(parsed.category) {
+            Ok(h) => h,
+            Err(e) if e.is_retryable() => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("cannot read history: {e}"),
+                };
+            }
+            Err(_) => vec![],
+        };
+        // Parsing and metrics are CPU work: keep them off the async workers.
+        let cfg = self.config.clone();
+        let report = match tokio::task::spawn_blocking(move || {
+            analysis::triage(&cfg, &parsed, &project, &engine, &history)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return Outcome::Reject(format!("triage failed: {e}")),
+        };
+        Outcome::Publish(vec![Message::Triaged(Triaged {
+            request: rq.clone(),
+            report,
+        })])
+    }
+}
