@@ -3,4 +3,6 @@
 
 mod bus;
 mod crash;
+mod patch;
+mod sandbox;
 mod trace;

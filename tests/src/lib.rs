@@ -187,6 +187,7 @@ pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
                 new_iteration: None,
                 report_dir: None,
                 completed_at_ms: pipeline::now_ms(),
+                report: None,
             })
         }
         _ => return None,

@@ -10,8 +10,22 @@ use clap::{Args, Parser, Subcommand};
 use pipeline::config::{self, LoadOptions};
 use pipeline::telemetry::{self, LogFormat};
 
+mod apply;
+mod models;
+mod progress;
 mod repair;
 mod report;
+
+fn repair_outcome(o: proto::messages::RepairOutcome) -> &'static str {
+    use proto::messages::RepairOutcome::*;
+    match o {
+        Fixed => "fixed",
+        NoFix => "no validated fix",
+        RebuildRecommended => "rebuild recommended",
+        Analyzed => "analyzed",
+        Failed => "failed",
+    }
+}
 
 /// Exit codes of DESIGN.md, and the failures that lead to them.
 mod exit {
@@ -35,7 +49,6 @@ mod exit {
                 message,
             }
         }
-        #[allow(dead_code)]
         pub fn unreachable(message: String) -> Failure {
             Failure {
                 code: UNREACHABLE,
@@ -95,6 +108,9 @@ struct Global {
 enum Command {
     /// Repair a failure: triage, decide, reproduce, fix, validate, integrate
     Repair(repair::RepairArgs),
+    /// List the configured model aliases or pull one onto the model server
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Print the effective configuration: built-in defaults, files, COVAL_* variables
     Config {
         /// Print JSON instead of `key = value` lines
@@ -121,25 +137,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Repair(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("coval: cannot start the async runtime: {e}");
-                    return ExitCode::from(exit::NOT_DONE);
-                }
-            };
-            match rt.block_on(repair::run(args, &cfg, &cli.global.workspace)) {
-                Ok(code) => ExitCode::from(code),
-                Err(f) => {
-                    eprintln!("coval: {}", f.message);
-                    ExitCode::from(f.code)
-                }
-            }
-        }
+        Command::Repair(args) => block_on(repair::run(args, &cfg, &cli.global.workspace)),
+        Command::Models(cmd) => block_on(models::run(cmd, &cfg)),
         Command::Config { json } => {
             let value = serde_json::json!({
                 "settings": cfg.settings,
@@ -181,5 +180,26 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
             }
         }
         other => out.push(format!("{prefix} = {other}")),
+    }
+}
+
+/// Run an async command and turn its result into the process exit code.
+fn block_on(f: impl std::future::Future<Output = Result<u8, exit::Failure>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coval: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::NOT_DONE);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("coval: {}", f.message);
+            ExitCode::from(f.code)
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! `coval repair`: embedded by default (all stages in this process over the in-process bus).
-//! This build runs `--analyze` (triage and the decision); the later stages arrive with their
-//! issue, and until then a full repair is refused with a clear message.
+//! `coval repair`: embedded (all six stages in this process over the in-process bus, the
+//! sandbox Docker when it answers else local, the search engine when no model answers).
+//! `--analyze` stops after the decision and changes nothing.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -135,20 +135,43 @@ impl Handler for Collect {
 }
 
 pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
-    if args.nats.is_some() || !args.analyze || args.apply || args.deploy {
+    if args.nats.is_some() {
         return Err(Failure::input(
-            "this build of coval runs `coval repair --analyze` only (triage and the decision); \
-             the MRE, fix, validation and integration stages are not in it yet"
+            "this build runs repairs embedded only: `--nats` submission is not in it yet"
                 .to_owned(),
         ));
     }
-    let log = read_log(&args.error)?;
-    let source = if args.iteration.is_some() {
+    if args.analyze && (args.apply || args.deploy) {
         return Err(Failure::input(
-            "--iteration needs stored iterations, which this build does not have yet".to_owned(),
+            "--analyze changes nothing, so it cannot be combined with --apply or --deploy"
+                .to_owned(),
         ));
-    } else {
-        args.source.clone()
+    }
+    if args.deploy {
+        return Err(Failure::input(
+            "--deploy is not in this build yet".to_owned(),
+        ));
+    }
+    let log = read_log(&args.error)?;
+    let iteration = match &args.iteration {
+        Some(i) => Some(
+            i.parse::<proto::IterationId>()
+                .map_err(|e| Failure::input(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let source = match iteration {
+        Some(id) => {
+            let dir = workspace.join("iterations").join(id.to_string());
+            if !dir.is_dir() {
+                return Err(Failure::input(format!(
+                    "iteration {id} is not stored in {}: see `coval status`",
+                    workspace.display()
+                )));
+            }
+            dir
+        }
+        None => args.source.clone(),
     };
     if !source.is_dir() {
         return Err(Failure::input(format!(
@@ -170,7 +193,15 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     }
     let engine = match args.engine {
         EngineArg::Search => EngineChoice::Search,
-        EngineArg::Llm => EngineChoice::Llm,
+        EngineArg::Llm => {
+            if !model_server_answers(&cfg.llm.server.url).await {
+                return Err(Failure::unreachable(format!(
+                    "no model server at {}: start `ollama serve` or set COVAL_LLM_URL",
+                    cfg.llm.server.url
+                )));
+            }
+            EngineChoice::Llm
+        }
         EngineArg::Auto => {
             if model_server_answers(&cfg.llm.server.url).await {
                 EngineChoice::Llm
@@ -181,42 +212,90 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
         }
     };
 
-    // History from an existing workspace; analysis never creates one.
+    // A sandbox asked for explicitly must answer before anything starts.
+    if !args.analyze
+        && cfg.settings.sandbox.backend == pipeline::config::SandboxBackend::Docker
+        && let Err(e) = pipeline::sandbox::detect(&cfg.settings.sandbox).await
+    {
+        return Err(Failure::unreachable(e.to_string()));
+    }
+
+    // Analysis reads history from an existing workspace and never creates one; a repair
+    // opens (or creates) the workspace store, which the integration stage owns.
     let db = workspace.join("state");
-    let history: Arc<dyn HistorySource> = if db.exists() {
-        match Store::open(&db) {
+    let store = if args.analyze {
+        None
+    } else {
+        std::fs::create_dir_all(workspace).map_err(|e| {
+            Failure::input(format!(
+                "cannot create the workspace {}: {e}",
+                workspace.display()
+            ))
+        })?;
+        Some(Store::open(&db).map_err(|e| Failure::input(e.to_string()))?)
+    };
+    let history: Arc<dyn HistorySource> = match &store {
+        Some(s) => Arc::new(s.clone()),
+        None if db.exists() => match Store::open(&db) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the workspace store: deciding without history");
                 Arc::new(NoHistory)
             }
+        },
+        None => Arc::new(NoHistory),
+    };
+
+    // A repair works on a snapshot: the source is stored as an iteration first, every stage
+    // reads that copy, and `--apply` later compares the user's tree with it.
+    let (project_dir, iteration) = match (&store, iteration) {
+        (Some(store), None) => {
+            let it = store
+                .add_iteration(
+                    None,
+                    pipeline::store::IterationOrigin::Import {
+                        path: source.display().to_string(),
+                    },
+                )
+                .map_err(|e| Failure::internal(e.to_string()))?;
+            let dir = workspace.join("iterations").join(it.id.to_string());
+            let staging = dir.with_extension("partial");
+            let _ = std::fs::remove_dir_all(&staging);
+            pipeline::sandbox::copy_project(&source, &staging)
+                .and_then(|_| std::fs::rename(&staging, &dir))
+                .map_err(|e| {
+                    Failure::input(format!("cannot snapshot {}: {e}", source.display()))
+                })?;
+            (dir, Some(it.id))
         }
-    } else {
-        Arc::new(NoHistory)
+        (_, iteration) => (source.clone(), iteration),
     };
 
     let repair_id = RepairId::new();
     let request = RepairRequested {
         repair_id,
         project: ProjectRef::LocalPath {
-            path: source.display().to_string(),
+            path: project_dir.display().to_string(),
         },
         error_log: log,
         test_cmd: args.test_cmd.clone(),
-        iteration: None,
+        iteration,
         engine,
         model: args.model.clone(),
         max_attempts: args
             .max_attempts
-            .unwrap_or(cfg.settings.global.max_iterations),
-        analyze_only: true,
+            .unwrap_or(cfg.settings.global.max_iterations)
+            .max(1),
+        analyze_only: args.analyze,
         requested_at_ms: pipeline::now_ms(),
     };
 
     let bus = MemoryBus::default();
     let stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let bus_cfg = cfg.settings.bus.clone();
+    let repairs_dir = workspace.join("repairs");
     let mut tasks = vec![];
     let triage = triage::handler::TriageStage {
         config: triage::analysis::TriageConfig {
@@ -232,9 +311,66 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
         min_samples: cfg.settings.global.adaptive_evaluation.min_samples as usize,
         history,
     };
-    tasks.push(spawn(&bus, triage, &bus_cfg, &stop));
-    tasks.push(spawn(&bus, decision, &bus_cfg, &stop));
-    tasks.push(spawn(&bus, Collect(tx), &bus_cfg, &stop));
+    tasks.push(spawn(
+        &bus,
+        Observed::new(triage, &progress_tx),
+        &bus_cfg,
+        &stop,
+    ));
+    tasks.push(spawn(
+        &bus,
+        Observed::new(decision, &progress_tx),
+        &bus_cfg,
+        &stop,
+    ));
+    match &store {
+        None => tasks.push(spawn(&bus, Collect(tx), &bus_cfg, &stop)),
+        Some(store) => {
+            drop(tx);
+            let mre = mre::handler::MreStage {
+                sandbox: cfg.settings.sandbox.clone(),
+                repairs_dir: repairs_dir.clone(),
+            };
+            let fix = fix::handler::FixStage {
+                search: fix::handler::SearchSettings::default(),
+                llm: cfg.llm.clone(),
+            };
+            let validate = validate::handler::ValidateStage {
+                sandbox: cfg.settings.sandbox.clone(),
+                repairs_dir: repairs_dir.clone(),
+                settings: validate::handler::ValidateSettings::default(),
+            };
+            let integrate = integrate::handler::IntegrateStage {
+                store: store.clone(),
+                workspace: workspace.to_owned(),
+            };
+            tasks.push(spawn(
+                &bus,
+                Observed::new(mre, &progress_tx),
+                &bus_cfg,
+                &stop,
+            ));
+            tasks.push(spawn(
+                &bus,
+                Observed::new(fix, &progress_tx),
+                &bus_cfg,
+                &stop,
+            ));
+            tasks.push(spawn(
+                &bus,
+                Observed::new(validate, &progress_tx),
+                &bus_cfg,
+                &stop,
+            ));
+            tasks.push(spawn(
+                &bus,
+                Observed::new(integrate, &progress_tx),
+                &bus_cfg,
+                &stop,
+            ));
+        }
+    }
+    drop(progress_tx);
 
     let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
     runtime::inject_current_trace(&mut envelope);
@@ -242,23 +378,168 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
         .await
         .map_err(|e| Failure::internal(format!("cannot start the repair: {e}")))?;
 
-    let outcome = tokio::select! {
-        d = rx.recv() => d.ok_or_else(|| Failure::internal("the pipeline stopped".to_owned())),
-        ev = bus.next_event() => match ev.map(|(_, m)| m) {
-            Some(m) => match &*m {
-                Message::DeadLetter(dl) => Err(Failure::input(dl.reason.clone())),
-                other => Err(Failure::internal(format!("unexpected `{}`", other.kind()))),
+    let progress = crate::progress::Progress::new(args.json);
+    let end = loop {
+        tokio::select! {
+            p = progress_rx.recv() => match p {
+                Some(p) => progress.stage(&p),
+                None => break Err(Failure::internal("the pipeline stopped".to_owned())),
             },
-            None => Err(Failure::internal("the pipeline stopped".to_owned())),
-        },
+            d = rx.recv(), if store.is_none() => match d {
+                Some(d) => break Ok(End::Analyzed(Box::new(d))),
+                None => break Err(Failure::internal("the pipeline stopped".to_owned())),
+            },
+            ev = bus.next_event() => match ev.map(|(_, m)| m) {
+                Some(m) => match &*m {
+                    Message::RepairCompleted(c) if c.repair_id == repair_id => break Ok(End::Completed(Box::new(c.clone()))),
+                    Message::DeadLetter(dl) => break Err(Failure::input(dl.reason.clone())),
+                    _ => {}
+                },
+                None => break Err(Failure::internal("the pipeline stopped".to_owned())),
+            },
+        }
     };
+    progress.finish();
     stop.cancel();
     for t in tasks {
         let _ = t.await;
     }
-    let d = outcome?;
-    crate::report::print_analysis(&d, args.json);
-    Ok(exit::DONE)
+    match end? {
+        End::Analyzed(d) => {
+            crate::report::print_analysis(&d, args.json);
+            Ok(exit::DONE)
+        }
+        End::Completed(c) => {
+            let code = crate::report::print_completion(&c, workspace, args.json);
+            if args.apply
+                && c.outcome == proto::messages::RepairOutcome::Fixed
+                && let Some(store) = &store
+            {
+                crate::apply::apply(store, workspace, &c, &source)?;
+            }
+            Ok(code)
+        }
+    }
+}
+
+enum End {
+    Analyzed(Box<Decided>),
+    Completed(Box<proto::messages::RepairCompleted>),
+}
+
+/// A stage's progress, as the command line shows it.
+pub struct StageEvent {
+    pub stage: Stage,
+    pub what: String,
+    pub elapsed: Duration,
+}
+
+/// Wraps a handler to report each handled message.
+struct Observed<H> {
+    inner: H,
+    tx: mpsc::UnboundedSender<StageEvent>,
+}
+
+impl<H> Observed<H> {
+    fn new(inner: H, tx: &mpsc::UnboundedSender<StageEvent>) -> Self {
+        Observed {
+            inner,
+            tx: tx.clone(),
+        }
+    }
+}
+
+impl<H: Handler> Handler for Observed<H> {
+    fn stage(&self) -> Stage {
+        self.inner.stage()
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        let started = std::time::Instant::now();
+        let out = self.inner.handle(input).await;
+        let what = match &out {
+            Outcome::Publish(ms) => ms.iter().map(describe).collect::<Vec<_>>().join("; "),
+            Outcome::Skip(r) => format!("skipped: {r}"),
+            Outcome::Retry { reason, .. } => format!("will retry: {reason}"),
+            Outcome::Reject(r) => format!("refused: {r}"),
+        };
+        let _ = self.tx.send(StageEvent {
+            stage: self.inner.stage(),
+            what,
+            elapsed: started.elapsed(),
+        });
+        out
+    }
+}
+
+fn describe(m: &Message) -> String {
+    match m {
+        Message::Triaged(t) => {
+            let top = t.report.suspects.first().map(|s| {
+                format!(
+                    "{}{}",
+                    s.file,
+                    s.line.map(|l| format!(":{l}")).unwrap_or_default()
+                )
+            });
+            format!(
+                "{} ({}){}",
+                if t.report.error_type.is_empty() {
+                    "unnamed error"
+                } else {
+                    &t.report.error_type
+                },
+                t.report.category.as_str(),
+                top.map(|t| format!(", suspect {t}")).unwrap_or_default()
+            )
+        }
+        Message::Decided(d) => format!(
+            "{:?} (C_fix {:.3}, C_new {:.3}, p {:.0}%)",
+            d.decision.verdict,
+            d.decision.c_fix,
+            d.decision.c_new,
+            d.decision.p_success * 100.0
+        )
+        .to_lowercase(),
+        Message::MreReady(m) => format!(
+            "{} in the {} ({} sandbox), {} failing / {} passing tests",
+            if m.mre.reproduced {
+                "reproduced"
+            } else {
+                "NOT reproduced"
+            },
+            if m.mre.whole_project {
+                "whole project"
+            } else {
+                "minimal example"
+            },
+            m.mre.sandbox,
+            m.mre.failing_tests.len(),
+            m.mre.passing_tests.len()
+        ),
+        Message::FixProposed(f) => format!(
+            "attempt {}: {} candidates from {}",
+            f.attempt,
+            f.candidates.len(),
+            f.engine
+        ),
+        Message::ValidationPassed(v) => {
+            let n: usize = v.history.last().map(|a| a.results.len()).unwrap_or(0);
+            format!(
+                "passed after {n} candidate(s): {} changed lines",
+                v.winner.changed_lines
+            )
+        }
+        Message::ValidationFailed(v) => {
+            let n: usize = v.history.last().map(|a| a.results.len()).unwrap_or(0);
+            format!(
+                "{n} candidate(s) failed; {} attempt(s) left",
+                v.attempts_left
+            )
+        }
+        Message::RepairCompleted(c) => c.summary.clone(),
+        other => other.kind().to_string(),
+    }
 }
 
 fn spawn<H: Handler>(

@@ -86,5 +86,36 @@ pub fn print_analysis(d: &Decided, json: bool) {
         }
     );
     println!();
-    print!("{}", decision::explain::decision_md(t, &d.decision));
+    print!("{}", pipeline::report::decision_md(t, &d.decision));
+}
+
+/// The end of a repair: the report's path and outcome, or the report itself with `--json`.
+/// Returns the exit code of DESIGN.md.
+pub fn print_completion(
+    c: &proto::messages::RepairCompleted,
+    workspace: &std::path::Path,
+    json: bool,
+) -> u8 {
+    use proto::messages::RepairOutcome;
+    if json {
+        println!("{}", c.report.as_deref().unwrap_or("{}"));
+    } else {
+        let dir = workspace.join(c.report_dir.as_deref().unwrap_or(""));
+        let outcome = crate::repair_outcome(c.outcome);
+        println!("{outcome}: {}", c.summary);
+        if let Some(i) = c.new_iteration {
+            println!(
+                "new iteration {i}: {}",
+                workspace.join("iterations").join(i.to_string()).display()
+            );
+        }
+        if c.outcome == RepairOutcome::Fixed {
+            println!("patch   {}", dir.join("final.patch").display());
+        }
+        println!("report  {}", dir.join("repair_report.md").display());
+    }
+    match c.outcome {
+        RepairOutcome::Fixed | RepairOutcome::Analyzed => crate::exit::DONE,
+        _ => crate::exit::NOT_DONE,
+    }
 }

@@ -305,3 +305,408 @@ fn bad_input_exits_2_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("qwen"));
 }
+
+// ---- end-to-end repairs of the example project -------------------------------------------
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python base image, built once per test process (the script skips an existing image).
+fn python_image() {
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *BUILT.get_or_init(|| {
+        Command::new(repo().join("scripts/build-base-images.sh"))
+            .arg("python")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    });
+    assert!(ok, "scripts/build-base-images.sh python failed");
+}
+
+/// A fresh copy of examples/inventory and a workspace beside it.
+fn example() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("inventory");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("examples/inventory"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ws = t.path().join("ws");
+    (t, src, ws)
+}
+
+fn repair(
+    src: &std::path::Path,
+    ws: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let log = src.join("error.log");
+    let mut args = vec![
+        "--workspace",
+        ws.to_str().unwrap(),
+        "repair",
+        "-e",
+        log.to_str().unwrap(),
+        "-s",
+        src.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut env = env.to_vec();
+    // No model server is reachable here: keep `auto` from finding one by accident.
+    env.push(("COVAL_LLM_URL", "http://127.0.0.1:9"));
+    coval(src.parent().unwrap(), &args, &env)
+}
+
+fn fixed_line(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("inventory/pricing.py"))
+        .unwrap()
+        .lines()
+        .nth(11)
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn repairs_the_example_in_the_docker_sandbox() {
+    python_image();
+    let (_t, src, ws) = example();
+    let before = snapshot(&src);
+    let out = repair(
+        &src,
+        &ws,
+        &["--json"],
+        &[("COVAL_SANDBOX__BACKEND", "docker")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "fixed", "{v:#}");
+    assert_eq!(v["mre"]["sandbox"], "docker");
+    assert_eq!(v["mre"]["reproduced"], true);
+    assert_eq!(
+        snapshot(&src),
+        before,
+        "the source tree changed without --apply"
+    );
+    // The patch applies with git to the untouched source.
+    let dir = ws
+        .join(v["new_iteration"].as_str().map(|_| "repairs").unwrap())
+        .join(format!("repair-{}", v["repair_id"].as_str().unwrap()));
+    let st = Command::new("git")
+        .args(["apply", "--check"])
+        .arg(dir.join("final.patch"))
+        .current_dir(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "git apply --check refused final.patch");
+    let report = std::fs::read_to_string(dir.join("repair_report.md")).unwrap();
+    for needle in [
+        "**Outcome: fixed**",
+        "inventory/pricing.py",
+        "| `tests/test_pricing.py::test_discount_starts_at_ten_units` | failed | passed |",
+        "| `tests/test_stock.py::test_cannot_oversell` | passed | passed |",
+        "## Regression risk",
+    ] {
+        assert!(
+            report.contains(needle),
+            "report lacks `{needle}`:\n{report}"
+        );
+    }
+    assert!(
+        dir.join("decision.md").exists()
+            && dir.join("report.json").exists()
+            && dir.join("mre/Dockerfile").exists()
+    );
+    // The new iteration holds the repaired project, its parent the snapshot of the source.
+    let it = v["new_iteration"].as_str().unwrap();
+    assert_eq!(
+        fixed_line(&ws.join("iterations").join(it)),
+        "if quantity >= DISCOUNT_FROM:"
+    );
+}
+
+#[test]
+fn repairs_the_example_in_the_local_sandbox_and_applies_it() {
+    let (_t, src, ws) = example();
+    let out = repair(
+        &src,
+        &ws,
+        &["--apply"],
+        &[("COVAL_SANDBOX__BACKEND", "local")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let so = text(&out.stdout);
+    assert!(so.starts_with("fixed:"), "{so}");
+    assert!(
+        text(&out.stderr).contains("local"),
+        "the local sandbox should say so: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(fixed_line(&src), "if quantity >= DISCOUNT_FROM:");
+    // The applied tree passes its tests (run in the sandbox: it is code a search engine wrote).
+    let sb = pipeline::sandbox::LocalSandbox::new();
+    let spec = pipeline::sandbox::RunSpec::new(
+        &src,
+        vec![
+            "python3".into(),
+            "-m".into(),
+            "pytest".into(),
+            "-q".into(),
+            "-p".into(),
+            "no:cacheprovider".into(),
+        ],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(pipeline::sandbox::Sandbox::run(&sb, &spec))
+        .unwrap();
+    assert!(
+        r.success(),
+        "tests fail after --apply: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stdout.contains("7 passed"), "{}", r.stdout);
+}
+
+#[test]
+fn apply_refuses_a_tree_that_changed_during_the_repair() {
+    python_image();
+    let (_t, src, ws) = example();
+    let log = src.join("error.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_coval"))
+        .args([
+            "--workspace",
+            ws.to_str().unwrap(),
+            "repair",
+            "--apply",
+            "-e",
+            log.to_str().unwrap(),
+            "-s",
+            src.to_str().unwrap(),
+        ])
+        .env("NO_COLOR", "1")
+        .env("COVAL_LLM_URL", "http://127.0.0.1:9")
+        .env("COVAL_SANDBOX__BACKEND", "docker")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the snapshot exists, edit the file the fix will touch.
+    let snap = ws.join("iterations/iter-001");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !snap.exists() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let edited = std::fs::read_to_string(src.join("inventory/pricing.py"))
+        .unwrap()
+        .replace("DISCOUNT = 0.1", "DISCOUNT = 0.15");
+    std::fs::write(src.join("inventory/pricing.py"), &edited).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not applying") && err.contains("inventory/pricing.py"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join("inventory/pricing.py")).unwrap(),
+        edited,
+        "the user's edit was overwritten"
+    );
+}
+
+#[test]
+fn repair_bad_input_and_unreachable_services() {
+    let (_t, src, ws) = example();
+    // A test command that does not exist.
+    let out = repair(
+        &src,
+        &ws,
+        &["--test-cmd", "no-such-test-runner --all"],
+        &[("COVAL_SANDBOX__BACKEND", "local")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("was not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Docker asked for explicitly but not reachable.
+    let out = repair(
+        &src,
+        &ws,
+        &[],
+        &[
+            ("COVAL_SANDBOX__BACKEND", "docker"),
+            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("docker"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A model server asked for explicitly but not reachable.
+    let log = src.join("error.log");
+    let out = coval(
+        src.parent().unwrap(),
+        &[
+            "--workspace",
+            ws.to_str().unwrap(),
+            "repair",
+            "--engine",
+            "llm",
+            "-e",
+            log.to_str().unwrap(),
+            "-s",
+            src.to_str().unwrap(),
+        ],
+        &[("COVAL_LLM_URL", "http://127.0.0.1:9")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ollama serve"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --apply with --analyze is a usage error.
+    let out = repair(&src, &ws, &["--analyze", "--apply"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_model_path_retries_with_feedback_and_succeeds() {
+    use llm::testing::{ProtocolServer, Reply};
+    let server = ProtocolServer::start().unwrap();
+    let (_t, src, ws) = example();
+    // First answer: a plausible but wrong fix; the retry: the right one.
+    let wrong = "The discount is too small.\n\n```diff\n--- a/inventory/pricing.py\n+++ b/inventory/pricing.py\n@@ -5,3 +5,3 @@\n DISCOUNT_FROM = 10  # units per line that earn the volume discount\n-DISCOUNT = 0.1\n+DISCOUNT = 0.2\n \n```\n";
+    let right = "<think>\nThe boundary is inclusive: 10 units already earn the discount.\n</think>\nThe comparison must include the boundary.\n\n```diff\n--- a/inventory/pricing.py\n+++ b/inventory/pricing.py\n@@ -11,3 +11,3 @@\n     total = unit_price * quantity\n-    if quantity > DISCOUNT_FROM:\n+    if quantity >= DISCOUNT_FROM:\n         total = total * (1 - DISCOUNT)\n```\n";
+    for _ in 0..3 {
+        server.push("/api/tags", Reply::ollama_tags(&["qwen2.5-coder:7b"]));
+    }
+    server.push("/api/chat", Reply::ollama_chat(wrong));
+    server.push("/api/chat", Reply::ollama_chat(right));
+    let log = src.join("error.log");
+    let out = coval(
+        src.parent().unwrap(),
+        &[
+            "--workspace",
+            ws.to_str().unwrap(),
+            "repair",
+            "--engine",
+            "llm",
+            "--json",
+            "-e",
+            log.to_str().unwrap(),
+            "-s",
+            src.to_str().unwrap(),
+        ],
+        &[
+            ("COVAL_LLM_URL", &server.url()),
+            ("COVAL_SANDBOX__BACKEND", "local"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "fixed", "{v:#}");
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{v:#}");
+    assert_eq!(attempts[0]["candidates"][0]["passed"], false);
+    assert_eq!(attempts[1]["candidates"][0]["passed"], true);
+    assert!(
+        attempts[1]["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{v:#}"
+    );
+    // The retry prompt carried the failed diff and its test output; every call set num_ctx.
+    let chats = server.requests_to("/api/chat");
+    assert_eq!(chats.len(), 2);
+    let second = chats[1].json().to_string();
+    assert!(
+        second.contains("DISCOUNT = 0.2"),
+        "the retry prompt lacks the previous diff"
+    );
+    // `16.0 == 18.0` appears only in the wrong candidate's own test run, not in the error log.
+    assert!(
+        second.contains("16.0 == 18.0"),
+        "the retry prompt lacks the failing output of the first candidate"
+    );
+    for c in &chats {
+        assert_eq!(c.json()["options"]["num_ctx"], 32768);
+    }
+}
+
+#[test]
+fn models_list_and_pull_against_the_protocol_server() {
+    use llm::testing::{ProtocolServer, Reply};
+    let server = ProtocolServer::start().unwrap();
+    server.push(
+        "/api/tags",
+        Reply::ollama_tags(&["qwen2.5-coder:7b", "mistral:7b"]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("COVAL_LLM_URL", server.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = coval(dir.path(), &["models", "list", "--json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let present = |alias: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["alias"] == alias)
+            .unwrap()["present"]
+            .clone()
+    };
+    assert_eq!(present("qwen"), true);
+    assert_eq!(present("mistral"), true);
+    assert_eq!(present("granite"), false);
+    server.push("/api/pull", Reply::ollama_pull(1000, 4));
+    let out = coval(dir.path(), &["models", "pull", "granite"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("pulled granite-code:8b"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        server.requests_to("/api/pull")[0].json()["model"],
+        "granite-code:8b"
+    );
+    // Unknown alias: bad input. No server: unreachable.
+    assert_eq!(
+        coval(dir.path(), &["models", "pull", "gpt-9"], &env)
+            .status
+            .code(),
+        Some(2)
+    );
+    let out = coval(
+        dir.path(),
+        &["models", "list"],
+        &[("COVAL_LLM_URL", "http://127.0.0.1:9")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ollama serve"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -27,6 +27,7 @@ pub struct Settings {
     pub cost_calculation: CostConfig,
     pub global: GlobalConfig,
     pub bus: BusConfig,
+    pub sandbox: SandboxConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +169,33 @@ impl BusConfig {
             .sum();
         Duration::from_secs(waits + u64::from(self.max_deliver) * self.ack_wait_secs)
     }
+}
+
+/// Which sandbox runs tests: `auto` prefers Docker when it answers and has a base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxBackend {
+    Auto,
+    Docker,
+    Local,
+}
+
+/// The `sandbox:` section (see `pipeline::sandbox`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    pub backend: SandboxBackend,
+    /// OCI runtime for Docker (e.g. `runsc`); empty: the engine's default.
+    pub runtime: String,
+    /// Base image per language key (`python`, `node`, `go`, ...).
+    pub images: BTreeMap<String, String>,
+    pub memory_mb: u64,
+    pub pids: u32,
+    pub cpus: f64,
+    pub tmpfs_mb: u64,
+    pub output_kb: u64,
+    pub timeout_secs: u64,
+    pub nofile: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,7 +464,7 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
 
     let defaults = settings_layers[0].value.clone();
     for l in &settings_layers[1..] {
-        check_keys(&l.value, &defaults, "", &l.origin, &[])?;
+        check_keys(&l.value, &defaults, "", &l.origin, &["sandbox.images"])?;
     }
     let llm_defaults = llm_layers[0].value.clone();
     for l in &llm_layers[1..] {
@@ -663,6 +691,10 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
             u64::from(s.project.max_iterations),
         ),
         ("docker.base_port", u64::from(s.docker.base_port)),
+        ("sandbox.timeout_secs", s.sandbox.timeout_secs),
+        ("sandbox.output_kb", s.sandbox.output_kb),
+        ("sandbox.tmpfs_mb", s.sandbox.tmpfs_mb),
+        ("sandbox.nofile", u64::from(s.sandbox.nofile)),
     ];
     for (key, v) in positive {
         if v == 0 {
@@ -753,6 +785,31 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
             "cost_calculation.lambda",
             format!("{} must be ≥ 0", c.lambda),
             "e.g. 0.5",
+        ));
+    }
+    let sb = &s.sandbox;
+    if sb.memory_mb < 16 {
+        return Err(bad(
+            layers,
+            "sandbox.memory_mb",
+            format!("{} MB is too little to run a test", sb.memory_mb),
+            "use at least 16 (e.g. 512)",
+        ));
+    }
+    if sb.pids < 8 {
+        return Err(bad(
+            layers,
+            "sandbox.pids",
+            format!("{} processes is too few to run a test", sb.pids),
+            "use at least 8 (e.g. 256)",
+        ));
+    }
+    if !(sb.cpus.is_finite() && sb.cpus > 0.0) {
+        return Err(bad(
+            layers,
+            "sandbox.cpus",
+            format!("{} must be a positive number", sb.cpus),
+            "e.g. 1.0",
         ));
     }
     let hw = s.global.adaptive_evaluation.history_weight;
@@ -884,6 +941,36 @@ mod tests {
         assert_eq!(c.llm.server.url, "http://127.0.0.1:18080");
         o.overrides = vec![("docker.base_port".into(), "9200".into())];
         assert_eq!(load(&o).unwrap().settings.docker.base_port, 9200);
+    }
+
+    #[test]
+    fn sandbox_section_loads_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(&opts(dir.path())).unwrap();
+        assert_eq!(c.settings.sandbox.backend, SandboxBackend::Auto);
+        assert_eq!(c.settings.sandbox.images["python"], "coval/python:bookworm");
+        assert_eq!(c.settings.sandbox.runtime, "");
+        let mut o = opts(dir.path());
+        o.env = vec![
+            ("COVAL_SANDBOX__BACKEND".into(), "local".into()),
+            ("COVAL_SANDBOX__MEMORY_MB".into(), "128".into()),
+        ];
+        let c = load(&o).unwrap();
+        assert_eq!(c.settings.sandbox.backend, SandboxBackend::Local);
+        assert_eq!(c.settings.sandbox.memory_mb, 128);
+        let f = dir.path().join(SETTINGS_FILE);
+        std::fs::write(&f, "sandbox:\n  images:\n    rust: coval/rust:bookworm\n").unwrap();
+        let c = load(&opts(dir.path())).unwrap();
+        assert_eq!(c.settings.sandbox.images["rust"], "coval/rust:bookworm");
+        assert_eq!(c.settings.sandbox.images["python"], "coval/python:bookworm");
+        std::fs::write(&f, "sandbox:\n  cpus: 0\n").unwrap();
+        let e = load(&opts(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("sandbox.cpus"), "{e}");
+        std::fs::write(&f, "sandbox:\n  backend: podman\n").unwrap();
+        assert!(load(&opts(dir.path())).is_err());
+        std::fs::write(&f, "sandbox:\n  memroy_mb: 1\n").unwrap();
+        let e = load(&opts(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("did you mean `memory_mb`"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,10 @@ pub mod bus;
 pub mod config;
 pub mod jetstream;
 pub mod memory;
+pub mod patch;
+pub mod report;
 pub mod runtime;
+pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 

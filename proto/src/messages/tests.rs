@@ -175,6 +175,7 @@ fn samples() -> Vec<Message> {
             new_iteration: Some(IterationId(4)),
             report_dir: Some("repairs/repair-rep_01JDQ7Z8W6Y9S7B2C4D5E6F7G8".into()),
             completed_at_ms: 1_764_000_005_000,
+            report: None,
         }),
         Message::DeadLetter(DeadLetter {
             repair_id: rq.repair_id,

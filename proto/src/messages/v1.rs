@@ -374,6 +374,9 @@ pub struct RepairCompleted {
     #[serde(default)]
     pub report_dir: Option<String>,
     pub completed_at_ms: u64,
+    /// report.json as written, so a client of a remote worker gets the report too.
+    #[serde(default)]
+    pub report: Option<String>,
 }
 
 /// A message no stage could handle: undecodable, rejected, or out of deliveries.

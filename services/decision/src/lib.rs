@@ -2,6 +2,5 @@
 //! probability (pure functions), `handler` turns a `Triaged` message into a `Decided` one, and
 //! `explain` writes decision.md.
 
-pub mod explain;
 pub mod handler;
 pub mod model;

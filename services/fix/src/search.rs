@@ -40,7 +40,10 @@ const JS_LOGIC: &[&str] = &["&&", "||"];
 /// program-repair literature: operator and off-by-one slips dominate one-line bugs).
 fn prior(op: &str) -> f64 {
     match op {
-        "comparison" | "arithmetic" => 1.0,
+        // Boundary slips (`<` for `<=`) are the commonest comparison bug.
+        "boundary" => 1.0,
+        "arithmetic" => 0.95,
+        "comparison" => 0.85,
         "constant" | "off-by-one" => 0.9,
         "boolean" | "negation" => 0.75,
         "swap-operands" | "swap-arguments" => 0.7,
@@ -278,7 +281,7 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
             ] {
                 if class.contains(&o.as_str()) {
                     for alt in class.iter().filter(|a| **a != o) {
-                        ctx.replace(&op, alt, name, score);
+                        ctx.replace(&op, alt, comparison_kind(name, &o, alt), score);
                     }
                 }
             }
@@ -294,7 +297,7 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
                 let o = text(op, ctx.src).to_owned();
                 if COMPARE.contains(&o.as_str()) {
                     for alt in COMPARE.iter().filter(|a| **a != o) {
-                        ctx.replace(op, alt, "comparison", score);
+                        ctx.replace(op, alt, comparison_kind("comparison", &o, alt), score);
                     }
                 }
             }
@@ -336,6 +339,19 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
         }
         _ if python => python_only(ctx, n, score),
         _ => {}
+    }
+}
+
+/// `<` ↔ `<=` and `>` ↔ `>=` move a boundary by one: their own, likelier kind.
+fn comparison_kind(kind: &'static str, from: &str, to: &str) -> &'static str {
+    let boundary = matches!(
+        (from, to),
+        ("<", "<=") | ("<=", "<") | (">", ">=") | (">=", ">")
+    );
+    if kind == "comparison" && boundary {
+        "boundary"
+    } else {
+        kind
     }
 }
 

@@ -1,4 +1,5 @@
-//! decision.md: the triage findings and the decision, every number in plain words.
+//! Reports shared by the stages and the command line: decision.md (the triage findings and
+//! the decision, every number in plain words).
 
 use std::fmt::Write;
 

@@ -1,0 +1,1040 @@
+//! The Docker sandbox, through bollard: network none, read-only root, size-capped tmpfs work
+//! area, all capabilities dropped, no-new-privileges, default seccomp, a non-root user of its
+//! own, pids/memory(+swap)/CPU limits, nofile/nproc ulimits, an init process, an environment of
+//! exactly `RunSpec::env` (`env -i`), a wall-clock timeout, capped output, and removal on every
+//! path (a guard removes the container even on panic or cancellation).
+//!
+//! The project reaches the container as a read-only bind mount of a host staging dir at
+//! `/cands`; a small shell wrapper copies one candidate into `/work/<id>`, runs the command
+//! under `timeout -s KILL`, kills every process the candidate left, reports the exit status,
+//! the cgroup's OOM-kill count and the collected files after a random marker on stderr, and
+//! wipes `/work`, `/tmp` and `/dev/shm`. A [`DockerSession`] runs that wrapper by `exec` in one
+//! long-lived container, so a candidate costs a process, not a container start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures::{Stream, StreamExt};
+
+use super::capture::{Capture, Flow};
+use super::fs::{Perms, copy_tree};
+use super::{RunResult, RunSpec, Sandbox, SandboxError, Session, ephemeral_uid, random_hex};
+
+/// Label on every sandbox container; its value is the owning [`DockerSandbox`]'s instance id.
+pub const LABEL: &str = "dev.coval.sandbox";
+/// `run` (one container per run) or `session`.
+pub const ROLE_LABEL: &str = "dev.coval.role";
+
+/// Host-side slack beyond the run's timeout (copying in, killing, reporting) before the
+/// container itself is killed.
+const HOST_GRACE: Duration = Duration::from_secs(15);
+/// Cap on each collected file (e.g. a JUnit report).
+const COLLECT_CAP: usize = 4 << 20;
+/// Deadline for engine calls made while cleaning up.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs in the container as the candidate's user: `sh -c WRAPPER coval-sandbox MODE ...`.
+/// `run ID TIMEOUT MARK FILECAP NFILES FILES... ENV... ARGV...` or `clean`.
+const WRAPPER: &str = r#"
+mode=$1
+shift
+oomc() {
+  for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events; do
+    if [ -r "$f" ]; then sed -n 's/^oom_kill //p' "$f"; return; fi
+  done
+  echo 0
+}
+reap() {
+  i=0
+  while [ "$i" -lt 300 ]; do
+    kill -9 -1 2>/dev/null
+    alive=
+    for p in /proc/[0-9]*; do
+      case "${p#/proc/}" in "$$" | 1) continue ;; esac
+      [ -O "$p" ] || continue
+      s=
+      read -r s 2>/dev/null <"$p/stat" || continue
+      case "${s##*) }" in Z*) continue ;; esac
+      alive=1
+      break
+    done
+    [ -z "$alive" ] && return 0
+    i=$((i + 1))
+    sleep 0.01
+  done
+}
+wipe() {
+  find /work /tmp /dev/shm -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null
+}
+if [ "$mode" = clean ]; then
+  cd /
+  reap
+  wipe
+  echo "oom $(oomc)"
+  exit 0
+fi
+id=$1 t=$2 mark=$3 fcap=$4 nc=$5
+shift 5
+files=
+while [ "$nc" -gt 0 ]; do
+  files="$files$1
+"
+  shift
+  nc=$((nc - 1))
+done
+before=$(oomc)
+wipe
+if mkdir "/work/$id" 2>/dev/null && cp -a "/cands/$id/." "/work/$id/" && cd "/work/$id"; then
+  timeout -s KILL "$t" env -i "$@"
+  rc=$?
+else
+  echo "coval-sandbox: cannot copy the project into the work area (larger than the tmpfs?)" >&2
+  rc=125
+fi
+cd /
+reap
+after=$(oomc)
+printf '\n%s\nrc %s\noom %s %s\n' "$mark" "$rc" "${before:-0}" "${after:-0}" >&2
+printf '%s' "$files" | while IFS= read -r f; do
+  p="/work/$id/$f"
+  if [ -f "$p" ] && [ ! -L "$p" ]; then
+    n=$(wc -c <"$p")
+    [ "$n" -gt "$fcap" ] && n=$fcap
+    printf 'file %s %s\n' "$n" "$f" >&2
+    head -c "$n" "$p" >&2
+    printf '\n' >&2
+  fi
+done
+wipe
+exit "$rc"
+"#;
+
+fn engine(op: &'static str) -> impl Fn(bollard::errors::Error) -> SandboxError {
+    move |e| SandboxError::Docker {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// Containers through the local Docker engine (`DOCKER_HOST`, else the default socket).
+#[derive(Clone)]
+pub struct DockerSandbox {
+    docker: Docker,
+    runtime: Option<String>,
+    instance: String,
+}
+
+impl std::fmt::Debug for DockerSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerSandbox")
+            .field("runtime", &self.runtime)
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+async fn connect_engine() -> Result<Docker, SandboxError> {
+    let d = Docker::connect_with_defaults().map_err(|e| SandboxError::Unreachable {
+        reason: e.to_string(),
+    })?;
+    // The engine may be older than bollard's default API version (Debian's 20.10 is 1.41).
+    let d = tokio::time::timeout(Duration::from_secs(5), d.negotiate_version())
+        .await
+        .map_err(|_| SandboxError::Unreachable {
+            reason: "no answer within 5 s".into(),
+        })?
+        .map_err(|e| SandboxError::Unreachable {
+            reason: e.to_string(),
+        })?;
+    d.ping().await.map_err(|e| SandboxError::Unreachable {
+        reason: e.to_string(),
+    })?;
+    Ok(d)
+}
+
+impl DockerSandbox {
+    /// Connects and negotiates the API version; `runtime` is an OCI runtime name such as
+    /// `runsc` (empty: the engine's default).
+    pub async fn connect(runtime: &str) -> Result<DockerSandbox, SandboxError> {
+        let docker = connect_engine().await?;
+        Ok(DockerSandbox {
+            docker,
+            runtime: (!runtime.trim().is_empty()).then(|| runtime.trim().to_owned()),
+            instance: random_hex(),
+        })
+    }
+
+    /// The value of [`LABEL`] on this sandbox's containers.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub async fn image_exists(&self, image: &str) -> Result<bool, SandboxError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(engine("inspect image")(e)),
+        }
+    }
+
+    async fn require_image(&self, image: &str) -> Result<(), SandboxError> {
+        if self.image_exists(image).await? {
+            return Ok(());
+        }
+        let lang = image
+            .strip_prefix("coval/")
+            .and_then(|r| r.split(':').next())
+            .unwrap_or("all")
+            .to_owned();
+        Err(SandboxError::ImageMissing {
+            image: image.to_owned(),
+            lang,
+        })
+    }
+
+    /// Ids of this sandbox's containers that still exist (running or not).
+    pub async fn containers(&self) -> Result<Vec<String>, SandboxError> {
+        list_labelled(&self.docker, Some(&self.instance)).await
+    }
+
+    /// One run in a fresh container, removed afterwards.
+    pub async fn run(&self, spec: &RunSpec) -> Result<RunResult, SandboxError> {
+        spec.validate()?;
+        self.require_image(&spec.image).await?;
+        let started = Instant::now();
+        let staging = Staging::new()?;
+        staging.add("c0", &spec.dir).await?;
+        let uid = ephemeral_uid();
+        let mark = random_hex();
+        let mut cmd = vec![
+            "sh".to_owned(),
+            "-c".into(),
+            WRAPPER.into(),
+            "coval-sandbox".into(),
+        ];
+        cmd.extend(wrapper_args(
+            "c0",
+            spec.timeout,
+            &mark,
+            &spec.collect,
+            &spec.env,
+            &spec.argv,
+        ));
+        let body = self.container_body(spec, &staging.path, uid, "run", cmd);
+        let guard = self.create(body).await?;
+        let result = self.run_in(&guard.id, spec, &mark, started).await;
+        let removed = guard.remove().await;
+        drop(staging);
+        let result = result?;
+        removed?;
+        Ok(result)
+    }
+
+    async fn run_in(
+        &self,
+        id: &str,
+        spec: &RunSpec,
+        mark: &str,
+        started: Instant,
+    ) -> Result<RunResult, SandboxError> {
+        let opts = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(true)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(engine("attach"))?;
+        let mut output = attached.output;
+        drop(attached.input);
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(engine("start container"))?;
+        let mut cap = Capture::new(spec.limits.output_bytes, trailer_budget(spec));
+        let deadline = tokio::time::Instant::now() + spec.timeout + HOST_GRACE;
+        let end = pump(&mut output, &mut cap, deadline).await;
+        // Close our end first: the engine's output copier may be blocked writing to it, and a
+        // kill waits for that copier.
+        drop(output);
+        if end != PumpEnd::Eof {
+            let _ = self
+                .docker
+                .kill_container(
+                    id,
+                    Some(
+                        KillContainerOptionsBuilder::default()
+                            .signal("KILL")
+                            .build(),
+                    ),
+                )
+                .await;
+        }
+        let code = wait_exit(&self.docker, id).await?;
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(engine("inspect container"))?;
+        let engine_oom = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false);
+        let trailer = cap.split_trailer(mark).map(|t| Trailer::parse(&t));
+        Ok(finish(FinishArgs {
+            cap,
+            trailer,
+            fallback_code: code,
+            engine_oom,
+            oom_before: 0,
+            end,
+            spec_timeout: spec.timeout,
+            output_cap: spec.limits.output_bytes,
+            started,
+        }))
+    }
+
+    /// Starts the container of a [`DockerSession`]: same hardening, `sleep infinity` under
+    /// init, as a user the candidates cannot signal.
+    pub async fn open_session(&self, template: &RunSpec) -> Result<DockerSession, SandboxError> {
+        template.validate()?;
+        self.require_image(&template.image).await?;
+        let staging = Staging::new()?;
+        let uid = ephemeral_uid();
+        let cmd = vec!["sleep".to_owned(), "infinity".into()];
+        let mut body = self.container_body(template, &staging.path, uid + 1, "session", cmd);
+        // The keep-alive runs as uid+1; candidates run as uid and can neither signal it nor
+        // be mistaken for it by the wrapper's kill sweep.
+        body.user = Some(format!("{}:{}", uid + 1, uid + 1));
+        let guard = self.create(body).await?;
+        if let Err(e) = self.docker.start_container(&guard.id, None).await {
+            let _ = guard.remove().await;
+            return Err(engine("start container")(e));
+        }
+        Ok(DockerSession {
+            docker: self.docker.clone(),
+            guard: Some(guard),
+            staging,
+            uid,
+            template: template.clone(),
+            counter: 0,
+            last_oom: 0,
+            lost: None,
+        })
+    }
+
+    fn container_body(
+        &self,
+        spec: &RunSpec,
+        staging: &Path,
+        uid: u32,
+        role: &str,
+        cmd: Vec<String>,
+    ) -> ContainerCreateBody {
+        let lim = &spec.limits;
+        let mem = i64::try_from(lim.memory_bytes).unwrap_or(i64::MAX);
+        let tmpfs_opts = format!("rw,exec,nosuid,nodev,size={},mode=1777", lim.tmpfs_bytes);
+        let tmp_size = (lim.tmpfs_bytes / 4).max(16 << 20);
+        let tmpfs = HashMap::from([
+            ("/work".to_owned(), tmpfs_opts),
+            (
+                "/tmp".to_owned(),
+                format!("rw,exec,nosuid,nodev,size={tmp_size},mode=1777"),
+            ),
+        ]);
+        let ulimit = |name: &str, v: u64| ResourcesUlimits {
+            name: Some(name.to_owned()),
+            soft: Some(i64::try_from(v).unwrap_or(i64::MAX)),
+            hard: Some(i64::try_from(v).unwrap_or(i64::MAX)),
+        };
+        let host = HostConfig {
+            network_mode: Some("none".into()),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            mounts: Some(vec![Mount {
+                target: Some("/cands".into()),
+                source: Some(staging.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            privileged: Some(false),
+            memory: Some(mem),
+            memory_swap: Some(mem),
+            nano_cpus: Some((lim.cpus * 1e9) as i64),
+            pids_limit: Some(i64::from(lim.pids)),
+            shm_size: Some(i64::try_from(lim.tmpfs_bytes.min(64 << 20)).unwrap_or(64 << 20)),
+            ulimits: Some(vec![
+                ulimit("nofile", u64::from(lim.nofile)),
+                ulimit("nproc", u64::from(lim.pids)),
+                ulimit("core", 0),
+            ]),
+            init: Some(true),
+            runtime: self.runtime.clone(),
+            ipc_mode: Some("private".into()),
+            auto_remove: Some(false),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(cmd),
+            user: Some(format!("{uid}:{uid}")),
+            env: Some(vec![]),
+            working_dir: Some("/".into()),
+            hostname: Some("sandbox".into()),
+            network_disabled: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            open_stdin: Some(false),
+            labels: Some(HashMap::from([
+                (LABEL.to_owned(), self.instance.clone()),
+                (ROLE_LABEL.to_owned(), role.to_owned()),
+            ])),
+            host_config: Some(host),
+            ..Default::default()
+        }
+    }
+
+    async fn create(&self, body: ContainerCreateBody) -> Result<ContainerGuard, SandboxError> {
+        let name = format!("coval-sandbox-{}", &random_hex()[..16]);
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(engine("create container"))?;
+        Ok(ContainerGuard {
+            docker: self.docker.clone(),
+            id: created.id,
+            armed: true,
+        })
+    }
+}
+
+impl Sandbox for DockerSandbox {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn notice(&self) -> Option<String> {
+        None
+    }
+
+    async fn run(&self, spec: &RunSpec) -> Result<RunResult, SandboxError> {
+        DockerSandbox::run(self, spec).await
+    }
+
+    async fn open_session(&self, template: &RunSpec) -> Result<Session, SandboxError> {
+        Ok(Session::Docker(Box::new(
+            DockerSandbox::open_session(self, template).await?,
+        )))
+    }
+}
+
+/// Ids of the containers labelled [`LABEL`] (with `instance` as value, when given).
+pub async fn list_labelled(
+    docker: &Docker,
+    instance: Option<&str>,
+) -> Result<Vec<String>, SandboxError> {
+    let filter = match instance {
+        Some(i) => format!("{LABEL}={i}"),
+        None => LABEL.to_owned(),
+    };
+    let filters = HashMap::from([("label".to_owned(), vec![filter])]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let list = docker
+        .list_containers(Some(opts))
+        .await
+        .map_err(engine("list containers"))?;
+    Ok(list.into_iter().filter_map(|c| c.id).collect())
+}
+
+/// One repair's container; each [`DockerSession::run`] is one `exec`.
+pub struct DockerSession {
+    docker: Docker,
+    guard: Option<ContainerGuard>,
+    staging: Staging,
+    uid: u32,
+    template: RunSpec,
+    counter: u64,
+    last_oom: u64,
+    lost: Option<String>,
+}
+
+impl DockerSession {
+    /// The session's container id.
+    pub fn container_id(&self) -> Option<&str> {
+        self.guard.as_ref().map(|g| g.id.as_str())
+    }
+
+    /// Runs `argv` on a fresh copy of `dir` in its own subdirectory of the work area, with the
+    /// template's env and limits; the copy, its temp files and its processes are gone before
+    /// this returns.
+    pub async fn run(
+        &mut self,
+        dir: &Path,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<RunResult, SandboxError> {
+        if let Some(why) = &self.lost {
+            return Err(SandboxError::SessionLost(why.clone()));
+        }
+        let Some(id) = self.guard.as_ref().map(|g| g.id.clone()) else {
+            return Err(SandboxError::SessionLost("closed".into()));
+        };
+        let mut spec = self.template.clone();
+        spec.argv = argv.to_vec();
+        spec.timeout = timeout;
+        spec.dir = dir.to_path_buf();
+        spec.validate()?;
+        let started = Instant::now();
+        self.counter += 1;
+        let cid = format!("c{}", self.counter);
+        self.staging.add(&cid, dir).await?;
+        let mark = random_hex();
+        let mut cmd = vec![
+            "sh".to_owned(),
+            "-c".into(),
+            WRAPPER.into(),
+            "coval-sandbox".into(),
+        ];
+        cmd.extend(wrapper_args(
+            &cid,
+            timeout,
+            &mark,
+            &spec.collect,
+            &spec.env,
+            &spec.argv,
+        ));
+        let result = self.exec_candidate(&id, &spec, cmd, &mark, started).await;
+        self.staging.remove(&cid).await;
+        if let Err(SandboxError::Docker { reason, .. }) = &result
+            && (reason.contains("is not running") || reason.contains("No such container"))
+        {
+            self.lost = Some(format!("the container stopped: {reason}"));
+        }
+        result
+    }
+
+    async fn exec_candidate(
+        &mut self,
+        id: &str,
+        spec: &RunSpec,
+        cmd: Vec<String>,
+        mark: &str,
+        started: Instant,
+    ) -> Result<RunResult, SandboxError> {
+        let user = format!("{0}:{0}", self.uid);
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    user: Some(user),
+                    working_dir: Some("/".to_owned()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(false),
+                    tty: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(engine("create exec"))?;
+        let started_exec = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(engine("start exec"))?;
+        let StartExecResults::Attached { mut output, input } = started_exec else {
+            return Err(SandboxError::Docker {
+                op: "start exec",
+                reason: "the engine detached the exec".into(),
+            });
+        };
+        drop(input);
+        let mut cap = Capture::new(spec.limits.output_bytes, trailer_budget(spec));
+        let deadline = tokio::time::Instant::now() + spec.timeout + HOST_GRACE;
+        let end = pump(&mut output, &mut cap, deadline).await;
+        drop(output);
+        let mut oom_after_cleanup = None;
+        if end != PumpEnd::Eof {
+            // Stop the candidate from inside (its own user can kill all its processes); if
+            // that fails too, the container goes and the session with it.
+            match self.clean(id).await {
+                Ok(n) => oom_after_cleanup = Some(n),
+                Err(e) => {
+                    self.lost = Some(format!("cannot stop a runaway candidate: {e}"));
+                    if let Some(g) = self.guard.take() {
+                        let _ = g.remove().await;
+                    }
+                }
+            }
+        }
+        let code = exec_exit_code(&self.docker, &exec.id).await;
+        let trailer = cap.split_trailer(mark).map(|t| Trailer::parse(&t));
+        let oom_before = trailer
+            .as_ref()
+            .and_then(|t| t.oom.map(|(b, _)| b))
+            .unwrap_or(self.last_oom);
+        let engine_oom = oom_after_cleanup.is_some_and(|n| n > oom_before);
+        if let Some(n) = oom_after_cleanup.or(trailer.as_ref().and_then(|t| t.oom.map(|o| o.1))) {
+            self.last_oom = n;
+        }
+        Ok(finish(FinishArgs {
+            cap,
+            trailer,
+            fallback_code: code,
+            engine_oom,
+            oom_before,
+            end,
+            spec_timeout: spec.timeout,
+            output_cap: spec.limits.output_bytes,
+            started,
+        }))
+    }
+
+    /// Kills every candidate process and wipes the work area; returns the OOM-kill count.
+    async fn clean(&self, id: &str) -> Result<u64, SandboxError> {
+        let fut = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    id,
+                    CreateExecOptions {
+                        cmd: Some(vec![
+                            "sh".to_owned(),
+                            "-c".into(),
+                            WRAPPER.into(),
+                            "coval-sandbox".into(),
+                            "clean".into(),
+                        ]),
+                        user: Some(format!("{0}:{0}", self.uid)),
+                        working_dir: Some("/".to_owned()),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(engine("create exec"))?;
+            let mut text = Vec::new();
+            if let StartExecResults::Attached { mut output, .. } = self
+                .docker
+                .start_exec(&exec.id, None)
+                .await
+                .map_err(engine("start exec"))?
+            {
+                while let Some(Ok(m)) = output.next().await {
+                    if let LogOutput::StdOut { message } | LogOutput::Console { message } = m
+                        && text.len() < 4096
+                    {
+                        text.extend_from_slice(&message);
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&text);
+            Ok(text
+                .lines()
+                .find_map(|l| l.strip_prefix("oom "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0))
+        };
+        tokio::time::timeout(CLEANUP_TIMEOUT, fut)
+            .await
+            .map_err(|_| SandboxError::Docker {
+                op: "clean up",
+                reason: format!("no answer within {} s", CLEANUP_TIMEOUT.as_secs()),
+            })?
+    }
+
+    /// Removes the container.
+    pub async fn close(mut self) -> Result<(), SandboxError> {
+        match self.guard.take() {
+            Some(g) => g.remove().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Removes its container when dropped, unless [`ContainerGuard::remove`] did already.
+struct ContainerGuard {
+    docker: Docker,
+    id: String,
+    armed: bool,
+}
+
+impl ContainerGuard {
+    async fn remove(mut self) -> Result<(), SandboxError> {
+        let r = remove_container(&self.docker, &self.id).await;
+        if r.is_ok() {
+            self.armed = false;
+        }
+        r
+    }
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+    let opts = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    let fut = docker.remove_container(id, Some(opts));
+    match tokio::time::timeout(CLEANUP_TIMEOUT, fut).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => Ok(()),
+        // 409: a removal is already in progress.
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        })) => Ok(()),
+        Ok(Err(e)) => Err(engine("remove container")(e)),
+        Err(_) => Err(SandboxError::Docker {
+            op: "remove container",
+            reason: format!("no answer within {} s", CLEANUP_TIMEOUT.as_secs()),
+        }),
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // A panic or a cancelled future got here. Removal is async; run it on a thread of its
+        // own, with its own runtime and its own connection, so it works whatever state the
+        // caller's runtime is in (even a current-thread runtime blocked right here).
+        let id = std::mem::take(&mut self.id);
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(d) = connect_engine().await
+                    && let Err(e) = remove_container(&d, &id).await {
+                        tracing::warn!(container = %id, error = %e, "cannot remove a sandbox container");
+                    }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+impl Drop for DockerSession {
+    fn drop(&mut self) {
+        // The guard's own Drop removes the container; this only makes the order explicit:
+        // container first, then the staging dir it mounts.
+        self.guard.take();
+    }
+}
+
+/// The host dir mounted read-only at `/cands`, one subdirectory per candidate.
+struct Staging {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Staging {
+    fn new() -> Result<Staging, SandboxError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("coval-sandbox-")
+            .tempdir()
+            .map_err(|e| SandboxError::io("cannot create a staging dir", e))?;
+        // The container's unprivileged user must be able to enter it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| SandboxError::io("cannot open up the staging dir", e))?;
+        let path = dir.path().to_path_buf();
+        Ok(Staging { _dir: dir, path })
+    }
+
+    async fn add(&self, name: &str, from: &Path) -> Result<(), SandboxError> {
+        let to = self.path.join(name);
+        let from = from.to_path_buf();
+        tokio::task::spawn_blocking(move || copy_tree(&from, &to, Perms::WorldReadable))
+            .await
+            .map_err(|e| SandboxError::io("staging task failed", std::io::Error::other(e)))?
+            .map_err(|e| SandboxError::io("cannot stage the project for the sandbox", e))?;
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) {
+        let p = self.path.join(name);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(p)).await;
+    }
+}
+
+fn wrapper_args(
+    id: &str,
+    timeout: Duration,
+    mark: &str,
+    collect: &[String],
+    env: &[(String, String)],
+    argv: &[String],
+) -> Vec<String> {
+    let mut a = vec![
+        "run".to_owned(),
+        id.to_owned(),
+        format!("{:.3}", timeout.as_secs_f64()),
+        mark.to_owned(),
+        COLLECT_CAP.to_string(),
+        collect.len().to_string(),
+    ];
+    a.extend(collect.iter().cloned());
+    a.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    a.extend(argv.iter().cloned());
+    a
+}
+
+fn trailer_budget(spec: &RunSpec) -> usize {
+    4096 + spec.collect.len() * (COLLECT_CAP + 512)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PumpEnd {
+    Eof,
+    OverCap,
+    Deadline,
+    Broken,
+}
+
+async fn pump<S>(output: &mut S, cap: &mut Capture, deadline: tokio::time::Instant) -> PumpEnd
+where
+    S: Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+{
+    loop {
+        tokio::select! {
+            item = output.next() => match item {
+                None => return PumpEnd::Eof,
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    if cap.push_stdout(&message) == Flow::OverCap {
+                        return PumpEnd::OverCap;
+                    }
+                }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    if cap.push_stderr(&message) == Flow::OverCap {
+                        return PumpEnd::OverCap;
+                    }
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "sandbox output stream broke");
+                    return PumpEnd::Broken;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => return PumpEnd::Deadline,
+        }
+    }
+}
+
+/// The container's exit code, once it has stopped.
+async fn wait_exit(docker: &Docker, id: &str) -> Result<i64, SandboxError> {
+    let opts = WaitContainerOptionsBuilder::default()
+        .condition("not-running")
+        .build();
+    let mut s = docker.wait_container(id, Some(opts));
+    let first = tokio::time::timeout(CLEANUP_TIMEOUT, s.next()).await;
+    match first {
+        Ok(Some(Ok(r))) => Ok(r.status_code),
+        Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => Ok(code),
+        Ok(Some(Err(e))) => Err(engine("wait container")(e)),
+        Ok(None) => Err(SandboxError::Docker {
+            op: "wait container",
+            reason: "the engine closed the wait stream".into(),
+        }),
+        Err(_) => Err(SandboxError::Docker {
+            op: "wait container",
+            reason: "the container did not stop after being killed".into(),
+        }),
+    }
+}
+
+/// An exec's exit code once it has finished (polls briefly: the stream can end first).
+async fn exec_exit_code(docker: &Docker, exec_id: &str) -> i64 {
+    for _ in 0..100 {
+        match docker.inspect_exec(exec_id).await {
+            Ok(i) if i.running != Some(true) => return i.exit_code.unwrap_or(-1),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => return -1,
+        }
+    }
+    -1
+}
+
+/// What the wrapper reported after the candidate's output.
+#[derive(Debug, Default)]
+struct Trailer {
+    rc: Option<i64>,
+    oom: Option<(u64, u64)>,
+    files: BTreeMap<String, String>,
+}
+
+impl Trailer {
+    fn parse(b: &[u8]) -> Trailer {
+        let mut t = Trailer::default();
+        let mut rest = b;
+        while !rest.is_empty() {
+            let nl = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+            let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
+            rest = rest.get(nl + 1..).unwrap_or(&[]);
+            let mut words = line.splitn(3, ' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("rc"), Some(n), None) => t.rc = n.trim().parse().ok(),
+                (Some("oom"), Some(a), Some(b)) => {
+                    t.oom = a.trim().parse().ok().zip(b.trim().parse().ok())
+                }
+                (Some("file"), Some(n), Some(name)) => {
+                    let Ok(n) = n.parse::<usize>() else { break };
+                    let n = n.min(rest.len());
+                    t.files.insert(
+                        name.to_owned(),
+                        String::from_utf8_lossy(&rest[..n]).into_owned(),
+                    );
+                    rest = rest.get(n + 1..).unwrap_or(&[]);
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+struct FinishArgs {
+    cap: Capture,
+    trailer: Option<Trailer>,
+    fallback_code: i64,
+    engine_oom: bool,
+    oom_before: u64,
+    end: PumpEnd,
+    spec_timeout: Duration,
+    output_cap: usize,
+    started: Instant,
+}
+
+fn finish(a: FinishArgs) -> RunResult {
+    let duration = a.started.elapsed();
+    let code = a
+        .trailer
+        .as_ref()
+        .and_then(|t| t.rc)
+        .unwrap_or(a.fallback_code);
+    let (exit_code, signal) = split_status(code);
+    let trailer_oom = a
+        .trailer
+        .as_ref()
+        .and_then(|t| t.oom)
+        .is_some_and(|(before, after)| after > before.max(a.oom_before));
+    let oom_killed = a.engine_oom || trailer_oom;
+    let timed_out = !oom_killed
+        && (a.end == PumpEnd::Deadline
+            || (signal == Some(9) && duration >= a.spec_timeout && a.end != PumpEnd::OverCap));
+    let truncated = a.end == PumpEnd::OverCap || a.cap.truncated();
+    let collected = a.trailer.map(|t| t.files).unwrap_or_default();
+    let (stdout, stderr) = a.cap.into_strings();
+    RunResult {
+        exit_code,
+        signal,
+        timed_out,
+        oom_killed,
+        stdout,
+        stderr,
+        output_truncated: truncated,
+        duration,
+        timeout: a.spec_timeout,
+        output_cap: a.output_cap,
+        collected,
+    }
+}
+
+/// A shell-style status: 129..=192 is death by signal `code - 128`.
+fn split_status(code: i64) -> (Option<i32>, Option<i32>) {
+    match i32::try_from(code) {
+        Ok(c) if (129..=192).contains(&c) => (None, Some(c - 128)),
+        Ok(c) => (Some(c), None),
+        Err(_) => (Some(-1), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailer_parses_status_oom_and_files() {
+        let t = Trailer::parse(b"rc 1\noom 0 2\nfile 5 r/junit.xml\n<a/>\n\nfile 99 x\nab");
+        assert_eq!(t.rc, Some(1));
+        assert_eq!(t.oom, Some((0, 2)));
+        assert_eq!(t.files["r/junit.xml"], "<a/>\n");
+        assert_eq!(t.files["x"], "ab");
+        let t = Trailer::parse(b"garbage\nfile nope x\n");
+        assert_eq!(t.rc, None);
+    }
+
+    #[test]
+    fn statuses_split_into_code_or_signal() {
+        assert_eq!(split_status(0), (Some(0), None));
+        assert_eq!(split_status(137), (None, Some(9)));
+        assert_eq!(split_status(125), (Some(125), None));
+        assert_eq!(split_status(1 << 40), (Some(-1), None));
+    }
+
+    #[test]
+    fn wrapper_args_keep_env_before_argv() {
+        let a = wrapper_args(
+            "c1",
+            Duration::from_millis(1500),
+            "M",
+            &["r.xml".into()],
+            &[("A".into(), "b c".into())],
+            &["python3".into(), "-m".into()],
+        );
+        assert_eq!(
+            a,
+            [
+                "run",
+                "c1",
+                "1.500",
+                "M",
+                &COLLECT_CAP.to_string(),
+                "1",
+                "r.xml",
+                "A=b c",
+                "python3",
+                "-m"
+            ]
+        );
+    }
+}

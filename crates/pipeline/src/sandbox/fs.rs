@@ -1,0 +1,157 @@
+//! File-tree helpers for staging project copies: copy a tree without following symlinks
+//! (special files are skipped), make it readable by the sandbox's unprivileged user, and check
+//! relative paths.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, lchown, symlink};
+use std::path::{Component, Path};
+
+/// `path` is relative, non-empty and has no `..`, root or prefix components.
+pub(crate) fn is_safe_relative(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty()
+        && !path.contains('\0')
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && p.components().any(|c| matches!(c, Component::Normal(_)))
+}
+
+/// How a copy treats permissions.
+#[derive(Clone, Copy)]
+pub(crate) enum Perms {
+    /// Keep the modes as they are.
+    Keep,
+    /// Add read permission for everyone (and search permission on directories), so an
+    /// unprivileged user in a container can read a tree a root process staged.
+    WorldReadable,
+}
+
+/// Copies the contents of `src` into `dst` (created if missing). Symlinks are copied as
+/// symlinks, never followed; sockets, fifos and devices are skipped.
+pub(crate) fn copy_tree(src: &Path, dst: &Path, perms: Perms) -> io::Result<u64> {
+    let meta = fs::symlink_metadata(src)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a directory", src.display()),
+        ));
+    }
+    fs::create_dir_all(dst)?;
+    let mut bytes = 0;
+    copy_dir(src, dst, perms, &mut bytes)?;
+    set_dir_mode(dst, meta.permissions().mode(), perms)?;
+    Ok(bytes)
+}
+
+fn copy_dir(src: &Path, dst: &Path, perms: Perms, bytes: &mut u64) -> io::Result<()> {
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let meta = fs::symlink_metadata(&from)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(&from)?;
+            symlink(&target, &to)?;
+        } else if ft.is_dir() {
+            fs::create_dir(&to)?;
+            copy_dir(&from, &to, perms, bytes)?;
+            set_dir_mode(&to, meta.permissions().mode(), perms)?;
+        } else if ft.is_file() {
+            *bytes += fs::copy(&from, &to)?;
+            let mode = meta.permissions().mode() & 0o7777;
+            let mode = match perms {
+                Perms::Keep => mode,
+                // Readable by all; executable by all where the owner could execute.
+                Perms::WorldReadable => {
+                    (mode | 0o444 | if mode & 0o100 != 0 { 0o111 } else { 0 }) & 0o777
+                }
+            };
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+fn set_dir_mode(dir: &Path, mode: u32, perms: Perms) -> io::Result<()> {
+    let mode = match perms {
+        Perms::Keep => mode & 0o7777,
+        Perms::WorldReadable => (mode | 0o755) & 0o777,
+    };
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Gives the whole tree (symlinks themselves, not their targets) to `uid:gid`.
+pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    lchown(root, Some(uid), Some(gid))?;
+    let meta = fs::symlink_metadata(root)?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(root)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a regular file (not through a symlink) under `root`, at most `cap` bytes.
+pub(crate) fn read_capped(root: &Path, rel: &str, cap: usize) -> Option<String> {
+    use std::io::Read;
+    if !is_safe_relative(rel) {
+        return None;
+    }
+    let mut p = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        p.push(c);
+        if fs::symlink_metadata(&p).ok()?.file_type().is_symlink() {
+            return None;
+        }
+    }
+    if !fs::symlink_metadata(&p).ok()?.is_file() {
+        return None;
+    }
+    let f = fs::File::open(&p).ok()?;
+    let mut buf = Vec::new();
+    f.take(cap as u64).read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert!(is_safe_relative("a/b.xml"));
+        assert!(is_safe_relative("./a"));
+        assert!(!is_safe_relative("/etc/passwd"));
+        assert!(!is_safe_relative("a/../../b"));
+        assert!(!is_safe_relative(""));
+        assert!(!is_safe_relative("."));
+    }
+
+    #[test]
+    fn copies_without_following_symlinks() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir(src.path().join("d")).unwrap();
+        fs::write(src.path().join("d/f.txt"), "x").unwrap();
+        fs::set_permissions(
+            src.path().join("d/f.txt"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        symlink("/etc/hostname", src.path().join("link")).unwrap();
+        copy_tree(src.path(), dst.path(), Perms::WorldReadable).unwrap();
+        let m = fs::metadata(dst.path().join("d/f.txt")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o644);
+        assert!(
+            fs::symlink_metadata(dst.path().join("link"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(read_capped(dst.path(), "d/f.txt", 10).as_deref(), Some("x"));
+        assert_eq!(read_capped(dst.path(), "link", 10), None);
+    }
+}

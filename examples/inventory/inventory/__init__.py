@@ -1,0 +1,1 @@
+"""A small inventory package: stock levels and order pricing."""

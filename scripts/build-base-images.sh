@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Builds coval's sandbox base images locally from Debian packages (no image registry needed):
+# debootstrap --variant=minbase into a cached root under .dev/, then `docker import`.
+#
+#   scripts/build-base-images.sh [--force] [python|node|go|all]...   (default: python)
+#
+#   python  coval/python:bookworm   python3, python3-pytest, python3-coverage
+#   node    coval/node:bookworm     nodejs
+#   go      coval/go:bookworm       golang-go
+#
+# Idempotent: an image that exists (built by this recipe version) is skipped unless --force; a
+# finished debootstrap root is reused (delete .dev/images/<lang>-<suite> or pass --force to
+# rebuild it). Two runs at once are
+# serialised by a lock, so a second caller waits and then finds the image built.
+#
+# Environment:
+#   COVAL_DEV_DIR          state dir (default: <repo root>/.dev)
+#   COVAL_DEBIAN_MIRROR    mirror URI (default: the first `URIs:` of debian.sources, else
+#                          http://deb.debian.org/debian)
+#   COVAL_DEBIAN_SUITE     suite (default: bookworm)
+# Progress and timings go to stderr.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${COVAL_DEV_DIR:-$ROOT/.dev}"
+mkdir -p "$STATE/images"
+STATE="$(cd "$STATE" && pwd)"
+SUITE="${COVAL_DEBIAN_SUITE:-bookworm}"
+# Bump when the recipe changes: images with another version are rebuilt (from the cached root).
+readonly RECIPE=1
+
+log() { printf '[build-base-images] %s\n' "$*" >&2; }
+die() {
+    printf '[build-base-images] error: %s\n' "$*" >&2
+    exit 1
+}
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1fs", b - a }'; }
+
+usage() {
+    printf 'usage: %s [--force] [python|node|go|all]...\n' "$0" >&2
+    exit 2
+}
+
+# The Debian mirror: only the main archive's URI (security or third-party entries may be
+# unreachable or lack the packages).
+mirror() {
+    if [[ -n "${COVAL_DEBIAN_MIRROR:-}" ]]; then
+        printf '%s\n' "$COVAL_DEBIAN_MIRROR"
+        return
+    fi
+    local f=/etc/apt/sources.list.d/debian.sources uri=""
+    if [[ -r "$f" ]]; then
+        uri="$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")"
+    fi
+    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+packages_for() {
+    case "$1" in
+    python) echo python3,python3-pytest,python3-coverage ;;
+    node) echo nodejs ;;
+    go) echo golang-go ;;
+    *) return 1 ;;
+    esac
+}
+
+image_for() { printf 'coval/%s:%s\n' "$1" "$SUITE"; }
+
+ensure_tools() {
+    command -v docker >/dev/null 2>&1 || die "docker not found: run scripts/dev-services.sh up first"
+    docker info >/dev/null 2>&1 || die "the Docker engine does not answer: run scripts/dev-services.sh up first"
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        command -v apt-get >/dev/null 2>&1 || die "debootstrap not found and no apt-get to install it"
+        log "installing debootstrap"
+        local sudo=""
+        [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null 2>&1 && sudo=sudo
+        if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends debootstrap >&2; then
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >&2
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends debootstrap >&2
+        fi
+    fi
+    [[ "$(id -u)" == 0 ]] || die "debootstrap needs root (run as root or with sudo)"
+}
+
+build_one() {
+    local lang="$1" force="$2" image pkgs dir t0 t1
+    image="$(image_for "$lang")"
+    pkgs="$(packages_for "$lang")" || die "unknown language '$lang'"
+    if [[ "$force" != 1 ]]; then
+        local have
+        have="$(docker image inspect --format '{{index .Config.Labels "dev.coval.recipe"}}' "$image" 2>/dev/null || true)"
+        if [[ "$have" == "$RECIPE" ]]; then
+            log "$image exists; skipping (use --force to rebuild)"
+            return 0
+        fi
+        [[ -n "$have" ]] && log "$image was built by another recipe (${have:-none}); rebuilding"
+    fi
+    dir="$STATE/images/$lang-$SUITE"
+    t0=$EPOCHREALTIME
+    if [[ "$force" == 1 || ! -f "$dir/.coval-complete" ]]; then
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        local m
+        m="$(mirror)"
+        log "debootstrap --variant=minbase --include=$pkgs $SUITE $dir $m"
+        if ! debootstrap --variant=minbase --include="$pkgs" "$SUITE" "$dir" "$m" >"$STATE/images/$lang.log" 2>&1; then
+            tail -n 20 "$STATE/images/$lang.log" >&2 || true
+            die "debootstrap for $lang failed (full log: $STATE/images/$lang.log)"
+        fi
+        # Package caches are dead weight in an image that never runs apt.
+        rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/var/log/*.log
+        touch "$dir/.coval-complete"
+        log "debootstrap $lang: $(since "$t0"), $(du -sh --exclude=proc --exclude=sys "$dir" 2>/dev/null | cut -f1)"
+    else
+        log "reusing the debootstrap root $dir"
+    fi
+    t1=$EPOCHREALTIME
+    local old_id
+    old_id="$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
+    # No WORKDIR: a tmpfs mounted over a directory of the image copies that directory's mode
+    # (0755, root), and the sandbox's non-root user could not write its work area.
+    tar -C "$dir" --exclude=./.coval-complete --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* \
+        -c . | docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change "LABEL dev.coval.base=$lang" \
+        --change "LABEL dev.coval.recipe=$RECIPE" \
+        - "$image" >/dev/null
+    log "docker import $image: $(since "$t1"); total $(since "$t0")"
+    # A rebuilt tag leaves the old image dangling: drop it unless a container still uses it.
+    if [[ -n "$old_id" && "$old_id" != "$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null)" ]]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true
+    fi
+}
+
+main() {
+    local force=0 langs=() l
+    for a in "$@"; do
+        case "$a" in
+        --force) force=1 ;;
+        python | node | go) langs+=("$a") ;;
+        all) langs+=(python node go) ;;
+        -h | --help) usage ;;
+        *) usage ;;
+        esac
+    done
+    ((${#langs[@]})) || langs=(python)
+    ensure_tools
+    exec 9>"$STATE/images/.lock"
+    flock -w 1800 9 || die "another build-base-images.sh holds $STATE/images/.lock"
+    local t0=$EPOCHREALTIME
+    for l in "${langs[@]}"; do
+        build_one "$l" "$force"
+    done
+    log "done in $(since "$t0")"
+}
+
+main "$@"

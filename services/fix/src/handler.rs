@@ -1,0 +1,222 @@
+//! The fix stage's handler: `MreReady` (first attempt) or `ValidationFailed` (a retry, with
+//! the failing output as feedback) in, `FixProposed` out.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use pipeline::runtime::{Handler, Input, Outcome};
+use proto::messages::{
+    Candidate, CandidateSource, EngineChoice, FixProposed, Language, ProjectRef, Suspect, Usage,
+};
+use proto::{Message, Stage};
+
+use crate::diff;
+use crate::search::{self, Target};
+
+/// How the search engine spends its budget.
+#[derive(Debug, Clone)]
+pub struct SearchSettings {
+    /// Candidates proposed per attempt.
+    pub batch: usize,
+    /// Candidates generated per file before ranking.
+    pub per_file: usize,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        SearchSettings {
+            batch: 60,
+            per_file: 600,
+        }
+    }
+}
+
+pub struct FixStage {
+    pub search: SearchSettings,
+    /// Model settings; the model engine is used when a request asks for it.
+    pub llm: pipeline::config::LlmSettings,
+}
+
+fn language(path: &str) -> Option<Language> {
+    let ext = path.rsplit_once('.')?.1;
+    Some(match ext {
+        "py" => Language::Python,
+        "js" | "mjs" | "cjs" | "jsx" => Language::JavaScript,
+        "ts" | "tsx" | "mts" | "cts" => Language::TypeScript,
+        _ => return None,
+    })
+}
+
+fn is_test(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    path.split('/')
+        .any(|d| matches!(d, "tests" | "test" | "__tests__"))
+        || name.starts_with("test_")
+        || name.ends_with("_test.py")
+        || name.contains(".test.")
+        || name.contains(".spec.")
+        || name == "conftest.py"
+}
+
+/// A short stable id of a change, so retries can skip what was tried.
+pub fn candidate_id(diff: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in diff.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("s-{h:016x}")
+}
+
+/// The next batch of search candidates for the suspects, skipping ids already tried.
+pub fn search_candidates(
+    root: &Path,
+    suspects: &[Suspect],
+    tried: &HashSet<String>,
+    s: &SearchSettings,
+) -> Vec<Candidate> {
+    let mut by_file: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
+    for x in suspects
+        .iter()
+        .filter(|x| !is_test(&x.file) && language(&x.file).is_some())
+    {
+        by_file.entry(&x.file).or_default().push(Target {
+            line: x.line,
+            score: x.score,
+        });
+    }
+    let mut all = vec![];
+    for (file, targets) in by_file {
+        let Some(lang) = language(file) else { continue };
+        // Only regular files inside the project: never follow a suspect path out of it.
+        let path = root.join(file);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || file.split('/').any(|c| c == ".." || c.is_empty()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for m in search::mutants(lang, file, &text, &targets, s.per_file) {
+            if let Some(d) = diff::unified(file, &text, &m.new_text) {
+                all.push((m, d));
+            }
+        }
+    }
+    all.sort_by(|(a, _), (b, _)| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.edit_size.cmp(&b.edit_size))
+    });
+    let mut seen = HashSet::new();
+    all.into_iter()
+        .filter_map(|(m, d)| {
+            let id = candidate_id(&d);
+            (!tried.contains(&id) && seen.insert(id.clone())).then(|| Candidate {
+                id,
+                source: CandidateSource::Search {
+                    operator: m.operator.to_owned(),
+                },
+                description: m.description,
+                diff: d,
+            })
+        })
+        .take(s.batch)
+        .collect()
+}
+
+impl Handler for FixStage {
+    fn stage(&self) -> Stage {
+        Stage::Fix
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        let (request, triage, decision, mre, attempt, history) = match &*input.message {
+            Message::MreReady(m) => (&m.request, &m.triage, &m.decision, &m.mre, 1, vec![]),
+            Message::ValidationFailed(f) => (
+                &f.request,
+                &f.triage,
+                &f.decision,
+                &f.mre,
+                f.attempt + 1,
+                f.history.clone(),
+            ),
+            other => return Outcome::Reject(format!("fix cannot handle `{}`", other.kind())),
+        };
+        let root = match &request.project {
+            ProjectRef::LocalPath { path } => std::path::PathBuf::from(path),
+            _ => {
+                return Outcome::Reject(
+                    "this fix worker reads projects from a local path only".into(),
+                );
+            }
+        };
+        let feedback = match &*input.message {
+            Message::ValidationFailed(f) => Some(f.feedback.as_str()),
+            _ => None,
+        };
+        let (engine, candidates, usage) = if request.engine == EngineChoice::Llm {
+            let alias = request
+                .model
+                .clone()
+                .unwrap_or_else(|| self.llm.default_model.clone());
+            let client = match llm::connect(&self.llm) {
+                Ok(c) => c,
+                Err(e) => return Outcome::Reject(format!("cannot set up the model client: {e}")),
+            };
+            let ask = crate::model::Ask {
+                root: &root,
+                triage,
+                mre,
+                error_log: &request.error_log,
+                attempt,
+                history: &history,
+                feedback,
+            };
+            match crate::model::propose(client.as_ref(), &self.llm, &alias, &ask).await {
+                Ok(p) => (p.model, p.candidates, p.usage),
+                Err(crate::model::ModelFailure::Transient(r)) => {
+                    return Outcome::Retry {
+                        after: None,
+                        reason: r,
+                    };
+                }
+                Err(crate::model::ModelFailure::Permanent(r)) => return Outcome::Reject(r),
+            }
+        } else {
+            let tried: HashSet<String> = history
+                .iter()
+                .flat_map(|a| a.candidates.iter().map(|c| c.id.clone()))
+                .collect();
+            let (root2, suspects, settings) =
+                (root.clone(), triage.suspects.clone(), self.search.clone());
+            match tokio::task::spawn_blocking(move || {
+                search_candidates(&root2, &suspects, &tried, &settings)
+            })
+            .await
+            {
+                Ok(c) => ("search".to_owned(), c, Usage::default()),
+                Err(e) => {
+                    return Outcome::Retry {
+                        after: None,
+                        reason: format!("candidate search failed: {e}"),
+                    };
+                }
+            }
+        };
+        tracing::info!(repair = %request.repair_id, attempt, %engine, candidates = candidates.len(), "candidates proposed");
+        Outcome::Publish(vec![Message::FixProposed(FixProposed {
+            request: request.clone(),
+            triage: triage.clone(),
+            decision: decision.clone(),
+            mre: mre.clone(),
+            attempt,
+            engine,
+            candidates,
+            usage,
+            history,
+        })])
+    }
+}

@@ -1,0 +1,273 @@
+//! The integration stage's handler: `Decided` (rebuild or analysis), `ValidationPassed`, or
+//! `ValidationFailed` with no attempts left, in; `RepairCompleted` out.
+
+use std::path::{Path, PathBuf};
+
+use pipeline::patch::{self, PatchLimits};
+use pipeline::runtime::{Handler, Input, Outcome};
+use pipeline::store::{Completion, HistoryRecord, IterationOrigin, Store};
+use proto::messages::{
+    AttemptRecord, Decision, MreSummary, ProjectRef, RepairCompleted, RepairOutcome,
+    RepairRequested, TriageReport, Verdict,
+};
+use proto::{IterationId, Message, Stage};
+
+use crate::report::{self, Facts};
+
+pub struct IntegrateStage {
+    pub store: Store,
+    /// The workspace root: `repairs/` and `iterations/` live here.
+    pub workspace: PathBuf,
+}
+
+impl IntegrateStage {
+    pub fn repair_dir(&self, r: &RepairRequested) -> PathBuf {
+        self.workspace
+            .join("repairs")
+            .join(format!("repair-{}", r.repair_id))
+    }
+
+    pub fn iteration_dir(&self, id: IterationId) -> PathBuf {
+        self.workspace.join("iterations").join(id.to_string())
+    }
+}
+
+struct Case<'a> {
+    request: &'a RepairRequested,
+    triage: &'a TriageReport,
+    decision: &'a Decision,
+    mre: Option<&'a MreSummary>,
+    history: &'a [AttemptRecord],
+    outcome: RepairOutcome,
+    winner: Option<(&'a str, &'a str)>,
+}
+
+fn write(path: &Path, text: &str) -> std::io::Result<()> {
+    // Write-then-rename, so a crash never leaves half a report.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The project tree with `patch` applied, as iteration `dst` (replaced if a crash left one).
+fn materialise(src: &Path, dst: &Path, patch_text: Option<&str>) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dst);
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    let staging = dst.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    pipeline::sandbox::copy_project(src, &staging)
+        .map_err(|e| format!("cannot copy the project: {e}"))?;
+    if let Some(p) = patch_text {
+        let limits = PatchLimits::default();
+        let edits = patch::parse(p, &limits).map_err(|e| e.to_string())?;
+        patch::apply(&staging, &edits, &limits).map_err(|e| e.to_string())?;
+    }
+    std::fs::rename(&staging, dst).map_err(|e| e.to_string())
+}
+
+impl IntegrateStage {
+    async fn finish(&self, c: Case<'_>) -> Outcome {
+        let dir = self.repair_dir(c.request);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return Outcome::Retry {
+                after: None,
+                reason: format!("cannot create {}: {e}", dir.display()),
+            };
+        }
+        let source = match &c.request.project {
+            ProjectRef::LocalPath { path } => PathBuf::from(path),
+            ProjectRef::Iteration { id } => self.iteration_dir(*id),
+            ProjectRef::ObjectStore { .. } => {
+                return Outcome::Reject(
+                    "this integration worker reads projects from a local path only".into(),
+                );
+            }
+        };
+
+        // The ledger first: the completion, its iteration and its history record in one
+        // transaction; a redelivered message finds the repair completed and changes nothing.
+        let fixed = c.outcome == RepairOutcome::Fixed;
+        let parent = if fixed {
+            match c.request.iteration {
+                Some(id) => Some(id),
+                None => match self.store.add_iteration(
+                    None,
+                    IterationOrigin::Import {
+                        path: source.display().to_string(),
+                    },
+                ) {
+                    Ok(it) => {
+                        if let Err(e) = materialise(&source, &self.iteration_dir(it.id), None) {
+                            return Outcome::Retry {
+                                after: None,
+                                reason: e,
+                            };
+                        }
+                        Some(it.id)
+                    }
+                    Err(e) => {
+                        return Outcome::Retry {
+                            after: None,
+                            reason: e.to_string(),
+                        };
+                    }
+                },
+            }
+        } else {
+            None
+        };
+        let engine = c
+            .history
+            .last()
+            .map(|a| a.engine.clone())
+            .unwrap_or_else(|| "none".into());
+        let history = matches!(c.outcome, RepairOutcome::Fixed | RepairOutcome::NoFix).then(|| {
+            HistoryRecord {
+                repair: c.request.repair_id,
+                category: c.triage.category,
+                engine,
+                success: fixed,
+                features: c.decision.features.clone(),
+                at_ms: pipeline::now_ms(),
+            }
+        });
+        let facts_summary = {
+            let f = Facts {
+                request: c.request,
+                triage: c.triage,
+                decision: c.decision,
+                mre: c.mre,
+                history: c.history,
+                outcome: c.outcome,
+                winner: c.winner,
+                new_iteration: None,
+                elapsed_ms: 0,
+            };
+            report::summary(&f)
+        };
+        let (record, _first) = match self.store.complete_repair(&Completion {
+            repair: c.request.repair_id,
+            outcome: c.outcome,
+            summary: facts_summary.clone(),
+            new_iteration_parent: fixed.then_some(parent),
+            history,
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: e.to_string(),
+                };
+            }
+        };
+        if let (Some(id), Some((_, patch_text))) = (record.new_iteration, c.winner) {
+            let dst = self.iteration_dir(id);
+            if !dst.exists()
+                && let Err(e) = materialise(&source, &dst, Some(patch_text))
+            {
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("cannot store {id}: {e}"),
+                };
+            }
+        }
+
+        let facts = Facts {
+            request: c.request,
+            triage: c.triage,
+            decision: c.decision,
+            mre: c.mre,
+            history: c.history,
+            outcome: c.outcome,
+            winner: c.winner,
+            new_iteration: record.new_iteration.map(|i| i.to_string()),
+            elapsed_ms: pipeline::now_ms().saturating_sub(c.request.requested_at_ms),
+        };
+        let json = serde_json::to_string_pretty(&report::json(&facts)).unwrap_or_default();
+        let mut files = vec![
+            (
+                "decision.md",
+                pipeline::report::decision_md(c.triage, c.decision),
+            ),
+            ("repair_report.md", report::markdown(&facts)),
+            ("report.json", json.clone()),
+        ];
+        if let Some((_, p)) = c.winner {
+            files.push(("final.patch", p.to_owned()));
+        }
+        for (name, text) in files {
+            if let Err(e) = write(&dir.join(name), &text) {
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("cannot write {name}: {e}"),
+                };
+            }
+        }
+        if let Err(e) = self.store.flush().await {
+            return Outcome::Retry {
+                after: None,
+                reason: e.to_string(),
+            };
+        }
+        let rel = dir
+            .strip_prefix(&self.workspace)
+            .unwrap_or(&dir)
+            .display()
+            .to_string();
+        Outcome::Publish(vec![Message::RepairCompleted(RepairCompleted {
+            repair_id: c.request.repair_id,
+            outcome: c.outcome,
+            summary: facts_summary,
+            new_iteration: record.new_iteration,
+            report_dir: Some(rel),
+            completed_at_ms: pipeline::now_ms(),
+            report: Some(json),
+        })])
+    }
+}
+
+impl Handler for IntegrateStage {
+    fn stage(&self) -> Stage {
+        Stage::Integrate
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        let case = match &*input.message {
+            Message::Decided(d) => Case {
+                request: &d.request,
+                triage: &d.triage,
+                decision: &d.decision,
+                mre: None,
+                history: &[],
+                outcome: if d.decision.verdict == Verdict::Rebuild {
+                    RepairOutcome::RebuildRecommended
+                } else {
+                    RepairOutcome::Analyzed
+                },
+                winner: None,
+            },
+            Message::ValidationPassed(v) => Case {
+                request: &v.request,
+                triage: &v.triage,
+                decision: &v.decision,
+                mre: Some(&v.mre),
+                history: &v.history,
+                outcome: RepairOutcome::Fixed,
+                winner: Some((v.winner.candidate_id.as_str(), v.patch.as_str())),
+            },
+            Message::ValidationFailed(v) => Case {
+                request: &v.request,
+                triage: &v.triage,
+                decision: &v.decision,
+                mre: Some(&v.mre),
+                history: &v.history,
+                outcome: RepairOutcome::NoFix,
+                winner: None,
+            },
+            other => return Outcome::Reject(format!("integrate cannot handle `{}`", other.kind())),
+        };
+        self.finish(case).await
+    }
+}

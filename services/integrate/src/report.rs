@@ -1,0 +1,305 @@
+//! repair_report.md and report.json. The JSON schema is documented in docs/report-schema.md.
+
+use std::fmt::Write;
+
+use proto::messages::{
+    AttemptRecord, Decision, MreSummary, RepairOutcome, RepairRequested, TestStatus, TriageReport,
+};
+
+/// Everything a report is made from.
+pub struct Facts<'a> {
+    pub request: &'a RepairRequested,
+    pub triage: &'a TriageReport,
+    pub decision: &'a Decision,
+    pub mre: Option<&'a MreSummary>,
+    pub history: &'a [AttemptRecord],
+    pub outcome: RepairOutcome,
+    /// The winning candidate's id and the final patch, when fixed.
+    pub winner: Option<(&'a str, &'a str)>,
+    pub new_iteration: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+pub fn outcome_str(o: RepairOutcome) -> &'static str {
+    match o {
+        RepairOutcome::Fixed => "fixed",
+        RepairOutcome::NoFix => "no_fix",
+        RepairOutcome::RebuildRecommended => "rebuild_recommended",
+        RepairOutcome::Analyzed => "analyzed",
+        RepairOutcome::Failed => "failed",
+    }
+}
+
+fn status(s: TestStatus) -> &'static str {
+    match s {
+        TestStatus::Passed => "passed",
+        TestStatus::Failed => "failed",
+        TestStatus::Error => "error",
+        TestStatus::Skipped => "skipped",
+    }
+}
+
+pub fn summary(f: &Facts) -> String {
+    match f.outcome {
+        RepairOutcome::Fixed => {
+            let tried: usize = f.history.iter().map(|a| a.results.len()).sum();
+            format!(
+                "fixed after {} attempt(s), {tried} candidate(s) validated",
+                f.history.len()
+            )
+        }
+        RepairOutcome::NoFix => format!(
+            "no candidate passed validation in {} attempt(s)",
+            f.history.len()
+        ),
+        RepairOutcome::RebuildRecommended => {
+            "rebuilding is cheaper than repairing: see decision.md".into()
+        }
+        RepairOutcome::Analyzed => "analysis only".into(),
+        RepairOutcome::Failed => "the repair could not run".into(),
+    }
+}
+
+pub fn markdown(f: &Facts) -> String {
+    let t = f.triage;
+    let d = f.decision;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Repair report `{}`\n", f.request.repair_id);
+    let _ = writeln!(
+        s,
+        "**Outcome: {}** — {}.\n",
+        outcome_str(f.outcome),
+        summary(f)
+    );
+    let _ = writeln!(s, "## What failed\n");
+    let _ = writeln!(
+        s,
+        "`{}`: {} (category {}, language {:?}).\n",
+        if t.error_type.is_empty() {
+            "unnamed error"
+        } else {
+            &t.error_type
+        },
+        t.message,
+        t.category.as_str(),
+        t.language
+    );
+    if !t.failing_tests.is_empty() {
+        let _ = writeln!(
+            s,
+            "Failing tests named in the log: {}.\n",
+            t.failing_tests.join(", ")
+        );
+    }
+    let _ = writeln!(s, "## Where\n");
+    if t.suspects.is_empty() {
+        let _ = writeln!(s, "No project file could be pointed at.\n");
+    }
+    for x in t.suspects.iter().take(8) {
+        let line = x.line.map(|l| format!(":{l}")).unwrap_or_default();
+        let _ = writeln!(s, "- `{}{line}` ({:.2}): {}", x.file, x.score, x.reason);
+    }
+    let _ = writeln!(s, "\n## Decision\n");
+    let _ = writeln!(
+        s,
+        "C_fix = {:.3}, C_new = {:.3}, p(success) = {:.0}%: **{}** (details in decision.md).\n",
+        d.c_fix,
+        d.c_new,
+        d.p_success * 100.0,
+        if d.verdict == proto::messages::Verdict::Repair {
+            "repair"
+        } else {
+            "rebuild"
+        }
+    );
+    if let Some(m) = f.mre {
+        let _ = writeln!(s, "## Reproduction\n");
+        let _ = writeln!(
+            s,
+            "Sandbox `{}`, test command `{}`. The failure {} in the {}.\n",
+            m.sandbox,
+            m.test_cmd,
+            if m.reproduced {
+                "reproduced"
+            } else {
+                "did NOT reproduce"
+            },
+            if m.whole_project {
+                "whole project"
+            } else {
+                "minimal example (mre/)"
+            }
+        );
+        for n in &m.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        let _ = writeln!(s);
+    }
+    if !f.history.is_empty() {
+        let _ = writeln!(s, "## Candidates\n");
+        for a in f.history {
+            let u = &a.usage;
+            let _ = writeln!(
+                s,
+                "### Attempt {} ({}{})\n",
+                a.attempt,
+                a.engine,
+                if u.prompt_tokens + u.completion_tokens > 0 {
+                    format!(
+                        ", {} prompt + {} completion tokens, {} ms",
+                        u.prompt_tokens, u.completion_tokens, u.duration_ms
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            for r in &a.results {
+                let what = a
+                    .candidates
+                    .iter()
+                    .find(|c| c.id == r.candidate_id)
+                    .map(|c| c.description.as_str())
+                    .unwrap_or("");
+                let verdict = if r.passed {
+                    "passed".to_owned()
+                } else {
+                    r.reason.clone().unwrap_or_else(|| "failed".into())
+                };
+                let _ = writeln!(
+                    s,
+                    "- `{}` {what}: {verdict} ({} ms)",
+                    r.candidate_id, r.duration_ms
+                );
+            }
+            let _ = writeln!(s);
+        }
+    }
+    if let (Some(m), Some((id, _))) = (f.mre, f.winner) {
+        let after = f
+            .history
+            .iter()
+            .flat_map(|a| &a.results)
+            .find(|r| r.candidate_id == id);
+        let _ = writeln!(s, "## Tests before and after\n");
+        let _ = writeln!(s, "| test | before | after |\n| --- | --- | --- |");
+        let mut names: Vec<&String> = m.failing_tests.iter().chain(&m.passing_tests).collect();
+        names.sort();
+        names.dedup();
+        for n in names {
+            let before = if m.failing_tests.contains(n) {
+                "failed"
+            } else {
+                "passed"
+            };
+            let now = after
+                .and_then(|r| r.tests.iter().find(|o| &o.name == n))
+                .map(|o| status(o.status))
+                .unwrap_or("not run");
+            let _ = writeln!(s, "| `{n}` | {before} | {now} |");
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "## Regression risk\n");
+    let m = &t.metrics;
+    let _ = writeln!(
+        s,
+        "Test coverage T = {:.2} ({}). Passing tests prove only what they check: {}.\n",
+        m.coverage,
+        if m.coverage_measured {
+            "measured"
+        } else {
+            "estimated, not measured"
+        },
+        if m.coverage < 0.5 {
+            "coverage is low, so review the change by hand before relying on it"
+        } else {
+            "the change touched code the tests exercise, and no test that passed before fails now"
+        }
+    );
+    let _ = writeln!(s, "## Recommendations\n");
+    match f.outcome {
+        RepairOutcome::Fixed => {
+            let _ = writeln!(
+                s,
+                "- Review `final.patch`, then apply it with `git apply final.patch` (or rerun with `--apply`)."
+            );
+            let _ = writeln!(
+                s,
+                "- Add a test for the case that failed if none pins it down exactly."
+            );
+        }
+        RepairOutcome::NoFix => {
+            let _ = writeln!(
+                s,
+                "- Try a model engine (`--engine llm`) or more attempts (`--max-attempts`)."
+            );
+            let _ = writeln!(
+                s,
+                "- Check the failing output of the closest candidate in validation/."
+            );
+        }
+        RepairOutcome::RebuildRecommended => {
+            let _ = writeln!(
+                s,
+                "- Rewrite the module: the cost model estimates repair at {:.1}× the rebuild.",
+                d.c_fix / d.c_new.max(1e-9)
+            );
+            let _ = writeln!(
+                s,
+                "- Add tests first: they are the specification a rebuild is checked against."
+            );
+        }
+        RepairOutcome::Analyzed | RepairOutcome::Failed => {}
+    }
+    let _ = writeln!(
+        s,
+        "\n## Time\n\n{} ms from request to report.",
+        f.elapsed_ms
+    );
+    s
+}
+
+pub fn json(f: &Facts) -> serde_json::Value {
+    let t = f.triage;
+    let m = &t.metrics;
+    serde_json::json!({
+        "schema": "coval.report/1",
+        "repair_id": f.request.repair_id.to_string(),
+        "outcome": outcome_str(f.outcome),
+        "summary": summary(f),
+        "triage": {
+            "language": t.language,
+            "error_type": t.error_type,
+            "message": t.message,
+            "category": t.category,
+            "failing_tests": t.failing_tests,
+            "suspects": t.suspects.iter().map(|x| serde_json::json!({"file": x.file, "line": x.line, "score": x.score, "reason": x.reason})).collect::<Vec<_>>(),
+            "notes": t.notes,
+        },
+        "metrics": {"D": m.debt, "T": m.coverage, "T_measured": m.coverage_measured, "K": m.context, "S": m.capability, "loc": m.loc, "region_lines": m.region_lines, "module_lines": m.module_lines},
+        "decision": {"verdict": f.decision.verdict, "c_fix": f.decision.c_fix, "c_new": f.decision.c_new, "p_success": f.decision.p_success, "reasons": f.decision.reasons},
+        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes})),
+        "attempts": f.history.iter().map(|a| serde_json::json!({
+            "attempt": a.attempt,
+            "engine": a.engine,
+            "usage": {"prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens, "duration_ms": a.usage.duration_ms},
+            "candidates": a.results.iter().map(|r| {
+                let c = a.candidates.iter().find(|c| c.id == r.candidate_id);
+                serde_json::json!({
+                    "id": r.candidate_id,
+                    "description": c.map(|c| c.description.clone()),
+                    "passed": r.passed,
+                    "reason": r.reason,
+                    "changed_lines": r.changed_lines,
+                    "regressions": r.regressions,
+                    "duration_ms": r.duration_ms,
+                    "tests": r.tests.iter().map(|o| serde_json::json!({"name": o.name, "status": o.status})).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "winner": f.winner.map(|(id, _)| id),
+        "patch": f.winner.map(|(_, p)| p),
+        "new_iteration": f.new_iteration,
+        "elapsed_ms": f.elapsed_ms,
+    })
+}

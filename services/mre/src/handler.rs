@@ -1,0 +1,155 @@
+//! The MRE stage's handler: `Decided` (repair) in, `MreReady` out.
+
+use std::path::PathBuf;
+
+use pipeline::config::SandboxConfig;
+use pipeline::runtime::{Handler, Input, Outcome};
+use pipeline::sandbox::{self, Sandbox};
+use proto::messages::{MreReady, MreSummary, ProjectRef, TriageReport};
+use proto::{Message, Stage};
+
+use crate::build;
+use crate::run::{self, TestRun, same_test};
+
+pub struct MreStage {
+    pub sandbox: SandboxConfig,
+    /// `<workspace>/repairs`: each repair's files go to `repair-<id>/mre/`.
+    pub repairs_dir: PathBuf,
+}
+
+/// Whether `run` shows the failure triage saw: one of the same failing tests, or the same
+/// error type in the output.
+pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
+    if run.result.success() {
+        return false;
+    }
+    let failing = run.failing();
+    let same_tests = !triage.failing_tests.is_empty()
+        && triage
+            .failing_tests
+            .iter()
+            .any(|t| failing.iter().any(|f| same_test(t, f)));
+    let error = triage.error_type.rsplit('.').next().unwrap_or("");
+    let same_error = error.len() >= 4 && run.output().contains(error);
+    same_tests || same_error
+}
+
+impl Handler for MreStage {
+    fn stage(&self) -> Stage {
+        Stage::Mre
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        let Message::Decided(d) = &*input.message else {
+            return Outcome::Reject(format!("mre cannot handle `{}`", input.message.kind()));
+        };
+        let root = match &d.request.project {
+            ProjectRef::LocalPath { path } => PathBuf::from(path),
+            _ => {
+                return Outcome::Reject(
+                    "this MRE worker reads projects from a local path only".into(),
+                );
+            }
+        };
+        let Some(kind) = sandbox::detect_project_with(&root, d.request.test_cmd.as_deref()) else {
+            return Outcome::Reject(
+                "no test command found (no pyproject/setup.cfg/requirements, package.json, go.mod, Cargo.toml, ...): pass --test-cmd".into(),
+            );
+        };
+        let detected = match sandbox::detect_for(&self.sandbox, kind.language).await {
+            Ok(d) => d,
+            Err(e) if e.is_retryable() => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: e.to_string(),
+                };
+            }
+            Err(e) => return Outcome::Reject(e.to_string()),
+        };
+        let sb = &detected.sandbox;
+        let mut notes = vec![format!("sandbox: {} ({})", sb.name(), detected.reason)];
+        if let Some(n) = sb.notice() {
+            notes.push(n);
+        }
+
+        // The whole project first: the baseline every candidate is compared with.
+        let whole = match run::run_tests(sb, &self.sandbox, &kind, &root).await {
+            Ok(r) => r,
+            Err(e) if e.is_retryable() => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: e.to_string(),
+                };
+            }
+            Err(e) => return Outcome::Reject(format!("the test command could not run: {e}")),
+        };
+        if whole.result.exit_code == Some(127)
+            || whole.output().contains("command not found") && whole.outcomes.len() <= 1
+        {
+            return Outcome::Reject(format!(
+                "the test command `{}` was not found in the sandbox ({}): pass an existing one with --test-cmd",
+                build::shell_words(&kind.test_cmd),
+                whole.result.verdict()
+            ));
+        }
+
+        // Then the minimal example.
+        let dir = self
+            .repairs_dir
+            .join(format!("repair-{}", d.request.repair_id))
+            .join("mre");
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = build::select(&root, &d.triage);
+        let image = self
+            .sandbox
+            .image_for(kind.language)
+            .unwrap_or("debian:bookworm")
+            .to_owned();
+        if let Err(e) = build::write(&root, &files, &dir, &image, &kind.test_cmd, &d.triage) {
+            return Outcome::Retry {
+                after: None,
+                reason: format!("cannot write the MRE to {}: {e}", dir.display()),
+            };
+        }
+        let minimal = match run::run_tests(sb, &self.sandbox, &kind, &dir).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                notes.push(format!("the minimal example could not run: {e}"));
+                None
+            }
+        };
+        let (reproduced, whole_project) = match &minimal {
+            Some(m) if reproduces(&d.triage, m) => (true, false),
+            _ => {
+                notes.push("the minimal example does not reproduce the failure: the whole project is the example".into());
+                (reproduces(&d.triage, &whole), true)
+            }
+        };
+        if !reproduced {
+            notes.push(format!(
+                "the failure did not reproduce in the sandbox ({}): a fix can be validated only against the tests that fail there",
+                whole.result.verdict()
+            ));
+        }
+        let summary = MreSummary {
+            reproduced,
+            whole_project,
+            files: files.into_iter().collect(),
+            test_cmd: build::shell_words(&kind.test_cmd),
+            failing_tests: whole.failing(),
+            passing_tests: whole.passing(),
+            sandbox: sb.name().to_owned(),
+            notes,
+        };
+        let _ = std::fs::write(
+            dir.join("result.txt"),
+            format!("{}\n\n{}", whole.result, whole.output()),
+        );
+        Outcome::Publish(vec![Message::MreReady(MreReady {
+            request: d.request.clone(),
+            triage: d.triage.clone(),
+            decision: d.decision.clone(),
+            mre: summary,
+        })])
+    }
+}

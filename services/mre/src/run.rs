@@ -1,0 +1,73 @@
+//! One test run in the sandbox and what it says about the failure.
+
+use std::path::Path;
+
+use pipeline::config::SandboxConfig;
+use pipeline::sandbox::{self, ProjectKind, RunResult, RunSpec, Sandbox};
+use proto::messages::{TestOutcome, TestStatus};
+
+/// A test run with its per-test outcomes.
+pub struct TestRun {
+    pub result: RunResult,
+    pub outcomes: Vec<TestOutcome>,
+}
+
+impl TestRun {
+    pub fn failing(&self) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .filter(|o| matches!(o.status, TestStatus::Failed | TestStatus::Error))
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    pub fn passing(&self) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .filter(|o| o.status == TestStatus::Passed)
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    /// stdout and stderr together, for error-type matching and reports.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.result.stdout, self.result.stderr)
+    }
+}
+
+pub async fn run_tests<S: Sandbox>(
+    sb: &S,
+    cfg: &SandboxConfig,
+    kind: &ProjectKind,
+    dir: &Path,
+) -> Result<TestRun, sandbox::SandboxError> {
+    let mut spec = RunSpec::from_config(cfg, kind.language, dir, kind.test_cmd.clone());
+    spec.collect = kind.reports.clone();
+    let result = sb.run(&spec).await?;
+    let outcomes = sandbox::parse_outcomes(kind, &result);
+    Ok(TestRun { result, outcomes })
+}
+
+/// Whether two test names denote the same test: `tests/test_x.py::test_y` and
+/// `test_x.py::test_y` do, as do names that differ only in the runner's prefix.
+pub fn same_test(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let last = |s: &str| {
+        s.rsplit("::")
+            .next()
+            .unwrap_or(s)
+            .rsplit(' ')
+            .next()
+            .unwrap_or(s)
+            .to_owned()
+    };
+    let file = |s: &str| {
+        s.split("::")
+            .next()
+            .and_then(|f| f.rsplit('/').next())
+            .map(str::to_owned)
+    };
+    last(a) == last(b) && (a.contains("::") != b.contains("::") || file(a) == file(b))
+}

