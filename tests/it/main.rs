@@ -3,6 +3,7 @@
 
 mod bus;
 mod crash;
+mod mre;
 mod patch;
 mod sandbox;
 mod trace;

@@ -8,7 +8,6 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -32,78 +31,13 @@ fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/projects").join(name)
 }
 
-/// Builds the Python base image once per test process (the script itself skips an existing
-/// image and serialises concurrent builds with a lock).
-fn ensure_python_image() -> Result<()> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let t0 = Instant::now();
-            let out = Command::new(repo_root().join("scripts/build-base-images.sh"))
-                .arg("python")
-                .output()
-                .map_err(|e| format!("cannot run scripts/build-base-images.sh: {e}"))?;
-            eprintln!(
-                "build-base-images.sh python: {:.1} s\n{}",
-                t0.elapsed().as_secs_f64(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "scripts/build-base-images.sh python failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            }
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-/// The host's `/usr/bin/python3` must have pytest for the local-sandbox tests (a per-run user
-/// cannot use an interpreter under root's home); install Debian's package once if missing.
-fn ensure_host_pytest() -> Result<()> {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let ok = |_: ()| {
-            Command::new("/usr/bin/python3")
-                .args(["-c", "import pytest"])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        };
-        if ok(()) {
-            return Ok(());
-        }
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends", "python3-pytest"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .output()
-        };
-        let out = install().map_err(|e| format!("apt-get: {e}"))?;
-        if !out.status.success() {
-            let _ = Command::new("apt-get").args(["update", "-qq"]).output();
-            let _ = install();
-        }
-        if ok(()) {
-            Ok(())
-        } else {
-            Err("the host's /usr/bin/python3 has no pytest and `apt-get install python3-pytest` failed".into())
-        }
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
-}
-
 /// `None` (the test is skipped, loudly) only when the run asked for no Docker.
 async fn docker() -> Result<Option<DockerSandbox>> {
     if std::env::var("COVAL_SKIP_DOCKER").as_deref() == Ok("1") {
         eprintln!("COVAL_SKIP_DOCKER=1: skipping a Docker sandbox test");
         return Ok(None);
     }
-    ensure_python_image()?;
+    coval_tests::ensure_python_image()?;
     let sb = DockerSandbox::connect("")
         .await
         .context("the Docker engine must answer: run `scripts/dev-services.sh up`")?;
@@ -517,7 +451,7 @@ async fn local_escape_suite() -> Result<()> {
     let sb = LocalSandbox::new();
     eprintln!("{}", sb.notice());
     ensure!(sb.notice().contains("isolates less"), "{}", sb.notice());
-    ensure_host_pytest()?; // the python3 a per-run user can execute
+    coval_tests::ensure_host_pytest()?; // the python3 a per-run user can execute
     // As root, each run has a user of its own (root itself ignores RLIMIT_NPROC); otherwise the
     // limit is the user's current process count plus the run's allowance.
     fork_bomb(&sb, "local").await?;
@@ -672,7 +606,7 @@ async fn python_outcomes_in_docker() -> Result<()> {
 
 #[tokio::test]
 async fn python_outcomes_locally() -> Result<()> {
-    ensure_host_pytest()?;
+    coval_tests::ensure_host_pytest()?;
     let (r, t) = run_project(&LocalSandbox::new(), &fixture("python-calc")).await?;
     ensure!(
         t == calc_outcomes(&[

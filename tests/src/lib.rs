@@ -226,3 +226,76 @@ impl<F: Fn(&Input) + Send + Sync + 'static> Handler for NoopStage<F> {
         }
     }
 }
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Builds the Python base image once per test process (the script itself skips an existing
+/// image and serialises concurrent builds with a lock).
+pub fn ensure_python_image() -> Result<()> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let t0 = std::time::Instant::now();
+            let out = Command::new(repo_root().join("scripts/build-base-images.sh"))
+                .arg("python")
+                .output()
+                .map_err(|e| format!("cannot run scripts/build-base-images.sh: {e}"))?;
+            eprintln!(
+                "build-base-images.sh python: {:.1} s\n{}",
+                t0.elapsed().as_secs_f64(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "scripts/build-base-images.sh python failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The host's `/usr/bin/python3` must have pytest for the local-sandbox tests (a per-run user
+/// cannot use an interpreter under root's home); install Debian's package once if missing.
+pub fn ensure_host_pytest() -> Result<()> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let ok = |_: ()| {
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import pytest"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if ok(()) {
+            return Ok(());
+        }
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "python3-pytest"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .output()
+        };
+        let out = install().map_err(|e| format!("apt-get: {e}"))?;
+        if !out.status.success() {
+            let _ = Command::new("apt-get").args(["update", "-qq"]).output();
+            let _ = install();
+        }
+        if ok(()) {
+            Ok(())
+        } else {
+            Err("the host's /usr/bin/python3 has no pytest and `apt-get install python3-pytest` failed".into())
+        }
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}

@@ -305,6 +305,11 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
         },
         history: history.clone(),
         iterations_dir: Some(workspace.join("iterations")),
+        coverage_sandbox: cfg
+            .settings
+            .triage
+            .coverage
+            .then(|| cfg.settings.sandbox.clone()),
     };
     let decision = decision::handler::DecisionStage {
         cost: cfg.settings.cost_calculation.clone(),

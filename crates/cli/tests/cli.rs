@@ -121,7 +121,12 @@ fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out
 }
 
+/// `--analyze --json`; `env` adds settings (coverage runs only where a test asks for it).
 fn analyze(project: &str, log: &str) -> serde_json::Value {
+    analyze_with(project, log, &[("COVAL_TRIAGE__COVERAGE", "false")])
+}
+
+fn analyze_with(project: &str, log: &str, env: &[(&str, &str)]) -> serde_json::Value {
     let work = tempfile::tempdir().unwrap();
     let src = fixtures().join(project);
     let before = snapshot(&src);
@@ -138,7 +143,7 @@ fn analyze(project: &str, log: &str) -> serde_json::Value {
             "-s",
             src.to_str().unwrap(),
         ],
-        &[],
+        env,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(snapshot(&src), before, "--analyze changed the project");
@@ -201,7 +206,7 @@ fn analyze_prints_the_decision_in_plain_words() {
             "-s",
             fixtures().join("small_tested").to_str().unwrap(),
         ],
-        &[],
+        &[("COVAL_TRIAGE__COVERAGE", "false")],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
@@ -312,17 +317,17 @@ fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The Python base image, built once per test process (the script skips an existing image).
+/// The Python and Node base images, built once per test process (the script skips an existing image).
 fn python_image() {
     static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *BUILT.get_or_init(|| {
         Command::new(repo().join("scripts/build-base-images.sh"))
-            .arg("python")
+            .args(["python", "node"])
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
     });
-    assert!(ok, "scripts/build-base-images.sh python failed");
+    assert!(ok, "scripts/build-base-images.sh python node failed");
 }
 
 /// A fresh copy of examples/inventory and a workspace beside it.
@@ -601,7 +606,10 @@ fn the_model_path_retries_with_feedback_and_succeeds() {
     let wrong = "The discount is too small.\n\n```diff\n--- a/inventory/pricing.py\n+++ b/inventory/pricing.py\n@@ -5,3 +5,3 @@\n DISCOUNT_FROM = 10  # units per line that earn the volume discount\n-DISCOUNT = 0.1\n+DISCOUNT = 0.2\n \n```\n";
     let right = "<think>\nThe boundary is inclusive: 10 units already earn the discount.\n</think>\nThe comparison must include the boundary.\n\n```diff\n--- a/inventory/pricing.py\n+++ b/inventory/pricing.py\n@@ -11,3 +11,3 @@\n     total = unit_price * quantity\n-    if quantity > DISCOUNT_FROM:\n+    if quantity >= DISCOUNT_FROM:\n         total = total * (1 - DISCOUNT)\n```\n";
     for _ in 0..3 {
-        server.push("/api/tags", Reply::ollama_tags(&["qwen2.5-coder:7b"]));
+        server.push(
+            "/api/tags",
+            Reply::ollama_tags(&["qwen2.5-coder:7b", "deepseek-coder-v2:16b"]),
+        );
     }
     server.push("/api/chat", Reply::ollama_chat(wrong));
     server.push("/api/chat", Reply::ollama_chat(right));
@@ -649,9 +657,13 @@ fn the_model_path_retries_with_feedback_and_succeeds() {
         second.contains("16.0 == 18.0"),
         "the retry prompt lacks the failing output of the first candidate"
     );
+    // No --model: the configured model with the best expected success was chosen, and said so.
     for c in &chats {
         assert_eq!(c.json()["options"]["num_ctx"], 32768);
+        assert_eq!(c.json()["model"], "deepseek-coder-v2:16b");
     }
+    let notes = v["triage"]["notes"].to_string();
+    assert!(notes.contains("model `deepseek` chosen"), "{notes}");
 }
 
 #[test]
@@ -709,4 +721,104 @@ fn models_list_and_pull_against_the_protocol_server() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The search engine, end to end through the real binary and the Docker sandbox, on the whole
+/// bug corpus (tests/fixtures/bugs: 39 real programs, one realistic one-line bug each, with
+/// their own tests). Two repairs at a time.
+#[test]
+fn the_search_engine_repairs_the_bug_corpus() {
+    python_image();
+    let mut bugs: Vec<std::path::PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/bugs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("BUG.json").exists())
+        .collect();
+    bugs.sort();
+    assert!(bugs.len() >= 30, "the corpus has {} bugs", bugs.len());
+    let queue = std::sync::Mutex::new(bugs.clone());
+    let results = std::sync::Mutex::new(vec![]);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                loop {
+                    let Some(bug) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let t = tempfile::tempdir().unwrap();
+                    let src = t.path().join("p");
+                    assert!(
+                        Command::new("cp")
+                            .arg("-a")
+                            .arg(&bug)
+                            .arg(&src)
+                            .status()
+                            .unwrap()
+                            .success()
+                    );
+                    let started = std::time::Instant::now();
+                    let out = repair(
+                        &src,
+                        &t.path().join("ws"),
+                        &["--json", "--engine", "search"],
+                        &[("COVAL_SANDBOX__BACKEND", "docker")],
+                    );
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    let name = bug.file_name().unwrap().to_string_lossy().into_owned();
+                    results.lock().unwrap().push((
+                        name,
+                        v["outcome"].as_str().unwrap_or("error").to_owned(),
+                        started.elapsed().as_secs_f64(),
+                        text(&out.stderr),
+                    ));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    let fixed = results.iter().filter(|r| r.1 == "fixed").count();
+    for r in &results {
+        eprintln!("{:<28} {:<10} {:>6.1} s", r.0, r.1, r.2);
+        if r.1 == "error" {
+            eprintln!("{}", r.3);
+        }
+    }
+    eprintln!("fixed {fixed} of {}", results.len());
+    assert_eq!(results.len(), bugs.len());
+    assert!(
+        fixed * 10 >= results.len() * 8,
+        "fixed {fixed} of {}: below 80%",
+        results.len()
+    );
+}
+
+#[test]
+fn analyze_measures_coverage_and_ranks_lines_by_spectrum_in_the_sandbox() {
+    python_image();
+    let v = analyze_with(
+        "small_tested",
+        "small_tested.log",
+        &[("COVAL_SANDBOX__BACKEND", "docker")],
+    );
+    assert_eq!(v["metrics"]["T_measured"], true, "{v:#}");
+    let t = v["metrics"]["T"].as_f64().unwrap();
+    assert!(
+        t > 0.9 && t <= 1.0,
+        "all of stats/ runs under the tests: {t}"
+    );
+    // The buggy line itself (the division), found by Ochiai, now leads the suspects.
+    let top = &v["triage"]["suspects"][0];
+    assert_eq!(
+        (top["file"].as_str(), top["line"].as_u64()),
+        (Some("stats/summary.py"), Some(6)),
+        "{v:#}"
+    );
+    assert!(
+        top["reason"].as_str().unwrap().starts_with("Ochiai"),
+        "{v:#}"
+    );
+    assert_eq!(v["decision"]["verdict"], "repair");
 }

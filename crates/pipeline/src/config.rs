@@ -28,6 +28,15 @@ pub struct Settings {
     pub global: GlobalConfig,
     pub bus: BusConfig,
     pub sandbox: SandboxConfig,
+    pub triage: TriageSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriageSettings {
+    /// Run the tests once with per-test line coverage (Python, coverage.py in the sandbox)
+    /// to measure T and rank lines by Ochiai.
+    pub coverage: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -58,6 +58,7 @@ fn triage() -> TriageReport {
             module_lines: 0,
         },
         notes: vec![],
+        model: None,
     }
 }
 
@@ -82,6 +83,7 @@ fn mre() -> MreSummary {
         passing_tests: vec!["tests/test_calc.py::test_sum".into()],
         sandbox: "docker".into(),
         notes: vec![],
+        baseline_ms: 0,
     }
 }
 

@@ -180,6 +180,10 @@ pub struct TriageReport {
     /// Notes for the report: what could not be determined and why.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The model alias chosen for the fix when the request named none (the one with the best
+    /// expected success on this category and size); the reason is in `notes`.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,6 +235,10 @@ pub struct MreSummary {
     pub passing_tests: Vec<String>,
     pub sandbox: String,
     pub notes: Vec<String>,
+    /// Wall time of the baseline test run, so a candidate that loops forever is stopped in
+    /// proportion to what the tests normally take.
+    #[serde(default)]
+    pub baseline_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

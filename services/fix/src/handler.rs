@@ -161,6 +161,7 @@ impl Handler for FixStage {
             let alias = request
                 .model
                 .clone()
+                .or_else(|| triage.model.clone())
                 .unwrap_or_else(|| self.llm.default_model.clone());
             let client = match llm::connect(&self.llm) {
                 Ok(c) => c,

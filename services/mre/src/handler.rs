@@ -17,21 +17,23 @@ pub struct MreStage {
     pub repairs_dir: PathBuf,
 }
 
-/// Whether `run` shows the failure triage saw: one of the same failing tests, or the same
-/// error type in the output.
+/// Whether `run` shows the failure triage saw: the same error type in the output (when the log
+/// named one) and, when the log named failing tests, one of them failing again. A test that
+/// fails for another reason (a missing data file, say) is not the same failure.
 pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
     if run.result.success() {
         return false;
     }
     let failing = run.failing();
-    let same_tests = !triage.failing_tests.is_empty()
-        && triage
+    let same_tests = triage.failing_tests.is_empty()
+        || triage
             .failing_tests
             .iter()
             .any(|t| failing.iter().any(|f| same_test(t, f)));
     let error = triage.error_type.rsplit('.').next().unwrap_or("");
-    let same_error = error.len() >= 4 && run.output().contains(error);
-    same_tests || same_error
+    let same_error = error.len() < 4 || run.output().contains(error);
+    let named_something = !triage.failing_tests.is_empty() || error.len() >= 4;
+    named_something && same_tests && same_error
 }
 
 impl Handler for MreStage {
@@ -140,6 +142,7 @@ impl Handler for MreStage {
             passing_tests: whole.passing(),
             sandbox: sb.name().to_owned(),
             notes,
+            baseline_ms: whole.result.duration.as_millis() as u64,
         };
         let _ = std::fs::write(
             dir.join("result.txt"),

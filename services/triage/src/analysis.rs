@@ -26,6 +26,8 @@ pub struct Engine {
     /// `search` or a model alias.
     pub name: String,
     pub is_model: bool,
+    /// The request named this model (else triage may choose a better one).
+    pub explicit: bool,
 }
 
 pub fn engine_for(engine: EngineChoice, model: Option<&str>, llm: &LlmSettings) -> Engine {
@@ -33,12 +35,14 @@ pub fn engine_for(engine: EngineChoice, model: Option<&str>, llm: &LlmSettings) 
         EngineChoice::Search => Engine {
             name: "search".into(),
             is_model: false,
+            explicit: true,
         },
         // `auto` is resolved by the client (model when it answers, else search) before the
         // request is sent; one that arrives unresolved is estimated as the model.
         EngineChoice::Llm | EngineChoice::Auto => Engine {
             name: model.unwrap_or(&llm.default_model).to_owned(),
             is_model: true,
+            explicit: model.is_some(),
         },
     }
 }
@@ -120,6 +124,7 @@ pub fn triage(
     project: &Project,
     engine: &Engine,
     history: &[HistoryRecord],
+    spectrum: Option<&crate::spectrum::Spectrum>,
 ) -> TriageReport {
     let mut notes = vec![];
     let analysed: HashMap<String, FileMetrics> = project
@@ -139,7 +144,29 @@ pub fn triage(
     {
         frames.insert(0, l.clone());
     }
-    let suspects = localise::localise(project, &frames, &parsed.failing_tests, &analysed);
+    let mut suspects = localise::localise(project, &frames, &parsed.failing_tests, &analysed);
+    // Spectrum ranks lines inside the code the trace points at; a trace frame still leads.
+    if let Some(sp) = spectrum {
+        for x in &sp.suspects {
+            if !suspects
+                .iter()
+                .any(|s| s.file == x.file && s.line == x.line)
+            {
+                suspects.push(proto::messages::Suspect {
+                    score: (x.score * 0.9 * 1000.0).round() / 1000.0,
+                    ..x.clone()
+                });
+            }
+        }
+        suspects.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.file.cmp(&b.file))
+                .then(a.line.cmp(&b.line))
+        });
+        suspects.truncate(50);
+        notes.extend(sp.notes.iter().cloned());
+    }
     if suspects.is_empty() && frames.iter().any(|f| f.in_project) {
         notes.push("the trace names files that were not found in the source directory".into());
     }
@@ -192,14 +219,19 @@ pub fn triage(
         .filter_map(|f| analysed.get(&f.path))
         .map(|m| m.loc)
         .sum();
-    let coverage = if src_loc == 0 || test_loc == 0 {
+    let measured = spectrum.and_then(|s| s.coverage);
+    let coverage = if let Some(c) = measured {
+        c
+    } else if src_loc == 0 || test_loc == 0 {
         0.0
     } else {
         (test_loc as f64 / src_loc as f64).min(1.0) * 0.8
     };
-    notes.push(format!(
-        "coverage T is an estimate from {test_loc} lines of tests for {src_loc} lines of code, not a measurement"
-    ));
+    if measured.is_none() {
+        notes.push(format!(
+            "coverage T is an estimate from {test_loc} lines of tests for {src_loc} lines of code, not a measurement"
+        ));
+    }
 
     // K: what a fixer has to go on.
     let has_trace_line = frames.iter().any(|f| f.in_project && f.line.is_some())
@@ -218,9 +250,43 @@ pub fn triage(
         .sum::<f64>()
         .max(0.05);
 
+    // No model named: pick the configured model with the best expected success here.
+    let mut chosen = None;
+    let engine = match (engine.is_model, engine.explicit) {
+        (true, false) => {
+            let mut best: Option<(f64, String)> = None;
+            for alias in cfg.llm.models.keys() {
+                let e = Engine {
+                    name: alias.clone(),
+                    is_model: true,
+                    explicit: true,
+                };
+                let s = capability(cfg, &e, parsed.category, module_lines, history, &mut vec![]);
+                if best.as_ref().is_none_or(|(b, _)| s > *b) {
+                    best = Some((s, alias.clone()));
+                }
+            }
+            match best {
+                Some((s, alias)) => {
+                    notes.push(format!(
+                        "model `{alias}` chosen: the best expected capability ({s:.2}) on {} problems of {module_lines} lines among the configured models",
+                        parsed.category.as_str()
+                    ));
+                    chosen = Some(alias.clone());
+                    Engine {
+                        name: alias,
+                        is_model: true,
+                        explicit: true,
+                    }
+                }
+                None => engine.clone(),
+            }
+        }
+        _ => engine.clone(),
+    };
     let capability = capability(
         cfg,
-        engine,
+        &engine,
         parsed.category,
         module_lines,
         history,
@@ -246,7 +312,7 @@ pub fn triage(
         metrics: Metrics {
             debt: debt.debt,
             coverage,
-            coverage_measured: false,
+            coverage_measured: measured.is_some(),
             context,
             capability,
             loc: src_loc,
@@ -254,5 +320,6 @@ pub fn triage(
             module_lines,
         },
         notes,
+        model: chosen,
     }
 }

@@ -16,6 +16,8 @@ pub struct TriageStage {
     pub history: Arc<dyn HistorySource>,
     /// Where stored iterations live (`<workspace>/iterations`), for `ProjectRef::Iteration`.
     pub iterations_dir: Option<PathBuf>,
+    /// Run the tests under coverage in this sandbox (Python) for measured T and Ochiai.
+    pub coverage_sandbox: Option<pipeline::config::SandboxConfig>,
 }
 
 impl Handler for TriageStage {
@@ -57,10 +59,26 @@ impl Handler for TriageStage {
             }
             Err(_) => vec![],
         };
+        let spectrum = match &self.coverage_sandbox {
+            Some(sb)
+                if project.main_language() == proto::messages::Language::Python
+                    && project.test_files().next().is_some() =>
+            {
+                Some(crate::spectrum::python(sb, &root).await)
+            }
+            _ => None,
+        };
         // Parsing and metrics are CPU work: keep them off the async workers.
         let cfg = self.config.clone();
         let report = match tokio::task::spawn_blocking(move || {
-            analysis::triage(&cfg, &parsed, &project, &engine, &history)
+            analysis::triage(
+                &cfg,
+                &parsed,
+                &project,
+                &engine,
+                &history,
+                spectrum.as_ref(),
+            )
         })
         .await
         {

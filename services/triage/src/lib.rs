@@ -6,3 +6,4 @@ pub mod handler;
 pub mod localise;
 pub mod metrics;
 pub mod project;
+pub mod spectrum;

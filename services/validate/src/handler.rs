@@ -43,6 +43,16 @@ pub struct ValidateStage {
     pub settings: ValidateSettings,
 }
 
+/// A candidate gets ten times the baseline run plus 10 s, within the sandbox's limit: mutants
+/// that loop forever are common, and must not cost the full limit each.
+pub fn candidate_timeout(limit_secs: u64, baseline_ms: u64) -> Duration {
+    let limit = Duration::from_secs(limit_secs.max(1));
+    if baseline_ms == 0 {
+        return limit;
+    }
+    (Duration::from_millis(baseline_ms.saturating_mul(10)) + Duration::from_secs(10)).min(limit)
+}
+
 /// The failing output fed back to the next attempt, capped.
 const FEEDBACK_CAP: usize = 6000;
 
@@ -139,7 +149,7 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
         .run(
             &copy,
             &kind.test_cmd,
-            Duration::from_secs(s.sandbox.timeout_secs),
+            candidate_timeout(s.sandbox.timeout_secs, f.mre.baseline_ms),
         )
         .await;
     let _ = std::fs::remove_dir_all(&copy);

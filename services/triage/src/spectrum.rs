@@ -1,0 +1,203 @@
+//! Spectrum-based localisation and measured coverage for Python: the tests run once in the
+//! sandbox under coverage.py with a context per test function; Ochiai ranks the lines that
+//! failing tests run and passing tests do not, and T is the share of code statements run.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use pipeline::config::SandboxConfig;
+use pipeline::sandbox::{self, Language, RunSpec, Sandbox};
+use proto::messages::{Suspect, TestStatus};
+
+use crate::localise::ochiai;
+use crate::project::is_test_path;
+
+const REPORT_DIR: &str = ".coval-report";
+
+/// Runs pytest under coverage with a context per test function and writes a JSON report.
+const SCRIPT: &str = r#"import sys
+try:
+    import coverage
+except ImportError:
+    print("coval: coverage.py is not installed", file=sys.stderr)
+    sys.exit(97)
+cov = coverage.Coverage(data_file=".coval-report/.coverage", config_file=False, source=["."])
+cov.set_option("run:dynamic_context", "test_function")
+cov.set_option("json:show_contexts", True)
+cov.start()
+import pytest
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"])
+cov.stop()
+cov.save()
+cov.json_report(outfile=".coval-report/coverage.json")
+sys.exit(int(rc))
+"#;
+
+#[derive(Debug, Clone, Default)]
+pub struct Spectrum {
+    pub suspects: Vec<Suspect>,
+    /// Statements of code files run by the tests / all their statements.
+    pub coverage: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+/// Run the project's tests under coverage in the sandbox. Errors are notes, never failures:
+/// triage goes on with the trace alone.
+pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
+    let detected = match sandbox::detect_for(cfg, Language::Python).await {
+        Ok(d) => d,
+        Err(e) => return note(format!("coverage not measured: no sandbox ({e})")),
+    };
+    let mut spec = RunSpec::from_config(
+        cfg,
+        Language::Python,
+        root,
+        vec!["python3".into(), "-c".into(), SCRIPT.into()],
+    );
+    spec.collect = vec![
+        format!("{REPORT_DIR}/junit.xml"),
+        format!("{REPORT_DIR}/coverage.json"),
+    ];
+    let run = match detected.sandbox.run(&spec).await {
+        Ok(r) => r,
+        Err(e) => return note(format!("coverage not measured: the sandbox failed ({e})")),
+    };
+    if run.exit_code == Some(97) {
+        return note(format!(
+            "coverage not measured: coverage.py is not installed in the {} sandbox",
+            detected.sandbox.name()
+        ));
+    }
+    let (Some(xml), Some(json)) = (
+        run.collected.get(&format!("{REPORT_DIR}/junit.xml")),
+        run.collected.get(&format!("{REPORT_DIR}/coverage.json")),
+    ) else {
+        return note(format!(
+            "coverage not measured: the test run left no reports ({})",
+            run.verdict()
+        ));
+    };
+    analyse(xml, json)
+}
+
+fn note(n: String) -> Spectrum {
+    Spectrum {
+        notes: vec![n],
+        ..Default::default()
+    }
+}
+
+/// Ochiai and coverage from a JUnit report and a coverage.py JSON report with test contexts.
+pub fn analyse(junit_xml: &str, coverage_json: &str) -> Spectrum {
+    let outcomes = sandbox::outcomes::parse_junit(junit_xml);
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(coverage_json) else {
+        return note("coverage not measured: unreadable coverage report".into());
+    };
+    let Some(files) = doc.get("files").and_then(|f| f.as_object()) else {
+        return note("coverage not measured: the coverage report has no files".into());
+    };
+    // `module.test_fn` contexts → whether that test failed.
+    let failed_by_context = |ctx: &str| -> Option<bool> {
+        let (module, func) = ctx.rsplit_once('.')?;
+        let module = module.rsplit('.').next().unwrap_or(module);
+        outcomes
+            .iter()
+            .find(|o| {
+                let (file, name) = o.name.rsplit_once("::").unwrap_or(("", &o.name));
+                name == func
+                    && file
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|f| f.trim_end_matches(".py") == module)
+            })
+            .map(|o| matches!(o.status, TestStatus::Failed | TestStatus::Error))
+    };
+    let mut per_test: HashMap<String, (HashSet<(String, u32)>, bool)> = HashMap::new();
+    let (mut covered, mut statements) = (0u64, 0u64);
+    for (path, f) in files {
+        // Only the project's own code: relative paths, no installed packages.
+        if is_test_path(path) || path.starts_with('/') || path.contains("-packages/") {
+            continue;
+        }
+        let summary = f.get("summary");
+        covered += summary
+            .and_then(|s| s.get("covered_lines"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        statements += summary
+            .and_then(|s| s.get("num_statements"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        for (line, ctxs) in f
+            .get("contexts")
+            .and_then(|c| c.as_object())
+            .into_iter()
+            .flatten()
+        {
+            let Ok(line) = line.parse::<u32>() else {
+                continue;
+            };
+            for ctx in ctxs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+            {
+                let Some(failed) = failed_by_context(ctx) else {
+                    continue;
+                };
+                let e = per_test
+                    .entry(ctx.to_owned())
+                    .or_insert_with(|| (HashSet::new(), failed));
+                e.0.insert((path.clone(), line));
+            }
+        }
+    }
+    let runs: Vec<(HashSet<(String, u32)>, bool)> = per_test.into_values().collect();
+    let failing = runs.iter().filter(|r| r.1).count();
+    let ranked = ochiai(&runs);
+    let suspects = ranked
+        .into_iter()
+        .take(20)
+        .map(|((file, line), score)| Suspect {
+            file,
+            line: Some(line),
+            score,
+            reason: format!(
+                "Ochiai {score:.2} over {} tests ({failing} failing)",
+                runs.len()
+            ),
+        })
+        .collect();
+    let coverage = (statements > 0 && !runs.is_empty()).then(|| covered as f64 / statements as f64);
+    let mut notes = vec![];
+    if let Some(c) = coverage {
+        notes.push(format!(
+            "coverage T measured by coverage.py: {covered} of {statements} statements ({:.0}%)",
+            c * 100.0
+        ));
+    }
+    Spectrum {
+        suspects,
+        coverage,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ochiai_from_real_report_shapes() {
+        let xml = r#"<testsuites><testsuite><testcase classname="tests.test_p" name="test_a" file="tests/test_p.py"/><testcase classname="tests.test_p" name="test_b" file="tests/test_p.py"><failure message="x"/></testcase></testsuite></testsuites>"#;
+        let json = r#"{"files": {"app/p.py": {"summary": {"covered_lines": 3, "num_statements": 4}, "contexts": {"1": [""], "2": ["test_p.test_a", "test_p.test_b"], "3": ["test_p.test_b"]}},
+                     "tests/test_p.py": {"summary": {"covered_lines": 9, "num_statements": 9}, "contexts": {}}}}"#;
+        let s = analyse(xml, json);
+        assert_eq!(s.suspects[0].file, "app/p.py");
+        assert_eq!(s.suspects[0].line, Some(3));
+        assert!((s.suspects[0].score - 1.0).abs() < 1e-9);
+        assert_eq!(s.coverage, Some(0.75));
+        assert!(analyse("garbage", "{").coverage.is_none());
+    }
+}
