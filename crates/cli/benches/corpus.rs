@@ -115,8 +115,9 @@ fn main() {
     bugs.sort();
     let mut summary = vec![];
     for sb in &sandboxes {
-        let rows: Vec<Row> = bugs.iter().map(|b| run(b, sb)).collect();
-        for r in &rows {
+        let mut rows: Vec<Row> = vec![];
+        for b in &bugs {
+            let r = run(b, sb);
             println!(
                 "{sb:<6} {:<28} {:<6} {:>6.2} s {:>4} candidates{}",
                 r.bug,
@@ -125,6 +126,7 @@ fn main() {
                 r.candidates,
                 if r.exact { "  (the original line)" } else { "" }
             );
+            rows.push(r);
         }
         let mut secs: Vec<f64> = rows.iter().map(|r| r.seconds).collect();
         secs.sort_by(f64::total_cmp);

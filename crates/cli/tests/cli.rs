@@ -822,3 +822,33 @@ fn analyze_measures_coverage_and_ranks_lines_by_spectrum_in_the_sandbox() {
     );
     assert_eq!(v["decision"]["verdict"], "repair");
 }
+
+#[test]
+fn analyze_measures_node_coverage_with_nodes_own_tool() {
+    let work = tempfile::tempdir().unwrap();
+    let projects = repo().join("tests/fixtures/projects");
+    let out = coval(
+        work.path(),
+        &[
+            "repair",
+            "--analyze",
+            "--json",
+            "--engine",
+            "search",
+            "-e",
+            projects.join("node-calc.log").to_str().unwrap(),
+            "-s",
+            projects.join("node-calc").to_str().unwrap(),
+        ],
+        &[("COVAL_SANDBOX__BACKEND", "local")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metrics"]["T_measured"], true, "{v:#}");
+    assert!(
+        v["triage"]["notes"]
+            .to_string()
+            .contains("--experimental-test-coverage"),
+        "{v:#}"
+    );
+}

@@ -60,12 +60,24 @@ impl Handler for TriageStage {
             Err(_) => vec![],
         };
         let spectrum = match &self.coverage_sandbox {
-            Some(sb)
-                if project.main_language() == proto::messages::Language::Python
-                    && project.test_files().next().is_some() =>
-            {
-                Some(crate::spectrum::python(sb, &root).await)
-            }
+            Some(sb) if project.test_files().next().is_some() => match project.main_language() {
+                proto::messages::Language::Python => Some(crate::spectrum::python(sb, &root).await),
+                proto::messages::Language::Go => Some(
+                    crate::spectrum::tool_coverage(sb, &root, pipeline::sandbox::Language::Go)
+                        .await,
+                ),
+                proto::messages::Language::JavaScript | proto::messages::Language::TypeScript => {
+                    Some(
+                        crate::spectrum::tool_coverage(
+                            sb,
+                            &root,
+                            pipeline::sandbox::Language::JavaScript,
+                        )
+                        .await,
+                    )
+                }
+                _ => None,
+            },
             _ => None,
         };
         // Parsing and metrics are CPU work: keep them off the async workers.

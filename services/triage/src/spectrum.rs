@@ -1,6 +1,8 @@
-//! Spectrum-based localisation and measured coverage for Python: the tests run once in the
-//! sandbox under coverage.py with a context per test function; Ochiai ranks the lines that
-//! failing tests run and passing tests do not, and T is the share of code statements run.
+//! Measured coverage, and spectrum-based localisation where per-test coverage exists. Python:
+//! the tests run once in the sandbox under coverage.py with a context per test function; Ochiai
+//! ranks the lines that failing tests run and passing tests do not, and T is the share of code
+//! statements run. Go (`go test -cover`) and Node.js (`node --test --experimental-test-coverage`)
+//! give T only.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -78,6 +80,95 @@ pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
         ));
     };
     analyse(xml, json)
+}
+
+/// Reads a coverage tool's output into T.
+type CoverageParser = fn(&str) -> Option<f64>;
+
+/// T for Go and Node.js projects, from their own coverage tools run in the sandbox.
+pub async fn tool_coverage(cfg: &SandboxConfig, root: &Path, language: Language) -> Spectrum {
+    let (argv, parse): (Vec<String>, CoverageParser) = match language {
+        Language::Go => (
+            vec!["go".into(), "test".into(), "-cover".into(), "./...".into()],
+            go_cover,
+        ),
+        Language::JavaScript => (
+            vec![
+                "node".into(),
+                "--test".into(),
+                "--experimental-test-coverage".into(),
+            ],
+            node_cover,
+        ),
+        _ => return Spectrum::default(),
+    };
+    let detected = match sandbox::detect_for(cfg, language).await {
+        Ok(d) => d,
+        Err(e) => return note(format!("coverage not measured: no sandbox ({e})")),
+    };
+    let spec = RunSpec::from_config(cfg, language, root, argv.clone());
+    let run = match detected.sandbox.run(&spec).await {
+        Ok(r) => r,
+        Err(e) => return note(format!("coverage not measured: the sandbox failed ({e})")),
+    };
+    match parse(&format!("{}{}", run.stdout, run.stderr)) {
+        Some(c) => Spectrum {
+            coverage: Some(c),
+            notes: vec![format!(
+                "coverage T measured by `{}`: {:.0}% of lines",
+                argv.join(" "),
+                c * 100.0
+            )],
+            ..Default::default()
+        },
+        None => note(format!(
+            "coverage not measured: `{}` reported none ({})",
+            argv.join(" "),
+            run.verdict()
+        )),
+    }
+}
+
+/// The mean of `coverage: N% of statements` over the packages `go test -cover` reports.
+pub fn go_cover(out: &str) -> Option<f64> {
+    let v: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("coverage: ").nth(1))
+        .filter_map(|r| r.split('%').next()?.trim().parse::<f64>().ok())
+        .collect();
+    (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64 / 100.0).clamp(0.0, 1.0))
+}
+
+/// The mean line coverage of the code files (not the tests) in node's coverage table.
+pub fn node_cover(out: &str) -> Option<f64> {
+    let mut in_table = false;
+    let mut v = vec![];
+    for l in out.lines() {
+        let l = l.trim_start_matches('#').trim();
+        if l.starts_with("start of coverage report") {
+            in_table = true;
+            continue;
+        }
+        if l.starts_with("end of coverage report") {
+            break;
+        }
+        let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+        if !in_table
+            || cols.len() < 3
+            || cols[0] == "file"
+            || cols[0] == "all files"
+            || cols[0].starts_with('-')
+        {
+            continue;
+        }
+        if is_test_path(cols[0]) {
+            continue;
+        }
+        if let Ok(p) = cols[1].parse::<f64>() {
+            v.push(p);
+        }
+    }
+    (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64 / 100.0).clamp(0.0, 1.0))
 }
 
 fn note(n: String) -> Spectrum {
@@ -199,5 +290,23 @@ mod tests {
         assert!((s.suspects[0].score - 1.0).abs() < 1e-9);
         assert_eq!(s.coverage, Some(0.75));
         assert!(analyse("garbage", "{").coverage.is_none());
+    }
+
+    #[test]
+    fn go_and_node_coverage_from_their_real_output() {
+        // `go test -cover ./...` (go 1.19) with a failing test.
+        let go = "--- FAIL: TestDiv (0.00s)\n    calc_test.go:13: Div(6, 3) = 18, want 2\nFAIL\ncoverage: 100.0% of statements\nFAIL\texample.com/calc\t0.003s\nFAIL\n";
+        assert_eq!(go_cover(go), Some(1.0));
+        assert_eq!(
+            go_cover(
+                "ok  \ta\t0.1s\tcoverage: 50.0% of statements\nok  \tb\t0.1s\tcoverage: 100.0% of statements\n"
+            ),
+            Some(0.75)
+        );
+        // `node --test --experimental-test-coverage` (node 20).
+        let node = "# start of coverage report\n# ------------------------------------------------------------------\n# file              | line % | branch % | funcs % | uncovered lines\n# ------------------------------------------------------------------\n# calc.js           |  80.00 |   100.00 |  100.00 | 4\n# test/calc.test.js | 100.00 |   100.00 |  100.00 | \n# ------------------------------------------------------------------\n# all files         |  90.00 |   100.00 |  100.00 |\n# ------------------------------------------------------------------\n# end of coverage report\n";
+        assert_eq!(node_cover(node), Some(0.8));
+        assert_eq!(node_cover("ok 1 - x"), None);
+        assert_eq!(go_cover("no coverage here"), None);
     }
 }
