@@ -15,6 +15,7 @@ mod models;
 mod progress;
 mod repair;
 mod report;
+mod status;
 
 fn repair_outcome(o: proto::messages::RepairOutcome) -> &'static str {
     use proto::messages::RepairOutcome::*;
@@ -108,6 +109,21 @@ struct Global {
 enum Command {
     /// Repair a failure: triage, decide, reproduce, fix, validate, integrate
     Repair(repair::RepairArgs),
+    /// Iterations, repairs (in flight, done) and deployments of the workspace
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove all but the newest N iterations (asks first on a terminal)
+    Cleanup {
+        /// Iterations to keep
+        #[arg(short = 'c', long = "count", value_name = "N")]
+        count: usize,
+        /// Do not ask
+        #[arg(long)]
+        force: bool,
+    },
     /// List the configured model aliases or pull one onto the model server
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -139,6 +155,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Repair(args) => block_on(repair::run(args, &cfg, &cli.global.workspace)),
         Command::Models(cmd) => block_on(models::run(cmd, &cfg)),
+        Command::Status { json } => done(status::status(
+            &cli.global.workspace,
+            cli.global.verbose > 0,
+            json,
+        )),
+        Command::Cleanup { count, force } => {
+            done(status::cleanup(&cli.global.workspace, count, force))
+        }
         Command::Config { json } => {
             let value = serde_json::json!({
                 "settings": cfg.settings,
@@ -196,6 +220,16 @@ fn block_on(f: impl std::future::Future<Output = Result<u8, exit::Failure>>) -> 
         }
     };
     match rt.block_on(f) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("coval: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn done(r: Result<u8, exit::Failure>) -> ExitCode {
+    match r {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("coval: {}", f.message);

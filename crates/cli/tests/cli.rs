@@ -852,3 +852,50 @@ fn analyze_measures_node_coverage_with_nodes_own_tool() {
         "{v:#}"
     );
 }
+
+#[test]
+fn status_and_cleanup_after_a_repair() {
+    let (_t, src, ws) = example();
+    let out = repair(
+        &src,
+        &ws,
+        &[],
+        &[
+            ("COVAL_SANDBOX__BACKEND", "local"),
+            ("COVAL_TRIAGE__COVERAGE", "false"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let w = ws.to_str().unwrap();
+    let out = coval(
+        src.parent().unwrap(),
+        &["--workspace", w, "status", "--json"],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["iterations"].as_array().unwrap().len(), 2, "{v:#}");
+    assert_eq!(v["iterations"][1]["parent"], "iter-001");
+    assert_eq!(v["repairs"][0]["outcome"], "fixed");
+    let out = coval(src.parent().unwrap(), &["--workspace", w, "status"], &[]);
+    assert!(
+        text(&out.stdout).contains("iter-002 (parent iter-001)"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Not a terminal and no --force: refuses, removes nothing.
+    let out = coval(
+        src.parent().unwrap(),
+        &["--workspace", w, "cleanup", "-c", "1"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(ws.join("iterations/iter-001").exists());
+    let out = coval(
+        src.parent().unwrap(),
+        &["--workspace", w, "cleanup", "-c", "1", "--force"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).trim(), "removed iter-001");
+    assert!(!ws.join("iterations/iter-001").exists() && ws.join("iterations/iter-002").exists());
+}

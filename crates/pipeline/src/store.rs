@@ -463,6 +463,12 @@ impl Store {
         })
     }
 
+    /// Forget an iteration (its files are the caller's to delete). Children keep their
+    /// record of the parent id.
+    pub fn remove_iteration(&self, id: IterationId) -> Result<bool, StoreError> {
+        Ok(self.iterations.remove(id.0.to_be_bytes())?.is_some())
+    }
+
     pub fn iterations(&self) -> Result<Vec<IterationRecord>, StoreError> {
         self.iterations
             .iter()
