@@ -314,6 +314,19 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
                 };
                 ctx.replace(&op, alt, "boolean", score);
             }
+            // A missing `not` on one side: `a and b` → `a and not b`.
+            for side in ["left", "right"] {
+                if let Some(x) = n
+                    .child_by_field_name(side)
+                    .filter(|x| x.kind() != "not_operator")
+                {
+                    let negated = format!("not {}", text(&x, ctx.src));
+                    if x.kind() == "boolean_operator" {
+                        continue;
+                    }
+                    ctx.replace(&x, &negated, "negation", score);
+                }
+            }
         }
         "integer" | "number" => {
             let t = text(n, ctx.src);
@@ -470,7 +483,35 @@ fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
                 ctx.replace(&cond, &negated, "negation", score);
             }
         }
-        "identifier" => variable(ctx, n, score),
+        "identifier" => {
+            variable(ctx, n, score);
+            // A loop counter used as a value (`index` of `enumerate`, the variable of `range`)
+            // is a classic place for a missing `+ 1`.
+            if is_counter(n, ctx.src)
+                && n.parent().is_some_and(|p| {
+                    matches!(
+                        p.kind(),
+                        "argument_list" | "tuple" | "list" | "return_statement" | "subscript"
+                    )
+                })
+            {
+                off_by_one(ctx, n, score);
+            }
+        }
+        "return_statement" => {
+            if let Some(v) = n.named_child(0).filter(|v| {
+                matches!(
+                    v.kind(),
+                    "attribute"
+                        | "identifier"
+                        | "call"
+                        | "binary_operator"
+                        | "parenthesized_expression"
+                )
+            }) {
+                off_by_one(ctx, &v, score * 0.9);
+            }
+        }
         "expression_statement" => {
             let t = text(n, ctx.src).to_owned();
             let siblings = n.parent().map(|p| p.named_child_count()).unwrap_or(0);
@@ -499,6 +540,53 @@ fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
         }
         _ => {}
     }
+}
+
+/// Names bound by an assignment or `for` target: `x`, `a, b`, `(a, b)`, `[a, b]`.
+fn pattern_names(n: &Node, src: &str) -> Vec<String> {
+    match n.kind() {
+        "identifier" => vec![text(n, src).to_owned()],
+        "pattern_list" | "tuple_pattern" | "list_pattern" => {
+            let mut c = n.walk();
+            n.named_children(&mut c)
+                .flat_map(|k| pattern_names(&k, src))
+                .collect()
+        }
+        _ => vec![],
+    }
+}
+
+/// Whether identifier `n` is the counter of an enclosing `for` over `range(...)` or the index
+/// of an `enumerate(...)`.
+fn is_counter(n: &Node, src: &str) -> bool {
+    let name = text(n, src);
+    let mut p = n.parent();
+    while let Some(x) = p {
+        if x.kind() == "function_definition" {
+            break;
+        }
+        if x.kind() == "for_statement" {
+            let right = x.child_by_field_name("right");
+            let callee = right
+                .filter(|r| r.kind() == "call")
+                .and_then(|r| r.child_by_field_name("function"))
+                .map(|f| text(&f, src).to_owned())
+                .unwrap_or_default();
+            let left = x.child_by_field_name("left");
+            let counter = match callee.as_str() {
+                "range" => left
+                    .filter(|l| l.kind() == "identifier")
+                    .map(|l| text(&l, src).to_owned()),
+                "enumerate" => left.and_then(|l| pattern_names(&l, src).into_iter().next()),
+                _ => None,
+            };
+            if counter.as_deref() == Some(name) {
+                return true;
+            }
+        }
+        p = x.parent();
+    }
+    false
 }
 
 /// The byte range of the lines `n` spans, newline included.
@@ -572,8 +660,7 @@ fn variable(ctx: &mut Ctx, n: &Node, score: f64) {
             }
             "assignment" | "for_statement" => x
                 .child_by_field_name("left")
-                .filter(|l| l.kind() == "identifier")
-                .map(|l| vec![text(&l, ctx.src).to_owned()])
+                .map(|l| pattern_names(&l, ctx.src))
                 .unwrap_or_default(),
             _ => vec![],
         };
@@ -638,6 +725,46 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
             .unwrap_or(0);
         let body_text = text(&body, ctx.src);
         let has_return = body_text.contains("return");
+
+        // A function that returns nothing but builds a value: return it at the end.
+        if !has_return {
+            let mut built: Vec<String> = vec![];
+            let mut stack = vec![body];
+            while let Some(x) = stack.pop() {
+                if x.kind() == "assignment" {
+                    for b in x
+                        .child_by_field_name("left")
+                        .map(|l| pattern_names(&l, ctx.src))
+                        .unwrap_or_default()
+                    {
+                        if !built.contains(&b) {
+                            built.push(b);
+                        }
+                    }
+                }
+                if x.kind() != "function_definition" {
+                    let mut c = x.walk();
+                    for child in x.children(&mut c) {
+                        stack.push(child);
+                    }
+                }
+            }
+            let at = body.end_byte();
+            for b in built {
+                let desc = format!("line {end}: return `{b}` at the end of `{name}`");
+                ctx.emit(
+                    &body,
+                    "missing-return",
+                    desc,
+                    vec![Edit {
+                        start: at,
+                        end: at,
+                        text: format!("\n{indent}return {b}"),
+                    }],
+                    score,
+                );
+            }
+        }
 
         // Missing return: the last statement computes a value nobody returns.
         let count = body.named_child_count();
@@ -871,6 +998,44 @@ mod tests {
             500,
         );
         assert!(has(&ms, "if not (x):"));
+    }
+
+    #[test]
+    fn python_counters_patterns_negated_operands_and_built_values() {
+        let t = |src: &str, line: u32| {
+            mutants(
+                Language::Python,
+                "m.py",
+                src,
+                &[Target {
+                    line: Some(line),
+                    score: 1.0,
+                }],
+                2000,
+            )
+        };
+        let ms = t(
+            "def lint(lines):\n    out = []\n    for index, line in enumerate(lines):\n        out.append((index, line))\n    return out\n",
+            4,
+        );
+        assert!(has(&ms, "out.append((index + 1, line))"));
+        let ms = t(
+            "def alerts(rs, threshold):\n    found = []\n    for sensor, value in rs:\n        found.append((sensor, threshold))\n    return found\n",
+            4,
+        );
+        assert!(has(&ms, "found.append((sensor, value))"));
+        let ms = t(
+            "def keep(u):\n    if u['a'] and u['b']:\n        return 1\n    return 0\n",
+            2,
+        );
+        assert!(has(&ms, "if u['a'] and not u['b']:"));
+        let ms = t(
+            "def scale(xs):\n    out = []\n    for x in xs:\n        out.append(x * 2)\n",
+            4,
+        );
+        assert!(has(&ms, "        out.append(x * 2)\n    return out"));
+        let ms = t("def days(a, b):\n    return (b - a).days\n", 2);
+        assert!(has(&ms, "return (b - a).days + 1"));
     }
 
     #[test]

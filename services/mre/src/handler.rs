@@ -9,7 +9,9 @@ use proto::messages::{MreReady, MreSummary, ProjectRef, TriageReport};
 use proto::{Message, Stage};
 
 use crate::build;
-use crate::run::{self, TestRun, same_test};
+use pipeline::sandbox::outcomes::same_test;
+
+use crate::run::{self, TestRun};
 
 pub struct MreStage {
     pub sandbox: SandboxConfig,

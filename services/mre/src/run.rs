@@ -47,27 +47,3 @@ pub async fn run_tests<S: Sandbox>(
     let outcomes = sandbox::parse_outcomes(kind, &result);
     Ok(TestRun { result, outcomes })
 }
-
-/// Whether two test names denote the same test: `tests/test_x.py::test_y` and
-/// `test_x.py::test_y` do, as do names that differ only in the runner's prefix.
-pub fn same_test(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    let last = |s: &str| {
-        s.rsplit("::")
-            .next()
-            .unwrap_or(s)
-            .rsplit(' ')
-            .next()
-            .unwrap_or(s)
-            .to_owned()
-    };
-    let file = |s: &str| {
-        s.split("::")
-            .next()
-            .and_then(|f| f.rsplit('/').next())
-            .map(str::to_owned)
-    };
-    last(a) == last(b) && (a.contains("::") != b.contains("::") || file(a) == file(b))
-}

@@ -2,28 +2,7 @@
 
 use proto::messages::{TestOutcome, TestStatus};
 
-/// Whether two test names denote the same test (runner prefixes and paths may differ).
-pub fn same_test(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    let last = |s: &str| {
-        s.rsplit("::")
-            .next()
-            .unwrap_or(s)
-            .rsplit(' ')
-            .next()
-            .unwrap_or(s)
-            .to_owned()
-    };
-    let file = |s: &str| {
-        s.split("::")
-            .next()
-            .and_then(|f| f.rsplit('/').next())
-            .map(str::to_owned)
-    };
-    last(a) == last(b) && (a.contains("::") != b.contains("::") || file(a) == file(b))
-}
+pub use pipeline::sandbox::outcomes::same_test;
 
 /// Baseline-passing tests that now fail or error.
 pub fn regressions(baseline_passing: &[String], now: &[TestOutcome]) -> Vec<String> {
