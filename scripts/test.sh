@@ -12,6 +12,19 @@ services_env="$(scripts/dev-services.sh up)"
 eval "$services_env"
 printf '%s\n' "$services_env" >&2
 
+step "test toolchains (Debian packages the tests run against)"
+# The local sandbox runs the host's interpreters; the Docker images are built by the tests.
+missing=()
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
+/usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; }
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 

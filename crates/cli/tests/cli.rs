@@ -330,8 +330,10 @@ fn python_image() {
     assert!(ok, "scripts/build-base-images.sh python node failed");
 }
 
-/// A fresh copy of examples/inventory and a workspace beside it.
+/// A fresh copy of examples/inventory and a workspace beside it. The local sandbox runs the
+/// host's /usr/bin/python3, which needs Debian's pytest.
 fn example() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    coval_tests::ensure_host_pytest().expect("pytest for the host's python3");
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("inventory");
     let st = Command::new("cp")
