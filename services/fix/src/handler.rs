@@ -47,7 +47,9 @@ fn language(path: &str) -> Option<Language> {
     })
 }
 
-fn is_test(path: &str) -> bool {
+/// Whether `path` is a test file: candidates never edit tests, and models are not shown them
+/// as code to fix.
+pub(crate) fn is_test(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     path.split('/')
         .any(|d| matches!(d, "tests" | "test" | "__tests__"))

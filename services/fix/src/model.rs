@@ -25,19 +25,14 @@ pub struct Proposal {
     pub model: String,
 }
 
-fn is_test(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    path.split('/')
-        .any(|d| matches!(d, "tests" | "test" | "__tests__"))
-        || name.starts_with("test_")
-        || name.contains(".test.")
-}
-
 /// The project files a model should see: suspect code files, most suspicious first.
 fn suspect_files(root: &Path, triage: &TriageReport) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = vec![];
     for s in &triage.suspects {
-        if out.len() >= 4 || out.iter().any(|(p, _)| p == &s.file) || is_test(&s.file) {
+        if out.len() >= 4
+            || out.iter().any(|(p, _)| p == &s.file)
+            || crate::handler::is_test(&s.file)
+        {
             continue;
         }
         if s.file.split('/').any(|c| c == ".." || c.is_empty()) {
