@@ -97,6 +97,17 @@ impl Namespace {
     pub fn snapshot_bucket(&self) -> String {
         format!("{}-snapshots", self.0)
     }
+
+    /// The object-store bucket where the integration stage leaves each repair's report files
+    /// (`repair-<id>/<file>`) for the client that submitted it.
+    pub fn report_bucket(&self) -> String {
+        format!("{}-reports", self.0)
+    }
+
+    /// Request-reply subject the ledger's owner (the integration worker) answers status on.
+    pub fn status_subject(&self) -> String {
+        format!("{}.ledger.status", self.0)
+    }
 }
 
 /// The subject a message is published on: the work subject of the stage it routes to, the

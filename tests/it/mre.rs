@@ -59,6 +59,7 @@ async fn mre_for(
     let stage = mre::handler::MreStage {
         sandbox: cfg.settings.sandbox.clone(),
         repairs_dir: ws.path().join("repairs"),
+        projects: pipeline::projects::Projects::local(None),
     };
     let msg = Message::Decided(Decided {
         request,

@@ -112,6 +112,7 @@ pub fn test_bus_config() -> BusConfig {
         connect_timeout_secs: 5,
         publish_timeout_secs: 10,
         max_reconnects: 10,
+        snapshot_max_bytes: pipeline::projects::DEFAULT_SNAPSHOT_MAX_BYTES,
     }
 }
 

@@ -55,15 +55,26 @@ pub fn apply(
         .ok_or_else(|| Failure::internal(format!("{new} has no parent snapshot")))?;
     let snapshot = workspace.join("iterations").join(parent.to_string());
     let dir = workspace.join(done.report_dir.as_deref().unwrap_or(""));
-    let text = std::fs::read_to_string(dir.join("final.patch"))
-        .map_err(|e| Failure::internal(format!("cannot read final.patch: {e}")))?;
+    apply_patch(&dir.join("final.patch"), source, |f| {
+        std::fs::read(snapshot.join(f)).ok()
+    })
+}
+
+/// Applies the patch at `patch_path` to `source` when every file it touches is as it was in
+/// the snapshot the repair worked on (`then(path)`: its bytes then, `None` if absent).
+pub fn apply_patch(
+    patch_path: &Path,
+    source: &Path,
+    then: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(patch_path)
+        .map_err(|e| Failure::internal(format!("cannot read {}: {e}", patch_path.display())))?;
     let limits = PatchLimits::default();
     let edits = patch::parse(&text, &limits).map_err(|e| Failure::internal(e.to_string()))?;
     let mut changed = vec![];
     for f in touched(&edits) {
         let now = std::fs::read(source.join(&f)).ok();
-        let then = std::fs::read(snapshot.join(&f)).ok();
-        if now != then {
+        if now != then(&f) {
             changed.push(f);
         }
     }
@@ -72,7 +83,7 @@ pub fn apply(
             "not applying: {} changed in {} since the repair started; the validated patch is in {}",
             changed.join(", "),
             source.display(),
-            dir.join("final.patch").display()
+            patch_path.display()
         )));
     }
     patch::apply(source, &edits, &limits).map_err(|e| {
@@ -80,10 +91,6 @@ pub fn apply(
             "applying the patch failed, nothing was written: {e}"
         ))
     })?;
-    eprintln!(
-        "applied {} to {}",
-        dir.join("final.patch").display(),
-        source.display()
-    );
+    eprintln!("applied {} to {}", patch_path.display(), source.display());
     Ok(())
 }

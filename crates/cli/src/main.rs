@@ -13,19 +13,13 @@ use pipeline::telemetry::{self, LogFormat};
 mod apply;
 mod models;
 mod progress;
+mod remote;
 mod repair;
 mod report;
 mod status;
 
 fn repair_outcome(o: proto::messages::RepairOutcome) -> &'static str {
-    use proto::messages::RepairOutcome::*;
-    match o {
-        Fixed => "fixed",
-        NoFix => "no validated fix",
-        RebuildRecommended => "rebuild recommended",
-        Analyzed => "analyzed",
-        Failed => "failed",
-    }
+    pipeline::report::outcome_label(o)
 }
 
 /// Exit codes of DESIGN.md, and the failures that lead to them.
@@ -109,11 +103,20 @@ struct Global {
 enum Command {
     /// Repair a failure: triage, decide, reproduce, fix, validate, integrate
     Repair(repair::RepairArgs),
+    /// Publish a repair to NATS workers and print its id (for CI; follow it with `coval watch`)
+    Submit(repair::RepairArgs),
+    /// Follow a submitted repair to its end: progress per stage, then the report
+    Watch(remote::WatchArgs),
+    /// Run stage workers on NATS JetStream: one stage, or `all` six in this process
+    Worker(remote::WorkerCmd),
     /// Iterations, repairs (in flight, done) and deployments of the workspace
     Status {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Ask the integration worker on this NATS server for its ledger instead
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
     },
     /// Remove all but the newest N iterations (asks first on a terminal)
     Cleanup {
@@ -155,7 +158,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Repair(args) => block_on(repair::run(args, &cfg, &cli.global.workspace)),
         Command::Models(cmd) => block_on(models::run(cmd, &cfg)),
-        Command::Status { json } => done(status::status(
+        Command::Submit(args) => block_on(remote::submit(args, &cfg, &cli.global.workspace)),
+        Command::Watch(args) => block_on(remote::watch(args, &cfg, &cli.global.workspace)),
+        Command::Worker(cmd) => block_on(remote::worker(cmd, &cfg, &cli.global.workspace)),
+        Command::Status {
+            json,
+            nats: Some(url),
+        } => block_on(remote::status(&url, &cfg, json)),
+        Command::Status { json, nats: None } => done(status::status(
             &cli.global.workspace,
             cli.global.verbose > 0,
             json,

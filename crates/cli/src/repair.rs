@@ -24,44 +24,44 @@ use crate::exit::{self, Failure};
 pub struct RepairArgs {
     /// The error log of the failing run (`-` reads standard input)
     #[arg(short, long, value_name = "FILE")]
-    error: PathBuf,
+    pub(crate) error: PathBuf,
     /// The project's source directory
     #[arg(short, long, value_name = "DIR", default_value = ".")]
-    source: PathBuf,
+    pub(crate) source: PathBuf,
     /// The command that runs the project's tests (detected when absent)
     #[arg(long, value_name = "CMD")]
-    test_cmd: Option<String>,
+    pub(crate) test_cmd: Option<String>,
     /// Repair a stored iteration instead of the source directory
     #[arg(short, long, value_name = "ID")]
-    iteration: Option<String>,
+    pub(crate) iteration: Option<String>,
     /// Model alias from llm.config.yaml
     #[arg(long, value_name = "ALIAS")]
-    model: Option<String>,
+    pub(crate) model: Option<String>,
     /// Where fixes come from: the model when it answers else search, the model, or search only
     #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
-    engine: EngineArg,
+    pub(crate) engine: EngineArg,
     /// Fix attempts (default: global.max_iterations from the configuration)
     #[arg(long, value_name = "N")]
-    max_attempts: Option<u32>,
+    pub(crate) max_attempts: Option<u32>,
     /// Print the triage and the decision, change nothing
     #[arg(long)]
-    analyze: bool,
+    pub(crate) analyze: bool,
     /// Apply the validated patch to the source tree
     #[arg(long)]
-    apply: bool,
+    pub(crate) apply: bool,
     /// Deploy the repaired iteration
     #[arg(long)]
-    deploy: bool,
+    pub(crate) deploy: bool,
     /// Print the report as JSON on stdout
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Submit to NATS workers instead of running embedded
     #[arg(long, value_name = "URL")]
-    nats: Option<String>,
+    pub(crate) nats: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum EngineArg {
+pub(crate) enum EngineArg {
     Auto,
     Llm,
     Search,
@@ -98,27 +98,6 @@ fn read_log(path: &Path) -> Result<String, Failure> {
         .map_err(|e| Failure::input(format!("the error log {shown} is not usable: {e}")))
 }
 
-/// Does something listen at the model server's address? A connect, nothing sent.
-async fn model_server_answers(url: &str) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let addr = if hostport.contains(':') {
-        hostport.to_owned()
-    } else if url.starts_with("https") {
-        format!("{hostport}:443")
-    } else {
-        format!("{hostport}:80")
-    };
-    matches!(
-        tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(addr)
-        )
-        .await,
-        Ok(Ok(_))
-    )
-}
-
 /// Receives what the in-process bus routes to the integration stage.
 struct Collect(mpsc::UnboundedSender<Decided>);
 
@@ -134,24 +113,15 @@ impl Handler for Collect {
     }
 }
 
-pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
-    if args.nats.is_some() {
-        return Err(Failure::input(
-            "this build runs repairs embedded only: `--nats` submission is not in it yet"
-                .to_owned(),
-        ));
-    }
-    if args.analyze && (args.apply || args.deploy) {
-        return Err(Failure::input(
-            "--analyze changes nothing, so it cannot be combined with --apply or --deploy"
-                .to_owned(),
-        ));
-    }
-    if args.deploy {
-        return Err(Failure::input(
-            "--deploy is not in this build yet".to_owned(),
-        ));
-    }
+/// What every kind of repair needs, checked before anything starts.
+pub(crate) struct Inputs {
+    pub log: String,
+    pub iteration: Option<proto::IterationId>,
+    /// The tree to repair (the source directory or the stored iteration), canonical.
+    pub source: PathBuf,
+}
+
+pub(crate) fn inputs(args: &RepairArgs, cfg: &Config, workspace: &Path) -> Result<Inputs, Failure> {
     let log = read_log(&args.error)?;
     let iteration = match &args.iteration {
         Some(i) => Some(
@@ -191,10 +161,38 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             known.join(", ")
         )));
     }
+    Ok(Inputs {
+        log,
+        iteration,
+        source,
+    })
+}
+
+pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
+    if args.analyze && (args.apply || args.deploy) {
+        return Err(Failure::input(
+            "--analyze changes nothing, so it cannot be combined with --apply or --deploy"
+                .to_owned(),
+        ));
+    }
+    if args.deploy {
+        return Err(Failure::input(
+            "--deploy is not in this build yet".to_owned(),
+        ));
+    }
+    let Inputs {
+        log,
+        iteration,
+        source,
+    } = inputs(&args, cfg, workspace)?;
+    if let Some(url) = args.nats.clone() {
+        return crate::remote::repair(args, cfg, workspace, &url, log, source).await;
+    }
+
     let engine = match args.engine {
         EngineArg::Search => EngineChoice::Search,
         EngineArg::Llm => {
-            if !model_server_answers(&cfg.llm.server.url).await {
+            if !llm::server_answers(&cfg.llm.server.url).await {
                 return Err(Failure::unreachable(format!(
                     "no model server at {}: start `ollama serve` or set COVAL_LLM_URL",
                     cfg.llm.server.url
@@ -203,7 +201,7 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             EngineChoice::Llm
         }
         EngineArg::Auto => {
-            if model_server_answers(&cfg.llm.server.url).await {
+            if llm::server_answers(&cfg.llm.server.url).await {
                 EngineChoice::Llm
             } else {
                 tracing::info!(url = %cfg.llm.server.url, "no model server answers: the search engine would repair");
@@ -295,36 +293,28 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let bus_cfg = cfg.settings.bus.clone();
-    let repairs_dir = workspace.join("repairs");
     let mut tasks = vec![];
-    let triage = triage::handler::TriageStage {
-        config: triage::analysis::TriageConfig {
-            llm: cfg.llm.clone(),
-            cost: cfg.settings.cost_calculation.clone(),
-            adaptive: cfg.settings.global.adaptive_evaluation.clone(),
-        },
-        history: history.clone(),
-        iterations_dir: Some(workspace.join("iterations")),
-        coverage_sandbox: cfg
-            .settings
-            .triage
-            .coverage
-            .then(|| cfg.settings.sandbox.clone()),
-    };
-    let decision = decision::handler::DecisionStage {
-        cost: cfg.settings.cost_calculation.clone(),
-        min_samples: cfg.settings.global.adaptive_evaluation.min_samples as usize,
+    let ctx = pipeline::context::StageContext {
+        config: cfg.clone(),
+        workspace: workspace.to_owned(),
+        projects: pipeline::projects::Projects::local(Some(workspace.join("iterations"))),
         history,
     };
     tasks.push(spawn(
         &bus,
-        Observed::new(triage, &progress_tx),
+        Observed::new(
+            triage::handler::TriageStage::from_context(&ctx),
+            &progress_tx,
+        ),
         &bus_cfg,
         &stop,
     ));
     tasks.push(spawn(
         &bus,
-        Observed::new(decision, &progress_tx),
+        Observed::new(
+            decision::handler::DecisionStage::from_context(&ctx),
+            &progress_tx,
+        ),
         &bus_cfg,
         &stop,
     ));
@@ -332,44 +322,33 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
         None => tasks.push(spawn(&bus, Collect(tx), &bus_cfg, &stop)),
         Some(store) => {
             drop(tx);
-            let mre = mre::handler::MreStage {
-                sandbox: cfg.settings.sandbox.clone(),
-                repairs_dir: repairs_dir.clone(),
-            };
-            let fix = fix::handler::FixStage {
-                search: fix::handler::SearchSettings::default(),
-                llm: cfg.llm.clone(),
-            };
-            let validate = validate::handler::ValidateStage {
-                sandbox: cfg.settings.sandbox.clone(),
-                repairs_dir: repairs_dir.clone(),
-                settings: validate::handler::ValidateSettings::default(),
-            };
-            let integrate = integrate::handler::IntegrateStage {
-                store: store.clone(),
-                workspace: workspace.to_owned(),
-            };
             tasks.push(spawn(
                 &bus,
-                Observed::new(mre, &progress_tx),
+                Observed::new(mre::handler::MreStage::from_context(&ctx), &progress_tx),
                 &bus_cfg,
                 &stop,
             ));
             tasks.push(spawn(
                 &bus,
-                Observed::new(fix, &progress_tx),
+                Observed::new(fix::handler::FixStage::from_context(&ctx), &progress_tx),
                 &bus_cfg,
                 &stop,
             ));
             tasks.push(spawn(
                 &bus,
-                Observed::new(validate, &progress_tx),
+                Observed::new(
+                    validate::handler::ValidateStage::from_context(&ctx),
+                    &progress_tx,
+                ),
                 &bus_cfg,
                 &stop,
             ));
             tasks.push(spawn(
                 &bus,
-                Observed::new(integrate, &progress_tx),
+                Observed::new(
+                    integrate::handler::IntegrateStage::from_context(&ctx, store.clone()),
+                    &progress_tx,
+                ),
                 &bus_cfg,
                 &stop,
             ));
@@ -415,7 +394,7 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             Ok(exit::DONE)
         }
         End::Completed(c) => {
-            let code = crate::report::print_completion(&c, workspace, args.json);
+            let code = crate::report::print_completion(&c, workspace, args.json, true);
             if args.apply
                 && c.outcome == proto::messages::RepairOutcome::Fixed
                 && let Some(store) = &store
@@ -463,7 +442,11 @@ impl<H: Handler> Handler for Observed<H> {
         let started = std::time::Instant::now();
         let out = self.inner.handle(input).await;
         let what = match &out {
-            Outcome::Publish(ms) => ms.iter().map(describe).collect::<Vec<_>>().join("; "),
+            Outcome::Publish(ms) => ms
+                .iter()
+                .map(pipeline::report::describe)
+                .collect::<Vec<_>>()
+                .join("; "),
             Outcome::Skip(r) => format!("skipped: {r}"),
             Outcome::Retry { reason, .. } => format!("will retry: {reason}"),
             Outcome::Reject(r) => format!("refused: {r}"),
@@ -474,76 +457,6 @@ impl<H: Handler> Handler for Observed<H> {
             elapsed: started.elapsed(),
         });
         out
-    }
-}
-
-fn describe(m: &Message) -> String {
-    match m {
-        Message::Triaged(t) => {
-            let top = t.report.suspects.first().map(|s| {
-                format!(
-                    "{}{}",
-                    s.file,
-                    s.line.map(|l| format!(":{l}")).unwrap_or_default()
-                )
-            });
-            format!(
-                "{} ({}){}",
-                if t.report.error_type.is_empty() {
-                    "unnamed error"
-                } else {
-                    &t.report.error_type
-                },
-                t.report.category.as_str(),
-                top.map(|t| format!(", suspect {t}")).unwrap_or_default()
-            )
-        }
-        Message::Decided(d) => format!(
-            "{:?} (C_fix {:.3}, C_new {:.3}, p {:.0}%)",
-            d.decision.verdict,
-            d.decision.c_fix,
-            d.decision.c_new,
-            d.decision.p_success * 100.0
-        )
-        .to_lowercase(),
-        Message::MreReady(m) => format!(
-            "{} in the {} ({} sandbox), {} failing / {} passing tests",
-            if m.mre.reproduced {
-                "reproduced"
-            } else {
-                "NOT reproduced"
-            },
-            if m.mre.whole_project {
-                "whole project"
-            } else {
-                "minimal example"
-            },
-            m.mre.sandbox,
-            m.mre.failing_tests.len(),
-            m.mre.passing_tests.len()
-        ),
-        Message::FixProposed(f) => format!(
-            "attempt {}: {} candidates from {}",
-            f.attempt,
-            f.candidates.len(),
-            f.engine
-        ),
-        Message::ValidationPassed(v) => {
-            let n: usize = v.history.last().map(|a| a.results.len()).unwrap_or(0);
-            format!(
-                "passed after {n} candidate(s): {} changed lines",
-                v.winner.changed_lines
-            )
-        }
-        Message::ValidationFailed(v) => {
-            let n: usize = v.history.last().map(|a| a.results.len()).unwrap_or(0);
-            format!(
-                "{n} candidate(s) failed; {} attempt(s) left",
-                v.attempts_left
-            )
-        }
-        Message::RepairCompleted(c) => c.summary.clone(),
-        other => other.kind().to_string(),
     }
 }
 

@@ -95,6 +95,7 @@ pub fn print_completion(
     c: &proto::messages::RepairCompleted,
     workspace: &std::path::Path,
     json: bool,
+    iteration_here: bool,
 ) -> u8 {
     use proto::messages::RepairOutcome;
     if json {
@@ -103,11 +104,13 @@ pub fn print_completion(
         let dir = workspace.join(c.report_dir.as_deref().unwrap_or(""));
         let outcome = crate::repair_outcome(c.outcome);
         println!("{outcome}: {}", c.summary);
-        if let Some(i) = c.new_iteration {
-            println!(
+        match c.new_iteration {
+            Some(i) if iteration_here => println!(
                 "new iteration {i}: {}",
                 workspace.join("iterations").join(i.to_string()).display()
-            );
+            ),
+            Some(i) => println!("new iteration {i}, in the integration worker's workspace"),
+            None => {}
         }
         if c.outcome == RepairOutcome::Fixed {
             println!("patch   {}", dir.join("final.patch").display());

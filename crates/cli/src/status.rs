@@ -37,27 +37,8 @@ pub fn status(workspace: &Path, verbose: bool, json: bool) -> Result<u8, Failure
         .map_err(|e| Failure::internal(e.to_string()))?;
     repairs.sort_by_key(|r| r.created_ms);
     if json {
-        let v = serde_json::json!({
-            "iterations": its.iter().map(|i| serde_json::json!({
-                "id": i.id.to_string(),
-                "parent": i.parent.map(|p| p.to_string()),
-                "origin": match &i.origin {
-                    IterationOrigin::Import { path } => serde_json::json!({"import": path}),
-                    IterationOrigin::Repair { repair } => serde_json::json!({"repair": repair.to_string()}),
-                    IterationOrigin::Generate { description } => serde_json::json!({"generate": description}),
-                },
-                "created_ms": i.created_ms,
-                "on_disk": workspace.join("iterations").join(i.id.to_string()).is_dir(),
-            })).collect::<Vec<_>>(),
-            "repairs": repairs.iter().map(|r| serde_json::json!({
-                "id": r.id.to_string(),
-                "status": match r.status { RepairStatus::InFlight => "in_flight", RepairStatus::Completed => "completed" },
-                "outcome": r.outcome.map(crate::repair_outcome),
-                "summary": r.summary,
-                "new_iteration": r.new_iteration.map(|i| i.to_string()),
-            })).collect::<Vec<_>>(),
-            "deployments": [],
-        });
+        let mut v = pipeline::worker::ledger_json(&store, &workspace.join("iterations"));
+        v["deployments"] = serde_json::json!([]);
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(exit::DONE);
     }

@@ -28,3 +28,25 @@ pub use client::{
 pub use error::LlmError;
 pub use http::install_crypto_provider;
 pub use parse::{Edit, ParseError, parse_response};
+
+/// Does something listen at the model server's address? A TCP connect within half a
+/// second, nothing sent: how `auto` chooses between a model and the search engine.
+pub async fn server_answers(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let addr = if hostport.contains(':') {
+        hostport.to_owned()
+    } else if url.starts_with("https") {
+        format!("{hostport}:443")
+    } else {
+        format!("{hostport}:80")
+    };
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}

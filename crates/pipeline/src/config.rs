@@ -148,6 +148,13 @@ pub struct BusConfig {
     pub connect_timeout_secs: u64,
     pub publish_timeout_secs: u64,
     pub max_reconnects: usize,
+    /// The largest project snapshot (bytes of file contents) sent through the object store.
+    #[serde(default = "default_snapshot_max_bytes")]
+    pub snapshot_max_bytes: u64,
+}
+
+fn default_snapshot_max_bytes() -> u64 {
+    crate::projects::DEFAULT_SNAPSHOT_MAX_BYTES
 }
 
 impl BusConfig {

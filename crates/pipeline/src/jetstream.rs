@@ -330,3 +330,68 @@ impl Delivery for JetStreamDelivery {
         self.settle(AckKind::Progress).await
     }
 }
+
+/// Decodes a message read from the event or dead-letter stream (not a work delivery).
+fn decode_event(m: &jetstream::Message) -> Option<Message> {
+    let headers = m.headers.as_ref()?;
+    let envelope = Envelope::from_headers(|n| headers.get(n).map(|v| v.as_str())).ok()?;
+    Message::decode(envelope.kind.as_str(), envelope.version, &m.payload).ok()
+}
+
+impl JetStreamBus {
+    /// Everything published about `repair` from now on (or from the start of the event
+    /// stream's memory with `from_start`): progress events, its completion, and its dead
+    /// letters. Ends only when the caller drops it.
+    pub async fn follow(
+        &self,
+        repair: proto::RepairId,
+        from_start: bool,
+    ) -> Result<impl futures::Stream<Item = Message> + Unpin + use<>, BusError> {
+        let policy = if from_start {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::New
+        };
+        let open = |stream: String, filter: String, policy: consumer::DeliverPolicy| {
+            let js = self.js.clone();
+            async move {
+                let err = |e: String| BusError::Setup {
+                    what: format!("following {stream}"),
+                    reason: e,
+                };
+                let s = js
+                    .get_stream(&stream)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                let c = s
+                    .create_consumer(consumer::pull::OrderedConfig {
+                        filter_subject: filter,
+                        deliver_policy: policy,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                c.messages().await.map_err(|e| err(e.to_string()))
+            }
+        };
+        let events = open(
+            self.ns.event_stream(),
+            self.ns.repair_events(&repair),
+            policy,
+        )
+        .await?;
+        let dead = open(
+            self.ns.dead_letter_stream(),
+            self.ns.dead_letter_subjects(),
+            policy,
+        )
+        .await?;
+        let decode = move |m: Result<jetstream::Message, _>| {
+            let m = m.ok()?;
+            decode_event(&m).filter(|msg| msg.repair_id() == repair)
+        };
+        let events = events.filter_map(move |m| futures::future::ready(decode(m)));
+        let dead = dead.filter_map(move |m| futures::future::ready(decode(m)));
+        Ok(futures::stream::select(events, dead))
+    }
+}

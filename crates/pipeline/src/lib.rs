@@ -3,14 +3,17 @@
 
 pub mod bus;
 pub mod config;
+pub mod context;
 pub mod jetstream;
 pub mod memory;
 pub mod patch;
+pub mod projects;
 pub mod report;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

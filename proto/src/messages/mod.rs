@@ -28,10 +28,11 @@ pub enum Kind {
     ValidationPassed,
     RepairCompleted,
     DeadLetter,
+    StageProgress,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::RepairRequested,
         Kind::Triaged,
         Kind::Decided,
@@ -41,6 +42,7 @@ impl Kind {
         Kind::ValidationPassed,
         Kind::RepairCompleted,
         Kind::DeadLetter,
+        Kind::StageProgress,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Kind {
             Kind::ValidationPassed => "validation_passed",
             Kind::RepairCompleted => "repair_completed",
             Kind::DeadLetter => "dead_letter",
+            Kind::StageProgress => "stage_progress",
         }
     }
 
@@ -117,6 +120,7 @@ pub enum Message {
     ValidationPassed(ValidationPassed),
     RepairCompleted(RepairCompleted),
     DeadLetter(DeadLetter),
+    StageProgress(StageProgress),
 }
 
 impl Message {
@@ -131,6 +135,7 @@ impl Message {
             Message::ValidationPassed(_) => Kind::ValidationPassed,
             Message::RepairCompleted(_) => Kind::RepairCompleted,
             Message::DeadLetter(_) => Kind::DeadLetter,
+            Message::StageProgress(_) => Kind::StageProgress,
         }
     }
 
@@ -145,6 +150,7 @@ impl Message {
             Message::ValidationPassed(m) => m.request.repair_id,
             Message::RepairCompleted(m) => m.repair_id,
             Message::DeadLetter(m) => m.repair_id,
+            Message::StageProgress(m) => m.repair_id,
         }
     }
 
@@ -158,8 +164,8 @@ impl Message {
         }
     }
 
-    /// Where this message goes next; `None` for messages no stage consumes (completions and
-    /// dead letters, which go to their own subjects).
+    /// Where this message goes next; `None` for messages no stage consumes (completions,
+    /// progress events and dead letters, which go to their own subjects).
     pub fn route(&self) -> Option<Stage> {
         match self {
             Message::RepairRequested(_) => Some(Stage::Triage),
@@ -176,7 +182,9 @@ impl Message {
             Message::ValidationFailed(m) if m.attempts_left > 0 => Some(Stage::Fix),
             Message::ValidationFailed(_) => Some(Stage::Integrate),
             Message::ValidationPassed(_) => Some(Stage::Integrate),
-            Message::RepairCompleted(_) | Message::DeadLetter(_) => None,
+            Message::RepairCompleted(_) | Message::DeadLetter(_) | Message::StageProgress(_) => {
+                None
+            }
         }
     }
 
@@ -196,6 +204,7 @@ impl Message {
             Message::ValidationPassed(m) => enc(kind, m),
             Message::RepairCompleted(m) => enc(kind, m),
             Message::DeadLetter(m) => enc(kind, m),
+            Message::StageProgress(m) => enc(kind, m),
         }
     }
 
@@ -229,6 +238,7 @@ impl Message {
             Kind::ValidationPassed => Message::ValidationPassed(dec(kind, version, body)?),
             Kind::RepairCompleted => Message::RepairCompleted(dec(kind, version, body)?),
             Kind::DeadLetter => Message::DeadLetter(dec(kind, version, body)?),
+            Kind::StageProgress => Message::StageProgress(dec(kind, version, body)?),
         })
     }
 

@@ -195,6 +195,14 @@ fn samples() -> Vec<Message> {
             body: vec![0x81, 0xa1, 0x61, 0x01],
             dead_at_ms: 1_764_000_009_000,
         }),
+        Message::StageProgress(StageProgress {
+            repair_id: rq.repair_id,
+            stage: Stage::Fix,
+            summary: "attempt 1: 12 candidates from search".into(),
+            elapsed_ms: 840,
+            at_ms: 1_764_000_004_000,
+            worker: Some("ci-runner-3/4242".into()),
+        }),
     ]
 }
 

@@ -387,6 +387,21 @@ pub struct RepairCompleted {
     pub report: Option<String>,
 }
 
+/// What a stage did with one message of a repair, for `coval watch` and `repair --nats`: an
+/// event only, no stage consumes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageProgress {
+    pub repair_id: RepairId,
+    pub stage: Stage,
+    /// One line: what came out (e.g. "attempt 1: 12 candidates from search").
+    pub summary: String,
+    pub elapsed_ms: u64,
+    pub at_ms: u64,
+    /// The worker that handled it (host and process id).
+    #[serde(default)]
+    pub worker: Option<String>,
+}
+
 /// A message no stage could handle: undecodable, rejected, or out of deliveries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {

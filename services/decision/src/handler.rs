@@ -162,3 +162,14 @@ impl Handler for DecisionStage {
         })])
     }
 }
+
+impl DecisionStage {
+    pub fn from_context(ctx: &pipeline::context::StageContext) -> DecisionStage {
+        let s = &ctx.config.settings;
+        DecisionStage {
+            cost: s.cost_calculation.clone(),
+            min_samples: s.global.adaptive_evaluation.min_samples as usize,
+            history: ctx.history.clone(),
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use pipeline::runtime::{Handler, Input, Outcome};
 use proto::messages::{
-    Candidate, CandidateSource, EngineChoice, FixProposed, Language, ProjectRef, Suspect, Usage,
+    Candidate, CandidateSource, EngineChoice, FixProposed, Language, Suspect, Usage,
 };
 use proto::{Message, Stage};
 
@@ -35,6 +35,8 @@ pub struct FixStage {
     pub search: SearchSettings,
     /// Model settings; the model engine is used when a request asks for it.
     pub llm: pipeline::config::LlmSettings,
+    /// Resolves the request's project (local path, iteration, or object-store snapshot).
+    pub projects: std::sync::Arc<pipeline::projects::Projects>,
 }
 
 fn language(path: &str) -> Option<Language> {
@@ -147,19 +149,21 @@ impl Handler for FixStage {
             ),
             other => return Outcome::Reject(format!("fix cannot handle `{}`", other.kind())),
         };
-        let root = match &request.project {
-            ProjectRef::LocalPath { path } => std::path::PathBuf::from(path),
-            _ => {
-                return Outcome::Reject(
-                    "this fix worker reads projects from a local path only".into(),
-                );
-            }
+        let root = match self.projects.dir(&request.project).await {
+            Ok(r) => r,
+            Err(e) => return pipeline::projects::outcome_for(e),
         };
         let feedback = match &*input.message {
             Message::ValidationFailed(f) => Some(f.feedback.as_str()),
             _ => None,
         };
-        let (engine, candidates, usage) = if request.engine == EngineChoice::Llm {
+        // `auto` from a submitted request: this worker's model server, if it answers.
+        let use_model = match request.engine {
+            EngineChoice::Llm => true,
+            EngineChoice::Search => false,
+            EngineChoice::Auto => llm::server_answers(&self.llm.server.url).await,
+        };
+        let (engine, candidates, usage) = if use_model {
             let alias = request
                 .model
                 .clone()
@@ -221,5 +225,15 @@ impl Handler for FixStage {
             usage,
             history,
         })])
+    }
+}
+
+impl FixStage {
+    pub fn from_context(ctx: &pipeline::context::StageContext) -> FixStage {
+        FixStage {
+            search: SearchSettings::default(),
+            llm: ctx.config.llm.clone(),
+            projects: ctx.projects.clone(),
+        }
     }
 }

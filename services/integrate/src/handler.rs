@@ -7,8 +7,8 @@ use pipeline::patch::{self, PatchLimits};
 use pipeline::runtime::{Handler, Input, Outcome};
 use pipeline::store::{Completion, HistoryRecord, IterationOrigin, Store};
 use proto::messages::{
-    AttemptRecord, Decision, MreSummary, ProjectRef, RepairCompleted, RepairOutcome,
-    RepairRequested, TriageReport, Verdict,
+    AttemptRecord, Decision, MreSummary, RepairCompleted, RepairOutcome, RepairRequested,
+    TriageReport, Verdict,
 };
 use proto::{IterationId, Message, Stage};
 
@@ -18,6 +18,8 @@ pub struct IntegrateStage {
     pub store: Store,
     /// The workspace root: `repairs/` and `iterations/` live here.
     pub workspace: PathBuf,
+    /// Resolves the request's project (local path, iteration, or object-store snapshot).
+    pub projects: std::sync::Arc<pipeline::projects::Projects>,
 }
 
 impl IntegrateStage {
@@ -76,14 +78,9 @@ impl IntegrateStage {
                 reason: format!("cannot create {}: {e}", dir.display()),
             };
         }
-        let source = match &c.request.project {
-            ProjectRef::LocalPath { path } => PathBuf::from(path),
-            ProjectRef::Iteration { id } => self.iteration_dir(*id),
-            ProjectRef::ObjectStore { .. } => {
-                return Outcome::Reject(
-                    "this integration worker reads projects from a local path only".into(),
-                );
-            }
+        let source = match self.projects.dir(&c.request.project).await {
+            Ok(r) => r,
+            Err(e) => return pipeline::projects::outcome_for(e),
         };
 
         // The ledger first: the completion, its iteration and its history record in one
@@ -269,5 +266,16 @@ impl Handler for IntegrateStage {
             other => return Outcome::Reject(format!("integrate cannot handle `{}`", other.kind())),
         };
         self.finish(case).await
+    }
+}
+
+impl IntegrateStage {
+    /// The integration stage owns the ledger: `store` is the workspace's database.
+    pub fn from_context(ctx: &pipeline::context::StageContext, store: Store) -> IntegrateStage {
+        IntegrateStage {
+            store,
+            workspace: ctx.workspace.clone(),
+            projects: ctx.projects.clone(),
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use pipeline::config::SandboxConfig;
 use pipeline::runtime::{Handler, Input, Outcome};
 use pipeline::sandbox::{self, Sandbox};
-use proto::messages::{MreReady, MreSummary, ProjectRef, TriageReport};
+use proto::messages::{MreReady, MreSummary, TriageReport};
 use proto::{Message, Stage};
 
 use crate::build;
@@ -17,6 +17,8 @@ pub struct MreStage {
     pub sandbox: SandboxConfig,
     /// `<workspace>/repairs`: each repair's files go to `repair-<id>/mre/`.
     pub repairs_dir: PathBuf,
+    /// Resolves the request's project (local path, iteration, or object-store snapshot).
+    pub projects: std::sync::Arc<pipeline::projects::Projects>,
 }
 
 /// Whether `run` shows the failure triage saw: the same error type in the output (when the log
@@ -47,13 +49,9 @@ impl Handler for MreStage {
         let Message::Decided(d) = &*input.message else {
             return Outcome::Reject(format!("mre cannot handle `{}`", input.message.kind()));
         };
-        let root = match &d.request.project {
-            ProjectRef::LocalPath { path } => PathBuf::from(path),
-            _ => {
-                return Outcome::Reject(
-                    "this MRE worker reads projects from a local path only".into(),
-                );
-            }
+        let root = match self.projects.dir(&d.request.project).await {
+            Ok(r) => r,
+            Err(e) => return pipeline::projects::outcome_for(e),
         };
         let Some(kind) = sandbox::detect_project_with(&root, d.request.test_cmd.as_deref()) else {
             return Outcome::Reject(
@@ -156,5 +154,15 @@ impl Handler for MreStage {
             decision: d.decision.clone(),
             mre: summary,
         })])
+    }
+}
+
+impl MreStage {
+    pub fn from_context(ctx: &pipeline::context::StageContext) -> MreStage {
+        MreStage {
+            sandbox: ctx.config.settings.sandbox.clone(),
+            repairs_dir: ctx.repairs_dir(),
+            projects: ctx.projects.clone(),
+        }
     }
 }

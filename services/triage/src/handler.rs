@@ -1,11 +1,10 @@
 //! The triage stage's handler: `RepairRequested` in, `Triaged` out.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use pipeline::runtime::{Handler, Input, Outcome};
 use pipeline::store::HistorySource;
-use proto::messages::{ProjectRef, Triaged};
+use proto::messages::Triaged;
 use proto::{Message, Stage};
 
 use crate::analysis::{self, TriageConfig};
@@ -14,8 +13,8 @@ use crate::project::Project;
 pub struct TriageStage {
     pub config: TriageConfig,
     pub history: Arc<dyn HistorySource>,
-    /// Where stored iterations live (`<workspace>/iterations`), for `ProjectRef::Iteration`.
-    pub iterations_dir: Option<PathBuf>,
+    /// Resolves the request's project (local path, iteration, or object-store snapshot).
+    pub projects: std::sync::Arc<pipeline::projects::Projects>,
     /// Run the tests under coverage in this sandbox (Python) for measured T and Ochiai.
     pub coverage_sandbox: Option<pipeline::config::SandboxConfig>,
 }
@@ -29,19 +28,9 @@ impl Handler for TriageStage {
         let Message::RepairRequested(rq) = &*input.message else {
             return Outcome::Reject(format!("triage cannot handle `{}`", input.message.kind()));
         };
-        let root = match &rq.project {
-            ProjectRef::LocalPath { path } => PathBuf::from(path),
-            ProjectRef::Iteration { id } => match &self.iterations_dir {
-                Some(d) => d.join(id.to_string()),
-                None => {
-                    return Outcome::Reject(format!(
-                        "iteration {id} requested but this worker has no workspace"
-                    ));
-                }
-            },
-            ProjectRef::ObjectStore { .. } => {
-                return Outcome::Reject("project snapshots from the object store are not supported by this triage worker".into());
-            }
+        let root = match self.projects.dir(&rq.project).await {
+            Ok(r) => r,
+            Err(e) => return pipeline::projects::outcome_for(e),
         };
         let parsed = logparse::parse(&rq.error_log);
         let project = match Project::scan(&root) {
@@ -101,5 +90,21 @@ impl Handler for TriageStage {
             request: rq.clone(),
             report,
         })])
+    }
+}
+
+impl TriageStage {
+    pub fn from_context(ctx: &pipeline::context::StageContext) -> TriageStage {
+        let s = &ctx.config.settings;
+        TriageStage {
+            config: TriageConfig {
+                llm: ctx.config.llm.clone(),
+                cost: s.cost_calculation.clone(),
+                adaptive: s.global.adaptive_evaluation.clone(),
+            },
+            history: ctx.history.clone(),
+            projects: ctx.projects.clone(),
+            coverage_sandbox: s.triage.coverage.then(|| s.sandbox.clone()),
+        }
     }
 }

@@ -9,8 +9,8 @@ use pipeline::patch::{self, PatchLimits};
 use pipeline::runtime::{Handler, Input, Outcome};
 use pipeline::sandbox::{self, ProjectKind, RunSpec, Sandbox, Session};
 use proto::messages::{
-    AttemptRecord, Candidate, CandidateResult, FixProposed, ProjectRef, TestOutcome,
-    ValidationFailed, ValidationPassed,
+    AttemptRecord, Candidate, CandidateResult, FixProposed, TestOutcome, ValidationFailed,
+    ValidationPassed,
 };
 use proto::{Message, Stage};
 
@@ -41,6 +41,8 @@ pub struct ValidateStage {
     pub sandbox: SandboxConfig,
     pub repairs_dir: PathBuf,
     pub settings: ValidateSettings,
+    /// Resolves the request's project (local path, iteration, or object-store snapshot).
+    pub projects: std::sync::Arc<pipeline::projects::Projects>,
 }
 
 /// A candidate gets ten times the baseline run plus 10 s, within the sandbox's limit: mutants
@@ -197,13 +199,9 @@ impl Handler for ValidateStage {
         let Message::FixProposed(f) = &*input.message else {
             return Outcome::Reject(format!("validate cannot handle `{}`", input.message.kind()));
         };
-        let root = match &f.request.project {
-            ProjectRef::LocalPath { path } => PathBuf::from(path),
-            _ => {
-                return Outcome::Reject(
-                    "this validation worker reads projects from a local path only".into(),
-                );
-            }
+        let root = match self.projects.dir(&f.request.project).await {
+            Ok(r) => r,
+            Err(e) => return pipeline::projects::outcome_for(e),
         };
         let Some(kind) = sandbox::detect_project_with(&root, f.request.test_cmd.as_deref()) else {
             return Outcome::Reject("no test command found: pass --test-cmd".into());
@@ -347,5 +345,16 @@ impl Handler for ValidateStage {
             history,
             feedback,
         })])
+    }
+}
+
+impl ValidateStage {
+    pub fn from_context(ctx: &pipeline::context::StageContext) -> ValidateStage {
+        ValidateStage {
+            sandbox: ctx.config.settings.sandbox.clone(),
+            repairs_dir: ctx.repairs_dir(),
+            settings: ValidateSettings::default(),
+            projects: ctx.projects.clone(),
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! the same thing on both.
 
 pub mod docker;
-mod fs;
+pub(crate) mod fs;
 pub mod local;
 pub mod outcomes;
 pub mod project;

@@ -1,0 +1,415 @@
+//! The distributed side of the command line: `coval repair --nats` (snapshot the project into
+//! the JetStream object store, publish the request, follow it to the end, fetch the report),
+//! `coval submit` (publish and return), `coval watch` (follow a repair by id), `coval status
+//! --nats` (ask the integration worker for its ledger) and `coval worker`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use pipeline::bus::Bus;
+use pipeline::config::Config;
+use pipeline::jetstream::JetStreamBus;
+use pipeline::projects::{self, Bucket, ProjectError};
+use proto::messages::{EngineChoice, RepairCompleted, RepairRequested};
+use proto::subjects::Namespace;
+use proto::{Envelope, Kind, Message, RepairId, Stage};
+
+use crate::exit::{self, Failure};
+use crate::repair::{EngineArg, RepairArgs, StageEvent};
+
+async fn connect(url: &str, cfg: &Config) -> Result<JetStreamBus, Failure> {
+    let ns = Namespace::new(&cfg.settings.bus.namespace)
+        .map_err(|e| Failure::input(format!("bus.namespace: {e}")))?;
+    JetStreamBus::connect(url, ns, cfg.settings.bus.clone())
+        .await
+        .map_err(|e| {
+            Failure::unreachable(format!(
+                "{e}; start the workers' nats-server (scripts/dev-services.sh up) or run without --nats to repair embedded"
+            ))
+        })
+}
+
+fn project_failure(e: ProjectError) -> Failure {
+    if e.is_retryable() {
+        Failure::unreachable(e.to_string())
+    } else {
+        Failure::input(e.to_string())
+    }
+}
+
+/// A request published to the workers, with the snapshot it names.
+struct Submitted {
+    repair_id: RepairId,
+    snapshot: Vec<u8>,
+}
+
+async fn submit_request(
+    bus: &JetStreamBus,
+    args: &RepairArgs,
+    cfg: &Config,
+    log: String,
+    source: &Path,
+) -> Result<Submitted, Failure> {
+    let limit = cfg.settings.bus.snapshot_max_bytes;
+    let src = source.to_owned();
+    let snapshot = tokio::task::spawn_blocking(move || projects::pack(&src, limit))
+        .await
+        .map_err(|e| Failure::internal(format!("snapshot task failed: {e}")))?
+        .map_err(project_failure)?;
+    let bucket = Bucket::open(bus.context(), &bus.namespace().snapshot_bucket())
+        .await
+        .map_err(project_failure)?;
+    let repair_id = RepairId::new();
+    let project = bucket
+        .put_snapshot(&repair_id, &snapshot)
+        .await
+        .map_err(project_failure)?;
+    let request = RepairRequested {
+        repair_id,
+        project,
+        error_log: log,
+        test_cmd: args.test_cmd.clone(),
+        // Iteration ids are the local workspace's; the workers' ledger has its own.
+        iteration: None,
+        engine: match args.engine {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Llm => EngineChoice::Llm,
+            EngineArg::Search => EngineChoice::Search,
+        },
+        model: args.model.clone(),
+        max_attempts: args
+            .max_attempts
+            .unwrap_or(cfg.settings.global.max_iterations)
+            .max(1),
+        analyze_only: args.analyze,
+        requested_at_ms: pipeline::now_ms(),
+    };
+    warn_if_no_workers(bus).await;
+    let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
+    pipeline::runtime::inject_current_trace(&mut envelope);
+    bus.publish(&envelope, Message::RepairRequested(request))
+        .await
+        .map_err(|e| Failure::unreachable(format!("cannot publish the repair: {e}")))?;
+    Ok(Submitted {
+        repair_id,
+        snapshot,
+    })
+}
+
+/// A request waits in the stream until a worker pulls it; say so when nobody is pulling.
+async fn warn_if_no_workers(bus: &JetStreamBus) {
+    let ns = bus.namespace();
+    let Ok(stream) = bus.context().get_stream(ns.work_stream()).await else {
+        return;
+    };
+    let waiting = match stream.consumer_info(ns.consumer(Stage::Triage)).await {
+        Ok(info) => info.num_waiting,
+        Err(_) => 0,
+    };
+    if waiting == 0 {
+        eprintln!(
+            "note: no triage worker is pulling work in namespace `{}` right now; the repair waits in the queue until one starts (`coval worker all --nats URL`)",
+            ns.as_str()
+        );
+    }
+}
+
+/// Follows `repair` until it completes or is dead-lettered, showing each stage's progress.
+async fn follow(
+    bus: &JetStreamBus,
+    repair: RepairId,
+    from_start: bool,
+    json: bool,
+    timeout: Option<Duration>,
+) -> Result<RepairCompleted, Failure> {
+    let mut events = bus
+        .follow(repair, from_start)
+        .await
+        .map_err(|e| Failure::unreachable(e.to_string()))?;
+    let progress = crate::progress::Progress::new(json);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let end = loop {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, events.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    break Err(Failure::internal(format!(
+                        "{repair} did not finish within {} s; it goes on in the workers: `coval watch {repair}`",
+                        timeout.unwrap_or_default().as_secs()
+                    )));
+                }
+            },
+            None => events.next().await,
+        };
+        match next {
+            None => {
+                break Err(Failure::unreachable(
+                    "the connection to NATS ended while following the repair".into(),
+                ));
+            }
+            Some(Message::StageProgress(p)) => progress.stage(&StageEvent {
+                stage: p.stage,
+                what: format!(
+                    "{}{}",
+                    p.summary,
+                    p.worker.map(|w| format!(" [{w}]")).unwrap_or_default()
+                ),
+                elapsed: Duration::from_millis(p.elapsed_ms),
+            }),
+            Some(Message::RepairCompleted(c)) => break Ok(c),
+            Some(Message::DeadLetter(d)) => {
+                break Err(Failure::input(format!(
+                    "the {} stage gave up on {repair}: {}",
+                    d.stage, d.reason
+                )));
+            }
+            Some(_) => {}
+        }
+    };
+    progress.finish();
+    end
+}
+
+/// Copies the report files the integration worker left in the object store into
+/// `<workspace>/repairs/repair-<id>/`.
+async fn fetch_reports(
+    bus: &JetStreamBus,
+    workspace: &Path,
+    done: &RepairCompleted,
+) -> Result<PathBuf, Failure> {
+    let dir = workspace
+        .join("repairs")
+        .join(format!("repair-{}", done.repair_id));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::input(format!("cannot create {}: {e}", dir.display())))?;
+    let bucket = Bucket::open(bus.context(), &bus.namespace().report_bucket())
+        .await
+        .map_err(project_failure)?;
+    for name in pipeline::worker::REPORT_FILES {
+        match bucket
+            .get(&format!("repair-{}/{name}", done.repair_id), 64 << 20)
+            .await
+        {
+            Ok(bytes) => {
+                let tmp = dir.join(format!("{name}.tmp"));
+                std::fs::write(&tmp, &bytes)
+                    .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
+                    .map_err(|e| Failure::input(format!("cannot write {name}: {e}")))?;
+            }
+            Err(ProjectError::Missing { .. }) => {}
+            Err(e) => return Err(project_failure(e)),
+        }
+    }
+    Ok(dir)
+}
+
+/// `coval repair --nats URL`.
+pub async fn repair(
+    args: RepairArgs,
+    cfg: &Config,
+    workspace: &Path,
+    url: &str,
+    log: String,
+    source: PathBuf,
+) -> Result<u8, Failure> {
+    let bus = connect(url, cfg).await?;
+    let submitted = submit_request(&bus, &args, cfg, log, &source).await?;
+    let repair = submitted.repair_id;
+    eprintln!("submitted {repair} to {url}");
+    let done = follow(&bus, repair, true, args.json, None).await?;
+    let dir = fetch_reports(&bus, workspace, &done).await?;
+    let local = RepairCompleted {
+        report_dir: Some(
+            dir.strip_prefix(workspace)
+                .unwrap_or(&dir)
+                .display()
+                .to_string(),
+        ),
+        ..done.clone()
+    };
+    let code = crate::report::print_completion(&local, workspace, args.json, false);
+    if args.apply && done.outcome == proto::messages::RepairOutcome::Fixed {
+        let then: BTreeMap<String, Vec<u8>> =
+            projects::files(&submitted.snapshot).map_err(|e| Failure::internal(e.to_string()))?;
+        crate::apply::apply_patch(&dir.join("final.patch"), &source, |f| then.get(f).cloned())?;
+    }
+    Ok(code)
+}
+
+/// `coval submit`: publish the repair and print its id; `coval watch ID` follows it.
+pub async fn submit(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
+    let Some(url) = args.nats.clone() else {
+        return Err(Failure::input(
+            "coval submit publishes to NATS workers: pass --nats URL (or set NATS_URL)".into(),
+        ));
+    };
+    if args.apply || args.deploy {
+        return Err(Failure::input(
+            "coval submit does not wait for the result, so --apply and --deploy need `coval repair --nats`".into(),
+        ));
+    }
+    let inputs = crate::repair::inputs(&args, cfg, workspace)?;
+    let bus = connect(&url, cfg).await?;
+    let s = submit_request(&bus, &args, cfg, inputs.log, &inputs.source).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "repair_id": s.repair_id.to_string() })
+        );
+    } else {
+        println!("{}", s.repair_id);
+    }
+    Ok(exit::DONE)
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// The repair to follow (as printed by `coval submit`)
+    #[arg(value_name = "REPAIR_ID")]
+    repair: String,
+    /// NATS server URL
+    #[arg(long, env = "NATS_URL", value_name = "URL")]
+    nats: String,
+    /// Give up after this many seconds (default: wait for the end)
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// `coval watch REPAIR_ID`: its progress so far and to the end; exit code as for `repair`.
+pub async fn watch(args: WatchArgs, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
+    let repair: RepairId = args
+        .repair
+        .parse()
+        .map_err(|e| Failure::input(format!("{e}: pass the id `coval submit` printed")))?;
+    let bus = connect(&args.nats, cfg).await?;
+    let done = follow(
+        &bus,
+        repair,
+        true,
+        args.json,
+        args.timeout.map(Duration::from_secs),
+    )
+    .await?;
+    let dir = fetch_reports(&bus, workspace, &done).await?;
+    let local = RepairCompleted {
+        report_dir: Some(
+            dir.strip_prefix(workspace)
+                .unwrap_or(&dir)
+                .display()
+                .to_string(),
+        ),
+        ..done
+    };
+    Ok(crate::report::print_completion(
+        &local, workspace, args.json, false,
+    ))
+}
+
+/// `coval status --nats URL`: the integration worker's ledger.
+pub async fn status(url: &str, cfg: &Config, json: bool) -> Result<u8, Failure> {
+    let bus = connect(url, cfg).await?;
+    let subject = bus.namespace().status_subject();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        bus.client().request(subject, Vec::new().into()),
+    )
+    .await
+    .map_err(|_| {
+        Failure::unreachable("no integration worker answered within 5 s: is `coval worker integrate` (or `all`) running?".into())
+    })?
+    .map_err(|e| {
+        Failure::unreachable(format!(
+            "no integration worker answers status requests ({e}): start `coval worker integrate` (or `all`)"
+        ))
+    })?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload)
+        .map_err(|e| Failure::internal(format!("unreadable status reply: {e}")))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(exit::DONE);
+    }
+    let list = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let its = list("iterations");
+    let repairs = list("repairs");
+    println!("ledger of the integration worker at {url}");
+    println!("iterations: {}", its.len());
+    for i in &its {
+        println!(
+            "  {}{}",
+            i["id"].as_str().unwrap_or("?"),
+            i["parent"]
+                .as_str()
+                .map(|p| format!(" (parent {p})"))
+                .unwrap_or_default()
+        );
+    }
+    println!("repairs: {}", repairs.len());
+    for r in &repairs {
+        println!(
+            "  {}  {}  {}",
+            r["id"].as_str().unwrap_or("?"),
+            r["outcome"].as_str().unwrap_or("in flight"),
+            r["summary"].as_str().unwrap_or("")
+        );
+    }
+    Ok(exit::DONE)
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerCmd {
+    /// The stage to run, or `all` for the six in one process
+    #[arg(value_parser = ["triage", "decision", "mre", "fix", "validate", "integrate", "all"])]
+    stage: String,
+    #[command(flatten)]
+    worker: pipeline::worker::WorkerArgs,
+}
+
+/// `coval worker <stage>|all --nats URL`: the same workers as the `coval-<stage>` binaries.
+pub async fn worker(cmd: WorkerCmd, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
+    use pipeline::worker::{Worker, WorkerError};
+    let stages: Vec<Stage> = if cmd.stage == "all" {
+        Stage::WORKERS.to_vec()
+    } else {
+        Stage::WORKERS
+            .into_iter()
+            .filter(|s| s.as_str() == cmd.stage)
+            .collect()
+    };
+    let fail = |e: WorkerError| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    };
+    let mut w = Worker::start(&cmd.worker, cfg.clone(), workspace, &stages)
+        .await
+        .map_err(fail)?;
+    for s in &stages {
+        let ctx = w.context.clone();
+        match s {
+            Stage::Triage => w.spawn(triage::handler::TriageStage::from_context(&ctx)),
+            Stage::Decision => w.spawn(decision::handler::DecisionStage::from_context(&ctx)),
+            Stage::Mre => w.spawn(mre::handler::MreStage::from_context(&ctx)),
+            Stage::Fix => w.spawn(fix::handler::FixStage::from_context(&ctx)),
+            Stage::Validate => w.spawn(validate::handler::ValidateStage::from_context(&ctx)),
+            Stage::Integrate => {
+                let store = w.state.clone();
+                w.spawn(integrate::handler::IntegrateStage::from_context(
+                    &ctx, store,
+                ))
+            }
+            Stage::Client => {}
+        }
+    }
+    w.serve().await.map_err(fail)?;
+    Ok(exit::DONE)
+}

@@ -1,0 +1,29 @@
+//! What a stage is built from, the same in the embedded command and in a worker process:
+//! the configuration, the workspace this process owns, how projects are found, and the
+//! outcome history the estimates learn from.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::projects::Projects;
+use crate::store::HistorySource;
+
+#[derive(Clone)]
+pub struct StageContext {
+    pub config: Config,
+    /// This process's workspace: `repairs/`, `iterations/`, caches.
+    pub workspace: PathBuf,
+    pub projects: Arc<Projects>,
+    pub history: Arc<dyn HistorySource>,
+}
+
+impl StageContext {
+    pub fn repairs_dir(&self) -> PathBuf {
+        self.workspace.join("repairs")
+    }
+
+    pub fn iterations_dir(&self) -> PathBuf {
+        self.workspace.join("iterations")
+    }
+}

@@ -1,0 +1,518 @@
+//! A stage worker on NATS JetStream: the small main of every `services/<stage>` binary and of
+//! `coval worker <stage>|all`.
+//!
+//! A worker connects, makes sure the streams and buckets exist, opens the state it owns, runs
+//! its handler(s) through [`runtime::run`] with a durable pull consumer per stage, and on
+//! SIGINT/SIGTERM stops pulling, finishes what it holds, and exits. State:
+//! - the integration stage owns the workspace ledger (`<workspace>/state`: repairs, iterations,
+//!   history); a second integration worker on the same workspace waits as a standby until the
+//!   first lets go of it, and answers status requests (`<ns>.ledger.status`) once it holds it;
+//! - any other stage keeps its processed-message records in its own database,
+//!   `<workspace>/workers/<stage>-<n>` (the first `n` no other process holds), so copies on one
+//!   machine never share a sled file.
+//!
+//! Every handled message also publishes a [`StageProgress`] event for `coval watch`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use proto::messages::StageProgress;
+use proto::subjects::Namespace;
+use proto::{Message, Stage};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LoadOptions};
+use crate::context::StageContext;
+use crate::jetstream::JetStreamBus;
+use crate::projects::{Bucket, Projects};
+use crate::runtime::{self, Handler, Input, Ledger, Outcome, Stats};
+use crate::store::{HistorySource, NoHistory, Store};
+use crate::telemetry::{self, LogFormat};
+
+/// Exit codes shared with `coval` (DESIGN.md).
+pub mod exit {
+    pub const INTERNAL: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+}
+
+/// How a worker reaches NATS.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// NATS server URL
+    #[arg(long, env = "NATS_URL", value_name = "URL")]
+    pub nats: String,
+    /// Subject prefix (default: bus.namespace from the configuration)
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+/// The command line of a `services/<stage>` binary.
+#[derive(clap::Parser, Debug)]
+#[command(
+    version,
+    about = "A coval stage worker: pulls its stage's work from NATS JetStream",
+    long_about = "A coval stage worker: pulls its stage's work from NATS JetStream, handles \
+                  it, publishes what comes next. Run more copies to scale; a copy that dies \
+                  mid-message has it redelivered to another.\n\nExit codes: 0 stopped by \
+                  SIGINT/SIGTERM, 1 internal failure, 2 bad configuration, 3 NATS unreachable."
+)]
+pub struct ServiceCli {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Workspace directory: this worker's state, caches and (integrate) the ledger
+    #[arg(
+        long,
+        env = "COVAL_WORKSPACE",
+        default_value = ".coval",
+        value_name = "DIR"
+    )]
+    pub workspace: PathBuf,
+    /// Project settings file (coval.config.yaml)
+    #[arg(long, env = "COVAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format on stderr
+    #[arg(long, env = "COVAL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl WorkerError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WorkerError::Config(_) => exit::BAD_INPUT,
+            WorkerError::Unreachable(_) => exit::UNREACHABLE,
+            WorkerError::Internal(_) => exit::INTERNAL,
+        }
+    }
+}
+
+/// A connected worker process: the bus, what stages are built from, and the state it owns.
+pub struct Worker {
+    pub bus: JetStreamBus,
+    pub context: StageContext,
+    /// The processed-message ledger of this process (the workspace ledger for integrate).
+    pub state: Store,
+    /// The workspace ledger, when this process holds it (it runs the integration stage).
+    pub ledger: Option<Store>,
+    pub stop: CancellationToken,
+    /// Where report files go for remote clients (opened when this process integrates).
+    reports: Option<Bucket>,
+    name: String,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::bus::BusError>>>,
+}
+
+impl Worker {
+    /// Connects and opens state for `stages` (all of them for `coval worker all`).
+    pub async fn start(
+        args: &WorkerArgs,
+        config: Config,
+        workspace: &Path,
+        stages: &[Stage],
+    ) -> Result<Worker, WorkerError> {
+        let ns_name = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.settings.bus.namespace.clone());
+        let ns = Namespace::new(&ns_name).map_err(|e| WorkerError::Config(e.to_string()))?;
+        std::fs::create_dir_all(workspace).map_err(|e| {
+            WorkerError::Config(format!(
+                "cannot create the workspace {}: {e}",
+                workspace.display()
+            ))
+        })?;
+        let bus = JetStreamBus::connect(&args.nats, ns.clone(), config.settings.bus.clone())
+            .await
+            .map_err(|e| {
+                WorkerError::Unreachable(format!(
+                    "{e}; start a nats-server with JetStream (scripts/dev-services.sh up) or pass --nats URL"
+                ))
+            })?;
+        let snapshots = Bucket::open(bus.context(), &ns.snapshot_bucket())
+            .await
+            .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
+        let stop = CancellationToken::new();
+        let (ledger, reports) = if stages.contains(&Stage::Integrate) {
+            let reports = Bucket::open(bus.context(), &ns.report_bucket())
+                .await
+                .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
+            (
+                Some(open_ledger(&workspace.join("state"), &stop).await?),
+                Some(reports),
+            )
+        } else {
+            (None, None)
+        };
+        let state = match &ledger {
+            Some(l) => l.clone(),
+            None => open_own_state(workspace, stages)?,
+        };
+        // History lives in the ledger; a process without it decides without history.
+        let history: Arc<dyn HistorySource> = match &ledger {
+            Some(l) => Arc::new(l.clone()),
+            None => Arc::new(NoHistory),
+        };
+        let projects = Projects::with_bucket(
+            Some(workspace.join("iterations")),
+            workspace.join("cache").join("snapshots"),
+            snapshots,
+            config.settings.bus.snapshot_max_bytes,
+        );
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        Ok(Worker {
+            bus,
+            context: StageContext {
+                config,
+                workspace: workspace.to_owned(),
+                projects,
+                history,
+            },
+            state,
+            ledger,
+            stop,
+            reports,
+            name: format!("{host}/{}", std::process::id()),
+            tasks: vec![],
+        })
+    }
+
+    /// Runs `handler` until the worker stops; its outputs are announced as progress events.
+    pub fn spawn<H: Handler>(&mut self, handler: H) {
+        let bus = self.bus.clone();
+        let ledger: Arc<dyn Ledger> = Arc::new(self.state.clone());
+        let cfg = self.context.config.settings.bus.clone();
+        let stop = self.stop.clone();
+        let reports = (handler.stage() == Stage::Integrate)
+            .then(|| self.reports.clone())
+            .flatten()
+            .map(|b| (b, self.context.workspace.clone()));
+        let h = Announce {
+            inner: handler,
+            worker: self.name.clone(),
+            reports,
+        };
+        self.tasks.push(tokio::spawn(async move {
+            runtime::run(
+                bus,
+                Arc::new(h),
+                ledger,
+                cfg,
+                Arc::new(Stats::default()),
+                stop,
+            )
+            .await
+        }));
+    }
+
+    /// Serves until SIGINT or SIGTERM (or until `stop` is cancelled), then drains.
+    pub async fn serve(mut self) -> Result<(), WorkerError> {
+        if let Some(ledger) = self.ledger.clone() {
+            let client = self.bus.client().clone();
+            let subject = self.bus.namespace().status_subject();
+            let stop = self.stop.clone();
+            let dir = self.context.iterations_dir();
+            self.tasks.push(tokio::spawn(async move {
+                answer_status(client, subject, ledger, dir, stop).await;
+                Ok(())
+            }));
+        }
+        tracing::info!(worker = %self.name, namespace = %self.bus.namespace().as_str(), "ready");
+        eprintln!("coval worker {}: ready", self.name);
+        let stop = self.stop.clone();
+        let signals = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        let mut first_error = None;
+        tokio::select! {
+            _ = signals => tracing::info!("stopping: finishing the messages in hand"),
+            _ = stop.cancelled() => {}
+            r = wait_any(&mut self.tasks) => {
+                if let Some(Err(e)) = r {
+                    first_error = Some(WorkerError::Internal(format!("a stage stopped: {e}")));
+                }
+            }
+        }
+        stop.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if let Err(e) = self.state.flush().await {
+            tracing::warn!(error = %e, "cannot flush the worker's state");
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn wait_any(
+    tasks: &mut [tokio::task::JoinHandle<Result<(), crate::bus::BusError>>],
+) -> Option<Result<(), crate::bus::BusError>> {
+    if tasks.is_empty() {
+        return std::future::pending().await;
+    }
+    let (r, _, _) = futures::future::select_all(tasks.iter_mut()).await;
+    r.ok()
+}
+
+/// `<workspace>/workers/<stages>-<n>`: the first slot no other process holds.
+fn open_own_state(workspace: &Path, stages: &[Stage]) -> Result<Store, WorkerError> {
+    let name = stages
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    let mut last = String::new();
+    for n in 0..64 {
+        let dir = workspace.join("workers").join(format!("{name}-{n}"));
+        match Store::open(&dir) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(WorkerError::Config(format!(
+        "cannot open a worker database under {}: {last}",
+        workspace.join("workers").display()
+    )))
+}
+
+/// The ledger, waiting as a standby while another integration worker holds it.
+async fn open_ledger(path: &Path, stop: &CancellationToken) -> Result<Store, WorkerError> {
+    let mut said = false;
+    loop {
+        match Store::open(path) {
+            Ok(s) => return Ok(s),
+            Err(e @ crate::store::StoreError::Schema { .. }) => {
+                return Err(WorkerError::Config(e.to_string()));
+            }
+            Err(e) => {
+                if !said {
+                    eprintln!(
+                        "coval worker: waiting for the ledger {} ({e}); standing by",
+                        path.display()
+                    );
+                    said = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Err(WorkerError::Internal("stopped while waiting for the ledger".into())),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The ledger as JSON, as `coval status --json` prints it: iterations (with lineage and
+/// whether their files are under `iterations_dir`) and repairs.
+pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
+    use crate::store::{IterationOrigin, RepairStatus};
+    let its = store.iterations().unwrap_or_default();
+    let mut repairs = store.repairs().unwrap_or_default();
+    repairs.sort_by_key(|r| r.created_ms);
+    serde_json::json!({
+        "iterations": its.iter().map(|i| serde_json::json!({
+            "id": i.id.to_string(),
+            "parent": i.parent.map(|p| p.to_string()),
+            "origin": match &i.origin {
+                IterationOrigin::Import { path } => serde_json::json!({"import": path}),
+                IterationOrigin::Repair { repair } => serde_json::json!({"repair": repair.to_string()}),
+                IterationOrigin::Generate { description } => serde_json::json!({"generate": description}),
+            },
+            "created_ms": i.created_ms,
+            "on_disk": iterations_dir.join(i.id.to_string()).is_dir(),
+        })).collect::<Vec<_>>(),
+        "repairs": repairs.iter().map(|r| serde_json::json!({
+            "id": r.id.to_string(),
+            "status": match r.status { RepairStatus::InFlight => "in_flight", RepairStatus::Completed => "completed" },
+            "outcome": r.outcome.map(crate::report::outcome_label),
+            "summary": r.summary,
+            "new_iteration": r.new_iteration.map(|i| i.to_string()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn answer_status(
+    client: async_nats::Client,
+    subject: String,
+    store: Store,
+    iterations_dir: PathBuf,
+    stop: CancellationToken,
+) {
+    let mut sub = match client
+        .queue_subscribe(subject.clone(), "ledger".into())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot answer status requests");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(reply) = msg.reply else { continue };
+        let body = serde_json::to_vec(&ledger_json(&store, &iterations_dir)).unwrap_or_default();
+        if let Err(e) = client.publish(reply, body.into()).await {
+            tracing::debug!(error = %e, "status reply not sent");
+        }
+    }
+}
+
+/// Wraps a handler: every published result is followed by a [`StageProgress`] event.
+struct Announce<H> {
+    inner: H,
+    worker: String,
+    /// For the integration stage: report files are uploaded before the completion goes out.
+    reports: Option<(Bucket, PathBuf)>,
+}
+
+/// The files of a repair's report directory that a client takes home.
+pub const REPORT_FILES: &[&str] = &[
+    "final.patch",
+    "decision.md",
+    "repair_report.md",
+    "report.json",
+];
+
+async fn upload_reports(
+    bucket: &Bucket,
+    workspace: &Path,
+    done: &proto::messages::RepairCompleted,
+) -> Result<(), String> {
+    let Some(rel) = &done.report_dir else {
+        return Ok(());
+    };
+    let dir = workspace.join(rel);
+    for name in REPORT_FILES {
+        let path = dir.join(name);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        bucket
+            .put(&format!("repair-{}/{name}", done.repair_id), &bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+impl<H: Handler> Handler for Announce<H> {
+    fn stage(&self) -> Stage {
+        self.inner.stage()
+    }
+
+    async fn handle(&self, input: Input) -> Outcome {
+        let started = std::time::Instant::now();
+        let repair_id = input.envelope.repair_id;
+        let out = self.inner.handle(input).await;
+        match out {
+            Outcome::Publish(mut ms) => {
+                if let Some((bucket, workspace)) = &self.reports {
+                    for m in &ms {
+                        if let Message::RepairCompleted(done) = m
+                            && let Err(e) = upload_reports(bucket, workspace, done).await
+                        {
+                            return Outcome::Retry {
+                                after: None,
+                                reason: format!("cannot hand the report to clients: {e}"),
+                            };
+                        }
+                    }
+                }
+                let summary = ms
+                    .iter()
+                    .map(crate::report::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                ms.push(Message::StageProgress(StageProgress {
+                    repair_id,
+                    stage: self.inner.stage(),
+                    summary,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    at_ms: crate::now_ms(),
+                    worker: Some(self.worker.clone()),
+                }));
+                Outcome::Publish(ms)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The main of a `services/<stage>` binary: parse the command line, load the configuration,
+/// connect, build the handler with `build`, serve until a signal.
+pub fn main<H, F>(stage: Stage, build: F) -> ExitCode
+where
+    H: Handler,
+    F: FnOnce(&Worker) -> H,
+{
+    use clap::Parser;
+    let cli = ServiceCli::parse();
+    let format: LogFormat = cli.log_format.parse().unwrap_or_default();
+    let service = format!("coval-{stage}");
+    let _telemetry = telemetry::init(&service, format, cli.verbose)
+        .map_err(|e| eprintln!("{service}: warning: {e}"))
+        .ok();
+    let config = match crate::config::load(&LoadOptions::from_process(cli.config.clone())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{service}: configuration error: {e}");
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{service}: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let r = rt.block_on(async {
+        let mut w = Worker::start(&cli.worker, config, &cli.workspace, &[stage]).await?;
+        let h = build(&w);
+        w.spawn(h);
+        w.serve().await
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

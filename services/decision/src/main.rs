@@ -1,0 +1,8 @@
+//! `coval-decision`: the decision stage as its own worker process on NATS JetStream.
+//! `coval-decision --help` lists its options; `coval worker decision` runs the same code.
+
+fn main() -> std::process::ExitCode {
+    pipeline::worker::main(proto::Stage::Decision, |w| {
+        decision::handler::DecisionStage::from_context(&w.context)
+    })
+}

@@ -1,0 +1,8 @@
+//! `coval-fix`: the fix stage as its own worker process on NATS JetStream.
+//! `coval-fix --help` lists its options; `coval worker fix` runs the same code.
+
+fn main() -> std::process::ExitCode {
+    pipeline::worker::main(proto::Stage::Fix, |w| {
+        fix::handler::FixStage::from_context(&w.context)
+    })
+}

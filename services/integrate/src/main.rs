@@ -1,0 +1,8 @@
+//! `coval-integrate`: the integrate stage as its own worker process on NATS JetStream.
+//! `coval-integrate --help` lists its options; `coval worker integrate` runs the same code.
+
+fn main() -> std::process::ExitCode {
+    pipeline::worker::main(proto::Stage::Integrate, |w| {
+        integrate::handler::IntegrateStage::from_context(&w.context, w.state.clone())
+    })
+}

@@ -1,0 +1,8 @@
+//! `coval-mre`: the mre stage as its own worker process on NATS JetStream.
+//! `coval-mre --help` lists its options; `coval worker mre` runs the same code.
+
+fn main() -> std::process::ExitCode {
+    pipeline::worker::main(proto::Stage::Mre, |w| {
+        mre::handler::MreStage::from_context(&w.context)
+    })
+}

@@ -1,0 +1,8 @@
+//! `coval-validate`: the validate stage as its own worker process on NATS JetStream.
+//! `coval-validate --help` lists its options; `coval worker validate` runs the same code.
+
+fn main() -> std::process::ExitCode {
+    pipeline::worker::main(proto::Stage::Validate, |w| {
+        validate::handler::ValidateStage::from_context(&w.context)
+    })
+}
