@@ -7,3 +7,4 @@ mod mre;
 mod patch;
 mod sandbox;
 mod trace;
+mod workers;

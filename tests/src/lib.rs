@@ -300,3 +300,56 @@ pub fn ensure_host_pytest() -> Result<()> {
     .clone()
     .map_err(anyhow::Error::msg)
 }
+
+/// The workspace's binaries (`coval` and the six `coval-<stage>` workers), built once per
+/// test process so a test never runs a stale copy: `cargo test` builds test harnesses of
+/// other packages' binaries, not the binaries themselves.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            // target/<profile>/deps/<test> → target/<profile>
+            let dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("cannot find the target directory")?
+                .to_owned();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(repo_root())
+                .args(["build", "--quiet", "--bins"]);
+            for p in [
+                "cli",
+                "triage",
+                "decision",
+                "mre",
+                "fix",
+                "validate",
+                "integrate",
+            ] {
+                cmd.args(["-p", p]);
+            }
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let t0 = Instant::now();
+            let out = cmd
+                .output()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            eprintln!("cargo build --bins: {:.1} s", t0.elapsed().as_secs_f64());
+            if !out.status.success() {
+                return Err(format!(
+                    "cargo build --bins failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(dir)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
