@@ -225,7 +225,9 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn twenty_repairs_submitted_at_once_each_complete_exactly_once() -> Result<()> {
-    let mut c = Cluster::new("twenty", &[])?;
+    // Retention keeps the newest 25 of the 40 iterations the 20 repairs make (a snapshot and
+    // a repaired tree each).
+    let mut c = Cluster::new("twenty", &[("COVAL_PROJECT__MAX_ITERATIONS", "25")])?;
     for s in STAGES {
         c.start(s, 0)?;
     }
@@ -275,18 +277,22 @@ fn twenty_repairs_submitted_at_once_each_complete_exactly_once() -> Result<()> {
         let it = r["new_iteration"].as_str().context("new_iteration")?;
         ensure!(new_iterations.insert(it.to_owned()), "{it} given twice");
     }
-    // Every repair's iteration is recorded once, as made by that repair.
+    // Every iteration is recorded once; retention kept the newest 25, records and files.
     let its = ledger["iterations"].as_array().context("iterations")?;
-    let by_repair: Vec<&str> = its
-        .iter()
-        .filter_map(|i| i["origin"]["repair"].as_str())
-        .collect();
-    ensure!(
-        by_repair.len() == 20,
-        "{} repaired iterations",
-        by_repair.len()
-    );
-    ensure!(by_repair.iter().all(|r| ids.contains(*r)));
+    ensure!(its.len() == 25, "{} iterations kept, expected 25", its.len());
+    let kept: HashSet<&str> = its.iter().filter_map(|i| i["id"].as_str()).collect();
+    ensure!(kept.len() == 25, "duplicate iteration records");
+    ensure!(its.iter().all(|i| i["on_disk"] == true), "a kept iteration lost its files");
+    let on_disk = std::fs::read_dir(c.dir.path().join("ws/integrate/iterations"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().contains('.'))
+        .count();
+    ensure!(on_disk == 25, "{on_disk} iteration directories on disk");
+    for i in its {
+        if let Some(r) = i["origin"]["repair"].as_str() {
+            ensure!(ids.contains(r), "iteration of unknown repair {r}");
+        }
+    }
     // And the event stream carries exactly one completion per repair.
     let completions = c.completions()?;
     for id in &ids {

@@ -83,11 +83,12 @@ pub fn cleanup(workspace: &Path, keep: usize, force: bool) -> Result<u8, Failure
         println!("no workspace at {}: nothing to clean", workspace.display());
         return Ok(exit::DONE);
     };
-    let mut its = store
+    let its = store
         .iterations()
         .map_err(|e| Failure::internal(e.to_string()))?;
-    its.sort_by_key(|i| std::cmp::Reverse(i.id));
-    let doomed: Vec<_> = its.iter().skip(keep).map(|i| i.id).collect();
+    let doomed = store
+        .retention_plan(keep, &[])
+        .map_err(|e| Failure::internal(e.to_string()))?;
     if doomed.is_empty() {
         println!(
             "nothing to remove: {} iteration(s), keeping {keep}",

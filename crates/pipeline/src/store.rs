@@ -469,6 +469,22 @@ impl Store {
         Ok(self.iterations.remove(id.0.to_be_bytes())?.is_some())
     }
 
+    /// The iterations retention would remove to keep the newest `keep`: never one in
+    /// `protected` (deployed ones, the one just made), oldest last in the list.
+    pub fn retention_plan(
+        &self,
+        keep: usize,
+        protected: &[IterationId],
+    ) -> Result<Vec<IterationId>, StoreError> {
+        let mut ids: Vec<IterationId> = self.iterations()?.into_iter().map(|i| i.id).collect();
+        ids.sort_by_key(|i| std::cmp::Reverse(*i));
+        Ok(ids
+            .into_iter()
+            .skip(keep)
+            .filter(|i| !protected.contains(i))
+            .collect())
+    }
+
     pub fn iterations(&self) -> Result<Vec<IterationRecord>, StoreError> {
         self.iterations
             .iter()

@@ -20,6 +20,9 @@ pub struct IntegrateStage {
     pub workspace: PathBuf,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<pipeline::projects::Projects>,
+    /// Keep this many iterations after each new one (`docker.auto_cleanup` with
+    /// `project.max_iterations`); `None` keeps everything.
+    pub retention: Option<usize>,
 }
 
 impl IntegrateStage {
@@ -171,6 +174,10 @@ impl IntegrateStage {
             }
         }
 
+        if let (Some(keep), Some(new)) = (self.retention, record.new_iteration) {
+            self.retain(keep, &[new]);
+        }
+
         let facts = Facts {
             request: c.request,
             triage: c.triage,
@@ -225,6 +232,33 @@ impl IntegrateStage {
     }
 }
 
+impl IntegrateStage {
+    /// Retention after a new iteration: records first, then files, so a crash in between
+    /// leaves an orphan directory rather than a record without files.
+    fn retain(&self, keep: usize, protected: &[IterationId]) {
+        let doomed = match self.store.retention_plan(keep, protected) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention skipped");
+                return;
+            }
+        };
+        for id in doomed {
+            if let Err(e) = self.store.remove_iteration(id) {
+                tracing::warn!(error = %e, %id, "retention: cannot forget the iteration");
+                continue;
+            }
+            let dir = self.iteration_dir(id);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, dir = %dir.display(), "retention: cannot remove files");
+            }
+            tracing::info!(%id, keep, "retention removed an old iteration");
+        }
+    }
+}
+
 impl Handler for IntegrateStage {
     fn stage(&self) -> Stage {
         Stage::Integrate
@@ -276,6 +310,12 @@ impl IntegrateStage {
             store,
             workspace: ctx.workspace.clone(),
             projects: ctx.projects.clone(),
+            retention: ctx
+                .config
+                .settings
+                .docker
+                .auto_cleanup
+                .then_some(ctx.config.settings.project.max_iterations.max(1) as usize),
         }
     }
 }
