@@ -279,10 +279,17 @@ fn twenty_repairs_submitted_at_once_each_complete_exactly_once() -> Result<()> {
     }
     // Every iteration is recorded once; retention kept the newest 25, records and files.
     let its = ledger["iterations"].as_array().context("iterations")?;
-    ensure!(its.len() == 25, "{} iterations kept, expected 25", its.len());
+    ensure!(
+        its.len() == 25,
+        "{} iterations kept, expected 25",
+        its.len()
+    );
     let kept: HashSet<&str> = its.iter().filter_map(|i| i["id"].as_str()).collect();
     ensure!(kept.len() == 25, "duplicate iteration records");
-    ensure!(its.iter().all(|i| i["on_disk"] == true), "a kept iteration lost its files");
+    ensure!(
+        its.iter().all(|i| i["on_disk"] == true),
+        "a kept iteration lost its files"
+    );
     let on_disk = std::fs::read_dir(c.dir.path().join("ws/integrate/iterations"))?
         .filter_map(|e| e.ok())
         .filter(|e| !e.file_name().to_string_lossy().contains('.'))

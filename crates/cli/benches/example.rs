@@ -116,7 +116,9 @@ fn main() {
     let mut rows = vec![];
     for (mode, sandbox, url) in configs {
         once(sandbox, url); // warm-up: images, caches, consumers
-        let mut t: Vec<f64> = (0..runs).map(|_| once(sandbox, url).as_secs_f64()).collect();
+        let mut t: Vec<f64> = (0..runs)
+            .map(|_| once(sandbox, url).as_secs_f64())
+            .collect();
         t.sort_by(f64::total_cmp);
         rows.push((mode, sandbox, t[t.len() / 2], t[0]));
     }
