@@ -297,6 +297,8 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> Result<()> {
     assert!(dl.reason.contains("bad body"), "{}", dl.reason);
     assert_eq!(dl.body, b"\xc1garbage");
     assert_eq!(dl.message_id, None);
+    // The envelope is unusable, but its repair id header still names the repair.
+    assert_eq!(dl.repair_id, env.repair_id);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
     // 2. No headers at all.
@@ -309,6 +311,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> Result<()> {
         panic!("not a dead letter")
     };
     assert!(dl.reason.contains("no headers"), "{}", dl.reason);
+    assert_eq!(dl.repair_id, RepairId::nil());
 
     // 3. A handler that fails every time: dead-lettered after max_deliver deliveries.
     let (env, msg) = origin(RepairId::new());

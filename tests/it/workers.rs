@@ -309,6 +309,41 @@ fn twenty_repairs_submitted_at_once_each_complete_exactly_once() -> Result<()> {
             completions.get(id)
         );
     }
+    // `coval watch` replays a finished repair from the event stream, report included.
+    let one = ids.iter().next().context("an id")?;
+    let out = c
+        .coval()?
+        .args(["watch", one, "--nats", &c.nats.url, "--timeout", "60"])
+        .output()?;
+    ensure!(out.status.code() == Some(0), "watch: {}", text(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).starts_with("fixed"),
+        "{}",
+        text(&out)
+    );
+    ensure!(
+        c.dir
+            .path()
+            .join(format!("client/repairs/repair-{one}/final.patch"))
+            .is_file(),
+        "watch did not fetch the patch"
+    );
+    // An id nobody submitted: a note, then the timeout (exit 1), not a hang.
+    let unknown = proto::RepairId::new().to_string();
+    let out = c
+        .coval()?
+        .args(["watch", &unknown, "--nats", &c.nats.url, "--timeout", "1"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "watch unknown: {}",
+        text(&out)
+    );
+    ensure!(
+        err.contains("no events") && err.contains("did not finish"),
+        "{err}"
+    );
     // Workers drain and exit 0 on SIGTERM.
     for w in std::mem::take(&mut c.workers) {
         let name = w.name.clone();

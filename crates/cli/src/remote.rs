@@ -288,6 +288,12 @@ pub async fn watch(args: WatchArgs, cfg: &Config, workspace: &Path) -> Result<u8
         .parse()
         .map_err(|e| Failure::input(format!("{e}: pass the id `coval submit` printed")))?;
     let bus = connect(&args.nats, cfg).await?;
+    if !has_events(&bus, &repair).await {
+        eprintln!(
+            "note: no events for {repair} in namespace `{}` yet (not started, or older than bus.event_max_age_hours); waiting",
+            bus.namespace().as_str()
+        );
+    }
     let done = follow(
         &bus,
         repair,
@@ -309,6 +315,18 @@ pub async fn watch(args: WatchArgs, cfg: &Config, workspace: &Path) -> Result<u8
     Ok(crate::report::print_completion(
         &local, workspace, args.json, false,
     ))
+}
+
+/// Has the event stream anything about `repair`?
+async fn has_events(bus: &JetStreamBus, repair: &RepairId) -> bool {
+    let ns = bus.namespace();
+    let Ok(stream) = bus.context().get_stream(ns.event_stream()).await else {
+        return false;
+    };
+    match stream.info_with_subjects(ns.repair_events(repair)).await {
+        Ok(mut subjects) => subjects.next().await.is_some(),
+        Err(_) => false,
+    }
 }
 
 /// `coval status --nats URL`: the integration worker's ledger.

@@ -365,7 +365,15 @@ async fn dead_letter<B: Bus, H: Handler>(
 ) {
     let stage = s.handler.stage();
     let (headers, body) = d.raw();
-    let repair_id = env.map(|e| e.repair_id).unwrap_or_else(RepairId::nil);
+    // Without a readable envelope, the repair id header alone (when it parses) still lets
+    // `coval watch` and `repair --nats` see that their repair died.
+    let repair_id = env.map(|e| e.repair_id).unwrap_or_else(|| {
+        headers
+            .iter()
+            .find(|(k, _)| k == proto::envelope::headers::REPAIR_ID)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(RepairId::nil)
+    });
     let record = DeadLetter {
         repair_id,
         stage,
