@@ -422,8 +422,9 @@ pub struct DeadLetter {
     pub dead_at_ms: u64,
 }
 
-/// Encodes a byte vector as MessagePack `bin` instead of an array of integers.
-mod serde_bytes_compat {
+/// Encodes a byte vector as MessagePack `bin` instead of an array of integers (and reads
+/// either): `#[serde(with = "proto::messages::serde_bytes_compat")]`.
+pub mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
