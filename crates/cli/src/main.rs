@@ -11,6 +11,8 @@ use pipeline::config::{self, LoadOptions};
 use pipeline::telemetry::{self, LogFormat};
 
 mod apply;
+mod deploy;
+mod generate;
 mod models;
 mod progress;
 mod repair;
@@ -109,6 +111,15 @@ struct Global {
 enum Command {
     /// Repair a failure: triage, decide, reproduce, fix, validate, integrate
     Repair(repair::RepairArgs),
+    /// Generate an app from a description: a framework template, features by a model
+    Generate(generate::GenerateArgs),
+    /// Deploy an iteration blue-green with a health check (rolls back when it is unhealthy)
+    Run(deploy::RunArgs),
+    /// Stop one deployment or all of this workspace
+    Stop(deploy::StopArgs),
+    /// The blue-green switch `coval run` starts in a container (internal)
+    #[command(hide = true)]
+    Proxy(deploy::ProxyArgs),
     /// Iterations, repairs (in flight, done) and deployments of the workspace
     Status {
         /// Print JSON
@@ -154,11 +165,16 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Repair(args) => block_on(repair::run(args, &cfg, &cli.global.workspace)),
+        Command::Generate(args) => block_on(generate::run(args, &cfg, &cli.global.workspace)),
+        Command::Run(args) => block_on(deploy::run(args, &cfg, &cli.global.workspace)),
+        Command::Stop(args) => block_on(deploy::stop(args, &cfg, &cli.global.workspace)),
+        Command::Proxy(args) => block_on(deploy::proxy(args)),
         Command::Models(cmd) => block_on(models::run(cmd, &cfg)),
         Command::Status { json } => done(status::status(
             &cli.global.workspace,
             cli.global.verbose > 0,
             json,
+            &cfg.settings,
         )),
         Command::Cleanup { count, force } => {
             done(status::cleanup(&cli.global.workspace, count, force))
