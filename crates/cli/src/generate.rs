@@ -90,8 +90,7 @@ pub async fn run(args: GenerateArgs, cfg: &Config, workspace: &Path) -> Result<u
             workspace.display()
         ))
     })?;
-    let store =
-        Store::open(&workspace.join("state")).map_err(|e| Failure::input(e.to_string()))?;
+    let store = Store::open(&workspace.join("state")).map_err(|e| Failure::input(e.to_string()))?;
     let req = GenerateRequest {
         description: args.description.clone(),
         framework: args.framework.clone(),

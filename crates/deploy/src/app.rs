@@ -127,8 +127,8 @@ pub fn detect(dir: &Path, cfg: &DeployConfig) -> Result<AppSpec, DeployError> {
             )
         }
         "flask" => {
-            let module =
-                python_module(dir, &["app.py", "main.py", "wsgi.py"], "Flask(").ok_or_else(|| {
+            let module = python_module(dir, &["app.py", "main.py", "wsgi.py"], "Flask(")
+                .ok_or_else(|| {
                     DeployError::Input(format!(
                         "no app.py or main.py creating `app = Flask(...)` in {}",
                         dir.display()
@@ -201,7 +201,10 @@ mod tests {
     #[test]
     fn unknown_and_unsafe_apps_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(detect(d.path(), &cfg()), Err(DeployError::Input(_))));
+        assert!(matches!(
+            detect(d.path(), &cfg()),
+            Err(DeployError::Input(_))
+        ));
         std::fs::write(
             d.path().join("package.json"),
             r#"{"scripts":{"start":"node $(rm -rf /).js"},"dependencies":{"express":"4"}}"#,
@@ -209,6 +212,9 @@ mod tests {
         .unwrap();
         assert!(detect(d.path(), &cfg()).is_err());
         std::fs::write(d.path().join("index.js"), "1").unwrap();
-        assert_eq!(detect(d.path(), &cfg()).unwrap().command[2], "exec node index.js");
+        assert_eq!(
+            detect(d.path(), &cfg()).unwrap().command[2],
+            "exec node index.js"
+        );
     }
 }

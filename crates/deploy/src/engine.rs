@@ -94,9 +94,7 @@ impl Engine {
         image: &str,
     ) -> Result<Option<HashMap<String, String>>, DeployError> {
         match self.docker.inspect_image(image).await {
-            Ok(i) => Ok(Some(
-                i.config.and_then(|c| c.labels).unwrap_or_default(),
-            )),
+            Ok(i) => Ok(Some(i.config.and_then(|c| c.labels).unwrap_or_default())),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
@@ -247,7 +245,9 @@ impl Engine {
             host_config: Some(host),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::default().name(&s.name).build();
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&s.name)
+            .build();
         self.docker
             .create_container(Some(opts), body)
             .await

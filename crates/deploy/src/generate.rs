@@ -132,7 +132,9 @@ pub fn prompt(
     change: bool,
 ) -> Vec<ChatMessage> {
     let libs = match fw {
-        Framework::FastApi => "fastapi, pydantic, uvicorn, httpx (for fastapi.testclient) and pytest",
+        Framework::FastApi => {
+            "fastapi, pydantic, uvicorn, httpx (for fastapi.testclient) and pytest"
+        }
         Framework::Flask => "flask and pytest",
         Framework::Express => "express and Node.js built-ins (node:test, node:assert, node:http)",
     };
@@ -184,7 +186,9 @@ pub fn prompt(
         "\nThe project's files follow, each inside <data-{token} path=\"...\"> and </data-{token}>.\n"
     ));
     for (p, c) in files {
-        user.push_str(&format!("\n<data-{token} path=\"{p}\">\n{c}\n</data-{token}>\n"));
+        user.push_str(&format!(
+            "\n<data-{token} path=\"{p}\">\n{c}\n</data-{token}>\n"
+        ));
     }
     vec![ChatMessage::system(system), ChatMessage::user(user)]
 }

@@ -298,24 +298,40 @@ mod tests {
             assert!(tries < 100, "proxy did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(control(dir.path(), &format!("set {blue}"), t).await.unwrap(), "ok");
+        assert_eq!(
+            control(dir.path(), &format!("set {blue}"), t)
+                .await
+                .unwrap(),
+            "ok"
+        );
         assert_eq!(fetch(&listen).await, "blue");
         // A connection held open to blue across the switch.
         let held = TcpStream::connect(&listen).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(control(dir.path(), &format!("set {green}"), t).await.unwrap(), "ok");
+        assert_eq!(
+            control(dir.path(), &format!("set {green}"), t)
+                .await
+                .unwrap(),
+            "ok"
+        );
         assert_eq!(fetch(&listen).await, "green");
         assert_eq!(
-            control(dir.path(), &format!("drain {blue} 0"), t).await.unwrap(),
+            control(dir.path(), &format!("drain {blue} 0"), t)
+                .await
+                .unwrap(),
             "timeout 1"
         );
         drop(held);
         assert_eq!(
-            control(dir.path(), &format!("drain {blue} 5"), t).await.unwrap(),
+            control(dir.path(), &format!("drain {blue} 5"), t)
+                .await
+                .unwrap(),
             "ok 0"
         );
         assert_eq!(
-            std::fs::read_to_string(dir.path().join(STATE)).unwrap().trim(),
+            std::fs::read_to_string(dir.path().join(STATE))
+                .unwrap()
+                .trim(),
             green
         );
         let bad = control(dir.path(), "set $(reboot)", t).await.unwrap();

@@ -217,7 +217,10 @@ async fn plan(
             let pspec = match app::detect(&pdir, &ctx.settings.deploy) {
                 Ok(s) if s.framework == spec.framework => s,
                 _ => {
-                    fallback(format!("the parent {parent} is not the same kind of app"), notes);
+                    fallback(
+                        format!("the parent {parent} is not the same kind of app"),
+                        notes,
+                    );
                     return Ok(copy(copy_image(ctx, id, dir, spec, notes).await?));
                 }
             };
@@ -267,11 +270,7 @@ fn free_port(ip: &str) -> Result<u16, DeployError> {
 }
 
 /// Wait for the new version's health check; the reason when it never passes.
-async fn wait_healthy(
-    ctx: &Ctx<'_>,
-    name: &str,
-    probe_addr: Option<&str>,
-) -> Result<(), String> {
+async fn wait_healthy(ctx: &Ctx<'_>, name: &str, probe_addr: Option<&str>) -> Result<(), String> {
     let d = &ctx.settings.deploy;
     let deadline = Instant::now() + Duration::from_secs(d.health_timeout_secs);
     let interval = Duration::from_millis(d.health_interval_ms);
@@ -548,7 +547,9 @@ pub async fn run(ctx: &Ctx<'_>, req: &RunRequest) -> Result<Deployed, DeployErro
             ));
         }
         ctx.engine.remove(&o.container).await?;
-        ctx.store.remove_deployment(&o.container).map_err(internal)?;
+        ctx.store
+            .remove_deployment(&o.container)
+            .map_err(internal)?;
         replaced.push(o.iteration.to_string());
     }
     let _ = ctx.store.flush().await;
@@ -569,20 +570,27 @@ pub async fn run(ctx: &Ctx<'_>, req: &RunRequest) -> Result<Deployed, DeployErro
 
 /// Stop the deployments of `iteration` (all when `None`) and proxies left without one.
 /// Returns the containers removed.
-pub async fn stop(ctx: &Ctx<'_>, iteration: Option<IterationId>) -> Result<Vec<String>, DeployError> {
+pub async fn stop(
+    ctx: &Ctx<'_>,
+    iteration: Option<IterationId>,
+) -> Result<Vec<String>, DeployError> {
     let all = ctx.store.deployments().map_err(internal)?;
     let mut removed = vec![];
     let mut ports = vec![];
-    for d in all.iter().filter(|d| iteration.is_none_or(|i| d.iteration == i)) {
+    for d in all
+        .iter()
+        .filter(|d| iteration.is_none_or(|i| d.iteration == i))
+    {
         ctx.engine.remove(&d.container).await?;
-        ctx.store.remove_deployment(&d.container).map_err(internal)?;
+        ctx.store
+            .remove_deployment(&d.container)
+            .map_err(internal)?;
         removed.push(d.container.clone());
         ports.push((d.stable_port, d.proxy.clone()));
     }
     let left = ctx.store.deployments().map_err(internal)?;
     for (port, proxy) in ports {
-        if left.iter().all(|d| d.stable_port != port) && ctx.engine.state(&proxy).await?.is_some()
-        {
+        if left.iter().all(|d| d.stable_port != port) && ctx.engine.state(&proxy).await?.is_some() {
             ctx.engine.remove(&proxy).await?;
             let _ = std::fs::remove_file(ctx.proxy_dir(port).join(proxy::STATE));
             removed.push(proxy);

@@ -140,13 +140,20 @@ fn edit_path(e: &patch::Edit) -> String {
 /// file, merge markers.
 pub fn content_problem(path: &str, text: &str) -> Option<String> {
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     let fence = |l: &str| l.trim_start().starts_with("```") || l.trim_start().starts_with("~~~");
     if !path.ends_with(".md") && (fence(first) || fence(last)) {
         return Some(format!("`{path}` still holds a Markdown fence"));
     }
     for l in text.lines() {
-        if l.starts_with("<<<<<<< ") || l.starts_with(">>>>>>> ") || l == "<<<<<<<" || l == ">>>>>>>"
+        if l.starts_with("<<<<<<< ")
+            || l.starts_with(">>>>>>> ")
+            || l == "<<<<<<<"
+            || l == ">>>>>>>"
         {
             return Some(format!("`{path}` still holds merge-conflict markers"));
         }

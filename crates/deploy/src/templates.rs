@@ -63,16 +63,25 @@ impl Framework {
         let raw: &[(&str, &str)] = match self {
             Framework::FastApi => &[
                 ("main.py", include_str!("../templates/fastapi/main.py")),
-                ("test_main.py", include_str!("../templates/fastapi/test_main.py")),
+                (
+                    "test_main.py",
+                    include_str!("../templates/fastapi/test_main.py"),
+                ),
                 (
                     "requirements.txt",
                     include_str!("../templates/fastapi/requirements.txt"),
                 ),
-                ("Dockerfile", include_str!("../templates/fastapi/Dockerfile")),
+                (
+                    "Dockerfile",
+                    include_str!("../templates/fastapi/Dockerfile"),
+                ),
             ],
             Framework::Flask => &[
                 ("app.py", include_str!("../templates/flask/app.py")),
-                ("test_app.py", include_str!("../templates/flask/test_app.py")),
+                (
+                    "test_app.py",
+                    include_str!("../templates/flask/test_app.py"),
+                ),
                 (
                     "requirements.txt",
                     include_str!("../templates/flask/requirements.txt"),
@@ -90,7 +99,10 @@ impl Framework {
                     "package.json",
                     include_str!("../templates/express/package.json"),
                 ),
-                ("Dockerfile", include_str!("../templates/express/Dockerfile")),
+                (
+                    "Dockerfile",
+                    include_str!("../templates/express/Dockerfile"),
+                ),
             ],
         };
         raw.iter()
