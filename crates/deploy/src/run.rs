@@ -421,6 +421,14 @@ pub async fn run(ctx: &Ctx<'_>, req: &RunRequest) -> Result<Deployed, DeployErro
     ctx.engine.require_image(&spec.image).await?;
     let _ = ctx.net(None)?;
     let mut notes = vec![];
+    if let Ok(Some(g)) = ctx.store.generation(id)
+        && g.tests_passed == Some(false)
+    {
+        notes.push(format!(
+            "{id}'s own tests failed when it was generated ({})",
+            g.test_summary
+        ));
+    }
     let plan = plan(ctx, id, &dir, &spec, strategy, &mut notes).await?;
 
     let project = ctx.project();
