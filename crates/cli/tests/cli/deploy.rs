@@ -560,3 +560,86 @@ fn run_and_stop_refuse_bad_input() {
     assert!(help.contains("generate") && help.contains("stop") && !help.contains("proxy"));
     let _ = Path::new(".");
 }
+
+#[test]
+fn repair_deploy_puts_the_repaired_iteration_behind_the_stable_port() {
+    if docker_images().is_none() {
+        return;
+    }
+    let ws = Ws::new("http://127.0.0.1:9");
+    let project = ws.env[1].1.clone();
+    let _stop = StopOnDrop(&ws);
+    let src = ws.root.join("shop");
+    std::fs::create_dir_all(&src).unwrap();
+    let files = [
+        ("requirements.txt", "fastapi\nuvicorn\nhttpx\npytest\n"),
+        (
+            "main.py",
+            "from fastapi import FastAPI\n\napp = FastAPI()\n\n\ndef discounted(total, quantity):\n    \"\"\"Ten or more units earn 10% off.\"\"\"\n    if quantity > 10:\n        return total * 0.9\n    return total\n\n\n@app.get(\"/health\")\ndef health():\n    return {\"status\": \"ok\"}\n\n\n@app.get(\"/price\")\ndef price(total: float, quantity: int):\n    return {\"price\": discounted(total, quantity)}\n",
+        ),
+        (
+            "test_main.py",
+            "from main import discounted\n\n\ndef test_small_orders_pay_full_price():\n    assert discounted(100, 3) == 100\n\n\ndef test_ten_units_earn_the_discount():\n    assert discounted(100, 10) == 90\n",
+        ),
+    ];
+    for (p, c) in files {
+        std::fs::write(src.join(p), c).unwrap();
+    }
+    // The real failing run, in the base image the app deploys on.
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-e",
+            "PYTHONDONTWRITEBYTECODE=1",
+            "-v",
+        ])
+        .arg(format!("{}:/src:ro", src.display()))
+        .args([
+            "-w",
+            "/src",
+            "coval/python-web:bookworm",
+            "python3",
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    std::fs::write(ws.root.join("error.log"), &out.stdout).unwrap();
+
+    let port = coval_tests::free_port().unwrap();
+    let mut env = ws.env.clone();
+    env.push(("COVAL_DOCKER__BASE_PORT".into(), port.to_string()));
+    env.push((
+        "COVAL_SANDBOX__IMAGES__PYTHON".into(),
+        "coval/python-web:bookworm".into(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = coval(
+        &ws.root,
+        &[
+            "--workspace",
+            ".coval",
+            "repair",
+            "--engine",
+            "search",
+            "-e",
+            "error.log",
+            "-s",
+            "shop",
+            "--deploy",
+        ],
+        &env,
+    );
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}\n{}", text(&out.stderr));
+    assert!(said.contains("deployed iter-002"), "{said}");
+    let (code, body) = get(port, "/price?total=100&quantity=10").unwrap();
+    assert_eq!((code, body.as_str()), (200, "{\"price\":90.0}"));
+    assert!(containers(&project).iter().any(|c| c.ends_with("iter-002")));
+}
