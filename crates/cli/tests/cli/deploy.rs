@@ -82,12 +82,25 @@ impl Ws {
     }
 }
 
-/// Stops this workspace's deployments even when an assertion failed.
+/// Stops this workspace's deployments even when an assertion failed, and removes the images
+/// its runs built.
 struct StopOnDrop<'a>(&'a Ws);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         let _ = self.0.run(&["stop"]);
+        let project = &self.0.env[1].1;
+        let out = std::process::Command::new("docker")
+            .args(["images", "-q", "--filter"])
+            .arg(format!("label=dev.coval.deploy={project}"))
+            .output();
+        if let Ok(out) = out {
+            for id in text(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", "-f", id])
+                    .output();
+            }
+        }
     }
 }
 
