@@ -2,11 +2,17 @@
 # Builds coval's sandbox base images locally from Debian packages (no image registry needed):
 # debootstrap --variant=minbase into a cached root under .dev/, then `docker import`.
 #
-#   scripts/build-base-images.sh [--force] [python|node|go|all]...   (default: python)
+#   scripts/build-base-images.sh [--force] [python|node|go|python-web|node-web|all]...
+#   (default: python)
 #
-#   python  coval/python:bookworm   python3, python3-pytest, python3-coverage
-#   node    coval/node:bookworm     nodejs
-#   go      coval/go:bookworm       golang-go
+#   python      coval/python:bookworm      python3, python3-pytest, python3-coverage
+#   node        coval/node:bookworm        nodejs
+#   go          coval/go:bookworm          golang-go
+#   python-web  coval/python-web:bookworm  python plus python3-fastapi, -uvicorn, -flask, -httpx
+#   node-web    coval/node-web:bookworm    nodejs plus node-express (by apt in the root)
+#
+# The -web variants are what `coval generate` tests and `coval run` deploys on (FastAPI, Flask,
+# Express apps): separate images, so the sandbox images stay small and are not rebuilt.
 #
 # Idempotent: an image that exists (built by this recipe version) is skipped unless --force; a
 # finished debootstrap root is reused (delete .dev/images/<lang>-<suite> or pass --force to
@@ -37,7 +43,7 @@ die() {
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1fs", b - a }'; }
 
 usage() {
-    printf 'usage: %s [--force] [python|node|go|all]...\n' "$0" >&2
+    printf 'usage: %s [--force] [python|node|go|python-web|node-web|all]...\n' "$0" >&2
     exit 2
 }
 
@@ -60,7 +66,18 @@ packages_for() {
     python) echo python3,python3-pytest,python3-coverage ;;
     node) echo nodejs ;;
     go) echo golang-go ;;
+    python-web) echo python3,python3-pytest,python3-coverage,python3-fastapi,python3-uvicorn,python3-flask,python3-httpx ;;
+    node-web) echo nodejs ;;
     *) return 1 ;;
+    esac
+}
+
+# Packages installed afterwards by apt inside the root: debootstrap cannot resolve virtual
+# packages (node-express needs node-side-channel, provided by node-deep-equal, which needs more).
+apt_extra_for() {
+    case "$1" in
+    node-web) echo node-express ;;
+    *) echo "" ;;
     esac
 }
 
@@ -107,6 +124,18 @@ build_one() {
             tail -n 20 "$STATE/images/$lang.log" >&2 || true
             die "debootstrap for $lang failed (full log: $STATE/images/$lang.log)"
         fi
+        local extra
+        extra="$(apt_extra_for "$lang")"
+        if [[ -n "$extra" ]]; then
+            log "apt-get install $extra (in the root)"
+            cp -L /etc/resolv.conf "$dir/etc/resolv.conf" 2>/dev/null || true
+            # shellcheck disable=SC2086
+            if ! { chroot "$dir" apt-get update -qq &&
+                chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $extra; } >>"$STATE/images/$lang.log" 2>&1; then
+                tail -n 20 "$STATE/images/$lang.log" >&2 || true
+                die "apt-get install $extra for $lang failed (full log: $STATE/images/$lang.log)"
+            fi
+        fi
         # Package caches are dead weight in an image that never runs apt.
         rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir"/var/log/*.log
         touch "$dir/.coval-complete"
@@ -138,8 +167,8 @@ main() {
     for a in "$@"; do
         case "$a" in
         --force) force=1 ;;
-        python | node | go) langs+=("$a") ;;
-        all) langs+=(python node go) ;;
+        python | node | go | python-web | node-web) langs+=("$a") ;;
+        all) langs+=(python node go python-web node-web) ;;
         -h | --help) usage ;;
         *) usage ;;
         esac

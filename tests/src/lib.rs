@@ -353,3 +353,36 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// Builds a base image variant (`python-web`, `node-web`, ...) once per test process with
+/// `scripts/build-base-images.sh` (which skips an image that exists).
+pub fn ensure_base_image(variant: &str) -> Result<()> {
+    static BUILT: std::sync::Mutex<Vec<(String, Result<(), String>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, r)) = built.iter().find(|(v, _)| v == variant) {
+        return r.clone().map_err(anyhow::Error::msg);
+    }
+    let t0 = std::time::Instant::now();
+    let r = Command::new(repo_root().join("scripts/build-base-images.sh"))
+        .arg(variant)
+        .output()
+        .map_err(|e| format!("cannot run scripts/build-base-images.sh: {e}"))
+        .and_then(|out| {
+            eprintln!(
+                "build-base-images.sh {variant}: {:.1} s\n{}",
+                t0.elapsed().as_secs_f64(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "scripts/build-base-images.sh {variant} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        });
+    built.push((variant.to_owned(), r.clone()));
+    r.map_err(anyhow::Error::msg)
+}

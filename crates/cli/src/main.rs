@@ -11,6 +11,8 @@ use pipeline::config::{self, LoadOptions};
 use pipeline::telemetry::{self, LogFormat};
 
 mod apply;
+mod deploy;
+mod generate;
 mod models;
 mod progress;
 mod remote;
@@ -109,6 +111,15 @@ enum Command {
     Watch(remote::WatchArgs),
     /// Run stage workers on NATS JetStream: one stage, or `all` six in this process
     Worker(remote::WorkerCmd),
+    /// Generate an app from a description: a framework template, features by a model
+    Generate(generate::GenerateArgs),
+    /// Deploy an iteration blue-green with a health check (rolls back when it is unhealthy)
+    Run(deploy::RunArgs),
+    /// Stop one deployment or all of this workspace
+    Stop(deploy::StopArgs),
+    /// The blue-green switch `coval run` starts in a container (internal)
+    #[command(hide = true)]
+    Proxy(deploy::ProxyArgs),
     /// Iterations, repairs (in flight, done) and deployments of the workspace
     Status {
         /// Print JSON
@@ -157,6 +168,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Repair(args) => block_on(repair::run(args, &cfg, &cli.global.workspace)),
+        Command::Generate(args) => block_on(generate::run(args, &cfg, &cli.global.workspace)),
+        Command::Run(args) => block_on(deploy::run(args, &cfg, &cli.global.workspace)),
+        Command::Stop(args) => block_on(deploy::stop(args, &cfg, &cli.global.workspace)),
+        Command::Proxy(args) => block_on(deploy::proxy(args)),
         Command::Models(cmd) => block_on(models::run(cmd, &cfg)),
         Command::Submit(args) => block_on(remote::submit(args, &cfg, &cli.global.workspace)),
         Command::Watch(args) => block_on(remote::watch(args, &cfg, &cli.global.workspace)),
@@ -169,6 +184,7 @@ fn main() -> ExitCode {
             &cli.global.workspace,
             cli.global.verbose > 0,
             json,
+            &cfg.settings,
         )),
         Command::Cleanup { count, force } => {
             done(status::cleanup(&cli.global.workspace, count, force))

@@ -175,9 +175,9 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
                 .to_owned(),
         ));
     }
-    if args.deploy {
+    if args.deploy && args.nats.is_some() {
         return Err(Failure::input(
-            "--deploy is not in this build yet".to_owned(),
+            "--deploy needs the repaired iteration on this machine: with --nats it lives in the integration worker's workspace; run `coval run -i ID` there (or repair embedded with --deploy)".to_owned(),
         ));
     }
     let Inputs {
@@ -401,6 +401,35 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             {
                 crate::apply::apply(store, workspace, &c, &source)?;
             }
+            if args.deploy
+                && let Some(store) = &store
+            {
+                return deploy_repaired(&c, code, cfg, store, workspace, args.json).await;
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// `--deploy`: the repaired iteration goes out blue-green; nothing is deployed without a fix.
+async fn deploy_repaired(
+    c: &proto::messages::RepairCompleted,
+    code: u8,
+    cfg: &Config,
+    store: &Store,
+    workspace: &Path,
+    json: bool,
+) -> Result<u8, Failure> {
+    match c.new_iteration {
+        Some(id) if c.outcome == proto::messages::RepairOutcome::Fixed => {
+            let req = deploy::run::RunRequest {
+                iteration: Some(id),
+                ..Default::default()
+            };
+            crate::deploy::deploy(&cfg.settings, store, workspace, &req, json).await
+        }
+        _ => {
+            eprintln!("coval: not deployed: the repair produced no validated fix");
             Ok(code)
         }
     }

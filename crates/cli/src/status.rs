@@ -17,7 +17,12 @@ fn open(workspace: &Path) -> Result<Option<Store>, Failure> {
         .map_err(|e| Failure::input(e.to_string()))
 }
 
-pub fn status(workspace: &Path, verbose: bool, json: bool) -> Result<u8, Failure> {
+pub fn status(
+    workspace: &Path,
+    verbose: bool,
+    json: bool,
+    settings: &pipeline::config::Settings,
+) -> Result<u8, Failure> {
     let Some(store) = open(workspace)? else {
         if json {
             println!("{{\"iterations\": [], \"repairs\": [], \"deployments\": []}}");
@@ -38,7 +43,7 @@ pub fn status(workspace: &Path, verbose: bool, json: bool) -> Result<u8, Failure
     repairs.sort_by_key(|r| r.created_ms);
     if json {
         let mut v = pipeline::worker::ledger_json(&store, &workspace.join("iterations"));
-        v["deployments"] = serde_json::json!([]);
+        v["deployments"] = crate::deploy::status_json(settings, &store);
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(exit::DONE);
     }
@@ -74,7 +79,7 @@ pub fn status(workspace: &Path, verbose: bool, json: bool) -> Result<u8, Failure
             println!("  {}  {outcome}", r.id);
         }
     }
-    println!("deployments: none (`coval run` is not in this build yet)");
+    crate::deploy::print_status(settings, &store);
     Ok(exit::DONE)
 }
 

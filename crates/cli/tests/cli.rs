@@ -901,3 +901,6 @@ fn status_and_cleanup_after_a_repair() {
     assert_eq!(text(&out.stdout).trim(), "removed iter-001");
     assert!(!ws.join("iterations/iter-001").exists() && ws.join("iterations/iter-002").exists());
 }
+
+#[path = "cli/deploy.rs"]
+mod deploy;

@@ -29,6 +29,32 @@ pub struct Settings {
     pub bus: BusConfig,
     pub sandbox: SandboxConfig,
     pub triage: TriageSettings,
+    pub deploy: DeployConfig,
+}
+
+/// The `deploy:` section: `coval generate` and `coval run` (network mode, host address and
+/// the first port are in `docker:`, the default strategy in `volumes:`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// The path every app answers 200 on when it is ready.
+    pub health_path: String,
+    /// A new version must answer its health check within this, else it is rolled back.
+    pub health_timeout_secs: u64,
+    pub health_interval_ms: u64,
+    /// After a switch, connections to the old version may finish within this before it stops.
+    pub drain_secs: u64,
+    /// Base image per framework (`fastapi`, `flask`, `express`, ...); the image the app's
+    /// tests run in during `coval generate`, and the one `coval run` builds on.
+    pub images: BTreeMap<String, String>,
+    /// Limits of a deployed container.
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u32,
+    /// The largest file a model may write during `coval generate`.
+    pub max_file_kb: u64,
+    /// The most files one generation may write.
+    pub max_files: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -480,7 +506,13 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
 
     let defaults = settings_layers[0].value.clone();
     for l in &settings_layers[1..] {
-        check_keys(&l.value, &defaults, "", &l.origin, &["sandbox.images"])?;
+        check_keys(
+            &l.value,
+            &defaults,
+            "",
+            &l.origin,
+            &["sandbox.images", "deploy.images"],
+        )?;
     }
     let llm_defaults = llm_layers[0].value.clone();
     for l in &llm_layers[1..] {
@@ -711,6 +743,12 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
         ("sandbox.output_kb", s.sandbox.output_kb),
         ("sandbox.tmpfs_mb", s.sandbox.tmpfs_mb),
         ("sandbox.nofile", u64::from(s.sandbox.nofile)),
+        ("deploy.health_timeout_secs", s.deploy.health_timeout_secs),
+        ("deploy.health_interval_ms", s.deploy.health_interval_ms),
+        ("deploy.memory_mb", s.deploy.memory_mb),
+        ("deploy.pids", u64::from(s.deploy.pids)),
+        ("deploy.max_file_kb", s.deploy.max_file_kb),
+        ("deploy.max_files", s.deploy.max_files as u64),
     ];
     for (key, v) in positive {
         if v == 0 {

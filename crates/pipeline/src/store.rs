@@ -2,7 +2,9 @@
 //!
 //! Trees: `repairs` (RepairId → RepairRecord), `iterations` (u32 big-endian → IterationRecord),
 //! `history` (category/engine/repair → HistoryRecord), `processed` (stage/message → the outputs
-//! a handler published, for idempotent redelivery), `meta` (schema version, counters).
+//! a handler published, for idempotent redelivery), `meta` (schema version, counters),
+//! `generations` (u32 big-endian → GenerationRecord: how `coval generate` made an iteration),
+//! `deployments` (container name → DeploymentRecord: what `coval run` started).
 //! Writes that span trees go through one transaction, so a crash leaves all or none of them.
 //! sled writes to disk in the background; callers that must not lose a write before acking a
 //! message call [`Store::flush`]. Every state here can be rebuilt from messages and files.
@@ -164,6 +166,8 @@ pub struct Store {
     history: sled::Tree,
     processed: sled::Tree,
     meta: sled::Tree,
+    generations: sled::Tree,
+    deployments: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -206,6 +210,8 @@ impl Store {
             history: db.open_tree("history")?,
             processed: db.open_tree("processed")?,
             meta: db.open_tree("meta")?,
+            generations: db.open_tree("generations")?,
+            deployments: db.open_tree("deployments")?,
             db,
         };
         match store.meta.get(SCHEMA)? {
@@ -469,19 +475,24 @@ impl Store {
         Ok(self.iterations.remove(id.0.to_be_bytes())?.is_some())
     }
 
-    /// The iterations retention would remove to keep the newest `keep`: never one in
-    /// `protected` (deployed ones, the one just made), oldest last in the list.
+    /// The iterations retention would remove to keep the newest `keep`: never a deployed
+    /// one, nor one in `protected` (the one just made), oldest last in the list.
     pub fn retention_plan(
         &self,
         keep: usize,
         protected: &[IterationId],
     ) -> Result<Vec<IterationId>, StoreError> {
+        let deployed: Vec<IterationId> = self
+            .deployments()?
+            .into_iter()
+            .map(|d| d.iteration)
+            .collect();
         let mut ids: Vec<IterationId> = self.iterations()?.into_iter().map(|i| i.id).collect();
         ids.sort_by_key(|i| std::cmp::Reverse(*i));
         Ok(ids
             .into_iter()
             .skip(keep)
-            .filter(|i| !protected.contains(i))
+            .filter(|i| !protected.contains(i) && !deployed.contains(i))
             .collect())
     }
 
@@ -542,5 +553,116 @@ pub struct NoHistory;
 impl HistorySource for NoHistory {
     fn outcomes(&self, _: Category) -> Result<Vec<HistoryRecord>, StoreError> {
         Ok(vec![])
+    }
+}
+
+/// How `coval generate` made an iteration, and whether its own tests passed in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    pub iteration: IterationId,
+    pub framework: String,
+    pub language: String,
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// The model alias that wrote the features; `None`: the template alone.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `Some(true)` once the app's tests passed in the sandbox; `None`: not run.
+    #[serde(default)]
+    pub tests_passed: Option<bool>,
+    #[serde(default)]
+    pub test_summary: String,
+    pub created_ms: u64,
+}
+
+/// One container `coval run` started and that has not been stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// `coval-<project>-<iteration>`: the key.
+    pub container: String,
+    pub project: String,
+    pub iteration: IterationId,
+    pub image: String,
+    /// overlay, copy or symlink.
+    pub strategy: String,
+    /// host or bridge.
+    pub network: String,
+    /// Where the proxy sends traffic for this version (`127.0.0.1:PORT`, or `NAME:PORT`).
+    pub backend: String,
+    /// The port users connect to; the proxy container owns it.
+    pub stable_port: u16,
+    pub proxy: String,
+    pub started_ms: u64,
+}
+
+impl Store {
+    pub fn put_generation(&self, g: &GenerationRecord) -> Result<(), StoreError> {
+        self.generations
+            .insert(g.iteration.0.to_be_bytes(), enc(g)?)?;
+        Ok(())
+    }
+
+    pub fn generation(&self, id: IterationId) -> Result<Option<GenerationRecord>, StoreError> {
+        let key = id.0.to_be_bytes();
+        self.generations
+            .get(key)?
+            .map(|b| dec("generations", &key, &b))
+            .transpose()
+    }
+
+    pub fn put_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
+        self.deployments.insert(d.container.as_bytes(), enc(d)?)?;
+        Ok(())
+    }
+
+    pub fn remove_deployment(&self, container: &str) -> Result<bool, StoreError> {
+        Ok(self.deployments.remove(container.as_bytes())?.is_some())
+    }
+
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.deployments
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec("deployments", &k, &v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_the_newest_the_protected_and_the_deployed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ids: Vec<IterationId> = (0..6)
+            .map(|_| {
+                store
+                    .add_iteration(None, IterationOrigin::Import { path: "p".into() })
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        store
+            .put_deployment(&DeploymentRecord {
+                container: "coval-p-iter-002".into(),
+                project: "p".into(),
+                iteration: ids[1],
+                image: "i".into(),
+                strategy: "copy".into(),
+                network: "host".into(),
+                backend: "127.0.0.1:8001".into(),
+                stable_port: 8000,
+                proxy: "coval-p-proxy-8000".into(),
+                started_ms: 0,
+            })
+            .unwrap();
+        let plan = store.retention_plan(2, &[ids[0]]).unwrap();
+        // Newest two (6, 5) kept; 1 protected; 2 deployed; 4 and 3 go, newest first.
+        assert_eq!(plan, vec![ids[3], ids[2]]);
+        assert!(store.retention_plan(10, &[]).unwrap().is_empty());
     }
 }
