@@ -407,6 +407,13 @@ fn a_validation_worker_killed_mid_repair_is_replaced_by_a_second_copy() -> Resul
     victim.child.kill()?; // SIGKILL
     let status = victim.child.wait()?;
     ensure!(!status.success(), "the victim was not killed: {status}");
+    // Meanwhile the ledger's owner reports the repair as in flight.
+    let ledger = c.ledger()?;
+    let repairs = ledger["repairs"].as_array().context("repairs")?;
+    ensure!(
+        repairs.len() == 1 && repairs[0]["status"] == "in_flight",
+        "while validation is down: {ledger}"
+    );
     c.start("validate", 1)?;
     let second = c.workers.last().context("second copy")?.pid();
 

@@ -270,6 +270,13 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     };
 
     let repair_id = RepairId::new();
+    // In flight until the integration stage completes it (or forever, marked so, if this
+    // process is killed: `coval status` shows it).
+    if let Some(store) = &store
+        && let Err(e) = store.begin_repair(repair_id, iteration)
+    {
+        return Err(Failure::internal(format!("cannot record the repair: {e}")));
+    }
     let request = RepairRequested {
         repair_id,
         project: ProjectRef::LocalPath {

@@ -224,12 +224,12 @@ impl Worker {
     /// Serves until SIGINT or SIGTERM (or until `stop` is cancelled), then drains.
     pub async fn serve(mut self) -> Result<(), WorkerError> {
         if let Some(ledger) = self.ledger.clone() {
-            let client = self.bus.client().clone();
+            let bus = self.bus.clone();
             let subject = self.bus.namespace().status_subject();
             let stop = self.stop.clone();
             let dir = self.context.iterations_dir();
             self.tasks.push(tokio::spawn(async move {
-                answer_status(client, subject, ledger, dir, stop).await;
+                answer_status(bus, subject, ledger, dir, stop).await;
                 Ok(())
             }));
         }
@@ -358,13 +358,41 @@ pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
     })
 }
 
+/// Repairs the event stream has progress for but no completion: in flight in the workers
+/// (the ledger hears of a repair only when it completes).
+async fn in_flight(bus: &JetStreamBus) -> Vec<String> {
+    let ns = bus.namespace();
+    let Ok(stream) = bus.context().get_stream(ns.event_stream()).await else {
+        return vec![];
+    };
+    let repairs_with = |kind: &'static str| {
+        let stream = stream.clone();
+        let filter = format!("{}.events.*.{kind}", ns.as_str());
+        async move {
+            let mut out = std::collections::BTreeSet::new();
+            if let Ok(mut subjects) = stream.info_with_subjects(filter).await {
+                while let Some(Ok((subject, _))) = subjects.next().await {
+                    if let Some(id) = subject.split('.').nth(2) {
+                        out.insert(id.to_owned());
+                    }
+                }
+            }
+            out
+        }
+    };
+    let started = repairs_with("stage_progress").await;
+    let done = repairs_with("repair_completed").await;
+    started.difference(&done).cloned().collect()
+}
+
 async fn answer_status(
-    client: async_nats::Client,
+    bus: JetStreamBus,
     subject: String,
     store: Store,
     iterations_dir: PathBuf,
     stop: CancellationToken,
 ) {
+    let client = bus.client().clone();
     let mut sub = match client
         .queue_subscribe(subject.clone(), "ledger".into())
         .await
@@ -381,7 +409,15 @@ async fn answer_status(
             m = sub.next() => match m { Some(m) => m, None => return },
         };
         let Some(reply) = msg.reply else { continue };
-        let body = serde_json::to_vec(&ledger_json(&store, &iterations_dir)).unwrap_or_default();
+        let mut v = ledger_json(&store, &iterations_dir);
+        if let Some(list) = v["repairs"].as_array_mut() {
+            for id in in_flight(&bus).await {
+                list.push(serde_json::json!({
+                    "id": id, "status": "in_flight", "outcome": null, "summary": "", "new_iteration": null,
+                }));
+            }
+        }
+        let body = serde_json::to_vec(&v).unwrap_or_default();
         if let Err(e) = client.publish(reply, body.into()).await {
             tracing::debug!(error = %e, "status reply not sent");
         }
