@@ -343,7 +343,10 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             let validate = validate::handler::ValidateStage {
                 sandbox: cfg.settings.sandbox.clone(),
                 repairs_dir: repairs_dir.clone(),
-                settings: validate::handler::ValidateSettings::default(),
+                settings: validate::handler::ValidateSettings {
+                    failing_first: cfg.settings.validate.failing_first,
+                    ..Default::default()
+                },
             };
             let integrate = integrate::handler::IntegrateStage {
                 store: store.clone(),
