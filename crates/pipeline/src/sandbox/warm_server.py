@@ -115,14 +115,19 @@ def oom_count():
     return 0
 
 
+# Wait statuses of children reaped by reap_children, by pid (the candidate's is needed later).
+REAPED = {}
+
+
 def reap_children():
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        REAPED[pid] = status
 
 
 def others_alive():
@@ -346,8 +351,11 @@ def run_one(req):
             pass
     swept = sweep() if SWEEP else True
     if status is None:
+        status = REAPED.pop(pid, None)
+    if status is None:
         _, status = os.waitpid(pid, 0)
     reap_children()
+    REAPED.clear()
     mark("killed")
     # Drain what the dead processes wrote; escaped ones (no sweep) get a short grace.
     drain_until = time.monotonic() + 2.0
