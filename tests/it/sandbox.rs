@@ -1058,14 +1058,20 @@ async fn warm_matches_fresh(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox) -> 
         "tests/test_loop.py",
         "def test_fast():\n    pass\n\ndef test_forever():\n    while True:\n        pass\n",
     )])?;
+    // What an interpreter does on the way out: wait for threads, run atexit handlers.
+    let shutdown = pytest_project(&[(
+        "tests/test_exit.py",
+        "import atexit, threading, time\n\ndef late():\n    time.sleep(0.3)\n    print('thread ran', flush=True)\n\ndef test_leaves_a_thread():\n    atexit.register(lambda: print('atexit ran'))\n    threading.Thread(target=late).start()\n",
+    )])?;
     let (template, kind) = pytest_template(mixed.path(), 30)?;
     let mut fresh = fresh_sb.open_session(&template).await?;
     let mut warm = warm_sb.open_session(&template).await?;
-    let cases: [(&str, &Path, u64); 4] = [
+    let cases: [(&str, &Path, u64); 5] = [
         ("mixed", mixed.path(), 30),
         ("green", green.path(), 30),
         ("collection error", broken.path(), 30),
         ("timeout", looping.path(), 3),
+        ("shutdown", shutdown.path(), 30),
     ];
     let mut served = 0;
     for (what, dir, t) in cases {
@@ -1100,6 +1106,9 @@ async fn warm_matches_fresh(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox) -> 
                     && sw.tests.len() == 1
                     && sw.tests[0].status == TestStatus::Error
             }
+            "shutdown" => [&f, &w].iter().all(|r| {
+                r.success() && r.stdout.contains("thread ran") && r.stdout.contains("atexit ran")
+            }),
             _ => {
                 sw.timed_out
                     && w.verdict() == "killed after 3 s timeout"

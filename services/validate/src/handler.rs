@@ -190,6 +190,7 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
             return failed(c, format!("the change does not apply: {e}"), started);
         }
     };
+    tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
     let timeout = candidate_timeout(s.sandbox.timeout_secs, f.mre.baseline_ms);
     let first = (s.settings.failing_first && f.engine == "search")
         .then(|| failing_first_cmd(kind, &f.mre.failing_tests))

@@ -647,8 +647,15 @@ impl DockerSession {
             fcap: COLLECT_CAP,
         };
         let deadline = tokio::time::Instant::now() + spec.timeout + HOST_GRACE;
+        let staged_secs = started.elapsed().as_secs_f64();
         let (reply, blobs) = server.channel.call(&req, deadline).await?;
-        tracing::debug!(candidate = %cid, server_secs = reply.seconds, host_secs = started.elapsed().as_secs_f64(), "warm run");
+        tracing::debug!(
+            candidate = %cid,
+            staged_secs,
+            server_secs = reply.seconds,
+            host_secs = started.elapsed().as_secs_f64(),
+            "warm run"
+        );
         let clean = reply.clean;
         let oom_after = reply.oom.map(|(_, after)| after);
         let result = warm::to_result(

@@ -88,6 +88,12 @@ try:
             __import__(_name)
         except Exception:  # noqa: BLE001 - older Pythons lack tomllib, older pytests compat
             pass
+    # inspect.getmodule() caches the file of every loaded module the first time it has to
+    # search them (pytest's tracebacks do): fill that cache once for the modules loaded so
+    # far, so a child only adds its own.
+    import inspect
+
+    inspect.getmodule(compile("", "<coval-warm>", "exec"), "<coval-warm>")
     # What `python -m pytest` puts in sys.argv[0].
     PYTEST_MAIN = os.path.join(os.path.dirname(pytest.__file__), "__main__.py")
 except Exception as e:  # noqa: BLE001
@@ -477,9 +483,50 @@ def child_main(c):
         os._exit(125)
     sys.path.insert(0, os.getcwd())
     sys.argv = [PYTEST_MAIN] + list(req["args"])
-    # Like `raise SystemExit(pytest.console_main())` in pytest/__main__.py; the interpreter
-    # then shuts down as usual (non-daemon threads joined, atexit handlers, streams flushed).
-    return pytest.console_main()
+    # `raise SystemExit(pytest.console_main())`, as pytest/__main__.py does.
+    try:
+        code = pytest.console_main()
+    except SystemExit as e:
+        code = e.code
+    except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught one
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        try:
+            print(code, file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            pass
+        code = 1
+    return code
+
+
+def child_exit(code):
+    """The interpreter's shutdown as far as anyone can observe it: non-daemon threads joined,
+    atexit handlers run, stdout and stderr flushed (a failed stdout flush exits 120), then exit.
+    Tearing down every module and object (tens of milliseconds with pytest loaded) is skipped:
+    the process is gone a moment later anyway, and its work area with it."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join()
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if run_exitfuncs is not None:
+        run_exitfuncs()
+    for stream, failed in ((sys.stdout, 120), (sys.stderr, None)):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            if failed is not None and code == 0:
+                code = failed
+    os._exit(code & 0xFF)
 
 
 _child = None
@@ -490,6 +537,6 @@ except Child as _c:
 if _child is None:
     raise SystemExit(_code)
 # The child runs outside any exception handler (so no test exception is chained to `Child`),
-# with the server's frames gone; its exit is the interpreter's own.
+# with the server's frames gone.
 _child.__traceback__ = None
-raise SystemExit(child_main(_child))
+child_exit(child_main(_child))
