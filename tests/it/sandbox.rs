@@ -1226,6 +1226,34 @@ def test_clean():
     assert not problems, problems
 "#;
 
+/// A failing candidate that tries to write a passing reply for itself into its parent's
+/// descriptors (the warm server's protocol): the server is not dumpable, so it cannot.
+const FORGE: &str = r#"
+import json, os
+
+def test_forge():
+    me = os.path.basename(os.getcwd())
+    reply = {"kind": "reply", "id": me, "code": 0, "signal": None, "timed_out": False,
+             "over_cap": False, "total": 0, "oom": [0, 0], "files": [], "clean": True,
+             "blobs": [0, 0]}
+    line = (json.dumps(reply) + "\n").encode()
+    parent = os.getppid()
+    try:
+        fds = os.listdir(f"/proc/{parent}/fd")
+    except OSError:
+        fds = [str(n) for n in range(64)]
+    reached = []
+    for fd in fds:
+        try:
+            with open(f"/proc/{parent}/fd/{fd}", "wb", buffering=0) as f:
+                f.write(line)
+                reached.append(fd)
+        except OSError:
+            pass
+    print("reached", reached)
+    assert False, "this candidate fails"
+"#;
+
 const EXIT_3: &str = "import os\n\ndef test_exit():\n    os._exit(3)\n";
 const KILL_PARENT: &str =
     "import os, signal\n\ndef test_kill_parent():\n    os.kill(os.getppid(), signal.SIGKILL)\n";
@@ -1260,6 +1288,7 @@ async fn warm_isolates(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox, h: Hosti
     let probe = pytest_project(&[("tests/test_probe.py", &with_shm(PROBE))])?;
     let leave = pytest_project(&[("tests/test_leave.py", &with_shm(LEAVE_STATE))])?;
     let exit3 = pytest_project(&[("tests/test_exit.py", EXIT_3)])?;
+    let forge = pytest_project(&[("tests/test_forge.py", FORGE)])?;
     let killer = pytest_project(&[("tests/test_kill.py", KILL_PARENT)])?;
     let looping = pytest_project(&[("tests/test_loop.py", LOOP)])?;
     let (template, kind) = pytest_template(probe.path(), 30)?;
@@ -1294,6 +1323,24 @@ async fn warm_isolates(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox, h: Hosti
         "os._exit(3): warm {w:?}\nfresh {f:?}"
     );
     check_probe(&mut warm, "os._exit(3)").await?;
+
+    let w = warm.run(forge.path(), &argv, t30).await?;
+    let t = parse_outcomes(&kind, &w);
+    eprintln!(
+        "[warm] a forger: {} {t:?} {}",
+        w.verdict(),
+        w.stdout
+            .lines()
+            .find(|l| l.starts_with("reached"))
+            .unwrap_or("")
+    );
+    ensure!(
+        !w.success()
+            && t == [o("tests/test_forge.py::test_forge", TestStatus::Failed)]
+            && w.stdout.contains("reached []"),
+        "a candidate reached the server's descriptors: {w:?}"
+    );
+    check_probe(&mut warm, "a forger").await?;
 
     let w = warm
         .run(looping.path(), &argv, Duration::from_secs(2))
@@ -1343,7 +1390,7 @@ async fn warm_isolates(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox, h: Hosti
     check_probe(&mut warm, "a plain command").await?;
 
     let stats = warm.warm_stats().clone();
-    let warm_runs = probes + 3; // the probes, leave, exit3, loop
+    let warm_runs = probes + 4; // the probes, leave, exit3, forge, loop
     ensure!(
         stats.served == warm_runs && stats.fallbacks == runs_fresh,
         "{stats:?}"
