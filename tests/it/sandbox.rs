@@ -1433,3 +1433,46 @@ async fn warm_server_isolates_hostile_candidates_locally() -> Result<()> {
     };
     warm_isolates(&sb.clone().with_warm_server(false), &sb, h).await
 }
+
+/// A server that cannot start (here: no such interpreter) costs nothing but the tries: every
+/// candidate gets the fresh process's verdict, and after three failures the session stops
+/// trying.
+#[tokio::test]
+async fn warm_server_that_cannot_start_falls_back_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let dir = pytest_project(&[("tests/test_a.py", "def test_a():\n    pass\n")])?;
+    let (mut template, _) = pytest_template(dir.path(), 30)?;
+    template.argv[0] = "python3.99".into();
+    let t = Duration::from_secs(30);
+    let mut fresh = sb
+        .clone()
+        .with_warm_server(false)
+        .open_session(&template)
+        .await?;
+    let want = fresh.run(dir.path(), &template.argv, t).await?;
+    ensure!(want.exit_code == Some(127), "{want:?}");
+    let mut warm = sb.open_session(&template).await?;
+    for i in 0..4 {
+        let r = warm.run(dir.path(), &template.argv, t).await?;
+        ensure!(
+            (r.exit_code, r.signal) == (want.exit_code, want.signal),
+            "run {i}: {r:?}"
+        );
+    }
+    let stats = warm.warm_stats().clone();
+    ensure!(
+        stats.served == 0
+            && stats.starts == 3
+            && stats.fallbacks == 2
+            && stats
+                .off
+                .as_deref()
+                .is_some_and(|w| w.contains("failed 3 times")),
+        "{stats:?}"
+    );
+    fresh.close().await?;
+    warm.close().await?;
+    assert_no_containers(&sb).await
+}

@@ -321,7 +321,8 @@ impl DockerSandbox {
     }
 
     /// Starts the container of a [`DockerSession`]: same hardening, `sleep infinity` under
-    /// init, as a user the candidates cannot signal.
+    /// init, as a user the candidates cannot signal. When the template's command is
+    /// `python3 -m pytest` and the warm server is on, the server is started now too.
     pub async fn open_session(&self, template: &RunSpec) -> Result<DockerSession, SandboxError> {
         template.validate()?;
         self.require_image(&template.image).await?;
@@ -337,7 +338,7 @@ impl DockerSandbox {
             let _ = guard.remove().await;
             return Err(engine("start container")(e));
         }
-        Ok(DockerSession {
+        let mut session = DockerSession {
             docker: self.docker.clone(),
             guard: Some(guard),
             staging,
@@ -348,7 +349,9 @@ impl DockerSandbox {
             lost: None,
             warm: WarmState::new(self.warm),
             server: None,
-        })
+        };
+        session.prestart().await;
+        Ok(session)
     }
 
     fn container_body(
@@ -512,6 +515,35 @@ impl DockerSession {
     /// How candidates were served by the warm test server.
     pub fn warm_stats(&self) -> &WarmStats {
         &self.warm.stats
+    }
+
+    /// Starts the warm server for the template's command, when it is one the server serves.
+    /// A server that does not start is logged; candidates then try again or run fresh.
+    async fn prestart(&mut self) {
+        let Some((interpreter, _)) = warm::pytest_invocation(&self.template.argv) else {
+            return;
+        };
+        let interpreter = interpreter.to_owned();
+        let Some(id) = self.container_id().map(str::to_owned) else {
+            return;
+        };
+        if !self.warm.usable() || self.server.is_some() {
+            return;
+        }
+        self.warm.stats.starts += 1;
+        match self.start_server(&id, &interpreter, &self.template).await {
+            Ok(channel) => {
+                self.server = Some(WarmServer {
+                    interpreter,
+                    channel,
+                })
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
+                self.stop_server(&id).await;
+                self.warm.failed(&why, false);
+            }
+        }
     }
 
     /// Runs `argv` on a fresh copy of `dir` in its own subdirectory of the work area, with the

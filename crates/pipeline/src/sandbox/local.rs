@@ -173,10 +173,12 @@ impl Sandbox for LocalSandbox {
         LocalSandbox::run(self, spec).await
     }
 
+    /// Like [`LocalSandbox::open_session`], and starts the warm server now when the
+    /// template's command is one it serves (the inherent method starts it on first use).
     async fn open_session(&self, template: &RunSpec) -> Result<Session, SandboxError> {
-        Ok(Session::Local(Box::new(LocalSandbox::open_session(
-            self, template,
-        )?)))
+        let mut s = LocalSandbox::open_session(self, template)?;
+        s.prestart().await;
+        Ok(Session::Local(Box::new(s)))
     }
 }
 
@@ -213,6 +215,14 @@ struct LocalServer {
     channel: Channel,
 }
 
+/// A fresh run maps `/work` in env values to its own copy; one server cannot do that per
+/// candidate.
+fn env_names_work(spec: &RunSpec) -> bool {
+    spec.env
+        .iter()
+        .any(|(_, v)| v == "/work" || v.starts_with("/work/"))
+}
+
 /// Host-side slack beyond a candidate's timeout before the warm server counts as hung.
 const WARM_GRACE: Duration = Duration::from_secs(15);
 /// Cap on each collected file of a warm run (as `read_capped` in a fresh run).
@@ -233,11 +243,7 @@ impl LocalSession {
         if self.warm.usable()
             && let Some((interpreter, args)) = warm::pytest_invocation(&spec.argv)
         {
-            if spec
-                .env
-                .iter()
-                .any(|(_, v)| v == "/work" || v.starts_with("/work/"))
-            {
+            if env_names_work(&spec) {
                 // A fresh run maps /work to its own copy; one server cannot do that per candidate.
                 self.warm.turn_off(
                     "the environment names /work, which means another dir for every candidate"
@@ -260,6 +266,24 @@ impl LocalSession {
     /// How candidates were served by the warm test server.
     pub fn warm_stats(&self) -> &WarmStats {
         &self.warm.stats
+    }
+
+    /// Starts the warm server for the template's command, when it is one the server serves.
+    async fn prestart(&mut self) {
+        let Some((interpreter, _)) = warm::pytest_invocation(&self.template.argv) else {
+            return;
+        };
+        if !self.warm.usable() || self.server.is_some() || env_names_work(&self.template) {
+            return;
+        }
+        self.warm.stats.starts += 1;
+        match start_local_server(interpreter, &self.template).await {
+            Ok(s) => self.server = Some(s),
+            Err(why) => {
+                tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
+                self.warm.failed(&why, false);
+            }
+        }
     }
 
     async fn run_warm(

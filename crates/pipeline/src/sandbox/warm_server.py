@@ -529,6 +529,11 @@ def child_exit(code):
     os._exit(code & 0xFF)
 
 
+# Everything loaded so far is shared by every child: keep the collector off it (a pre-fork
+# server's use of gc.freeze; it saves each child scanning and copying the server's objects).
+import gc
+
+gc.freeze()
 _child = None
 try:
     _code = serve()
