@@ -1021,6 +1021,8 @@ struct Seen {
     exit_code: Option<i32>,
     signal: Option<i32>,
     timed_out: bool,
+    oom_killed: bool,
+    output_truncated: bool,
     success: bool,
     tests: Vec<TestOutcome>,
 }
@@ -1030,6 +1032,8 @@ fn seen(kind: &sandbox::ProjectKind, r: &RunResult) -> Seen {
         exit_code: r.exit_code,
         signal: r.signal,
         timed_out: r.timed_out,
+        oom_killed: r.oom_killed,
+        output_truncated: r.output_truncated,
         success: r.success(),
         tests: parse_outcomes(kind, r),
     }
@@ -1042,9 +1046,14 @@ fn o(name: &str, status: TestStatus) -> TestOutcome {
     }
 }
 
-/// Pass, fail, error, skip, a collection error and a timeout: the warm server and a fresh
-/// process see the same, and what they see is right.
-async fn warm_matches_fresh(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox) -> Result<()> {
+/// Pass, fail, error, skip, a collection error, a timeout, threads and atexit at the end, a
+/// flood of output and a memory bomb: the warm server and a fresh process see the same, and
+/// what they see is right. `docker`: memory is a cgroup limit (an OOM kill), not an rlimit.
+async fn warm_matches_fresh(
+    fresh_sb: &impl Sandbox,
+    warm_sb: &impl Sandbox,
+    docker: bool,
+) -> Result<()> {
     let mixed = pytest_project(&[("tests/test_mixed.py", MIXED_TESTS)])?;
     let green = pytest_project(&[(
         "tests/test_green.py",
@@ -1063,15 +1072,26 @@ async fn warm_matches_fresh(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox) -> 
         "tests/test_exit.py",
         "import atexit, threading, time\n\ndef late():\n    time.sleep(0.3)\n    print('thread ran', flush=True)\n\ndef test_leaves_a_thread():\n    atexit.register(lambda: print('atexit ran'))\n    threading.Thread(target=late).start()\n",
     )])?;
+    // The report of a failing test carries what it printed: 200 KiB, over the 64 KiB cap.
+    let flood = pytest_project(&[(
+        "tests/test_flood.py",
+        "def test_flood():\n    print('x' * (200 << 10))\n    assert False\n",
+    )])?;
+    let memory = pytest_project(&[(
+        "tests/test_memory.py",
+        "def test_memory():\n    a = []\n    while True:\n        a.append(b'x' * (16 << 20))\n",
+    )])?;
     let (template, kind) = pytest_template(mixed.path(), 30)?;
     let mut fresh = fresh_sb.open_session(&template).await?;
     let mut warm = warm_sb.open_session(&template).await?;
-    let cases: [(&str, &Path, u64); 5] = [
+    let cases: [(&str, &Path, u64); 7] = [
         ("mixed", mixed.path(), 30),
         ("green", green.path(), 30),
         ("collection error", broken.path(), 30),
         ("timeout", looping.path(), 3),
         ("shutdown", shutdown.path(), 30),
+        ("flood", flood.path(), 30),
+        ("memory", memory.path(), 30),
     ];
     let mut served = 0;
     for (what, dir, t) in cases {
@@ -1087,7 +1107,11 @@ async fn warm_matches_fresh(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox) -> 
             w.duration.as_secs_f64(),
             sw.tests
         );
-        ensure!(sf == sw, "{what}: fresh {sf:?}\nwarm {sw:?}\n{w:?}");
+        ensure!(
+            sf == sw,
+            "{what}: fresh {sf:?}\nwarm {sw:?}\n{}",
+            w.verdict()
+        );
         served += 1;
         let expected_ok = match what {
             "mixed" => {
@@ -1109,13 +1133,15 @@ async fn warm_matches_fresh(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox) -> 
             "shutdown" => [&f, &w].iter().all(|r| {
                 r.success() && r.stdout.contains("thread ran") && r.stdout.contains("atexit ran")
             }),
+            "flood" => sw.output_truncated && !sw.success && w.stdout.len() <= 64 << 10,
+            "memory" => !sw.success && (sw.oom_killed || !docker),
             _ => {
                 sw.timed_out
                     && w.verdict() == "killed after 3 s timeout"
                     && w.duration < Duration::from_secs(15)
             }
         };
-        ensure!(expected_ok, "{what}: unexpected {sw:?}\n{w:?}");
+        ensure!(expected_ok, "{what}: unexpected {sw:?}\n{}", w.verdict());
     }
     let stats = warm.warm_stats().clone();
     ensure!(
@@ -1136,7 +1162,7 @@ async fn warm_server_matches_fresh_runs_in_docker() -> Result<()> {
     let Some(sb) = docker().await? else {
         return Ok(());
     };
-    warm_matches_fresh(&sb.clone().with_warm_server(false), &sb).await?;
+    warm_matches_fresh(&sb.clone().with_warm_server(false), &sb, true).await?;
     assert_no_containers(&sb).await
 }
 
@@ -1144,7 +1170,7 @@ async fn warm_server_matches_fresh_runs_in_docker() -> Result<()> {
 async fn warm_server_matches_fresh_runs_locally() -> Result<()> {
     coval_tests::ensure_host_pytest()?;
     let sb = LocalSandbox::new();
-    warm_matches_fresh(&sb.clone().with_warm_server(false), &sb).await
+    warm_matches_fresh(&sb.clone().with_warm_server(false), &sb, false).await
 }
 
 /// A candidate that changes module state, the environment and `sys.path`, writes files

@@ -675,6 +675,10 @@ impl DockerSession {
             args,
             timeout: spec.timeout.as_secs_f64(),
             cap: spec.limits.output_bytes,
+            kill_at: spec
+                .limits
+                .output_bytes
+                .saturating_add(trailer_budget(spec)),
             collect: &spec.collect,
             fcap: COLLECT_CAP,
         };

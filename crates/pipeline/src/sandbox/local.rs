@@ -328,6 +328,7 @@ impl LocalSession {
             args,
             timeout: spec.timeout.as_secs_f64(),
             cap: spec.limits.output_bytes,
+            kill_at: spec.limits.output_bytes,
             collect: &spec.collect,
             fcap: WARM_COLLECT_CAP,
         };

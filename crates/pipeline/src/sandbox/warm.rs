@@ -135,8 +135,11 @@ pub(crate) struct Request<'a> {
     pub args: &'a [String],
     /// Wall-clock seconds from fork to kill.
     pub timeout: f64,
-    /// stdout + stderr kept; the child is killed when it writes more.
+    /// stdout + stderr kept.
     pub cap: usize,
+    /// The child is killed when it has written more than this (≥ `cap`): the slack the
+    /// backend's fresh path allows, so both stop a flood at the same point.
+    pub kill_at: usize,
     pub collect: &'a [String],
     /// Cap on each collected file.
     pub fcap: usize,

@@ -283,6 +283,8 @@ def run_one(req):
 
     timeout = float(req["timeout"])
     cap = int(req["cap"])
+    # Killed only beyond this many bytes (the fresh path's own slack); kept: `cap`.
+    kill_at = max(cap, int(req.get("kill_at", cap)))
     work = req["work"]
     wiped_before = wipe()
     oom_before = oom_count() if OOM else 0
@@ -330,7 +332,7 @@ def run_one(req):
         room = max(0, cap - len(kept["out"]) - len(kept["err"]))
         kept[which] += b[:room]
         total += len(b)
-        if total > cap:
+        if total > kill_at:
             over = True
 
     while status is None and not over:
@@ -424,6 +426,7 @@ def invalid(req):
         ("timeout", num(req.get("timeout"))),
         ("cap", num(req.get("cap"))),
         ("fcap", num(req.get("fcap", 1))),
+        ("kill_at", num(req.get("kill_at", 1))),
     ]
     bad = [k for k, ok in checks if not ok]
     return ", ".join(bad) if bad else None
