@@ -9,7 +9,9 @@
 //! under `timeout -s KILL`, kills every process the candidate left, reports the exit status,
 //! the cgroup's OOM-kill count and the collected files after a random marker on stderr, and
 //! wipes `/work`, `/tmp` and `/dev/shm`. A [`DockerSession`] runs that wrapper by `exec` in one
-//! long-lived container, so a candidate costs a process, not a container start.
+//! long-lived container, so a candidate costs a process, not a container start; a
+//! `python3 -m pytest` candidate costs only a fork of the session's warm test server (one more
+//! long-lived `exec`, see `super::warm`), which falls back to the wrapper when it fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -548,8 +550,9 @@ impl DockerSession {
 
     /// Runs `argv` on a fresh copy of `dir` in its own subdirectory of the work area, with the
     /// template's env and limits; the copy, its temp files and its processes are gone before
-    /// this returns. `python3 -m pytest ...` goes to the session's warm test server (started on
-    /// first use) when it is on; if the server fails, that candidate runs as a fresh process.
+    /// this returns. `python3 -m pytest ...` goes to the session's warm test server (started
+    /// with the session, again after a failure) when it is on; if the server fails, that
+    /// candidate runs as a fresh process.
     pub async fn run(
         &mut self,
         dir: &Path,

@@ -1,7 +1,8 @@
 //! Sandboxes that run a project's tests on untrusted code: one interface ([`Sandbox`]), two
 //! implementations ([`DockerSandbox`], hardened containers through bollard, and
 //! [`LocalSandbox`], a temp copy with rlimits for machines without Docker), per-repair
-//! [`Session`]s that reuse one container across candidates, [`detect`] to pick a backend, and
+//! [`Session`]s that reuse one container across candidates and serve pytest candidates from a
+//! warm test server that forks per candidate (`warm`), [`detect`] to pick a backend, and
 //! [`detect_project`] / [`outcomes::parse_outcomes`] to find a project's test command and read
 //! its per-test results.
 //!
