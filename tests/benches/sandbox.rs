@@ -1,6 +1,7 @@
 //! Seconds per candidate for a small pytest project (tests/fixtures/projects/python-bench, five
-//! tests), three ways side by side: a fresh Docker container per candidate, one reused
-//! container (a session, one `exec` per candidate), and the local sandbox; plus the ratios.
+//! tests), side by side: a fresh Docker container per candidate, one reused container (a
+//! session) with one `exec` per candidate, the same session with its warm test server (one
+//! fork per candidate), the local sandbox per run and its session's warm server; plus ratios.
 //!
 //!   cargo bench -p coval-tests --bench sandbox            (after `scripts/dev-services.sh up`)
 //!   COVAL_BENCH_CANDIDATES=20 cargo bench -p coval-tests --bench sandbox
@@ -73,7 +74,11 @@ async fn main() -> Result<()> {
     let fresh = per_candidate(t0.elapsed(), n);
 
     let t0 = Instant::now();
-    let mut session = docker.open_session(&spec).await?;
+    let mut session = docker
+        .clone()
+        .with_warm_server(false)
+        .open_session(&spec)
+        .await?;
     let opened = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     for _ in 0..n {
@@ -85,6 +90,32 @@ async fn main() -> Result<()> {
     let reused = per_candidate(t0.elapsed(), n);
     session.close().await?;
 
+    // Opening the session starts the server too (it imports pytest); the first run is
+    // timed apart from the others.
+    let t0 = Instant::now();
+    let mut session = docker.open_session(&spec).await?;
+    let warm_opened = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    check(
+        &kind,
+        &session.run(&project, &spec.argv, spec.timeout).await?,
+    )?;
+    let warm_first = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        check(
+            &kind,
+            &session.run(&project, &spec.argv, spec.timeout).await?,
+        )?;
+    }
+    let warm = per_candidate(t0.elapsed(), n);
+    let stats = session.warm_stats().clone();
+    ensure!(
+        stats.served == n as u64 + 1 && stats.fallbacks == 0,
+        "the warm server did not serve every run: {stats:?}"
+    );
+    session.close().await?;
+
     let local = LocalSandbox::new();
     check(&kind, &local.run(&spec).await?)?;
     let t0 = Instant::now();
@@ -92,6 +123,27 @@ async fn main() -> Result<()> {
         check(&kind, &local.run(&spec).await?)?;
     }
     let local_s = per_candidate(t0.elapsed(), n);
+    let t0 = Instant::now();
+    let mut lsession = Sandbox::open_session(&local, &spec).await?;
+    let local_opened = t0.elapsed().as_secs_f64();
+    check(
+        &kind,
+        &lsession.run(&project, &spec.argv, spec.timeout).await?,
+    )?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        check(
+            &kind,
+            &lsession.run(&project, &spec.argv, spec.timeout).await?,
+        )?;
+    }
+    let local_warm = per_candidate(t0.elapsed(), n);
+    ensure!(
+        lsession.warm_stats().served == n as u64 + 1,
+        "the local warm server did not serve every run: {:?}",
+        lsession.warm_stats()
+    );
+    lsession.close().await?;
     let left = docker.containers().await?;
     ensure!(left.is_empty(), "containers left behind: {left:?}");
 
@@ -100,17 +152,24 @@ async fn main() -> Result<()> {
     );
     println!("  fresh container per candidate  {fresh:>7.3} s");
     println!(
-        "  reused container (session)     {reused:>7.3} s   (+ {opened:.3} s once to start it)"
+        "  reused container, one exec each {reused:>7.3} s   (+ {opened:.3} s once to start it)"
     );
     println!(
-        "  local sandbox                  {local_s:>7.3} s   ({})",
+        "  reused container, warm server   {warm:>7.3} s   (+ {warm_opened:.3} s once to start it and the server; first run {warm_first:.3} s)"
+    );
+    println!(
+        "  local sandbox, fresh process    {local_s:>7.3} s   ({})",
         local.name()
     );
     println!(
-        "  ratios: fresh/session {:.2}x, fresh/local {:.2}x, session/local {:.2}x",
+        "  local session, warm server      {local_warm:>7.3} s   (+ {local_opened:.3} s once to start the server)"
+    );
+    println!(
+        "  ratios: fresh/session {:.2}x, session/warm {:.2}x, fresh/warm {:.2}x, local fresh/warm {:.2}x",
         fresh / reused,
-        fresh / local_s,
-        reused / local_s
+        reused / warm,
+        fresh / warm,
+        local_s / local_warm
     );
     Ok(())
 }

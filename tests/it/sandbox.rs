@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use pipeline::patch::{self, Edit, PatchLimits, Refusal};
 use pipeline::sandbox::{
-    self, DockerSandbox, Limits, LocalSandbox, RunResult, RunSpec, Sandbox, detect_project,
-    parse_outcomes,
+    self, DockerSandbox, Limits, LocalSandbox, RunResult, RunSpec, Sandbox, Session,
+    detect_project, parse_outcomes,
 };
 use proto::messages::{TestOutcome, TestStatus};
 
@@ -955,4 +955,550 @@ async fn detect_prefers_docker_and_honours_the_config() -> Result<()> {
         d.reason
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------- warm test server
+
+/// A pytest project in a temp dir: a pyproject.toml, `calc.py`, and `files`.
+fn pytest_project(files: &[(&str, &str)]) -> Result<tempfile::TempDir> {
+    let d = tempfile::tempdir()?;
+    std::fs::write(
+        d.path().join("pyproject.toml"),
+        "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\npythonpath = [\".\"]\n",
+    )?;
+    std::fs::write(
+        d.path().join("calc.py"),
+        "def add(a, b):\n    return a + b\n",
+    )?;
+    for (name, text) in files {
+        let p = d.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, text)?;
+    }
+    Ok(d)
+}
+
+const MIXED_TESTS: &str = r#"
+import pytest
+from calc import add
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("the fixture fails")
+
+def test_pass():
+    assert add(1, 2) == 3
+
+def test_fail():
+    assert add(1, 2) == 4
+
+def test_error(broken):
+    pass
+
+def test_skip():
+    pytest.skip("not here")
+"#;
+
+/// The session template for pytest projects: the detected command, its JUnit report collected.
+fn pytest_template(dir: &Path, timeout_secs: u64) -> Result<(RunSpec, sandbox::ProjectKind)> {
+    let kind = detect_project(dir).context("no project detected")?;
+    let mut s = spec(dir, &[], timeout_secs);
+    s.argv = kind.test_cmd.clone();
+    s.collect = kind.reports.clone();
+    ensure!(
+        sandbox::is_pytest_module_run(&s.argv),
+        "not a pytest run: {:?}",
+        s.argv
+    );
+    Ok((s, kind))
+}
+
+/// What a verdict depends on: status, stop reason, and per-test outcomes.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+    oom_killed: bool,
+    output_truncated: bool,
+    success: bool,
+    tests: Vec<TestOutcome>,
+}
+
+fn seen(kind: &sandbox::ProjectKind, r: &RunResult) -> Seen {
+    Seen {
+        exit_code: r.exit_code,
+        signal: r.signal,
+        timed_out: r.timed_out,
+        oom_killed: r.oom_killed,
+        output_truncated: r.output_truncated,
+        success: r.success(),
+        tests: parse_outcomes(kind, r),
+    }
+}
+
+fn o(name: &str, status: TestStatus) -> TestOutcome {
+    TestOutcome {
+        name: name.into(),
+        status,
+    }
+}
+
+/// Pass, fail, error, skip, a collection error, a timeout, threads and atexit at the end, a
+/// flood of output and a memory bomb: the warm server and a fresh process see the same, and
+/// what they see is right. `docker`: memory is a cgroup limit (an OOM kill), not an rlimit.
+async fn warm_matches_fresh(
+    fresh_sb: &impl Sandbox,
+    warm_sb: &impl Sandbox,
+    docker: bool,
+) -> Result<()> {
+    let mixed = pytest_project(&[("tests/test_mixed.py", MIXED_TESTS)])?;
+    let green = pytest_project(&[(
+        "tests/test_green.py",
+        "from calc import add\n\ndef test_a():\n    assert add(2, 2) == 4\n\ndef test_b():\n    assert add(0, 0) == 0\n",
+    )])?;
+    let broken = pytest_project(&[(
+        "tests/test_broken.py",
+        "import no_such_module\n\ndef test_x():\n    pass\n",
+    )])?;
+    let looping = pytest_project(&[(
+        "tests/test_loop.py",
+        "def test_fast():\n    pass\n\ndef test_forever():\n    while True:\n        pass\n",
+    )])?;
+    // What an interpreter does on the way out: wait for threads, run atexit handlers.
+    let shutdown = pytest_project(&[(
+        "tests/test_exit.py",
+        "import atexit, threading, time\n\ndef late():\n    time.sleep(0.3)\n    print('thread ran', flush=True)\n\ndef test_leaves_a_thread():\n    atexit.register(lambda: print('atexit ran'))\n    threading.Thread(target=late).start()\n",
+    )])?;
+    // The report of a failing test carries what it printed: 200 KiB, over the 64 KiB cap.
+    let flood = pytest_project(&[(
+        "tests/test_flood.py",
+        "def test_flood():\n    print('x' * (200 << 10))\n    assert False\n",
+    )])?;
+    let memory = pytest_project(&[(
+        "tests/test_memory.py",
+        "def test_memory():\n    a = []\n    while True:\n        a.append(b'x' * (16 << 20))\n",
+    )])?;
+    let (template, kind) = pytest_template(mixed.path(), 30)?;
+    let mut fresh = fresh_sb.open_session(&template).await?;
+    let mut warm = warm_sb.open_session(&template).await?;
+    let cases: [(&str, &Path, u64); 7] = [
+        ("mixed", mixed.path(), 30),
+        ("green", green.path(), 30),
+        ("collection error", broken.path(), 30),
+        ("timeout", looping.path(), 3),
+        ("shutdown", shutdown.path(), 30),
+        ("flood", flood.path(), 30),
+        ("memory", memory.path(), 30),
+    ];
+    let mut served = 0;
+    for (what, dir, t) in cases {
+        let timeout = Duration::from_secs(t);
+        let f = fresh.run(dir, &template.argv, timeout).await?;
+        let w = warm.run(dir, &template.argv, timeout).await?;
+        let (sf, sw) = (seen(&kind, &f), seen(&kind, &w));
+        eprintln!(
+            "[warm] {what:17} fresh {} ({:.2} s), warm {} ({:.2} s): {:?}",
+            f.verdict(),
+            f.duration.as_secs_f64(),
+            w.verdict(),
+            w.duration.as_secs_f64(),
+            sw.tests
+        );
+        ensure!(
+            sf == sw,
+            "{what}: fresh {sf:?}\nwarm {sw:?}\n{}",
+            w.verdict()
+        );
+        served += 1;
+        let expected_ok = match what {
+            "mixed" => {
+                sw.exit_code == Some(1)
+                    && sw.tests
+                        == [
+                            o("tests/test_mixed.py::test_pass", TestStatus::Passed),
+                            o("tests/test_mixed.py::test_fail", TestStatus::Failed),
+                            o("tests/test_mixed.py::test_error", TestStatus::Error),
+                            o("tests/test_mixed.py::test_skip", TestStatus::Skipped),
+                        ]
+            }
+            "green" => sw.success && sw.tests.len() == 2,
+            "collection error" => {
+                sw.exit_code == Some(2)
+                    && sw.tests.len() == 1
+                    && sw.tests[0].status == TestStatus::Error
+            }
+            "shutdown" => [&f, &w].iter().all(|r| {
+                r.success() && r.stdout.contains("thread ran") && r.stdout.contains("atexit ran")
+            }),
+            "flood" => sw.output_truncated && !sw.success && w.stdout.len() <= 64 << 10,
+            "memory" => !sw.success && (sw.oom_killed || !docker),
+            _ => {
+                sw.timed_out
+                    && w.verdict() == "killed after 3 s timeout"
+                    && w.duration < Duration::from_secs(15)
+            }
+        };
+        ensure!(expected_ok, "{what}: unexpected {sw:?}\n{}", w.verdict());
+    }
+    let stats = warm.warm_stats().clone();
+    ensure!(
+        stats.served == served && stats.fallbacks == 0 && stats.starts == 1,
+        "the warm server did not serve every run: {stats:?}"
+    );
+    ensure!(
+        fresh.warm_stats().starts == 0,
+        "the fresh session started a server"
+    );
+    fresh.close().await?;
+    warm.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn warm_server_matches_fresh_runs_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    warm_matches_fresh(&sb.clone().with_warm_server(false), &sb, true).await?;
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn warm_server_matches_fresh_runs_locally() -> Result<()> {
+    coval_tests::ensure_host_pytest()?;
+    let sb = LocalSandbox::new();
+    warm_matches_fresh(&sb.clone().with_warm_server(false), &sb, false).await
+}
+
+/// A candidate that changes module state, the environment and `sys.path`, writes files
+/// everywhere it may, and leaves a detached process that keeps writing for ten seconds.
+const LEAVE_STATE: &str = r#"
+import json, os, subprocess, sys, tempfile
+import _pytest
+
+def test_leave_state():
+    json.coval_leak = "module"
+    _pytest.coval_leak = "pytest"
+    os.environ["COVAL_LEAK"] = "env"
+    sys.path.append("/coval-leak")
+    dirs = [os.getcwd(), tempfile.gettempdir(), os.environ["HOME"]] + SHM
+    for d in dirs:
+        with open(os.path.join(d, "leak.txt"), "w") as f:
+            f.write("leak")
+    late = (
+        "import os, time\n"
+        "for _ in range(500):\n"
+        "    time.sleep(0.02)\n"
+        "    for d in %r:\n"
+        "        try:\n"
+        "            open(os.path.join(d, 'late.txt'), 'w').write('late')\n"
+        "        except OSError:\n"
+        "            pass\n"
+    ) % (dirs[1:] + [os.path.dirname(os.getcwd())])
+    subprocess.Popen([sys.executable, "-c", late], start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+"#;
+
+/// Passes only when nothing of an earlier candidate is left: no state, no files, and (where
+/// candidates have a user of their own) no process of that user but this run's ancestors.
+const PROBE: &str = r#"
+import json, os, sys, tempfile, time
+import _pytest
+
+def strays():
+    mine, ancestors, pid = os.getuid(), set(), os.getpid()
+    while pid > 1:
+        ancestors.add(pid)
+        try:
+            status = open(f"/proc/{pid}/status").read()
+        except OSError:
+            break
+        pid = int(next(l.split()[1] for l in status.splitlines() if l.startswith("PPid:")))
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in ancestors:
+            continue
+        try:
+            status = open(f"/proc/{name}/status").read()
+        except OSError:
+            continue
+        fields = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
+        if int(fields["Uid"].split()[0]) == mine and not fields["State"].strip().startswith("Z"):
+            found.append(fields["Name"].strip())
+    return found
+
+def test_clean():
+    time.sleep(0.2)  # a surviving writer of an earlier candidate would strike by now
+    problems = []
+    if PROCS and strays():
+        problems.append(f"processes of an earlier candidate: {strays()}")
+    if hasattr(json, "coval_leak") or hasattr(_pytest, "coval_leak"):
+        problems.append("module state leaked")
+    if "COVAL_LEAK" in os.environ:
+        problems.append("the environment leaked")
+    if "/coval-leak" in sys.path:
+        problems.append("sys.path leaked")
+    here = os.getcwd()
+    others = [d for d in os.listdir(os.path.dirname(here)) if d != os.path.basename(here)]
+    if others:
+        problems.append(f"next to the work dir: {others}")
+    for d in [here, tempfile.gettempdir(), os.environ["HOME"]] + SHM:
+        for n in ("leak.txt", "late.txt"):
+            if os.path.exists(os.path.join(d, n)):
+                problems.append(f"{d}/{n} exists")
+    assert not problems, problems
+"#;
+
+/// A failing candidate that tries to write a passing reply for itself into its parent's
+/// descriptors (the warm server's protocol): the server is not dumpable, so it cannot.
+const FORGE: &str = r#"
+import json, os
+
+def test_forge():
+    me = os.path.basename(os.getcwd())
+    reply = {"kind": "reply", "id": me, "code": 0, "signal": None, "timed_out": False,
+             "over_cap": False, "total": 0, "oom": [0, 0], "files": [], "clean": True,
+             "blobs": [0, 0]}
+    line = (json.dumps(reply) + "\n").encode()
+    parent = os.getppid()
+    try:
+        fds = os.listdir(f"/proc/{parent}/fd")
+    except OSError:
+        fds = [str(n) for n in range(64)]
+    reached = []
+    for fd in fds:
+        try:
+            with open(f"/proc/{parent}/fd/{fd}", "wb", buffering=0) as f:
+                f.write(line)
+                reached.append(fd)
+        except OSError:
+            pass
+    print("reached", reached)
+    assert False, "this candidate fails"
+"#;
+
+const EXIT_3: &str = "import os\n\ndef test_exit():\n    os._exit(3)\n";
+const KILL_PARENT: &str =
+    "import os, signal\n\ndef test_kill_parent():\n    os.kill(os.getppid(), signal.SIGKILL)\n";
+const LOOP: &str = "def test_forever():\n    while True:\n        pass\n";
+
+/// How a backend's session is to be tested.
+struct Hostile {
+    /// Candidates may write to /dev/shm (Docker: the container's own).
+    shm: bool,
+    /// Candidates run as a user of their own, so any other process of it is a stray.
+    own_user: bool,
+    /// Run the candidate that kills its parent.
+    kill_parent: bool,
+    /// A command the server does not serve stops it (Docker: that command's wrapper kills
+    /// every process of the candidates' user).
+    plain_stops_server: bool,
+}
+
+/// Hostile candidates in one warm session: none changes the next one's verdict, a timeout or
+/// `os._exit` leaves the server serving, a candidate that kills the server is run as a fresh
+/// process (with the fresh process's verdict) and the next one gets a new server.
+async fn warm_isolates(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox, h: Hostile) -> Result<()> {
+    let Hostile {
+        shm,
+        own_user,
+        kill_parent,
+        plain_stops_server,
+    } = h;
+    let shm = if shm { "[\"/dev/shm\"]" } else { "[]" };
+    let procs = if own_user { "True" } else { "False" };
+    let with_shm = |t: &str| format!("SHM = {shm}\nPROCS = {procs}\n{t}");
+    let probe = pytest_project(&[("tests/test_probe.py", &with_shm(PROBE))])?;
+    let leave = pytest_project(&[("tests/test_leave.py", &with_shm(LEAVE_STATE))])?;
+    let exit3 = pytest_project(&[("tests/test_exit.py", EXIT_3)])?;
+    let forge = pytest_project(&[("tests/test_forge.py", FORGE)])?;
+    let killer = pytest_project(&[("tests/test_kill.py", KILL_PARENT)])?;
+    let looping = pytest_project(&[("tests/test_loop.py", LOOP)])?;
+    let (template, kind) = pytest_template(probe.path(), 30)?;
+    let argv = template.argv.clone();
+    let t30 = Duration::from_secs(30);
+    let mut warm = warm_sb.open_session(&template).await?;
+    let mut fresh = fresh_sb.open_session(&template).await?;
+    let mut probes = 0;
+    let mut check_probe = async |warm: &mut Session, after: &str| -> Result<()> {
+        let r = warm.run(probe.path(), &argv, t30).await?;
+        let t = parse_outcomes(&kind, &r);
+        eprintln!("[warm] probe after {after}: {} {t:?}", r.verdict());
+        ensure!(
+            r.success() && t == [o("tests/test_probe.py::test_clean", TestStatus::Passed)],
+            "after {after}, the next candidate saw traces: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        probes += 1;
+        Ok(())
+    };
+    check_probe(&mut warm, "nothing").await?;
+
+    let r = warm.run(leave.path(), &argv, t30).await?;
+    ensure!(r.success(), "{r:?}");
+    check_probe(&mut warm, "a candidate that leaves state").await?;
+
+    let w = warm.run(exit3.path(), &argv, t30).await?;
+    let f = fresh.run(exit3.path(), &argv, t30).await?;
+    ensure!(
+        w.exit_code == Some(3) && seen(&kind, &w) == seen(&kind, &f),
+        "os._exit(3): warm {w:?}\nfresh {f:?}"
+    );
+    check_probe(&mut warm, "os._exit(3)").await?;
+
+    let w = warm.run(forge.path(), &argv, t30).await?;
+    let t = parse_outcomes(&kind, &w);
+    eprintln!(
+        "[warm] a forger: {} {t:?} {}",
+        w.verdict(),
+        w.stdout
+            .lines()
+            .find(|l| l.starts_with("reached"))
+            .unwrap_or("")
+    );
+    ensure!(
+        !w.success()
+            && t == [o("tests/test_forge.py::test_forge", TestStatus::Failed)]
+            && w.stdout.contains("reached []"),
+        "a candidate reached the server's descriptors: {w:?}"
+    );
+    check_probe(&mut warm, "a forger").await?;
+
+    let w = warm
+        .run(looping.path(), &argv, Duration::from_secs(2))
+        .await?;
+    ensure!(
+        w.timed_out && w.verdict() == "killed after 2 s timeout",
+        "{w:?}"
+    );
+    check_probe(&mut warm, "a timeout").await?;
+    let stats = warm.warm_stats().clone();
+    ensure!(
+        stats.starts == 1 && stats.fallbacks == 0,
+        "the server should have survived so far: {stats:?}"
+    );
+
+    let mut runs_fresh = 0;
+    if kill_parent {
+        let w = warm.run(killer.path(), &argv, t30).await?;
+        let f = fresh.run(killer.path(), &argv, t30).await?;
+        eprintln!(
+            "[warm] a candidate that kills its parent: warm session {}, fresh session {}",
+            w.verdict(),
+            f.verdict()
+        );
+        ensure!(
+            (w.exit_code, w.signal, w.success()) == (f.exit_code, f.signal, f.success())
+                && !w.success(),
+            "kill-parent: warm {w:?}\nfresh {f:?}"
+        );
+        ensure!(warm.warm_stats().fallbacks == 1, "{:?}", warm.warm_stats());
+        runs_fresh += 1;
+        check_probe(&mut warm, "a candidate that killed the server").await?;
+    }
+    // A command the server does not serve runs as a fresh process.
+    let r = warm
+        .run(
+            probe.path(),
+            &[
+                "sh".into(),
+                "-c".into(),
+                "ls /proc | head -1 >/dev/null; echo plain".into(),
+            ],
+            t30,
+        )
+        .await?;
+    ensure!(r.success() && r.stdout == "plain\n", "{r:?}");
+    check_probe(&mut warm, "a plain command").await?;
+
+    let stats = warm.warm_stats().clone();
+    let warm_runs = probes + 4; // the probes, leave, exit3, forge, loop
+    ensure!(
+        stats.served == warm_runs && stats.fallbacks == runs_fresh,
+        "{stats:?}"
+    );
+    ensure!(
+        stats.starts == 1 + runs_fresh as u32 + u32::from(plain_stops_server),
+        "a server per start: {stats:?}"
+    );
+    warm.close().await?;
+    fresh.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn warm_server_isolates_hostile_candidates_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let h = Hostile {
+        shm: true,
+        own_user: true,
+        kill_parent: true,
+        plain_stops_server: true,
+    };
+    warm_isolates(&sb.clone().with_warm_server(false), &sb, h).await?;
+    assert_no_containers(&sb).await
+}
+
+#[tokio::test]
+async fn warm_server_isolates_hostile_candidates_locally() -> Result<()> {
+    coval_tests::ensure_host_pytest()?;
+    let sb = LocalSandbox::new();
+    // Without a user of its own, a local candidate's parent in a fresh run is this test
+    // process: only kill parents when the sandbox runs candidates as another user.
+    let h = Hostile {
+        shm: false,
+        own_user: sb.separate_user(),
+        kill_parent: sb.separate_user(),
+        plain_stops_server: false,
+    };
+    warm_isolates(&sb.clone().with_warm_server(false), &sb, h).await
+}
+
+/// A server that cannot start (here: no such interpreter) costs nothing but the tries: every
+/// candidate gets the fresh process's verdict, and after three failures the session stops
+/// trying.
+#[tokio::test]
+async fn warm_server_that_cannot_start_falls_back_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let dir = pytest_project(&[("tests/test_a.py", "def test_a():\n    pass\n")])?;
+    let (mut template, _) = pytest_template(dir.path(), 30)?;
+    template.argv[0] = "python3.99".into();
+    let t = Duration::from_secs(30);
+    let mut fresh = sb
+        .clone()
+        .with_warm_server(false)
+        .open_session(&template)
+        .await?;
+    let want = fresh.run(dir.path(), &template.argv, t).await?;
+    ensure!(want.exit_code == Some(127), "{want:?}");
+    let mut warm = sb.open_session(&template).await?;
+    for i in 0..4 {
+        let r = warm.run(dir.path(), &template.argv, t).await?;
+        ensure!(
+            (r.exit_code, r.signal) == (want.exit_code, want.signal),
+            "run {i}: {r:?}"
+        );
+    }
+    let stats = warm.warm_stats().clone();
+    ensure!(
+        stats.served == 0
+            && stats.starts == 3
+            && stats.fallbacks == 2
+            && stats
+                .off
+                .as_deref()
+                .is_some_and(|w| w.contains("failed 3 times")),
+        "{stats:?}"
+    );
+    fresh.close().await?;
+    warm.close().await?;
+    assert_no_containers(&sb).await
 }

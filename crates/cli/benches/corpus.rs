@@ -1,8 +1,17 @@
 //! The search engine on the bug corpus (tests/fixtures/bugs), end to end through the real
 //! `coval` binary and sandbox: how many bugs it fixes, seconds per bug (median, worst), and
-//! candidates validated per second, per sandbox, side by side in one run.
+//! candidates validated per second, per sandbox and validation mode, side by side in one run.
 //!
-//!   cargo bench -p cli --bench corpus [-- --sandbox docker|local|both]
+//!   cargo bench -p cli --bench corpus [-- --sandbox docker|local|both] [--mode warm,exec]
+//!                                        [--bugs 03,23]  (only bugs whose dir starts so)
+//!
+//! Modes (comma-separated; default `warm,exec`):
+//!   warm        the warm pytest server and failing-tests-first (the defaults)
+//!   exec        a fresh process per candidate, the whole suite every time (the old path)
+//!   warm-full   the warm server, the whole suite every time
+//!   exec-first  a fresh process per candidate, failing tests first
+//! Bugs run in turn per mode (bug 1 in every mode, then bug 2, ...), so a machine that gets
+//! busier during the run slows every mode alike.
 //!
 //! Docker needs the base image (`scripts/build-base-images.sh python node`); the local sandbox
 //! needs python3 with pytest and node on the host.
@@ -24,7 +33,15 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn run(bug: &Path, sandbox: &str) -> Row {
+/// `(name, sandbox.warm_server, validate.failing_first)`.
+const MODES: [(&str, bool, bool); 4] = [
+    ("warm", true, true),
+    ("exec", false, false),
+    ("warm-full", true, false),
+    ("exec-first", false, true),
+];
+
+fn run(bug: &Path, sandbox: &str, warm: bool, failing_first: bool) -> Row {
     let name = bug
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -55,6 +72,8 @@ fn run(bug: &Path, sandbox: &str) -> Row {
         .arg("-s")
         .arg(&src)
         .env("COVAL_SANDBOX__BACKEND", sandbox)
+        .env("COVAL_SANDBOX__WARM_SERVER", warm.to_string())
+        .env("COVAL_VALIDATE__FAILING_FIRST", failing_first.to_string())
         .env("COVAL_LLM_URL", "http://127.0.0.1:9")
         .env("RUST_LOG", "error")
         .output()
@@ -106,36 +125,69 @@ fn main() {
         "local" => vec!["local"],
         _ => vec!["docker", "local"],
     };
+    let wanted = args
+        .iter()
+        .position(|a| a == "--mode")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "warm,exec".into());
+    let mut modes: Vec<(&str, bool, bool)> = vec![];
+    for m in wanted.split(',') {
+        match MODES.iter().find(|(n, _, _)| *n == m.trim()) {
+            Some(found) => modes.push(*found),
+            None => {
+                eprintln!("unknown mode `{m}`: use warm, exec, warm-full or exec-first");
+                std::process::exit(2);
+            }
+        }
+    }
+    // `--bugs 03,23`: only the bugs whose directory starts with one of these.
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--bugs")
+        .and_then(|i| args.get(i + 1))
+        .map(|b| b.split(',').map(|p| p.trim().to_owned()).collect())
+        .unwrap_or_default();
     let mut bugs: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/bugs"))
         .expect("tests/fixtures/bugs")
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("BUG.json").exists())
+        .filter(|p| {
+            only.is_empty()
+                || p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| only.iter().any(|o| n.starts_with(o.as_str())))
+        })
         .collect();
     bugs.sort();
     let mut summary = vec![];
     for sb in &sandboxes {
-        let mut rows: Vec<Row> = vec![];
+        let mut by_mode: Vec<Vec<Row>> = modes.iter().map(|_| vec![]).collect();
         for b in &bugs {
-            let r = run(b, sb);
-            println!(
-                "{sb:<6} {:<28} {:<6} {:>6.2} s {:>4} candidates{}",
-                r.bug,
-                if r.fixed { "fixed" } else { "NOT" },
-                r.seconds,
-                r.candidates,
-                if r.exact { "  (the original line)" } else { "" }
-            );
-            rows.push(r);
+            for (m, &(mode, warm, first)) in modes.iter().enumerate() {
+                let r = run(b, sb, warm, first);
+                println!(
+                    "{sb:<6} {mode:<10} {:<28} {:<6} {:>6.2} s {:>4} candidates {:>6.1}/s{}",
+                    r.bug,
+                    if r.fixed { "fixed" } else { "NOT" },
+                    r.seconds,
+                    r.candidates,
+                    r.candidates as f64 / (r.validation_ms as f64 / 1000.0).max(1e-9),
+                    if r.exact { "  (the original line)" } else { "" }
+                );
+                by_mode[m].push(r);
+            }
         }
-        let mut secs: Vec<f64> = rows.iter().map(|r| r.seconds).collect();
-        secs.sort_by(f64::total_cmp);
-        let fixed = rows.iter().filter(|r| r.fixed).count();
-        let exact = rows.iter().filter(|r| r.exact).count();
-        let cands: usize = rows.iter().map(|r| r.candidates).sum();
-        let vms: u64 = rows.iter().map(|r| r.validation_ms).sum();
-        summary.push(format!(
-            "{sb:<6} fixed {fixed}/{} ({:.0}%), original line restored {exact}/{fixed}, median {:.2} s, worst {:.2} s per bug, {:.1} candidates validated per second ({cands} in {:.1} s of validation)",
+        for ((mode, _, _), rows) in modes.iter().zip(by_mode) {
+            let mut secs: Vec<f64> = rows.iter().map(|r| r.seconds).collect();
+            secs.sort_by(f64::total_cmp);
+            let fixed = rows.iter().filter(|r| r.fixed).count();
+            let exact = rows.iter().filter(|r| r.exact).count();
+            let cands: usize = rows.iter().map(|r| r.candidates).sum();
+            let vms: u64 = rows.iter().map(|r| r.validation_ms).sum();
+            summary.push(format!(
+            "{sb:<6} {mode:<10} fixed {fixed}/{} ({:.0}%), original line restored {exact}/{fixed}, median {:.2} s, worst {:.2} s per bug, {:.1} candidates validated per second ({cands} in {:.1} s of validation)",
             rows.len(),
             100.0 * fixed as f64 / rows.len().max(1) as f64,
             secs.get(secs.len() / 2).copied().unwrap_or(0.0),
@@ -143,6 +195,7 @@ fn main() {
             cands as f64 / (vms as f64 / 1000.0).max(1e-9),
             vms as f64 / 1000.0
         ));
+        }
     }
     println!();
     for s in summary {

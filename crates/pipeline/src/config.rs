@@ -30,6 +30,7 @@ pub struct Settings {
     pub sandbox: SandboxConfig,
     pub triage: TriageSettings,
     pub deploy: DeployConfig,
+    pub validate: ValidateConfig,
 }
 
 /// The `deploy:` section: `coval generate` and `coval run` (network mode, host address and
@@ -55,6 +56,16 @@ pub struct DeployConfig {
     pub max_file_kb: u64,
     /// The most files one generation may write.
     pub max_files: usize,
+}
+
+/// The `validate:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Run a search candidate's baseline-failing tests first and the whole suite only for
+    /// candidates that make them pass (pytest projects); the verdict always comes from the
+    /// whole suite.
+    pub failing_first: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +249,9 @@ pub struct SandboxConfig {
     pub output_kb: u64,
     pub timeout_secs: u64,
     pub nofile: u32,
+    /// Serve `python3 -m pytest` candidates from one warm test server per repair session that
+    /// forks per candidate, instead of a fresh interpreter each.
+    pub warm_server: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,6 +24,11 @@ pub struct ValidateSettings {
     /// Wall-clock budget of one attempt's candidates.
     pub attempt_budget: Duration,
     pub patch_limits: PatchLimits,
+    /// pytest projects, search candidates: run the baseline-failing tests first; only a
+    /// candidate that makes them pass gets the whole suite, whose run alone decides the verdict
+    /// (`validate.failing_first`). Model candidates always get the whole suite: there are few
+    /// of them, and a retry prompt needs all of a failed candidate's output (its regressions).
+    pub failing_first: bool,
 }
 
 impl Default for ValidateSettings {
@@ -33,6 +38,7 @@ impl Default for ValidateSettings {
             allow_test_edits: false,
             attempt_budget: Duration::from_secs(300),
             patch_limits: PatchLimits::default(),
+            failing_first: true,
         }
     }
 }
@@ -91,6 +97,45 @@ fn failed(c: &Candidate, reason: String, started: Instant) -> Tried {
     }
 }
 
+/// The command that runs only the baseline's failing tests, when that can be said exactly: a
+/// `python -m pytest` command and pytest node ids (`path.py::name`) for every failing test.
+pub fn failing_first_cmd(kind: &ProjectKind, failing: &[String]) -> Option<Vec<String>> {
+    if kind.runner != sandbox::Runner::Pytest
+        || !sandbox::is_pytest_module_run(&kind.test_cmd)
+        || failing.is_empty()
+    {
+        return None;
+    }
+    let node_id = |t: &String| {
+        let file = t.split("::").next().unwrap_or("");
+        t.contains("::") && file.ends_with(".py") && !t.starts_with('-') && !t.contains('\0')
+    };
+    if !failing.iter().all(node_id) {
+        return None;
+    }
+    let mut cmd = kind.test_cmd.clone();
+    cmd.extend(failing.iter().cloned());
+    Some(cmd)
+}
+
+/// Whether a run of the failing tests alone already decides that the candidate fails: it was
+/// stopped (time, memory, output: the whole suite runs those tests too), or every failing test
+/// ran and one of them still does not pass. `None`: the whole suite decides.
+fn early_rejection(
+    failing: &[String],
+    run: &sandbox::RunResult,
+    tests: &[TestOutcome],
+) -> Option<String> {
+    if run.timed_out || run.oom_killed || run.output_truncated {
+        return Some(format!("the test run {}", run.verdict()));
+    }
+    let all_ran = failing
+        .iter()
+        .all(|t| tests.iter().any(|o| compare::same_test(t, &o.name)));
+    let still = compare::still_failing(failing, tests);
+    (all_ran && !still.is_empty()).then(|| format!("target tests still fail: {}", still.join(", ")))
+}
+
 /// What every candidate of one attempt shares.
 struct Trial<'a> {
     stage: &'a ValidateStage,
@@ -147,13 +192,38 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
             return failed(c, format!("the change does not apply: {e}"), started);
         }
     };
-    let run = session
-        .run(
-            &copy,
-            &kind.test_cmd,
-            candidate_timeout(s.sandbox.timeout_secs, f.mre.baseline_ms),
-        )
-        .await;
+    tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
+    let timeout = candidate_timeout(s.sandbox.timeout_secs, f.mre.baseline_ms);
+    let first = (s.settings.failing_first && f.engine == "search")
+        .then(|| failing_first_cmd(kind, &f.mre.failing_tests))
+        .flatten();
+    if let Some(first) = first {
+        match session.run(&copy, &first, timeout).await {
+            Ok(run) => {
+                let tests = sandbox::parse_outcomes(kind, &run);
+                if let Some(reason) = early_rejection(&f.mre.failing_tests, &run, &tests) {
+                    let _ = std::fs::remove_dir_all(&copy);
+                    return Tried {
+                        result: CandidateResult {
+                            candidate_id: c.id.clone(),
+                            passed: false,
+                            tests,
+                            regressions: vec![],
+                            changed_lines: applied.changed_lines,
+                            reason: Some(reason),
+                            duration_ms: started.elapsed().as_millis() as u64,
+                        },
+                        diff: Some(applied.diff),
+                        output: format!("{}{}", run.stdout, run.stderr),
+                    };
+                }
+            }
+            Err(e) => {
+                tracing::debug!(candidate = %c.id, error = %e, "the failing tests alone did not run; running the whole suite");
+            }
+        }
+    }
+    let run = session.run(&copy, &kind.test_cmd, timeout).await;
     let _ = std::fs::remove_dir_all(&copy);
     let run = match run {
         Ok(r) => r,
@@ -258,6 +328,20 @@ impl Handler for ValidateStage {
                     break;
                 }
             }
+            // A block: the session is not `Sync`, so no borrow of it may live across an await.
+            {
+                let w = session.warm_stats();
+                if w.starts > 0 || w.off.is_some() {
+                    tracing::info!(
+                        repair = %f.request.repair_id,
+                        served = w.served,
+                        fallbacks = w.fallbacks,
+                        starts = w.starts,
+                        off = w.off.as_deref().unwrap_or(""),
+                        "warm test server"
+                    );
+                }
+            }
             let _ = session.close().await;
             let _ = std::fs::remove_dir_all(&work);
         }
@@ -353,7 +437,10 @@ impl ValidateStage {
         ValidateStage {
             sandbox: ctx.config.settings.sandbox.clone(),
             repairs_dir: ctx.repairs_dir(),
-            settings: ValidateSettings::default(),
+            settings: ValidateSettings {
+                failing_first: ctx.config.settings.validate.failing_first,
+                ..Default::default()
+            },
             projects: ctx.projects.clone(),
         }
     }

@@ -9,7 +9,9 @@
 //! under `timeout -s KILL`, kills every process the candidate left, reports the exit status,
 //! the cgroup's OOM-kill count and the collected files after a random marker on stderr, and
 //! wipes `/work`, `/tmp` and `/dev/shm`. A [`DockerSession`] runs that wrapper by `exec` in one
-//! long-lived container, so a candidate costs a process, not a container start.
+//! long-lived container, so a candidate costs a process, not a container start; a
+//! `python3 -m pytest` candidate costs only a fork of the session's warm test server (one more
+//! long-lived `exec`, see `super::warm`), which falls back to the wrapper when it fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use futures::{Stream, StreamExt};
 
 use super::capture::{Capture, Flow};
 use super::fs::{Perms, copy_tree};
+use super::warm::{self, Channel, Chunk, WarmFailure, WarmState, WarmStats};
 use super::{RunResult, RunSpec, Sandbox, SandboxError, Session, ephemeral_uid, random_hex};
 
 /// Label on every sandbox container; its value is the owning [`DockerSandbox`]'s instance id.
@@ -131,6 +134,7 @@ pub struct DockerSandbox {
     docker: Docker,
     runtime: Option<String>,
     instance: String,
+    warm: bool,
 }
 
 impl std::fmt::Debug for DockerSandbox {
@@ -138,6 +142,7 @@ impl std::fmt::Debug for DockerSandbox {
         f.debug_struct("DockerSandbox")
             .field("runtime", &self.runtime)
             .field("instance", &self.instance)
+            .field("warm", &self.warm)
             .finish()
     }
 }
@@ -170,7 +175,15 @@ impl DockerSandbox {
             docker,
             runtime: (!runtime.trim().is_empty()).then(|| runtime.trim().to_owned()),
             instance: random_hex(),
+            warm: true,
         })
+    }
+
+    /// Whether sessions serve `python3 -m pytest` candidates from a warm test server (on by
+    /// default; `sandbox.warm_server`). Off: one fresh process per candidate.
+    pub fn with_warm_server(mut self, on: bool) -> DockerSandbox {
+        self.warm = on;
+        self
     }
 
     /// The value of [`LABEL`] on this sandbox's containers.
@@ -310,7 +323,8 @@ impl DockerSandbox {
     }
 
     /// Starts the container of a [`DockerSession`]: same hardening, `sleep infinity` under
-    /// init, as a user the candidates cannot signal.
+    /// init, as a user the candidates cannot signal. When the template's command is
+    /// `python3 -m pytest` and the warm server is on, the server is started now too.
     pub async fn open_session(&self, template: &RunSpec) -> Result<DockerSession, SandboxError> {
         template.validate()?;
         self.require_image(&template.image).await?;
@@ -326,7 +340,7 @@ impl DockerSandbox {
             let _ = guard.remove().await;
             return Err(engine("start container")(e));
         }
-        Ok(DockerSession {
+        let mut session = DockerSession {
             docker: self.docker.clone(),
             guard: Some(guard),
             staging,
@@ -335,7 +349,11 @@ impl DockerSandbox {
             counter: 0,
             last_oom: 0,
             lost: None,
-        })
+            warm: WarmState::new(self.warm),
+            server: None,
+        };
+        session.prestart().await;
+        Ok(session)
     }
 
     fn container_body(
@@ -480,6 +498,14 @@ pub struct DockerSession {
     counter: u64,
     last_oom: u64,
     lost: Option<String>,
+    warm: WarmState,
+    /// The warm test server's exec, while one runs.
+    server: Option<WarmServer>,
+}
+
+struct WarmServer {
+    interpreter: String,
+    channel: Channel,
 }
 
 impl DockerSession {
@@ -488,9 +514,45 @@ impl DockerSession {
         self.guard.as_ref().map(|g| g.id.as_str())
     }
 
+    /// How candidates were served by the warm test server.
+    pub fn warm_stats(&self) -> &WarmStats {
+        &self.warm.stats
+    }
+
+    /// Starts the warm server for the template's command, when it is one the server serves.
+    /// A server that does not start is logged; candidates then try again or run fresh.
+    async fn prestart(&mut self) {
+        let Some((interpreter, _)) = warm::pytest_invocation(&self.template.argv) else {
+            return;
+        };
+        let interpreter = interpreter.to_owned();
+        let Some(id) = self.container_id().map(str::to_owned) else {
+            return;
+        };
+        if !self.warm.usable() || self.server.is_some() {
+            return;
+        }
+        self.warm.stats.starts += 1;
+        match self.start_server(&id, &interpreter, &self.template).await {
+            Ok(channel) => {
+                self.server = Some(WarmServer {
+                    interpreter,
+                    channel,
+                })
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
+                self.stop_server(&id).await;
+                self.warm.failed(&why, false);
+            }
+        }
+    }
+
     /// Runs `argv` on a fresh copy of `dir` in its own subdirectory of the work area, with the
     /// template's env and limits; the copy, its temp files and its processes are gone before
-    /// this returns.
+    /// this returns. `python3 -m pytest ...` goes to the session's warm test server (started
+    /// with the session, again after a failure) when it is on; if the server fails, that
+    /// candidate runs as a fresh process.
     pub async fn run(
         &mut self,
         dir: &Path,
@@ -512,6 +574,53 @@ impl DockerSession {
         self.counter += 1;
         let cid = format!("c{}", self.counter);
         self.staging.add(&cid, dir).await?;
+        let mut served = None;
+        if self.warm.usable()
+            && let Some((interpreter, args)) = warm::pytest_invocation(&spec.argv)
+        {
+            match self
+                .run_warm(&id, &cid, interpreter, args, &spec, started)
+                .await
+            {
+                Ok(r) => served = Some(r),
+                Err(why) => {
+                    tracing::warn!(candidate = %cid, reason = %why, "warm test server failed; running this candidate as a fresh process");
+                    self.stop_server(&id).await;
+                    self.warm.failed(&why, true);
+                }
+            }
+        }
+        let result = match served {
+            Some(r) => Ok(r),
+            None => {
+                // The per-candidate wrapper kills every process of the candidates' user, the
+                // server included: stop it first, so the session knows it is gone.
+                if self.server.is_some() {
+                    self.stop_server(&id).await;
+                }
+                match &self.lost {
+                    Some(why) => Err(SandboxError::SessionLost(why.clone())),
+                    None => self.run_exec(&id, &cid, &spec, started).await,
+                }
+            }
+        };
+        self.staging.remove(&cid).await;
+        if let Err(SandboxError::Docker { reason, .. }) = &result
+            && (reason.contains("is not running") || reason.contains("No such container"))
+        {
+            self.lost = Some(format!("the container stopped: {reason}"));
+        }
+        result
+    }
+
+    /// One candidate as a fresh process: the wrapper, by one `exec`.
+    async fn run_exec(
+        &mut self,
+        id: &str,
+        cid: &str,
+        spec: &RunSpec,
+        started: Instant,
+    ) -> Result<RunResult, SandboxError> {
         let mark = random_hex();
         let mut cmd = vec![
             "sh".to_owned(),
@@ -520,21 +629,192 @@ impl DockerSession {
             "coval-sandbox".into(),
         ];
         cmd.extend(wrapper_args(
-            &cid,
-            timeout,
+            cid,
+            spec.timeout,
             &mark,
             &spec.collect,
             &spec.env,
             &spec.argv,
         ));
-        let result = self.exec_candidate(&id, &spec, cmd, &mark, started).await;
-        self.staging.remove(&cid).await;
-        if let Err(SandboxError::Docker { reason, .. }) = &result
-            && (reason.contains("is not running") || reason.contains("No such container"))
+        self.exec_candidate(id, spec, cmd, &mark, started).await
+    }
+
+    /// One candidate through the warm server, started first if none runs.
+    async fn run_warm(
+        &mut self,
+        id: &str,
+        cid: &str,
+        interpreter: &str,
+        args: &[String],
+        spec: &RunSpec,
+        started: Instant,
+    ) -> Result<RunResult, WarmFailure> {
+        if self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.interpreter != interpreter)
         {
-            self.lost = Some(format!("the container stopped: {reason}"));
+            return Err(WarmFailure(format!(
+                "the server runs another interpreter than `{interpreter}`"
+            )));
         }
-        result
+        if self.server.is_none() {
+            self.warm.stats.starts += 1;
+            let channel = self.start_server(id, interpreter, spec).await?;
+            self.server = Some(WarmServer {
+                interpreter: interpreter.to_owned(),
+                channel,
+            });
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Err(WarmFailure("no server".into()));
+        };
+        let src = format!("/cands/{cid}");
+        let work = format!("/work/{cid}");
+        let req = warm::Request {
+            id: cid,
+            src: Some(&src),
+            work: &work,
+            args,
+            timeout: spec.timeout.as_secs_f64(),
+            cap: spec.limits.output_bytes,
+            kill_at: spec
+                .limits
+                .output_bytes
+                .saturating_add(trailer_budget(spec)),
+            collect: &spec.collect,
+            fcap: COLLECT_CAP,
+        };
+        let deadline = tokio::time::Instant::now() + spec.timeout + HOST_GRACE;
+        let staged_secs = started.elapsed().as_secs_f64();
+        let (reply, blobs) = server.channel.call(&req, deadline).await?;
+        tracing::debug!(
+            candidate = %cid,
+            staged_secs,
+            server_secs = reply.seconds,
+            host_secs = started.elapsed().as_secs_f64(),
+            "warm run"
+        );
+        let clean = reply.clean;
+        let oom_after = reply.oom.map(|(_, after)| after);
+        let result = warm::to_result(
+            reply,
+            blobs,
+            &warm::Expect {
+                id: cid,
+                cap: spec.limits.output_bytes,
+                fcap: COLLECT_CAP,
+                collect: &spec.collect,
+                timeout: spec.timeout,
+                last_oom: self.last_oom,
+                started,
+            },
+        )?;
+        if let Some(n) = oom_after {
+            self.last_oom = n;
+        }
+        self.warm.stats.served += 1;
+        if !clean {
+            // The verdict stands (the run was over); the next candidate gets a fresh start.
+            let why = WarmFailure(
+                "the server could not kill every process of a candidate or empty the work area"
+                    .into(),
+            );
+            tracing::warn!(candidate = %cid, reason = %why, "restarting the warm test server");
+            self.stop_server(id).await;
+            self.warm.failed(&why, false);
+        }
+        Ok(result)
+    }
+
+    /// Starts the warm server as the candidates' user with exactly the session's environment,
+    /// and waits until it has imported pytest.
+    async fn start_server(
+        &self,
+        id: &str,
+        interpreter: &str,
+        spec: &RunSpec,
+    ) -> Result<Channel, WarmFailure> {
+        let mut cmd = vec!["env".to_owned(), "-i".into()];
+        cmd.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        cmd.extend(
+            [
+                interpreter,
+                "-c",
+                warm::SERVER,
+                "coval-warm",
+                "--sweep",
+                "--oom",
+                "--wipe",
+                "/work",
+                "/tmp",
+                "/dev/shm",
+            ]
+            .map(str::to_owned),
+        );
+        let broke = |op: &str, e: bollard::errors::Error| WarmFailure(format!("{op}: {e}"));
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    user: Some(format!("{0}:{0}", self.uid)),
+                    working_dir: Some("/".to_owned()),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| broke("create exec", e))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(|e| broke("start exec", e))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(WarmFailure("the engine detached the server's exec".into()));
+        };
+        let output = output.map(|item| match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                Chunk::Out(message)
+            }
+            Ok(LogOutput::StdErr { message }) => Chunk::Log(message),
+            Ok(LogOutput::StdIn { .. }) => Chunk::Log(bytes::Bytes::new()),
+            Err(e) => Chunk::Broken(e.to_string()),
+        });
+        let max_body = spec.limits.output_bytes + spec.collect.len() * COLLECT_CAP + 4096;
+        let mut channel = Channel::new(input, Box::pin(output), max_body);
+        let about = channel.hello().await?;
+        tracing::debug!(%about, "warm test server ready");
+        Ok(channel)
+    }
+
+    /// Stops the warm server (if one runs) and everything the candidates' user runs, and wipes
+    /// the work area; when even that fails, the session is lost.
+    async fn stop_server(&mut self, id: &str) {
+        if let Some(s) = self.server.take() {
+            s.channel.close().await;
+        }
+        match self.clean(id).await {
+            Ok(n) => self.last_oom = n,
+            Err(e) => {
+                self.lost = Some(format!("cannot stop the warm test server: {e}"));
+                if let Some(g) = self.guard.take() {
+                    let _ = g.remove().await;
+                }
+            }
+        }
     }
 
     async fn exec_candidate(

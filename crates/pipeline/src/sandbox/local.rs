@@ -11,11 +11,14 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::capture::{Capture, Flow};
 use super::fs::{Perms, chown_tree, copy_tree, read_capped};
 use super::sys::{self, ChildSetup, Netns};
+use super::warm::{self, Channel, Chunk, WarmFailure, WarmState, WarmStats};
 use super::{RunResult, RunSpec, Sandbox, SandboxError, Session, ephemeral_uid};
 
 /// How long pipes may stay open after the process group was killed.
@@ -92,7 +95,7 @@ fn probe(mode: Netns) -> Result<(), String> {
 /// Runs tests as local processes. Cheap to create; the namespace probe runs once.
 #[derive(Debug, Clone)]
 pub struct LocalSandbox {
-    _private: (),
+    warm: bool,
 }
 
 impl Default for LocalSandbox {
@@ -104,7 +107,14 @@ impl Default for LocalSandbox {
 impl LocalSandbox {
     pub fn new() -> LocalSandbox {
         let _ = net_support();
-        LocalSandbox { _private: () }
+        LocalSandbox { warm: true }
+    }
+
+    /// Whether sessions serve `python3 -m pytest` candidates from a warm test server (on by
+    /// default; `sandbox.warm_server`). Off: one fresh process per candidate.
+    pub fn with_warm_server(mut self, on: bool) -> LocalSandbox {
+        self.warm = on;
+        self
     }
 
     /// The network is cut off (a new network namespace could be made here).
@@ -143,6 +153,9 @@ Use the Docker sandbox for untrusted code.",
         template.validate()?;
         Ok(LocalSession {
             template: template.clone(),
+            warm: WarmState::new(self.warm),
+            server: None,
+            counter: 0,
         })
     }
 }
@@ -160,16 +173,60 @@ impl Sandbox for LocalSandbox {
         LocalSandbox::run(self, spec).await
     }
 
+    /// Like [`LocalSandbox::open_session`], and starts the warm server now when the
+    /// template's command is one it serves (the inherent method starts it on first use).
     async fn open_session(&self, template: &RunSpec) -> Result<Session, SandboxError> {
-        Ok(Session::Local(LocalSandbox::open_session(self, template)?))
+        let mut s = LocalSandbox::open_session(self, template)?;
+        s.prestart().await;
+        Ok(Session::Local(Box::new(s)))
     }
 }
 
-/// Local "session": every candidate runs in its own fresh temp copy.
-#[derive(Debug, Clone)]
+/// Local session: every candidate runs in its own fresh temp copy; `python3 -m pytest`
+/// candidates go to a warm test server (one per session, started on first use, with the same
+/// rlimits, namespace and user a fresh run gets), anything else runs as a fresh process.
 pub struct LocalSession {
     template: RunSpec,
+    warm: WarmState,
+    server: Option<LocalServer>,
+    counter: u64,
 }
+
+impl std::fmt::Debug for LocalSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSession")
+            .field("template", &self.template)
+            .field("warm", &self.warm.stats)
+            .field("server", &self.server.as_ref().map(|s| s.pid))
+            .finish()
+    }
+}
+
+/// The warm server of a local session and the directory tree it works in: `cands/` (staged
+/// by the host, read-only to the server's user), `work/` and `tmp/` (wiped after each
+/// candidate).
+struct LocalServer {
+    root: tempfile::TempDir,
+    process: tokio::process::Child,
+    pid: Option<u32>,
+    /// The session's own user (coval runs as root), else `None`.
+    user: Option<(u32, u32)>,
+    interpreter: String,
+    channel: Channel,
+}
+
+/// A fresh run maps `/work` in env values to its own copy; one server cannot do that per
+/// candidate.
+fn env_names_work(spec: &RunSpec) -> bool {
+    spec.env
+        .iter()
+        .any(|(_, v)| v == "/work" || v.starts_with("/work/"))
+}
+
+/// Host-side slack beyond a candidate's timeout before the warm server counts as hung.
+const WARM_GRACE: Duration = Duration::from_secs(15);
+/// Cap on each collected file of a warm run (as `read_capped` in a fresh run).
+const WARM_COLLECT_CAP: usize = 4 << 20;
 
 impl LocalSession {
     pub async fn run(
@@ -183,8 +240,299 @@ impl LocalSession {
         spec.argv = argv.to_vec();
         spec.timeout = timeout;
         spec.validate()?;
+        if self.warm.usable()
+            && let Some((interpreter, args)) = warm::pytest_invocation(&spec.argv)
+        {
+            if env_names_work(&spec) {
+                // A fresh run maps /work to its own copy; one server cannot do that per candidate.
+                self.warm.turn_off(
+                    "the environment names /work, which means another dir for every candidate"
+                        .into(),
+                );
+            } else {
+                match self.run_warm(interpreter, args, &spec).await {
+                    Ok(r) => return Ok(r),
+                    Err(why) => {
+                        tracing::warn!(reason = %why, "warm test server failed; running this candidate as a fresh process");
+                        self.stop_server().await;
+                        self.warm.failed(&why, true);
+                    }
+                }
+            }
+        }
         run_local(&spec).await
     }
+
+    /// How candidates were served by the warm test server.
+    pub fn warm_stats(&self) -> &WarmStats {
+        &self.warm.stats
+    }
+
+    /// Starts the warm server for the template's command, when it is one the server serves.
+    async fn prestart(&mut self) {
+        let Some((interpreter, _)) = warm::pytest_invocation(&self.template.argv) else {
+            return;
+        };
+        if !self.warm.usable() || self.server.is_some() || env_names_work(&self.template) {
+            return;
+        }
+        self.warm.stats.starts += 1;
+        match start_local_server(interpreter, &self.template).await {
+            Ok(s) => self.server = Some(s),
+            Err(why) => {
+                tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
+                self.warm.failed(&why, false);
+            }
+        }
+    }
+
+    async fn run_warm(
+        &mut self,
+        interpreter: &str,
+        args: &[String],
+        spec: &RunSpec,
+    ) -> Result<RunResult, WarmFailure> {
+        let started = Instant::now();
+        if self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.interpreter != interpreter)
+        {
+            return Err(WarmFailure(format!(
+                "the server runs another interpreter than `{interpreter}`"
+            )));
+        }
+        if self.server.is_none() {
+            self.warm.stats.starts += 1;
+            self.server = Some(start_local_server(interpreter, &self.template).await?);
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Err(WarmFailure("no server".into()));
+        };
+        self.counter += 1;
+        let cid = format!("c{}", self.counter);
+        let src = server.root.path().join("cands").join(&cid);
+        let work = server.root.path().join("work").join(&cid);
+        let (from, to) = (spec.dir.clone(), src.clone());
+        tokio::task::spawn_blocking(move || copy_tree(&from, &to, Perms::WorldReadable))
+            .await
+            .map_err(|e| WarmFailure(format!("staging task failed: {e}")))?
+            .map_err(|e| WarmFailure(format!("cannot stage {}: {e}", spec.dir.display())))?;
+        let (Some(src_s), Some(work_s)) = (src.to_str(), work.to_str()) else {
+            return Err(WarmFailure("the temp dir's path is not UTF-8".into()));
+        };
+        let req = warm::Request {
+            id: &cid,
+            src: Some(src_s),
+            work: work_s,
+            args,
+            timeout: spec.timeout.as_secs_f64(),
+            cap: spec.limits.output_bytes,
+            kill_at: spec.limits.output_bytes,
+            collect: &spec.collect,
+            fcap: WARM_COLLECT_CAP,
+        };
+        let deadline = tokio::time::Instant::now() + spec.timeout + WARM_GRACE;
+        let reply = server.channel.call(&req, deadline).await;
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(src)).await;
+        let (reply, blobs) = reply?;
+        let clean = reply.clean;
+        let mut r = warm::to_result(
+            reply,
+            blobs,
+            &warm::Expect {
+                id: &cid,
+                cap: spec.limits.output_bytes,
+                fcap: WARM_COLLECT_CAP,
+                collect: &spec.collect,
+                timeout: spec.timeout,
+                last_oom: 0,
+                started,
+            },
+        )?;
+        // As a fresh local run judges them: CPU-limit kills are timeouts, allocation failures
+        // are out-of-memory.
+        r.timed_out = r.timed_out || r.signal == Some(libc::SIGXCPU);
+        r.oom_killed = !r.success() && !r.timed_out && looks_out_of_memory(&r.stderr);
+        self.warm.stats.served += 1;
+        if !clean {
+            let why = WarmFailure(
+                "the server could not kill every process of a candidate or empty the work area"
+                    .into(),
+            );
+            tracing::warn!(reason = %why, "restarting the warm test server");
+            self.stop_server().await;
+            self.warm.failed(&why, false);
+        }
+        Ok(r)
+    }
+
+    /// Kills the warm server, the candidate it was running and (with a user of its own) every
+    /// process of the session's user; removes its directory tree.
+    async fn stop_server(&mut self) {
+        let Some(mut s) = self.server.take() else {
+            return;
+        };
+        kill_server(&s);
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.process.wait()).await;
+        let _ = s.process.start_kill();
+        kill_server(&s);
+        let root = s.root;
+        drop(s.channel);
+        let _ = tokio::task::spawn_blocking(move || drop(root)).await;
+    }
+
+    /// Stops the warm server, if one runs.
+    pub async fn close(mut self) {
+        self.stop_server().await;
+    }
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        // A cancelled repair: nothing of the session may outlive it.
+        if let Some(s) = &self.server {
+            kill_server(s);
+        }
+    }
+}
+
+fn kill_server(s: &LocalServer) {
+    if let Some(child) = s.channel.child {
+        sys::kill_group(child);
+    }
+    kill_all(s.pid, s.user);
+}
+
+/// Starts a local warm server with the setup a fresh run of `template` gets, and waits until
+/// it has imported pytest.
+async fn start_local_server(
+    interpreter: &str,
+    template: &RunSpec,
+) -> Result<LocalServer, WarmFailure> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what: &str, e: std::io::Error| WarmFailure(format!("{what}: {e}"));
+    let root = tempfile::Builder::new()
+        .prefix("coval-warm-")
+        .tempdir()
+        .map_err(|e| io("cannot create the server's dir", e))?;
+    let (cands, work, tmp) = (
+        root.path().join("cands"),
+        root.path().join("work"),
+        root.path().join("tmp"),
+    );
+    for d in [&cands, &work, &tmp] {
+        std::fs::create_dir(d).map_err(|e| io("cannot create the server's dir", e))?;
+    }
+    for (d, mode) in [(root.path(), 0o755), (cands.as_path(), 0o755)] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io("cannot open up the server's dir", e))?;
+    }
+    let user = if sys::euid() == 0 {
+        let uid = ephemeral_uid();
+        for d in [&work, &tmp] {
+            chown_tree(d, uid, uid).map_err(|e| io("cannot hand the work dir to its user", e))?;
+        }
+        Some((uid, uid))
+    } else {
+        None
+    };
+    let (Some(work_s), Some(tmp_s)) = (work.to_str(), tmp.to_str()) else {
+        return Err(WarmFailure("the temp dir's path is not UTF-8".into()));
+    };
+    let lim = &template.limits;
+    let netns = net_support().mode;
+    let nproc = if user.is_some() || netns == Netns::NewWithUserns {
+        u64::from(lim.pids)
+    } else {
+        count_user_processes(sys::euid()) + u64::from(lim.pids)
+    };
+    let cpu_secs = (template.timeout.as_secs_f64() * lim.cpus.max(0.01)).ceil() as u64 + 1;
+    let setup = ChildSetup {
+        netns,
+        rlimits: vec![
+            (sys::RLIMIT_DATA, lim.memory_bytes),
+            (sys::RLIMIT_NPROC, nproc),
+            (sys::RLIMIT_FSIZE, lim.tmpfs_bytes),
+            (sys::RLIMIT_NOFILE, u64::from(lim.nofile)),
+            (sys::RLIMIT_CPU, cpu_secs),
+            (sys::RLIMIT_CORE, 0),
+        ],
+        user,
+    };
+    let mut cmd = std::process::Command::new(interpreter);
+    cmd.args(["-c", warm::SERVER, "coval-warm"]);
+    // Killing "every process of my user" is only safe with a user of the session's own.
+    if user.is_some() {
+        cmd.arg("--sweep");
+    }
+    cmd.args(["--wipe", work_s, tmp_s])
+        .current_dir("/")
+        .env_clear()
+        .envs(map_env(&template.env, &work, &tmp))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    sys::install(&mut cmd, setup);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let mut process = cmd
+        .spawn()
+        .map_err(|e| io(&format!("cannot start `{interpreter}`"), e))?;
+    let pid = process.id();
+    let (Some(stdin), Some(stdout), Some(stderr)) = (
+        process.stdin.take(),
+        process.stdout.take(),
+        process.stderr.take(),
+    ) else {
+        return Err(WarmFailure("the server's pipes are missing".into()));
+    };
+    let output = futures::stream::select(
+        read_chunks(stdout, Chunk::Out).chain(futures::stream::once(async {
+            Chunk::Broken("the server closed its output".into())
+        })),
+        read_chunks(stderr, Chunk::Log),
+    );
+    let max_body = template.limits.output_bytes + template.collect.len() * WARM_COLLECT_CAP + 4096;
+    let mut server = LocalServer {
+        root,
+        process,
+        pid,
+        user,
+        interpreter: interpreter.to_owned(),
+        channel: Channel::new(Box::pin(stdin), Box::pin(output), max_body),
+    };
+    match server.channel.hello().await {
+        Ok(about) => {
+            tracing::debug!(%about, "local warm test server ready");
+            Ok(server)
+        }
+        Err(e) => {
+            kill_server(&server);
+            let _ = server.process.start_kill();
+            Err(e)
+        }
+    }
+}
+
+/// A pipe as a stream of chunks, ending at EOF (or with `Broken` on a read error).
+fn read_chunks<R>(r: R, wrap: fn(Bytes) -> Chunk) -> impl Stream<Item = Chunk> + Send
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    futures::stream::unfold(Some(r), move |state| async move {
+        let mut r = state?;
+        let mut buf = vec![0u8; 64 << 10];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((wrap(Bytes::from(buf)), Some(r)))
+            }
+            Err(e) => Some((Chunk::Broken(e.to_string()), None)),
+        }
+    })
 }
 
 /// Maps the sandbox paths `/work` and `/tmp` in env values onto this run's copies.

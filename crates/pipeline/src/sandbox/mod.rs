@@ -1,7 +1,8 @@
 //! Sandboxes that run a project's tests on untrusted code: one interface ([`Sandbox`]), two
 //! implementations ([`DockerSandbox`], hardened containers through bollard, and
 //! [`LocalSandbox`], a temp copy with rlimits for machines without Docker), per-repair
-//! [`Session`]s that reuse one container across candidates, [`detect`] to pick a backend, and
+//! [`Session`]s that reuse one container across candidates and serve pytest candidates from a
+//! warm test server that forks per candidate (`warm`), [`detect`] to pick a backend, and
 //! [`detect_project`] / [`outcomes::parse_outcomes`] to find a project's test command and read
 //! its per-test results.
 //!
@@ -18,6 +19,7 @@ pub mod project;
 mod sys;
 
 mod capture;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +30,7 @@ pub use docker::{DockerSandbox, DockerSession};
 pub use local::{LocalSandbox, LocalSession};
 pub use outcomes::parse_outcomes;
 pub use project::{Language, ProjectKind, Runner, detect_project, detect_project_with};
+pub use warm::WarmStats;
 
 use crate::config::{SandboxBackend, SandboxConfig};
 
@@ -77,6 +80,12 @@ pub struct RunSpec {
     pub image: String,
     /// Files (relative to the work dir) to read back after the run, e.g. a JUnit report.
     pub collect: Vec<String>,
+}
+
+/// Whether `argv` is `python3 -m pytest ARGS...`: the command sessions can serve from a warm
+/// test server, and to which pytest node ids can be appended.
+pub fn is_pytest_module_run(argv: &[String]) -> bool {
+    warm::pytest_invocation(argv).is_some()
 }
 
 /// The environment a test command needs and nothing more.
@@ -343,11 +352,13 @@ pub trait Sandbox: Send + Sync {
 }
 
 /// A sandbox reused across the candidates of one repair: Docker runs each candidate as a
-/// process in one long-lived container; the local sandbox makes a fresh copy each time.
-/// Candidates never see each other's files. Dropping it removes the container.
+/// process in one long-lived container; the local sandbox makes a fresh copy each time. In
+/// both, `python3 -m pytest` candidates are served by a warm test server that forks per
+/// candidate (see `warm_server.py`), unless it is switched off or fails. Candidates never see
+/// each other's files. Dropping it removes the container and stops the server.
 pub enum Session {
     Docker(Box<DockerSession>),
-    Local(LocalSession),
+    Local(Box<LocalSession>),
 }
 
 impl Session {
@@ -364,11 +375,22 @@ impl Session {
         }
     }
 
-    /// Removes the session's container (the local sandbox has nothing to remove).
+    /// How candidates were served by the session's warm test server.
+    pub fn warm_stats(&self) -> &WarmStats {
+        match self {
+            Session::Docker(s) => s.warm_stats(),
+            Session::Local(s) => s.warm_stats(),
+        }
+    }
+
+    /// Removes the session's container, or stops the local session's warm server.
     pub async fn close(self) -> Result<(), SandboxError> {
         match self {
             Session::Docker(s) => s.close().await,
-            Session::Local(_) => Ok(()),
+            Session::Local(s) => {
+                (*s).close().await;
+                Ok(())
+            }
         }
     }
 }
@@ -431,14 +453,14 @@ async fn detect_inner(
     language: Option<Language>,
 ) -> Result<Detected, SandboxError> {
     let local = |reason: String| Detected {
-        sandbox: AnySandbox::Local(LocalSandbox::new()),
+        sandbox: AnySandbox::Local(LocalSandbox::new().with_warm_server(cfg.warm_server)),
         reason,
     };
     if cfg.backend == SandboxBackend::Local {
         return Ok(local("sandbox.backend is local".into()));
     }
     let docker = match DockerSandbox::connect(&cfg.runtime).await {
-        Ok(d) => d,
+        Ok(d) => d.with_warm_server(cfg.warm_server),
         Err(e) if cfg.backend == SandboxBackend::Auto => {
             return Ok(local(format!("docker is not available: {e}")));
         }

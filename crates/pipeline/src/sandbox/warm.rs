@@ -1,0 +1,603 @@
+//! The warm pytest server: one Python process per repair session, started inside the sandbox,
+//! that imports pytest once and forks a child per candidate (`warm_server.py`; what the child
+//! does and why it stays isolated is written there). This module is the host's side: which
+//! commands it can serve ([`pytest_invocation`]), the wire protocol (requests as JSON lines,
+//! replies as a JSON header line followed by raw blobs), a [`Channel`] over any byte stream
+//! (a Docker exec's attached streams, a local child's pipes), and turning a reply into the same
+//! [`RunResult`] a fresh process would have given. Anything unexpected is a [`WarmFailure`]:
+//! the caller stops the server and runs that candidate the old way, never guesses a verdict.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::RunResult;
+
+/// The server's source; run as `python3 -c SERVER coval-warm [--sweep] [--oom] [--wipe DIR...]`.
+pub(crate) const SERVER: &str = include_str!("warm_server.py");
+
+/// How long the server may take to import pytest and say it is ready.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Server failures (start, death, misbehaviour) after which a session stops using it.
+pub(crate) const MAX_FAILURES: u32 = 3;
+
+/// Longest header line accepted from the server.
+const MAX_HEADER: usize = 64 << 10;
+
+/// `(interpreter, pytest arguments)` when `argv` is `python3 -m pytest ARGS...` (or
+/// `python -m pytest`, or a path to either): the one shape the server reproduces exactly.
+/// Anything else (a shell command, interpreter options, another tool) runs as a fresh process.
+pub(crate) fn pytest_invocation(argv: &[String]) -> Option<(&str, &[String])> {
+    let (interp, rest) = argv.split_first()?;
+    let name = interp.rsplit('/').next().unwrap_or(interp);
+    let is_python = name == "python"
+        || name == "python3"
+        || name
+            .strip_prefix("python3.")
+            .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()));
+    if !is_python || interp.contains(char::is_whitespace) {
+        return None;
+    }
+    match rest {
+        [m, pytest, args @ ..] if m == "-m" && pytest == "pytest" => Some((interp, args)),
+        _ => None,
+    }
+}
+
+/// Why the warm path could not give a verdict (logged; the candidate then runs the old way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WarmFailure(pub String);
+
+impl std::fmt::Display for WarmFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fail(why: impl Into<String>) -> WarmFailure {
+    WarmFailure(why.into())
+}
+
+/// How often a session's candidates were served warm, and why it stopped, if it did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WarmStats {
+    /// Servers started (1 unless one died or misbehaved).
+    pub starts: u32,
+    /// Candidates whose verdict came from the warm server.
+    pub served: u64,
+    /// Candidates the server could not serve, run as a fresh process instead.
+    pub fallbacks: u64,
+    /// Why the session stopped using the server, when it did.
+    pub off: Option<String>,
+}
+
+/// The warm server's bookkeeping in one session (shared by both backends).
+#[derive(Debug)]
+pub(crate) struct WarmState {
+    pub enabled: bool,
+    failures: u32,
+    pub stats: WarmStats,
+}
+
+impl WarmState {
+    pub fn new(enabled: bool) -> WarmState {
+        WarmState {
+            enabled,
+            failures: 0,
+            stats: WarmStats::default(),
+        }
+    }
+
+    /// The server may be used (or started) for the next candidate.
+    pub fn usable(&self) -> bool {
+        self.enabled && self.stats.off.is_none()
+    }
+
+    /// Records a failure; after [`MAX_FAILURES`] the session stops using the server.
+    pub fn failed(&mut self, why: &WarmFailure, counted_candidate: bool) {
+        self.failures += 1;
+        if counted_candidate {
+            self.stats.fallbacks += 1;
+        }
+        if self.failures >= MAX_FAILURES && self.stats.off.is_none() {
+            self.stats.off = Some(format!(
+                "the warm test server failed {} times (last: {why})",
+                self.failures
+            ));
+            tracing::warn!(reason = %why, "warm test server off for the rest of this session; candidates run as fresh processes");
+        }
+    }
+
+    /// The server cannot run here at all (e.g. an environment it cannot reproduce).
+    pub fn turn_off(&mut self, why: String) {
+        if self.stats.off.is_none() {
+            tracing::info!(reason = %why, "warm test server not used in this session");
+            self.stats.off = Some(why);
+        }
+    }
+}
+
+/// One candidate for the server.
+#[derive(Debug, Serialize)]
+pub(crate) struct Request<'a> {
+    pub id: &'a str,
+    /// Dir the child copies the candidate from (read-only to it), or none.
+    pub src: Option<&'a str>,
+    /// The candidate's own fresh work dir (created by the copy).
+    pub work: &'a str,
+    /// pytest's arguments.
+    pub args: &'a [String],
+    /// Wall-clock seconds from fork to kill.
+    pub timeout: f64,
+    /// stdout + stderr kept.
+    pub cap: usize,
+    /// The child is killed when it has written more than this (≥ `cap`): the slack the
+    /// backend's fresh path allows, so both stop a flood at the same point.
+    pub kill_at: usize,
+    pub collect: &'a [String],
+    /// Cap on each collected file.
+    pub fcap: usize,
+}
+
+/// The server's account of one candidate (the header of a `reply` frame).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub(crate) struct Reply {
+    pub id: String,
+    pub code: Option<i64>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub over_cap: bool,
+    /// Bytes the child wrote on stdout and stderr together.
+    pub total: u64,
+    /// The cgroup's OOM-kill count before and after (Docker).
+    pub oom: Option<(u64, u64)>,
+    /// Collected files present, in the order of their blobs.
+    pub files: Vec<String>,
+    /// Every process of the candidate was killed and the work areas are empty again.
+    pub clean: bool,
+    /// The server's own time for the candidate (fork to wiped), for logs.
+    #[serde(default)]
+    pub seconds: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Hello {
+    ready: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    python: Option<String>,
+    #[serde(default)]
+    pytest: Option<String>,
+}
+
+/// A frame: the JSON header and the raw blobs it announced.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Frame {
+    pub header: serde_json::Value,
+    pub blobs: Vec<Vec<u8>>,
+}
+
+/// Splits the server's stdout into frames; refuses oversized headers and bodies.
+#[derive(Debug)]
+pub(crate) struct Frames {
+    buf: Vec<u8>,
+    max_body: usize,
+}
+
+impl Frames {
+    pub fn new(max_body: usize) -> Frames {
+        Frames {
+            buf: Vec::new(),
+            max_body,
+        }
+    }
+
+    pub fn push(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    /// The next complete frame, `None` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WarmFailure> {
+        let Some(nl) = self.buf.iter().position(|&c| c == b'\n') else {
+            if self.buf.len() > MAX_HEADER {
+                return Err(fail("the server sent a header line over 64 KiB"));
+            }
+            return Ok(None);
+        };
+        if nl > MAX_HEADER {
+            return Err(fail("the server sent a header line over 64 KiB"));
+        }
+        let header: serde_json::Value = serde_json::from_slice(&self.buf[..nl])
+            .map_err(|e| fail(format!("the server sent a header that is not JSON: {e}")))?;
+        let lens: Vec<usize> = match header.get("blobs") {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| fail(format!("the server sent bad blob lengths: {e}")))?,
+            None => return Err(fail("the server sent a header without `blobs`")),
+        };
+        let body = lens
+            .iter()
+            .try_fold(0usize, |a, &n| a.checked_add(n))
+            .filter(|&n| n <= self.max_body)
+            .ok_or_else(|| fail("the server announced more bytes than a reply may hold"))?;
+        if self.buf.len() < nl + 1 + body {
+            return Ok(None);
+        }
+        let mut at = nl + 1;
+        let blobs = lens
+            .iter()
+            .map(|&n| {
+                let b = self.buf[at..at + n].to_vec();
+                at += n;
+                b
+            })
+            .collect();
+        self.buf.drain(..at);
+        Ok(Some(Frame { header, blobs }))
+    }
+}
+
+/// What the server's output stream carries.
+pub(crate) enum Chunk {
+    /// Protocol bytes (the server's stdout).
+    Out(Bytes),
+    /// The server's own stderr (diagnostics).
+    Log(Bytes),
+    /// The stream broke.
+    Broken(String),
+}
+
+pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Chunk> + Send>>;
+pub(crate) type Input = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Requests out, frames in, with deadlines; keeps the tail of the server's stderr for logs.
+/// The streams sit in mutexes only so that a session holding a channel is `Sync`; they are
+/// never locked, only reached through `&mut` (`get_mut`).
+pub(crate) struct Channel {
+    input: Mutex<Input>,
+    output: Mutex<ChunkStream>,
+    frames: Frames,
+    log: Vec<u8>,
+    /// The pid of the child running the current request (its process group), once known.
+    pub child: Option<u32>,
+}
+
+impl Channel {
+    pub fn new(input: Input, output: ChunkStream, max_body: usize) -> Channel {
+        Channel {
+            input: Mutex::new(input),
+            output: Mutex::new(output),
+            frames: Frames::new(max_body),
+            log: Vec::new(),
+            child: None,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = String::from_utf8_lossy(&self.log);
+        let s = s.trim();
+        if s.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; its stderr ends: {}",
+                s.chars()
+                    .rev()
+                    .take(600)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<String>()
+            )
+        }
+    }
+
+    async fn next_frame(&mut self, deadline: tokio::time::Instant) -> Result<Frame, WarmFailure> {
+        loop {
+            if let Some(f) = self.frames.next_frame()? {
+                return Ok(f);
+            }
+            let output = self.output.get_mut().unwrap_or_else(|e| e.into_inner());
+            let item = tokio::time::timeout_at(deadline, output.next())
+                .await
+                .map_err(|_| {
+                    fail(format!(
+                        "the server did not answer in time{}",
+                        self.log_tail()
+                    ))
+                })?;
+            match item {
+                Some(Chunk::Out(b)) => self.frames.push(&b),
+                Some(Chunk::Log(b)) => {
+                    self.log.extend_from_slice(&b);
+                    if self.log.len() > 4096 {
+                        let cut = self.log.len() - 4096;
+                        self.log.drain(..cut);
+                    }
+                }
+                Some(Chunk::Broken(e)) => {
+                    return Err(fail(format!(
+                        "the server's stream broke: {e}{}",
+                        self.log_tail()
+                    )));
+                }
+                None => return Err(fail(format!("the server exited{}", self.log_tail()))),
+            }
+        }
+    }
+
+    /// Waits for the server's greeting; `Ok` once it has imported pytest.
+    pub async fn hello(&mut self) -> Result<String, WarmFailure> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let f = self.next_frame(deadline).await?;
+        if f.header.get("kind").and_then(|k| k.as_str()) != Some("hello") {
+            return Err(fail("the server did not start with a greeting"));
+        }
+        let h: Hello = serde_json::from_value(f.header)
+            .map_err(|e| fail(format!("the server's greeting is malformed: {e}")))?;
+        if !h.ready {
+            return Err(fail(format!(
+                "the server cannot run here: {}",
+                h.error.unwrap_or_default()
+            )));
+        }
+        Ok(format!(
+            "python {}, pytest {}",
+            h.python.unwrap_or_default(),
+            h.pytest.unwrap_or_default()
+        ))
+    }
+
+    /// Sends one request and waits (until `deadline`) for its reply.
+    pub async fn call(
+        &mut self,
+        req: &Request<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Reply, Vec<Vec<u8>>), WarmFailure> {
+        self.child = None;
+        let mut line = serde_json::to_vec(req).map_err(|e| fail(e.to_string()))?;
+        line.push(b'\n');
+        let input = self.input.get_mut().unwrap_or_else(|e| e.into_inner());
+        let write = async {
+            input.write_all(&line).await?;
+            input.flush().await
+        };
+        tokio::time::timeout_at(deadline, write)
+            .await
+            .map_err(|_| fail("the server does not read its requests"))?
+            .map_err(|e| fail(format!("cannot write to the server: {e}")))?;
+        loop {
+            let f = self.next_frame(deadline).await?;
+            let kind = f.header.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            let id = f.header.get("id").and_then(|k| k.as_str());
+            match kind {
+                "started" if id == Some(req.id) => {
+                    self.child = f
+                        .header
+                        .get("pid")
+                        .and_then(|p| p.as_u64())
+                        .and_then(|p| u32::try_from(p).ok());
+                }
+                "reply" if id == Some(req.id) => {
+                    let reply: Reply = serde_json::from_value(f.header)
+                        .map_err(|e| fail(format!("the server's reply is malformed: {e}")))?;
+                    return Ok((reply, f.blobs));
+                }
+                "error" => {
+                    return Err(fail(format!(
+                        "the server refused the request: {}",
+                        f.header.get("error").and_then(|e| e.as_str()).unwrap_or("")
+                    )));
+                }
+                _ => {
+                    return Err(fail(format!(
+                        "the server sent an unexpected `{kind}` frame"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Closes the request stream: an idle server exits on its own.
+    pub async fn close(mut self) {
+        let input = self.input.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = tokio::time::timeout(Duration::from_secs(2), input.shutdown()).await;
+    }
+}
+
+/// What a reply is checked against.
+pub(crate) struct Expect<'a> {
+    pub id: &'a str,
+    pub cap: usize,
+    pub fcap: usize,
+    pub collect: &'a [String],
+    pub timeout: Duration,
+    /// The OOM-kill count after the previous candidate.
+    pub last_oom: u64,
+    pub started: Instant,
+}
+
+/// The run as a fresh process would have reported it; refuses replies that break the
+/// protocol's promises (so a confused or tampered server never decides a verdict).
+pub(crate) fn to_result(
+    reply: Reply,
+    blobs: Vec<Vec<u8>>,
+    e: &Expect<'_>,
+) -> Result<RunResult, WarmFailure> {
+    if reply.id != e.id {
+        return Err(fail(format!(
+            "reply for `{}`, expected `{}`",
+            reply.id, e.id
+        )));
+    }
+    if blobs.len() != 2 + reply.files.len() {
+        return Err(fail("the reply's blobs do not match its files"));
+    }
+    if blobs[0].len() + blobs[1].len() > e.cap {
+        return Err(fail("the reply holds more output than the cap"));
+    }
+    let mut collected = std::collections::BTreeMap::new();
+    for (name, blob) in reply.files.iter().zip(&blobs[2..]) {
+        if !e.collect.contains(name) || blob.len() > e.fcap {
+            return Err(fail(format!("the reply holds an unexpected file `{name}`")));
+        }
+        if collected
+            .insert(name.clone(), String::from_utf8_lossy(blob).into_owned())
+            .is_some()
+        {
+            return Err(fail(format!("the reply holds `{name}` twice")));
+        }
+    }
+    let (exit_code, signal) = match (reply.code, reply.signal) {
+        (Some(c), None) => (Some(i32::try_from(c).unwrap_or(-1)), None),
+        (None, Some(s)) if (1..=64).contains(&s) => (None, Some(s)),
+        _ => return Err(fail("the reply has neither an exit code nor a signal")),
+    };
+    let oom_killed = reply
+        .oom
+        .is_some_and(|(before, after)| after > before.max(e.last_oom));
+    let mut blobs = blobs.into_iter();
+    let stdout = String::from_utf8_lossy(&blobs.next().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&blobs.next().unwrap_or_default()).into_owned();
+    Ok(RunResult {
+        exit_code,
+        signal,
+        timed_out: reply.timed_out && !oom_killed,
+        oom_killed,
+        stdout,
+        stderr,
+        output_truncated: reply.over_cap || reply.total > e.cap as u64,
+        duration: e.started.elapsed(),
+        timeout: e.timeout,
+        output_cap: e.cap,
+        collected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn only_plain_pytest_module_runs_are_served() {
+        let a = argv(&["python3", "-m", "pytest", "-q", "--junitxml=r.xml"]);
+        let (i, args) = pytest_invocation(&a).unwrap();
+        assert_eq!((i, args), ("python3", &a[3..]));
+        assert!(pytest_invocation(&argv(&["/usr/bin/python3.11", "-m", "pytest"])).is_some());
+        for no in [
+            &["sh", "-c", "python3 -m pytest"][..],
+            &["python3", "-X", "dev", "-m", "pytest"],
+            &["python3", "-m", "unittest"],
+            &["pytest", "-q"],
+            &["python3x", "-m", "pytest"],
+            &["python3.", "-m", "pytest"],
+            &[],
+        ] {
+            assert!(pytest_invocation(&argv(no)).is_none(), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn frames_split_across_pushes_and_refuse_oversize() {
+        let mut f = Frames::new(100);
+        f.push(b"{\"kind\":\"reply\",\"blobs\":[3,0,2]}\nab");
+        assert_eq!(f.next_frame().unwrap(), None);
+        f.push(b"cxy{\"kind\":\"hello\",\"blobs\":[]}\n");
+        let a = f.next_frame().unwrap().unwrap();
+        assert_eq!(a.blobs, vec![b"abc".to_vec(), vec![], b"xy".to_vec()]);
+        let b = f.next_frame().unwrap().unwrap();
+        assert_eq!(b.header["kind"], "hello");
+        assert_eq!(f.next_frame().unwrap(), None);
+        let mut f = Frames::new(100);
+        f.push(b"{\"blobs\":[101]}\n");
+        assert!(f.next_frame().is_err());
+        let mut f = Frames::new(100);
+        f.push(b"not json\n");
+        assert!(f.next_frame().is_err());
+        let mut f = Frames::new(100);
+        f.push(b"{\"blobs\":[18446744073709551615, 2]}\n");
+        assert!(f.next_frame().is_err());
+        let mut f = Frames::new(100);
+        f.push(&vec![b'x'; MAX_HEADER + 1]);
+        assert!(f.next_frame().is_err());
+    }
+
+    fn reply() -> Reply {
+        Reply {
+            id: "c1".into(),
+            code: Some(1),
+            signal: None,
+            timed_out: false,
+            over_cap: false,
+            total: 5,
+            oom: Some((2, 2)),
+            files: vec!["r.xml".into()],
+            clean: true,
+            seconds: 0.1,
+        }
+    }
+
+    #[test]
+    fn replies_become_run_results_or_are_refused() {
+        let collect = vec!["r.xml".to_owned()];
+        let e = Expect {
+            id: "c1",
+            cap: 10,
+            fcap: 8,
+            collect: &collect,
+            timeout: Duration::from_secs(5),
+            last_oom: 0,
+            started: Instant::now(),
+        };
+        let blobs = || vec![b"out".to_vec(), b"er".to_vec(), b"<x/>".to_vec()];
+        let r = to_result(reply(), blobs(), &e).unwrap();
+        assert_eq!(r.exit_code, Some(1));
+        assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("out", "er"));
+        assert_eq!(r.collected["r.xml"], "<x/>");
+        assert!(!r.oom_killed && !r.timed_out && !r.output_truncated);
+        assert_eq!(r.verdict(), "exited 1");
+
+        let mut t = reply();
+        t.code = None;
+        t.signal = Some(9);
+        t.timed_out = true;
+        let r = to_result(t, blobs(), &e).unwrap();
+        assert_eq!(r.verdict(), "killed after 5 s timeout");
+
+        let mut o = reply();
+        o.oom = Some((2, 3));
+        o.code = None;
+        o.signal = Some(9);
+        assert!(to_result(o, blobs(), &e).unwrap().oom_killed);
+
+        let mut c = reply();
+        c.total = 11;
+        assert!(to_result(c, blobs(), &e).unwrap().output_truncated);
+
+        // Broken promises are failures, never verdicts.
+        let mut bad = reply();
+        bad.id = "c0".into();
+        assert!(to_result(bad, blobs(), &e).is_err());
+        let mut bad = reply();
+        bad.files = vec!["/etc/passwd".into()];
+        assert!(to_result(bad, blobs(), &e).is_err());
+        assert!(to_result(reply(), vec![b"x".to_vec(); 2], &e).is_err());
+        assert!(to_result(reply(), vec![vec![0; 8], vec![0; 3], vec![]], &e).is_err());
+        let mut bad = reply();
+        bad.code = None;
+        assert!(to_result(bad, blobs(), &e).is_err());
+        let mut bad = reply();
+        bad.signal = Some(9);
+        assert!(to_result(bad, blobs(), &e).is_err());
+    }
+}
