@@ -26,6 +26,9 @@ struct Row {
     seconds: f64,
     candidates: usize,
     validation_ms: u64,
+    /// Candidates stopped by their timeout, and the time they took.
+    timeouts: usize,
+    timeout_ms: u64,
     exact: bool,
 }
 
@@ -83,10 +86,19 @@ fn run(bug: &Path, sandbox: &str, warm: bool, failing_first: bool) -> Row {
     let fixed = v["outcome"] == "fixed";
     let mut candidates = 0;
     let mut validation_ms = 0;
+    let (mut timeouts, mut timeout_ms) = (0, 0);
     for a in v["attempts"].as_array().into_iter().flatten() {
         for c in a["candidates"].as_array().into_iter().flatten() {
             candidates += 1;
-            validation_ms += c["duration_ms"].as_u64().unwrap_or(0);
+            let ms = c["duration_ms"].as_u64().unwrap_or(0);
+            validation_ms += ms;
+            if c["reason"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(" timeout"))
+            {
+                timeouts += 1;
+                timeout_ms += ms;
+            }
         }
     }
     // Does the validated patch restore the original line (not merely pass the tests)?
@@ -108,6 +120,8 @@ fn run(bug: &Path, sandbox: &str, warm: bool, failing_first: bool) -> Row {
         seconds,
         candidates,
         validation_ms,
+        timeouts,
+        timeout_ms,
         exact,
     }
 }
@@ -186,6 +200,12 @@ fn main() {
             let exact = rows.iter().filter(|r| r.exact).count();
             let cands: usize = rows.iter().map(|r| r.candidates).sum();
             let vms: u64 = rows.iter().map(|r| r.validation_ms).sum();
+            let tos: usize = rows.iter().map(|r| r.timeouts).sum();
+            let tms: u64 = rows.iter().map(|r| r.timeout_ms).sum();
+            // Python (the warm server's language) apart from JavaScript (always a fresh process).
+            let py: Vec<&Row> = rows.iter().filter(|r| !r.bug.starts_with("js_")).collect();
+            let py_c: usize = py.iter().map(|r| r.candidates - r.timeouts).sum();
+            let py_ms: u64 = py.iter().map(|r| r.validation_ms - r.timeout_ms).sum();
             summary.push(format!(
             "{sb:<6} {mode:<10} fixed {fixed}/{} ({:.0}%), original line restored {exact}/{fixed}, median {:.2} s, worst {:.2} s per bug, {:.1} candidates validated per second ({cands} in {:.1} s of validation)",
             rows.len(),
@@ -195,6 +215,12 @@ fn main() {
             cands as f64 / (vms as f64 / 1000.0).max(1e-9),
             vms as f64 / 1000.0
         ));
+            summary.push(format!(
+                "{sb:<6} {mode:<10}   {tos} candidates stopped by their timeout took {:.1} s; Python bugs without them: {:.1} candidates per second ({py_c} in {:.1} s)",
+                tms as f64 / 1000.0,
+                py_c as f64 / (py_ms as f64 / 1000.0).max(1e-9),
+                py_ms as f64 / 1000.0
+            ));
         }
     }
     println!();
