@@ -234,7 +234,10 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
     let still = compare::still_failing(&f.mre.failing_tests, &tests);
     let passed = run.success() && regressions.is_empty() && still.is_empty();
     let reason = (!passed).then(|| {
-        if !regressions.is_empty() {
+        // A stopped run names no test truthfully: say why it stopped.
+        if run.timed_out || run.oom_killed || run.output_truncated {
+            format!("the test run {}", run.verdict())
+        } else if !regressions.is_empty() {
             format!(
                 "breaks tests that passed before: {}",
                 regressions.join(", ")
@@ -328,19 +331,16 @@ impl Handler for ValidateStage {
                     break;
                 }
             }
-            // A block: the session is not `Sync`, so no borrow of it may live across an await.
-            {
-                let w = session.warm_stats();
-                if w.starts > 0 || w.off.is_some() {
-                    tracing::info!(
-                        repair = %f.request.repair_id,
-                        served = w.served,
-                        fallbacks = w.fallbacks,
-                        starts = w.starts,
-                        off = w.off.as_deref().unwrap_or(""),
-                        "warm test server"
-                    );
-                }
+            let w = session.warm_stats();
+            if w.starts > 0 || w.off.is_some() {
+                tracing::info!(
+                    repair = %f.request.repair_id,
+                    served = w.served,
+                    fallbacks = w.fallbacks,
+                    starts = w.starts,
+                    off = w.off.as_deref().unwrap_or(""),
+                    "warm test server"
+                );
             }
             let _ = session.close().await;
             let _ = std::fs::remove_dir_all(&work);
@@ -443,5 +443,101 @@ impl ValidateStage {
             },
             projects: ctx.projects.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use pipeline::sandbox::{RunResult, detect_project_with};
+    use proto::messages::TestStatus;
+
+    use super::*;
+
+    fn pytest_kind() -> ProjectKind {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pyproject.toml"),
+            "[tool.pytest.ini_options]\n",
+        )
+        .unwrap();
+        detect_project_with(dir.path(), None).unwrap()
+    }
+
+    fn run(code: i32) -> RunResult {
+        RunResult {
+            exit_code: Some(code),
+            signal: None,
+            timed_out: false,
+            oom_killed: false,
+            stdout: String::new(),
+            stderr: String::new(),
+            output_truncated: false,
+            duration: Duration::from_millis(50),
+            timeout: Duration::from_secs(10),
+            output_cap: 1 << 20,
+            collected: BTreeMap::new(),
+        }
+    }
+
+    fn o(name: &str, status: TestStatus) -> TestOutcome {
+        TestOutcome {
+            name: name.into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn failing_first_only_with_node_ids_and_pytest() {
+        let kind = pytest_kind();
+        let failing = vec![
+            "tests/test_a.py::test_x".to_owned(),
+            "tests/test_a.py::TestK::test_y[1-2]".to_owned(),
+        ];
+        let cmd = failing_first_cmd(&kind, &failing).unwrap();
+        assert_eq!(cmd[..kind.test_cmd.len()], kind.test_cmd[..]);
+        assert_eq!(cmd[kind.test_cmd.len()..], failing[..]);
+        // Nothing failing, a name that is no node id, an option in disguise: the whole suite.
+        assert!(failing_first_cmd(&kind, &[]).is_none());
+        assert!(failing_first_cmd(&kind, &["tests.test_broken".into()]).is_none());
+        assert!(failing_first_cmd(&kind, &["-p.py::evil".into()]).is_none());
+        // A user's shell command cannot take node ids.
+        let mut custom = kind.clone();
+        custom.test_cmd = vec!["sh".into(), "-c".into(), "pytest -q".into()];
+        assert!(failing_first_cmd(&custom, &failing).is_none());
+    }
+
+    #[test]
+    fn early_rejection_needs_every_target_to_have_run() {
+        let failing = vec![
+            "tests/test_a.py::test_x".to_owned(),
+            "tests/test_a.py::test_y".to_owned(),
+        ];
+        let both_fail = [
+            o("tests/test_a.py::test_x", TestStatus::Failed),
+            o("tests/test_a.py::test_y", TestStatus::Passed),
+        ];
+        assert_eq!(
+            early_rejection(&failing, &run(1), &both_fail).as_deref(),
+            Some("target tests still fail: tests/test_a.py::test_x")
+        );
+        let all_pass = [
+            o("tests/test_a.py::test_x", TestStatus::Passed),
+            o("tests/test_a.py::test_y", TestStatus::Passed),
+        ];
+        assert_eq!(early_rejection(&failing, &run(0), &all_pass), None);
+        // One target did not run (a renamed node, another rootdir): the whole suite decides.
+        let one_missing = [o("tests/test_a.py::test_x", TestStatus::Failed)];
+        assert_eq!(early_rejection(&failing, &run(4), &one_missing), None);
+        // A stopped run is a failure of the whole suite too.
+        let mut stopped = run(0);
+        stopped.exit_code = None;
+        stopped.signal = Some(9);
+        stopped.timed_out = true;
+        assert_eq!(
+            early_rejection(&failing, &stopped, &[]).as_deref(),
+            Some("the test run killed after 10 s timeout")
+        );
     }
 }
