@@ -239,30 +239,7 @@ pub fn repo_root() -> PathBuf {
 /// Builds the Python base image once per test process (the script itself skips an existing
 /// image and serialises concurrent builds with a lock).
 pub fn ensure_python_image() -> Result<()> {
-    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let t0 = std::time::Instant::now();
-            let out = Command::new(repo_root().join("scripts/build-base-images.sh"))
-                .arg("python")
-                .output()
-                .map_err(|e| format!("cannot run scripts/build-base-images.sh: {e}"))?;
-            eprintln!(
-                "build-base-images.sh python: {:.1} s\n{}",
-                t0.elapsed().as_secs_f64(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "scripts/build-base-images.sh python failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            }
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
+    ensure_base_image("python")
 }
 
 /// The host's `/usr/bin/python3` must have pytest for the local-sandbox tests (a per-run user

@@ -6,7 +6,6 @@
 //! template alone is the iteration, and the result says so.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use llm::{ChatMessage, ChatRequest};
 use pipeline::config::{Config, SandboxConfig};
@@ -58,27 +57,6 @@ pub struct Generated {
 
 fn internal(e: impl std::fmt::Display) -> DeployError {
     DeployError::Internal(e.to_string())
-}
-
-/// Does something listen at the model server's address? A connect, nothing sent.
-async fn server_answers(url: &str) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let addr = if hostport.contains(':') {
-        hostport.to_owned()
-    } else if url.starts_with("https") {
-        format!("{hostport}:443")
-    } else {
-        format!("{hostport}:80")
-    };
-    matches!(
-        tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(addr)
-        )
-        .await,
-        Ok(Ok(_))
-    )
 }
 
 fn list_files(root: &Path) -> Vec<String> {
@@ -419,7 +397,7 @@ pub async fn generate(
         )));
     }
     let mut notes = vec![];
-    let use_model = if server_answers(&cfg.llm.server.url).await {
+    let use_model = if llm::server_answers(&cfg.llm.server.url).await {
         true
     } else if req.model.is_some() || req.parent.is_some() {
         return Err(DeployError::Unreachable(format!(

@@ -440,26 +440,7 @@ async fn start_local_server(
     let (Some(work_s), Some(tmp_s)) = (work.to_str(), tmp.to_str()) else {
         return Err(WarmFailure("the temp dir's path is not UTF-8".into()));
     };
-    let lim = &template.limits;
-    let netns = net_support().mode;
-    let nproc = if user.is_some() || netns == Netns::NewWithUserns {
-        u64::from(lim.pids)
-    } else {
-        count_user_processes(sys::euid()) + u64::from(lim.pids)
-    };
-    let cpu_secs = (template.timeout.as_secs_f64() * lim.cpus.max(0.01)).ceil() as u64 + 1;
-    let setup = ChildSetup {
-        netns,
-        rlimits: vec![
-            (sys::RLIMIT_DATA, lim.memory_bytes),
-            (sys::RLIMIT_NPROC, nproc),
-            (sys::RLIMIT_FSIZE, lim.tmpfs_bytes),
-            (sys::RLIMIT_NOFILE, u64::from(lim.nofile)),
-            (sys::RLIMIT_CPU, cpu_secs),
-            (sys::RLIMIT_CORE, 0),
-        ],
-        user,
-    };
+    let setup = child_setup(template, user);
     let mut cmd = std::process::Command::new(interpreter);
     cmd.args(["-c", warm::SERVER, "coval-warm"]);
     // Killing "every process of my user" is only safe with a user of the session's own.
@@ -627,30 +608,7 @@ async fn run_local(spec: &RunSpec) -> Result<RunResult, SandboxError> {
         .await
         .map_err(|e| SandboxError::io("staging task failed", std::io::Error::other(e)))??;
     let lim = &spec.limits;
-    let netns = net_support().mode;
-    let nproc = if staged.user.is_some() || netns == Netns::NewWithUserns {
-        // A user of its own, or a user namespace of its own (since Linux 5.14 RLIMIT_NPROC
-        // counts per user namespace): only this run's processes count.
-        u64::from(lim.pids)
-    } else {
-        // RLIMIT_NPROC counts every process of the user, not just this run's.
-        count_user_processes(sys::euid()) + u64::from(lim.pids)
-    };
-    let cpu_secs = (spec.timeout.as_secs_f64() * lim.cpus.max(0.01)).ceil() as u64 + 1;
-    let setup = ChildSetup {
-        netns,
-        rlimits: vec![
-            // RLIMIT_DATA rather than RLIMIT_AS: Go and V8 reserve large address ranges they
-            // never touch, which RLIMIT_AS would refuse.
-            (sys::RLIMIT_DATA, lim.memory_bytes),
-            (sys::RLIMIT_NPROC, nproc),
-            (sys::RLIMIT_FSIZE, lim.tmpfs_bytes),
-            (sys::RLIMIT_NOFILE, u64::from(lim.nofile)),
-            (sys::RLIMIT_CPU, cpu_secs),
-            (sys::RLIMIT_CORE, 0),
-        ],
-        user: staged.user,
-    };
+    let setup = child_setup(spec, staged.user);
     let mut cmd = std::process::Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .current_dir(&staged.src)
@@ -753,6 +711,36 @@ async fn run_local(spec: &RunSpec) -> Result<RunResult, SandboxError> {
         output_cap: lim.output_bytes,
         collected,
     })
+}
+
+/// The limits a run (or a session's warm server) is started under: `spec`'s memory, file
+/// size, open files and CPU time, and a process count that only this run's processes use.
+fn child_setup(spec: &RunSpec, user: Option<(u32, u32)>) -> ChildSetup {
+    let lim = &spec.limits;
+    let netns = net_support().mode;
+    let nproc = if user.is_some() || netns == Netns::NewWithUserns {
+        // A user of its own, or a user namespace of its own (since Linux 5.14 RLIMIT_NPROC
+        // counts per user namespace): only this run's processes count.
+        u64::from(lim.pids)
+    } else {
+        // RLIMIT_NPROC counts every process of the user, not just this run's.
+        count_user_processes(sys::euid()) + u64::from(lim.pids)
+    };
+    let cpu_secs = (spec.timeout.as_secs_f64() * lim.cpus.max(0.01)).ceil() as u64 + 1;
+    ChildSetup {
+        netns,
+        rlimits: vec![
+            // RLIMIT_DATA rather than RLIMIT_AS: Go and V8 reserve large address ranges they
+            // never touch, which RLIMIT_AS would refuse.
+            (sys::RLIMIT_DATA, lim.memory_bytes),
+            (sys::RLIMIT_NPROC, nproc),
+            (sys::RLIMIT_FSIZE, lim.tmpfs_bytes),
+            (sys::RLIMIT_NOFILE, u64::from(lim.nofile)),
+            (sys::RLIMIT_CPU, cpu_secs),
+            (sys::RLIMIT_CORE, 0),
+        ],
+        user,
+    }
 }
 
 fn kill_all(pgid: Option<u32>, user: Option<(u32, u32)>) {
