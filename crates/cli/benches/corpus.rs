@@ -5,11 +5,16 @@
 //!   cargo bench -p cli --bench corpus [-- --sandbox docker|local|both] [--mode warm,exec]
 //!                                        [--bugs 03,23]  (only bugs whose dir starts so)
 //!
-//! Modes (comma-separated; default `warm,exec`):
-//!   warm        the warm pytest server and failing-tests-first (the defaults)
-//!   exec        a fresh process per candidate, the whole suite every time (the old path)
-//!   warm-full   the warm server, the whole suite every time
-//!   exec-first  a fresh process per candidate, failing tests first
+//! Modes (comma-separated; default `warm,warm-1,exec`):
+//!   warm        the defaults: warm pytest server, failing tests first, one lane per core
+//!   warm-1      the same in one lane (one candidate at a time)
+//!   exec        a fresh process per candidate, the whole suite, one lane (the first path)
+//!   warm-full   the warm server, the whole suite every time, one lane
+//!   exec-first  a fresh process per candidate, failing tests first, one lane
+//!
+//! Candidates per second are candidates over the wall-clock time validation took (the
+//! attempts' `validation_ms`: from opening the sandbox sessions to closing them), so lanes
+//! count only by what they really save; the mean candidate latency is printed beside it.
 //! Bugs run in turn per mode (bug 1 in every mode, then bug 2, ...), so a machine that gets
 //! busier during the run slows every mode alike.
 //!
@@ -25,7 +30,11 @@ struct Row {
     fixed: bool,
     seconds: f64,
     candidates: usize,
+    /// Wall-clock validation time (the attempts' `validation_ms`).
     validation_ms: u64,
+    /// The candidates' own durations, summed (latency, not throughput).
+    candidate_ms: u64,
+    lanes: u64,
     /// Candidates stopped by their timeout, and the time they took.
     timeouts: usize,
     timeout_ms: u64,
@@ -36,15 +45,49 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `(name, sandbox.warm_server, validate.failing_first)`.
-const MODES: [(&str, bool, bool); 4] = [
-    ("warm", true, true),
-    ("exec", false, false),
-    ("warm-full", true, false),
-    ("exec-first", false, true),
+/// One way to validate: `sandbox.warm_server`, `validate.failing_first`, `validate.lanes`.
+#[derive(Clone, Copy)]
+struct Mode {
+    name: &'static str,
+    warm: bool,
+    first: bool,
+    lanes: u32,
+}
+
+const MODES: [Mode; 5] = [
+    Mode {
+        name: "warm",
+        warm: true,
+        first: true,
+        lanes: 0,
+    },
+    Mode {
+        name: "warm-1",
+        warm: true,
+        first: true,
+        lanes: 1,
+    },
+    Mode {
+        name: "exec",
+        warm: false,
+        first: false,
+        lanes: 1,
+    },
+    Mode {
+        name: "warm-full",
+        warm: true,
+        first: false,
+        lanes: 1,
+    },
+    Mode {
+        name: "exec-first",
+        warm: false,
+        first: true,
+        lanes: 1,
+    },
 ];
 
-fn run(bug: &Path, sandbox: &str, warm: bool, failing_first: bool) -> Row {
+fn run(bug: &Path, sandbox: &str, mode: Mode) -> Row {
     let name = bug
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -75,8 +118,9 @@ fn run(bug: &Path, sandbox: &str, warm: bool, failing_first: bool) -> Row {
         .arg("-s")
         .arg(&src)
         .env("COVAL_SANDBOX__BACKEND", sandbox)
-        .env("COVAL_SANDBOX__WARM_SERVER", warm.to_string())
-        .env("COVAL_VALIDATE__FAILING_FIRST", failing_first.to_string())
+        .env("COVAL_SANDBOX__WARM_SERVER", mode.warm.to_string())
+        .env("COVAL_VALIDATE__FAILING_FIRST", mode.first.to_string())
+        .env("COVAL_VALIDATE__LANES", mode.lanes.to_string())
         .env("COVAL_LLM_URL", "http://127.0.0.1:9")
         .env("RUST_LOG", "error")
         .output()
@@ -85,13 +129,15 @@ fn run(bug: &Path, sandbox: &str, warm: bool, failing_first: bool) -> Row {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let fixed = v["outcome"] == "fixed";
     let mut candidates = 0;
-    let mut validation_ms = 0;
+    let (mut validation_ms, mut candidate_ms, mut lanes) = (0, 0, 0);
     let (mut timeouts, mut timeout_ms) = (0, 0);
     for a in v["attempts"].as_array().into_iter().flatten() {
+        validation_ms += a["validation_ms"].as_u64().unwrap_or(0);
+        lanes = lanes.max(a["lanes"].as_u64().unwrap_or(0));
         for c in a["candidates"].as_array().into_iter().flatten() {
             candidates += 1;
             let ms = c["duration_ms"].as_u64().unwrap_or(0);
-            validation_ms += ms;
+            candidate_ms += ms;
             if c["reason"]
                 .as_str()
                 .is_some_and(|r| r.ends_with(" timeout"))
@@ -120,6 +166,8 @@ fn run(bug: &Path, sandbox: &str, warm: bool, failing_first: bool) -> Row {
         seconds,
         candidates,
         validation_ms,
+        candidate_ms,
+        lanes,
         timeouts,
         timeout_ms,
         exact,
@@ -144,13 +192,13 @@ fn main() {
         .position(|a| a == "--mode")
         .and_then(|i| args.get(i + 1))
         .cloned()
-        .unwrap_or_else(|| "warm,exec".into());
-    let mut modes: Vec<(&str, bool, bool)> = vec![];
+        .unwrap_or_else(|| "warm,warm-1,exec".into());
+    let mut modes: Vec<Mode> = vec![];
     for m in wanted.split(',') {
-        match MODES.iter().find(|(n, _, _)| *n == m.trim()) {
+        match MODES.iter().find(|x| x.name == m.trim()) {
             Some(found) => modes.push(*found),
             None => {
-                eprintln!("unknown mode `{m}`: use warm, exec, warm-full or exec-first");
+                eprintln!("unknown mode `{m}`: use warm, warm-1, exec, warm-full or exec-first");
                 std::process::exit(2);
             }
         }
@@ -176,50 +224,59 @@ fn main() {
         .collect();
     bugs.sort();
     let mut summary = vec![];
+    let per_sec = |n: usize, ms: u64| n as f64 / (ms as f64 / 1000.0).max(1e-9);
     for sb in &sandboxes {
         let mut by_mode: Vec<Vec<Row>> = modes.iter().map(|_| vec![]).collect();
         for b in &bugs {
-            for (m, &(mode, warm, first)) in modes.iter().enumerate() {
-                let r = run(b, sb, warm, first);
+            for (m, &mode) in modes.iter().enumerate() {
+                let r = run(b, sb, mode);
                 println!(
-                    "{sb:<6} {mode:<10} {:<28} {:<6} {:>6.2} s {:>4} candidates {:>6.1}/s{}",
+                    "{sb:<6} {:<10} {:<28} {:<6} {:>6.2} s {:>4} candidates {:>6.1}/s {} lane(s){}",
+                    mode.name,
                     r.bug,
                     if r.fixed { "fixed" } else { "NOT" },
                     r.seconds,
                     r.candidates,
-                    r.candidates as f64 / (r.validation_ms as f64 / 1000.0).max(1e-9),
+                    per_sec(r.candidates, r.validation_ms),
+                    r.lanes,
                     if r.exact { "  (the original line)" } else { "" }
                 );
                 by_mode[m].push(r);
             }
         }
-        for ((mode, _, _), rows) in modes.iter().zip(by_mode) {
+        for (mode, rows) in modes.iter().zip(by_mode) {
+            let name = mode.name;
             let mut secs: Vec<f64> = rows.iter().map(|r| r.seconds).collect();
             secs.sort_by(f64::total_cmp);
             let fixed = rows.iter().filter(|r| r.fixed).count();
             let exact = rows.iter().filter(|r| r.exact).count();
-            let cands: usize = rows.iter().map(|r| r.candidates).sum();
-            let vms: u64 = rows.iter().map(|r| r.validation_ms).sum();
-            let tos: usize = rows.iter().map(|r| r.timeouts).sum();
-            let tms: u64 = rows.iter().map(|r| r.timeout_ms).sum();
-            // Python (the warm server's language) apart from JavaScript (always a fresh process).
-            let py: Vec<&Row> = rows.iter().filter(|r| !r.bug.starts_with("js_")).collect();
-            let py_c: usize = py.iter().map(|r| r.candidates - r.timeouts).sum();
-            let py_ms: u64 = py.iter().map(|r| r.validation_ms - r.timeout_ms).sum();
+            let sum =
+                |f: &dyn Fn(&Row) -> u64, rows: &[&Row]| -> u64 { rows.iter().map(|r| f(r)).sum() };
+            let all: Vec<&Row> = rows.iter().collect();
+            let cands = sum(&|r| r.candidates as u64, &all) as usize;
+            let vms = sum(&|r| r.validation_ms, &all);
+            let cms = sum(&|r| r.candidate_ms, &all);
+            let tos = sum(&|r| r.timeouts as u64, &all);
+            let tms = sum(&|r| r.timeout_ms, &all);
+            let lanes = rows.iter().map(|r| r.lanes).max().unwrap_or(0);
+            // Python (the warm server's language) apart from JavaScript (fresh processes).
+            let (js, py): (Vec<&Row>, Vec<&Row>) =
+                all.iter().partition(|r| r.bug.starts_with("js_"));
             summary.push(format!(
-            "{sb:<6} {mode:<10} fixed {fixed}/{} ({:.0}%), original line restored {exact}/{fixed}, median {:.2} s, worst {:.2} s per bug, {:.1} candidates validated per second ({cands} in {:.1} s of validation)",
-            rows.len(),
-            100.0 * fixed as f64 / rows.len().max(1) as f64,
-            secs.get(secs.len() / 2).copied().unwrap_or(0.0),
-            secs.last().copied().unwrap_or(0.0),
-            cands as f64 / (vms as f64 / 1000.0).max(1e-9),
-            vms as f64 / 1000.0
-        ));
+                "{sb:<6} {name:<10} fixed {fixed}/{} ({:.0}%), original line restored {exact}/{fixed}, median {:.2} s, worst {:.2} s per bug, {:.1} candidates validated per second ({cands} in {:.1} s of validation, {lanes} lane(s))",
+                rows.len(),
+                100.0 * fixed as f64 / rows.len().max(1) as f64,
+                secs.get(secs.len() / 2).copied().unwrap_or(0.0),
+                secs.last().copied().unwrap_or(0.0),
+                per_sec(cands, vms),
+                vms as f64 / 1000.0
+            ));
             summary.push(format!(
-                "{sb:<6} {mode:<10}   {tos} candidates stopped by their timeout took {:.1} s; Python bugs without them: {:.1} candidates per second ({py_c} in {:.1} s)",
+                "{sb:<6} {name:<10}   mean candidate latency {:.0} ms; Python {:.1}/s, JavaScript {:.1}/s; {tos} candidates stopped by their timeout took {:.1} s of candidate time",
+                cms as f64 / cands.max(1) as f64,
+                per_sec(sum(&|r| r.candidates as u64, &py) as usize, sum(&|r| r.validation_ms, &py)),
+                per_sec(sum(&|r| r.candidates as u64, &js) as usize, sum(&|r| r.validation_ms, &js)),
                 tms as f64 / 1000.0,
-                py_c as f64 / (py_ms as f64 / 1000.0).max(1e-9),
-                py_ms as f64 / 1000.0
             ));
         }
     }

@@ -66,6 +66,27 @@ pub struct ValidateConfig {
     /// candidates that make them pass (pytest projects); the verdict always comes from the
     /// whole suite.
     pub failing_first: bool,
+    /// Candidates validated at once, each in its own sandbox session (container or local
+    /// server); 0: one per CPU core, at most [`MAX_LANES`].
+    #[serde(default)]
+    pub lanes: u32,
+}
+
+/// The most validation lanes `validate.lanes: 0` picks.
+pub const MAX_LANES: usize = 4;
+
+impl ValidateConfig {
+    /// The lanes to use: the configured number, or one per available core (at most
+    /// [`MAX_LANES`]) when it is 0.
+    pub fn lanes(&self) -> usize {
+        match self.lanes {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, MAX_LANES),
+            n => n as usize,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -878,6 +899,17 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
             "sandbox.cpus",
             format!("{} must be a positive number", sb.cpus),
             "e.g. 1.0",
+        ));
+    }
+    if s.validate.lanes > 32 {
+        return Err(bad(
+            layers,
+            "validate.lanes",
+            format!(
+                "{} lanes: each is a sandbox session of its own",
+                s.validate.lanes
+            ),
+            "use 0 (one per CPU core) or 1 to 32",
         ));
     }
     let hw = s.global.adaptive_evaluation.history_weight;

@@ -112,6 +112,9 @@ fn attempt() -> AttemptRecord {
             duration_ms: 180,
         }],
         usage: Usage::default(),
+        // Zero, as in the committed snapshots written before these fields existed.
+        validation_ms: 0,
+        lanes: 0,
     }
 }
 

@@ -311,6 +311,13 @@ pub struct AttemptRecord {
     pub results: Vec<CandidateResult>,
     #[serde(default)]
     pub usage: Usage,
+    /// Wall-clock milliseconds the validation of this attempt's candidates took, from opening
+    /// the sandbox sessions to closing them (0 in records from before it was measured).
+    #[serde(default)]
+    pub validation_ms: u64,
+    /// Candidates validated at once (sandbox sessions), 0 when unknown.
+    #[serde(default)]
+    pub lanes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -283,6 +283,8 @@ pub fn json(f: &Facts) -> serde_json::Value {
             "attempt": a.attempt,
             "engine": a.engine,
             "usage": {"prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens, "duration_ms": a.usage.duration_ms},
+            "validation_ms": a.validation_ms,
+            "lanes": a.lanes,
             "candidates": a.results.iter().map(|r| {
                 let c = a.candidates.iter().find(|c| c.id == r.candidate_id);
                 serde_json::json!({

@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use pipeline::config::SandboxConfig;
 use pipeline::patch::{self, PatchLimits};
 use pipeline::runtime::{Handler, Input, Outcome};
 use pipeline::sandbox::{self, ProjectKind, RunSpec, Sandbox, Session};
 use proto::messages::{
-    AttemptRecord, Candidate, CandidateResult, FixProposed, TestOutcome, ValidationFailed,
+    AttemptRecord, Candidate, CandidateResult, FixProposed, TestOutcome, TestStatus, ValidationFailed,
     ValidationPassed,
 };
 use proto::{Message, Stage};
@@ -29,6 +30,8 @@ pub struct ValidateSettings {
     /// (`validate.failing_first`). Model candidates always get the whole suite: there are few
     /// of them, and a retry prompt needs all of a failed candidate's output (its regressions).
     pub failing_first: bool,
+    /// Candidates validated at once, each in a sandbox session of its own (`validate.lanes`).
+    pub lanes: usize,
 }
 
 impl Default for ValidateSettings {
@@ -39,6 +42,7 @@ impl Default for ValidateSettings {
             attempt_budget: Duration::from_secs(300),
             patch_limits: PatchLimits::default(),
             failing_first: true,
+            lanes: 1,
         }
     }
 }
@@ -51,14 +55,16 @@ pub struct ValidateStage {
     pub projects: std::sync::Arc<pipeline::projects::Projects>,
 }
 
-/// A candidate gets ten times the baseline run plus 10 s, within the sandbox's limit: mutants
-/// that loop forever are common, and must not cost the full limit each.
+/// A candidate gets four times the baseline run plus one second, within the sandbox's limit.
+/// Mutants that loop forever are common and must not cost the full limit each; the baseline is
+/// a cold run (a fresh process, often a fresh container), so this is many times what a warm
+/// candidate of the same suite needs.
 pub fn candidate_timeout(limit_secs: u64, baseline_ms: u64) -> Duration {
     let limit = Duration::from_secs(limit_secs.max(1));
     if baseline_ms == 0 {
         return limit;
     }
-    (Duration::from_millis(baseline_ms.saturating_mul(10)) + Duration::from_secs(10)).min(limit)
+    (Duration::from_millis(baseline_ms.saturating_mul(4)) + Duration::from_secs(1)).min(limit)
 }
 
 /// The failing output fed back to the next attempt, capped.
@@ -97,30 +103,100 @@ fn failed(c: &Candidate, reason: String, started: Instant) -> Tried {
     }
 }
 
-/// The command that runs only the baseline's failing tests, when that can be said exactly: a
-/// `python -m pytest` command and pytest node ids (`path.py::name`) for every failing test.
-pub fn failing_first_cmd(kind: &ProjectKind, failing: &[String]) -> Option<Vec<String>> {
-    if kind.runner != sandbox::Runner::Pytest
-        || !sandbox::is_pytest_module_run(&kind.test_cmd)
-        || failing.is_empty()
-    {
+/// The command that runs only the baseline's failing tests, when that can be said exactly, for
+/// an early verdict on candidates that do not fix them:
+/// - `python -m pytest` and a pytest node id (`path.py::name`) for every failing test: those
+///   node ids, stopping at the first failure (`-x`) with one-line tracebacks;
+/// - the plain `node --test` script (as detected, nothing added by the user) and every failing
+///   test's name written literally in one and the same test file: that file run by node itself,
+///   which is what `node --test` does per file, without its parent process.
+pub fn failing_first_cmd(
+    kind: &ProjectKind,
+    failing: &[String],
+    root: &Path,
+) -> Option<Vec<String>> {
+    if failing.is_empty() {
         return None;
     }
-    let node_id = |t: &String| {
-        let file = t.split("::").next().unwrap_or("");
-        t.contains("::") && file.ends_with(".py") && !t.starts_with('-') && !t.contains('\0')
+    match kind.runner {
+        sandbox::Runner::Pytest if sandbox::is_pytest_module_run(&kind.test_cmd) => {
+            let node_id = |t: &String| {
+                let file = t.split("::").next().unwrap_or("");
+                t.contains("::")
+                    && file.ends_with(".py")
+                    && !t.starts_with('-')
+                    && !t.contains('\0')
+            };
+            if !failing.iter().all(node_id) {
+                return None;
+            }
+            let mut cmd = kind.test_cmd.clone();
+            cmd.extend(["-x".to_owned(), "--tb=line".to_owned()]);
+            cmd.extend(failing.iter().cloned());
+            Some(cmd)
+        }
+        sandbox::Runner::NodeTest if kind.test_cmd == sandbox::node_test_cmd("node --test") => {
+            let file = node_test_file_naming(root, failing)?;
+            Some(vec!["node".into(), "--test-reporter=tap".into(), file])
+        }
+        _ => None,
+    }
+}
+
+/// The one JavaScript test file under `root` that names every test in `names` as a string
+/// literal (and the only one that names any of them), relative to `root`.
+fn node_test_file_naming(root: &Path, names: &[String]) -> Option<String> {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() && depth < 4 && !name.starts_with('.') && name != "node_modules" {
+                walk(&e.path(), depth + 1, out);
+            } else if ft.is_file()
+                && [".js", ".cjs", ".mjs"].iter().any(|x| name.ends_with(x))
+                && out.len() < 200
+            {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut files = vec![];
+    walk(root, 0, &mut files);
+    let quoted = |text: &str, n: &str| {
+        ['\'', '"', '`']
+            .iter()
+            .any(|q| text.contains(&format!("{q}{n}{q}")))
     };
-    if !failing.iter().all(node_id) {
-        return None;
+    let mut found = None;
+    for f in files {
+        let Ok(rel) = f.strip_prefix(root) else { continue };
+        let rel = rel.to_string_lossy().into_owned();
+        if !compare::is_test_path(&rel) || rel.starts_with('-') {
+            continue;
+        }
+        let Ok(meta) = f.metadata() else { continue };
+        if meta.len() > 1 << 20 {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let named = names.iter().filter(|n| quoted(&text, n)).count();
+        if named == 0 {
+            continue;
+        }
+        if named < names.len() || found.is_some() {
+            return None;
+        }
+        found = Some(rel);
     }
-    let mut cmd = kind.test_cmd.clone();
-    cmd.extend(failing.iter().cloned());
-    Some(cmd)
+    found
 }
 
 /// Whether a run of the failing tests alone already decides that the candidate fails: it was
-/// stopped (time, memory, output: the whole suite runs those tests too), or every failing test
-/// ran and one of them still does not pass. `None`: the whole suite decides.
+/// stopped (time, memory, output: the whole suite runs those tests too), or a failing test ran
+/// and still failed (the whole suite runs it on the same code). `None`: the whole suite decides.
 fn early_rejection(
     failing: &[String],
     run: &sandbox::RunResult,
@@ -129,11 +205,17 @@ fn early_rejection(
     if run.timed_out || run.oom_killed || run.output_truncated {
         return Some(format!("the test run {}", run.verdict()));
     }
-    let all_ran = failing
+    let failed: Vec<&str> = failing
         .iter()
-        .all(|t| tests.iter().any(|o| compare::same_test(t, &o.name)));
-    let still = compare::still_failing(failing, tests);
-    (all_ran && !still.is_empty()).then(|| format!("target tests still fail: {}", still.join(", ")))
+        .filter(|t| {
+            tests.iter().any(|o| {
+                compare::same_test(t, &o.name)
+                    && matches!(o.status, TestStatus::Failed | TestStatus::Error)
+            })
+        })
+        .map(String::as_str)
+        .collect();
+    (!failed.is_empty()).then(|| format!("target tests still fail: {}", failed.join(", ")))
 }
 
 /// What every candidate of one attempt shares.
@@ -195,7 +277,7 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
     tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
     let timeout = candidate_timeout(s.sandbox.timeout_secs, f.mre.baseline_ms);
     let first = (s.settings.failing_first && f.engine == "search")
-        .then(|| failing_first_cmd(kind, &f.mre.failing_tests))
+        .then(|| failing_first_cmd(kind, &f.mre.failing_tests, root))
         .flatten();
     if let Some(first) = first {
         match session.run(&copy, &first, timeout).await {
@@ -286,6 +368,8 @@ impl Handler for ValidateStage {
             .join("validation");
         let work = dir.join(format!("work-{}", f.attempt));
         let mut tried: Vec<Tried> = vec![];
+        let validation_started = Instant::now();
+        let mut lanes_used = 0;
         if !f.candidates.is_empty() {
             let detected = match sandbox::detect_for(&self.sandbox, kind.language).await {
                 Ok(d) => d,
@@ -300,49 +384,90 @@ impl Handler for ValidateStage {
             let mut template =
                 RunSpec::from_config(&self.sandbox, kind.language, &root, kind.test_cmd.clone());
             template.collect = kind.reports.clone();
-            let mut session = match detected.sandbox.open_session(&template).await {
-                Ok(s) => s,
-                Err(e) if e.is_retryable() => {
-                    return Outcome::Retry {
+            let lanes = self.settings.lanes.clamp(1, f.candidates.len());
+            let opened = futures::future::join_all(
+                (0..lanes).map(|_| detected.sandbox.open_session(&template)),
+            )
+            .await;
+            let mut idle: Vec<Session> = vec![];
+            let mut open_error = None;
+            for o in opened {
+                match o {
+                    Ok(s) => idle.push(s),
+                    Err(e) => {
+                        tracing::warn!(repair = %f.request.repair_id, error = %e, "a validation lane did not open");
+                        open_error = Some(e);
+                    }
+                }
+            }
+            if idle.is_empty() {
+                return match open_error {
+                    Some(e) if e.is_retryable() => Outcome::Retry {
                         after: None,
                         reason: e.to_string(),
-                    };
-                }
-                Err(e) => return Outcome::Reject(e.to_string()),
-            };
+                    },
+                    Some(e) => Outcome::Reject(e.to_string()),
+                    None => Outcome::Reject("no sandbox session opened".into()),
+                };
+            }
+            lanes_used = idle.len();
             let _ = std::fs::create_dir_all(&work);
             let deadline = Instant::now() + self.settings.attempt_budget;
-            for (n, c) in f.candidates.iter().enumerate() {
-                if Instant::now() > deadline {
-                    tracing::info!(repair = %f.request.repair_id, tried = n, "attempt budget spent");
-                    break;
+            let trial = Trial {
+                stage: self,
+                kind: &kind,
+                root: &root,
+                work: &work,
+                f,
+            };
+            let trial = &trial;
+            // Candidates start in rank order, one per idle lane. After a pass (unless every
+            // candidate is wanted) no new one starts; those already running finish, so the
+            // ranking below sees every candidate that was tried.
+            let mut running = futures::stream::FuturesUnordered::new();
+            let mut next = 0;
+            let mut stop = false;
+            let mut done: Vec<(usize, Tried)> = vec![];
+            loop {
+                while !stop && next < f.candidates.len() && !idle.is_empty() {
+                    if Instant::now() > deadline {
+                        tracing::info!(repair = %f.request.repair_id, tried = next, "attempt budget spent");
+                        stop = true;
+                        break;
+                    }
+                    let Some(mut session) = idle.pop() else { break };
+                    let (n, c) = (next, &f.candidates[next]);
+                    next += 1;
+                    running.push(async move {
+                        let t = try_one(trial, &mut session, c, n).await;
+                        (session, n, t)
+                    });
                 }
-                let trial = Trial {
-                    stage: self,
-                    kind: &kind,
-                    root: &root,
-                    work: &work,
-                    f,
+                let Some((session, n, t)) = running.next().await else {
+                    break;
                 };
-                let t = try_one(&trial, &mut session, c, n).await;
-                let passed = t.result.passed;
-                tried.push(t);
-                if passed && !self.settings.collect_all {
-                    break;
+                if t.result.passed && !self.settings.collect_all {
+                    stop = true;
                 }
+                done.push((n, t));
+                idle.push(session);
             }
-            let w = session.warm_stats();
-            if w.starts > 0 || w.off.is_some() {
-                tracing::info!(
-                    repair = %f.request.repair_id,
-                    served = w.served,
-                    fallbacks = w.fallbacks,
-                    starts = w.starts,
-                    off = w.off.as_deref().unwrap_or(""),
-                    "warm test server"
-                );
+            done.sort_by_key(|(n, _)| *n);
+            tried = done.into_iter().map(|(_, t)| t).collect();
+            for session in idle {
+                let w = session.warm_stats();
+                if w.starts > 0 || w.off.is_some() {
+                    tracing::info!(
+                        repair = %f.request.repair_id,
+                        served = w.served,
+                        fallbacks = w.fallbacks,
+                        starts = w.starts,
+                        off = w.off.as_deref().unwrap_or(""),
+                        "warm test server"
+                    );
+                }
+                let _ = session.close().await;
             }
-            let _ = session.close().await;
             let _ = std::fs::remove_dir_all(&work);
         }
 
@@ -357,6 +482,8 @@ impl Handler for ValidateStage {
                 .collect(),
             results: tried.iter().map(|t| t.result.clone()).collect(),
             usage: f.usage.clone(),
+            validation_ms: validation_started.elapsed().as_millis() as u64,
+            lanes: lanes_used as u32,
         };
         let mut history = f.history.clone();
         history.push(record);
@@ -439,6 +566,7 @@ impl ValidateStage {
             repairs_dir: ctx.repairs_dir(),
             settings: ValidateSettings {
                 failing_first: ctx.config.settings.validate.failing_first,
+                lanes: ctx.config.settings.validate.lanes(),
                 ..Default::default()
             },
             projects: ctx.projects.clone(),
@@ -495,21 +623,86 @@ mod tests {
             "tests/test_a.py::test_x".to_owned(),
             "tests/test_a.py::TestK::test_y[1-2]".to_owned(),
         ];
-        let cmd = failing_first_cmd(&kind, &failing).unwrap();
-        assert_eq!(cmd[..kind.test_cmd.len()], kind.test_cmd[..]);
-        assert_eq!(cmd[kind.test_cmd.len()..], failing[..]);
+        let root = Path::new("/nonexistent");
+        let cmd = failing_first_cmd(&kind, &failing, root).unwrap();
+        let n = kind.test_cmd.len();
+        assert_eq!(cmd[..n], kind.test_cmd[..]);
+        assert_eq!(cmd[n..n + 2], ["-x", "--tb=line"]);
+        assert_eq!(cmd[n + 2..], failing[..]);
         // Nothing failing, a name that is no node id, an option in disguise: the whole suite.
-        assert!(failing_first_cmd(&kind, &[]).is_none());
-        assert!(failing_first_cmd(&kind, &["tests.test_broken".into()]).is_none());
-        assert!(failing_first_cmd(&kind, &["-p.py::evil".into()]).is_none());
+        assert!(failing_first_cmd(&kind, &[], root).is_none());
+        assert!(failing_first_cmd(&kind, &["tests.test_broken".into()], root).is_none());
+        assert!(failing_first_cmd(&kind, &["-p.py::evil".into()], root).is_none());
         // A user's shell command cannot take node ids.
         let mut custom = kind.clone();
         custom.test_cmd = vec!["sh".into(), "-c".into(), "pytest -q".into()];
-        assert!(failing_first_cmd(&custom, &failing).is_none());
+        assert!(failing_first_cmd(&custom, &failing, root).is_none());
+    }
+
+    fn node_project(script: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, ProjectKind) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("package.json"),
+            format!(r#"{{"name":"p","scripts":{{"test":"{script}"}}}}"#),
+        )
+        .unwrap();
+        for (path, text) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let kind = detect_project_with(dir.path(), None).unwrap();
+        (dir, kind)
     }
 
     #[test]
-    fn early_rejection_needs_every_target_to_have_run() {
+    fn failing_first_runs_the_one_node_test_file_that_names_the_failing_tests() {
+        let test_file = "const test = require('node:test');\n\
+             test('adds', () => {});\n\
+             test(\"rounds up\", () => {});\n\
+             test(`keeps the sign`, () => {});\n";
+        let other = "test('other', () => {});\n";
+        let failing = vec!["rounds up".to_owned(), "keeps the sign".to_owned()];
+        let (dir, kind) = node_project(
+            "node --test",
+            &[
+                ("test/math.test.js", test_file),
+                ("test/other.test.js", other),
+                ("lib/math.js", "// rounds up\nmodule.exports = {};\n"),
+            ],
+        );
+        assert_eq!(
+            failing_first_cmd(&kind, &failing, dir.path()),
+            Some(vec![
+                "node".to_owned(),
+                "--test-reporter=tap".to_owned(),
+                "test/math.test.js".to_owned()
+            ])
+        );
+        // A name no file holds, names spread over two files: the whole suite.
+        let missing = vec!["rounds up".to_owned(), "nowhere".to_owned()];
+        assert_eq!(failing_first_cmd(&kind, &missing, dir.path()), None);
+        let spread = vec!["rounds up".to_owned(), "other".to_owned()];
+        assert_eq!(failing_first_cmd(&kind, &spread, dir.path()), None);
+        // A script with options of its own (a loader, a setup file) is the user's to run.
+        let (dir, kind) = node_project(
+            "node --test --require ./setup.js",
+            &[("test/math.test.js", test_file)],
+        );
+        assert_eq!(failing_first_cmd(&kind, &failing, dir.path()), None);
+    }
+
+    #[test]
+    fn candidate_timeout_scales_with_the_baseline_within_the_limit() {
+        assert_eq!(candidate_timeout(300, 0), Duration::from_secs(300));
+        assert_eq!(candidate_timeout(300, 500), Duration::from_secs(3));
+        assert_eq!(candidate_timeout(300, 60_000), Duration::from_secs(241));
+        assert_eq!(candidate_timeout(30, 60_000), Duration::from_secs(30));
+        assert_eq!(candidate_timeout(0, 100), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn early_rejection_needs_a_target_that_ran_and_failed() {
         let failing = vec![
             "tests/test_a.py::test_x".to_owned(),
             "tests/test_a.py::test_y".to_owned(),
@@ -527,9 +720,17 @@ mod tests {
             o("tests/test_a.py::test_y", TestStatus::Passed),
         ];
         assert_eq!(early_rejection(&failing, &run(0), &all_pass), None);
-        // One target did not run (a renamed node, another rootdir): the whole suite decides.
-        let one_missing = [o("tests/test_a.py::test_x", TestStatus::Failed)];
-        assert_eq!(early_rejection(&failing, &run(4), &one_missing), None);
+        // `-x` stopped after one target failed: that one decides already.
+        let stopped_early = [o("tests/test_a.py::test_x", TestStatus::Failed)];
+        assert_eq!(
+            early_rejection(&failing, &run(1), &stopped_early).as_deref(),
+            Some("target tests still fail: tests/test_a.py::test_x")
+        );
+        // No target ran (a renamed node, another rootdir) or one was skipped: the whole suite
+        // decides.
+        assert_eq!(early_rejection(&failing, &run(4), &[]), None);
+        let skipped = [o("tests/test_a.py::test_x", TestStatus::Skipped)];
+        assert_eq!(early_rejection(&failing, &run(0), &skipped), None);
         // A stopped run is a failure of the whole suite too.
         let mut stopped = run(0);
         stopped.exit_code = None;

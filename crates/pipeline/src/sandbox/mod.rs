@@ -29,7 +29,9 @@ use std::time::Duration;
 pub use docker::{DockerSandbox, DockerSession};
 pub use local::{LocalSandbox, LocalSession};
 pub use outcomes::parse_outcomes;
-pub use project::{Language, ProjectKind, Runner, detect_project, detect_project_with};
+pub use project::{
+    Language, ProjectKind, Runner, detect_project, detect_project_with, node_test_cmd,
+};
 pub use warm::WarmStats;
 
 use crate::config::{SandboxBackend, SandboxConfig};

@@ -417,6 +417,22 @@ fn python(dir: &Path) -> ProjectKind {
 
 const NPM_PLACEHOLDER: &str = "no test specified";
 
+/// The command that runs an npm `test` script the way `npm test` would, without npm (not in
+/// every image): the project's local bins first on the PATH.
+pub fn node_test_cmd(script: &str) -> Vec<String> {
+    let script = if script.contains("node --test") && !script.contains("--test-reporter") {
+        // `node --test` prints TAP only when asked (its default reporter depends on a TTY).
+        script.replacen("node --test", "node --test --test-reporter=tap", 1)
+    } else {
+        script.to_owned()
+    };
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("PATH=\"$PWD/node_modules/.bin:$PATH\"; {script}"),
+    ]
+}
+
 fn node(package_json: &str) -> ProjectKind {
     let v: serde_json::Value = serde_json::from_str(package_json).unwrap_or_default();
     let dep = |name: &str| {
@@ -442,20 +458,7 @@ fn node(package_json: &str) -> ProjectKind {
             } else {
                 Runner::Npm
             };
-            // `node --test` prints TAP only when asked (its default reporter depends on a TTY).
-            let s = if runner == Runner::NodeTest && !s.contains("--test-reporter") {
-                s.replacen("node --test", "node --test --test-reporter=tap", 1)
-            } else {
-                s.to_owned()
-            };
-            // What `npm test` would do, without npm (not in every image): local bins first.
-            let cmd = format!("PATH=\"$PWD/node_modules/.bin:$PATH\"; {s}");
-            kind(
-                Language::JavaScript,
-                fw,
-                vec!["sh".into(), "-c".into(), cmd],
-                runner,
-            )
+            kind(Language::JavaScript, fw, node_test_cmd(&s), runner)
         }
         None => kind(
             Language::JavaScript,
