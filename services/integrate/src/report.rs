@@ -153,6 +153,15 @@ pub fn markdown(f: &Facts) -> String {
                     String::new()
                 }
             );
+            if a.validation_ms > 0 {
+                let _ = writeln!(
+                    s,
+                    "{} candidate(s) validated in {:.1} s on {} lane(s).\n",
+                    a.results.len(),
+                    a.validation_ms as f64 / 1000.0,
+                    a.lanes
+                );
+            }
             for r in &a.results {
                 let what = a
                     .candidates

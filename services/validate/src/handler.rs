@@ -10,8 +10,8 @@ use pipeline::patch::{self, PatchLimits};
 use pipeline::runtime::{Handler, Input, Outcome};
 use pipeline::sandbox::{self, ProjectKind, RunSpec, Sandbox, Session};
 use proto::messages::{
-    AttemptRecord, Candidate, CandidateResult, FixProposed, TestOutcome, TestStatus, ValidationFailed,
-    ValidationPassed,
+    AttemptRecord, Candidate, CandidateResult, FixProposed, TestOutcome, TestStatus,
+    ValidationFailed, ValidationPassed,
 };
 use proto::{Message, Stage};
 
@@ -53,6 +53,75 @@ pub struct ValidateStage {
     pub settings: ValidateSettings,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<pipeline::projects::Projects>,
+    /// Sessions kept from a repair's failed attempt for its next one.
+    pub parked: Parked,
+}
+
+/// How long a failed attempt's sessions wait for the repair's next attempt (which may go to
+/// another worker, or never come) before they are closed.
+const PARK_TTL: Duration = Duration::from_secs(60);
+
+/// Sandbox sessions (containers, local servers) kept between one attempt of a repair and the
+/// next, so a retry does not pay for new containers and warm servers. Each parking is closed
+/// by a timer after [`PARK_TTL`] unless the next attempt took it first; whatever is still
+/// parked when the stage is dropped is removed by the sessions' own drop guards.
+#[derive(Default, Clone)]
+pub struct Parked {
+    inner: std::sync::Arc<std::sync::Mutex<ParkedInner>>,
+}
+
+#[derive(Default)]
+struct ParkedInner {
+    next_ticket: u64,
+    /// key → (ticket, sessions)
+    by_key: std::collections::HashMap<String, (u64, Vec<Session>)>,
+}
+
+impl Parked {
+    fn take(&self, key: &str) -> Vec<Session> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.by_key.remove(key).map(|(_, s)| s).unwrap_or_default()
+    }
+
+    fn park(&self, key: String, sessions: Vec<Session>) {
+        let ticket = {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.next_ticket += 1;
+            let ticket = g.next_ticket;
+            if let Some((_, old)) = g.by_key.insert(key.clone(), (ticket, sessions)) {
+                close_later(old);
+            }
+            ticket
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PARK_TTL).await;
+            let expired = {
+                let mut g = me.inner.lock().unwrap_or_else(|p| p.into_inner());
+                match g.by_key.get(&key) {
+                    Some((t, _)) if *t == ticket => g.by_key.remove(&key).map(|(_, s)| s),
+                    _ => None,
+                }
+            };
+            if let Some(sessions) = expired {
+                tracing::debug!(key = %key, "parked validation sessions expired");
+                for s in sessions {
+                    let _ = s.close().await;
+                }
+            }
+        });
+    }
+}
+
+/// Closes sessions in the background: nothing waits for container removal. If the process
+/// ends first, dropping the task drops the sessions, whose guards remove what they own.
+fn close_later(sessions: Vec<Session>) {
+    if sessions.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        futures::future::join_all(sessions.into_iter().map(Session::close)).await;
+    });
 }
 
 /// A candidate gets four times the baseline run plus one second, within the sandbox's limit.
@@ -172,7 +241,9 @@ fn node_test_file_naming(root: &Path, names: &[String]) -> Option<String> {
     };
     let mut found = None;
     for f in files {
-        let Ok(rel) = f.strip_prefix(root) else { continue };
+        let Ok(rel) = f.strip_prefix(root) else {
+            continue;
+        };
         let rel = rel.to_string_lossy().into_owned();
         if !compare::is_test_path(&rel) || rel.starts_with('-') {
             continue;
@@ -225,6 +296,23 @@ struct Trial<'a> {
     root: &'a Path,
     work: &'a Path,
     f: &'a FixProposed,
+    /// The slowest failing-tests-first run of this attempt that finished in time, in ms.
+    slowest_first_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The timeout of a failing-tests-first run: ten times the slowest such run of this attempt
+/// that finished, or, before any has, twice the MRE's baseline run (a cold run of the whole
+/// suite); at least one second, never more than the candidate's own timeout. A mutant that
+/// loops forever then costs about a second, not the whole-suite allowance.
+pub fn first_run_timeout(full: Duration, baseline_ms: u64, slowest_first_ms: u64) -> Duration {
+    let guess = match (slowest_first_ms, baseline_ms) {
+        (0, 0) => return full,
+        (0, b) => b.saturating_mul(2),
+        (s, _) => s.saturating_mul(10),
+    };
+    Duration::from_millis(guess)
+        .max(Duration::from_secs(1))
+        .min(full)
 }
 
 async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) -> Tried {
@@ -280,8 +368,24 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
         .then(|| failing_first_cmd(kind, &f.mre.failing_tests, root))
         .flatten();
     if let Some(first) = first {
-        match session.run(&copy, &first, timeout).await {
+        let slowest = t
+            .slowest_first_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match session
+            .run(
+                &copy,
+                &first,
+                first_run_timeout(timeout, f.mre.baseline_ms, slowest),
+            )
+            .await
+        {
             Ok(run) => {
+                if !run.timed_out {
+                    t.slowest_first_ms.fetch_max(
+                        run.duration.as_millis() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 let tests = sandbox::parse_outcomes(kind, &run);
                 if let Some(reason) = early_rejection(&f.mre.failing_tests, &run, &tests) {
                     let _ = std::fs::remove_dir_all(&copy);
@@ -370,7 +474,16 @@ impl Handler for ValidateStage {
         let mut tried: Vec<Tried> = vec![];
         let validation_started = Instant::now();
         let mut lanes_used = 0;
-        if !f.candidates.is_empty() {
+        let park_key = format!(
+            "{}|{:?}|{}",
+            f.request.repair_id,
+            kind.language,
+            root.display()
+        );
+        if f.candidates.is_empty() {
+            // Nothing to validate: the repair ends here, and so do its parked sessions.
+            close_later(self.parked.take(&park_key));
+        } else {
             let detected = match sandbox::detect_for(&self.sandbox, kind.language).await {
                 Ok(d) => d,
                 Err(e) if e.is_retryable() => {
@@ -385,11 +498,14 @@ impl Handler for ValidateStage {
                 RunSpec::from_config(&self.sandbox, kind.language, &root, kind.test_cmd.clone());
             template.collect = kind.reports.clone();
             let lanes = self.settings.lanes.clamp(1, f.candidates.len());
+            let mut idle: Vec<Session> = self.parked.take(&park_key);
+            if idle.len() > lanes {
+                close_later(idle.split_off(lanes));
+            }
             let opened = futures::future::join_all(
-                (0..lanes).map(|_| detected.sandbox.open_session(&template)),
+                (idle.len()..lanes).map(|_| detected.sandbox.open_session(&template)),
             )
             .await;
-            let mut idle: Vec<Session> = vec![];
             let mut open_error = None;
             for o in opened {
                 match o {
@@ -419,6 +535,7 @@ impl Handler for ValidateStage {
                 root: &root,
                 work: &work,
                 f,
+                slowest_first_ms: Default::default(),
             };
             let trial = &trial;
             // Candidates start in rank order, one per idle lane. After a pass (unless every
@@ -454,7 +571,7 @@ impl Handler for ValidateStage {
             }
             done.sort_by_key(|(n, _)| *n);
             tried = done.into_iter().map(|(_, t)| t).collect();
-            for session in idle {
+            for session in &idle {
                 let w = session.warm_stats();
                 if w.starts > 0 || w.off.is_some() {
                     tracing::info!(
@@ -466,7 +583,12 @@ impl Handler for ValidateStage {
                         "warm test server"
                     );
                 }
-                let _ = session.close().await;
+            }
+            // A failed attempt with attempts left keeps its sessions for the next one.
+            if attempts_left > 0 && !tried.iter().any(|t| t.result.passed) {
+                self.parked.park(park_key, idle);
+            } else {
+                close_later(idle);
             }
             let _ = std::fs::remove_dir_all(&work);
         }
@@ -570,6 +692,7 @@ impl ValidateStage {
                 ..Default::default()
             },
             projects: ctx.projects.clone(),
+            parked: Parked::default(),
         }
     }
 }
@@ -699,6 +822,19 @@ mod tests {
         assert_eq!(candidate_timeout(300, 60_000), Duration::from_secs(241));
         assert_eq!(candidate_timeout(30, 60_000), Duration::from_secs(30));
         assert_eq!(candidate_timeout(0, 100), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn first_run_timeout_follows_the_slowest_first_run() {
+        let full = Duration::from_secs(5);
+        assert_eq!(first_run_timeout(full, 0, 0), full);
+        // Before any first run finished: twice the cold baseline, at least a second.
+        assert_eq!(first_run_timeout(full, 700, 0), Duration::from_millis(1400));
+        assert_eq!(first_run_timeout(full, 300, 0), Duration::from_secs(1));
+        // Then ten times the slowest that finished.
+        assert_eq!(first_run_timeout(full, 700, 80), Duration::from_secs(1));
+        assert_eq!(first_run_timeout(full, 700, 300), Duration::from_secs(3));
+        assert_eq!(first_run_timeout(full, 700, 2_000), full);
     }
 
     #[test]

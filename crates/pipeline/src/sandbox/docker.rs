@@ -692,6 +692,7 @@ impl DockerSession {
             candidate = %cid,
             staged_secs,
             server_secs = reply.seconds,
+            marks = ?reply.marks,
             host_secs = started.elapsed().as_secs_f64(),
             "warm run"
         );

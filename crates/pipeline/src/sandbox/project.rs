@@ -458,7 +458,7 @@ fn node(package_json: &str) -> ProjectKind {
             } else {
                 Runner::Npm
             };
-            kind(Language::JavaScript, fw, node_test_cmd(&s), runner)
+            kind(Language::JavaScript, fw, node_test_cmd(s), runner)
         }
         None => kind(
             Language::JavaScript,

@@ -164,6 +164,9 @@ pub(crate) struct Reply {
     /// The server's own time for the candidate (fork to wiped), for logs.
     #[serde(default)]
     pub seconds: f64,
+    /// Where that time went: `(step, seconds since the request)`, for logs.
+    #[serde(default)]
+    pub marks: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -544,6 +547,7 @@ mod tests {
             files: vec!["r.xml".into()],
             clean: true,
             seconds: 0.1,
+            marks: vec![],
         }
     }
 
