@@ -769,6 +769,17 @@ fn the_search_engine_repairs_the_bug_corpus() {
                     let v: serde_json::Value =
                         serde_json::from_slice(&out.stdout).unwrap_or_default();
                     let name = bug.file_name().unwrap().to_string_lossy().into_owned();
+                    // Every attempt that validated something says how long it took, on how
+                    // many lanes (one sandbox session each).
+                    for a in v["attempts"].as_array().into_iter().flatten() {
+                        if a["candidates"].as_array().is_some_and(|c| !c.is_empty()) {
+                            assert!(a["lanes"].as_u64().unwrap_or(0) >= 1, "{name}: {a:#}");
+                            assert!(
+                                a["validation_ms"].as_u64().unwrap_or(0) > 0,
+                                "{name}: {a:#}"
+                            );
+                        }
+                    }
                     results.lock().unwrap().push((
                         name,
                         v["outcome"].as_str().unwrap_or("error").to_owned(),

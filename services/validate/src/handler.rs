@@ -65,9 +65,16 @@ const PARK_TTL: Duration = Duration::from_secs(60);
 /// next, so a retry does not pay for new containers and warm servers. Each parking is closed
 /// by a timer after [`PARK_TTL`] unless the next attempt took it first; whatever is still
 /// parked when the stage is dropped is removed by the sessions' own drop guards.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Parked {
     inner: std::sync::Arc<std::sync::Mutex<ParkedInner>>,
+    ttl: Duration,
+}
+
+impl Default for Parked {
+    fn default() -> Self {
+        Parked::with_ttl(PARK_TTL)
+    }
 }
 
 #[derive(Default)]
@@ -78,6 +85,23 @@ struct ParkedInner {
 }
 
 impl Parked {
+    pub fn with_ttl(ttl: Duration) -> Parked {
+        Parked {
+            inner: Default::default(),
+            ttl,
+        }
+    }
+
+    /// Sessions parked now, over every key.
+    pub fn len(&self) -> usize {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.by_key.values().map(|(_, s)| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn take(&self, key: &str) -> Vec<Session> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.by_key.remove(key).map(|(_, s)| s).unwrap_or_default()
@@ -95,7 +119,7 @@ impl Parked {
         };
         let me = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(PARK_TTL).await;
+            tokio::time::sleep(me.ttl).await;
             let expired = {
                 let mut g = me.inner.lock().unwrap_or_else(|p| p.into_inner());
                 match g.by_key.get(&key) {
@@ -822,6 +846,43 @@ mod tests {
         assert_eq!(candidate_timeout(300, 60_000), Duration::from_secs(241));
         assert_eq!(candidate_timeout(30, 60_000), Duration::from_secs(30));
         assert_eq!(candidate_timeout(0, 100), Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn parked_sessions_go_to_the_next_attempt_or_expire() {
+        let sandbox = sandbox::LocalSandbox::new();
+        let dir = tempfile::tempdir().unwrap();
+        let template = RunSpec::new(dir.path(), vec!["true".into()]);
+        let open = || async { Sandbox::open_session(&sandbox, &template).await.unwrap() };
+        let parked = Parked::with_ttl(Duration::from_millis(300));
+        parked.park("rep_a".into(), vec![open().await, open().await]);
+        assert_eq!(parked.len(), 2);
+        // The next attempt of the same repair takes them; another repair finds none.
+        assert!(parked.take("rep_b").is_empty());
+        let mut again = parked.take("rep_a");
+        assert_eq!(again.len(), 2);
+        assert!(parked.is_empty());
+        // A session taken back still runs candidates.
+        let run = again[0]
+            .run(dir.path(), &["true".into()], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(run.success(), "{run:?}");
+        // Parked again and never taken: closed when the time is up, not before.
+        parked.park("rep_a".into(), again);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(parked.len(), 2);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(parked.is_empty());
+        // Parking over an earlier parking of the same key closes the earlier sessions, and the
+        // earlier timer does not take the later ones.
+        parked.park("rep_c".into(), vec![open().await]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        parked.park("rep_c".into(), vec![open().await]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(parked.len(), 1, "the first timer took the second parking");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(parked.is_empty());
     }
 
     #[test]
