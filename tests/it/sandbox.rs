@@ -164,14 +164,15 @@ async fn fork_bomb(sb: &impl Sandbox, backend: &str) -> Result<()> {
         "took {:?}",
         r.duration
     );
-    // Classic: forks forever until the timeout.
+    // Classic: forks forever until the timeout. The shell itself keeps going when the bomb
+    // has used up every process it may have: it loops on builtins (dash exits when a fork fails).
     let r = sb
         .run(&spec(
             dir.path(),
             &[
                 "sh",
                 "-c",
-                "exec 2>/dev/null; b() { b | b & }; b; sleep 100",
+                "exec 2>/dev/null; b() { b | b & }; b; while :; do :; done",
             ],
             4,
         ))

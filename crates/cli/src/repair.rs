@@ -341,12 +341,17 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
                 &bus_cfg,
                 &stop,
             ));
+            let validate = validate::handler::ValidateStage::from_context(&ctx);
+            if !request.analyze_only {
+                // Containers and warm test servers start while triage, the MRE and the fix
+                // run; the first attempt takes them.
+                validate
+                    .prewarm(repair_id, &request.project, request.test_cmd.as_deref())
+                    .await;
+            }
             tasks.push(spawn(
                 &bus,
-                Observed::new(
-                    validate::handler::ValidateStage::from_context(&ctx),
-                    &progress_tx,
-                ),
+                Observed::new(validate, &progress_tx),
                 &bus_cfg,
                 &stop,
             ));

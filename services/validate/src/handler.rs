@@ -82,6 +82,14 @@ struct ParkedInner {
     next_ticket: u64,
     /// key → (ticket, sessions)
     by_key: std::collections::HashMap<String, (u64, Vec<Session>)>,
+    /// Keys whose sessions are being opened ahead of time ([`ValidateStage::prewarm`]): the
+    /// receiver turns true (or its sender drops) when that is over.
+    pending: std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>,
+}
+
+/// The key sessions are parked under: one repair, one language, one project dir.
+fn park_key(repair: &proto::RepairId, language: sandbox::Language, root: &Path) -> String {
+    format!("{repair}|{language:?}|{}", root.display())
 }
 
 impl Parked {
@@ -105,6 +113,19 @@ impl Parked {
     fn take(&self, key: &str) -> Vec<Session> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.by_key.remove(key).map(|(_, s)| s).unwrap_or_default()
+    }
+
+    /// [`Parked::take`], after waiting (at most `wait`) for sessions still being opened ahead
+    /// of time for this key.
+    async fn take_when_ready(&self, key: &str, wait: Duration) -> Vec<Session> {
+        let pending = {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.pending.get(key).cloned()
+        };
+        if let Some(mut rx) = pending {
+            let _ = tokio::time::timeout(wait, rx.wait_for(|done| *done)).await;
+        }
+        self.take(key)
     }
 
     fn park(&self, key: String, sessions: Vec<Session>) {
@@ -498,12 +519,7 @@ impl Handler for ValidateStage {
         let mut tried: Vec<Tried> = vec![];
         let validation_started = Instant::now();
         let mut lanes_used = 0;
-        let park_key = format!(
-            "{}|{:?}|{}",
-            f.request.repair_id,
-            kind.language,
-            root.display()
-        );
+        let park_key = park_key(&f.request.repair_id, kind.language, &root);
         if f.candidates.is_empty() {
             // Nothing to validate: the repair ends here, and so do its parked sessions.
             close_later(self.parked.take(&park_key));
@@ -522,7 +538,10 @@ impl Handler for ValidateStage {
                 RunSpec::from_config(&self.sandbox, kind.language, &root, kind.test_cmd.clone());
             template.collect = kind.reports.clone();
             let lanes = self.settings.lanes.clamp(1, f.candidates.len());
-            let mut idle: Vec<Session> = self.parked.take(&park_key);
+            let mut idle: Vec<Session> = self
+                .parked
+                .take_when_ready(&park_key, warm_start_wait())
+                .await;
             if idle.len() > lanes {
                 close_later(idle.split_off(lanes));
             }
@@ -705,7 +724,68 @@ impl Handler for ValidateStage {
     }
 }
 
+/// How long an attempt waits for sessions being opened ahead of time before opening its own.
+fn warm_start_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
 impl ValidateStage {
+    /// Opens this repair's validation sessions (containers, warm test servers) in the
+    /// background, while triage, the MRE and fix generation run, and parks them for its first
+    /// attempt, which waits for them rather than opening its own. Used by the embedded
+    /// pipeline, which knows the project at the start; a failure here is only logged (the
+    /// attempt then opens sessions itself), and sessions no attempt takes expire like any
+    /// parked ones.
+    pub async fn prewarm(
+        &self,
+        repair: proto::RepairId,
+        project: &proto::messages::ProjectRef,
+        test_cmd: Option<&str>,
+    ) {
+        let Ok(root) = self.projects.dir(project).await else {
+            return;
+        };
+        let Some(kind) = sandbox::detect_project_with(&root, test_cmd) else {
+            return;
+        };
+        let key = park_key(&repair, kind.language, &root);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.parked
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .insert(key.clone(), rx);
+        let (cfg, parked) = (self.sandbox.clone(), self.parked.clone());
+        let lanes = self.settings.lanes.max(1);
+        tokio::spawn(async move {
+            let opened = async {
+                let detected = sandbox::detect_for(&cfg, kind.language).await.ok()?;
+                let mut template =
+                    RunSpec::from_config(&cfg, kind.language, &root, kind.test_cmd.clone());
+                template.collect = kind.reports.clone();
+                let all = futures::future::join_all(
+                    (0..lanes).map(|_| detected.sandbox.open_session(&template)),
+                )
+                .await;
+                Some(all.into_iter().filter_map(Result::ok).collect::<Vec<_>>())
+            }
+            .await
+            .unwrap_or_default();
+            tracing::debug!(repair = %repair, sessions = opened.len(), "validation sessions opened ahead");
+            if !opened.is_empty() {
+                parked.park(key.clone(), opened);
+            }
+            parked
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pending
+                .remove(&key);
+            let _ = tx.send(true);
+        });
+    }
+
     pub fn from_context(ctx: &pipeline::context::StageContext) -> ValidateStage {
         ValidateStage {
             sandbox: ctx.config.settings.sandbox.clone(),
