@@ -128,6 +128,21 @@ impl Parked {
         self.take(key)
     }
 
+    /// Marks `key` as being opened ahead of time; [`Parked::take_when_ready`] waits until the
+    /// returned sender says true or is dropped.
+    fn begin_pending(&self, key: &str) -> tokio::sync::watch::Sender<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.pending.insert(key.to_owned(), rx);
+        tx
+    }
+
+    fn end_pending(&self, key: &str, tx: tokio::sync::watch::Sender<bool>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.pending.remove(key);
+        let _ = tx.send(true);
+    }
+
     fn park(&self, key: String, sessions: Vec<Session>) {
         let ticket = {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,11 +165,45 @@ impl Parked {
             };
             if let Some(sessions) = expired {
                 tracing::debug!(key = %key, "parked validation sessions expired");
-                for s in sessions {
-                    let _ = s.close().await;
-                }
+                futures::future::join_all(sessions.into_iter().map(Session::close)).await;
             }
         });
+    }
+}
+
+/// The template every lane of an attempt on this project is opened from.
+fn lane_template(cfg: &SandboxConfig, kind: &ProjectKind, root: &Path) -> RunSpec {
+    let mut template = RunSpec::from_config(cfg, kind.language, root, kind.test_cmd.clone());
+    template.collect = kind.reports.clone();
+    template
+}
+
+/// Opens `n` sandbox sessions for `kind`'s project at once. Lanes that fail are logged and
+/// left out; only when none opens is it an error (the last one).
+async fn open_lanes(
+    cfg: &SandboxConfig,
+    kind: &ProjectKind,
+    root: &Path,
+    n: usize,
+) -> Result<Vec<Session>, sandbox::SandboxError> {
+    let detected = sandbox::detect_for(cfg, kind.language).await?;
+    let template = lane_template(cfg, kind, root);
+    let opened =
+        futures::future::join_all((0..n).map(|_| detected.sandbox.open_session(&template))).await;
+    let mut sessions = vec![];
+    let mut last_error = None;
+    for o in opened {
+        match o {
+            Ok(s) => sessions.push(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "a validation lane did not open");
+                last_error = Some(e);
+            }
+        }
+    }
+    match last_error {
+        Some(e) if sessions.is_empty() => Err(e),
+        _ => Ok(sessions),
     }
 }
 
@@ -341,6 +390,9 @@ struct Trial<'a> {
     root: &'a Path,
     work: &'a Path,
     f: &'a FixProposed,
+    /// The failing-tests-first command, when this attempt uses one (worked out once: for Node
+    /// it reads the project's test files).
+    first: Option<Vec<String>>,
     /// The slowest failing-tests-first run of this attempt that finished in time, in ms.
     slowest_first_ms: std::sync::atomic::AtomicU64,
 }
@@ -409,17 +461,14 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
     };
     tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
     let timeout = candidate_timeout(s.sandbox.timeout_secs, f.mre.baseline_ms);
-    let first = (s.settings.failing_first && f.engine == "search")
-        .then(|| failing_first_cmd(kind, &f.mre.failing_tests, root))
-        .flatten();
-    if let Some(first) = first {
+    if let Some(first) = &t.first {
         let slowest = t
             .slowest_first_ms
             .load(std::sync::atomic::Ordering::Relaxed);
         match session
             .run(
                 &copy,
-                &first,
+                first,
                 first_run_timeout(timeout, f.mre.baseline_ms, slowest),
             )
             .await
@@ -524,50 +573,26 @@ impl Handler for ValidateStage {
             // Nothing to validate: the repair ends here, and so do its parked sessions.
             close_later(self.parked.take(&park_key));
         } else {
-            let detected = match sandbox::detect_for(&self.sandbox, kind.language).await {
-                Ok(d) => d,
-                Err(e) if e.is_retryable() => {
-                    return Outcome::Retry {
-                        after: None,
-                        reason: e.to_string(),
-                    };
-                }
-                Err(e) => return Outcome::Reject(e.to_string()),
-            };
-            let mut template =
-                RunSpec::from_config(&self.sandbox, kind.language, &root, kind.test_cmd.clone());
-            template.collect = kind.reports.clone();
             let lanes = self.settings.lanes.clamp(1, f.candidates.len());
-            let mut idle: Vec<Session> = self
-                .parked
-                .take_when_ready(&park_key, warm_start_wait())
-                .await;
+            let mut idle: Vec<Session> = self.parked.take_when_ready(&park_key, PREWARM_WAIT).await;
             if idle.len() > lanes {
                 close_later(idle.split_off(lanes));
             }
-            let opened = futures::future::join_all(
-                (idle.len()..lanes).map(|_| detected.sandbox.open_session(&template)),
-            )
-            .await;
-            let mut open_error = None;
-            for o in opened {
-                match o {
-                    Ok(s) => idle.push(s),
-                    Err(e) => {
-                        tracing::warn!(repair = %f.request.repair_id, error = %e, "a validation lane did not open");
-                        open_error = Some(e);
+            if idle.len() < lanes {
+                match open_lanes(&self.sandbox, &kind, &root, lanes - idle.len()).await {
+                    Ok(opened) => idle.extend(opened),
+                    // Sessions kept from the last attempt can carry on alone.
+                    Err(e) if !idle.is_empty() => {
+                        tracing::warn!(repair = %f.request.repair_id, error = %e, "no further validation lane opened");
                     }
+                    Err(e) if e.is_retryable() => {
+                        return Outcome::Retry {
+                            after: None,
+                            reason: e.to_string(),
+                        };
+                    }
+                    Err(e) => return Outcome::Reject(e.to_string()),
                 }
-            }
-            if idle.is_empty() {
-                return match open_error {
-                    Some(e) if e.is_retryable() => Outcome::Retry {
-                        after: None,
-                        reason: e.to_string(),
-                    },
-                    Some(e) => Outcome::Reject(e.to_string()),
-                    None => Outcome::Reject("no sandbox session opened".into()),
-                };
             }
             lanes_used = idle.len();
             let _ = std::fs::create_dir_all(&work);
@@ -578,6 +603,9 @@ impl Handler for ValidateStage {
                 root: &root,
                 work: &work,
                 f,
+                first: (self.settings.failing_first && f.engine == "search")
+                    .then(|| failing_first_cmd(&kind, &f.mre.failing_tests, &root))
+                    .flatten(),
                 slowest_first_ms: Default::default(),
             };
             let trial = &trial;
@@ -725,9 +753,7 @@ impl Handler for ValidateStage {
 }
 
 /// How long an attempt waits for sessions being opened ahead of time before opening its own.
-fn warm_start_wait() -> Duration {
-    Duration::from_secs(30)
-}
+const PREWARM_WAIT: Duration = Duration::from_secs(30);
 
 impl ValidateStage {
     /// Opens this repair's validation sessions (containers, warm test servers) in the
@@ -749,40 +775,18 @@ impl ValidateStage {
             return;
         };
         let key = park_key(&repair, kind.language, &root);
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        self.parked
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pending
-            .insert(key.clone(), rx);
+        let tx = self.parked.begin_pending(&key);
         let (cfg, parked) = (self.sandbox.clone(), self.parked.clone());
         let lanes = self.settings.lanes.max(1);
         tokio::spawn(async move {
-            let opened = async {
-                let detected = sandbox::detect_for(&cfg, kind.language).await.ok()?;
-                let mut template =
-                    RunSpec::from_config(&cfg, kind.language, &root, kind.test_cmd.clone());
-                template.collect = kind.reports.clone();
-                let all = futures::future::join_all(
-                    (0..lanes).map(|_| detected.sandbox.open_session(&template)),
-                )
-                .await;
-                Some(all.into_iter().filter_map(Result::ok).collect::<Vec<_>>())
-            }
-            .await
-            .unwrap_or_default();
+            let opened = open_lanes(&cfg, &kind, &root, lanes)
+                .await
+                .unwrap_or_default();
             tracing::debug!(repair = %repair, sessions = opened.len(), "validation sessions opened ahead");
             if !opened.is_empty() {
                 parked.park(key.clone(), opened);
             }
-            parked
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pending
-                .remove(&key);
-            let _ = tx.send(true);
+            parked.end_pending(&key, tx);
         });
     }
 
