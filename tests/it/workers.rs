@@ -154,18 +154,22 @@ impl Cluster {
                 return Ok(l);
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> = self
-                    .workers
-                    .iter()
-                    .map(|w| format!("--- {}\n{}", w.name, tail(&w.log_text(), 30)))
-                    .collect();
                 bail!(
                     "{done} of {n} repairs completed within {within:?}\n{}",
-                    logs.join("\n")
+                    self.logs()
                 );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// The last lines of each worker's log, for a failure message.
+    fn logs(&self) -> String {
+        self.workers
+            .iter()
+            .map(|w| format!("--- {}\n{}", w.name, tail(&w.log_text(), 30)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// How many `repair_completed` events each repair has in the event stream.
@@ -262,10 +266,16 @@ fn twenty_repairs_submitted_at_once_each_complete_exactly_once() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let repairs = ledger["repairs"].as_array().context("repairs")?;
+    let strangers: Vec<String> = repairs
+        .iter()
+        .filter(|r| !r["id"].as_str().is_some_and(|id| ids.contains(id)))
+        .map(|r| r.to_string())
+        .collect();
     ensure!(
-        repairs.len() == 20,
-        "{} repairs in the ledger",
-        repairs.len()
+        repairs.len() == 20 && strangers.is_empty(),
+        "{} repairs in the ledger; not submitted: {strangers:?}\n{}",
+        repairs.len(),
+        c.logs()
     );
     let mut seen = HashSet::new();
     let mut new_iterations = HashSet::new();

@@ -385,6 +385,26 @@ async fn in_flight(bus: &JetStreamBus) -> Vec<String> {
     started.difference(&done).cloned().collect()
 }
 
+/// Adds the repairs the event stream shows in flight to the ledger's list, except those the
+/// ledger already has: the integration worker records a completion before it publishes the
+/// `repair_completed` event, so for a moment a repair is both completed and "in flight".
+fn add_in_flight(ledger: &mut serde_json::Value, in_flight: Vec<String>) {
+    let Some(list) = ledger["repairs"].as_array_mut() else {
+        return;
+    };
+    let known: std::collections::HashSet<String> = list
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    for id in in_flight {
+        if !known.contains(&id) {
+            list.push(serde_json::json!({
+                "id": id, "status": "in_flight", "outcome": null, "summary": "", "new_iteration": null,
+            }));
+        }
+    }
+}
+
 async fn answer_status(
     bus: JetStreamBus,
     subject: String,
@@ -409,14 +429,11 @@ async fn answer_status(
             m = sub.next() => match m { Some(m) => m, None => return },
         };
         let Some(reply) = msg.reply else { continue };
+        // The stream first, then the ledger: a repair that completes in between shows once,
+        // completed, instead of not at all.
+        let running = in_flight(&bus).await;
         let mut v = ledger_json(&store, &iterations_dir);
-        if let Some(list) = v["repairs"].as_array_mut() {
-            for id in in_flight(&bus).await {
-                list.push(serde_json::json!({
-                    "id": id, "status": "in_flight", "outcome": null, "summary": "", "new_iteration": null,
-                }));
-            }
-        }
+        add_in_flight(&mut v, running);
         let body = serde_json::to_vec(&v).unwrap_or_default();
         if let Err(e) = client.publish(reply, body.into()).await {
             tracing::debug!(error = %e, "status reply not sent");
@@ -550,5 +567,39 @@ where
             eprintln!("{service}: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Completion;
+    use proto::RepairId;
+    use proto::messages::RepairOutcome;
+
+    #[test]
+    fn a_repair_completed_in_the_ledger_is_not_also_listed_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let done = RepairId::new();
+        store
+            .complete_repair(&Completion {
+                repair: done,
+                outcome: RepairOutcome::Fixed,
+                summary: "fixed".into(),
+                new_iteration_parent: None,
+                history: None,
+            })
+            .unwrap();
+        let running = RepairId::new();
+        let mut v = ledger_json(&store, &dir.path().join("iterations"));
+        // The completion event of `done` is not in the stream yet, so both look in flight.
+        add_in_flight(&mut v, vec![done.to_string(), running.to_string()]);
+        let repairs = v["repairs"].as_array().unwrap();
+        assert_eq!(repairs.len(), 2, "{repairs:?}");
+        assert_eq!(repairs[0]["id"], done.to_string());
+        assert_eq!(repairs[0]["status"], "completed");
+        assert_eq!(repairs[1]["id"], running.to_string());
+        assert_eq!(repairs[1]["status"], "in_flight");
     }
 }
