@@ -45,7 +45,7 @@ fn prior(op: &str) -> f64 {
         "arithmetic" => 0.95,
         "comparison" => 0.85,
         "constant" | "off-by-one" => 0.9,
-        "boolean" | "negation" => 0.75,
+        "boolean" | "negation" | "boolean-literal" => 0.75,
         "swap-operands" | "swap-arguments" => 0.7,
         "missing-return" | "base-case" => 0.65,
         "guard" => 0.55,
@@ -335,6 +335,17 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
                     ctx.replace(n, &alt.to_string(), "constant", score);
                 }
             }
+        }
+        // `return True` where `return False` was meant, a flag set the wrong way.
+        "true" | "false" => {
+            let alt = match (text(n, ctx.src), python) {
+                ("True", true) => "False",
+                ("False", true) => "True",
+                ("true", false) => "false",
+                ("false", false) => "true",
+                _ => return,
+            };
+            ctx.replace(n, alt, "boolean-literal", score);
         }
         "not_operator" if python => {
             if let Some(arg) = n.child_by_field_name("argument") {
@@ -915,6 +926,27 @@ mod tests {
             .unwrap_or(ms.len());
         let first_arith = ms.iter().position(|m| m.operator == "arithmetic").unwrap();
         assert!(first_arith < first_delete);
+    }
+
+    #[test]
+    fn boolean_literals_flip_in_python_and_javascript() {
+        let t = [Target {
+            line: Some(3),
+            score: 1.0,
+        }];
+        let py =
+            "def valid(code):\n    if len(code) != 10:\n        return True\n    return False\n";
+        let ms = mutants(Language::Python, "v.py", py, &t, 500);
+        // The suspicious line's literal first, then the rest of the function's.
+        let at = |needle: &str| ms.iter().position(|m| m.new_text.contains(needle));
+        let line3 = at("        return False\n    return False").expect("line 3 flipped");
+        let line4 = at("        return True\n    return True").expect("line 4 flipped");
+        assert!(line3 < line4);
+        assert_eq!(ms[line3].operator, "boolean-literal");
+        let js = "function valid(code) {\n  if (code.length !== 10) {\n    return true;\n  }\n  return false;\n}\n";
+        let ms = mutants(Language::JavaScript, "v.js", js, &t, 500);
+        assert!(has(&ms, "    return false;\n  }"));
+        assert!(ms.iter().all(|m| !m.new_text.contains("False")));
     }
 
     #[test]
