@@ -395,6 +395,9 @@ struct Trial<'a> {
     first: Option<Vec<String>>,
     /// The slowest failing-tests-first run of this attempt that finished in time, in ms.
     slowest_first_ms: std::sync::atomic::AtomicU64,
+    /// A copy of the project as candidates are made from it (pytest failing-first runs only):
+    /// the sandbox's warm server may run a candidate in a pytest session collected on it.
+    base: Option<PathBuf>,
 }
 
 /// The timeout of a failing-tests-first run: ten times the slowest such run of this attempt
@@ -465,14 +468,25 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
         let slowest = t
             .slowest_first_ms
             .load(std::sync::atomic::Ordering::Relaxed);
-        match session
-            .run(
-                &copy,
-                first,
-                first_run_timeout(timeout, f.mre.baseline_ms, slowest),
-            )
-            .await
-        {
+        let first_timeout = first_run_timeout(timeout, f.mre.baseline_ms, slowest);
+        let changed: Vec<String> = applied.files.iter().map(|a| a.path.clone()).collect();
+        let run = match &t.base {
+            Some(base) => {
+                session
+                    .run_changed(
+                        &copy,
+                        first,
+                        first_timeout,
+                        sandbox::Changed {
+                            base,
+                            changed: &changed,
+                        },
+                    )
+                    .await
+            }
+            None => session.run(&copy, first, first_timeout).await,
+        };
+        match run {
             Ok(run) => {
                 if !run.timed_out {
                     t.slowest_first_ms.fetch_max(
@@ -597,16 +611,25 @@ impl Handler for ValidateStage {
             lanes_used = idle.len();
             let _ = std::fs::create_dir_all(&work);
             let deadline = Instant::now() + self.settings.attempt_budget;
+            let first = (self.settings.failing_first && f.engine == "search")
+                .then(|| failing_first_cmd(&kind, &f.mre.failing_tests, &root))
+                .flatten();
+            let base = (first.is_some() && kind.runner == sandbox::Runner::Pytest)
+                .then(|| {
+                    let base = work.join("base");
+                    let _ = std::fs::remove_dir_all(&base);
+                    sandbox::copy_project(&root, &base).ok().map(|_| base)
+                })
+                .flatten();
             let trial = Trial {
                 stage: self,
                 kind: &kind,
                 root: &root,
                 work: &work,
                 f,
-                first: (self.settings.failing_first && f.engine == "search")
-                    .then(|| failing_first_cmd(&kind, &f.mre.failing_tests, &root))
-                    .flatten(),
+                first,
                 slowest_first_ms: Default::default(),
+                base,
             };
             let trial = &trial;
             // Candidates start in rank order, one per idle lane. After a pass (unless every
@@ -648,6 +671,7 @@ impl Handler for ValidateStage {
                     tracing::info!(
                         repair = %f.request.repair_id,
                         served = w.served,
+                        collected = w.collected,
                         fallbacks = w.fallbacks,
                         starts = w.starts,
                         off = w.off.as_deref().unwrap_or(""),

@@ -351,6 +351,7 @@ impl DockerSandbox {
             lost: None,
             warm: WarmState::new(self.warm),
             server: None,
+            base: None,
         };
         session.prestart().await;
         Ok(session)
@@ -501,6 +502,8 @@ pub struct DockerSession {
     warm: WarmState,
     /// The warm test server's exec, while one runs.
     server: Option<WarmServer>,
+    /// The base tree staged for collected runs: its host path and staged name.
+    base: Option<(PathBuf, String)>,
 }
 
 struct WarmServer {
@@ -559,6 +562,18 @@ impl DockerSession {
         argv: &[String],
         timeout: Duration,
     ) -> Result<RunResult, SandboxError> {
+        self.run_changed(dir, argv, timeout, None).await
+    }
+
+    /// [`DockerSession::run`], told how `dir` differs from a base tree: the warm server may
+    /// then serve it from a pytest session collected on that base (staged once per base).
+    pub async fn run_changed(
+        &mut self,
+        dir: &Path,
+        argv: &[String],
+        timeout: Duration,
+        changed: Option<warm::Changed<'_>>,
+    ) -> Result<RunResult, SandboxError> {
         if let Some(why) = &self.lost {
             return Err(SandboxError::SessionLost(why.clone()));
         }
@@ -578,8 +593,12 @@ impl DockerSession {
         if self.warm.usable()
             && let Some((interpreter, args)) = warm::pytest_invocation(&spec.argv)
         {
+            let base = match changed {
+                Some(c) => self.stage_base(c.base).await.map(|name| (name, c.changed)),
+                None => None,
+            };
             match self
-                .run_warm(&id, &cid, interpreter, args, &spec, started)
+                .run_warm(&id, &cid, interpreter, args, &spec, started, base)
                 .await
             {
                 Ok(r) => served = Some(r),
@@ -639,7 +658,32 @@ impl DockerSession {
         self.exec_candidate(id, spec, cmd, &mark, started).await
     }
 
+    /// Stages `base` under `/cands` once (again when another base comes); its staged name.
+    async fn stage_base(&mut self, base: &Path) -> Option<String> {
+        if let Some((path, name)) = &self.base
+            && path == base
+        {
+            return Some(name.clone());
+        }
+        if let Some((_, old)) = self.base.take() {
+            self.staging.remove(&old).await;
+        }
+        self.counter += 1;
+        let name = format!("base{}", self.counter);
+        match self.staging.add(&name, base).await {
+            Ok(()) => {
+                self.base = Some((base.to_path_buf(), name.clone()));
+                Some(name)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the base was not staged; candidates run the normal way");
+                None
+            }
+        }
+    }
+
     /// One candidate through the warm server, started first if none runs.
+    #[allow(clippy::too_many_arguments)]
     async fn run_warm(
         &mut self,
         id: &str,
@@ -648,6 +692,7 @@ impl DockerSession {
         args: &[String],
         spec: &RunSpec,
         started: Instant,
+        base: Option<(String, &[String])>,
     ) -> Result<RunResult, WarmFailure> {
         if self
             .server
@@ -671,6 +716,7 @@ impl DockerSession {
         };
         let src = format!("/cands/{cid}");
         let work = format!("/work/{cid}");
+        let base_src = base.as_ref().map(|(name, _)| format!("/cands/{name}"));
         let req = warm::Request {
             id: cid,
             src: Some(&src),
@@ -684,6 +730,14 @@ impl DockerSession {
                 .saturating_add(trailer_budget(spec)),
             collect: &spec.collect,
             fcap: COLLECT_CAP,
+            fast: base_src
+                .as_deref()
+                .zip(base.as_ref())
+                .map(|(b, (_, changed))| warm::FastRequest {
+                    base: b,
+                    work: "/work/base",
+                    changed,
+                }),
         };
         let deadline = tokio::time::Instant::now() + spec.timeout + HOST_GRACE;
         let staged_secs = started.elapsed().as_secs_f64();
@@ -692,11 +746,13 @@ impl DockerSession {
             candidate = %cid,
             staged_secs,
             server_secs = reply.seconds,
+            fast = reply.fast.as_deref().unwrap_or("-"),
             marks = ?reply.marks,
             host_secs = started.elapsed().as_secs_f64(),
             "warm run"
         );
         let clean = reply.clean;
+        let collected = reply.fast.as_deref() == Some("served");
         let oom_after = reply.oom.map(|(_, after)| after);
         let result = warm::to_result(
             reply,
@@ -715,6 +771,7 @@ impl DockerSession {
             self.last_oom = n;
         }
         self.warm.stats.served += 1;
+        self.warm.stats.collected += u64::from(collected);
         if !clean {
             // The verdict stands (the run was over); the next candidate gets a fresh start.
             let why = WarmFailure(

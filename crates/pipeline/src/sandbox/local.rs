@@ -213,6 +213,8 @@ struct LocalServer {
     user: Option<(u32, u32)>,
     interpreter: String,
     channel: Channel,
+    /// The base tree staged for collected runs: its host path and staged name.
+    base: Option<(PathBuf, String)>,
 }
 
 /// A fresh run maps `/work` in env values to its own copy; one server cannot do that per
@@ -235,6 +237,18 @@ impl LocalSession {
         argv: &[String],
         timeout: Duration,
     ) -> Result<RunResult, SandboxError> {
+        self.run_changed(dir, argv, timeout, None).await
+    }
+
+    /// [`LocalSession::run`], told how `dir` differs from a base tree: the warm server may
+    /// then serve it from a pytest session collected on that base (staged once per base).
+    pub async fn run_changed(
+        &mut self,
+        dir: &Path,
+        argv: &[String],
+        timeout: Duration,
+        changed: Option<warm::Changed<'_>>,
+    ) -> Result<RunResult, SandboxError> {
         let mut spec = self.template.clone();
         spec.dir = dir.to_path_buf();
         spec.argv = argv.to_vec();
@@ -250,7 +264,7 @@ impl LocalSession {
                         .into(),
                 );
             } else {
-                match self.run_warm(interpreter, args, &spec).await {
+                match self.run_warm(interpreter, args, &spec, changed).await {
                     Ok(r) => return Ok(r),
                     Err(why) => {
                         tracing::warn!(reason = %why, "warm test server failed; running this candidate as a fresh process");
@@ -291,6 +305,7 @@ impl LocalSession {
         interpreter: &str,
         args: &[String],
         spec: &RunSpec,
+        changed: Option<warm::Changed<'_>>,
     ) -> Result<RunResult, WarmFailure> {
         let started = Instant::now();
         if self
@@ -321,6 +336,37 @@ impl LocalSession {
         let (Some(src_s), Some(work_s)) = (src.to_str(), work.to_str()) else {
             return Err(WarmFailure("the temp dir's path is not UTF-8".into()));
         };
+        let mut base = None;
+        if let Some(c) = changed {
+            let staged = match &server.base {
+                Some((path, name)) if path == c.base => Some(name.clone()),
+                _ => {
+                    if let Some((_, old)) = server.base.take() {
+                        let old = server.root.path().join("cands").join(old);
+                        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old))
+                            .await;
+                    }
+                    let name = format!("base{}", self.counter);
+                    let (from, to) = (c.base.to_path_buf(), server.root.path().join("cands").join(&name));
+                    let copied = tokio::task::spawn_blocking(move || {
+                        copy_tree(&from, &to, Perms::WorldReadable)
+                    })
+                    .await;
+                    matches!(copied, Ok(Ok(_))).then(|| {
+                        server.base = Some((c.base.to_path_buf(), name.clone()));
+                        name
+                    })
+                }
+            };
+            base = staged.map(|name| {
+                let r = server.root.path();
+                (
+                    r.join("cands").join(name).to_string_lossy().into_owned(),
+                    r.join("work").join("base").to_string_lossy().into_owned(),
+                    c.changed,
+                )
+            });
+        }
         let req = warm::Request {
             id: &cid,
             src: Some(src_s),
@@ -331,12 +377,19 @@ impl LocalSession {
             kill_at: spec.limits.output_bytes,
             collect: &spec.collect,
             fcap: WARM_COLLECT_CAP,
+            fast: base.as_ref().map(|(b, w, changed)| warm::FastRequest {
+                base: b,
+                work: w,
+                changed,
+            }),
         };
         let deadline = tokio::time::Instant::now() + spec.timeout + WARM_GRACE;
         let reply = server.channel.call(&req, deadline).await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(src)).await;
         let (reply, blobs) = reply?;
         let clean = reply.clean;
+        let collected = reply.fast.as_deref() == Some("served");
+        tracing::debug!(candidate = %cid, server_secs = reply.seconds, fast = reply.fast.as_deref().unwrap_or("-"), marks = ?reply.marks, "warm run");
         let mut r = warm::to_result(
             reply,
             blobs,
@@ -355,6 +408,7 @@ impl LocalSession {
         r.timed_out = r.timed_out || r.signal == Some(libc::SIGXCPU);
         r.oom_killed = !r.success() && !r.timed_out && looks_out_of_memory(&r.stderr);
         self.warm.stats.served += 1;
+        self.warm.stats.collected += u64::from(collected);
         if !clean {
             let why = WarmFailure(
                 "the server could not kill every process of a candidate or empty the work area"
@@ -483,6 +537,7 @@ async fn start_local_server(
         user,
         interpreter: interpreter.to_owned(),
         channel: Channel::new(Box::pin(stdin), Box::pin(output), max_body),
+        base: None,
     };
     match server.channel.hello().await {
         Ok(about) => {

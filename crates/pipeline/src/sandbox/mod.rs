@@ -32,7 +32,7 @@ pub use outcomes::parse_outcomes;
 pub use project::{
     Language, ProjectKind, Runner, detect_project, detect_project_with, node_test_cmd,
 };
-pub use warm::WarmStats;
+pub use warm::{Changed, WarmStats};
 
 use crate::config::{SandboxBackend, SandboxConfig};
 
@@ -374,6 +374,22 @@ impl Session {
         match self {
             Session::Docker(s) => s.run(dir, argv, timeout).await,
             Session::Local(s) => s.run(dir, argv, timeout).await,
+        }
+    }
+
+    /// [`Session::run`] for a candidate that is `changed.base` with `changed.changed` changed
+    /// and nothing else: the warm server may serve it from a pytest session collected on the
+    /// base, when that cannot change the verdict (else it runs as `run` would).
+    pub async fn run_changed(
+        &mut self,
+        dir: &Path,
+        argv: &[String],
+        timeout: Duration,
+        changed: warm::Changed<'_>,
+    ) -> Result<RunResult, SandboxError> {
+        match self {
+            Session::Docker(s) => s.run_changed(dir, argv, timeout, Some(changed)).await,
+            Session::Local(s) => s.run_changed(dir, argv, timeout, Some(changed)).await,
         }
     }
 

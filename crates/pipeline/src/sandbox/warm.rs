@@ -73,6 +73,8 @@ pub struct WarmStats {
     pub served: u64,
     /// Candidates the server could not serve, run as a fresh process instead.
     pub fallbacks: u64,
+    /// Of `served`, those run in a fork of a pytest session collected on their base.
+    pub collected: u64,
     /// Why the session stopped using the server, when it did.
     pub off: Option<String>,
 }
@@ -143,6 +145,29 @@ pub(crate) struct Request<'a> {
     pub collect: &'a [String],
     /// Cap on each collected file.
     pub fcap: usize,
+    /// How the candidate differs from a base tree, when the caller knows: the server may then
+    /// serve it from a pytest session collected on the base (see `warm_server.py`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast: Option<FastRequest<'a>>,
+}
+
+/// The base a candidate was made from and the files it changed.
+#[derive(Debug, Serialize)]
+pub(crate) struct FastRequest<'a> {
+    /// The base tree as the server sees it (staged, read-only to it).
+    pub base: &'a str,
+    /// Where the server's collector keeps its copy of the base (directly in a wiped area).
+    pub work: &'a str,
+    /// Relative paths of the files the candidate changed.
+    pub changed: &'a [String],
+}
+
+/// A hint for [`crate::sandbox::Session::run_changed`]: the candidate dir is `base` with
+/// `changed` (relative paths) changed and nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct Changed<'a> {
+    pub base: &'a std::path::Path,
+    pub changed: &'a [String],
 }
 
 /// The server's account of one candidate (the header of a `reply` frame).
@@ -167,6 +192,10 @@ pub(crate) struct Reply {
     /// Where that time went: `(step, seconds since the request)`, for logs.
     #[serde(default)]
     pub marks: Vec<(String, f64)>,
+    /// For requests with a base: `served` when the collected session gave the verdict, else
+    /// why not (the candidate then ran the normal way).
+    #[serde(default)]
+    pub fast: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -136,14 +136,20 @@ def reap_children():
         REAPED[pid] = status
 
 
-def others_alive():
-    """Live (not zombie) processes of this user other than the server."""
+def others_alive(spare=()):
+    """Live (not zombie) processes of this user other than the server (and `spare`)."""
+    return bool(others(spare, first=True))
+
+
+def others(spare=(), first=False):
+    """The pids of live processes of this user other than the server and `spare`."""
+    found = []
     try:
         names = os.listdir("/proc")
     except OSError:
-        return False
+        return found
     for name in names:
-        if not name.isdigit() or int(name) in (MY_PID, 1):
+        if not name.isdigit() or int(name) in (MY_PID, 1) or int(name) in spare:
             continue
         try:
             with open(f"/proc/{name}/status") as fh:
@@ -158,12 +164,27 @@ def others_alive():
             elif line.startswith("State:"):
                 state = line.split()[1] if len(line.split()) > 1 else None
         if uid == MY_UID and state != "Z":
-            return True
-    return False
+            found.append(int(name))
+            if first:
+                break
+    return found
 
 
-def sweep():
-    """SIGKILL to every process this user may signal but the server; True when none is left."""
+def sweep(spare=()):
+    """SIGKILL to every process this user may signal but the server; True when none is left.
+    With `spare` (the collector), one by one around it; if that does not end them, to all."""
+    if spare:
+        for _ in range(50):
+            pids = others(spare)
+            if not pids:
+                return True
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+            reap_children()
+            time.sleep(0.002)
     for _ in range(300):
         try:
             os.kill(-1, signal.SIGKILL)
@@ -195,8 +216,8 @@ def _make_removable(func, path, _exc):
         pass
 
 
-def wipe():
-    """Empties the work areas; True when they are empty afterwards."""
+def wipe(keep=None):
+    """Empties the work areas (all but the path `keep`); True when nothing else is left."""
     clean = True
     for d in WIPE:
         try:
@@ -205,6 +226,8 @@ def wipe():
             continue
         for e in entries:
             p = os.path.join(d, e)
+            if p == keep:
+                continue
             try:
                 if stat.S_ISDIR(os.lstat(p).st_mode):
                     shutil.rmtree(p, onerror=_make_removable)
@@ -213,7 +236,7 @@ def wipe():
             except OSError:
                 pass
         try:
-            if os.listdir(d):
+            if [e for e in os.listdir(d) if os.path.join(d, e) != keep]:
                 clean = False
         except OSError:
             pass
@@ -273,8 +296,10 @@ def read_request(buf):
     return json.loads(line), rest
 
 
-def run_one(req):
-    """Forks the child for `req` and watches it; returns the reply frame (parent only)."""
+def run_one(req, fast=None):
+    """Forks the child for `req` and watches it; returns the reply frame (parent only).
+    In the collector (`fast`: the code swaps), the child continues the collected pytest
+    session instead, and the server does the sweeping and wiping around the call."""
     started = time.monotonic()
     marks = []
 
@@ -286,7 +311,7 @@ def run_one(req):
     # Killed only beyond this many bytes (the fresh path's own slack); kept: `cap`.
     kill_at = max(cap, int(req.get("kill_at", cap)))
     work = req["work"]
-    wiped_before = wipe()
+    wiped_before = wipe(keep=base_work()) if fast is None else True
     oom_before = oom_count() if OOM else 0
     mark("wiped")
     out_r, out_w = os.pipe()
@@ -297,6 +322,8 @@ def run_one(req):
     if pid == 0:
         os.close(out_r)
         os.close(err_r)
+        if fast is not None:
+            raise FastChild(req, out_w, err_w, fast)
         raise Child(req, out_w, err_w)
     os.close(out_w)
     os.close(err_w)
@@ -357,7 +384,7 @@ def run_one(req):
             kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    swept = sweep() if SWEEP else True
+    swept = sweep(spare=collector_pids()) if SWEEP and fast is None else True
     if status is None:
         status = REAPED.pop(pid, None)
     if status is None:
@@ -392,7 +419,7 @@ def run_one(req):
             files.append(rel)
             blobs.append(data)
     oom_after = oom_count() if OOM else 0
-    wiped_after = wipe()
+    wiped_after = wipe(keep=base_work()) if fast is None else True
     mark("done")
     header = {
         "kind": "reply",
@@ -427,9 +454,562 @@ def invalid(req):
         ("cap", num(req.get("cap"))),
         ("fcap", num(req.get("fcap", 1))),
         ("kill_at", num(req.get("kill_at", 1))),
+        ("fast", req.get("fast") is None or (
+            isinstance(req.get("fast"), dict)
+            and all(isinstance(req["fast"].get(k), str) and req["fast"][k].startswith("/") for k in ("base", "work"))
+            and strs(req["fast"].get("changed")))),
     ]
     bad = [k for k, ok in checks if not ok]
     return ", ".join(bad) if bad else None
+
+
+# ---- the collected-session fast path ----------------------------------------------------
+#
+# For requests that say how a candidate differs from a base tree ("fast": base, work,
+# changed), the server keeps a collector: a child that copies the base into `work`, runs
+# pytest with the request's arguments up to the end of collection (imports, fixtures, test
+# items) and stops there. Per candidate the collector forks; the fork swaps in the
+# candidate's new function bodies (`__code__` of the live function objects) and lets pytest
+# go on to run the collected tests, exactly as the fresh run would from that point on. That
+# skips the interpreter, pytest's start-up and collection: most of a candidate's cost.
+#
+# It is only done when it cannot change the verdict (else the request runs the normal way):
+# every changed file is a project module imported by the normal loader (never a test or
+# conftest file, which pytest rewrites); compiled, it differs from the base only inside
+# function bodies (module and class bodies, defaults, decorators, annotations identical); no
+# changed function ran before the fork (a profile hook records what ran during collection,
+# live generators count as run); no other thread runs; collection left nothing in the other
+# work areas. After each candidate the base work dir is checked against what it was when the
+# collector became ready: new entries are deleted, any changed one ends the collector.
+
+FAST = None  # the collector: dict(pid, key, req_w, rep_r, work, manifest)
+FAST_FAILED = {}  # key -> why its collector could not be used
+CO_NEWLOCALS = 0x2
+
+
+class Collector(BaseException):
+    """Raised in the forked collector to leave the server loop."""
+
+    def __init__(self, key, base, work, args, req_r, rep_w):
+        super().__init__()
+        self.key, self.base, self.work, self.args = key, base, work, args
+        self.req_r, self.rep_w = req_r, rep_w
+
+
+class FastChild(BaseException):
+    """Raised in a collector's fork to go back into pytest with the candidate's code."""
+
+    def __init__(self, req, out_w, err_w, swaps):
+        super().__init__()
+        self.req, self.out_w, self.err_w, self.swaps = req, out_w, err_w, swaps
+
+
+def read_frame(fd, deadline):
+    """One frame from fd (the collector's replies) before deadline, or None."""
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or len(buf) > (1 << 20):
+            return None
+        r = selectors.DefaultSelector()
+        r.register(fd, selectors.EVENT_READ)
+        ready = r.select(left)
+        r.close()
+        if not ready:
+            return None
+        b = os.read(fd, 1 << 16)
+        if not b:
+            return None
+        buf += b
+    line, _, rest = buf.partition(b"\n")
+    try:
+        header = json.loads(line)
+        sizes = [int(n) for n in header.get("blobs", [])]
+    except (ValueError, TypeError, AttributeError):
+        return None
+    need = sum(sizes)
+    data = bytearray(rest)
+    while len(data) < need:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        r = selectors.DefaultSelector()
+        r.register(fd, selectors.EVENT_READ)
+        ready = r.select(left)
+        r.close()
+        if not ready:
+            return None
+        b = os.read(fd, min(1 << 20, need - len(data)))
+        if not b:
+            return None
+        data += b
+    blobs, at = [], 0
+    for n in sizes:
+        blobs.append(bytes(data[at:at + n]))
+        at += n
+    return header, blobs
+
+
+def tree_state(root):
+    """Every entry under root: relative path -> what lstat says (dirs: type, mode, inode)."""
+    out = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            names = os.listdir(os.path.join(root, rel) if rel else root)
+        except OSError:
+            return None
+        for n in names:
+            r = os.path.join(rel, n) if rel else n
+            try:
+                st = os.lstat(os.path.join(root, r))
+            except OSError:
+                return None
+            if stat.S_ISDIR(st.st_mode):
+                out[r] = ("d", st.st_mode, st.st_ino, st.st_uid)
+                stack.append(r)
+            else:
+                out[r] = ("f", st.st_mode, st.st_ino, st.st_uid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+def collector_pids():
+    return (FAST["pid"],) if FAST is not None else ()
+
+
+def base_work():
+    return FAST["work"] if FAST is not None else None
+
+
+def stop_fast(why=None):
+    global FAST
+    f = FAST
+    FAST = None
+    if f is None:
+        return
+    if why:
+        FAST_FAILED[f["key"]] = why
+    for fd in (f["req_w"], f["rep_r"]):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(f["pid"], signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.waitpid(f["pid"], 0)
+    except ChildProcessError:
+        pass
+    if SWEEP:
+        sweep()
+    wipe()
+
+
+def start_fast(key, base, work, args):
+    """Forks a collector for (base, work, args); True once it is ready."""
+    global FAST
+    stop_fast()
+    wipe()
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(req_w)
+        os.close(rep_r)
+        raise Collector(key, base, work, args, req_r, rep_w)
+    os.close(req_r)
+    os.close(rep_w)
+    FAST = {"pid": pid, "key": key, "req_w": req_w, "rep_r": rep_r, "work": work}
+    got = read_frame(rep_r, time.monotonic() + 60)
+    if got is None or got[0].get("kind") != "ready":
+        why = (got[0].get("why") if got else None) or "the collector did not get ready"
+        stop_fast(why)
+        return False
+    FAST["manifest"] = tree_state(work)
+    if FAST["manifest"] is None:
+        stop_fast("the collected work dir cannot be listed")
+        return False
+    return True
+
+
+def restore_base():
+    """After a candidate: deletes what is new in the base work dir; False (and the collector
+    is stopped) when anything it had changed."""
+    work, manifest = FAST["work"], FAST["manifest"]
+    now = tree_state(work)
+    if now is None:
+        stop_fast()
+        return
+    for rel, st in now.items():
+        if rel not in manifest:
+            p = os.path.join(work, rel)
+            if os.path.lexists(p):
+                if st[0] == "d":
+                    shutil.rmtree(p, onerror=_make_removable)
+                else:
+                    try:
+                        os.unlink(p)
+                    except OSError:
+                        pass
+        elif manifest[rel] != st:
+            stop_fast()
+            return
+    if any(rel not in now for rel in manifest):
+        stop_fast()
+        return
+    if tree_state(work) != manifest:
+        stop_fast()
+
+
+def serve_fast(req):
+    """The reply for `req` from the collector, or (None, why) when it must run the normal way."""
+    fast = req["fast"]
+    work = fast["work"]
+    if os.path.dirname(work) not in WIPE:
+        return None, "the base work dir is not directly in a work area"
+    key = json.dumps([fast["base"], work, req["args"]])
+    if key in FAST_FAILED:
+        return None, FAST_FAILED[key]
+    if FAST is None or FAST["key"] != key:
+        if not start_fast(key, fast["base"], work, req["args"]):
+            return None, FAST_FAILED.get(key, "the collector stopped")
+    started = time.monotonic()
+    wiped_before = wipe(keep=work)
+    fwd = dict(req)
+    fwd["work"] = work
+    line = json.dumps(fwd, separators=(",", ":")).encode() + b"\n"
+    try:
+        view = memoryview(line)
+        while view:
+            n = os.write(FAST["req_w"], view)
+            view = view[n:]
+    except OSError:
+        stop_fast()
+        return None, "the collector is gone"
+    deadline = time.monotonic() + float(req["timeout"]) + 30
+    while True:
+        got = read_frame(FAST["rep_r"], deadline)
+        if got is None:
+            stop_fast()
+            return None, "the collector stopped answering"
+        header, blobs = got
+        kind = header.get("kind")
+        if kind == "started":
+            send(header)
+            continue
+        if kind == "ineligible":
+            return None, header.get("why", "ineligible")
+        if kind != "reply":
+            stop_fast()
+            return None, "the collector sent an unexpected frame"
+        break
+    swept = True
+    if SWEEP:
+        swept = sweep(spare=collector_pids())
+        if FAST is not None and FAST["pid"] not in others():
+            stop_fast()
+    reap_children()
+    REAPED.clear()
+    if FAST is not None:
+        restore_base()
+    wiped_after = wipe(keep=FAST["work"] if FAST is not None else None)
+    header["clean"] = bool(header.get("clean") and wiped_before and swept and wiped_after)
+    header["seconds"] = time.monotonic() - started
+    header["fast"] = "served" if FAST is not None else "served; collector stopped"
+    return (header, blobs), None
+
+
+def collector_main(c):
+    """In the collector: pytest up to the end of collection, then one fork per candidate."""
+    global PROTO_IN, PROTO_OUT
+    os.setsid()
+    os.close(PROTO_IN)
+    os.close(PROTO_OUT)
+    PROTO_IN, PROTO_OUT = c.req_r, c.rep_w
+    # What pytest writes before the fork goes to unlinked files; each candidate's fork
+    # writes it again to its own pipes first and points every descriptor of these files
+    # (pytest keeps duplicates) at its pipes.
+    import tempfile
+
+    outs = []
+    for target in (1, 2):
+        fd, path = tempfile.mkstemp(prefix="coval-collect-")
+        os.unlink(path)
+        os.dup2(fd, target)
+        os.close(fd)
+        outs.append(os.fstat(target).st_ino)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+
+    def unready(why):
+        send({"kind": "unready", "why": why})
+        os._exit(0)
+
+    try:
+        shutil.copytree(c.base, c.work, symlinks=True)
+        os.chdir(c.work)
+    except OSError as e:
+        unready(f"cannot copy the base ({e})")
+    sys.path.insert(0, os.getcwd())
+    sys.argv = [PYTEST_MAIN] + list(c.args)
+    import importlib.machinery as importlib_machinery
+    import linecache
+    import marshal
+    import threading
+    import types
+
+    prefix = os.path.realpath(c.work) + os.sep
+    executed = set()
+
+    def key_of(code):
+        return (code.co_filename, code.co_firstlineno, getattr(code, "co_qualname", code.co_name))
+
+    def profile(frame, event, _arg):
+        if event == "call":
+            code = frame.f_code
+            if code.co_filename.startswith(prefix) or not os.path.isabs(code.co_filename):
+                executed.add(key_of(code))
+
+    state = {}
+    in_child = []
+
+    class Plugin:
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtestloop(self, session):
+            sys.setprofile(None)
+            threading.setprofile(None)
+            try:
+                collector_loop(session)
+            except FastChild as child:
+                fast_child(child)
+                return None
+            os._exit(0)
+
+    def collector_loop(session):
+        if session.testsfailed or session.shouldfail or session.shouldstop:
+            unready("collection failed")
+        if threading.active_count() > 1:
+            unready("collection left threads running")
+        for d in WIPE:
+            try:
+                if [e for e in os.listdir(d) if os.path.join(d, e) != c.work]:
+                    unready(f"collection left files in {d}")
+            except OSError:
+                pass
+        for o in gc.get_objects():
+            if isinstance(o, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
+                code = getattr(o, "gi_code", None) or getattr(o, "cr_code", None) or getattr(o, "ag_code", None)
+                if code is not None:
+                    executed.add(key_of(code))
+        mods = {}
+        for m in list(sys.modules.values()):
+            spec = getattr(m, "__spec__", None)
+            origin = getattr(spec, "origin", None)
+            loader = getattr(spec, "loader", None)
+            if not isinstance(origin, str) or type(loader) is not importlib_machinery.SourceFileLoader:
+                continue
+            real = os.path.realpath(origin)
+            if real.startswith(prefix):
+                mods.setdefault(real, []).append((origin, loader))
+        funcs = {}
+        for o in gc.get_objects():
+            if isinstance(o, types.FunctionType) and o.__code__.co_filename.startswith(prefix):
+                funcs.setdefault(key_of(o.__code__), []).append(o)
+        state.update(mods=mods, funcs=funcs, old={}, out_ino=outs)
+        for i, t in enumerate((1, 2)):
+            os.lseek(t, 0, os.SEEK_SET)
+            state.setdefault("prefix", []).append(read_all(t))
+        gc.freeze()
+        send({"kind": "ready", "modules": len(mods), "functions": len(funcs)})
+        buf = b""
+        while True:
+            req, buf = read_request(buf)
+            if req is None:
+                os._exit(0)
+            swaps = eligible(req)
+            if isinstance(swaps, str):
+                send({"kind": "ineligible", "id": req["id"], "why": swaps})
+                continue
+            header, blobs = run_one(req, fast=swaps)
+            send(header, blobs)
+
+    def read_all(fd):
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                return b"".join(chunks)
+            chunks.append(b)
+
+    def same_level(a, b):
+        """Code run at import (module and class bodies): equal but for function bodies and
+        line numbers."""
+        attrs = ("co_code", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_flags",
+                 "co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_name")
+        for at in attrs + ("co_exceptiontable",):
+            if getattr(a, at, None) != getattr(b, at, None):
+                return None
+        if len(a.co_consts) != len(b.co_consts):
+            return None
+        swaps = []
+        for x, y in zip(a.co_consts, b.co_consts):
+            xc, yc = isinstance(x, types.CodeType), isinstance(y, types.CodeType)
+            if xc != yc:
+                return None
+            if not xc:
+                try:
+                    if marshal.dumps(x) != marshal.dumps(y):
+                        return None
+                except ValueError:
+                    return None
+                continue
+            if x.co_flags & CO_NEWLOCALS:
+                if x != y:
+                    same_name = key_of(x)[2] == key_of(y)[2]
+                    if not same_name or x.co_freevars != y.co_freevars:
+                        return None
+                    swaps.append((x, y))
+            else:
+                inner = same_level(x, y)
+                if inner is None:
+                    return None
+                swaps.extend(inner)
+        return swaps
+
+    def nested(code):
+        yield code
+        for k in code.co_consts:
+            if isinstance(k, types.CodeType):
+                yield from nested(k)
+
+    def eligible(req):
+        fast = req.get("fast") or {}
+        changed = fast.get("changed")
+        src = req.get("src")
+        if not changed or not isinstance(src, str):
+            return "no changed files named"
+        out = []
+        for rel in changed:
+            path = os.path.realpath(os.path.join(c.work, rel))
+            found = state["mods"].get(path)
+            if not found:
+                return f"{rel} is not a module imported during collection"
+            if len(found) > 1:
+                return f"{rel} is imported as two modules"
+            origin, loader = found[0]
+            new_src = read_collected(src, rel, 4 << 20)
+            if new_src is None:
+                return f"{rel} cannot be read"
+            try:
+                if path not in state["old"]:
+                    with open(path, "rb") as fh:
+                        state["old"][path] = loader.source_to_code(fh.read(), origin)
+                old = state["old"][path]
+                new = loader.source_to_code(new_src, origin)
+            except Exception as e:  # noqa: BLE001 - a syntax error runs the normal way
+                return f"{rel} does not compile here ({type(e).__name__})"
+            swaps = same_level(old, new)
+            if swaps is None:
+                return f"{rel} changes more than function bodies"
+            keys = [key_of(k) for k in nested(old)]
+            for x, y in swaps:
+                for k in nested(x):
+                    if key_of(k) in executed:
+                        return f"{rel}: {x.co_name} ran before the tests"
+                if keys.count(key_of(x)) != 1:
+                    return f"{rel}: {x.co_name} is not the only code at its line"
+                for f in state["funcs"].get(key_of(x), []):
+                    if len(f.__closure__ or ()) != len(y.co_freevars):
+                        return f"{rel}: {x.co_name} has another closure"
+                out.append((key_of(x), y))
+            lines = new_src.decode("utf-8", "replace").splitlines(True)
+            out.append(("lines", origin, len(new_src), lines))
+        return out
+
+    def fast_child(child):
+        in_child.append(True)
+        os.setsid()
+        set_dumpable(True)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as fh:
+                fh.write("1000")
+        except OSError:
+            pass
+        out_ino, err_ino = state["out_ino"]
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd in (child.out_w, child.err_w):
+                continue
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_ino == out_ino:
+                os.dup2(child.out_w, fd)
+            elif stat.S_ISREG(st.st_mode) and st.st_ino == err_ino:
+                os.dup2(child.err_w, fd)
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink == 0:
+                # pytest's capture files: empty, as at the fork point of a clean run.
+                try:
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                except OSError:
+                    pass
+        for fd in (child.out_w, child.err_w, PROTO_IN, PROTO_OUT):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for fd, data in zip((1, 2), state["prefix"]):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        for swap in child.swaps:
+            if swap[0] == "lines":
+                _, origin, size, lines = swap
+                linecache.cache[origin] = (size, None, lines, origin)
+                continue
+            k, code = swap
+            for f in state["funcs"].get(k, []):
+                f.__code__ = code
+        state.clear()
+
+    sys.setprofile(profile)
+    threading.setprofile(profile)
+    try:
+        code = pytest.main(list(c.args), plugins=[Plugin()])
+    except SystemExit as e:
+        code = e.code
+    except BaseException:  # noqa: BLE001
+        if not in_child:
+            unready("pytest failed before the tests")
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    if not in_child:
+        # Still the collector: pytest ended without reaching the tests.
+        unready("pytest ended before running tests")
+    sys.setprofile(None)
+    return normal_code(code)
+
+
+def normal_code(code):
+    """An exit code as `python -m pytest` turns pytest's result into one."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return int(code)
+    try:
+        print(code, file=sys.stderr)
+    except Exception:  # noqa: BLE001
+        pass
+    return 1
 
 
 def serve():
@@ -455,7 +1035,13 @@ def serve():
         if why:
             send({"kind": "error", "id": req.get("id") if isinstance(req, dict) else None, "error": f"bad request: {why}"})
             continue
-        header, blobs = run_one(req)
+        served, why = serve_fast(req) if req.get("fast") is not None else (None, None)
+        if served is not None:
+            header, blobs = served
+        else:
+            header, blobs = run_one(req)
+            if why is not None:
+                header["fast"] = why
         send(header, blobs)
 
 
@@ -538,10 +1124,16 @@ import gc
 
 gc.freeze()
 _child = None
+_collector = None
 try:
     _code = serve()
 except Child as _c:
     _child = _c
+except Collector as _c:
+    _collector = _c
+if _collector is not None:
+    _collector.__traceback__ = None
+    child_exit(collector_main(_collector))
 if _child is None:
     raise SystemExit(_code)
 # The child runs outside any exception handler (so no test exception is chained to `Child`),
