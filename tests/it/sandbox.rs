@@ -1503,3 +1503,177 @@ async fn warm_server_that_cannot_start_falls_back_in_docker() -> Result<()> {
     warm.close().await?;
     assert_no_containers(&sb).await
 }
+
+/// A project whose module has a constant, a function that runs at import, and functions
+/// that only the tests call; one test leaves a file in the working directory.
+const PRICES: &str = r#"RATE = 0.2
+
+
+def slugify(name):
+    return name.lower()
+
+
+SLUG = slugify("Shop")
+
+
+def _rate():
+    return RATE
+
+
+def gross(net):
+    return round(net * (1 + _rate()), 2)
+
+
+def log_sale(net):
+    with open("sales.log", "a") as f:
+        f.write(f"{net}\n")
+    return gross(net)
+"#;
+
+const PRICES_TESTS: &str = r#"import os
+from shop.prices import SLUG, gross, log_sale
+
+
+def test_gross():
+    assert gross(10) == 12.0
+
+
+def test_log_once():
+    assert not os.path.exists("sales.log"), "left by an earlier candidate"
+    assert log_sale(10) == 12.0
+
+
+def test_slug():
+    assert SLUG == "shop"
+"#;
+
+/// Candidates run in the warm server's collected session (`run_changed`) give the verdict a
+/// fresh process gives, whether the server could use the collected session (changes inside
+/// function bodies, also shifting later functions) or had to run them the normal way (a
+/// module constant, a function that ran at import, a syntax error); what a test leaves in
+/// the working directory is gone before the next candidate.
+async fn collected_matches_fresh(fresh_sb: &impl Sandbox, warm_sb: &impl Sandbox) -> Result<()> {
+    let base = pytest_project(&[
+        ("shop/__init__.py", ""),
+        ("shop/prices.py", PRICES),
+        ("tests/test_prices.py", PRICES_TESTS),
+    ])?;
+    let (template, kind) = pytest_template(base.path(), 30)?;
+    let mut argv = template.argv.clone();
+    argv.extend(["-x".into(), "--tb=line".into()]);
+    let mut fresh = fresh_sb.open_session(&template).await?;
+    let mut warm = warm_sb.open_session(&template).await?;
+    // A candidate that rewrites the tests on disk to pass and leaves a process behind: the
+    // next candidate must not notice (the base is checked, the collector started again).
+    let hostile = "def gross(net):\n    import subprocess, sys\n    with open('tests/test_prices.py', 'w') as f:\n        f.write('def test_ok():\\n    pass\\n')\n    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], start_new_session=True)\n";
+    // (what, replace, with, served from the collected session, passes)
+    let cases: [(&str, &str, &str, bool, bool); 10] = [
+        ("body, passing", "2)\n", "3)\n", true, true),
+        ("body, failing", "1 + _rate()", "1 - _rate()", true, false),
+        ("body again (no sales.log left)", "2)\n", "3)\n", true, true),
+        (
+            "lines inserted",
+            "def gross(net):\n",
+            "def gross(net):\n    if net < 0:\n        return 0.0\n",
+            true,
+            true,
+        ),
+        ("module constant", "RATE = 0.2", "RATE = 0.25", false, false),
+        (
+            "ran at import",
+            "name.lower()",
+            "name.upper()",
+            false,
+            false,
+        ),
+        (
+            "syntax error",
+            "def gross(net):",
+            "def gross(net:",
+            false,
+            false,
+        ),
+        (
+            "body after the others",
+            "1 + _rate()",
+            "1 + RATE",
+            true,
+            true,
+        ),
+        (
+            "rewrites the tests",
+            "def gross(net):\n",
+            hostile,
+            true,
+            true,
+        ),
+        (
+            "body, failing, after that",
+            "1 + _rate()",
+            "1 - _rate()",
+            true,
+            false,
+        ),
+    ];
+    let changed = vec!["shop/prices.py".to_owned()];
+    for (what, from, to, collected, passes) in cases {
+        let cand = tempfile::tempdir()?;
+        let copy = cand.path().join("p");
+        sandbox::copy_project(base.path(), &copy)?;
+        ensure!(PRICES.contains(from), "{what}: `{from}` not in the module");
+        std::fs::write(copy.join("shop/prices.py"), PRICES.replacen(from, to, 1))?;
+        let timeout = Duration::from_secs(30);
+        let f = fresh.run(&copy, &argv, timeout).await?;
+        let before = warm.warm_stats().collected;
+        let w = warm
+            .run_changed(
+                &copy,
+                &argv,
+                timeout,
+                sandbox::Changed {
+                    base: base.path(),
+                    changed: &changed,
+                },
+            )
+            .await?;
+        let used = warm.warm_stats().collected > before;
+        let (sf, sw) = (seen(&kind, &f), seen(&kind, &w));
+        eprintln!(
+            "[collected] {what:32} fresh {} ({:.3} s), warm {} ({:.3} s, collected: {used})",
+            f.verdict(),
+            f.duration.as_secs_f64(),
+            w.verdict(),
+            w.duration.as_secs_f64(),
+        );
+        ensure!(
+            sf == sw,
+            "{what}: fresh {sf:?}\nwarm {sw:?}\n{}{}",
+            w.stdout,
+            w.stderr
+        );
+        ensure!(
+            used == collected,
+            "{what}: collected {used}, expected {collected}"
+        );
+        ensure!(sw.success == passes, "{what}: passed {}", sw.success);
+    }
+    fresh.close().await?;
+    warm.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn collected_session_matches_fresh_runs_locally() -> Result<()> {
+    coval_tests::ensure_host_pytest()?;
+    let sb = LocalSandbox::new();
+    collected_matches_fresh(&sb.clone().with_warm_server(false), &sb).await
+}
+
+#[tokio::test]
+async fn collected_session_matches_fresh_runs_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    collected_matches_fresh(&sb.clone().with_warm_server(false), &sb).await?;
+    assert_no_containers(&sb).await
+}

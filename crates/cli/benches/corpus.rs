@@ -6,7 +6,9 @@
 //!                                        [--bugs 03,23]  (only bugs whose dir starts so)
 //!
 //! Modes (comma-separated; default `warm,warm-1,exec`):
-//!   warm        the defaults: warm pytest server, failing tests first, one lane per core
+//!   warm        the defaults: warm pytest server, failing tests first (in the server's
+//!               collected session when a candidate allows it), one lane per core
+//!   warm-nc     the same without the collected session (`validate.collected: false`)
 //!   warm-1      the same in one lane (one candidate at a time)
 //!   exec        a fresh process per candidate, the whole suite, one lane (the first path)
 //!   warm-full   the warm server, the whole suite every time, one lane
@@ -45,45 +47,59 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// One way to validate: `sandbox.warm_server`, `validate.failing_first`, `validate.lanes`.
+/// One way to validate: `sandbox.warm_server`, `validate.failing_first`, `validate.lanes`,
+/// `validate.collected`.
 #[derive(Clone, Copy)]
 struct Mode {
     name: &'static str,
     warm: bool,
     first: bool,
     lanes: u32,
+    collected: bool,
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 6] = [
     Mode {
         name: "warm",
         warm: true,
         first: true,
         lanes: 0,
+        collected: true,
+    },
+    Mode {
+        name: "warm-nc",
+        warm: true,
+        first: true,
+        lanes: 0,
+        collected: false,
     },
     Mode {
         name: "warm-1",
         warm: true,
         first: true,
         lanes: 1,
+        collected: true,
     },
     Mode {
         name: "exec",
         warm: false,
         first: false,
         lanes: 1,
+        collected: true,
     },
     Mode {
         name: "warm-full",
         warm: true,
         first: false,
         lanes: 1,
+        collected: true,
     },
     Mode {
         name: "exec-first",
         warm: false,
         first: true,
         lanes: 1,
+        collected: true,
     },
 ];
 
@@ -121,6 +137,7 @@ fn run(bug: &Path, sandbox: &str, mode: Mode) -> Row {
         .env("COVAL_SANDBOX__WARM_SERVER", mode.warm.to_string())
         .env("COVAL_VALIDATE__FAILING_FIRST", mode.first.to_string())
         .env("COVAL_VALIDATE__LANES", mode.lanes.to_string())
+        .env("COVAL_VALIDATE__COLLECTED", mode.collected.to_string())
         .env("COVAL_LLM_URL", "http://127.0.0.1:9")
         .env("RUST_LOG", "error")
         .output()
@@ -198,7 +215,9 @@ fn main() {
         match MODES.iter().find(|x| x.name == m.trim()) {
             Some(found) => modes.push(*found),
             None => {
-                eprintln!("unknown mode `{m}`: use warm, warm-1, exec, warm-full or exec-first");
+                eprintln!(
+                    "unknown mode `{m}`: use warm, warm-nc, warm-1, exec, warm-full or exec-first"
+                );
                 std::process::exit(2);
             }
         }

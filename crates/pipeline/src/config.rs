@@ -66,10 +66,20 @@ pub struct ValidateConfig {
     /// candidates that make them pass (pytest projects); the verdict always comes from the
     /// whole suite.
     pub failing_first: bool,
+    /// With `failing_first` and the warm server: a candidate that changes only function
+    /// bodies of imported project modules runs its failing tests in a fork of a pytest session
+    /// collected once on the project (its code swapped in), when that cannot change the
+    /// verdict; anything else runs as usual.
+    #[serde(default = "yes")]
+    pub collected: bool,
     /// Candidates validated at once, each in its own sandbox session (container or local
     /// server); 0: one per CPU core, at most [`MAX_LANES`].
     #[serde(default)]
     pub lanes: u32,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The most validation lanes `validate.lanes: 0` picks.

@@ -30,6 +30,9 @@ pub struct ValidateSettings {
     /// (`validate.failing_first`). Model candidates always get the whole suite: there are few
     /// of them, and a retry prompt needs all of a failed candidate's output (its regressions).
     pub failing_first: bool,
+    /// Failing-first pytest runs may use the warm server's collected session
+    /// (`validate.collected`).
+    pub collected: bool,
     /// Candidates validated at once, each in a sandbox session of its own (`validate.lanes`).
     pub lanes: usize,
 }
@@ -42,6 +45,7 @@ impl Default for ValidateSettings {
             attempt_budget: Duration::from_secs(300),
             patch_limits: PatchLimits::default(),
             failing_first: true,
+            collected: true,
             lanes: 1,
         }
     }
@@ -398,6 +402,10 @@ struct Trial<'a> {
     /// A copy of the project as candidates are made from it (pytest failing-first runs only):
     /// the sandbox's warm server may run a candidate in a pytest session collected on it.
     base: Option<PathBuf>,
+    /// Candidates from this rank on use `base`. Collecting costs about two ordinary runs and
+    /// saves about two thirds of each later one, so the first candidates of each lane (often
+    /// all an attempt needs) run the ordinary way.
+    collect_from: usize,
 }
 
 /// The timeout of a failing-tests-first run: ten times the slowest such run of this attempt
@@ -470,7 +478,7 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
             .load(std::sync::atomic::Ordering::Relaxed);
         let first_timeout = first_run_timeout(timeout, f.mre.baseline_ms, slowest);
         let changed: Vec<String> = applied.files.iter().map(|a| a.path.clone()).collect();
-        let run = match &t.base {
+        let run = match t.base.as_ref().filter(|_| n >= t.collect_from) {
             Some(base) => {
                 session
                     .run_changed(
@@ -614,7 +622,9 @@ impl Handler for ValidateStage {
             let first = (self.settings.failing_first && f.engine == "search")
                 .then(|| failing_first_cmd(&kind, &f.mre.failing_tests, &root))
                 .flatten();
-            let base = (first.is_some() && kind.runner == sandbox::Runner::Pytest)
+            let base = (self.settings.collected
+                && first.is_some()
+                && kind.runner == sandbox::Runner::Pytest)
                 .then(|| {
                     let base = work.join("base");
                     let _ = std::fs::remove_dir_all(&base);
@@ -630,6 +640,7 @@ impl Handler for ValidateStage {
                 first,
                 slowest_first_ms: Default::default(),
                 base,
+                collect_from: 2 * lanes_used,
             };
             let trial = &trial;
             // Candidates start in rank order, one per idle lane. After a pass (unless every
@@ -820,6 +831,7 @@ impl ValidateStage {
             repairs_dir: ctx.repairs_dir(),
             settings: ValidateSettings {
                 failing_first: ctx.config.settings.validate.failing_first,
+                collected: ctx.config.settings.validate.collected,
                 lanes: ctx.config.settings.validate.lanes(),
                 ..Default::default()
             },

@@ -752,7 +752,10 @@ impl DockerSession {
             "warm run"
         );
         let clean = reply.clean;
-        let collected = reply.fast.as_deref() == Some("served");
+        let collected = reply
+            .fast
+            .as_deref()
+            .is_some_and(|f| f.starts_with("served"));
         let oom_after = reply.oom.map(|(_, after)| after);
         let result = warm::to_result(
             reply,

@@ -343,11 +343,14 @@ impl LocalSession {
                 _ => {
                     if let Some((_, old)) = server.base.take() {
                         let old = server.root.path().join("cands").join(old);
-                        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old))
-                            .await;
+                        let _ =
+                            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old)).await;
                     }
                     let name = format!("base{}", self.counter);
-                    let (from, to) = (c.base.to_path_buf(), server.root.path().join("cands").join(&name));
+                    let (from, to) = (
+                        c.base.to_path_buf(),
+                        server.root.path().join("cands").join(&name),
+                    );
                     let copied = tokio::task::spawn_blocking(move || {
                         copy_tree(&from, &to, Perms::WorldReadable)
                     })
@@ -388,7 +391,10 @@ impl LocalSession {
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(src)).await;
         let (reply, blobs) = reply?;
         let clean = reply.clean;
-        let collected = reply.fast.as_deref() == Some("served");
+        let collected = reply
+            .fast
+            .as_deref()
+            .is_some_and(|f| f.starts_with("served"));
         tracing::debug!(candidate = %cid, server_secs = reply.seconds, fast = reply.fast.as_deref().unwrap_or("-"), marks = ?reply.marks, "warm run");
         let mut r = warm::to_result(
             reply,
