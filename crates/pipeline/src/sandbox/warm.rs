@@ -577,6 +577,7 @@ mod tests {
             clean: true,
             seconds: 0.1,
             marks: vec![],
+            fast: None,
         }
     }
 
