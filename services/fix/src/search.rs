@@ -46,6 +46,7 @@ fn prior(op: &str) -> f64 {
         "comparison" => 0.85,
         "constant" | "off-by-one" => 0.9,
         "boolean" | "negation" | "boolean-literal" => 0.75,
+        "magnitude" => 0.6,
         "swap-operands" | "swap-arguments" => 0.7,
         "missing-return" | "base-case" => 0.65,
         "guard" => 0.55,
@@ -331,8 +332,17 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
         "integer" | "number" => {
             let t = text(n, ctx.src);
             if let Ok(v) = t.parse::<i64>() {
-                for alt in [v + 1, v - 1] {
+                for alt in [v.checked_add(1), v.checked_sub(1)].into_iter().flatten() {
                     ctx.replace(n, &alt.to_string(), "constant", score);
+                }
+                // A zero too few or too many (`360` for `3600`, `10000` for `1000`).
+                if v.unsigned_abs() >= 10 {
+                    if let Some(alt) = v.checked_mul(10) {
+                        ctx.replace(n, &alt.to_string(), "magnitude", score);
+                    }
+                    if v % 10 == 0 && v.unsigned_abs() >= 100 {
+                        ctx.replace(n, &(v / 10).to_string(), "magnitude", score);
+                    }
                 }
             }
         }
@@ -926,6 +936,29 @@ mod tests {
             .unwrap_or(ms.len());
         let first_arith = ms.iter().position(|m| m.operator == "arithmetic").unwrap();
         assert!(first_arith < first_delete);
+    }
+
+    #[test]
+    fn constants_gain_or_lose_a_zero_after_the_off_by_ones() {
+        let t = [Target {
+            line: Some(1),
+            score: 1.0,
+        }];
+        let js = "const SECONDS_PER_HOUR = 360;\n";
+        let ms = mutants(Language::JavaScript, "d.js", js, &t, 500);
+        let at = |needle: &str| ms.iter().position(|m| m.new_text.contains(needle));
+        let ten = at("= 3600;").expect("×10");
+        assert!(at("= 361;").expect("+1") < ten);
+        assert!(at("= 36;").is_some(), "÷10");
+        let py = "STEP = 1000\nSMALL = 7\n";
+        let ms = mutants(Language::Python, "s.py", py, &t, 500);
+        assert!(has(&ms, "STEP = 100\n") && has(&ms, "STEP = 10000\n"));
+        // Small numbers only move by one; huge ones do not overflow.
+        let ms = mutants(Language::Python, "s.py", "X = 7\n", &t, 500);
+        assert!(!has(&ms, "X = 70"));
+        let big = format!("X = {}\n", i64::MAX);
+        let ms = mutants(Language::Python, "s.py", &big, &t, 500);
+        assert!(has(&ms, &format!("X = {}\n", i64::MAX - 1)));
     }
 
     #[test]
