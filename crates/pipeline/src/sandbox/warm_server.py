@@ -595,11 +595,13 @@ def stop_fast(why=None):
             os.close(fd)
         except OSError:
             pass
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(f["pid"], signal.SIGKILL)
-        except OSError:
-            pass
+    for pid in (f["pid"], f.get("child")):
+        for kill in (os.killpg, os.kill):
+            try:
+                if isinstance(pid, int) and pid > 1:
+                    kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
     try:
         os.waitpid(f["pid"], 0)
     except ChildProcessError:
@@ -702,6 +704,7 @@ def serve_fast(req):
         header, blobs = got
         kind = header.get("kind")
         if kind == "started":
+            FAST["child"] = header.get("pid")
             send(header)
             continue
         if kind == "ineligible":
@@ -710,12 +713,11 @@ def serve_fast(req):
             stop_fast()
             return None, "the collector sent an unexpected frame"
         break
-    swept = True
-    if SWEEP:
-        swept = sweep(spare=collector_pids())
-        if FAST is not None and FAST["pid"] not in others():
-            stop_fast()
+    FAST["child"] = None  # reaped by the collector: its pid may be reused
+    swept = sweep(spare=collector_pids()) if SWEEP else True
     reap_children()
+    if FAST["pid"] in REAPED:
+        stop_fast()  # the candidate, or the sweep, ended it
     REAPED.clear()
     if FAST is not None:
         restore_base()
@@ -823,7 +825,9 @@ def collector_main(c):
             if isinstance(o, types.FunctionType) and o.__code__.co_filename in origins:
                 funcs.setdefault(key_of(o.__code__), []).append(o)
         state.update(mods=mods, funcs=funcs, old={}, out_ino=outs)
-        for i, t in enumerate((1, 2)):
+        for t, ino in zip((1, 2), outs):
+            if os.fstat(t).st_ino != ino:
+                unready("pytest is capturing at the end of collection")
             os.lseek(t, 0, os.SEEK_SET)
             state.setdefault("prefix", []).append(read_all(t))
         gc.freeze()
