@@ -504,21 +504,24 @@ class FastChild(BaseException):
         self.req, self.out_w, self.err_w, self.swaps = req, out_w, err_w, swaps
 
 
+def read_some(fd, deadline, n):
+    """Up to n bytes from fd once it is readable before deadline; b"" on timeout or EOF."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return b""
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    ready = sel.select(left)
+    sel.close()
+    return os.read(fd, n) if ready else b""
+
+
 def read_frame(fd, deadline):
     """One frame from fd (the collector's replies) before deadline, or None."""
     buf = b""
     while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or len(buf) > (1 << 20):
-            return None
-        r = selectors.DefaultSelector()
-        r.register(fd, selectors.EVENT_READ)
-        ready = r.select(left)
-        r.close()
-        if not ready:
-            return None
-        b = os.read(fd, 1 << 16)
-        if not b:
+        b = read_some(fd, deadline, 1 << 16)
+        if not b or len(buf) > (1 << 20):
             return None
         buf += b
     line, _, rest = buf.partition(b"\n")
@@ -530,16 +533,7 @@ def read_frame(fd, deadline):
     need = sum(sizes)
     data = bytearray(rest)
     while len(data) < need:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        r = selectors.DefaultSelector()
-        r.register(fd, selectors.EVENT_READ)
-        ready = r.select(left)
-        r.close()
-        if not ready:
-            return None
-        b = os.read(fd, min(1 << 20, need - len(data)))
+        b = read_some(fd, deadline, min(1 << 20, need - len(data)))
         if not b:
             return None
         data += b
