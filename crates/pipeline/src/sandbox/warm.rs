@@ -196,6 +196,9 @@ pub(crate) struct Reply {
     /// why not (the candidate then ran the normal way).
     #[serde(default)]
     pub fast: Option<String>,
+    /// Seconds spent starting the collector before this candidate (not part of its run).
+    #[serde(default)]
+    pub setup: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,7 +508,11 @@ pub(crate) fn to_result(
         stdout,
         stderr,
         output_truncated: reply.over_cap || reply.total > e.cap as u64,
-        duration: e.started.elapsed(),
+        // The run's own time: not the starting of a collector that came first.
+        duration: e
+            .started
+            .elapsed()
+            .saturating_sub(Duration::try_from_secs_f64(reply.setup).unwrap_or_default()),
         timeout: e.timeout,
         output_cap: e.cap,
         collected,
@@ -578,6 +585,7 @@ mod tests {
             seconds: 0.1,
             marks: vec![],
             fast: None,
+            setup: 0.0,
         }
     }
 

@@ -673,10 +673,12 @@ def serve_fast(req):
     key = json.dumps([fast["base"], work, req["args"]])
     if key in FAST_FAILED:
         return None, FAST_FAILED[key]
+    setup = time.monotonic()
     if FAST is None or FAST["key"] != key:
         if not start_fast(key, fast["base"], work, req["args"], min(float(req["timeout"]) + 1, 10.0)):
             return None, FAST_FAILED.get(key, "the collector stopped")
     started = time.monotonic()
+    setup = started - setup
     wiped_before = wipe(keep=work)
     fwd = dict(req)
     fwd["work"] = work
@@ -719,6 +721,7 @@ def serve_fast(req):
     header["clean"] = bool(header.get("clean") and wiped_before and swept and wiped_after)
     header["seconds"] = time.monotonic() - started
     header["fast"] = "served" if FAST is not None else "served; collector stopped"
+    header["setup"] = setup
     return (header, blobs), None
 
 
@@ -1036,13 +1039,16 @@ def serve():
         if why:
             send({"kind": "error", "id": req.get("id") if isinstance(req, dict) else None, "error": f"bad request: {why}"})
             continue
+        tried = time.monotonic()
         served, why = serve_fast(req) if req.get("fast") is not None else (None, None)
         if served is not None:
             header, blobs = served
         else:
+            tried = time.monotonic() - tried
             header, blobs = run_one(req)
             if why is not None:
                 header["fast"] = why
+                header["setup"] = tried
         send(header, blobs)
 
 
