@@ -33,7 +33,7 @@ mkdir -p "$STATE/images"
 STATE="$(cd "$STATE" && pwd)"
 SUITE="${COVAL_DEBIAN_SUITE:-bookworm}"
 # Bump when the recipe changes: images with another version are rebuilt (from the cached root).
-readonly RECIPE=1
+readonly RECIPE=2
 
 log() { printf '[build-base-images] %s\n' "$*" >&2; }
 die() {
@@ -142,6 +142,11 @@ build_one() {
         log "debootstrap $lang: $(since "$t0"), $(du -sh --exclude=proc --exclude=sys "$dir" 2>/dev/null | cut -f1)"
     else
         log "reusing the debootstrap root $dir"
+    fi
+    # The warm `node --test` server runs from a copy of node its user may execute but not
+    # read: the kernel then makes that process non-dumpable, out of the candidates' reach.
+    if [[ -e "$dir/usr/bin/node" ]]; then
+        install -D -m 0711 -o root -g root "$(readlink -f "$dir/usr/bin/node")" "$dir/usr/local/libexec/coval/node"
     fi
     t1=$EPOCHREALTIME
     local old_id

@@ -1677,3 +1677,241 @@ async fn collected_session_matches_fresh_runs_in_docker() -> Result<()> {
     collected_matches_fresh(&sb.clone().with_warm_server(false), &sb).await?;
     assert_no_containers(&sb).await
 }
+
+/// A Node.js project whose `npm test` is `script`, with `lib.js` and the given files.
+fn node_project(script: &str, files: &[(&str, &str)]) -> Result<tempfile::TempDir> {
+    let d = tempfile::tempdir()?;
+    std::fs::write(
+        d.path().join("package.json"),
+        format!(r#"{{"name":"p","private":true,"scripts":{{"test":"{script}"}}}}"#),
+    )?;
+    std::fs::write(d.path().join("lib.js"), "exports.add = (a, b) => a + b;\n")?;
+    for (name, text) in files {
+        let p = d.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, text)?;
+    }
+    Ok(d)
+}
+
+const NODE_HEAD: &str = "const test = require('node:test');\nconst assert = require('node:assert');\nconst fs = require('node:fs');\nconst { add } = require('../lib.js');\n";
+
+const NODE_MIXED: &str = r#"
+test('passes', () => assert.strictEqual(add(2, 2), 4));
+test('fails', () => assert.strictEqual(add(2, 2), 5));
+test('skipped', { skip: 'not here' }, () => {});
+test('todo', { todo: true }, () => { throw new Error('later'); });
+test('suite', async (t) => {
+  await t.test('inner ok', () => {});
+  await t.test('inner bad', () => { throw new Error('bad'); });
+});
+"#;
+
+/// What the runner gives a test file: printed as a TAP comment, compared between both paths.
+const NODE_ENV: &str = r#"
+test('environment', () => {
+  const seen = { env: process.env, cwd: process.cwd(), argv: process.argv, execPath: process.execPath, execArgv: process.execArgv };
+  console.log('ENV ' + JSON.stringify(seen));
+});
+"#;
+
+const NODE_LEAVE: &str = r#"
+test('leaves things behind', () => {
+  require('node:child_process').spawn('sleep', ['60'], { detached: true, stdio: 'ignore' }).unref();
+  fs.writeFileSync('/tmp/left-by-a-candidate', 'x');
+  fs.writeFileSync('left-in-work', 'x');
+});
+"#;
+
+const NODE_PROBE: &str = r#"
+test('a clean start', () => {
+  assert.ok(!fs.existsSync('/tmp/left-by-a-candidate'), 'a file in /tmp survived');
+  assert.ok(!fs.existsSync('left-in-work'), 'a file in the work dir survived');
+  const sleepers = fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8') === 'sleep\u000060\u0000'; } catch { return false; }
+  });
+  assert.deepStrictEqual(sleepers, [], 'a process survived');
+});
+"#;
+
+/// Tries to reach its runner (the server, in a warm session) through /proc.
+const NODE_FORGE: &str = r#"
+test('reach the runner', () => {
+  const reached = [];
+  const ppid = process.ppid;
+  for (const [what, f] of [
+    ['environ', () => fs.readFileSync(`/proc/${ppid}/environ`)],
+    ['fd', () => fs.readdirSync(`/proc/${ppid}/fd`)],
+    ['mem', () => fs.closeSync(fs.openSync(`/proc/${ppid}/mem`, 'r'))],
+  ]) {
+    try { f(); reached.push(what); } catch {}
+  }
+  console.log('reached ' + JSON.stringify(reached));
+});
+"#;
+
+const NODE_KILL_PARENT: &str = r#"
+test('kills its runner', () => { process.kill(process.ppid, 'SIGKILL'); });
+"#;
+
+const NODE_LOOP: &str = r#"
+test('fast', () => {});
+test('forever', () => { for (;;) {} });
+"#;
+
+/// `npm test` as `node --test` through coval's warm node server gives the verdict, outcomes and
+/// environment a fresh `node --test` gives: several files, pass/fail/skip/todo/subtests, a
+/// syntax error, a timeout; nothing a candidate leaves (files, a detached process) reaches the
+/// next; a candidate cannot reach the server through /proc; one that kills it gets the fresh
+/// verdict and the next gets a new server; a test path that does not exist runs fresh.
+#[tokio::test]
+async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
+    let Some(sb) = docker().await? else {
+        return Ok(());
+    };
+    let out = Command::new(repo_root().join("scripts/build-base-images.sh"))
+        .arg("node")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |body: &str| format!("{NODE_HEAD}{body}");
+    let (mixed, env, leave, probe, forge, killer, looping, syntax) = (
+        file(NODE_MIXED),
+        file(NODE_ENV),
+        file(NODE_LEAVE),
+        file(NODE_PROBE),
+        file(NODE_FORGE),
+        file(NODE_KILL_PARENT),
+        file(NODE_LOOP),
+        file("test('x', () => { const = 1; });\n"),
+    );
+    let other = file("test('other file', () => assert.ok(add(1, 1) === 2));\n");
+    let p = |files: &[(&str, &str)]| node_project("node --test", files);
+    let projects = [
+        (
+            "mixed",
+            p(&[("test/a.test.js", &mixed), ("test/b.test.js", &other)])?,
+        ),
+        ("environment", p(&[("test/env.test.js", &env)])?),
+        ("leave", p(&[("test/leave.test.js", &leave)])?),
+        ("probe", p(&[("test/probe.test.js", &probe)])?),
+        ("syntax error", p(&[("test/s.test.js", &syntax)])?),
+        ("forger", p(&[("test/f.test.js", &forge)])?),
+        ("timeout", p(&[("test/loop.test.js", &looping)])?),
+        ("probe", p(&[("test/probe.test.js", &probe)])?),
+        ("kill parent", p(&[("test/k.test.js", &killer)])?),
+        ("probe", p(&[("test/probe.test.js", &probe)])?),
+        (
+            "a named dir",
+            node_project("node --test test/", &[("test/b.test.js", &other)])?,
+        ),
+    ];
+    let kind = detect_project(projects[0].1.path()).context("no project detected")?;
+    let mut template = spec(projects[0].1.path(), &[], 30);
+    template.argv = kind.test_cmd.clone();
+    template.image = "coval/node:bookworm".into();
+    template.limits.memory_bytes = 1 << 30;
+    template.limits.pids = 256;
+    template.limits.tmpfs_bytes = 128 << 20;
+    let mut fresh = sb
+        .clone()
+        .with_warm_server(false)
+        .open_session(&template)
+        .await?;
+    let mut warm = sb.open_session(&template).await?;
+    let (mut served, mut fallbacks) = (0, 0);
+    let (mut fresh_secs, mut warm_secs) = (0.0, 0.0);
+    for (what, dir) in &projects {
+        let kind = detect_project(dir.path()).context("no project detected")?;
+        let t = Duration::from_secs(if *what == "timeout" { 3 } else { 30 });
+        let w = warm.run(dir.path(), &kind.test_cmd, t).await?;
+        let f = fresh.run(dir.path(), &kind.test_cmd, t).await?;
+        let (sf, sw) = (seen(&kind, &f), seen(&kind, &w));
+        eprintln!(
+            "[node warm] {what:12} fresh {} ({:.2} s), warm {} ({:.2} s): {:?}",
+            f.verdict(),
+            f.duration.as_secs_f64(),
+            w.verdict(),
+            w.duration.as_secs_f64(),
+            sw.tests
+        );
+        fresh_secs += f.duration.as_secs_f64();
+        warm_secs += w.duration.as_secs_f64();
+        ensure!(sf == sw, "{what}: fresh {sf:?}\nwarm {sw:?}\n{}", w.stdout);
+        if *what == "kill parent" {
+            fallbacks += 1;
+        } else {
+            served += 1;
+        }
+        let line = |r: &RunResult, start: &str| {
+            r.stdout
+                .lines()
+                .find(|l| l.trim_start_matches("# ").starts_with(start))
+                .map(|l| {
+                    // Each candidate's own work dir: /work/c<N>.
+                    let parts: Vec<&str> = l.split("/work/c").collect();
+                    let mut out = parts[0].to_owned();
+                    for p in &parts[1..] {
+                        out.push_str("/work/cN");
+                        out.push_str(p.trim_start_matches(|c: char| c.is_ascii_digit()));
+                    }
+                    out
+                })
+        };
+        let ok = match *what {
+            "mixed" => {
+                sw.exit_code == Some(1)
+                    && sw.tests.len() >= 5
+                    && sw.tests.iter().any(|t| t.status == TestStatus::Skipped)
+                    && sw.tests.iter().any(|t| t.status == TestStatus::Failed)
+            }
+            "environment" => {
+                // The same variables and values (the order of `environ` is the shell's own).
+                let json = |l: Option<String>| -> Option<serde_json::Value> {
+                    serde_json::from_str(l?.trim_start_matches("# ENV ")).ok()
+                };
+                let (a, b) = (json(line(&f, "ENV")), json(line(&w, "ENV")));
+                eprintln!("[node warm] {b:?}");
+                ensure!(a.is_some() && a == b, "fresh {a:?}\nwarm {b:?}");
+                sw.success
+            }
+            "forger" => line(&w, "reached").as_deref() == Some("# reached []"),
+            "timeout" => sw.timed_out && w.verdict() == "killed after 3 s timeout",
+            "syntax error" | "kill parent" => !sw.success,
+            _ => sw.success,
+        };
+        ensure!(ok, "{what}: unexpected {sw:?}\n{}", w.stdout);
+    }
+    let stats = warm.warm_stats().clone();
+    ensure!(
+        stats.served == served && stats.fallbacks == fallbacks && stats.starts == 2,
+        "{stats:?}"
+    );
+    eprintln!(
+        "[node warm] {} candidates: fresh {fresh_secs:.2} s, warm {warm_secs:.2} s",
+        projects.len()
+    );
+    // A test path that does not exist: node's runner would exit, so the candidate runs fresh.
+    let missing = node_project("node --test nope/", &[("test/b.test.js", &other)])?;
+    let kind = detect_project(missing.path()).context("no project detected")?;
+    let t = Duration::from_secs(30);
+    let w = warm.run(missing.path(), &kind.test_cmd, t).await?;
+    let f = fresh.run(missing.path(), &kind.test_cmd, t).await?;
+    ensure!(
+        !w.success() && (w.exit_code, w.signal) == (f.exit_code, f.signal),
+        "warm {w:?}\nfresh {f:?}"
+    );
+    ensure!(
+        warm.warm_stats().served == served,
+        "{:?}",
+        warm.warm_stats()
+    );
+    fresh.close().await?;
+    warm.close().await?;
+    assert_no_containers(&sb).await
+}

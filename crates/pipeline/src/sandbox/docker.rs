@@ -45,6 +45,27 @@ const COLLECT_CAP: usize = 4 << 20;
 /// Deadline for engine calls made while cleaning up.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Whether a `node --test` candidate in `dir` runs as the server would run it: every test path
+/// it names exists (node's runner would exit otherwise) and the project brings no `node` of its
+/// own. Always true for other commands.
+fn node_servable(dir: &Path, served: &warm::Served<'_>) -> bool {
+    let warm::Served::NodeTest { paths, shell } = served else {
+        return true;
+    };
+    let inside = |p: &str| {
+        Path::new(p).components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+    };
+    paths
+        .iter()
+        .all(|p| inside(p) && std::fs::symlink_metadata(dir.join(p)).is_ok())
+        && !(*shell && std::fs::symlink_metadata(dir.join("node_modules/.bin/node")).is_ok())
+}
+
 /// Runs in the container as the candidate's user: `sh -c WRAPPER coval-sandbox MODE ...`.
 /// `run ID TIMEOUT MARK FILECAP NFILES FILES... ENV... ARGV...` or `clean`.
 const WRAPPER: &str = r#"
@@ -507,7 +528,8 @@ pub struct DockerSession {
 }
 
 struct WarmServer {
-    interpreter: String,
+    /// What it serves ([`warm::Served::server`]).
+    kind: String,
     channel: Channel,
 }
 
@@ -525,10 +547,9 @@ impl DockerSession {
     /// Starts the warm server for the template's command, when it is one the server serves.
     /// A server that does not start is logged; candidates then try again or run fresh.
     async fn prestart(&mut self) {
-        let Some((interpreter, _)) = warm::pytest_invocation(&self.template.argv) else {
+        let Some(served) = warm::served(&self.template.argv) else {
             return;
         };
-        let interpreter = interpreter.to_owned();
         let Some(id) = self.container_id().map(str::to_owned) else {
             return;
         };
@@ -536,10 +557,10 @@ impl DockerSession {
             return;
         }
         self.warm.stats.starts += 1;
-        match self.start_server(&id, &interpreter, &self.template).await {
+        match self.start_server(&id, &served, &self.template).await {
             Ok(channel) => {
                 self.server = Some(WarmServer {
-                    interpreter,
+                    kind: served.server().to_owned(),
                     channel,
                 })
             }
@@ -591,16 +612,16 @@ impl DockerSession {
         self.staging.add(&cid, dir).await?;
         let mut served = None;
         if self.warm.usable()
-            && let Some((interpreter, args)) = warm::pytest_invocation(&spec.argv)
+            && let Some(how) = warm::served(&spec.argv)
+            && node_servable(dir, &how)
         {
             let base = match changed {
-                Some(c) => self.stage_base(c.base).await.map(|name| (name, c.changed)),
-                None => None,
+                Some(c) if matches!(how, warm::Served::Pytest { .. }) => {
+                    self.stage_base(c.base).await.map(|name| (name, c.changed))
+                }
+                _ => None,
             };
-            match self
-                .run_warm(&id, &cid, interpreter, args, &spec, started, base)
-                .await
-            {
+            match self.run_warm(&id, &cid, &how, &spec, started, base).await {
                 Ok(r) => served = Some(r),
                 Err(why) => {
                     tracing::warn!(candidate = %cid, reason = %why, "warm test server failed; running this candidate as a fresh process");
@@ -688,29 +709,29 @@ impl DockerSession {
         &mut self,
         id: &str,
         cid: &str,
-        interpreter: &str,
-        args: &[String],
+        served: &warm::Served<'_>,
         spec: &RunSpec,
         started: Instant,
         base: Option<(String, &[String])>,
     ) -> Result<RunResult, WarmFailure> {
-        if self
-            .server
-            .as_ref()
-            .is_some_and(|s| s.interpreter != interpreter)
-        {
+        let kind = served.server();
+        if self.server.as_ref().is_some_and(|s| s.kind != kind) {
             return Err(WarmFailure(format!(
-                "the server runs another interpreter than `{interpreter}`"
+                "the session's server serves another command than `{kind}`"
             )));
         }
         if self.server.is_none() {
             self.warm.stats.starts += 1;
-            let channel = self.start_server(id, interpreter, spec).await?;
+            let channel = self.start_server(id, served, spec).await?;
             self.server = Some(WarmServer {
-                interpreter: interpreter.to_owned(),
+                kind: kind.to_owned(),
                 channel,
             });
         }
+        let (args, shell) = match served {
+            warm::Served::Pytest { args, .. } => (*args, false),
+            warm::Served::NodeTest { paths, shell } => (paths.as_slice(), *shell),
+        };
         let Some(server) = self.server.as_mut() else {
             return Err(WarmFailure("no server".into()));
         };
@@ -730,6 +751,7 @@ impl DockerSession {
                 .saturating_add(trailer_budget(spec)),
             collect: &spec.collect,
             fcap: COLLECT_CAP,
+            shell,
             fast: base_src
                 .as_deref()
                 .zip(base.as_ref())
@@ -789,30 +811,46 @@ impl DockerSession {
     }
 
     /// Starts the warm server as the candidates' user with exactly the session's environment,
-    /// and waits until it has imported pytest.
+    /// and waits until it is ready (pytest imported, or node's runner loaded and the server
+    /// out of the candidates' reach).
     async fn start_server(
         &self,
         id: &str,
-        interpreter: &str,
+        served: &warm::Served<'_>,
         spec: &RunSpec,
     ) -> Result<Channel, WarmFailure> {
-        let mut cmd = vec!["env".to_owned(), "-i".into()];
+        let mut cmd = Vec::new();
+        if matches!(served, warm::Served::NodeTest { .. }) {
+            // Images without the protected node (not coval's) say so in the server's words.
+            cmd.extend(
+                [
+                    "sh",
+                    "-c",
+                    r#"[ -x "$0" ] || { printf '{"kind":"hello","ready":false,"error":"the image has no %s (coval/node images do)"}\n' "$0"; exit 3; }; exec "$@""#,
+                    warm::PROTECTED_NODE,
+                ]
+                .map(str::to_owned),
+            );
+        }
+        cmd.extend(["env".to_owned(), "-i".into()]);
         cmd.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        cmd.extend(
-            [
-                interpreter,
-                "-c",
-                warm::SERVER,
-                "coval-warm",
-                "--sweep",
-                "--oom",
-                "--wipe",
-                "/work",
-                "/tmp",
-                "/dev/shm",
-            ]
-            .map(str::to_owned),
-        );
+        match served {
+            warm::Served::Pytest { interpreter, .. } => {
+                cmd.extend([interpreter, "-c", warm::SERVER, "coval-warm"].map(str::to_owned))
+            }
+            warm::Served::NodeTest { .. } => cmd.extend(
+                [
+                    warm::PROTECTED_NODE,
+                    "-e",
+                    warm::NODE_SERVER,
+                    "coval-warm-node",
+                    "--node",
+                    warm::IMAGE_NODE,
+                ]
+                .map(str::to_owned),
+            ),
+        }
+        cmd.extend(["--sweep", "--oom", "--wipe", "/work", "/tmp", "/dev/shm"].map(str::to_owned));
         let broke = |op: &str, e: bollard::errors::Error| WarmFailure(format!("{op}: {e}"));
         let exec = self
             .docker

@@ -380,6 +380,7 @@ impl LocalSession {
             kill_at: spec.limits.output_bytes,
             collect: &spec.collect,
             fcap: WARM_COLLECT_CAP,
+            shell: false,
             fast: base.as_ref().map(|(b, w, changed)| warm::FastRequest {
                 base: b,
                 work: w,

@@ -21,6 +21,21 @@ use super::RunResult;
 /// The server's source; run as `python3 -c SERVER coval-warm [--sweep] [--oom] [--wipe DIR...]`.
 pub(crate) const SERVER: &str = include_str!("warm_server.py");
 
+/// The `node --test` server's source; run by [`PROTECTED_NODE`] as
+/// `-e NODE_SERVER coval-warm-node --node NODE [--sweep] [--oom] [--wipe DIR...]`.
+pub(crate) const NODE_SERVER: &str = include_str!("warm_node.js");
+
+/// The copy of node that coval's node images carry for the server: executable but not readable
+/// by the candidates' user, so the kernel makes the server's process non-dumpable.
+pub(crate) const PROTECTED_NODE: &str = "/usr/local/libexec/coval/node";
+
+/// The node the protected copy was made from: the one `node` must resolve to.
+pub(crate) const IMAGE_NODE: &str = "/usr/bin/node";
+
+/// How a server that cannot run at all says so (its greeting is not ready): the session then
+/// stops trying it, rather than counting failures.
+const CANNOT_RUN: &str = "the server cannot run here";
+
 /// How long the server may take to import pytest and say it is ready.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -33,6 +48,80 @@ const MAX_HEADER: usize = 64 << 10;
 /// `(interpreter, pytest arguments)` when `argv` is `python3 -m pytest ARGS...` (or
 /// `python -m pytest`, or a path to either): the one shape the server reproduces exactly.
 /// Anything else (a shell command, interpreter options, another tool) runs as a fresh process.
+/// What a session's warm server serves, read off a candidate's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Served<'a> {
+    /// `python3 -m pytest ARGS`: the interpreter and pytest's arguments.
+    Pytest {
+        interpreter: &'a str,
+        args: &'a [String],
+    },
+    /// `node --test --test-reporter=tap PATHS`, run directly or as the shell line of
+    /// [`super::project::node_test_cmd`] (`shell`): the paths.
+    NodeTest { paths: Vec<String>, shell: bool },
+}
+
+impl Served<'_> {
+    /// Which server serves it: one per session, started for the first such candidate.
+    pub fn server(&self) -> &str {
+        match self {
+            Served::Pytest { interpreter, .. } => interpreter,
+            Served::NodeTest { .. } => "node --test",
+        }
+    }
+}
+
+/// The command as one the warm servers reproduce exactly, or `None` (a fresh process).
+pub(crate) fn served(argv: &[String]) -> Option<Served<'_>> {
+    if let Some((interpreter, args)) = pytest_invocation(argv) {
+        return Some(Served::Pytest { interpreter, args });
+    }
+    node_test_invocation(argv).map(|(paths, shell)| Served::NodeTest { paths, shell })
+}
+
+/// The prefix [`super::project::node_test_cmd`] puts before an npm test script.
+const NODE_SHELL_PREFIX: &str = "PATH=\"$PWD/node_modules/.bin:$PATH\"; ";
+
+/// `(paths, through the shell)` when `argv` is `node --test --test-reporter=tap PATHS...`, or
+/// that line as [`super::project::node_test_cmd`] writes it for `sh -c`: only plain words, so
+/// the shell would neither expand nor split them differently. Other runner flags (name
+/// patterns, `--test-only`, another reporter) are read by the runner process itself, which the
+/// server's runner is not: those run fresh.
+pub(crate) fn node_test_invocation(argv: &[String]) -> Option<(Vec<String>, bool)> {
+    let (words, shell): (Vec<&str>, bool) = match argv {
+        [sh, c, script] if sh == "sh" && c == "-c" => {
+            let line = script.strip_prefix(NODE_SHELL_PREFIX)?;
+            let plain = |w: &str| {
+                !w.is_empty()
+                    && w.chars().all(|c| {
+                        c.is_ascii_alphanumeric()
+                            || matches!(c, '_' | '.' | '/' | '-' | '=' | '@' | '+' | ',' | ':')
+                    })
+            };
+            let words: Vec<&str> = line.split(' ').collect();
+            if !words.iter().all(|w| plain(w)) {
+                return None;
+            }
+            (words, true)
+        }
+        _ => (argv.iter().map(String::as_str).collect(), false),
+    };
+    let (node, rest) = words.split_first()?;
+    if *node != "node" {
+        return None;
+    }
+    let (mut test, mut tap, mut paths) = (0, 0, Vec::new());
+    for w in rest {
+        match *w {
+            "--test" => test += 1,
+            "--test-reporter=tap" => tap += 1,
+            w if w.starts_with('-') || w.is_empty() => return None,
+            w => paths.push(w.to_owned()),
+        }
+    }
+    (test == 1 && tap == 1).then_some((paths, shell))
+}
+
 pub(crate) fn pytest_invocation(argv: &[String]) -> Option<(&str, &[String])> {
     let (interp, rest) = argv.split_first()?;
     let name = interp.rsplit('/').next().unwrap_or(interp);
@@ -103,10 +192,15 @@ impl WarmState {
 
     /// Records a failure; after [`MAX_FAILURES`] the session stops using the server.
     pub fn failed(&mut self, why: &WarmFailure, counted_candidate: bool) {
-        self.failures += 1;
         if counted_candidate {
             self.stats.fallbacks += 1;
         }
+        if why.0.starts_with(CANNOT_RUN) {
+            // It said so itself: starting it again would only say it again.
+            self.turn_off(why.0.clone());
+            return;
+        }
+        self.failures += 1;
         if self.failures >= MAX_FAILURES && self.stats.off.is_none() {
             self.stats.off = Some(format!(
                 "the warm test server failed {} times (last: {why})",
@@ -145,6 +239,10 @@ pub(crate) struct Request<'a> {
     pub collect: &'a [String],
     /// Cap on each collected file.
     pub fcap: usize,
+    /// For the node server: the command is the shell line (PATH gains the project's
+    /// `node_modules/.bin`, PWD is set, as the shell does).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shell: bool,
     /// How the candidate differs from a base tree, when the caller knows: the server may then
     /// serve it from a pytest session collected on the base (see `warm_server.py`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,6 +308,8 @@ struct Hello {
     python: Option<String>,
     #[serde(default)]
     pytest: Option<String>,
+    #[serde(default)]
+    node: Option<String>,
 }
 
 /// A frame: the JSON header and the raw blobs it announced.
@@ -378,9 +478,12 @@ impl Channel {
             .map_err(|e| fail(format!("the server's greeting is malformed: {e}")))?;
         if !h.ready {
             return Err(fail(format!(
-                "the server cannot run here: {}",
+                "{CANNOT_RUN}: {}",
                 h.error.unwrap_or_default()
             )));
+        }
+        if let Some(node) = h.node {
+            return Ok(format!("node {node}"));
         }
         Ok(format!(
             "python {}, pytest {}",
@@ -544,6 +647,44 @@ mod tests {
         ] {
             assert!(pytest_invocation(&argv(no)).is_none(), "{no:?}");
         }
+    }
+
+    #[test]
+    fn only_plain_node_test_runs_are_served() {
+        let shell = |line: &str| super::super::project::node_test_cmd(line);
+        let (paths, through) = node_test_invocation(&shell("node --test")).unwrap();
+        assert!(paths.is_empty() && through);
+        let (paths, _) = node_test_invocation(&shell("node --test test/ spec/a.test.js")).unwrap();
+        assert_eq!(paths, ["test/", "spec/a.test.js"]);
+        let direct = argv(&["node", "--test", "--test-reporter=tap", "t"]);
+        assert_eq!(
+            node_test_invocation(&direct),
+            Some((vec!["t".to_owned()], false))
+        );
+        assert!(matches!(
+            served(&direct),
+            Some(Served::NodeTest { shell: false, .. })
+        ));
+        for no in [
+            "node --test test/*.js",
+            "node --test --test-name-pattern=x",
+            "node --test --test-only",
+            "node --test && echo done",
+            "node --test $DIR",
+            "node  --test",
+            "NODE_ENV=test node --test",
+            "jest",
+            "node test/run.js",
+            "node --test --test-reporter=spec",
+        ] {
+            assert_eq!(node_test_invocation(&shell(no)), None, "{no}");
+        }
+        assert_eq!(
+            node_test_invocation(&argv(&["sh", "-c", "node --test --test-reporter=tap"])),
+            None,
+            "only node_test_cmd's own line"
+        );
+        assert_eq!(node_test_invocation(&argv(&["node", "--test"])), None);
     }
 
     #[test]

@@ -1,0 +1,538 @@
+// coval's warm `node --test` server (pipeline::sandbox::warm): started once per repair session
+// inside the sandbox, as the candidates' user, with exactly the session's environment. It is
+// the test runner that `node --test --test-reporter=tap PATHS` would start, kept alive: for each
+// candidate it copies the candidate into a fresh work dir, goes there and calls node's own
+// runner (`run()` from node:test, the function `node --test` calls, with node's own file
+// discovery) with the TAP reporter. The runner starts every test file as a fresh node process,
+// as `node --test` does; no candidate code runs in this process. What a fresh runner costs
+// (starting node, loading the runner: about half of a candidate here) is paid once.
+//
+// The server must not be reachable from the candidates it runs as the same user: it only
+// starts from a copy of node that the user may execute but not read, which makes the kernel
+// mark the process non-dumpable (no ptrace, no /proc/PID/mem or /proc/PID/fd for the user);
+// it checks that before saying it is ready. After each candidate every other process of the
+// user is killed and the work areas are wiped, as the fresh path's wrapper does.
+//
+// Protocol (the same as warm_server.py's): fd 0 carries requests, one JSON object per line;
+// fd 1 carries frames: one JSON header line whose "blobs" lists the byte lengths of the raw
+// blobs that follow it. Nothing else is ever written to fd 1.
+//
+// argv: coval-warm-node --node PATH [--sweep] [--oom] [--wipe DIR ...]
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const childProcess = require('child_process');
+
+const ARGS = process.argv.slice(1);
+if (ARGS[0] === 'coval-warm-node') ARGS.shift();
+const SWEEP = ARGS.includes('--sweep');
+const OOM = ARGS.includes('--oom');
+const WIPE = ARGS.includes('--wipe') ? ARGS.slice(ARGS.indexOf('--wipe') + 1) : [];
+const NODE = ARGS.includes('--node') ? ARGS[ARGS.indexOf('--node') + 1] : '/usr/bin/node';
+const MY_PID = process.pid;
+const MY_UID = process.getuid();
+// The session's environment, as the server was started with it.
+const BASE_ENV = { ...process.env };
+
+// Stray prints (ours or the runner's) must never reach the protocol on fd 1.
+for (const k of ['log', 'info', 'debug', 'dir', 'table']) console[k] = console.error;
+
+function writeAll(fd, buf) {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if (e.code !== 'EAGAIN') throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    }
+  }
+}
+
+function send(header, blobs = []) {
+  const h = { ...header, blobs: blobs.map((b) => b.length) };
+  writeAll(1, Buffer.concat([Buffer.from(JSON.stringify(h) + '\n'), ...blobs]));
+}
+
+function failStart(why) {
+  send({ kind: 'hello', ready: false, error: why });
+  process.exit(3);
+}
+
+function oomCount() {
+  for (const f of ['/sys/fs/cgroup/memory/memory.oom_control', '/sys/fs/cgroup/memory.events']) {
+    let text;
+    try {
+      text = fs.readFileSync(f, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      if (line.startsWith('oom_kill ')) return Number.parseInt(line.split(' ')[1], 10) || 0;
+    }
+  }
+  return 0;
+}
+
+/** The pids of live (not zombie) processes of this user other than the server. */
+function others(first = false) {
+  const found = [];
+  let names = [];
+  try {
+    names = fs.readdirSync('/proc');
+  } catch {
+    return found;
+  }
+  for (const name of names) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (pid === MY_PID || pid === 1) continue;
+    let text;
+    try {
+      text = fs.readFileSync(`/proc/${name}/status`, 'utf8');
+    } catch {
+      continue;
+    }
+    const uid = /^Uid:\s+(\d+)/m.exec(text);
+    const state = /^State:\s+(\S)/m.exec(text);
+    if (uid && Number(uid[1]) === MY_UID && !(state && state[1] === 'Z')) {
+      found.push(pid);
+      if (first) break;
+    }
+  }
+  return found;
+}
+
+function pause(ms) {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** SIGKILL to every process this user may signal but the server; true when none is left. */
+function sweep() {
+  for (let i = 0; i < 300; i++) {
+    try {
+      process.kill(-1, 'SIGKILL'); // kill(-1) spares the caller
+    } catch {
+      // ESRCH: nobody left to signal
+    }
+    if (others(true).length === 0) return true;
+    pause(10);
+  }
+  return false;
+}
+
+/** Removes `p` even where a candidate took away its owner's write or search permission. */
+function remove(p) {
+  try {
+    fs.rmSync(p, { recursive: true, force: true });
+    return;
+  } catch {
+    // fall through: open up the tree and try again
+  }
+  const open = (q) => {
+    let st;
+    try {
+      st = fs.lstatSync(q);
+    } catch {
+      return;
+    }
+    if (!st.isDirectory()) return;
+    try {
+      fs.chmodSync(q, 0o700);
+    } catch {
+      return;
+    }
+    let entries = [];
+    try {
+      entries = fs.readdirSync(q);
+    } catch {
+      return;
+    }
+    for (const e of entries) open(path.join(q, e));
+  };
+  open(p);
+  try {
+    fs.rmSync(p, { recursive: true, force: true });
+  } catch {
+    // reported by wipe()'s final check
+  }
+}
+
+/** Empties the work areas; true when nothing is left in them. */
+function wipe() {
+  let clean = true;
+  for (const d of WIPE) {
+    let entries;
+    try {
+      entries = fs.readdirSync(d);
+    } catch {
+      continue;
+    }
+    for (const e of entries) remove(path.join(d, e));
+    try {
+      if (fs.readdirSync(d).length > 0) clean = false;
+    } catch {
+      // the area itself went away: nothing in it
+    }
+  }
+  return clean;
+}
+
+/** A regular file under root (no symlink on the way), at most cap bytes, or null. */
+function readCollected(root, rel, cap) {
+  const parts = rel.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.length === 0 || parts.includes('..')) return null;
+  let p = root;
+  let st;
+  for (const part of parts) {
+    p = path.join(p, part);
+    try {
+      st = fs.lstatSync(p);
+    } catch {
+      return null;
+    }
+    if (st.isSymbolicLink()) return null;
+  }
+  if (!st.isFile()) return null;
+  let fd;
+  try {
+    fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch {
+    return null;
+  }
+  try {
+    const chunks = [];
+    let n = 0;
+    while (n < cap) {
+      const b = Buffer.alloc(Math.min(1 << 16, cap - n));
+      const got = fs.readSync(fd, b, 0, b.length, null);
+      if (got === 0) break;
+      chunks.push(b.subarray(0, got));
+      n += got;
+    }
+    return Buffer.concat(chunks);
+  } catch {
+    return null;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Where `node` resolves on `pathVar` (as a shell would find it), or null. */
+function which(pathVar, cwd) {
+  for (const dir of (pathVar || '').split(':')) {
+    const p = path.resolve(cwd, dir || '.', 'node');
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      if (fs.statSync(p).isFile()) return p;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+function sameFile(a, b) {
+  try {
+    const x = fs.statSync(a);
+    const y = fs.statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
+
+// ---- start: refuse to run where the server could be reached or would run another node ----
+
+let runner;
+let tapReporter;
+try {
+  runner = require('node:test');
+  tapReporter = require('node:test/reporters').tap;
+} catch (e) {
+  failStart(`this node has no test runner with reporters (node:test): ${e.message}`);
+}
+if (typeof runner.run !== 'function' || typeof tapReporter !== 'function') {
+  failStart('this node has no run() in node:test');
+}
+if (MY_UID === 0) failStart('the server does not run as root');
+try {
+  // The files of a non-dumpable process's /proc dir belong to root.
+  if (fs.statSync(`/proc/${MY_PID}/mem`).uid === MY_UID) {
+    failStart(`the server's node (${process.execPath}) is readable by its user, so its process is reachable (ptrace, /proc) by the candidates`);
+  }
+} catch (e) {
+  failStart(`cannot inspect /proc: ${e.message}`);
+}
+const sessionNode = which(BASE_ENV.PATH, '/');
+if (!sessionNode || !sameFile(sessionNode, NODE)) {
+  failStart(`\`node\` on the session's PATH is ${sessionNode || 'missing'}, not ${NODE}`);
+}
+// The runner starts test files with process.execPath and process.execArgv: the node a fresh
+// `node --test` would be, with no flags of ours.
+process.execArgv.length = 0;
+process.execPath = sessionNode;
+if (process.execPath !== sessionNode) failStart('cannot set the runner\'s node path');
+
+// ---- one candidate ----
+
+const EVENTS = ['uncaughtException', 'unhandledRejection', 'beforeExit', 'exit', 'SIGINT', 'SIGTERM', 'warning'];
+
+class Unservable extends Error {}
+
+function invalid(req) {
+  if (req === null || typeof req !== 'object' || Array.isArray(req)) return 'not an object';
+  const strs = (v) => Array.isArray(v) && v.every((a) => typeof a === 'string');
+  const num = (v) => typeof v === 'number' && v > 0;
+  const checks = [
+    ['id', typeof req.id === 'string'],
+    ['work', typeof req.work === 'string' && req.work.startsWith('/')],
+    ['src', typeof req.src === 'string' && req.src.startsWith('/')],
+    ['args', strs(req.args) && req.args.every((a) => a !== '' && !a.startsWith('-'))],
+    ['collect', req.collect === undefined || strs(req.collect)],
+    ['timeout', num(req.timeout)],
+    ['cap', num(req.cap)],
+    ['fcap', req.fcap === undefined || num(req.fcap)],
+    ['kill_at', req.kill_at === undefined || num(req.kill_at)],
+    ['shell', req.shell === undefined || typeof req.shell === 'boolean'],
+  ];
+  const bad = checks.filter(([, ok]) => !ok).map(([k]) => k);
+  return bad.length ? bad.join(', ') : null;
+}
+
+async function runOne(req) {
+  const started = process.hrtime.bigint();
+  const secs = () => Number(process.hrtime.bigint() - started) / 1e9;
+  const marks = [];
+  const mark = (name) => marks.push([name, Math.round(secs() * 1e4) / 1e4]);
+  const cap = Math.floor(req.cap);
+  const killAt = Math.max(cap, Math.floor(req.kill_at || cap));
+  const work = req.work;
+  const wipedBefore = wipe();
+  const oomBefore = OOM ? oomCount() : 0;
+  mark('wiped');
+
+  const kept = [];
+  let keptLen = 0;
+  let total = 0;
+  let over = false;
+  let timedOut = false;
+  let failed = false;
+  let code = 0;
+  let stderr = Buffer.alloc(0);
+
+  const copy = childProcess.spawnSync('/bin/sh', ['-c', 'mkdir "$1" && cp -a "$2/." "$1/"', 'coval-copy', work, req.src], {
+    cwd: '/',
+    env: BASE_ENV,
+    stdio: 'ignore',
+  });
+  mark('copied');
+  const env = { ...BASE_ENV };
+  if (req.shell) {
+    // `sh -c 'PATH="$PWD/node_modules/.bin:$PATH"; node --test ...'`: the shell exports PWD.
+    env.PATH = `${work}/node_modules/.bin:${BASE_ENV.PATH || ''}`;
+    env.PWD = work;
+  }
+  if (copy.status !== 0) {
+    stderr = Buffer.from('coval-sandbox: cannot copy the project into the work area (larger than the tmpfs?)\n');
+    code = 125;
+  } else {
+    const local = which(env.PATH, work);
+    if (!local || !sameFile(local, NODE)) {
+      throw new Unservable(`\`node\` resolves to ${local || 'nothing'} in this candidate, not ${NODE}`);
+    }
+    const saved = {
+      cwd: process.cwd(),
+      argv: process.argv,
+      env: process.env,
+      exit: process.exit,
+      exitCode: process.exitCode,
+      listeners: Object.fromEntries(EVENTS.map((e) => [e, process.listeners(e)])),
+    };
+    let stream;
+    try {
+      process.chdir(work);
+      process.env = env;
+      // node's file discovery reads the paths from process.argv, as in a runner process.
+      process.argv = [process.execPath, ...req.args];
+      process.exit = () => {
+        throw new Unservable('the runner tried to exit (a test path that does not exist?)');
+      };
+      stream = runner.run({ concurrency: true });
+    } catch (e) {
+      restore(saved);
+      throw e instanceof Unservable ? e : new Unservable(`the runner did not start: ${e && e.message}`);
+    }
+    stream.on('test:fail', () => {
+      failed = true;
+    });
+    const reported = stream.compose(tapReporter);
+    const killAll = () => {
+      if (SWEEP) sweep();
+    };
+    // A run stopped by the timeout or the output cap ends where a fresh runner, killed with
+    // its test files, would end: with what it had printed by then, and nothing it would
+    // report about the killed files afterwards.
+    let done = false;
+    await new Promise((resolve) => {
+      const finish = () => {
+        if (!done) {
+          done = true;
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => {
+        if (done) return;
+        timedOut = true;
+        killAll();
+        finish();
+      }, Math.max(1, req.timeout * 1000 - secs() * 1000));
+      reported.on('data', (d) => {
+        if (done) return;
+        const b = Buffer.isBuffer(d) ? d : Buffer.from(String(d));
+        total += b.length;
+        const room = Math.max(0, cap - keptLen);
+        if (room > 0) {
+          const part = b.subarray(0, room);
+          kept.push(part);
+          keptLen += part.length;
+        }
+        if (total > killAt && !over) {
+          over = true;
+          killAll();
+          finish();
+        }
+      });
+      reported.on('end', finish);
+      reported.on('error', (e) => {
+        if (done) return;
+        const b = Buffer.from(`coval-sandbox: the test runner failed: ${e && e.message}\n`);
+        stderr = Buffer.concat([stderr, b]);
+        failed = true;
+        finish();
+      });
+    });
+    restore(saved);
+    code = failed ? 1 : 0;
+  }
+  mark('exited');
+  const swept = SWEEP ? sweep() : true;
+  mark('killed');
+  const files = [];
+  const blobs = [Buffer.concat(kept), stderr];
+  for (const rel of req.collect || []) {
+    const data = readCollected(work, rel, Math.floor(req.fcap || 4 << 20));
+    if (data !== null) {
+      files.push(rel);
+      blobs.push(data);
+    }
+  }
+  const oomAfter = OOM ? oomCount() : 0;
+  const wipedAfter = wipe();
+  mark('done');
+  // A run stopped by the timeout or the output cap ends as the fresh path's `timeout -s KILL`
+  // or kill would end it: killed by SIGKILL.
+  const killed = timedOut || over;
+  return [
+    {
+      kind: 'reply',
+      id: req.id,
+      code: killed ? null : code,
+      signal: killed ? 9 : null,
+      timed_out: timedOut,
+      over_cap: over,
+      total,
+      oom: OOM ? [oomBefore, oomAfter] : null,
+      files,
+      clean: Boolean(wipedBefore && wipedAfter && swept),
+      seconds: secs(),
+      marks,
+    },
+    blobs,
+  ];
+}
+
+function restore(saved) {
+  try {
+    process.chdir(saved.cwd);
+  } catch {
+    process.chdir('/');
+  }
+  process.argv = saved.argv;
+  process.env = saved.env;
+  process.exit = saved.exit;
+  process.exitCode = saved.exitCode;
+  // Each run's harness adds process listeners; the next run must start without them.
+  for (const e of EVENTS) {
+    for (const l of process.listeners(e)) {
+      if (!saved.listeners[e].includes(l)) process.removeListener(e, l);
+    }
+  }
+}
+
+// ---- the request loop ----
+
+let inbuf = Buffer.alloc(0);
+
+function readRequest() {
+  for (;;) {
+    const nl = inbuf.indexOf(10);
+    if (nl >= 0) {
+      const line = inbuf.subarray(0, nl);
+      inbuf = inbuf.subarray(nl + 1);
+      return JSON.parse(line.toString('utf8'));
+    }
+    const b = Buffer.alloc(1 << 16);
+    let n;
+    try {
+      n = fs.readSync(0, b, 0, b.length, null);
+    } catch (e) {
+      if (e.code === 'EAGAIN') {
+        pause(2);
+        continue;
+      }
+      if (e.code === 'EOF') return null;
+      throw e;
+    }
+    if (n === 0) return null;
+    inbuf = Buffer.concat([inbuf, b.subarray(0, n)]);
+    if (inbuf.length > 16 << 20) return null;
+  }
+}
+
+async function serve() {
+  send({ kind: 'hello', ready: true, node: process.version, pid: MY_PID });
+  for (;;) {
+    let req;
+    try {
+      req = readRequest();
+    } catch (e) {
+      send({ kind: 'error', error: `bad request: ${e.message}` });
+      return 2;
+    }
+    if (req === null) return 0;
+    const why = invalid(req);
+    if (why) {
+      send({ kind: 'error', id: req && typeof req === 'object' ? req.id ?? null : null, error: `bad request: ${why}` });
+      continue;
+    }
+    try {
+      const [header, blobs] = await runOne(req);
+      send(header, blobs);
+    } catch (e) {
+      const swept = SWEEP ? sweep() : true;
+      wipe();
+      send({ kind: 'error', id: req.id, error: `cannot serve this candidate: ${e && e.message}${swept ? '' : ' (and its processes survive)'}` });
+    }
+  }
+}
+
+serve().then(
+  (code) => process.exit(code),
+  (e) => {
+    console.error(`coval-warm-node: ${e && e.stack}`);
+    process.exit(70);
+  },
+);
