@@ -7,8 +7,10 @@
 //!
 //! Modes (comma-separated; default `warm,warm-1,exec`):
 //!   warm        the defaults: warm pytest server, failing tests first (in the server's
-//!               collected session when a candidate allows it), one lane per core
+//!               collected session when a candidate allows it), the warm `node --test`
+//!               runner (Docker), one lane per core
 //!   warm-nc     the same without the collected session (`validate.collected: false`)
+//!   warm-nn     the same without the warm node runner (`sandbox.warm_node: false`)
 //!   warm-1      the same in one lane (one candidate at a time)
 //!   exec        a fresh process per candidate, the whole suite, one lane (the first path)
 //!   warm-full   the warm server, the whole suite every time, one lane
@@ -56,15 +58,25 @@ struct Mode {
     first: bool,
     lanes: u32,
     collected: bool,
+    node: bool,
 }
 
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 7] = [
+    Mode {
+        name: "warm-nn",
+        warm: true,
+        first: true,
+        lanes: 0,
+        collected: true,
+        node: false,
+    },
     Mode {
         name: "warm",
         warm: true,
         first: true,
         lanes: 0,
         collected: true,
+        node: true,
     },
     Mode {
         name: "warm-nc",
@@ -72,6 +84,7 @@ const MODES: [Mode; 6] = [
         first: true,
         lanes: 0,
         collected: false,
+        node: true,
     },
     Mode {
         name: "warm-1",
@@ -79,6 +92,7 @@ const MODES: [Mode; 6] = [
         first: true,
         lanes: 1,
         collected: true,
+        node: true,
     },
     Mode {
         name: "exec",
@@ -86,6 +100,7 @@ const MODES: [Mode; 6] = [
         first: false,
         lanes: 1,
         collected: true,
+        node: true,
     },
     Mode {
         name: "warm-full",
@@ -93,6 +108,7 @@ const MODES: [Mode; 6] = [
         first: false,
         lanes: 1,
         collected: true,
+        node: true,
     },
     Mode {
         name: "exec-first",
@@ -100,6 +116,7 @@ const MODES: [Mode; 6] = [
         first: true,
         lanes: 1,
         collected: true,
+        node: true,
     },
 ];
 
@@ -138,6 +155,7 @@ fn run(bug: &Path, sandbox: &str, mode: Mode) -> Row {
         .env("COVAL_VALIDATE__FAILING_FIRST", mode.first.to_string())
         .env("COVAL_VALIDATE__LANES", mode.lanes.to_string())
         .env("COVAL_VALIDATE__COLLECTED", mode.collected.to_string())
+        .env("COVAL_SANDBOX__WARM_NODE", mode.node.to_string())
         .env("COVAL_LLM_URL", "http://127.0.0.1:9")
         .env("RUST_LOG", "error")
         .output()
@@ -216,7 +234,7 @@ fn main() {
             Some(found) => modes.push(*found),
             None => {
                 eprintln!(
-                    "unknown mode `{m}`: use warm, warm-nc, warm-1, exec, warm-full or exec-first"
+                    "unknown mode `{m}`: use warm, warm-nc, warm-nn, warm-1, exec, warm-full or exec-first"
                 );
                 std::process::exit(2);
             }
@@ -278,7 +296,7 @@ fn main() {
             let tos = sum(&|r| r.timeouts as u64, &all);
             let tms = sum(&|r| r.timeout_ms, &all);
             let lanes = rows.iter().map(|r| r.lanes).max().unwrap_or(0);
-            // Python (the warm server's language) apart from JavaScript (fresh processes).
+            // Python apart from JavaScript.
             let (js, py): (Vec<&Row>, Vec<&Row>) =
                 all.iter().partition(|r| r.bug.starts_with("js_"));
             summary.push(format!(

@@ -283,6 +283,10 @@ pub struct SandboxConfig {
     /// Serve `python3 -m pytest` candidates from one warm test server per repair session that
     /// forks per candidate, instead of a fresh interpreter each.
     pub warm_server: bool,
+    /// With `warm_server`, also serve `node --test` candidates in Docker from one warm test
+    /// runner per session (coval's node images), instead of a fresh runner process each.
+    #[serde(default = "yes")]
+    pub warm_node: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

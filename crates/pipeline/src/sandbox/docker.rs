@@ -156,6 +156,7 @@ pub struct DockerSandbox {
     runtime: Option<String>,
     instance: String,
     warm: bool,
+    warm_node: bool,
 }
 
 impl std::fmt::Debug for DockerSandbox {
@@ -164,6 +165,7 @@ impl std::fmt::Debug for DockerSandbox {
             .field("runtime", &self.runtime)
             .field("instance", &self.instance)
             .field("warm", &self.warm)
+            .field("warm_node", &self.warm_node)
             .finish()
     }
 }
@@ -197,6 +199,7 @@ impl DockerSandbox {
             runtime: (!runtime.trim().is_empty()).then(|| runtime.trim().to_owned()),
             instance: random_hex(),
             warm: true,
+            warm_node: true,
         })
     }
 
@@ -204,6 +207,13 @@ impl DockerSandbox {
     /// default; `sandbox.warm_server`). Off: one fresh process per candidate.
     pub fn with_warm_server(mut self, on: bool) -> DockerSandbox {
         self.warm = on;
+        self
+    }
+
+    /// Whether sessions (with the warm server on) also serve `node --test` candidates from a
+    /// warm test runner (on by default; `sandbox.warm_node`).
+    pub fn with_warm_node(mut self, on: bool) -> DockerSandbox {
+        self.warm_node = on;
         self
     }
 
@@ -371,6 +381,7 @@ impl DockerSandbox {
             last_oom: 0,
             lost: None,
             warm: WarmState::new(self.warm),
+            warm_node: self.warm_node,
             server: None,
             base: None,
         };
@@ -521,6 +532,8 @@ pub struct DockerSession {
     last_oom: u64,
     lost: Option<String>,
     warm: WarmState,
+    /// `node --test` candidates may be served too.
+    warm_node: bool,
     /// The warm test server's exec, while one runs.
     server: Option<WarmServer>,
     /// The base tree staged for collected runs: its host path and staged name.
@@ -544,10 +557,16 @@ impl DockerSession {
         &self.warm.stats
     }
 
+    /// How a warm server would serve `argv`, if one of this session's may.
+    fn served<'a>(&self, argv: &'a [String]) -> Option<warm::Served<'a>> {
+        warm::served(argv)
+            .filter(|s| self.warm_node || !matches!(s, warm::Served::NodeTest { .. }))
+    }
+
     /// Starts the warm server for the template's command, when it is one the server serves.
     /// A server that does not start is logged; candidates then try again or run fresh.
     async fn prestart(&mut self) {
-        let Some(served) = warm::served(&self.template.argv) else {
+        let Some(served) = self.served(&self.template.argv) else {
             return;
         };
         let Some(id) = self.container_id().map(str::to_owned) else {
@@ -612,7 +631,7 @@ impl DockerSession {
         self.staging.add(&cid, dir).await?;
         let mut served = None;
         if self.warm.usable()
-            && let Some(how) = warm::served(&spec.argv)
+            && let Some(how) = self.served(&spec.argv)
             && node_servable(dir, &how)
         {
             let base = match changed {

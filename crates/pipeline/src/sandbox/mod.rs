@@ -478,7 +478,9 @@ async fn detect_inner(
         return Ok(local("sandbox.backend is local".into()));
     }
     let docker = match DockerSandbox::connect(&cfg.runtime).await {
-        Ok(d) => d.with_warm_server(cfg.warm_server),
+        Ok(d) => d
+            .with_warm_server(cfg.warm_server)
+            .with_warm_node(cfg.warm_node),
         Err(e) if cfg.backend == SandboxBackend::Auto => {
             return Ok(local(format!("docker is not available: {e}")));
         }
