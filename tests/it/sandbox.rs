@@ -1887,6 +1887,69 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         };
         ensure!(ok, "{what}: unexpected {sw:?}\n{}", w.stdout);
     }
+    // Failing-first's command, one test file run by node itself: the server starts exactly
+    // that process (its environment is the session's, without the shell's PWD).
+    for (what, file) in [
+        ("mixed", "test/a.test.js"),
+        ("environment", "test/env.test.js"),
+        ("syntax error", "test/s.test.js"),
+        ("timeout", "test/loop.test.js"),
+    ] {
+        let dir = projects
+            .iter()
+            .find(|(w, _)| *w == what)
+            .map(|(_, d)| d.path())
+            .context("no such project")?;
+        let argv: Vec<String> = ["node", "--test-reporter=tap", file]
+            .map(str::to_owned)
+            .into();
+        let t = Duration::from_secs(if what == "timeout" { 3 } else { 30 });
+        let w = warm.run(dir, &argv, t).await?;
+        let f = fresh.run(dir, &argv, t).await?;
+        let (sf, sw) = (seen(&kind, &f), seen(&kind, &w));
+        eprintln!(
+            "[node warm] node {file:18} fresh {} ({:.2} s), warm {} ({:.2} s): {:?}",
+            f.verdict(),
+            f.duration.as_secs_f64(),
+            w.verdict(),
+            w.duration.as_secs_f64(),
+            sw.tests
+        );
+        fresh_secs += f.duration.as_secs_f64();
+        warm_secs += w.duration.as_secs_f64();
+        ensure!(
+            sf == sw,
+            "node {file}: fresh {sf:?}\nwarm {sw:?}\n{}",
+            w.stdout
+        );
+        // (A killed fresh run's stderr has the wrapper's "Killed".)
+        ensure!(
+            what == "timeout"
+                || (w.stdout.is_empty(), w.stderr.is_empty())
+                    == (f.stdout.is_empty(), f.stderr.is_empty()),
+            "node {file}: fresh {f:?}\nwarm {w:?}"
+        );
+        if what == "environment" {
+            let env = |r: &RunResult| -> Option<serde_json::Value> {
+                // Printed as it is when node runs the file itself (no runner to comment it).
+                let l = r
+                    .stdout
+                    .lines()
+                    .find_map(|l| l.trim_start_matches("# ").strip_prefix("ENV "))?;
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some(v["env"].clone())
+            };
+            let (a, b) = (env(&f), env(&w));
+            ensure!(
+                a.is_some() && a == b && b.as_ref().is_some_and(|e| e.get("PWD").is_none()),
+                "node {file}: fresh {a:?}\nwarm {b:?}"
+            );
+        }
+        if what == "timeout" {
+            ensure!(sw.timed_out && !sw.success, "{sw:?}");
+        }
+        served += 1;
+    }
     let stats = warm.warm_stats().clone();
     ensure!(
         stats.served == served && stats.fallbacks == fallbacks && stats.starts == 2,
@@ -1894,7 +1957,7 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
     );
     eprintln!(
         "[node warm] {} candidates: fresh {fresh_secs:.2} s, warm {warm_secs:.2} s",
-        projects.len()
+        projects.len() + 4
     );
     // A test path that does not exist: node's runner would exit, so the candidate runs fresh.
     let missing = node_project("node --test nope/", &[("test/b.test.js", &other)])?;

@@ -559,8 +559,7 @@ impl DockerSession {
 
     /// How a warm server would serve `argv`, if one of this session's may.
     fn served<'a>(&self, argv: &'a [String]) -> Option<warm::Served<'a>> {
-        warm::served(argv)
-            .filter(|s| self.warm_node || !matches!(s, warm::Served::NodeTest { .. }))
+        warm::served(argv).filter(|s| self.warm_node || matches!(s, warm::Served::Pytest { .. }))
     }
 
     /// Starts the warm server for the template's command, when it is one the server serves.
@@ -747,9 +746,10 @@ impl DockerSession {
                 channel,
             });
         }
-        let (args, shell) = match served {
-            warm::Served::Pytest { args, .. } => (*args, false),
-            warm::Served::NodeTest { paths, shell } => (paths.as_slice(), *shell),
+        let (args, shell, spawn) = match served {
+            warm::Served::Pytest { args, .. } => (*args, false, false),
+            warm::Served::NodeTest { paths, shell } => (paths.as_slice(), *shell, false),
+            warm::Served::NodeSpawn { argv } => (*argv, false, true),
         };
         let Some(server) = self.server.as_mut() else {
             return Err(WarmFailure("no server".into()));
@@ -771,6 +771,7 @@ impl DockerSession {
             collect: &spec.collect,
             fcap: COLLECT_CAP,
             shell,
+            spawn,
             fast: base_src
                 .as_deref()
                 .zip(base.as_ref())
@@ -839,7 +840,7 @@ impl DockerSession {
         spec: &RunSpec,
     ) -> Result<Channel, WarmFailure> {
         let mut cmd = Vec::new();
-        if matches!(served, warm::Served::NodeTest { .. }) {
+        if !matches!(served, warm::Served::Pytest { .. }) {
             // Images without the protected node (not coval's) say so in the server's words.
             cmd.extend(
                 [
@@ -857,7 +858,7 @@ impl DockerSession {
             warm::Served::Pytest { interpreter, .. } => {
                 cmd.extend([interpreter, "-c", warm::SERVER, "coval-warm"].map(str::to_owned))
             }
-            warm::Served::NodeTest { .. } => cmd.extend(
+            warm::Served::NodeTest { .. } | warm::Served::NodeSpawn { .. } => cmd.extend(
                 [
                     warm::PROTECTED_NODE,
                     "-e",

@@ -217,6 +217,31 @@ struct LocalServer {
     base: Option<(PathBuf, String)>,
 }
 
+impl LocalServer {
+    /// Stages `base` under the server's `cands` once (again when another base comes, as
+    /// `base{n}`); its staged name, or `None` when it could not be copied.
+    async fn stage_base(&mut self, base: &Path, n: u64) -> Option<String> {
+        if let Some((path, name)) = &self.base
+            && path == base
+        {
+            return Some(name.clone());
+        }
+        let cands = self.root.path().join("cands");
+        if let Some((_, old)) = self.base.take() {
+            let old = cands.join(old);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old)).await;
+        }
+        let name = format!("base{n}");
+        let (from, to) = (base.to_path_buf(), cands.join(&name));
+        let copied =
+            tokio::task::spawn_blocking(move || copy_tree(&from, &to, Perms::WorldReadable)).await;
+        matches!(copied, Ok(Ok(_))).then(|| {
+            self.base = Some((base.to_path_buf(), name.clone()));
+            name
+        })
+    }
+}
+
 /// A fresh run maps `/work` in env values to its own copy; one server cannot do that per
 /// candidate.
 fn env_names_work(spec: &RunSpec) -> bool {
@@ -337,38 +362,15 @@ impl LocalSession {
             return Err(WarmFailure("the temp dir's path is not UTF-8".into()));
         };
         let mut base = None;
-        if let Some(c) = changed {
-            let staged = match &server.base {
-                Some((path, name)) if path == c.base => Some(name.clone()),
-                _ => {
-                    if let Some((_, old)) = server.base.take() {
-                        let old = server.root.path().join("cands").join(old);
-                        let _ =
-                            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old)).await;
-                    }
-                    let name = format!("base{}", self.counter);
-                    let (from, to) = (
-                        c.base.to_path_buf(),
-                        server.root.path().join("cands").join(&name),
-                    );
-                    let copied = tokio::task::spawn_blocking(move || {
-                        copy_tree(&from, &to, Perms::WorldReadable)
-                    })
-                    .await;
-                    matches!(copied, Ok(Ok(_))).then(|| {
-                        server.base = Some((c.base.to_path_buf(), name.clone()));
-                        name
-                    })
-                }
-            };
-            base = staged.map(|name| {
-                let r = server.root.path();
-                (
-                    r.join("cands").join(name).to_string_lossy().into_owned(),
-                    r.join("work").join("base").to_string_lossy().into_owned(),
-                    c.changed,
-                )
-            });
+        if let Some(c) = changed
+            && let Some(name) = server.stage_base(c.base, self.counter).await
+        {
+            let r = server.root.path();
+            base = Some((
+                r.join("cands").join(name).to_string_lossy().into_owned(),
+                r.join("work").join("base").to_string_lossy().into_owned(),
+                c.changed,
+            ));
         }
         let req = warm::Request {
             id: &cid,
@@ -381,6 +383,7 @@ impl LocalSession {
             collect: &spec.collect,
             fcap: WARM_COLLECT_CAP,
             shell: false,
+            spawn: false,
             fast: base.as_ref().map(|(b, w, changed)| warm::FastRequest {
                 base: b,
                 work: w,

@@ -59,6 +59,9 @@ pub(crate) enum Served<'a> {
     /// `node --test --test-reporter=tap PATHS`, run directly or as the shell line of
     /// [`super::project::node_test_cmd`] (`shell`): the paths.
     NodeTest { paths: Vec<String>, shell: bool },
+    /// Any other `node ARGS` (such as failing-first's `node --test-reporter=tap FILE`): the node
+    /// server starts exactly that command as a fresh process, without a `docker exec` for it.
+    NodeSpawn { argv: &'a [String] },
 }
 
 impl Served<'_> {
@@ -66,7 +69,7 @@ impl Served<'_> {
     pub fn server(&self) -> &str {
         match self {
             Served::Pytest { interpreter, .. } => interpreter,
-            Served::NodeTest { .. } => "node --test",
+            Served::NodeTest { .. } | Served::NodeSpawn { .. } => "node",
         }
     }
 }
@@ -76,7 +79,13 @@ pub(crate) fn served(argv: &[String]) -> Option<Served<'_>> {
     if let Some((interpreter, args)) = pytest_invocation(argv) {
         return Some(Served::Pytest { interpreter, args });
     }
-    node_test_invocation(argv).map(|(paths, shell)| Served::NodeTest { paths, shell })
+    if let Some((paths, shell)) = node_test_invocation(argv) {
+        return Some(Served::NodeTest { paths, shell });
+    }
+    match argv {
+        [node, _, ..] if node == "node" => Some(Served::NodeSpawn { argv }),
+        _ => None,
+    }
 }
 
 /// The prefix [`super::project::node_test_cmd`] puts before an npm test script.
@@ -243,6 +252,9 @@ pub(crate) struct Request<'a> {
     /// `node_modules/.bin`, PWD is set, as the shell does).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shell: bool,
+    /// For the node server: `args` is a whole `node ...` command to start as it is.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spawn: bool,
     /// How the candidate differs from a base tree, when the caller knows: the server may then
     /// serve it from a pytest session collected on the base (see `warm_server.py`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -685,6 +697,10 @@ mod tests {
             "only node_test_cmd's own line"
         );
         assert_eq!(node_test_invocation(&argv(&["node", "--test"])), None);
+        let file = argv(&["node", "--test-reporter=tap", "test/a.test.js"]);
+        assert_eq!(served(&file), Some(Served::NodeSpawn { argv: &file }));
+        assert_eq!(served(&argv(&["node"])), None);
+        assert_eq!(served(&argv(&["/usr/bin/node", "x.js"])), None);
     }
 
     #[test]

@@ -1,11 +1,14 @@
-// coval's warm `node --test` server (pipeline::sandbox::warm): started once per repair session
-// inside the sandbox, as the candidates' user, with exactly the session's environment. It is
-// the test runner that `node --test --test-reporter=tap PATHS` would start, kept alive: for each
-// candidate it copies the candidate into a fresh work dir, goes there and calls node's own
-// runner (`run()` from node:test, the function `node --test` calls, with node's own file
-// discovery) with the TAP reporter. The runner starts every test file as a fresh node process,
-// as `node --test` does; no candidate code runs in this process. What a fresh runner costs
-// (starting node, loading the runner: about half of a candidate here) is paid once.
+// coval's warm node server (pipeline::sandbox::warm): started once per repair session
+// inside the sandbox, as the candidates' user, with exactly the session's environment. For
+// each candidate it copies the candidate into a fresh work dir and then either
+// - is the test runner that `node --test --test-reporter=tap PATHS` would start, kept alive:
+//   it goes to the work dir and calls node's own runner (`run()` from node:test, the function
+//   `node --test` calls, with node's own file discovery) with the TAP reporter. The runner
+//   starts every test file as a fresh node process, as `node --test` does; no candidate code
+//   runs in this process. What a fresh runner costs (starting node, loading the runner: about
+//   half of a candidate here) is paid once; or
+// - (`spawn`) starts exactly the `node ARGS` it was given as a fresh process there, as the
+//   sandbox's wrapper would, without a `docker exec` of its own.
 //
 // The server must not be reachable from the candidates it runs as the same user: it only
 // starts from a copy of node that the user may execute but not read, which makes the kernel
@@ -289,7 +292,8 @@ function invalid(req) {
     ['id', typeof req.id === 'string'],
     ['work', typeof req.work === 'string' && req.work.startsWith('/')],
     ['src', typeof req.src === 'string' && req.src.startsWith('/')],
-    ['args', strs(req.args) && req.args.every((a) => a !== '' && !a.startsWith('-'))],
+    ['args', strs(req.args) && (req.spawn === true ? req.args[0] === 'node' : req.args.every((a) => a !== '' && !a.startsWith('-')))],
+    ['spawn', req.spawn === undefined || typeof req.spawn === 'boolean'],
     ['collect', req.collect === undefined || strs(req.collect)],
     ['timeout', num(req.timeout)],
     ['cap', num(req.cap)],
@@ -301,27 +305,160 @@ function invalid(req) {
   return bad.length ? bad.join(', ') : null;
 }
 
+/** Output kept up to `cap` (stdout and stderr together), counted beyond; `over` past killAt. */
+class Sink {
+  constructor(cap, killAt) {
+    this.cap = cap;
+    this.killAt = killAt;
+    this.kept = { out: [], err: [] };
+    this.keptLen = 0;
+    this.total = 0;
+    this.over = false;
+  }
+
+  take(which, d) {
+    const b = Buffer.isBuffer(d) ? d : Buffer.from(String(d));
+    this.total += b.length;
+    const room = Math.max(0, this.cap - this.keptLen);
+    if (room > 0) {
+      const part = b.subarray(0, room);
+      this.kept[which].push(part);
+      this.keptLen += part.length;
+    }
+    if (this.total > this.killAt) this.over = true;
+    return this.over;
+  }
+}
+
+/**
+ * `node --test --test-reporter=tap PATHS` in this process: node's runner, its test files as
+ * fresh processes. Resolves to the exit code a fresh runner would give (1 when a test failed),
+ * or null when stopped by the timeout or the output cap.
+ */
+async function runRunner(req, work, env, sink, deadline, stop) {
+  const saved = {
+    cwd: process.cwd(),
+    argv: process.argv,
+    env: process.env,
+    exit: process.exit,
+    exitCode: process.exitCode,
+    listeners: Object.fromEntries(EVENTS.map((e) => [e, process.listeners(e)])),
+  };
+  let stream;
+  try {
+    process.chdir(work);
+    process.env = env;
+    // node's file discovery reads the paths from process.argv, as in a runner process.
+    process.argv = [process.execPath, ...req.args];
+    process.exit = () => {
+      throw new Unservable('the runner tried to exit (a test path that does not exist?)');
+    };
+    stream = runner.run({ concurrency: true });
+  } catch (e) {
+    restore(saved);
+    throw e instanceof Unservable ? e : new Unservable(`the runner did not start: ${e && e.message}`);
+  }
+  let failed = false;
+  stream.on('test:fail', () => {
+    failed = true;
+  });
+  const reported = stream.compose(tapReporter);
+  // A run stopped by the timeout or the output cap ends where a fresh runner, killed with its
+  // test files, would end: with what it had printed by then, and nothing it would report
+  // about the killed files afterwards.
+  const ended = await new Promise((resolve) => {
+    let done = false;
+    const finish = (how) => {
+      if (!done) {
+        done = true;
+        clearTimeout(timer);
+        resolve(how);
+      }
+    };
+    const timer = setTimeout(() => finish('timeout'), Math.max(1, deadline - Date.now()));
+    reported.on('data', (d) => {
+      if (!done && sink.take('out', d)) finish('over');
+    });
+    reported.on('end', () => finish('end'));
+    reported.on('error', (e) => {
+      if (done) return;
+      sink.take('err', `coval-sandbox: the test runner failed: ${e && e.message}\n`);
+      failed = true;
+      finish('end');
+    });
+  });
+  if (ended !== 'end') stop(ended);
+  restore(saved);
+  return ended === 'end' ? { code: failed ? 1 : 0, signal: null } : null;
+}
+
+/** Any other `node ARGS`: exactly that command as a fresh process, as `env -i ENV node ARGS`. */
+async function runSpawned(req, work, env, sink, deadline, stop) {
+  let child;
+  try {
+    child = childProcess.spawn(NODE, req.args.slice(1), {
+      argv0: 'node',
+      cwd: work,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+  } catch (e) {
+    throw new Unservable(`cannot start node: ${e && e.message}`);
+  }
+  const exited = new Promise((resolve) => {
+    child.on('error', () => resolve({ code: 127, signal: null }));
+    child.on('close', (code, signal) => resolve({ code, signal }));
+  });
+  const ended = await new Promise((resolve) => {
+    let done = false;
+    const finish = (how) => {
+      if (!done) {
+        done = true;
+        clearTimeout(timer);
+        resolve(how);
+      }
+    };
+    const timer = setTimeout(() => finish('timeout'), Math.max(1, deadline - Date.now()));
+    child.stdout.on('data', (d) => {
+      if (!done && sink.take('out', d)) finish('over');
+    });
+    child.stderr.on('data', (d) => {
+      if (!done && sink.take('err', d)) finish('over');
+    });
+    exited.then(() => finish('end'));
+  });
+  if (ended !== 'end') {
+    stop(ended);
+    return null;
+  }
+  const { code, signal } = await exited;
+  return { code, signal: signal ? osSignal(signal) : null };
+}
+
+function osSignal(name) {
+  const n = require('os').constants.signals[name];
+  return typeof n === 'number' ? n : 9;
+}
+
 async function runOne(req) {
   const started = process.hrtime.bigint();
   const secs = () => Number(process.hrtime.bigint() - started) / 1e9;
+  const deadline = Date.now() + req.timeout * 1000;
   const marks = [];
   const mark = (name) => marks.push([name, Math.round(secs() * 1e4) / 1e4]);
   const cap = Math.floor(req.cap);
-  const killAt = Math.max(cap, Math.floor(req.kill_at || cap));
+  const sink = new Sink(cap, Math.max(cap, Math.floor(req.kill_at || cap)));
   const work = req.work;
   const wipedBefore = wipe();
   const oomBefore = OOM ? oomCount() : 0;
   mark('wiped');
 
-  const kept = [];
-  let keptLen = 0;
-  let total = 0;
-  let over = false;
   let timedOut = false;
-  let failed = false;
-  let code = 0;
-  let stderr = Buffer.alloc(0);
-
+  const stop = (why) => {
+    timedOut = why === 'timeout';
+    if (SWEEP) sweep();
+  };
   const copy = childProcess.spawnSync('/bin/sh', ['-c', 'mkdir "$1" && cp -a "$2/." "$1/"', 'coval-copy', work, req.src], {
     cwd: '/',
     env: BASE_ENV,
@@ -334,94 +471,22 @@ async function runOne(req) {
     env.PATH = `${work}/node_modules/.bin:${BASE_ENV.PATH || ''}`;
     env.PWD = work;
   }
+  let status;
   if (copy.status !== 0) {
-    stderr = Buffer.from('coval-sandbox: cannot copy the project into the work area (larger than the tmpfs?)\n');
-    code = 125;
+    sink.take('err', 'coval-sandbox: cannot copy the project into the work area (larger than the tmpfs?)\n');
+    status = { code: 125, signal: null };
   } else {
     const local = which(env.PATH, work);
     if (!local || !sameFile(local, NODE)) {
       throw new Unservable(`\`node\` resolves to ${local || 'nothing'} in this candidate, not ${NODE}`);
     }
-    const saved = {
-      cwd: process.cwd(),
-      argv: process.argv,
-      env: process.env,
-      exit: process.exit,
-      exitCode: process.exitCode,
-      listeners: Object.fromEntries(EVENTS.map((e) => [e, process.listeners(e)])),
-    };
-    let stream;
-    try {
-      process.chdir(work);
-      process.env = env;
-      // node's file discovery reads the paths from process.argv, as in a runner process.
-      process.argv = [process.execPath, ...req.args];
-      process.exit = () => {
-        throw new Unservable('the runner tried to exit (a test path that does not exist?)');
-      };
-      stream = runner.run({ concurrency: true });
-    } catch (e) {
-      restore(saved);
-      throw e instanceof Unservable ? e : new Unservable(`the runner did not start: ${e && e.message}`);
-    }
-    stream.on('test:fail', () => {
-      failed = true;
-    });
-    const reported = stream.compose(tapReporter);
-    const killAll = () => {
-      if (SWEEP) sweep();
-    };
-    // A run stopped by the timeout or the output cap ends where a fresh runner, killed with
-    // its test files, would end: with what it had printed by then, and nothing it would
-    // report about the killed files afterwards.
-    let done = false;
-    await new Promise((resolve) => {
-      const finish = () => {
-        if (!done) {
-          done = true;
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      const timer = setTimeout(() => {
-        if (done) return;
-        timedOut = true;
-        killAll();
-        finish();
-      }, Math.max(1, req.timeout * 1000 - secs() * 1000));
-      reported.on('data', (d) => {
-        if (done) return;
-        const b = Buffer.isBuffer(d) ? d : Buffer.from(String(d));
-        total += b.length;
-        const room = Math.max(0, cap - keptLen);
-        if (room > 0) {
-          const part = b.subarray(0, room);
-          kept.push(part);
-          keptLen += part.length;
-        }
-        if (total > killAt && !over) {
-          over = true;
-          killAll();
-          finish();
-        }
-      });
-      reported.on('end', finish);
-      reported.on('error', (e) => {
-        if (done) return;
-        const b = Buffer.from(`coval-sandbox: the test runner failed: ${e && e.message}\n`);
-        stderr = Buffer.concat([stderr, b]);
-        failed = true;
-        finish();
-      });
-    });
-    restore(saved);
-    code = failed ? 1 : 0;
+    status = await (req.spawn ? runSpawned : runRunner)(req, work, env, sink, deadline, stop);
   }
   mark('exited');
   const swept = SWEEP ? sweep() : true;
   mark('killed');
   const files = [];
-  const blobs = [Buffer.concat(kept), stderr];
+  const blobs = [Buffer.concat(sink.kept.out), Buffer.concat(sink.kept.err)];
   for (const rel of req.collect || []) {
     const data = readCollected(work, rel, Math.floor(req.fcap || 4 << 20));
     if (data !== null) {
@@ -434,16 +499,15 @@ async function runOne(req) {
   mark('done');
   // A run stopped by the timeout or the output cap ends as the fresh path's `timeout -s KILL`
   // or kill would end it: killed by SIGKILL.
-  const killed = timedOut || over;
   return [
     {
       kind: 'reply',
       id: req.id,
-      code: killed ? null : code,
-      signal: killed ? 9 : null,
+      code: status ? status.code : null,
+      signal: status ? status.signal : 9,
       timed_out: timedOut,
-      over_cap: over,
-      total,
+      over_cap: sink.over,
+      total: sink.total,
       oom: OOM ? [oomBefore, oomAfter] : null,
       files,
       clean: Boolean(wipedBefore && wipedAfter && swept),

@@ -136,9 +136,9 @@ def reap_children():
         REAPED[pid] = status
 
 
-def others_alive(spare=()):
-    """Live (not zombie) processes of this user other than the server (and `spare`)."""
-    return bool(others(spare, first=True))
+def others_alive():
+    """Whether a live (not zombie) process of this user other than the server is left."""
+    return bool(others(first=True))
 
 
 def others(spare=(), first=False):
@@ -636,8 +636,8 @@ def start_fast(key, base, work, args, within):
 
 
 def restore_base():
-    """After a candidate: deletes what is new in the base work dir; False (and the collector
-    is stopped) when anything it had changed."""
+    """After a candidate: deletes what is new in the base work dir, and stops the collector
+    when anything that was there has changed (the next candidate then starts a new one)."""
     work, manifest = FAST["work"], FAST["manifest"]
     now = tree_state(work)
     if now is None:
