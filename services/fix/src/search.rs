@@ -259,7 +259,91 @@ fn line_scores(tree: &Tree, src: &str, targets: &[Target]) -> std::collections::
             }
         }
     }
+    // A module-level constant is run by every test, passing or failing, so neither the trace
+    // nor the spectrum singles it out; the suspect lines that use it point at it instead.
+    let mut boost: Vec<(u32, u32, f64)> = vec![];
+    for (name, first, last) in module_constants(tree, src) {
+        let used = identifiers(tree, src, &name)
+            .into_iter()
+            .filter(|l| !(first..=last).contains(l))
+            .filter_map(|l| m.get(&l).copied())
+            .fold(0.0f64, f64::max);
+        if used > 0.0 {
+            boost.push((first, last, used * DEF_USE));
+        }
+    }
+    for (first, last, score) in boost {
+        for k in first..=last {
+            let e = m.entry(k).or_insert(0.0f64);
+            *e = e.max(score);
+        }
+    }
     m
+}
+
+/// How much of the suspicion of the lines that use a module constant its definition gets.
+const DEF_USE: f64 = 0.9;
+
+/// Module-level names bound once to a value (`RATE = 0.2`, `const HOUR = 3600;`, also
+/// `export const`), with the lines of their definition.
+fn module_constants(tree: &Tree, src: &str) -> Vec<(String, u32, u32)> {
+    let mut out = vec![];
+    let root = tree.root_node();
+    let mut c = root.walk();
+    let last = |n: &Node| u32::try_from(n.end_position().row).unwrap_or(u32::MAX - 1) + 1;
+    for stmt in root.named_children(&mut c) {
+        let stmt = match stmt.kind() {
+            "export_statement" => match stmt.child_by_field_name("declaration") {
+                Some(d) => d,
+                None => continue,
+            },
+            _ => stmt,
+        };
+        match stmt.kind() {
+            "expression_statement" => {
+                let left = stmt
+                    .named_child(0)
+                    .filter(|a| a.kind() == "assignment")
+                    .and_then(|a| a.child_by_field_name("left"))
+                    .filter(|l| l.kind() == "identifier");
+                if let Some(l) = left {
+                    out.push((text(&l, src).to_owned(), line(&stmt), last(&stmt)));
+                }
+            }
+            "lexical_declaration" | "variable_declaration" => {
+                let mut dc = stmt.walk();
+                for d in stmt.named_children(&mut dc) {
+                    let name = (d.kind() == "variable_declarator")
+                        .then(|| d.child_by_field_name("name"))
+                        .flatten()
+                        .filter(|n| n.kind() == "identifier");
+                    if let Some(n) = name
+                        && d.child_by_field_name("value").is_some()
+                    {
+                        out.push((text(&n, src).to_owned(), line(&d), last(&d)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The lines where the identifier `name` appears.
+fn identifiers(tree: &Tree, src: &str, name: &str) -> Vec<u32> {
+    let mut v = vec![];
+    let mut stack = vec![tree.root_node()];
+    while let Some(n) = stack.pop() {
+        if n.kind() == "identifier" && text(&n, src) == name {
+            v.push(line(&n));
+        }
+        let mut c = n.walk();
+        for child in n.children(&mut c) {
+            stack.push(child);
+        }
+    }
+    v
 }
 
 fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
@@ -959,6 +1043,37 @@ mod tests {
         let big = format!("X = {}\n", i64::MAX);
         let ms = mutants(Language::Python, "s.py", &big, &t, 500);
         assert!(has(&ms, &format!("X = {}\n", i64::MAX - 1)));
+    }
+
+    #[test]
+    fn module_constants_get_the_suspicion_of_the_lines_that_use_them() {
+        let js = "'use strict';\nconst MS = 1000;\nconst HOUR = 360;\nconst UNUSED = 7;\n\nfunction hours(ms) {\n  return Math.floor(ms / MS / HOUR);\n}\nmodule.exports = { hours };\n";
+        let t = [Target {
+            line: Some(6),
+            score: 1.0,
+        }];
+        let tree = {
+            let mut p = Parser::new();
+            p.set_language(&tree_sitter_javascript::LANGUAGE.into())
+                .unwrap();
+            p.parse(js, None).unwrap()
+        };
+        let scores = line_scores(&tree, js, &t);
+        assert_eq!(scores.get(&7).copied(), Some(0.8));
+        assert_eq!(scores.get(&3).copied(), Some(0.8 * DEF_USE));
+        assert_eq!(scores.get(&2).copied(), Some(0.8 * DEF_USE));
+        assert_eq!(scores.get(&4), None, "used nowhere suspect");
+        let ms = mutants(Language::JavaScript, "d.js", js, &t, 500);
+        assert!(has(&ms, "const HOUR = 3600;"));
+        let py =
+            "DAYS = [31, 28, 31]\nOTHER = 5\n\n\ndef days(month):\n    return DAYS[month - 1]\n";
+        let t = [Target {
+            line: Some(6),
+            score: 1.0,
+        }];
+        let ms = mutants(Language::Python, "m.py", py, &t, 500);
+        assert!(has(&ms, "DAYS = [31, 29, 31]"));
+        assert!(!ms.iter().any(|m| m.line == 2), "OTHER is not used");
     }
 
     #[test]
