@@ -1756,10 +1756,26 @@ const NODE_KILL_PARENT: &str = r#"
 test('kills its runner', () => { process.kill(process.ppid, 'SIGKILL'); });
 "#;
 
+/// 200 KiB from a test, over the 64 KiB cap.
+const NODE_FLOOD: &str = r#"
+test('floods', () => { console.log('x'.repeat(200 << 10)); assert.fail('after the flood'); });
+"#;
+
 const NODE_LOOP: &str = r#"
 test('fast', () => {});
 test('forever', () => { for (;;) {} });
 "#;
+
+/// Equal, except that a run the host stopped for its output has no status of its own: the
+/// fresh path reports whatever the engine says of the killed exec (126 here), the server
+/// SIGKILL; both are capped, killed and failed.
+fn same_verdict(what: &str, fresh: &Seen, warm: &Seen) -> bool {
+    if what == "flood" {
+        return (fresh.output_truncated, fresh.success, &fresh.tests)
+            == (warm.output_truncated, warm.success, &warm.tests);
+    }
+    fresh == warm
+}
 
 /// `npm test` as `node --test` through coval's warm node server gives the verdict, outcomes and
 /// environment a fresh `node --test` gives: several files, pass/fail/skip/todo/subtests, a
@@ -1780,6 +1796,7 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let file = |body: &str| format!("{NODE_HEAD}{body}");
+    let flood = file(NODE_FLOOD);
     let (mixed, env, leave, probe, forge, killer, looping, syntax) = (
         file(NODE_MIXED),
         file(NODE_ENV),
@@ -1802,8 +1819,13 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         ("probe", p(&[("test/probe.test.js", &probe)])?),
         ("syntax error", p(&[("test/s.test.js", &syntax)])?),
         ("forger", p(&[("test/f.test.js", &forge)])?),
-        ("timeout", p(&[("test/loop.test.js", &looping)])?),
+        (
+            "timeout",
+            // The runner would start `z` after `loop`: stopped, it must not start it later.
+            p(&[("test/loop.test.js", &looping), ("test/z.test.js", &other)])?,
+        ),
         ("probe", p(&[("test/probe.test.js", &probe)])?),
+        ("flood", p(&[("test/flood.test.js", &flood)])?),
         ("kill parent", p(&[("test/k.test.js", &killer)])?),
         ("probe", p(&[("test/probe.test.js", &probe)])?),
         (
@@ -1842,7 +1864,11 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         );
         fresh_secs += f.duration.as_secs_f64();
         warm_secs += w.duration.as_secs_f64();
-        ensure!(sf == sw, "{what}: fresh {sf:?}\nwarm {sw:?}\n{}", w.stdout);
+        ensure!(
+            same_verdict(what, &sf, &sw),
+            "{what}: fresh {sf:?}\nwarm {sw:?}\n{}",
+            w.stdout
+        );
         if *what == "kill parent" {
             fallbacks += 1;
         } else {
@@ -1883,6 +1909,7 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
             "forger" => line(&w, "reached").as_deref() == Some("# reached []"),
             "timeout" => sw.timed_out && w.verdict() == "killed after 3 s timeout",
             "syntax error" | "kill parent" => !sw.success,
+            "flood" => sw.output_truncated && !sw.success && w.stdout.len() <= 64 << 10,
             _ => sw.success,
         };
         ensure!(ok, "{what}: unexpected {sw:?}\n{}", w.stdout);
@@ -1894,6 +1921,7 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         ("environment", "test/env.test.js"),
         ("syntax error", "test/s.test.js"),
         ("timeout", "test/loop.test.js"),
+        ("flood", "test/flood.test.js"),
     ] {
         let dir = projects
             .iter()
@@ -1918,13 +1946,14 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         fresh_secs += f.duration.as_secs_f64();
         warm_secs += w.duration.as_secs_f64();
         ensure!(
-            sf == sw,
+            same_verdict(what, &sf, &sw),
             "node {file}: fresh {sf:?}\nwarm {sw:?}\n{}",
             w.stdout
         );
         // (A killed fresh run's stderr has the wrapper's "Killed".)
         ensure!(
             what == "timeout"
+                || what == "flood"
                 || (w.stdout.is_empty(), w.stderr.is_empty())
                     == (f.stdout.is_empty(), f.stderr.is_empty()),
             "node {file}: fresh {f:?}\nwarm {w:?}"
@@ -1948,6 +1977,9 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         if what == "timeout" {
             ensure!(sw.timed_out && !sw.success, "{sw:?}");
         }
+        if what == "flood" {
+            ensure!(sw.output_truncated && !sw.success, "{sw:?}");
+        }
         served += 1;
     }
     let stats = warm.warm_stats().clone();
@@ -1957,7 +1989,7 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
     );
     eprintln!(
         "[node warm] {} candidates: fresh {fresh_secs:.2} s, warm {warm_secs:.2} s",
-        projects.len() + 4
+        projects.len() + 5
     );
     // A test path that does not exist: node's runner would exit, so the candidate runs fresh.
     let missing = node_project("node --test nope/", &[("test/b.test.js", &other)])?;

@@ -345,6 +345,9 @@ async function runRunner(req, work, env, sink, deadline, stop) {
     listeners: Object.fromEntries(EVENTS.map((e) => [e, process.listeners(e)])),
   };
   let stream;
+  // Aborted when the run is stopped: the runner then cancels the files it has not started
+  // yet instead of starting them during the next candidate.
+  const abort = new AbortController();
   try {
     process.chdir(work);
     process.env = env;
@@ -353,7 +356,7 @@ async function runRunner(req, work, env, sink, deadline, stop) {
     process.exit = () => {
       throw new Unservable('the runner tried to exit (a test path that does not exist?)');
     };
-    stream = runner.run({ concurrency: true });
+    stream = runner.run({ concurrency: true, signal: abort.signal });
   } catch (e) {
     restore(saved);
     throw e instanceof Unservable ? e : new Unservable(`the runner did not start: ${e && e.message}`);
@@ -387,7 +390,10 @@ async function runRunner(req, work, env, sink, deadline, stop) {
       finish('end');
     });
   });
-  if (ended !== 'end') stop(ended);
+  if (ended !== 'end') {
+    abort.abort();
+    stop(ended);
+  }
   restore(saved);
   return ended === 'end' ? { code: failed ? 1 : 0, signal: null } : null;
 }
