@@ -961,6 +961,18 @@ async fn detect_prefers_docker_and_honours_the_config() -> Result<()> {
 // ---------------------------------------------------------------- warm test server
 
 /// A pytest project in a temp dir: a pyproject.toml, `calc.py`, and `files`.
+/// Writes `files` (relative path, text) under `root`, making their directories.
+fn write_files(root: &Path, files: &[(&str, &str)]) -> Result<()> {
+    for (name, text) in files {
+        let p = root.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, text)?;
+    }
+    Ok(())
+}
+
 fn pytest_project(files: &[(&str, &str)]) -> Result<tempfile::TempDir> {
     let d = tempfile::tempdir()?;
     std::fs::write(
@@ -971,13 +983,7 @@ fn pytest_project(files: &[(&str, &str)]) -> Result<tempfile::TempDir> {
         d.path().join("calc.py"),
         "def add(a, b):\n    return a + b\n",
     )?;
-    for (name, text) in files {
-        let p = d.path().join(name);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(p, text)?;
-    }
+    write_files(d.path(), files)?;
     Ok(d)
 }
 
@@ -1686,13 +1692,7 @@ fn node_project(script: &str, files: &[(&str, &str)]) -> Result<tempfile::TempDi
         format!(r#"{{"name":"p","private":true,"scripts":{{"test":"{script}"}}}}"#),
     )?;
     std::fs::write(d.path().join("lib.js"), "exports.add = (a, b) => a + b;\n")?;
-    for (name, text) in files {
-        let p = d.path().join(name);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(p, text)?;
-    }
+    write_files(d.path(), files)?;
     Ok(d)
 }
 
@@ -1777,6 +1777,42 @@ fn same_verdict(what: &str, fresh: &Seen, warm: &Seen) -> bool {
     fresh == warm
 }
 
+/// One candidate through the warm and the fresh session (`what` names the case; a "timeout"
+/// gets 3 s): printed, timed into `secs` (fresh, warm), and checked to have the same verdict.
+async fn both(
+    (warm, fresh): (&mut Session, &mut Session),
+    kind: &sandbox::ProjectKind,
+    (dir, argv): (&Path, &[String]),
+    what: &str,
+    secs: &mut (f64, f64),
+) -> Result<(RunResult, RunResult, Seen)> {
+    let t = Duration::from_secs(if what == "timeout" { 3 } else { 30 });
+    let w = warm.run(dir, argv, t).await?;
+    let f = fresh.run(dir, argv, t).await?;
+    let (sf, sw) = (seen(kind, &f), seen(kind, &w));
+    // The npm script's shell line, or the command itself.
+    let cmd = match argv {
+        [sh, _, _] if sh == "sh" => "npm test".to_owned(),
+        _ => argv.join(" "),
+    };
+    eprintln!(
+        "[node warm] {what:12} {cmd:40} fresh {} ({:.2} s), warm {} ({:.2} s): {:?}",
+        f.verdict(),
+        f.duration.as_secs_f64(),
+        w.verdict(),
+        w.duration.as_secs_f64(),
+        sw.tests
+    );
+    secs.0 += f.duration.as_secs_f64();
+    secs.1 += w.duration.as_secs_f64();
+    ensure!(
+        same_verdict(what, &sf, &sw),
+        "{what} ({argv:?}): fresh {sf:?}\nwarm {sw:?}\n{}",
+        w.stdout
+    );
+    Ok((w, f, sw))
+}
+
 /// `npm test` as `node --test` through coval's warm node server gives the verdict, outcomes and
 /// environment a fresh `node --test` gives: several files, pass/fail/skip/todo/subtests, a
 /// syntax error, a timeout; nothing a candidate leaves (files, a detached process) reaches the
@@ -1840,35 +1876,20 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
     template.limits.memory_bytes = 1 << 30;
     template.limits.pids = 256;
     template.limits.tmpfs_bytes = 128 << 20;
-    let mut fresh = sb
-        .clone()
-        .with_warm_server(false)
-        .open_session(&template)
-        .await?;
-    let mut warm = sb.open_session(&template).await?;
+    let mut fresh = Sandbox::open_session(&sb.clone().with_warm_server(false), &template).await?;
+    let mut warm = Sandbox::open_session(&sb, &template).await?;
     let (mut served, mut fallbacks) = (0, 0);
-    let (mut fresh_secs, mut warm_secs) = (0.0, 0.0);
+    let mut secs = (0.0, 0.0);
     for (what, dir) in &projects {
         let kind = detect_project(dir.path()).context("no project detected")?;
-        let t = Duration::from_secs(if *what == "timeout" { 3 } else { 30 });
-        let w = warm.run(dir.path(), &kind.test_cmd, t).await?;
-        let f = fresh.run(dir.path(), &kind.test_cmd, t).await?;
-        let (sf, sw) = (seen(&kind, &f), seen(&kind, &w));
-        eprintln!(
-            "[node warm] {what:12} fresh {} ({:.2} s), warm {} ({:.2} s): {:?}",
-            f.verdict(),
-            f.duration.as_secs_f64(),
-            w.verdict(),
-            w.duration.as_secs_f64(),
-            sw.tests
-        );
-        fresh_secs += f.duration.as_secs_f64();
-        warm_secs += w.duration.as_secs_f64();
-        ensure!(
-            same_verdict(what, &sf, &sw),
-            "{what}: fresh {sf:?}\nwarm {sw:?}\n{}",
-            w.stdout
-        );
+        let (w, f, sw) = both(
+            (&mut warm, &mut fresh),
+            &kind,
+            (dir.path(), &kind.test_cmd),
+            what,
+            &mut secs,
+        )
+        .await?;
         if *what == "kill parent" {
             fallbacks += 1;
         } else {
@@ -1931,25 +1952,14 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         let argv: Vec<String> = ["node", "--test-reporter=tap", file]
             .map(str::to_owned)
             .into();
-        let t = Duration::from_secs(if what == "timeout" { 3 } else { 30 });
-        let w = warm.run(dir, &argv, t).await?;
-        let f = fresh.run(dir, &argv, t).await?;
-        let (sf, sw) = (seen(&kind, &f), seen(&kind, &w));
-        eprintln!(
-            "[node warm] node {file:18} fresh {} ({:.2} s), warm {} ({:.2} s): {:?}",
-            f.verdict(),
-            f.duration.as_secs_f64(),
-            w.verdict(),
-            w.duration.as_secs_f64(),
-            sw.tests
-        );
-        fresh_secs += f.duration.as_secs_f64();
-        warm_secs += w.duration.as_secs_f64();
-        ensure!(
-            same_verdict(what, &sf, &sw),
-            "node {file}: fresh {sf:?}\nwarm {sw:?}\n{}",
-            w.stdout
-        );
+        let (w, f, sw) = both(
+            (&mut warm, &mut fresh),
+            &kind,
+            (dir, &argv),
+            what,
+            &mut secs,
+        )
+        .await?;
         // (A killed fresh run's stderr has the wrapper's "Killed".)
         ensure!(
             what == "timeout"
@@ -1988,8 +1998,10 @@ async fn node_warm_server_matches_fresh_runs_in_docker() -> Result<()> {
         "{stats:?}"
     );
     eprintln!(
-        "[node warm] {} candidates: fresh {fresh_secs:.2} s, warm {warm_secs:.2} s",
-        projects.len() + 5
+        "[node warm] {} candidates: fresh {:.2} s, warm {:.2} s",
+        projects.len() + 5,
+        secs.0,
+        secs.1
     );
     // A test path that does not exist: node's runner would exit, so the candidate runs fresh.
     let missing = node_project("node --test nope/", &[("test/b.test.js", &other)])?;

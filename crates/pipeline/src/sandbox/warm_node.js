@@ -331,6 +331,29 @@ class Sink {
 }
 
 /**
+ * How a run ended: 'end', 'timeout' (at `deadline`) or 'over' (past the sink's kill point).
+ * `wire(take, finish, isDone)` connects the run's output (`take(which, data)`) and its end
+ * (`finish('end')`); nothing is taken once it has ended.
+ */
+function watch(deadline, sink, wire) {
+  return new Promise((resolve) => {
+    let done = false;
+    const finish = (how) => {
+      if (!done) {
+        done = true;
+        clearTimeout(timer);
+        resolve(how);
+      }
+    };
+    const timer = setTimeout(() => finish('timeout'), Math.max(1, deadline - Date.now()));
+    const take = (which, d) => {
+      if (!done && sink.take(which, d)) finish('over');
+    };
+    wire(take, finish, () => done);
+  });
+}
+
+/**
  * `node --test --test-reporter=tap PATHS` in this process: node's runner, its test files as
  * fresh processes. Resolves to the exit code a fresh runner would give (1 when a test failed),
  * or null when stopped by the timeout or the output cap.
@@ -369,23 +392,12 @@ async function runRunner(req, work, env, sink, deadline, stop) {
   // A run stopped by the timeout or the output cap ends where a fresh runner, killed with its
   // test files, would end: with what it had printed by then, and nothing it would report
   // about the killed files afterwards.
-  const ended = await new Promise((resolve) => {
-    let done = false;
-    const finish = (how) => {
-      if (!done) {
-        done = true;
-        clearTimeout(timer);
-        resolve(how);
-      }
-    };
-    const timer = setTimeout(() => finish('timeout'), Math.max(1, deadline - Date.now()));
-    reported.on('data', (d) => {
-      if (!done && sink.take('out', d)) finish('over');
-    });
+  const ended = await watch(deadline, sink, (take, finish, isDone) => {
+    reported.on('data', (d) => take('out', d));
     reported.on('end', () => finish('end'));
     reported.on('error', (e) => {
-      if (done) return;
-      sink.take('err', `coval-sandbox: the test runner failed: ${e && e.message}\n`);
+      if (isDone()) return;
+      take('err', `coval-sandbox: the test runner failed: ${e && e.message}\n`);
       failed = true;
       finish('end');
     });
@@ -416,22 +428,9 @@ async function runSpawned(req, work, env, sink, deadline, stop) {
     child.on('error', () => resolve({ code: 127, signal: null }));
     child.on('close', (code, signal) => resolve({ code, signal }));
   });
-  const ended = await new Promise((resolve) => {
-    let done = false;
-    const finish = (how) => {
-      if (!done) {
-        done = true;
-        clearTimeout(timer);
-        resolve(how);
-      }
-    };
-    const timer = setTimeout(() => finish('timeout'), Math.max(1, deadline - Date.now()));
-    child.stdout.on('data', (d) => {
-      if (!done && sink.take('out', d)) finish('over');
-    });
-    child.stderr.on('data', (d) => {
-      if (!done && sink.take('err', d)) finish('over');
-    });
+  const ended = await watch(deadline, sink, (take, finish) => {
+    child.stdout.on('data', (d) => take('out', d));
+    child.stderr.on('data', (d) => take('err', d));
     exited.then(() => finish('end'));
   });
   if (ended !== 'end') {
