@@ -261,15 +261,19 @@ fn line_scores(tree: &Tree, src: &str, targets: &[Target]) -> std::collections::
     }
     // A module-level constant is run by every test, passing or failing, so neither the trace
     // nor the spectrum singles it out; the suspect lines that use it point at it instead.
+    let constants = module_constants(tree, src);
+    let uses = identifier_lines(tree, src, constants.iter().map(|(n, _, _)| n.as_str()));
     let mut boost: Vec<(u32, u32, f64)> = vec![];
-    for (name, first, last) in module_constants(tree, src) {
-        let used = identifiers(tree, src, &name)
+    for (name, first, last) in &constants {
+        let used = uses
+            .get(name.as_str())
             .into_iter()
+            .flatten()
             .filter(|l| !(first..=last).contains(l))
-            .filter_map(|l| m.get(&l).copied())
+            .filter_map(|l| m.get(l).copied())
             .fold(0.0f64, f64::max);
         if used > 0.0 {
-            boost.push((first, last, used * DEF_USE));
+            boost.push((*first, *last, used * DEF_USE));
         }
     }
     for (first, last, score) in boost {
@@ -330,20 +334,29 @@ fn module_constants(tree: &Tree, src: &str) -> Vec<(String, u32, u32)> {
     out
 }
 
-/// The lines where the identifier `name` appears.
-fn identifiers(tree: &Tree, src: &str, name: &str) -> Vec<u32> {
-    let mut v = vec![];
+/// The lines where each of `names` appears as an identifier, in one walk of the tree.
+fn identifier_lines<'s>(
+    tree: &Tree,
+    src: &'s str,
+    names: impl Iterator<Item = &'s str>,
+) -> std::collections::HashMap<&'s str, Vec<u32>> {
+    let mut found: std::collections::HashMap<&str, Vec<u32>> = names.map(|n| (n, vec![])).collect();
+    if found.is_empty() {
+        return found;
+    }
     let mut stack = vec![tree.root_node()];
     while let Some(n) = stack.pop() {
-        if n.kind() == "identifier" && text(&n, src) == name {
-            v.push(line(&n));
+        if n.kind() == "identifier"
+            && let Some(lines) = found.get_mut(text(&n, src))
+        {
+            lines.push(line(&n));
         }
         let mut c = n.walk();
         for child in n.children(&mut c) {
             stack.push(child);
         }
     }
-    v
+    found
 }
 
 fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
