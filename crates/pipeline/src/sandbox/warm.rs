@@ -1,7 +1,8 @@
-//! The warm pytest server: one Python process per repair session, started inside the sandbox,
-//! that imports pytest once and forks a child per candidate (`warm_server.py`; what the child
-//! does and why it stays isolated is written there). This module is the host's side: which
-//! commands it can serve ([`pytest_invocation`]), the wire protocol (requests as JSON lines,
+//! The warm test servers: one Python process per repair session, started inside the sandbox,
+//! that imports pytest once and forks a child per candidate (`warm_server.py`), and, in Docker,
+//! one node process that is `node --test`'s runner and starts other `node` commands
+//! (`warm_node.js`); what each does and why it stays isolated is written there. This module is
+//! the host's side: which commands they serve ([`served`]), the wire protocol (requests as JSON lines,
 //! replies as a JSON header line followed by raw blobs), a [`Channel`] over any byte stream
 //! (a Docker exec's attached streams, a local child's pipes), and turning a reply into the same
 //! [`RunResult`] a fresh process would have given. Anything unexpected is a [`WarmFailure`]:
@@ -21,7 +22,7 @@ use super::RunResult;
 /// The server's source; run as `python3 -c SERVER coval-warm [--sweep] [--oom] [--wipe DIR...]`.
 pub(crate) const SERVER: &str = include_str!("warm_server.py");
 
-/// The `node --test` server's source; run by [`PROTECTED_NODE`] as
+/// The node server's source; run by [`PROTECTED_NODE`] as
 /// `-e NODE_SERVER coval-warm-node --node NODE [--sweep] [--oom] [--wipe DIR...]`.
 pub(crate) const NODE_SERVER: &str = include_str!("warm_node.js");
 
@@ -45,9 +46,6 @@ pub(crate) const MAX_FAILURES: u32 = 3;
 /// Longest header line accepted from the server.
 const MAX_HEADER: usize = 64 << 10;
 
-/// `(interpreter, pytest arguments)` when `argv` is `python3 -m pytest ARGS...` (or
-/// `python -m pytest`, or a path to either): the one shape the server reproduces exactly.
-/// Anything else (a shell command, interpreter options, another tool) runs as a fresh process.
 /// What a session's warm server serves, read off a candidate's command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Served<'a> {
@@ -131,6 +129,9 @@ pub(crate) fn node_test_invocation(argv: &[String]) -> Option<(Vec<String>, bool
     (test == 1 && tap == 1).then_some((paths, shell))
 }
 
+/// `(interpreter, pytest arguments)` when `argv` is `python3 -m pytest ARGS...` (or
+/// `python -m pytest`, or a path to either): the one shape the pytest server reproduces
+/// exactly. Anything else (a shell command, interpreter options, another tool) is not its.
 pub(crate) fn pytest_invocation(argv: &[String]) -> Option<(&str, &[String])> {
     let (interp, rest) = argv.split_first()?;
     let name = interp.rsplit('/').next().unwrap_or(interp);

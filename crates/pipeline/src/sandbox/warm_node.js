@@ -48,7 +48,7 @@ function writeAll(fd, buf) {
       off += fs.writeSync(fd, buf, off, buf.length - off);
     } catch (e) {
       if (e.code !== 'EAGAIN') throw e;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+      pause(2);
     }
   }
 }
