@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pipeline::patch::{self, Line, PatchLimits};
+use patch::{Line, PatchLimits};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

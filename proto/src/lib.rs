@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod ids;
 pub mod messages;
 pub mod subjects;
+pub mod summary;
 
 pub use envelope::{Envelope, EnvelopeError};
 pub use ids::{IdError, IterationId, MessageId, RepairId};

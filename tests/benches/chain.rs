@@ -13,16 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bus::Bus;
+use bus::jetstream::JetStreamBus;
+use bus::memory::MemoryBus;
+use bus::runtime::{self, Input, Ledger, NoLedger, Stats};
 use coval_tests::{NatsServer, NoopStage, SyncMode, request, test_bus_config};
 use futures::StreamExt;
-use pipeline::bus::Bus;
-use pipeline::config::BusConfig;
-use pipeline::jetstream::JetStreamBus;
-use pipeline::memory::MemoryBus;
-use pipeline::runtime::{self, Input, Ledger, NoLedger, Stats};
-use pipeline::store::Store;
 use proto::subjects::Namespace;
 use proto::{Envelope, Kind, Message, RepairId, Stage};
+use settings::BusConfig;
+use store::Store;
 use tokio_util::sync::CancellationToken;
 
 type Starts = Arc<Mutex<HashMap<RepairId, Vec<Instant>>>>;

@@ -16,11 +16,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use pipeline::sandbox::{
+use proto::messages::TestStatus;
+use sandbox::{
     DockerSandbox, LocalSandbox, ProjectKind, RunResult, RunSpec, Sandbox, detect_project,
     parse_outcomes,
 };
-use proto::messages::TestStatus;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

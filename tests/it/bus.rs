@@ -6,15 +6,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bus::Bus;
+use bus::jetstream::JetStreamBus;
+use bus::memory::MemoryBus;
+use bus::runtime::{self, Handler, Input, Ledger, NoLedger, Outcome, Stats};
 use coval_tests::{NatsServer, NoopStage, SyncMode, request, test_bus_config};
 use futures::StreamExt;
-use pipeline::bus::Bus;
-use pipeline::jetstream::JetStreamBus;
-use pipeline::memory::MemoryBus;
-use pipeline::runtime::{self, Handler, Input, Ledger, NoLedger, Outcome, Stats};
-use pipeline::store::Store;
 use proto::subjects::Namespace;
 use proto::{Envelope, Kind, Message, RepairId, Stage};
+use store::Store;
 use tokio_util::sync::CancellationToken;
 
 fn origin(repair: RepairId) -> (Envelope, Message) {

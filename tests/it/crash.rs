@@ -6,14 +6,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use bus::Bus;
+use bus::jetstream::JetStreamBus;
 use coval_tests::{NatsServer, SyncMode, request, test_bus_config};
 use futures::StreamExt;
-use pipeline::bus::Bus;
-use pipeline::jetstream::JetStreamBus;
-use pipeline::store::{IterationOrigin, RepairStatus, Store};
 use proto::subjects::Namespace;
 use proto::{Envelope, IterationId, Kind, Message, RepairId, Stage};
 use rand::Rng;
+use store::{IterationOrigin, RepairStatus, Store};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
-use pipeline::runtime::{Handler, Input, Outcome};
+use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::{Decided, Decision, EngineChoice, ProjectRef, RepairRequested};
 use proto::{Envelope, Kind, Message, RepairId};
 
@@ -18,7 +18,7 @@ async fn mre_for(
     project: &Path,
     log: &str,
 ) -> Result<(proto::messages::MreSummary, tempfile::TempDir)> {
-    let cfg = pipeline::config::load(&pipeline::config::LoadOptions {
+    let cfg = settings::load(&settings::LoadOptions {
         cwd: std::env::temp_dir().join("coval-no-config"),
         env: vec![("COVAL_SANDBOX__BACKEND".into(), "local".into())],
         ..Default::default()
@@ -59,7 +59,7 @@ async fn mre_for(
     let stage = mre::handler::MreStage {
         sandbox: cfg.settings.sandbox.clone(),
         repairs_dir: ws.path().join("repairs"),
-        projects: pipeline::projects::Projects::local(None),
+        projects: store::projects::Projects::local(None),
     };
     let msg = Message::Decided(Decided {
         request,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use pipeline::patch::{self, Change, Edit, PatchError, PatchLimits, Refusal};
+use patch::{Change, Edit, PatchError, PatchLimits, Refusal};
 
 /// A small Python project, as a model would see it.
 fn project() -> Result<tempfile::TempDir> {

@@ -11,12 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use pipeline::patch::{self, Edit, PatchLimits, Refusal};
-use pipeline::sandbox::{
+use patch::{Edit, PatchLimits, Refusal};
+use proto::messages::{TestOutcome, TestStatus};
+use sandbox::{
     self, DockerSandbox, Limits, LocalSandbox, RunResult, RunSpec, Sandbox, Session,
     detect_project, parse_outcomes,
 };
-use proto::messages::{TestOutcome, TestStatus};
 
 const PYTHON_IMAGE: &str = "coval/python:bookworm";
 
@@ -928,7 +928,7 @@ async fn missing_image_says_how_to_build_it() -> Result<()> {
 
 #[tokio::test]
 async fn detect_prefers_docker_and_honours_the_config() -> Result<()> {
-    let cfg = pipeline::config::load(&pipeline::config::LoadOptions {
+    let cfg = settings::load(&settings::LoadOptions {
         cwd: tempfile::tempdir()?.path().to_owned(),
         ..Default::default()
     })?;
@@ -948,7 +948,7 @@ async fn detect_prefers_docker_and_honours_the_config() -> Result<()> {
             d.reason
         );
     }
-    sc.backend = pipeline::config::SandboxBackend::Local;
+    sc.backend = settings::SandboxBackend::Local;
     let d = sandbox::detect(&sc).await?;
     ensure!(
         d.sandbox.name() == "local" && d.sandbox.notice().is_some(),

@@ -5,14 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bus::Bus;
+use bus::jetstream::JetStreamBus;
+use bus::runtime::{self, Input, Stats};
 use coval_tests::{NatsServer, NoopStage, SyncMode, request, test_bus_config};
 use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
-use pipeline::bus::Bus;
-use pipeline::jetstream::JetStreamBus;
-use pipeline::runtime::{self, Input, Stats};
-use pipeline::store::Store;
 use proto::subjects::Namespace;
 use proto::{Envelope, Kind, Message, RepairId, Stage};
+use store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -35,7 +35,7 @@ fn observer(stage: Stage, seen: Seen) -> NoopStage<impl Fn(&Input) + Send + Sync
 
 #[test]
 fn trace_context_survives_a_hop() -> Result<()> {
-    let provider = pipeline::telemetry::tracer_provider("coval-test")?;
+    let provider = telemetry::tracer_provider("coval-test")?;
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("coval-test")));
     // A current-thread runtime keeps every task on this thread, under this subscriber.

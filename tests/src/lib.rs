@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pipeline::config::BusConfig;
-use pipeline::runtime::{Handler, Input, Outcome};
+use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::*;
 use proto::{Message, RepairId, Stage};
+use settings::BusConfig;
 
 /// A nats-server with JetStream on its own port and store, killed when dropped.
 pub struct NatsServer {
@@ -112,7 +112,7 @@ pub fn test_bus_config() -> BusConfig {
         connect_timeout_secs: 5,
         publish_timeout_secs: 10,
         max_reconnects: 10,
-        snapshot_max_bytes: pipeline::projects::DEFAULT_SNAPSHOT_MAX_BYTES,
+        snapshot_max_bytes: store::projects::DEFAULT_SNAPSHOT_MAX_BYTES,
     }
 }
 
@@ -129,7 +129,7 @@ pub fn request(repair_id: RepairId) -> RepairRequested {
         model: None,
         max_attempts: 1,
         analyze_only: false,
-        requested_at_ms: pipeline::now_ms(),
+        requested_at_ms: vocab::now_ms(),
     }
 }
 
@@ -187,7 +187,7 @@ pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
                 summary: "no-op chain".into(),
                 new_iteration: None,
                 report_dir: None,
-                completed_at_ms: pipeline::now_ms(),
+                completed_at_ms: vocab::now_ms(),
                 report: None,
             })
         }

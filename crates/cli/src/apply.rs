@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use pipeline::patch::{self, Edit, PatchLimits};
-use pipeline::store::Store;
+use patch::{Edit, PatchLimits};
 use proto::messages::RepairCompleted;
+use store::Store;
 
 use crate::exit::Failure;
 

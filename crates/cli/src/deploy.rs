@@ -8,9 +8,9 @@ use clap::{Args, ValueEnum};
 use deploy::DeployError;
 use deploy::engine::Engine;
 use deploy::run::{Ctx, Deployed, RunRequest};
-use pipeline::config::{Config, Settings, VolumeStrategy};
-use pipeline::store::Store;
 use proto::IterationId;
+use settings::{Config, Settings, VolumeStrategy};
+use store::Store;
 
 use crate::exit::{self, Failure};
 

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use clap::Args;
 use deploy::generate::{GenerateRequest, Generated};
-use pipeline::config::Config;
-use pipeline::store::Store;
+use settings::Config;
+use store::Store;
 
 use crate::exit::{self, Failure};
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use pipeline::config::{self, LoadOptions};
-use pipeline::telemetry::{self, LogFormat};
+use settings::LoadOptions;
+use telemetry::LogFormat;
 
 mod apply;
 mod deploy;
@@ -21,7 +21,7 @@ mod report;
 mod status;
 
 fn repair_outcome(o: proto::messages::RepairOutcome) -> &'static str {
-    pipeline::report::outcome_label(o)
+    proto::summary::outcome_label(o)
 }
 
 /// Exit codes of DESIGN.md, and the failures that lead to them.
@@ -159,7 +159,7 @@ fn main() -> ExitCode {
             None
         }
     };
-    let cfg = match config::load(&LoadOptions::from_process(cli.global.config.clone())) {
+    let cfg = match settings::load(&LoadOptions::from_process(cli.global.config.clone())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("coval: configuration error: {e}");

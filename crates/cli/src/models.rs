@@ -2,7 +2,7 @@
 //! server has, and pulling a missing one with a progress bar.
 
 use clap::Subcommand;
-use pipeline::config::Config;
+use settings::Config;
 
 use crate::exit::{self, Failure};
 

@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bus::Bus;
+use bus::jetstream::JetStreamBus;
 use clap::Args;
 use futures::StreamExt;
-use pipeline::bus::Bus;
-use pipeline::config::Config;
-use pipeline::jetstream::JetStreamBus;
-use pipeline::projects::{self, Bucket, ProjectError};
 use proto::messages::{EngineChoice, RepairCompleted, RepairRequested};
 use proto::subjects::Namespace;
 use proto::{Envelope, Kind, Message, RepairId, Stage};
+use settings::Config;
+use store::projects::{self, Bucket, ProjectError};
 
 use crate::exit::{self, Failure};
 use crate::repair::{EngineArg, RepairArgs, StageEvent};
@@ -85,11 +85,11 @@ async fn submit_request(
             .unwrap_or(cfg.settings.global.max_iterations)
             .max(1),
         analyze_only: args.analyze,
-        requested_at_ms: pipeline::now_ms(),
+        requested_at_ms: vocab::now_ms(),
     };
     warn_if_no_workers(bus).await;
     let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
-    pipeline::runtime::inject_current_trace(&mut envelope);
+    bus::runtime::inject_current_trace(&mut envelope);
     bus.publish(&envelope, Message::RepairRequested(request))
         .await
         .map_err(|e| Failure::unreachable(format!("cannot publish the repair: {e}")))?;
@@ -188,7 +188,7 @@ async fn fetch_reports(
     let bucket = Bucket::open(bus.context(), &bus.namespace().report_bucket())
         .await
         .map_err(project_failure)?;
-    for name in pipeline::worker::REPORT_FILES {
+    for name in bus::worker::REPORT_FILES {
         match bucket
             .get(&format!("repair-{}/{name}", done.repair_id), 64 << 20)
             .await
@@ -390,12 +390,12 @@ pub struct WorkerCmd {
     #[arg(value_parser = ["triage", "decision", "mre", "fix", "validate", "integrate", "all"])]
     stage: String,
     #[command(flatten)]
-    worker: pipeline::worker::WorkerArgs,
+    worker: bus::worker::WorkerArgs,
 }
 
 /// `coval worker <stage>|all --nats URL`: the same workers as the `coval-<stage>` binaries.
 pub async fn worker(cmd: WorkerCmd, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
-    use pipeline::worker::{Worker, WorkerError};
+    use bus::worker::{Worker, WorkerError};
     let stages: Vec<Stage> = if cmd.stage == "all" {
         Stage::WORKERS.to_vec()
     } else {

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bus::Bus;
+use bus::memory::MemoryBus;
+use bus::runtime::{self, Handler, Input, NoLedger, Outcome, Stats};
 use clap::{Args, ValueEnum};
-use pipeline::bus::Bus;
-use pipeline::config::Config;
-use pipeline::memory::MemoryBus;
-use pipeline::runtime::{self, Handler, Input, NoLedger, Outcome, Stats};
-use pipeline::store::{HistorySource, NoHistory, Store};
 use proto::messages::{Decided, EngineChoice, ProjectRef, RepairRequested};
 use proto::{Envelope, Kind, Message, RepairId, Stage};
+use settings::Config;
+use store::{HistorySource, NoHistory, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -212,8 +212,8 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
 
     // A sandbox asked for explicitly must answer before anything starts.
     if !args.analyze
-        && cfg.settings.sandbox.backend == pipeline::config::SandboxBackend::Docker
-        && let Err(e) = pipeline::sandbox::detect(&cfg.settings.sandbox).await
+        && cfg.settings.sandbox.backend == settings::SandboxBackend::Docker
+        && let Err(e) = sandbox::detect(&cfg.settings.sandbox).await
     {
         return Err(Failure::unreachable(e.to_string()));
     }
@@ -251,7 +251,7 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             let it = store
                 .add_iteration(
                     None,
-                    pipeline::store::IterationOrigin::Import {
+                    store::IterationOrigin::Import {
                         path: source.display().to_string(),
                     },
                 )
@@ -259,7 +259,7 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             let dir = workspace.join("iterations").join(it.id.to_string());
             let staging = dir.with_extension("partial");
             let _ = std::fs::remove_dir_all(&staging);
-            pipeline::sandbox::copy_project(&source, &staging)
+            sandbox::copy_project(&source, &staging)
                 .and_then(|_| std::fs::rename(&staging, &dir))
                 .map_err(|e| {
                     Failure::input(format!("cannot snapshot {}: {e}", source.display()))
@@ -292,7 +292,7 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             .unwrap_or(cfg.settings.global.max_iterations)
             .max(1),
         analyze_only: args.analyze,
-        requested_at_ms: pipeline::now_ms(),
+        requested_at_ms: vocab::now_ms(),
     };
 
     let bus = MemoryBus::default();
@@ -301,10 +301,10 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let bus_cfg = cfg.settings.bus.clone();
     let mut tasks = vec![];
-    let ctx = pipeline::context::StageContext {
+    let ctx = bus::context::StageContext {
         config: cfg.clone(),
         workspace: workspace.to_owned(),
-        projects: pipeline::projects::Projects::local(Some(workspace.join("iterations"))),
+        projects: store::projects::Projects::local(Some(workspace.join("iterations"))),
         history,
     };
     tasks.push(spawn(
@@ -485,7 +485,7 @@ impl<H: Handler> Handler for Observed<H> {
         let what = match &out {
             Outcome::Publish(ms) => ms
                 .iter()
-                .map(pipeline::report::describe)
+                .map(proto::summary::describe)
                 .collect::<Vec<_>>()
                 .join("; "),
             Outcome::Skip(r) => format!("skipped: {r}"),
@@ -504,7 +504,7 @@ impl<H: Handler> Handler for Observed<H> {
 fn spawn<H: Handler>(
     bus: &MemoryBus,
     h: H,
-    cfg: &pipeline::config::BusConfig,
+    cfg: &settings::BusConfig,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let (bus, cfg, stop) = (bus.clone(), cfg.clone(), stop.clone());

@@ -86,7 +86,7 @@ pub fn print_analysis(d: &Decided, json: bool) {
         }
     );
     println!();
-    print!("{}", pipeline::report::decision_md(t, &d.decision));
+    print!("{}", integrate::report::decision_md(t, &d.decision));
 }
 
 /// The end of a repair: the report's path and outcome, or the report itself with `--json`.

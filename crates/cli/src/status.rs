@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use pipeline::store::{IterationOrigin, RepairStatus, Store};
+use store::{IterationOrigin, RepairStatus, Store};
 
 use crate::exit::{self, Failure};
 
@@ -21,7 +21,7 @@ pub fn status(
     workspace: &Path,
     verbose: bool,
     json: bool,
-    settings: &pipeline::config::Settings,
+    settings: &settings::Settings,
 ) -> Result<u8, Failure> {
     let Some(store) = open(workspace)? else {
         if json {
@@ -42,7 +42,7 @@ pub fn status(
         .map_err(|e| Failure::internal(e.to_string()))?;
     repairs.sort_by_key(|r| r.created_ms);
     if json {
-        let mut v = pipeline::worker::ledger_json(&store, &workspace.join("iterations"));
+        let mut v = bus::worker::ledger_json(&store, &workspace.join("iterations"));
         v["deployments"] = crate::deploy::status_json(settings, &store);
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(exit::DONE);

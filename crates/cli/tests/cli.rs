@@ -463,8 +463,8 @@ fn repairs_the_example_in_the_local_sandbox_and_applies_it() {
     );
     assert_eq!(fixed_line(&src), "if quantity >= DISCOUNT_FROM:");
     // The applied tree passes its tests (run in the sandbox: it is code a search engine wrote).
-    let sb = pipeline::sandbox::LocalSandbox::new();
-    let spec = pipeline::sandbox::RunSpec::new(
+    let sb = sandbox::LocalSandbox::new();
+    let spec = sandbox::RunSpec::new(
         &src,
         vec![
             "python3".into(),
@@ -479,9 +479,7 @@ fn repairs_the_example_in_the_local_sandbox_and_applies_it() {
         .enable_all()
         .build()
         .unwrap();
-    let r = rt
-        .block_on(pipeline::sandbox::Sandbox::run(&sb, &spec))
-        .unwrap();
+    let r = rt.block_on(sandbox::Sandbox::run(&sb, &spec)).unwrap();
     assert!(
         r.success(),
         "tests fail after --apply: {}{}",

@@ -1,11 +1,11 @@
-//! How to run an iteration: its framework (from `pipeline::sandbox::detect_project`), the
+//! How to run an iteration: its framework (from `sandbox::detect_project`), the
 //! base image it runs on (`deploy.images`), the command that starts it on `$HOST:$PORT`, and
 //! the health check Docker runs inside the container.
 
 use std::path::Path;
 
-use pipeline::config::DeployConfig;
-use pipeline::sandbox::{Language, detect_project};
+use sandbox::{Language, detect_project};
+use settings::DeployConfig;
 
 use crate::DeployError;
 
@@ -172,7 +172,7 @@ mod tests {
     use crate::templates::Framework;
 
     fn cfg() -> DeployConfig {
-        pipeline::config::load(&pipeline::config::LoadOptions::default())
+        settings::load(&settings::LoadOptions::default())
             .unwrap()
             .settings
             .deploy

@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use llm::{ChatMessage, ChatRequest};
-use pipeline::config::{Config, SandboxConfig};
-use pipeline::sandbox::{RunSpec, Sandbox, detect_for, detect_project};
-use pipeline::store::{GenerationRecord, IterationOrigin, Store};
 use proto::IterationId;
+use sandbox::{RunSpec, Sandbox, detect_for, detect_project};
+use settings::{Config, SandboxConfig};
+use store::{GenerationRecord, IterationOrigin, Store};
 
 use crate::DeployError;
 use crate::safety::{self, GenLimits};
@@ -324,12 +324,12 @@ pub async fn test_in_sandbox(cfg: &Config, fw: &str, dir: &Path) -> TestRun {
     let mut spec = RunSpec::from_config(&sandbox, kind.language, dir, kind.test_cmd.clone());
     spec.collect = kind.reports.clone();
     let backend = match &detected.sandbox {
-        pipeline::sandbox::AnySandbox::Docker(_) => "docker",
-        pipeline::sandbox::AnySandbox::Local(_) => "local",
+        sandbox::AnySandbox::Docker(_) => "docker",
+        sandbox::AnySandbox::Local(_) => "local",
     };
     match detected.sandbox.run(&spec).await {
         Ok(r) => {
-            let outcomes = pipeline::sandbox::parse_outcomes(&kind, &r);
+            let outcomes = sandbox::parse_outcomes(&kind, &r);
             use proto::messages::TestStatus;
             let passed = outcomes
                 .iter()
@@ -420,7 +420,7 @@ pub async fn generate(
     std::fs::create_dir_all(workspace.join("iterations")).map_err(internal)?;
     let stage = Staging(staging_dir(workspace));
     match &parent_dir {
-        Some(p) => pipeline::sandbox::copy_project(p, &stage.0).map_err(internal)?,
+        Some(p) => sandbox::copy_project(p, &stage.0).map_err(internal)?,
         None => {
             let name = templates::app_name(&req.description);
             for (rel, content) in fw.files(&name) {
@@ -461,7 +461,7 @@ pub async fn generate(
                 "{} passed, {} failed: {}",
                 tests.passed_tests, tests.failed_tests, tests.verdict
             ),
-            created_ms: pipeline::now_ms(),
+            created_ms: vocab::now_ms(),
         })
         .map_err(internal)?;
     let _ = store.flush().await;

@@ -8,10 +8,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pipeline::config::{NetworkMode, Settings, VolumeStrategy};
-use pipeline::store::{DeploymentRecord, Store};
 use proto::IterationId;
+use settings::{NetworkMode, Settings, VolumeStrategy};
 use sha2::{Digest, Sha256};
+use store::{DeploymentRecord, Store};
 
 use crate::app::{self, AppSpec};
 use crate::engine::{self, ContainerSpec, Engine, Net};
@@ -515,7 +515,7 @@ pub async fn run(ctx: &Ctx<'_>, req: &RunRequest) -> Result<Deployed, DeployErro
         backend: backend.clone(),
         stable_port: port,
         proxy: ctx.proxy_name(port),
-        started_ms: pipeline::now_ms(),
+        started_ms: vocab::now_ms(),
     };
     ctx.store.put_deployment(&record).map_err(internal)?;
     let pdir = match ensure_proxy(ctx, port, &spec.image).await {

@@ -2,13 +2,13 @@
 //! (`llm::parse_response`: fences, prose, `<think>`, merge markers), every edit is checked
 //! (no absolute paths, no `..`, nothing under `.git/`, no symlinks created or written through,
 //! no file over the size limit, not too many files), applied to the staging copy by
-//! `pipeline::patch` (which checks the same again, and plans every write before the first),
+//! `patch` (which checks the same again, and plans every write before the first),
 //! and every written file is checked once more for leftovers of fences and merge markers.
 //! An answer with any unsafe edit is refused as a whole, with every reason found.
 
 use std::path::{Component, Path};
 
-use pipeline::patch::{self, PatchLimits};
+use patch::PatchLimits;
 
 /// Caps on one generation.
 #[derive(Debug, Clone, Copy)]

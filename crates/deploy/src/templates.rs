@@ -23,7 +23,7 @@ impl Framework {
         }
     }
 
-    /// The language key (`pipeline::sandbox::Language::key`).
+    /// The language key (`sandbox::Language::key`).
     pub fn language(self) -> &'static str {
         match self {
             Framework::FastApi | Framework::Flask => "python",
@@ -174,7 +174,7 @@ mod tests {
                     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
                     std::fs::write(p, c).unwrap();
                 }
-                pipeline::sandbox::detect_project(d.path()).unwrap()
+                sandbox::detect_project(d.path()).unwrap()
             };
             assert_eq!(kind.framework, fw.as_str());
             assert_eq!(kind.language.key(), fw.language());

@@ -5,9 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use pipeline::config::{LlmApi, LlmServer, LlmSettings, ModelConfig};
 use proto::messages::Usage;
 use serde::{Deserialize, Serialize};
+use settings::{LlmApi, LlmServer, LlmSettings, ModelConfig};
 
 use crate::LlmError;
 use crate::ollama::OllamaClient;

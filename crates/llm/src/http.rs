@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use pipeline::config::{LlmApi, LlmSettings};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use settings::{LlmApi, LlmSettings};
 
 use crate::LlmError;
 use crate::client::{ClientOptions, RetryPolicy, alias_for};

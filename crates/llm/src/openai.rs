@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use pipeline::config::{LlmApi, LlmSettings};
 use proto::messages::Usage;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use settings::{LlmApi, LlmSettings};
 
 use crate::LlmError;
 use crate::client::{ChatRequest, ChatResponse, ClientOptions, ModelClient, ModelInfo, ProgressFn};

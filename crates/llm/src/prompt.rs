@@ -12,8 +12,8 @@ use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 
-use pipeline::config::ModelConfig;
 use proto::messages::{Category, MreSummary, TriageReport};
+use settings::ModelConfig;
 
 use crate::client::ChatMessage;
 

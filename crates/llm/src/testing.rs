@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pipeline::config::{LlmApi, LlmServer, LlmSettings, ModelConfig};
 use serde_json::{Value, json};
+use settings::{LlmApi, LlmServer, LlmSettings, ModelConfig};
 
 use crate::client::{ClientOptions, RetryPolicy};
 

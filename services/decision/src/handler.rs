@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use pipeline::config::CostConfig;
-use pipeline::runtime::{Handler, Input, Outcome};
-use pipeline::store::{HistoryRecord, HistorySource};
+use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::{Decided, Decision, TriageReport, Verdict};
 use proto::{Message, Stage};
+use settings::CostConfig;
+use store::{HistoryRecord, HistorySource};
 
 use crate::model::{self, Inputs, WeightsSource};
 
@@ -164,7 +164,7 @@ impl Handler for DecisionStage {
 }
 
 impl DecisionStage {
-    pub fn from_context(ctx: &pipeline::context::StageContext) -> DecisionStage {
+    pub fn from_context(ctx: &bus::context::StageContext) -> DecisionStage {
         let s = &ctx.config.settings;
         DecisionStage {
             cost: s.cost_calculation.clone(),

@@ -2,7 +2,7 @@
 //! `coval-decision --help` lists its options; `coval worker decision` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    pipeline::worker::main(proto::Stage::Decision, |w| {
+    bus::worker::main(proto::Stage::Decision, |w| {
         decision::handler::DecisionStage::from_context(&w.context)
     })
 }

@@ -13,8 +13,8 @@
 //! more to repair than to rewrite. The original put C_new in other units and nearly always chose
 //! rebuild; here the two differ only by what really differs.
 
-use pipeline::config::{CostConfig, SuccessWeights};
 use proto::messages::Verdict;
+use settings::{CostConfig, SuccessWeights};
 
 /// What the model needs from triage, each on 0..=1 except the line counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> CostConfig {
-        pipeline::config::load(&pipeline::config::LoadOptions {
+        settings::load(&settings::LoadOptions {
             cwd: std::env::temp_dir().join("coval-no-config-here"),
             ..Default::default()
         })

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use pipeline::runtime::{Handler, Input, Outcome};
+use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::{
     Candidate, CandidateSource, EngineChoice, FixProposed, Language, Suspect, Usage,
 };
@@ -34,9 +34,9 @@ impl Default for SearchSettings {
 pub struct FixStage {
     pub search: SearchSettings,
     /// Model settings; the model engine is used when a request asks for it.
-    pub llm: pipeline::config::LlmSettings,
+    pub llm: settings::LlmSettings,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
-    pub projects: std::sync::Arc<pipeline::projects::Projects>,
+    pub projects: std::sync::Arc<store::projects::Projects>,
 }
 
 fn language(path: &str) -> Option<Language> {
@@ -151,7 +151,7 @@ impl Handler for FixStage {
         };
         let root = match self.projects.dir(&request.project).await {
             Ok(r) => r,
-            Err(e) => return pipeline::projects::outcome_for(e),
+            Err(e) => return bus::runtime::outcome_for(e),
         };
         let feedback = match &*input.message {
             Message::ValidationFailed(f) => Some(f.feedback.as_str()),
@@ -229,7 +229,7 @@ impl Handler for FixStage {
 }
 
 impl FixStage {
-    pub fn from_context(ctx: &pipeline::context::StageContext) -> FixStage {
+    pub fn from_context(ctx: &bus::context::StageContext) -> FixStage {
         FixStage {
             search: SearchSettings::default(),
             llm: ctx.config.llm.clone(),

@@ -2,7 +2,7 @@
 //! `coval-fix --help` lists its options; `coval worker fix` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    pipeline::worker::main(proto::Stage::Fix, |w| {
+    bus::worker::main(proto::Stage::Fix, |w| {
         fix::handler::FixStage::from_context(&w.context)
     })
 }

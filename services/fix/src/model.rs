@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use llm::{ChatRequest, Edit, ModelClient};
-use pipeline::config::LlmSettings;
 use proto::messages::{AttemptRecord, Candidate, CandidateSource, MreSummary, TriageReport, Usage};
+use settings::LlmSettings;
 
 use crate::diff;
 

@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use pipeline::patch::{self, PatchLimits};
-use pipeline::runtime::{Handler, Input, Outcome};
-use pipeline::store::{Completion, HistoryRecord, IterationOrigin, Store};
+use bus::runtime::{Handler, Input, Outcome};
+use patch::PatchLimits;
 use proto::messages::{
     AttemptRecord, Decision, MreSummary, RepairCompleted, RepairOutcome, RepairRequested,
     TriageReport, Verdict,
 };
 use proto::{IterationId, Message, Stage};
+use store::{Completion, HistoryRecord, IterationOrigin, Store};
 
 use crate::report::{self, Facts};
 
@@ -19,7 +19,7 @@ pub struct IntegrateStage {
     /// The workspace root: `repairs/` and `iterations/` live here.
     pub workspace: PathBuf,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
-    pub projects: std::sync::Arc<pipeline::projects::Projects>,
+    pub projects: std::sync::Arc<store::projects::Projects>,
     /// Keep this many iterations after each new one (`docker.auto_cleanup` with
     /// `project.max_iterations`); `None` keeps everything.
     pub retention: Option<usize>,
@@ -62,8 +62,7 @@ fn materialise(src: &Path, dst: &Path, patch_text: Option<&str>) -> Result<(), S
     }
     let staging = dst.with_extension("partial");
     let _ = std::fs::remove_dir_all(&staging);
-    pipeline::sandbox::copy_project(src, &staging)
-        .map_err(|e| format!("cannot copy the project: {e}"))?;
+    sandbox::copy_project(src, &staging).map_err(|e| format!("cannot copy the project: {e}"))?;
     if let Some(p) = patch_text {
         let limits = PatchLimits::default();
         let edits = patch::parse(p, &limits).map_err(|e| e.to_string())?;
@@ -83,7 +82,7 @@ impl IntegrateStage {
         }
         let source = match self.projects.dir(&c.request.project).await {
             Ok(r) => r,
-            Err(e) => return pipeline::projects::outcome_for(e),
+            Err(e) => return bus::runtime::outcome_for(e),
         };
 
         // The ledger first: the completion, its iteration and its history record in one
@@ -130,7 +129,7 @@ impl IntegrateStage {
                 engine,
                 success: fixed,
                 features: c.decision.features.clone(),
-                at_ms: pipeline::now_ms(),
+                at_ms: vocab::now_ms(),
             }
         });
         let facts_summary = {
@@ -187,13 +186,13 @@ impl IntegrateStage {
             outcome: c.outcome,
             winner: c.winner,
             new_iteration: record.new_iteration.map(|i| i.to_string()),
-            elapsed_ms: pipeline::now_ms().saturating_sub(c.request.requested_at_ms),
+            elapsed_ms: vocab::now_ms().saturating_sub(c.request.requested_at_ms),
         };
         let json = serde_json::to_string_pretty(&report::json(&facts)).unwrap_or_default();
         let mut files = vec![
             (
                 "decision.md",
-                pipeline::report::decision_md(c.triage, c.decision),
+                crate::report::decision_md(c.triage, c.decision),
             ),
             ("repair_report.md", report::markdown(&facts)),
             ("report.json", json.clone()),
@@ -226,7 +225,7 @@ impl IntegrateStage {
             summary: facts_summary,
             new_iteration: record.new_iteration,
             report_dir: Some(rel),
-            completed_at_ms: pipeline::now_ms(),
+            completed_at_ms: vocab::now_ms(),
             report: Some(json),
         })])
     }
@@ -305,7 +304,7 @@ impl Handler for IntegrateStage {
 
 impl IntegrateStage {
     /// The integration stage owns the ledger: `store` is the workspace's database.
-    pub fn from_context(ctx: &pipeline::context::StageContext, store: Store) -> IntegrateStage {
+    pub fn from_context(ctx: &bus::context::StageContext, store: Store) -> IntegrateStage {
         IntegrateStage {
             store,
             workspace: ctx.workspace.clone(),

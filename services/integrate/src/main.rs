@@ -2,7 +2,7 @@
 //! `coval-integrate --help` lists its options; `coval worker integrate` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    pipeline::worker::main(proto::Stage::Integrate, |w| {
+    bus::worker::main(proto::Stage::Integrate, |w| {
         integrate::handler::IntegrateStage::from_context(&w.context, w.state.clone())
     })
 }

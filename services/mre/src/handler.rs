@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use pipeline::config::SandboxConfig;
-use pipeline::runtime::{Handler, Input, Outcome};
-use pipeline::sandbox::{self, Sandbox};
+use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::{MreReady, MreSummary, TriageReport};
 use proto::{Message, Stage};
+use sandbox::{Sandbox, SandboxConfigExt};
+use settings::SandboxConfig;
 
 use crate::build;
-use pipeline::sandbox::outcomes::same_test;
+use sandbox::outcomes::same_test;
 
 use crate::run::{self, TestRun};
 
@@ -18,7 +18,7 @@ pub struct MreStage {
     /// `<workspace>/repairs`: each repair's files go to `repair-<id>/mre/`.
     pub repairs_dir: PathBuf,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
-    pub projects: std::sync::Arc<pipeline::projects::Projects>,
+    pub projects: std::sync::Arc<store::projects::Projects>,
 }
 
 /// Whether `run` shows the failure triage saw: the same error type in the output (when the log
@@ -51,7 +51,7 @@ impl Handler for MreStage {
         };
         let root = match self.projects.dir(&d.request.project).await {
             Ok(r) => r,
-            Err(e) => return pipeline::projects::outcome_for(e),
+            Err(e) => return bus::runtime::outcome_for(e),
         };
         let Some(kind) = sandbox::detect_project_with(&root, d.request.test_cmd.as_deref()) else {
             return Outcome::Reject(
@@ -158,7 +158,7 @@ impl Handler for MreStage {
 }
 
 impl MreStage {
-    pub fn from_context(ctx: &pipeline::context::StageContext) -> MreStage {
+    pub fn from_context(ctx: &bus::context::StageContext) -> MreStage {
         MreStage {
             sandbox: ctx.config.settings.sandbox.clone(),
             repairs_dir: ctx.repairs_dir(),

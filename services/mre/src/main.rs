@@ -2,7 +2,7 @@
 //! `coval-mre --help` lists its options; `coval worker mre` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    pipeline::worker::main(proto::Stage::Mre, |w| {
+    bus::worker::main(proto::Stage::Mre, |w| {
         mre::handler::MreStage::from_context(&w.context)
     })
 }

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use pipeline::config::SandboxConfig;
-use pipeline::sandbox::{self, ProjectKind, RunResult, RunSpec, Sandbox};
 use proto::messages::{TestOutcome, TestStatus};
+use sandbox::{self, ProjectKind, RunResult, RunSpec, Sandbox};
+use settings::SandboxConfig;
 
 /// A test run with its per-test outcomes.
 pub struct TestRun {

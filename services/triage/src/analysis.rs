@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use logparse::ParsedLog;
-use pipeline::config::{AdaptiveConfig, CostConfig, LlmSettings};
-use pipeline::store::HistoryRecord;
 use proto::messages::{Category, EngineChoice, Metrics, TriageReport};
+use settings::{AdaptiveConfig, CostConfig, LlmSettings};
+use store::HistoryRecord;
 
 use crate::localise;
 use crate::metrics::{self, FileMetrics};

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use pipeline::runtime::{Handler, Input, Outcome};
-use pipeline::store::HistorySource;
+use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::Triaged;
 use proto::{Message, Stage};
+use store::HistorySource;
 
 use crate::analysis::{self, TriageConfig};
 use crate::project::Project;
@@ -14,9 +14,9 @@ pub struct TriageStage {
     pub config: TriageConfig,
     pub history: Arc<dyn HistorySource>,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
-    pub projects: std::sync::Arc<pipeline::projects::Projects>,
+    pub projects: std::sync::Arc<store::projects::Projects>,
     /// Run the tests under coverage in this sandbox (Python) for measured T and Ochiai.
-    pub coverage_sandbox: Option<pipeline::config::SandboxConfig>,
+    pub coverage_sandbox: Option<settings::SandboxConfig>,
 }
 
 impl Handler for TriageStage {
@@ -30,7 +30,7 @@ impl Handler for TriageStage {
         };
         let root = match self.projects.dir(&rq.project).await {
             Ok(r) => r,
-            Err(e) => return pipeline::projects::outcome_for(e),
+            Err(e) => return bus::runtime::outcome_for(e),
         };
         let parsed = logparse::parse(&rq.error_log);
         let project = match Project::scan(&root) {
@@ -51,18 +51,13 @@ impl Handler for TriageStage {
         let spectrum = match &self.coverage_sandbox {
             Some(sb) if project.test_files().next().is_some() => match project.main_language() {
                 proto::messages::Language::Python => Some(crate::spectrum::python(sb, &root).await),
-                proto::messages::Language::Go => Some(
-                    crate::spectrum::tool_coverage(sb, &root, pipeline::sandbox::Language::Go)
-                        .await,
-                ),
+                proto::messages::Language::Go => {
+                    Some(crate::spectrum::tool_coverage(sb, &root, sandbox::Language::Go).await)
+                }
                 proto::messages::Language::JavaScript | proto::messages::Language::TypeScript => {
                     Some(
-                        crate::spectrum::tool_coverage(
-                            sb,
-                            &root,
-                            pipeline::sandbox::Language::JavaScript,
-                        )
-                        .await,
+                        crate::spectrum::tool_coverage(sb, &root, sandbox::Language::JavaScript)
+                            .await,
                     )
                 }
                 _ => None,
@@ -94,7 +89,7 @@ impl Handler for TriageStage {
 }
 
 impl TriageStage {
-    pub fn from_context(ctx: &pipeline::context::StageContext) -> TriageStage {
+    pub fn from_context(ctx: &bus::context::StageContext) -> TriageStage {
         let s = &ctx.config.settings;
         TriageStage {
             config: TriageConfig {

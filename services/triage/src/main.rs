@@ -2,7 +2,7 @@
 //! `coval-triage --help` lists its options; `coval worker triage` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    pipeline::worker::main(proto::Stage::Triage, |w| {
+    bus::worker::main(proto::Stage::Triage, |w| {
         triage::handler::TriageStage::from_context(&w.context)
     })
 }

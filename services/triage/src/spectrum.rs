@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use pipeline::config::SandboxConfig;
-use pipeline::sandbox::{self, Language, RunSpec, Sandbox};
 use proto::messages::{Suspect, TestStatus};
+use sandbox::{self, Language, RunSpec, Sandbox};
+use settings::SandboxConfig;
 
 use crate::localise::ochiai;
 use crate::project::is_test_path;

@@ -2,7 +2,7 @@
 
 use proto::messages::{TestOutcome, TestStatus};
 
-pub use pipeline::sandbox::outcomes::same_test;
+pub use sandbox::outcomes::same_test;
 
 /// Baseline-passing tests that now fail or error.
 pub fn regressions(baseline_passing: &[String], now: &[TestOutcome]) -> Vec<String> {

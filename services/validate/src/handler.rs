@@ -4,16 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bus::runtime::{Handler, Input, Outcome};
 use futures::StreamExt;
-use pipeline::config::SandboxConfig;
-use pipeline::patch::{self, PatchLimits};
-use pipeline::runtime::{Handler, Input, Outcome};
-use pipeline::sandbox::{self, ProjectKind, RunSpec, Sandbox, Session};
+use patch::PatchLimits;
 use proto::messages::{
     AttemptRecord, Candidate, CandidateResult, FixProposed, TestOutcome, TestStatus,
     ValidationFailed, ValidationPassed,
 };
 use proto::{Message, Stage};
+use sandbox::{self, ProjectKind, RunSpec, Sandbox, Session};
+use settings::SandboxConfig;
 
 use crate::compare;
 
@@ -56,7 +56,7 @@ pub struct ValidateStage {
     pub repairs_dir: PathBuf,
     pub settings: ValidateSettings,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
-    pub projects: std::sync::Arc<pipeline::projects::Projects>,
+    pub projects: std::sync::Arc<store::projects::Projects>,
     /// Sessions kept from a repair's failed attempt for its next one.
     pub parked: Parked,
 }
@@ -576,7 +576,7 @@ impl Handler for ValidateStage {
         };
         let root = match self.projects.dir(&f.request.project).await {
             Ok(r) => r,
-            Err(e) => return pipeline::projects::outcome_for(e),
+            Err(e) => return bus::runtime::outcome_for(e),
         };
         let Some(kind) = sandbox::detect_project_with(&root, f.request.test_cmd.as_deref()) else {
             return Outcome::Reject("no test command found: pass --test-cmd".into());
@@ -825,7 +825,7 @@ impl ValidateStage {
         });
     }
 
-    pub fn from_context(ctx: &pipeline::context::StageContext) -> ValidateStage {
+    pub fn from_context(ctx: &bus::context::StageContext) -> ValidateStage {
         ValidateStage {
             sandbox: ctx.config.settings.sandbox.clone(),
             repairs_dir: ctx.repairs_dir(),
@@ -845,8 +845,8 @@ impl ValidateStage {
 mod tests {
     use std::collections::BTreeMap;
 
-    use pipeline::sandbox::{RunResult, detect_project_with};
     use proto::messages::TestStatus;
+    use sandbox::{RunResult, detect_project_with};
 
     use super::*;
 

@@ -2,7 +2,7 @@
 //! `coval-validate --help` lists its options; `coval worker validate` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    pipeline::worker::main(proto::Stage::Validate, |w| {
+    bus::worker::main(proto::Stage::Validate, |w| {
         validate::handler::ValidateStage::from_context(&w.context)
     })
 }

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use bus::Bus;
+use bus::jetstream::JetStreamBus;
+use bus::runtime::{self, Handler, Input, Outcome, Stats};
 use coval_tests::{NoopStage, advance, test_bus_config};
-use pipeline::bus::Bus;
-use pipeline::jetstream::JetStreamBus;
-use pipeline::runtime::{self, Handler, Input, Outcome, Stats};
-use pipeline::store::{Completion, HistoryRecord, Store};
 use proto::messages::{Category, RepairOutcome};
 use proto::subjects::Namespace;
 use proto::{RepairId, Stage};
+use store::{Completion, HistoryRecord, Store};
 use tokio_util::sync::CancellationToken;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -82,7 +82,7 @@ impl Handler for Ledgering {
                 engine: "noop".into(),
                 success: true,
                 features: vec![],
-                at_ms: pipeline::now_ms(),
+                at_ms: vocab::now_ms(),
             }),
         };
         if let Err(e) = self.store.complete_repair(&c) {
@@ -173,7 +173,7 @@ async fn store_writer(args: &[String]) -> Result<()> {
                 engine: "search".into(),
                 success: true,
                 features: vec![0.5; 8],
-                at_ms: pipeline::now_ms(),
+                at_ms: vocab::now_ms(),
             }),
         })?;
         parent = rec.new_iteration;

@@ -12,8 +12,8 @@ use llm::{
     ApiKey, ChatMessage, ChatRequest, ClientOptions, LlmError, ModelClient, PullProgress,
     connect_with, ensure_model, model_config,
 };
-use pipeline::config::{LlmApi, LlmSettings};
 use serde_json::json;
+use settings::{LlmApi, LlmSettings};
 
 const ANSWER: &str = "The list may be empty.\n\n```diff\n--- a/app/calc.py\n+++ b/app/calc.py\n@@ -1,1 +1,1 @@\n-x\n+y\n```\n";
 

@@ -5,8 +5,8 @@ use llm::prompt::{
     PreviousAttempt, PromptInput, budget_tokens, build, choose_boundary, estimate_tokens,
     first_attempt, guidance, retry,
 };
-use pipeline::config::ModelConfig;
 use proto::messages::{Category, Frame, MreSummary, Suspect, TriageReport};
+use settings::ModelConfig;
 
 const CALC: &str = "\"\"\"Small calculator.\"\"\"\n\n\ndef add(a, b):\n    return a + b\n\n\ndef average(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)\n";
 

@@ -28,9 +28,9 @@ use bollard::query_parameters::{
 use futures::{Stream, StreamExt};
 
 use super::capture::{Capture, Flow};
-use super::fs::{Perms, copy_tree};
 use super::warm::{self, Channel, Chunk, WarmFailure, WarmState, WarmStats};
 use super::{RunResult, RunSpec, Sandbox, SandboxError, Session, ephemeral_uid, random_hex};
+use vocab::tree::{Perms, copy_tree};
 
 /// Label on every sandbox container; its value is the owning [`DockerSandbox`]'s instance id.
 pub const LABEL: &str = "dev.coval.sandbox";

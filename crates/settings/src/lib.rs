@@ -3,6 +3,9 @@
 //! command-line flags, merged by the `config` crate. Every layer is checked on its own first,
 //! so an unknown key or a bad value is reported with the file (or variable) it came from, the
 //! key, and what to do.
+//!
+//! It owns the configuration types and their loading; it must never import the bus, the store,
+//! the sandbox or a stage, so that a model client (`llm`) or `deploy` needs nothing else.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -222,7 +225,7 @@ pub struct BusConfig {
 }
 
 fn default_snapshot_max_bytes() -> u64 {
-    crate::projects::DEFAULT_SNAPSHOT_MAX_BYTES
+    vocab::DEFAULT_SNAPSHOT_MAX_BYTES
 }
 
 impl BusConfig {
@@ -264,7 +267,7 @@ pub enum SandboxBackend {
     Local,
 }
 
-/// The `sandbox:` section (see `pipeline::sandbox`).
+/// The `sandbox:` section (see `sandbox`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxConfig {

@@ -6,6 +6,8 @@
 //! [`Refusal`]: absolute paths, `..`, `.git/`, symlinks (created or written through), mode
 //! changes, binary patches, oversize patches. The result carries a normalised, git-applicable
 //! unified diff of what was applied and its count of changed lines.
+//!
+//! Pure file work on a copy: it must never import the sandbox, the bus or a stage.
 
 mod apply;
 mod parse;
@@ -277,7 +279,7 @@ pub fn apply_to_copy(
             path: dst.display().to_string(),
         });
     }
-    crate::sandbox::copy_project(src, dst).map_err(|e| PatchError::Io {
+    vocab::tree::copy_project(src, dst).map_err(|e| PatchError::Io {
         path: src.display().to_string(),
         context: "cannot copy the project",
         source: e,

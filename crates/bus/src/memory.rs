@@ -11,7 +11,7 @@ use std::time::Duration;
 use proto::{Envelope, Message, MessageId, Stage};
 use tokio::sync::mpsc;
 
-use crate::bus::{Bus, BusError, Delivery, Poison, Published, Subscription};
+use crate::{Bus, BusError, Delivery, Poison, Published, Subscription};
 
 type Item = (Envelope, Arc<Message>, u32);
 

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Config;
-use crate::projects::Projects;
-use crate::store::HistorySource;
+use settings::Config;
+use store::HistorySource;
+use store::projects::Projects;
 
 #[derive(Clone)]
 pub struct StageContext {

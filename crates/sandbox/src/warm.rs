@@ -273,7 +273,7 @@ pub(crate) struct FastRequest<'a> {
     pub changed: &'a [String],
 }
 
-/// A hint for [`crate::sandbox::Session::run_changed`]: the candidate dir is `base` with
+/// A hint for [`crate::Session::run_changed`]: the candidate dir is `base` with
 /// `changed` (relative paths) changed and nothing else.
 #[derive(Debug, Clone, Copy)]
 pub struct Changed<'a> {
@@ -664,7 +664,7 @@ mod tests {
 
     #[test]
     fn only_plain_node_test_runs_are_served() {
-        let shell = |line: &str| super::super::project::node_test_cmd(line);
+        let shell = |line: &str| crate::project::node_test_cmd(line);
         let (paths, through) = node_test_invocation(&shell("node --test")).unwrap();
         assert!(paths.is_empty() && through);
         let (paths, _) = node_test_invocation(&shell("node --test test/ spec/a.test.js")).unwrap();

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use proto::subjects::{Namespace, subject_for};
 use proto::{Envelope, Message, Stage};
 
-use crate::bus::{Bus, BusError, Delivery, Poison, Published, Subscription};
-use crate::config::BusConfig;
+use crate::{Bus, BusError, Delivery, Poison, Published, Subscription};
+use settings::BusConfig;
 
 /// Connection and stream settings, from the `bus` section of the configuration.
 #[derive(Clone)]

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 
-use crate::sandbox::fs::is_safe_relative;
+use vocab::tree::is_safe_relative;
 
 /// Format version written into every snapshot.
 const SNAPSHOT_VERSION: u32 = 1;
@@ -373,8 +373,7 @@ pub struct Projects {
     fetching: Mutex<()>,
 }
 
-/// The default largest snapshot: 256 MiB of file contents.
-pub const DEFAULT_SNAPSHOT_MAX_BYTES: u64 = 256 << 20;
+pub use vocab::DEFAULT_SNAPSHOT_MAX_BYTES;
 
 impl Projects {
     /// Local paths and stored iterations only (the embedded mode).
@@ -471,18 +470,6 @@ impl Projects {
                 Ok(dst)
             }
         }
-    }
-}
-
-/// The outcome for a stage whose project cannot be resolved.
-pub fn outcome_for(e: ProjectError) -> crate::runtime::Outcome {
-    if e.is_retryable() {
-        crate::runtime::Outcome::Retry {
-            after: None,
-            reason: e.to_string(),
-        }
-    } else {
-        crate::runtime::Outcome::Reject(e.to_string())
     }
 }
 

@@ -1,5 +1,15 @@
-//! What the stage runtime needs from a message bus, so one runtime serves the in-process bus
-//! of the embedded mode and JetStream in the distributed mode.
+//! How stages run and talk: the `Bus` trait (what the stage runtime needs from a message bus,
+//! so one runtime serves the in-process bus of the embedded mode and JetStream in the
+//! distributed mode), the two buses (`memory`, `jetstream`), the stage runtime (`runtime`:
+//! handlers, outcomes, acks, dead letters, idempotent redelivery), what a stage is built from
+//! (`context`) and the worker process (`worker`). It must never import a stage crate nor the
+//! sandbox: stages are plugged in through `runtime::Handler`.
+
+pub mod context;
+pub mod jetstream;
+pub mod memory;
+pub mod runtime;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;

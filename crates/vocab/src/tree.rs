@@ -8,7 +8,7 @@ use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Component, Path};
 
 /// `path` is relative, non-empty and has no `..`, root or prefix components.
-pub(crate) fn is_safe_relative(path: &str) -> bool {
+pub fn is_safe_relative(path: &str) -> bool {
     let p = Path::new(path);
     !path.is_empty()
         && !path.contains('\0')
@@ -19,7 +19,7 @@ pub(crate) fn is_safe_relative(path: &str) -> bool {
 
 /// How a copy treats permissions.
 #[derive(Clone, Copy)]
-pub(crate) enum Perms {
+pub enum Perms {
     /// Keep the modes as they are.
     Keep,
     /// Add read permission for everyone (and search permission on directories), so an
@@ -29,7 +29,7 @@ pub(crate) enum Perms {
 
 /// Copies the contents of `src` into `dst` (created if missing). Symlinks are copied as
 /// symlinks, never followed; sockets, fifos and devices are skipped.
-pub(crate) fn copy_tree(src: &Path, dst: &Path, perms: Perms) -> io::Result<u64> {
+pub fn copy_tree(src: &Path, dst: &Path, perms: Perms) -> io::Result<u64> {
     let meta = fs::symlink_metadata(src)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
@@ -83,7 +83,7 @@ fn set_dir_mode(dir: &Path, mode: u32, perms: Perms) -> io::Result<()> {
 }
 
 /// Gives the whole tree (symlinks themselves, not their targets) to `uid:gid`.
-pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+pub fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
     lchown(root, Some(uid), Some(gid))?;
     let meta = fs::symlink_metadata(root)?;
     if meta.is_dir() {
@@ -95,7 +95,7 @@ pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// Reads a regular file (not through a symlink) under `root`, at most `cap` bytes.
-pub(crate) fn read_capped(root: &Path, rel: &str, cap: usize) -> Option<String> {
+pub fn read_capped(root: &Path, rel: &str, cap: usize) -> Option<String> {
     use std::io::Read;
     if !is_safe_relative(rel) {
         return None;
@@ -114,6 +114,12 @@ pub(crate) fn read_capped(root: &Path, rel: &str, cap: usize) -> Option<String> 
     let mut buf = Vec::new();
     f.take(cap as u64).read_to_end(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Copies a project tree (symlinks as symlinks, special files skipped, modes kept): the copy
+/// a patch is applied to.
+pub fn copy_project(src: &Path, dst: &Path) -> std::io::Result<()> {
+    copy_tree(src, dst, Perms::Keep).map(|_| ())
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::capture::{Capture, Flow};
-use super::fs::{Perms, chown_tree, copy_tree, read_capped};
 use super::sys::{self, ChildSetup, Netns};
 use super::warm::{self, Channel, Chunk, WarmFailure, WarmState, WarmStats};
 use super::{RunResult, RunSpec, Sandbox, SandboxError, Session, ephemeral_uid};
+use vocab::tree::{Perms, chown_tree, copy_tree, read_capped};
 
 /// How long pipes may stay open after the process group was killed.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);

@@ -1,4 +1,8 @@
-//! The sled store. This module owns every tree; nothing else opens the database.
+//! coval's state: the sled store and how a stage finds the project a message names
+//! (`projects`: a local path, a stored iteration, or a snapshot in the JetStream object store).
+//! It must never import the bus, the sandbox or a stage crate.
+//!
+//! The sled store owns every tree; nothing else opens the database.
 //!
 //! Trees: `repairs` (RepairId → RepairRecord), `iterations` (u32 big-endian → IterationRecord),
 //! `history` (category/engine/repair → HistoryRecord), `processed` (stage/message → the outputs
@@ -8,6 +12,8 @@
 //! Writes that span trees go through one transaction, so a crash leaves all or none of them.
 //! sled writes to disk in the background; callers that must not lose a write before acking a
 //! message call [`Store::flush`]. Every state here can be rebuilt from messages and files.
+
+pub mod projects;
 
 use std::path::Path;
 
@@ -315,7 +321,7 @@ impl Store {
         id: RepairId,
         source_iteration: Option<IterationId>,
     ) -> Result<RepairRecord, StoreError> {
-        let now = crate::now_ms();
+        let now = vocab::now_ms();
         let rec = RepairRecord {
             id,
             status: RepairStatus::InFlight,
@@ -368,7 +374,7 @@ impl Store {
         };
         let result = (&self.repairs, &self.iterations, &self.history, &self.meta).transaction(
             |(repairs, iterations, history, meta)| {
-                let now = crate::now_ms();
+                let now = vocab::now_ms();
                 let existing: Option<RepairRecord> = match repairs.get(&key)? {
                     Some(b) => Some(rmp_serde::from_slice(&b).map_err(abort)?),
                     None => None,
@@ -453,7 +459,7 @@ impl Store {
                 id: IterationId(next),
                 parent,
                 origin: origin.clone(),
-                created_ms: crate::now_ms(),
+                created_ms: vocab::now_ms(),
             };
             iterations.insert(&next.to_be_bytes(), enc(&it).map_err(abort)?)?;
             meta.insert(NEXT_ITERATION, &(next + 1).to_be_bytes())?;

@@ -24,13 +24,13 @@ use proto::subjects::Namespace;
 use proto::{Message, Stage};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LoadOptions};
 use crate::context::StageContext;
 use crate::jetstream::JetStreamBus;
-use crate::projects::{Bucket, Projects};
 use crate::runtime::{self, Handler, Input, Ledger, Outcome, Stats};
-use crate::store::{HistorySource, NoHistory, Store};
-use crate::telemetry::{self, LogFormat};
+use settings::{Config, LoadOptions};
+use store::projects::{Bucket, Projects};
+use store::{HistorySource, NoHistory, Store};
+use telemetry::LogFormat;
 
 /// Exit codes shared with `coval` (DESIGN.md).
 pub mod exit {
@@ -114,7 +114,7 @@ pub struct Worker {
     /// Where report files go for remote clients (opened when this process integrates).
     reports: Option<Bucket>,
     name: String,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::bus::BusError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::BusError>>>,
 }
 
 impl Worker {
@@ -273,8 +273,8 @@ impl Worker {
 }
 
 async fn wait_any(
-    tasks: &mut [tokio::task::JoinHandle<Result<(), crate::bus::BusError>>],
-) -> Option<Result<(), crate::bus::BusError>> {
+    tasks: &mut [tokio::task::JoinHandle<Result<(), crate::BusError>>],
+) -> Option<Result<(), crate::BusError>> {
     if tasks.is_empty() {
         return std::future::pending().await;
     }
@@ -309,7 +309,7 @@ async fn open_ledger(path: &Path, stop: &CancellationToken) -> Result<Store, Wor
     loop {
         match Store::open(path) {
             Ok(s) => return Ok(s),
-            Err(e @ crate::store::StoreError::Schema { .. }) => {
+            Err(e @ store::StoreError::Schema { .. }) => {
                 return Err(WorkerError::Config(e.to_string()));
             }
             Err(e) => {
@@ -332,7 +332,7 @@ async fn open_ledger(path: &Path, stop: &CancellationToken) -> Result<Store, Wor
 /// The ledger as JSON, as `coval status --json` prints it: iterations (with lineage and
 /// whether their files are under `iterations_dir`) and repairs.
 pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
-    use crate::store::{IterationOrigin, RepairStatus};
+    use store::{IterationOrigin, RepairStatus};
     let its = store.iterations().unwrap_or_default();
     let mut repairs = store.repairs().unwrap_or_default();
     repairs.sort_by_key(|r| r.created_ms);
@@ -351,7 +351,7 @@ pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
         "repairs": repairs.iter().map(|r| serde_json::json!({
             "id": r.id.to_string(),
             "status": match r.status { RepairStatus::InFlight => "in_flight", RepairStatus::Completed => "completed" },
-            "outcome": r.outcome.map(crate::report::outcome_label),
+            "outcome": r.outcome.map(proto::summary::outcome_label),
             "summary": r.summary,
             "new_iteration": r.new_iteration.map(|i| i.to_string()),
         })).collect::<Vec<_>>(),
@@ -506,7 +506,7 @@ impl<H: Handler> Handler for Announce<H> {
                 }
                 let summary = ms
                     .iter()
-                    .map(crate::report::describe)
+                    .map(proto::summary::describe)
                     .collect::<Vec<_>>()
                     .join("; ");
                 ms.push(Message::StageProgress(StageProgress {
@@ -514,7 +514,7 @@ impl<H: Handler> Handler for Announce<H> {
                     stage: self.inner.stage(),
                     summary,
                     elapsed_ms: started.elapsed().as_millis() as u64,
-                    at_ms: crate::now_ms(),
+                    at_ms: vocab::now_ms(),
                     worker: Some(self.worker.clone()),
                 }));
                 Outcome::Publish(ms)
@@ -538,7 +538,7 @@ where
     let _telemetry = telemetry::init(&service, format, cli.verbose)
         .map_err(|e| eprintln!("{service}: warning: {e}"))
         .ok();
-    let config = match crate::config::load(&LoadOptions::from_process(cli.config.clone())) {
+    let config = match settings::load(&LoadOptions::from_process(cli.config.clone())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{service}: configuration error: {e}");
@@ -573,9 +573,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Completion;
     use proto::RepairId;
     use proto::messages::RepairOutcome;
+    use store::Completion;
 
     #[test]
     fn a_repair_completed_in_the_ledger_is_not_also_listed_in_flight() {

@@ -2,6 +2,8 @@
 //! A tracer provider is always installed so every repair has a trace id that travels in
 //! message headers; spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! is set.
+//!
+//! It must never import another coval crate: every binary can set up its logs first.
 
 use std::io::IsTerminal;
 
@@ -64,7 +66,13 @@ impl Drop for Telemetry {
 const OURS: &[&str] = &[
     "coval",
     "cli",
-    "pipeline",
+    "vocab",
+    "settings",
+    "telemetry",
+    "store",
+    "bus",
+    "sandbox",
+    "patch",
     "proto",
     "triage",
     "decision",

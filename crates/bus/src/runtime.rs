@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::bus::{Bus, BusError, Delivery, Subscription};
-use crate::config::BusConfig;
-use crate::store::{Store, StoreError};
+use crate::{Bus, BusError, Delivery, Subscription};
+use settings::BusConfig;
+use store::{Store, StoreError};
 
 /// A message handed to a handler.
 #[derive(Debug, Clone)]
@@ -387,7 +387,7 @@ async fn dead_letter<B: Bus, H: Handler>(
         deliveries: d.delivered(),
         headers,
         body,
-        dead_at_ms: crate::now_ms(),
+        dead_at_ms: vocab::now_ms(),
     };
     let dl_env = match env {
         Some(e) => Envelope::derived(e, stage, u32::MAX, Kind::DeadLetter, repair_id, None),
@@ -458,5 +458,18 @@ pub fn inject_current_trace(env: &mut Envelope) {
     let cx = Span::current().context();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut EnvelopeHeadersMut(env));
+    }
+}
+
+/// The outcome for a stage whose project cannot be resolved: retried when the error is
+/// transient (the object store did not answer), rejected otherwise.
+pub fn outcome_for(e: store::projects::ProjectError) -> Outcome {
+    if e.is_retryable() {
+        Outcome::Retry {
+            after: None,
+            reason: e.to_string(),
+        }
+    } else {
+        Outcome::Reject(e.to_string())
     }
 }

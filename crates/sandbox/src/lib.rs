@@ -10,9 +10,11 @@
 //! environment. Paths in env values that start with `/work` or `/tmp` name the sandbox's work
 //! area and temp dir; the local sandbox maps them onto its own copies, so one `RunSpec` means
 //! the same thing on both.
+//!
+//! It owns everything that runs untrusted code; it must never import the bus, the store or a
+//! stage (stages call it, never the other way round).
 
 pub mod docker;
-pub(crate) mod fs;
 pub mod local;
 pub mod outcomes;
 pub mod project;
@@ -34,7 +36,7 @@ pub use project::{
 };
 pub use warm::{Changed, WarmStats};
 
-use crate::config::{SandboxBackend, SandboxConfig};
+use settings::{SandboxBackend, SandboxConfig};
 
 /// Resource limits of one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +166,7 @@ impl RunSpec {
             }
         }
         for c in &self.collect {
-            if !fs::is_safe_relative(c) || c.contains('\n') {
+            if !vocab::tree::is_safe_relative(c) || c.contains('\n') {
                 return bad(format!(
                     "collect path `{c}` must be relative, without `..` or newlines"
                 ));
@@ -534,8 +536,17 @@ async fn detect_inner(
     })
 }
 
-impl SandboxConfig {
-    pub fn limits(&self) -> Limits {
+/// What the sandbox reads from its configuration section (`sandbox:` in coval.config.yaml),
+/// in the sandbox's own types.
+pub trait SandboxConfigExt {
+    fn limits(&self) -> Limits;
+    fn timeout(&self) -> Duration;
+    /// The configured image for `language`, if any.
+    fn image_for(&self, language: Language) -> Option<&str>;
+}
+
+impl SandboxConfigExt for SandboxConfig {
+    fn limits(&self) -> Limits {
         Limits {
             memory_bytes: self.memory_mb.saturating_mul(1 << 20),
             pids: self.pids,
@@ -547,21 +558,16 @@ impl SandboxConfig {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
+    fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
     }
 
-    /// The configured image for `language`, if any.
-    pub fn image_for(&self, language: Language) -> Option<&str> {
+    fn image_for(&self, language: Language) -> Option<&str> {
         self.images.get(language.key()).map(String::as_str)
     }
 }
 
-/// Copies a project tree (symlinks as symlinks, special files skipped, modes kept): the copy
-/// a patch is applied to.
-pub fn copy_project(src: &Path, dst: &Path) -> std::io::Result<()> {
-    fs::copy_tree(src, dst, fs::Perms::Keep).map(|_| ())
-}
+pub use vocab::tree::copy_project;
 
 /// A random hex string (nonces, container labels, per-run user ids).
 pub(crate) fn random_hex() -> String {
