@@ -16,8 +16,9 @@
 #
 # Idempotent: an image that exists (built by this recipe version) is skipped unless --force; a
 # finished debootstrap root is reused (delete .dev/images/<lang>-<suite> or pass --force to
-# rebuild it). Two runs at once are
-# serialised by a lock, so a second caller waits and then finds the image built.
+# rebuild it). The images named in one run are built side by side (COVAL_IMAGE_JOBS at a time,
+# default 2). Two runs at once are serialised by a lock, so a second caller waits and then
+# finds the image built.
 #
 # Environment:
 #   COVAL_DEV_DIR          state dir (default: <repo root>/.dev)
@@ -182,10 +183,20 @@ main() {
     ensure_tools
     exec 9>"$STATE/images/.lock"
     flock -w 1800 9 || die "another build-base-images.sh holds $STATE/images/.lock"
-    local t0=$EPOCHREALTIME
+    local t0=$EPOCHREALTIME jobs="${COVAL_IMAGE_JOBS:-2}" pids=() failed=0 p
+    # Builds run side by side, $jobs at a time: debootstrap waits on downloads and dpkg as much
+    # as on the CPU, so two at once on two cores take little longer than one.
     for l in "${langs[@]}"; do
-        build_one "$l" "$force"
+        while (($(jobs -rp | wc -l) >= jobs)); do
+            wait -n || failed=1
+        done
+        build_one "$l" "$force" &
+        pids+=($!)
     done
+    for p in "${pids[@]}"; do
+        wait "$p" || failed=1
+    done
+    ((failed == 0)) || die "some images failed to build (see above)"
     log "done in $(since "$t0")"
 }
 

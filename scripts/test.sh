@@ -25,11 +25,34 @@ if ((${#missing[@]})); then
     || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; }
 fi
 
+images=(python node go python-web node-web)
+if [[ "${COVAL_SKIP_DOCKER:-}" != 1 ]]; then
+  # The base images the tests run on build while the code compiles (their own lock makes the
+  # tests' own calls wait for them and then find them built).
+  step "scripts/build-base-images.sh ${images[*]} (in the background, log: .dev/images/build.log)"
+  mkdir -p .dev/images
+  scripts/build-base-images.sh "${images[@]}" >.dev/images/build.log 2>&1 &
+  images_pid=$!
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --workspace --locked --no-run"
+cargo test --workspace --locked --no-run
+
+if [[ -n "${images_pid:-}" ]]; then
+  step "waiting for the base images"
+  if ! wait "$images_pid"; then
+    cat .dev/images/build.log >&2
+    echo "building the base images failed (log above)" >&2
+    exit 1
+  fi
+  grep -E 'total|skipping|done in' .dev/images/build.log >&2 || true
+fi
 
 step "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"

@@ -80,6 +80,19 @@ impl Namespace {
         format!("{}.events.{}.>", self.0, repair)
     }
 
+    /// Events of one kind, of every repair (which repairs started, which completed).
+    pub fn events_of_kind(&self, kind: crate::Kind) -> String {
+        format!("{}.events.*.{}", self.0, kind.as_str())
+    }
+
+    /// The repair an event subject is about (`<ns>.events.<repair>.<kind>`).
+    pub fn repair_of_event<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject
+            .strip_prefix(self.0.as_str())?
+            .strip_prefix(".events.")?;
+        rest.split('.').next().filter(|r| !r.is_empty())
+    }
+
     pub fn event_subjects(&self) -> String {
         format!("{}.events.>", self.0)
     }
@@ -138,6 +151,20 @@ mod tests {
         assert_eq!(ns.work_stream(), "T_1_WORK");
         assert!(Namespace::new("Bad.Name").is_err());
         assert!(Namespace::new("").is_err());
+    }
+
+    #[test]
+    fn event_subjects_name_their_repair() {
+        let ns = Namespace::new("t-1").unwrap();
+        let id = RepairId::new();
+        let subject = ns.event_subject(&id, Kind::RepairCompleted);
+        assert_eq!(ns.repair_of_event(&subject), Some(id.to_string().as_str()));
+        assert_eq!(
+            ns.events_of_kind(Kind::StageProgress),
+            "t-1.events.*.stage_progress"
+        );
+        assert_eq!(ns.repair_of_event("t-1.stage.fix.mre_ready"), None);
+        assert_eq!(ns.repair_of_event("other.events.rep_1.x"), None);
     }
 
     #[test]

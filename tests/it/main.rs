@@ -1,6 +1,7 @@
 //! coval's integration tests: one binary, one module per area. Services are real: a
 //! nats-server per test (from `scripts/dev-services.sh`), sled on disk, real child processes.
 
+mod architecture;
 mod bus;
 mod crash;
 mod mre;
