@@ -11,7 +11,7 @@ use bus::Bus;
 use bus::jetstream::JetStreamBus;
 use clap::Args;
 use futures::StreamExt;
-use proto::messages::{EngineChoice, RepairCompleted, RepairRequested};
+use proto::messages::{EngineChoice, RepairCompleted};
 use proto::subjects::Namespace;
 use proto::{Envelope, Kind, Message, RepairId, Stage};
 use settings::Config;
@@ -67,26 +67,13 @@ async fn submit_request(
         .put_snapshot(&repair_id, &snapshot)
         .await
         .map_err(project_failure)?;
-    let request = RepairRequested {
-        repair_id,
-        project,
-        error_log: log,
-        test_cmd: args.test_cmd.clone(),
-        // Iteration ids are the local workspace's; the workers' ledger has its own.
-        iteration: None,
-        engine: match args.engine {
-            EngineArg::Auto => EngineChoice::Auto,
-            EngineArg::Llm => EngineChoice::Llm,
-            EngineArg::Search => EngineChoice::Search,
-        },
-        model: args.model.clone(),
-        max_attempts: args
-            .max_attempts
-            .unwrap_or(cfg.settings.global.max_iterations)
-            .max(1),
-        analyze_only: args.analyze,
-        requested_at_ms: vocab::now_ms(),
+    let engine = match args.engine {
+        EngineArg::Auto => EngineChoice::Auto,
+        EngineArg::Llm => EngineChoice::Llm,
+        EngineArg::Search => EngineChoice::Search,
     };
+    // Iteration ids are the local workspace's; the workers' ledger has its own.
+    let request = crate::repair::request(args, cfg, repair_id, project, log, None, engine);
     warn_if_no_workers(bus).await;
     let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
     bus::runtime::inject_current_trace(&mut envelope);

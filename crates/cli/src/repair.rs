@@ -199,23 +199,10 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     {
         return Err(Failure::internal(format!("cannot record the repair: {e}")));
     }
-    let request = RepairRequested {
-        repair_id,
-        project: ProjectRef::LocalPath {
-            path: project_dir.display().to_string(),
-        },
-        error_log: log,
-        test_cmd: args.test_cmd.clone(),
-        iteration,
-        engine,
-        model: args.model.clone(),
-        max_attempts: args
-            .max_attempts
-            .unwrap_or(cfg.settings.global.max_iterations)
-            .max(1),
-        analyze_only: args.analyze,
-        requested_at_ms: vocab::now_ms(),
+    let project = ProjectRef::LocalPath {
+        path: project_dir.display().to_string(),
     };
+    let request = request(&args, cfg, repair_id, project, log, iteration, engine);
     let ctx = StageContext {
         config: cfg.clone(),
         workspace: workspace.to_owned(),
@@ -229,6 +216,33 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
         .follow(request, args.json)
         .await?;
     report(end, &args, cfg, store.as_ref(), workspace, &source).await
+}
+
+/// The request of `coval repair` and `coval submit`, from the command line and the settings.
+pub(crate) fn request(
+    args: &RepairArgs,
+    cfg: &Config,
+    repair_id: RepairId,
+    project: ProjectRef,
+    log: String,
+    iteration: Option<IterationId>,
+    engine: EngineChoice,
+) -> RepairRequested {
+    RepairRequested {
+        repair_id,
+        project,
+        error_log: log,
+        test_cmd: args.test_cmd.clone(),
+        iteration,
+        engine,
+        model: args.model.clone(),
+        max_attempts: args
+            .max_attempts
+            .unwrap_or(cfg.settings.global.max_iterations)
+            .max(1),
+        analyze_only: args.analyze,
+        requested_at_ms: vocab::now_ms(),
+    }
 }
 
 fn check_flags(args: &RepairArgs) -> Result<(), Failure> {
