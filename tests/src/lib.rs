@@ -295,15 +295,8 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(repo_root())
                 .args(["build", "--quiet", "--bins"]);
-            for p in [
-                "cli",
-                "triage",
-                "decision",
-                "mre",
-                "fix",
-                "validate",
-                "integrate",
-            ] {
+            // `coval` is the cli package's; the six workers are the stage registry's.
+            for p in ["cli", "stages"] {
                 cmd.args(["-p", p]);
             }
             if dir.file_name().is_some_and(|n| n == "release") {

@@ -2,9 +2,11 @@
 //! so one runtime serves the in-process bus of the embedded mode and JetStream in the
 //! distributed mode), the two buses (`memory`, `jetstream`), the stage runtime (`runtime`:
 //! handlers, outcomes, acks, dead letters, idempotent redelivery), what a stage is built from
-//! (`context`) and the worker process (`worker`). It must never import a stage crate nor the
-//! sandbox: stages are plugged in through `runtime::Handler`.
+//! (`context`), the progress every stage announces (`announce`) and the worker process
+//! (`worker`). It must never import a stage crate nor the sandbox: stages are plugged in
+//! through `runtime::Handler`, and the registry that knows all six is the `stages` crate.
 
+pub mod announce;
 pub mod context;
 pub mod jetstream;
 pub mod memory;

@@ -1,4 +1,4 @@
-//! A stage worker on NATS JetStream: the small main of every `services/<stage>` binary and of
+//! A stage worker on NATS JetStream: the small main of every `coval-<stage>` binary and of
 //! `coval worker <stage>|all`.
 //!
 //! A worker connects, makes sure the streams and buckets exist, opens the state it owns, runs
@@ -11,7 +11,8 @@
 //!   `<workspace>/workers/<stage>-<n>` (the first `n` no other process holds), so copies on one
 //!   machine never share a sled file.
 //!
-//! Every handled message also publishes a [`StageProgress`] event for `coval watch`.
+//! Every handled message also publishes a `StageProgress` event for `coval watch`
+//! ([`Announce`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,14 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use proto::messages::StageProgress;
+use proto::Stage;
 use proto::subjects::Namespace;
-use proto::{Message, Stage};
 use tokio_util::sync::CancellationToken;
 
+use crate::announce::Announce;
 use crate::context::StageContext;
 use crate::jetstream::JetStreamBus;
-use crate::runtime::{self, Handler, Input, Ledger, Outcome, Stats};
+use crate::runtime::{self, Handler, Ledger, Stats};
 use settings::{Config, LoadOptions};
 use store::projects::{Bucket, Projects};
 use store::{HistorySource, NoHistory, Store};
@@ -50,7 +51,7 @@ pub struct WorkerArgs {
     pub namespace: Option<String>,
 }
 
-/// The command line of a `services/<stage>` binary.
+/// The command line of a `coval-<stage>` binary.
 #[derive(clap::Parser, Debug)]
 #[command(
     version,
@@ -108,11 +109,7 @@ pub struct Worker {
     pub context: StageContext,
     /// The processed-message ledger of this process (the workspace ledger for integrate).
     pub state: Store,
-    /// The workspace ledger, when this process holds it (it runs the integration stage).
-    pub ledger: Option<Store>,
     pub stop: CancellationToken,
-    /// Where report files go for remote clients (opened when this process integrates).
-    reports: Option<Bucket>,
     name: String,
     tasks: Vec<tokio::task::JoinHandle<Result<(), crate::BusError>>>,
 }
@@ -183,11 +180,11 @@ impl Worker {
                 workspace: workspace.to_owned(),
                 projects,
                 history,
+                ledger,
+                reports,
             },
             state,
-            ledger,
             stop,
-            reports,
             name: format!("{host}/{}", std::process::id()),
             tasks: vec![],
         })
@@ -199,15 +196,7 @@ impl Worker {
         let ledger: Arc<dyn Ledger> = Arc::new(self.state.clone());
         let cfg = self.context.config.settings.bus.clone();
         let stop = self.stop.clone();
-        let reports = (handler.stage() == Stage::Integrate)
-            .then(|| self.reports.clone())
-            .flatten()
-            .map(|b| (b, self.context.workspace.clone()));
-        let h = Announce {
-            inner: handler,
-            worker: self.name.clone(),
-            reports,
-        };
+        let h = Announce::new(handler, Some(self.name.clone()));
         self.tasks.push(tokio::spawn(async move {
             runtime::run(
                 bus,
@@ -223,7 +212,7 @@ impl Worker {
 
     /// Serves until SIGINT or SIGTERM (or until `stop` is cancelled), then drains.
     pub async fn serve(mut self) -> Result<(), WorkerError> {
-        if let Some(ledger) = self.ledger.clone() {
+        if let Some(ledger) = self.context.ledger.clone() {
             let bus = self.bus.clone();
             let subject = self.bus.namespace().status_subject();
             let stop = self.stop.clone();
@@ -441,95 +430,12 @@ async fn answer_status(
     }
 }
 
-/// Wraps a handler: every published result is followed by a [`StageProgress`] event.
-struct Announce<H> {
-    inner: H,
-    worker: String,
-    /// For the integration stage: report files are uploaded before the completion goes out.
-    reports: Option<(Bucket, PathBuf)>,
-}
-
-/// The files of a repair's report directory that a client takes home.
-pub const REPORT_FILES: &[&str] = &[
-    "final.patch",
-    "decision.md",
-    "repair_report.md",
-    "report.json",
-];
-
-async fn upload_reports(
-    bucket: &Bucket,
-    workspace: &Path,
-    done: &proto::messages::RepairCompleted,
-) -> Result<(), String> {
-    let Some(rel) = &done.report_dir else {
-        return Ok(());
-    };
-    let dir = workspace.join(rel);
-    for name in REPORT_FILES {
-        let path = dir.join(name);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        bucket
-            .put(&format!("repair-{}/{name}", done.repair_id), &bytes)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-impl<H: Handler> Handler for Announce<H> {
-    fn stage(&self) -> Stage {
-        self.inner.stage()
-    }
-
-    async fn handle(&self, input: Input) -> Outcome {
-        let started = std::time::Instant::now();
-        let repair_id = input.envelope.repair_id;
-        let out = self.inner.handle(input).await;
-        match out {
-            Outcome::Publish(mut ms) => {
-                if let Some((bucket, workspace)) = &self.reports {
-                    for m in &ms {
-                        if let Message::RepairCompleted(done) = m
-                            && let Err(e) = upload_reports(bucket, workspace, done).await
-                        {
-                            return Outcome::Retry {
-                                after: None,
-                                reason: format!("cannot hand the report to clients: {e}"),
-                            };
-                        }
-                    }
-                }
-                let summary = ms
-                    .iter()
-                    .map(proto::summary::describe)
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                ms.push(Message::StageProgress(StageProgress {
-                    repair_id,
-                    stage: self.inner.stage(),
-                    summary,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    at_ms: vocab::now_ms(),
-                    worker: Some(self.worker.clone()),
-                }));
-                Outcome::Publish(ms)
-            }
-            other => other,
-        }
-    }
-}
-
-/// The main of a `services/<stage>` binary: parse the command line, load the configuration,
+/// The main of a `coval-<stage>` binary: parse the command line, load the configuration,
 /// connect, build the handler with `build`, serve until a signal.
 pub fn main<H, F>(stage: Stage, build: F) -> ExitCode
 where
     H: Handler,
-    F: FnOnce(&Worker) -> H,
+    F: FnOnce(&StageContext) -> Result<H, WorkerError>,
 {
     use clap::Parser;
     let cli = ServiceCli::parse();
@@ -557,7 +463,7 @@ where
     };
     let r = rt.block_on(async {
         let mut w = Worker::start(&cli.worker, config, &cli.workspace, &[stage]).await?;
-        let h = build(&w);
+        let h = build(&w.context)?;
         w.spawn(h);
         w.serve().await
     });

@@ -5,8 +5,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::repair::StageEvent;
+use proto::messages::StageProgress;
 
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -28,13 +27,9 @@ impl Progress {
         Progress { bar }
     }
 
-    pub fn stage(&self, e: &StageEvent) {
-        let line = format!(
-            "{:<9} {} ({:.1} s)",
-            e.stage.as_str(),
-            e.what,
-            e.elapsed.as_secs_f64()
-        );
+    /// Shows what a stage did, in either mode.
+    pub fn stage(&self, e: &StageProgress) {
+        let line = line(e);
         match &self.bar {
             Some(b) => {
                 b.println(line);
@@ -55,5 +50,44 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+/// `<stage> <summary> [<worker>] (<seconds> s)`: the worker only in the distributed mode.
+fn line(e: &StageProgress) -> String {
+    format!(
+        "{:<9} {}{} ({:.1} s)",
+        e.stage.as_str(),
+        e.summary,
+        e.worker
+            .as_ref()
+            .map(|w| format!(" [{w}]"))
+            .unwrap_or_default(),
+        std::time::Duration::from_millis(e.elapsed_ms).as_secs_f64()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(worker: Option<&str>) -> StageProgress {
+        StageProgress {
+            repair_id: proto::RepairId::new(),
+            stage: proto::Stage::Mre,
+            summary: "reproduced".into(),
+            elapsed_ms: 1_240,
+            at_ms: 0,
+            worker: worker.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_line_names_the_stage_what_it_did_and_the_worker_when_there_is_one() {
+        assert_eq!(line(&progress(None)), "mre       reproduced (1.2 s)");
+        assert_eq!(
+            line(&progress(Some("host/42"))),
+            "mre       reproduced [host/42] (1.2 s)"
+        );
     }
 }

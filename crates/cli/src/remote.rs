@@ -11,14 +11,14 @@ use bus::Bus;
 use bus::jetstream::JetStreamBus;
 use clap::Args;
 use futures::StreamExt;
-use proto::messages::{EngineChoice, RepairCompleted, RepairRequested};
+use proto::messages::{EngineChoice, RepairCompleted};
 use proto::subjects::Namespace;
 use proto::{Envelope, Kind, Message, RepairId, Stage};
 use settings::Config;
 use store::projects::{self, Bucket, ProjectError};
 
 use crate::exit::{self, Failure};
-use crate::repair::{EngineArg, RepairArgs, StageEvent};
+use crate::repair::{EngineArg, RepairArgs};
 
 async fn connect(url: &str, cfg: &Config) -> Result<JetStreamBus, Failure> {
     let ns = Namespace::new(&cfg.settings.bus.namespace)
@@ -67,26 +67,13 @@ async fn submit_request(
         .put_snapshot(&repair_id, &snapshot)
         .await
         .map_err(project_failure)?;
-    let request = RepairRequested {
-        repair_id,
-        project,
-        error_log: log,
-        test_cmd: args.test_cmd.clone(),
-        // Iteration ids are the local workspace's; the workers' ledger has its own.
-        iteration: None,
-        engine: match args.engine {
-            EngineArg::Auto => EngineChoice::Auto,
-            EngineArg::Llm => EngineChoice::Llm,
-            EngineArg::Search => EngineChoice::Search,
-        },
-        model: args.model.clone(),
-        max_attempts: args
-            .max_attempts
-            .unwrap_or(cfg.settings.global.max_iterations)
-            .max(1),
-        analyze_only: args.analyze,
-        requested_at_ms: vocab::now_ms(),
+    let engine = match args.engine {
+        EngineArg::Auto => EngineChoice::Auto,
+        EngineArg::Llm => EngineChoice::Llm,
+        EngineArg::Search => EngineChoice::Search,
     };
+    // Iteration ids are the local workspace's; the workers' ledger has its own.
+    let request = crate::repair::request(args, cfg, repair_id, project, log, None, engine);
     warn_if_no_workers(bus).await;
     let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
     bus::runtime::inject_current_trace(&mut envelope);
@@ -150,15 +137,7 @@ async fn follow(
                     "the connection to NATS ended while following the repair".into(),
                 ));
             }
-            Some(Message::StageProgress(p)) => progress.stage(&StageEvent {
-                stage: p.stage,
-                what: format!(
-                    "{}{}",
-                    p.summary,
-                    p.worker.map(|w| format!(" [{w}]")).unwrap_or_default()
-                ),
-                elapsed: Duration::from_millis(p.elapsed_ms),
-            }),
+            Some(Message::StageProgress(p)) => progress.stage(&p),
             Some(Message::RepairCompleted(c)) => break Ok(c),
             Some(Message::DeadLetter(d)) => {
                 break Err(Failure::input(format!(
@@ -188,9 +167,12 @@ async fn fetch_reports(
     let bucket = Bucket::open(bus.context(), &bus.namespace().report_bucket())
         .await
         .map_err(project_failure)?;
-    for name in bus::worker::REPORT_FILES {
+    for name in integrate::handler::REPORT_FILES {
         match bucket
-            .get(&format!("repair-{}/{name}", done.repair_id), 64 << 20)
+            .get(
+                &integrate::handler::report_key(done.repair_id, name),
+                64 << 20,
+            )
             .await
         {
             Ok(bytes) => {
@@ -387,23 +369,30 @@ pub async fn status(url: &str, cfg: &Config, json: bool) -> Result<u8, Failure> 
 #[derive(Args, Debug)]
 pub struct WorkerCmd {
     /// The stage to run, or `all` for the six in one process
-    #[arg(value_parser = ["triage", "decision", "mre", "fix", "validate", "integrate", "all"])]
+    #[arg(value_parser = worker_choices())]
     stage: String,
     #[command(flatten)]
     worker: bus::worker::WorkerArgs,
 }
 
+/// The stages of the registry, then `all`.
+fn worker_choices() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        stages::STAGES
+            .iter()
+            .map(|e| e.stage.as_str())
+            .chain(["all"]),
+    )
+}
+
 /// `coval worker <stage>|all --nats URL`: the same workers as the `coval-<stage>` binaries.
 pub async fn worker(cmd: WorkerCmd, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
     use bus::worker::{Worker, WorkerError};
-    let stages: Vec<Stage> = if cmd.stage == "all" {
-        Stage::WORKERS.to_vec()
-    } else {
-        Stage::WORKERS
-            .into_iter()
-            .filter(|s| s.as_str() == cmd.stage)
-            .collect()
-    };
+    let stages: Vec<Stage> = stages::STAGES
+        .iter()
+        .map(|e| e.stage)
+        .filter(|s| cmd.stage == "all" || s.as_str() == cmd.stage)
+        .collect();
     let fail = |e: WorkerError| Failure {
         code: e.exit_code(),
         message: e.to_string(),
@@ -412,21 +401,9 @@ pub async fn worker(cmd: WorkerCmd, cfg: &Config, workspace: &Path) -> Result<u8
         .await
         .map_err(fail)?;
     for s in &stages {
-        let ctx = w.context.clone();
-        match s {
-            Stage::Triage => w.spawn(triage::handler::TriageStage::from_context(&ctx)),
-            Stage::Decision => w.spawn(decision::handler::DecisionStage::from_context(&ctx)),
-            Stage::Mre => w.spawn(mre::handler::MreStage::from_context(&ctx)),
-            Stage::Fix => w.spawn(fix::handler::FixStage::from_context(&ctx)),
-            Stage::Validate => w.spawn(validate::handler::ValidateStage::from_context(&ctx)),
-            Stage::Integrate => {
-                let store = w.state.clone();
-                w.spawn(integrate::handler::IntegrateStage::from_context(
-                    &ctx, store,
-                ))
-            }
-            Stage::Client => {}
-        }
+        let h = stages::build(*s, &w.context)
+            .map_err(|e| fail(WorkerError::Internal(e.to_string())))?;
+        w.spawn(h);
     }
     w.serve().await.map_err(fail)?;
     Ok(exit::DONE)

@@ -5,15 +5,18 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bus::Bus;
+use bus::announce::Announce;
+use bus::context::StageContext;
 use bus::memory::MemoryBus;
 use bus::runtime::{self, Handler, Input, NoLedger, Outcome, Stats};
 use clap::{Args, ValueEnum};
-use proto::messages::{Decided, EngineChoice, ProjectRef, RepairRequested};
-use proto::{Envelope, Kind, Message, RepairId, Stage};
+use integrate::iteration::{ImportError, MaterialiseError};
+use proto::messages::{Decided, EngineChoice, ProjectRef, RepairRequested, StageProgress};
+use proto::{Envelope, IterationId, Kind, Message, RepairId, Stage};
 use settings::Config;
+use stages::StageHandler;
 use store::{HistorySource, NoHistory, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -169,6 +172,80 @@ pub(crate) fn inputs(args: &RepairArgs, cfg: &Config, workspace: &Path) -> Resul
 }
 
 pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8, Failure> {
+    check_flags(&args)?;
+    let Inputs {
+        log,
+        iteration,
+        source,
+    } = inputs(&args, cfg, workspace)?;
+    if let Some(url) = args.nats.clone() {
+        return crate::remote::repair(args, cfg, workspace, &url, log, source).await;
+    }
+    let engine = choose_engine(args.engine, cfg).await?;
+    // A sandbox asked for explicitly must answer before anything starts.
+    if !args.analyze
+        && cfg.settings.sandbox.backend == settings::SandboxBackend::Docker
+        && let Err(e) = sandbox::detect(&cfg.settings.sandbox).await
+    {
+        return Err(Failure::unreachable(e.to_string()));
+    }
+    let (store, history) = open_workspace(workspace, args.analyze)?;
+    let (project_dir, iteration) = snapshot(store.as_ref(), workspace, &source, iteration)?;
+    let repair_id = RepairId::new();
+    // In flight until the integration stage completes it (or forever, marked so, if this
+    // process is killed: `coval status` shows it).
+    if let Some(store) = &store
+        && let Err(e) = store.begin_repair(repair_id, iteration)
+    {
+        return Err(Failure::internal(format!("cannot record the repair: {e}")));
+    }
+    let project = ProjectRef::LocalPath {
+        path: project_dir.display().to_string(),
+    };
+    let request = request(&args, cfg, repair_id, project, log, iteration, engine);
+    let ctx = StageContext {
+        config: cfg.clone(),
+        workspace: workspace.to_owned(),
+        projects: store::projects::Projects::local(Some(workspace.join("iterations"))),
+        history,
+        ledger: store.clone(),
+        reports: None,
+    };
+    let end = Embedded::start(&ctx, &request)
+        .await?
+        .follow(request, args.json)
+        .await?;
+    report(end, &args, cfg, store.as_ref(), workspace, &source).await
+}
+
+/// The request of `coval repair` and `coval submit`, from the command line and the settings.
+pub(crate) fn request(
+    args: &RepairArgs,
+    cfg: &Config,
+    repair_id: RepairId,
+    project: ProjectRef,
+    log: String,
+    iteration: Option<IterationId>,
+    engine: EngineChoice,
+) -> RepairRequested {
+    RepairRequested {
+        repair_id,
+        project,
+        error_log: log,
+        test_cmd: args.test_cmd.clone(),
+        iteration,
+        engine,
+        model: args.model.clone(),
+        max_attempts: args
+            .max_attempts
+            .unwrap_or(cfg.settings.global.max_iterations)
+            .max(1),
+        analyze_only: args.analyze,
+        requested_at_ms: vocab::now_ms(),
+    }
+}
+
+fn check_flags(args: &RepairArgs) -> Result<(), Failure> {
     if args.analyze && (args.apply || args.deploy) {
         return Err(Failure::input(
             "--analyze changes nothing, so it cannot be combined with --apply or --deploy"
@@ -180,16 +257,13 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
             "--deploy needs the repaired iteration on this machine: with --nats it lives in the integration worker's workspace; run `coval run -i ID` there (or repair embedded with --deploy)".to_owned(),
         ));
     }
-    let Inputs {
-        log,
-        iteration,
-        source,
-    } = inputs(&args, cfg, workspace)?;
-    if let Some(url) = args.nats.clone() {
-        return crate::remote::repair(args, cfg, workspace, &url, log, source).await;
-    }
+    Ok(())
+}
 
-    let engine = match args.engine {
+/// Where fixes come from: `--engine llm` needs a model server that answers, `auto` takes
+/// one when it answers and the search engine otherwise.
+async fn choose_engine(engine: EngineArg, cfg: &Config) -> Result<EngineChoice, Failure> {
+    Ok(match engine {
         EngineArg::Search => EngineChoice::Search,
         EngineArg::Llm => {
             if !llm::server_answers(&cfg.llm.server.url).await {
@@ -208,20 +282,18 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
                 EngineChoice::Search
             }
         }
-    };
+    })
+}
 
-    // A sandbox asked for explicitly must answer before anything starts.
-    if !args.analyze
-        && cfg.settings.sandbox.backend == settings::SandboxBackend::Docker
-        && let Err(e) = sandbox::detect(&cfg.settings.sandbox).await
-    {
-        return Err(Failure::unreachable(e.to_string()));
-    }
-
-    // Analysis reads history from an existing workspace and never creates one; a repair
-    // opens (or creates) the workspace store, which the integration stage owns.
+/// The workspace store, and the history the estimates learn from. Analysis reads history
+/// from an existing workspace and never creates one; a repair opens (or creates) the
+/// workspace store, which the integration stage owns.
+fn open_workspace(
+    workspace: &Path,
+    analyze: bool,
+) -> Result<(Option<Store>, Arc<dyn HistorySource>), Failure> {
     let db = workspace.join("state");
-    let store = if args.analyze {
+    let store = if analyze {
         None
     } else {
         std::fs::create_dir_all(workspace).map_err(|e| {
@@ -243,184 +315,182 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
         },
         None => Arc::new(NoHistory),
     };
+    Ok((store, history))
+}
 
-    // A repair works on a snapshot: the source is stored as an iteration first, every stage
-    // reads that copy, and `--apply` later compares the user's tree with it.
-    let (project_dir, iteration) = match (&store, iteration) {
-        (Some(store), None) => {
-            let it = store
-                .add_iteration(
-                    None,
-                    store::IterationOrigin::Import {
-                        path: source.display().to_string(),
-                    },
-                )
-                .map_err(|e| Failure::internal(e.to_string()))?;
-            let dir = workspace.join("iterations").join(it.id.to_string());
-            let staging = dir.with_extension("partial");
-            let _ = std::fs::remove_dir_all(&staging);
-            sandbox::copy_project(&source, &staging)
-                .and_then(|_| std::fs::rename(&staging, &dir))
-                .map_err(|e| {
-                    Failure::input(format!("cannot snapshot {}: {e}", source.display()))
-                })?;
-            (dir, Some(it.id))
+/// The tree the stages read and its iteration. A repair works on a snapshot: the source is
+/// stored as an iteration first (as the integration stage stores one), every stage reads
+/// that copy, and `--apply` later compares the user's tree with it.
+fn snapshot(
+    store: Option<&Store>,
+    workspace: &Path,
+    source: &Path,
+    iteration: Option<IterationId>,
+) -> Result<(PathBuf, Option<IterationId>), Failure> {
+    let (Some(store), None) = (store, iteration) else {
+        return Ok((source.to_owned(), iteration));
+    };
+    let iterations = workspace.join("iterations");
+    match integrate::iteration::import(store, &iterations, source) {
+        Ok(id) => Ok((iterations.join(id.to_string()), Some(id))),
+        Err(ImportError::Record(e)) => Err(Failure::internal(e.to_string())),
+        Err(ImportError::Files(e)) => {
+            let cause: &dyn std::fmt::Display = match &e {
+                MaterialiseError::Copy(io) | MaterialiseError::Io(io) => io,
+                MaterialiseError::Patch(_) => &e,
+            };
+            Err(Failure::input(format!(
+                "cannot snapshot {}: {cause}",
+                source.display()
+            )))
         }
-        (_, iteration) => (source.clone(), iteration),
-    };
-
-    let repair_id = RepairId::new();
-    // In flight until the integration stage completes it (or forever, marked so, if this
-    // process is killed: `coval status` shows it).
-    if let Some(store) = &store
-        && let Err(e) = store.begin_repair(repair_id, iteration)
-    {
-        return Err(Failure::internal(format!("cannot record the repair: {e}")));
     }
-    let request = RepairRequested {
-        repair_id,
-        project: ProjectRef::LocalPath {
-            path: project_dir.display().to_string(),
-        },
-        error_log: log,
-        test_cmd: args.test_cmd.clone(),
-        iteration,
-        engine,
-        model: args.model.clone(),
-        max_attempts: args
-            .max_attempts
-            .unwrap_or(cfg.settings.global.max_iterations)
-            .max(1),
-        analyze_only: args.analyze,
-        requested_at_ms: vocab::now_ms(),
-    };
+}
 
-    let bus = MemoryBus::default();
-    let stop = CancellationToken::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
-    let bus_cfg = cfg.settings.bus.clone();
-    let mut tasks = vec![];
-    let ctx = bus::context::StageContext {
-        config: cfg.clone(),
-        workspace: workspace.to_owned(),
-        projects: store::projects::Projects::local(Some(workspace.join("iterations"))),
-        history,
-    };
-    tasks.push(spawn(
-        &bus,
-        Observed::new(
-            triage::handler::TriageStage::from_context(&ctx),
-            &progress_tx,
-        ),
-        &bus_cfg,
-        &stop,
-    ));
-    tasks.push(spawn(
-        &bus,
-        Observed::new(
-            decision::handler::DecisionStage::from_context(&ctx),
-            &progress_tx,
-        ),
-        &bus_cfg,
-        &stop,
-    ));
-    match &store {
-        None => tasks.push(spawn(&bus, Collect(tx), &bus_cfg, &stop)),
-        Some(store) => {
-            drop(tx);
-            tasks.push(spawn(
-                &bus,
-                Observed::new(mre::handler::MreStage::from_context(&ctx), &progress_tx),
-                &bus_cfg,
-                &stop,
-            ));
-            tasks.push(spawn(
-                &bus,
-                Observed::new(fix::handler::FixStage::from_context(&ctx), &progress_tx),
-                &bus_cfg,
-                &stop,
-            ));
-            let validate = validate::handler::ValidateStage::from_context(&ctx);
-            if !request.analyze_only {
+/// The stages on the in-process bus, and what they say while they work.
+struct Embedded {
+    bus: MemoryBus,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    progress: mpsc::UnboundedReceiver<StageProgress>,
+    /// An analysis ends with the decision, taken where the integration stage would be.
+    analysis: bool,
+    decided: mpsc::UnboundedReceiver<Decided>,
+}
+
+impl Embedded {
+    /// Starts the six stages from the registry (an analysis: triage and the decision),
+    /// with the sandbox warming up for `request` while the first stages run.
+    async fn start(ctx: &StageContext, request: &RepairRequested) -> Result<Embedded, Failure> {
+        let (progress_tx, progress) = mpsc::unbounded_channel();
+        let (decided_tx, decided) = mpsc::unbounded_channel();
+        let mut e = Embedded {
+            bus: MemoryBus::default(),
+            stop: CancellationToken::new(),
+            tasks: vec![],
+            progress,
+            analysis: request.analyze_only,
+            decided,
+        };
+        let analysis = [Stage::Triage, Stage::Decision];
+        for entry in stages::STAGES {
+            if request.analyze_only && !analysis.contains(&entry.stage) {
+                continue;
+            }
+            let h =
+                stages::build(entry.stage, ctx).map_err(|e| Failure::internal(e.to_string()))?;
+            if let StageHandler::Validate(v) = &h {
                 // Containers and warm test servers start while triage, the MRE and the fix
                 // run; the first attempt takes them.
-                validate
-                    .prewarm(repair_id, &request.project, request.test_cmd.as_deref())
-                    .await;
+                v.prewarm(
+                    request.repair_id,
+                    &request.project,
+                    request.test_cmd.as_deref(),
+                )
+                .await;
             }
-            tasks.push(spawn(
-                &bus,
-                Observed::new(validate, &progress_tx),
-                &bus_cfg,
-                &stop,
-            ));
-            tasks.push(spawn(
-                &bus,
-                Observed::new(
-                    integrate::handler::IntegrateStage::from_context(&ctx, store.clone()),
-                    &progress_tx,
-                ),
-                &bus_cfg,
-                &stop,
-            ));
+            e.spawn(
+                Announce::new(h, None).with_listener(progress_tx.clone()),
+                &ctx.config,
+            );
         }
+        if e.analysis {
+            e.spawn(Collect(decided_tx), &ctx.config);
+        }
+        Ok(e)
     }
-    drop(progress_tx);
 
-    let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
-    runtime::inject_current_trace(&mut envelope);
-    bus.publish(&envelope, Message::RepairRequested(request))
-        .await
-        .map_err(|e| Failure::internal(format!("cannot start the repair: {e}")))?;
+    fn spawn<H: Handler>(&mut self, h: H, cfg: &Config) {
+        let (bus, cfg, stop) = (
+            self.bus.clone(),
+            cfg.settings.bus.clone(),
+            self.stop.clone(),
+        );
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = runtime::run(
+                bus,
+                Arc::new(h),
+                Arc::new(NoLedger),
+                cfg,
+                Arc::new(Stats::default()),
+                stop,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "stage stopped");
+            }
+        }));
+    }
 
-    let progress = crate::progress::Progress::new(args.json);
-    let end = loop {
-        tokio::select! {
-            p = progress_rx.recv() => match p {
-                Some(p) => progress.stage(&p),
-                None => break Err(Failure::internal("the pipeline stopped".to_owned())),
-            },
-            d = rx.recv(), if store.is_none() => match d {
-                Some(d) => break Ok(End::Analyzed(Box::new(d))),
-                None => break Err(Failure::internal("the pipeline stopped".to_owned())),
-            },
-            ev = bus.next_event() => match ev.map(|(_, m)| m) {
-                Some(m) => match &*m {
-                    Message::RepairCompleted(c) if c.repair_id == repair_id => break Ok(End::Completed(Box::new(c.clone()))),
-                    Message::DeadLetter(dl) => break Err(Failure::input(dl.reason.clone())),
-                    _ => {}
+    /// Publishes `request`, shows each stage's progress until the repair ends, stops.
+    async fn follow(mut self, request: RepairRequested, json: bool) -> Result<End, Failure> {
+        let repair_id = request.repair_id;
+        let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
+        runtime::inject_current_trace(&mut envelope);
+        self.bus
+            .publish(&envelope, Message::RepairRequested(request))
+            .await
+            .map_err(|e| Failure::internal(format!("cannot start the repair: {e}")))?;
+        let stopped = || Failure::internal("the pipeline stopped".to_owned());
+        let progress = crate::progress::Progress::new(json);
+        let end = loop {
+            tokio::select! {
+                p = self.progress.recv() => match p {
+                    Some(p) => progress.stage(&p),
+                    None => break Err(stopped()),
                 },
-                None => break Err(Failure::internal("the pipeline stopped".to_owned())),
-            },
+                d = self.decided.recv(), if self.analysis => match d {
+                    Some(d) => break Ok(End::Analyzed(Box::new(d))),
+                    None => break Err(stopped()),
+                },
+                ev = self.bus.next_event() => match ev.map(|(_, m)| m) {
+                    Some(m) => match &*m {
+                        Message::RepairCompleted(c) if c.repair_id == repair_id => break Ok(End::Completed(Box::new(c.clone()))),
+                        Message::DeadLetter(dl) => break Err(Failure::input(dl.reason.clone())),
+                        _ => {}
+                    },
+                    None => break Err(stopped()),
+                },
+            }
+        };
+        progress.finish();
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
         }
-    };
-    progress.finish();
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
+        end
     }
-    match end? {
+}
+
+/// Prints how the repair ended, then `--apply` and `--deploy` when asked.
+async fn report(
+    end: End,
+    args: &RepairArgs,
+    cfg: &Config,
+    store: Option<&Store>,
+    workspace: &Path,
+    source: &Path,
+) -> Result<u8, Failure> {
+    let c = match end {
         End::Analyzed(d) => {
             crate::report::print_analysis(&d, args.json);
-            Ok(exit::DONE)
+            return Ok(exit::DONE);
         }
-        End::Completed(c) => {
-            let code = crate::report::print_completion(&c, workspace, args.json, true);
-            if args.apply
-                && c.outcome == proto::messages::RepairOutcome::Fixed
-                && let Some(store) = &store
-            {
-                crate::apply::apply(store, workspace, &c, &source)?;
-            }
-            if args.deploy
-                && let Some(store) = &store
-            {
-                return deploy_repaired(&c, code, cfg, store, workspace, args.json).await;
-            }
-            Ok(code)
-        }
+        End::Completed(c) => c,
+    };
+    let code = crate::report::print_completion(&c, workspace, args.json, true);
+    if args.apply
+        && c.outcome == proto::messages::RepairOutcome::Fixed
+        && let Some(store) = store
+    {
+        crate::apply::apply(store, workspace, &c, source)?;
     }
+    if args.deploy
+        && let Some(store) = store
+    {
+        return deploy_repaired(&c, code, cfg, store, workspace, args.json).await;
+    }
+    Ok(code)
 }
 
 /// `--deploy`: the repaired iteration goes out blue-green; nothing is deployed without a fix.
@@ -450,76 +520,4 @@ async fn deploy_repaired(
 enum End {
     Analyzed(Box<Decided>),
     Completed(Box<proto::messages::RepairCompleted>),
-}
-
-/// A stage's progress, as the command line shows it.
-pub struct StageEvent {
-    pub stage: Stage,
-    pub what: String,
-    pub elapsed: Duration,
-}
-
-/// Wraps a handler to report each handled message.
-struct Observed<H> {
-    inner: H,
-    tx: mpsc::UnboundedSender<StageEvent>,
-}
-
-impl<H> Observed<H> {
-    fn new(inner: H, tx: &mpsc::UnboundedSender<StageEvent>) -> Self {
-        Observed {
-            inner,
-            tx: tx.clone(),
-        }
-    }
-}
-
-impl<H: Handler> Handler for Observed<H> {
-    fn stage(&self) -> Stage {
-        self.inner.stage()
-    }
-
-    async fn handle(&self, input: Input) -> Outcome {
-        let started = std::time::Instant::now();
-        let out = self.inner.handle(input).await;
-        let what = match &out {
-            Outcome::Publish(ms) => ms
-                .iter()
-                .map(proto::summary::describe)
-                .collect::<Vec<_>>()
-                .join("; "),
-            Outcome::Skip(r) => format!("skipped: {r}"),
-            Outcome::Retry { reason, .. } => format!("will retry: {reason}"),
-            Outcome::Reject(r) => format!("refused: {r}"),
-        };
-        let _ = self.tx.send(StageEvent {
-            stage: self.inner.stage(),
-            what,
-            elapsed: started.elapsed(),
-        });
-        out
-    }
-}
-
-fn spawn<H: Handler>(
-    bus: &MemoryBus,
-    h: H,
-    cfg: &settings::BusConfig,
-    stop: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let (bus, cfg, stop) = (bus.clone(), cfg.clone(), stop.clone());
-    tokio::spawn(async move {
-        if let Err(e) = runtime::run(
-            bus,
-            Arc::new(h),
-            Arc::new(NoLedger),
-            cfg,
-            Arc::new(Stats::default()),
-            stop,
-        )
-        .await
-        {
-            tracing::error!(error = %e, "stage stopped");
-        }
-    })
 }

@@ -4,14 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use bus::runtime::{Handler, Input, Outcome};
-use patch::PatchLimits;
 use proto::messages::{
     AttemptRecord, Decision, MreSummary, RepairCompleted, RepairOutcome, RepairRequested,
     TriageReport, Verdict,
 };
-use proto::{IterationId, Message, Stage};
-use store::{Completion, HistoryRecord, IterationOrigin, Store};
+use proto::{IterationId, Message, RepairId, Stage};
+use store::projects::Bucket;
+use store::{Completion, HistoryRecord, Store};
 
+use crate::iteration;
 use crate::report::{self, Facts};
 
 pub struct IntegrateStage {
@@ -23,6 +24,9 @@ pub struct IntegrateStage {
     /// Keep this many iterations after each new one (`docker.auto_cleanup` with
     /// `project.max_iterations`); `None` keeps everything.
     pub retention: Option<usize>,
+    /// Where the report files go for clients on other machines (the distributed mode): a
+    /// completion is published only once they are there.
+    pub reports: Option<Bucket>,
 }
 
 impl IntegrateStage {
@@ -32,9 +36,43 @@ impl IntegrateStage {
             .join(format!("repair-{}", r.repair_id))
     }
 
-    pub fn iteration_dir(&self, id: IterationId) -> PathBuf {
-        self.workspace.join("iterations").join(id.to_string())
+    pub fn iterations_dir(&self) -> PathBuf {
+        self.workspace.join("iterations")
     }
+
+    pub fn iteration_dir(&self, id: IterationId) -> PathBuf {
+        self.iterations_dir().join(id.to_string())
+    }
+}
+
+/// The files of a repair's report directory that a client takes home.
+pub const REPORT_FILES: &[&str] = &[
+    "final.patch",
+    "decision.md",
+    "repair_report.md",
+    "report.json",
+];
+
+/// Where a report file of `repair` lies in the report bucket.
+pub fn report_key(repair: RepairId, name: &str) -> String {
+    format!("repair-{repair}/{name}")
+}
+
+/// Copies the report files of `dir` that exist into the report bucket.
+async fn upload_reports(bucket: &Bucket, dir: &Path, repair: RepairId) -> Result<(), String> {
+    for name in REPORT_FILES {
+        let path = dir.join(name);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        bucket
+            .put(&report_key(repair, name), &bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 struct Case<'a> {
@@ -52,23 +90,6 @@ fn write(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
-}
-
-/// The project tree with `patch` applied, as iteration `dst` (replaced if a crash left one).
-fn materialise(src: &Path, dst: &Path, patch_text: Option<&str>) -> Result<(), String> {
-    let _ = std::fs::remove_dir_all(dst);
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    let staging = dst.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&staging);
-    sandbox::copy_project(src, &staging).map_err(|e| format!("cannot copy the project: {e}"))?;
-    if let Some(p) = patch_text {
-        let limits = PatchLimits::default();
-        let edits = patch::parse(p, &limits).map_err(|e| e.to_string())?;
-        patch::apply(&staging, &edits, &limits).map_err(|e| e.to_string())?;
-    }
-    std::fs::rename(&staging, dst).map_err(|e| e.to_string())
 }
 
 impl IntegrateStage {
@@ -91,21 +112,8 @@ impl IntegrateStage {
         let parent = if fixed {
             match c.request.iteration {
                 Some(id) => Some(id),
-                None => match self.store.add_iteration(
-                    None,
-                    IterationOrigin::Import {
-                        path: source.display().to_string(),
-                    },
-                ) {
-                    Ok(it) => {
-                        if let Err(e) = materialise(&source, &self.iteration_dir(it.id), None) {
-                            return Outcome::Retry {
-                                after: None,
-                                reason: e,
-                            };
-                        }
-                        Some(it.id)
-                    }
+                None => match iteration::import(&self.store, &self.iterations_dir(), &source) {
+                    Ok(id) => Some(id),
                     Err(e) => {
                         return Outcome::Retry {
                             after: None,
@@ -164,7 +172,7 @@ impl IntegrateStage {
         if let (Some(id), Some((_, patch_text))) = (record.new_iteration, c.winner) {
             let dst = self.iteration_dir(id);
             if !dst.exists()
-                && let Err(e) = materialise(&source, &dst, Some(patch_text))
+                && let Err(e) = iteration::materialise(&source, &dst, Some(patch_text))
             {
                 return Outcome::Retry {
                     after: None,
@@ -212,6 +220,14 @@ impl IntegrateStage {
             return Outcome::Retry {
                 after: None,
                 reason: e.to_string(),
+            };
+        }
+        if let Some(bucket) = &self.reports
+            && let Err(e) = upload_reports(bucket, &dir, c.request.repair_id).await
+        {
+            return Outcome::Retry {
+                after: None,
+                reason: format!("cannot hand the report to clients: {e}"),
             };
         }
         let rel = dir
@@ -303,10 +319,10 @@ impl Handler for IntegrateStage {
 }
 
 impl IntegrateStage {
-    /// The integration stage owns the ledger: `store` is the workspace's database.
-    pub fn from_context(ctx: &bus::context::StageContext, store: Store) -> IntegrateStage {
-        IntegrateStage {
-            store,
+    /// The integration stage owns the ledger: none without it (`ctx.ledger`).
+    pub fn from_context(ctx: &bus::context::StageContext) -> Option<IntegrateStage> {
+        Some(IntegrateStage {
+            store: ctx.ledger.clone()?,
             workspace: ctx.workspace.clone(),
             projects: ctx.projects.clone(),
             retention: ctx
@@ -315,6 +331,22 @@ impl IntegrateStage {
                 .docker
                 .auto_cleanup
                 .then_some(ctx.config.settings.project.max_iterations.max(1) as usize),
-        }
+            reports: ctx.reports.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_files_are_keyed_by_repair() {
+        // `coval repair --nats` fetches under this key what the integration worker put there.
+        let id: RepairId = "rep_01J9Z8Q4X7K2M5N8P1R3T6V9W2".parse().unwrap();
+        assert_eq!(
+            report_key(id, "final.patch"),
+            "repair-rep_01J9Z8Q4X7K2M5N8P1R3T6V9W2/final.patch"
+        );
     }
 }

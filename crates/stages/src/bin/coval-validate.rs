@@ -2,7 +2,5 @@
 //! `coval-validate --help` lists its options; `coval worker validate` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    bus::worker::main(proto::Stage::Validate, |w| {
-        validate::handler::ValidateStage::from_context(&w.context)
-    })
+    stages::main(proto::Stage::Validate)
 }

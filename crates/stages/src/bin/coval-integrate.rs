@@ -2,7 +2,5 @@
 //! `coval-integrate --help` lists its options; `coval worker integrate` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    bus::worker::main(proto::Stage::Integrate, |w| {
-        integrate::handler::IntegrateStage::from_context(&w.context, w.state.clone())
-    })
+    stages::main(proto::Stage::Integrate)
 }

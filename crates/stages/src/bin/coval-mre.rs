@@ -2,7 +2,5 @@
 //! `coval-mre --help` lists its options; `coval worker mre` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    bus::worker::main(proto::Stage::Mre, |w| {
-        mre::handler::MreStage::from_context(&w.context)
-    })
+    stages::main(proto::Stage::Mre)
 }

@@ -2,7 +2,5 @@
 //! `coval-decision --help` lists its options; `coval worker decision` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    bus::worker::main(proto::Stage::Decision, |w| {
-        decision::handler::DecisionStage::from_context(&w.context)
-    })
+    stages::main(proto::Stage::Decision)
 }

@@ -2,7 +2,5 @@
 //! `coval-fix --help` lists its options; `coval worker fix` runs the same code.
 
 fn main() -> std::process::ExitCode {
-    bus::worker::main(proto::Stage::Fix, |w| {
-        fix::handler::FixStage::from_context(&w.context)
-    })
+    stages::main(proto::Stage::Fix)
 }
