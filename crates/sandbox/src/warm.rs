@@ -19,6 +19,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::RunResult;
 
+mod client;
+
+pub(crate) use client::{Candidate, Staged, Transport, WarmClient};
+
 /// The server's source; run as `python3 -c SERVER coval-warm [--sweep] [--oom] [--wipe DIR...]`.
 pub(crate) const SERVER: &str = include_str!("warm_server.py");
 

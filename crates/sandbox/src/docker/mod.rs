@@ -33,7 +33,6 @@ use bollard::query_parameters::{
 };
 
 use super::capture::Capture;
-use super::warm::WarmState;
 use super::{RunResult, RunSpec, Sandbox, SandboxError, Session, ephemeral_uid, random_hex};
 use container::{Staging, wait_exit};
 use output::{FinishArgs, PumpEnd, finish, pump};
@@ -41,6 +40,7 @@ use trailer::Trailer;
 use wrapper::{WRAPPER, trailer_budget, wrapper_args};
 
 pub use session::DockerSession;
+use session::SessionContainer;
 
 /// Label on every sandbox container; its value is the owning [`DockerSandbox`]'s instance id.
 pub const LABEL: &str = "dev.coval.sandbox";
@@ -282,20 +282,19 @@ impl DockerSandbox {
             let _ = guard.remove().await;
             return Err(engine("start container")(e));
         }
-        let mut session = DockerSession {
+        let container = SessionContainer {
             docker: self.docker.clone(),
+            id: guard.id.clone(),
             guard: Some(guard),
             staging,
             uid,
-            template: template.clone(),
             counter: 0,
             last_oom: 0,
             lost: None,
-            warm: WarmState::new(self.warm),
-            warm_node: self.warm_node,
-            server: None,
             base: None,
         };
+        let mut session =
+            DockerSession::new(container, template.clone(), self.warm, self.warm_node);
         session.prestart().await;
         Ok(session)
     }

@@ -16,7 +16,9 @@ use super::trailer::Trailer;
 use super::wrapper::{COLLECT_CAP, WRAPPER, trailer_budget, wrapper_args};
 use super::{CLEANUP_TIMEOUT, HOST_GRACE, engine};
 use crate::capture::Capture;
-use crate::warm::{self, Channel, Chunk, WarmFailure, WarmState, WarmStats};
+use crate::warm::{
+    self, Candidate, Channel, Chunk, Staged, Transport, WarmClient, WarmFailure, WarmStats,
+};
 use crate::{RunResult, RunSpec, SandboxError, random_hex};
 
 /// Whether a `node --test` candidate in `dir` runs as the server would run it: every test path
@@ -42,38 +44,52 @@ fn node_servable(dir: &Path, served: &warm::Served<'_>) -> bool {
 
 /// One repair's container; each [`DockerSession::run`] is one `exec`.
 pub struct DockerSession {
-    pub(super) docker: Docker,
-    pub(super) guard: Option<ContainerGuard>,
-    pub(super) staging: Staging,
-    pub(super) uid: u32,
-    pub(super) template: RunSpec,
-    pub(super) counter: u64,
-    pub(super) last_oom: u64,
-    pub(super) lost: Option<String>,
-    pub(super) warm: WarmState,
+    container: SessionContainer,
+    warm: WarmClient,
     /// `node --test` candidates may be served too.
-    pub(super) warm_node: bool,
-    /// The warm test server's exec, while one runs.
-    pub(super) server: Option<WarmServer>,
-    /// The base tree staged for collected runs: its host path and staged name.
-    pub(super) base: Option<(PathBuf, String)>,
+    warm_node: bool,
+    template: RunSpec,
 }
 
-pub(super) struct WarmServer {
-    /// What it serves ([`warm::Served::server`]).
-    kind: String,
-    channel: Channel,
+/// The session's container and its staging dir: the fresh path (the wrapper, by `exec`) and
+/// the warm server's [`Transport`] (its own long-lived `exec`).
+pub(super) struct SessionContainer {
+    pub docker: Docker,
+    /// The container's id (kept after the guard has gone, for the cleanup calls that follow).
+    pub id: String,
+    pub guard: Option<ContainerGuard>,
+    pub staging: Staging,
+    pub uid: u32,
+    pub counter: u64,
+    pub last_oom: u64,
+    pub lost: Option<String>,
+    /// The base tree staged for collected runs: its host path and staged name.
+    pub base: Option<(PathBuf, String)>,
 }
 
 impl DockerSession {
+    pub(super) fn new(
+        container: SessionContainer,
+        template: RunSpec,
+        warm: bool,
+        warm_node: bool,
+    ) -> DockerSession {
+        DockerSession {
+            container,
+            warm: WarmClient::new(warm),
+            warm_node,
+            template,
+        }
+    }
+
     /// The session's container id.
     pub fn container_id(&self) -> Option<&str> {
-        self.guard.as_ref().map(|g| g.id.as_str())
+        self.container.guard.as_ref().map(|g| g.id.as_str())
     }
 
     /// How candidates were served by the warm test server.
     pub fn warm_stats(&self) -> &WarmStats {
-        &self.warm.stats
+        self.warm.stats()
     }
 
     /// How a warm server would serve `argv`, if one of this session's may.
@@ -82,31 +98,16 @@ impl DockerSession {
     }
 
     /// Starts the warm server for the template's command, when it is one the server serves.
-    /// A server that does not start is logged; candidates then try again or run fresh.
     pub(super) async fn prestart(&mut self) {
         let Some(served) = self.served(&self.template.argv) else {
             return;
         };
-        let Some(id) = self.container_id().map(str::to_owned) else {
-            return;
-        };
-        if !self.warm.usable() || self.server.is_some() {
+        if self.container_id().is_none() {
             return;
         }
-        self.warm.stats.starts += 1;
-        match self.start_server(&id, &served, &self.template).await {
-            Ok(channel) => {
-                self.server = Some(WarmServer {
-                    kind: served.server().to_owned(),
-                    channel,
-                })
-            }
-            Err(why) => {
-                tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
-                self.stop_server(&id).await;
-                self.warm.failed(&why, false);
-            }
-        }
+        self.warm
+            .prestart(&mut self.container, &served, &self.template)
+            .await;
     }
 
     /// Runs `argv` on a fresh copy of `dir` in its own subdirectory of the work area, with the
@@ -132,68 +133,141 @@ impl DockerSession {
         timeout: Duration,
         changed: Option<warm::Changed<'_>>,
     ) -> Result<RunResult, SandboxError> {
-        if let Some(why) = &self.lost {
+        let c = &mut self.container;
+        if let Some(why) = &c.lost {
             return Err(SandboxError::SessionLost(why.clone()));
         }
-        let Some(id) = self.guard.as_ref().map(|g| g.id.clone()) else {
+        if c.guard.is_none() {
             return Err(SandboxError::SessionLost("closed".into()));
-        };
+        }
         let mut spec = self.template.clone();
         spec.argv = argv.to_vec();
         spec.timeout = timeout;
         spec.dir = dir.to_path_buf();
         spec.validate()?;
         let started = Instant::now();
-        self.counter += 1;
-        let cid = format!("c{}", self.counter);
-        self.staging.add(&cid, dir).await?;
+        c.counter += 1;
+        let cid = format!("c{}", c.counter);
+        c.staging.add(&cid, dir).await?;
         let mut served = None;
         if self.warm.usable()
-            && let Some(how) = self.served(&spec.argv)
+            && let Some(how) = warm::served(&spec.argv)
+                .filter(|s| self.warm_node || matches!(s, warm::Served::Pytest { .. }))
             && node_servable(dir, &how)
         {
-            let base = match changed {
-                Some(c) if matches!(how, warm::Served::Pytest { .. }) => {
-                    self.stage_base(c.base).await.map(|name| (name, c.changed))
-                }
-                _ => None,
+            let candidate = Candidate {
+                id: &cid,
+                served: &how,
+                spec: &spec,
+                changed,
+                started,
             };
-            match self.run_warm(&id, &cid, &how, &spec, started, base).await {
-                Ok(r) => served = Some(r),
-                Err(why) => {
-                    tracing::warn!(candidate = %cid, reason = %why, "warm test server failed; running this candidate as a fresh process");
-                    self.stop_server(&id).await;
-                    self.warm.failed(&why, true);
-                }
-            }
+            served = self.warm.serve(c, candidate).await;
         }
         let result = match served {
             Some(r) => Ok(r),
             None => {
                 // The per-candidate wrapper kills every process of the candidates' user, the
                 // server included: stop it first, so the session knows it is gone.
-                if self.server.is_some() {
-                    self.stop_server(&id).await;
+                if self.warm.running() {
+                    self.warm.stop(c).await;
                 }
-                match &self.lost {
+                match &c.lost {
                     Some(why) => Err(SandboxError::SessionLost(why.clone())),
-                    None => self.run_exec(&id, &cid, &spec, started).await,
+                    None => c.run_exec(&cid, &spec, started).await,
                 }
             }
         };
-        self.staging.remove(&cid).await;
+        c.staging.remove(&cid).await;
         if let Err(SandboxError::Docker { reason, .. }) = &result
             && (reason.contains("is not running") || reason.contains("No such container"))
         {
-            self.lost = Some(format!("the container stopped: {reason}"));
+            c.lost = Some(format!("the container stopped: {reason}"));
         }
         result
     }
 
+    /// Removes the container.
+    pub async fn close(mut self) -> Result<(), SandboxError> {
+        match self.container.guard.take() {
+            Some(g) => g.remove().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Transport for SessionContainer {
+    const COLLECT_CAP: usize = COLLECT_CAP;
+
+    async fn start(
+        &mut self,
+        served: &warm::Served<'_>,
+        spec: &RunSpec,
+    ) -> Result<Channel, WarmFailure> {
+        self.start_server(served, spec).await
+    }
+
+    /// Closes the server's input, then kills everything the candidates' user runs and wipes
+    /// the work area; when even that fails, the session is lost.
+    async fn stop(&mut self, channel: Option<Channel>) {
+        if let Some(channel) = channel {
+            channel.close().await;
+        }
+        match self.clean().await {
+            Ok(n) => self.last_oom = n,
+            Err(e) => {
+                self.lost = Some(format!("cannot stop the warm test server: {e}"));
+                if let Some(g) = self.guard.take() {
+                    let _ = g.remove().await;
+                }
+            }
+        }
+    }
+
+    /// The candidate is staged under `/cands` already (the fresh path needs it too); a base
+    /// is staged once per base.
+    async fn stage(
+        &mut self,
+        id: &str,
+        _spec: &RunSpec,
+        changed: Option<warm::Changed<'_>>,
+    ) -> Result<Staged, WarmFailure> {
+        let base = match changed {
+            Some(c) => self.stage_base(c.base).await,
+            None => None,
+        };
+        Ok(Staged {
+            src: format!("/cands/{id}"),
+            work: format!("/work/{id}"),
+            base: base.map(|name| (format!("/cands/{name}"), "/work/base".to_owned())),
+        })
+    }
+
+    /// The staged candidate goes with the fresh path's copy, after the run.
+    async fn unstage(&mut self, _staged: Staged) {}
+
+    fn kill_at(&self, spec: &RunSpec) -> usize {
+        spec.limits
+            .output_bytes
+            .saturating_add(trailer_budget(spec))
+    }
+
+    fn last_oom(&self) -> u64 {
+        self.last_oom
+    }
+
+    fn judge(&mut self, r: RunResult, oom_after: Option<u64>) -> RunResult {
+        if let Some(n) = oom_after {
+            self.last_oom = n;
+        }
+        r
+    }
+}
+
+impl SessionContainer {
     /// One candidate as a fresh process: the wrapper, by one `exec`.
     async fn run_exec(
         &mut self,
-        id: &str,
         cid: &str,
         spec: &RunSpec,
         started: Instant,
@@ -213,7 +287,7 @@ impl DockerSession {
             &spec.env,
             &spec.argv,
         ));
-        self.exec_candidate(id, spec, cmd, &mark, started).await
+        self.exec_candidate(spec, cmd, &mark, started).await
     }
 
     /// Stages `base` under `/cands` once (again when another base comes); its staged name.
@@ -240,124 +314,15 @@ impl DockerSession {
         }
     }
 
-    /// One candidate through the warm server, started first if none runs.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_warm(
-        &mut self,
-        id: &str,
-        cid: &str,
-        served: &warm::Served<'_>,
-        spec: &RunSpec,
-        started: Instant,
-        base: Option<(String, &[String])>,
-    ) -> Result<RunResult, WarmFailure> {
-        let kind = served.server();
-        if self.server.as_ref().is_some_and(|s| s.kind != kind) {
-            return Err(WarmFailure(format!(
-                "the session's server serves another command than `{kind}`"
-            )));
-        }
-        if self.server.is_none() {
-            self.warm.stats.starts += 1;
-            let channel = self.start_server(id, served, spec).await?;
-            self.server = Some(WarmServer {
-                kind: kind.to_owned(),
-                channel,
-            });
-        }
-        let (args, shell, spawn) = match served {
-            warm::Served::Pytest { args, .. } => (*args, false, false),
-            warm::Served::NodeTest { paths, shell } => (paths.as_slice(), *shell, false),
-            warm::Served::NodeSpawn { argv } => (*argv, false, true),
-        };
-        let Some(server) = self.server.as_mut() else {
-            return Err(WarmFailure("no server".into()));
-        };
-        let src = format!("/cands/{cid}");
-        let work = format!("/work/{cid}");
-        let base_src = base.as_ref().map(|(name, _)| format!("/cands/{name}"));
-        let req = warm::Request {
-            id: cid,
-            src: Some(&src),
-            work: &work,
-            args,
-            timeout: spec.timeout.as_secs_f64(),
-            cap: spec.limits.output_bytes,
-            kill_at: spec
-                .limits
-                .output_bytes
-                .saturating_add(trailer_budget(spec)),
-            collect: &spec.collect,
-            fcap: COLLECT_CAP,
-            shell,
-            spawn,
-            fast: base_src
-                .as_deref()
-                .zip(base.as_ref())
-                .map(|(b, (_, changed))| warm::FastRequest {
-                    base: b,
-                    work: "/work/base",
-                    changed,
-                }),
-        };
-        let deadline = tokio::time::Instant::now() + spec.timeout + HOST_GRACE;
-        let staged_secs = started.elapsed().as_secs_f64();
-        let (reply, blobs) = server.channel.call(&req, deadline).await?;
-        tracing::debug!(
-            candidate = %cid,
-            staged_secs,
-            server_secs = reply.seconds,
-            fast = reply.fast.as_deref().unwrap_or("-"),
-            marks = ?reply.marks,
-            host_secs = started.elapsed().as_secs_f64(),
-            "warm run"
-        );
-        let clean = reply.clean;
-        let collected = reply
-            .fast
-            .as_deref()
-            .is_some_and(|f| f.starts_with("served"));
-        let oom_after = reply.oom.map(|(_, after)| after);
-        let result = warm::to_result(
-            reply,
-            blobs,
-            &warm::Expect {
-                id: cid,
-                cap: spec.limits.output_bytes,
-                fcap: COLLECT_CAP,
-                collect: &spec.collect,
-                timeout: spec.timeout,
-                last_oom: self.last_oom,
-                started,
-            },
-        )?;
-        if let Some(n) = oom_after {
-            self.last_oom = n;
-        }
-        self.warm.stats.served += 1;
-        self.warm.stats.collected += u64::from(collected);
-        if !clean {
-            // The verdict stands (the run was over); the next candidate gets a fresh start.
-            let why = WarmFailure(
-                "the server could not kill every process of a candidate or empty the work area"
-                    .into(),
-            );
-            tracing::warn!(candidate = %cid, reason = %why, "restarting the warm test server");
-            self.stop_server(id).await;
-            self.warm.failed(&why, false);
-        }
-        Ok(result)
-    }
-
     /// Starts the warm server as the candidates' user with exactly the session's environment,
     /// and waits until it is ready (pytest imported, or node's runner loaded and the server
     /// out of the candidates' reach).
     async fn start_server(
         &self,
-        id: &str,
         served: &warm::Served<'_>,
         spec: &RunSpec,
     ) -> Result<Channel, WarmFailure> {
+        let id = self.id.as_str();
         let mut cmd = Vec::new();
         if !matches!(served, warm::Served::Pytest { .. }) {
             // Images without the protected node (not coval's) say so in the server's words.
@@ -438,36 +403,19 @@ impl DockerSession {
         Ok(channel)
     }
 
-    /// Stops the warm server (if one runs) and everything the candidates' user runs, and wipes
-    /// the work area; when even that fails, the session is lost.
-    async fn stop_server(&mut self, id: &str) {
-        if let Some(s) = self.server.take() {
-            s.channel.close().await;
-        }
-        match self.clean(id).await {
-            Ok(n) => self.last_oom = n,
-            Err(e) => {
-                self.lost = Some(format!("cannot stop the warm test server: {e}"));
-                if let Some(g) = self.guard.take() {
-                    let _ = g.remove().await;
-                }
-            }
-        }
-    }
-
     async fn exec_candidate(
         &mut self,
-        id: &str,
         spec: &RunSpec,
         cmd: Vec<String>,
         mark: &str,
         started: Instant,
     ) -> Result<RunResult, SandboxError> {
+        let id = self.id.clone();
         let user = format!("{0}:{0}", self.uid);
         let exec = self
             .docker
             .create_exec(
-                id,
+                &id,
                 CreateExecOptions {
                     cmd: Some(cmd),
                     user: Some(user),
@@ -508,7 +456,7 @@ impl DockerSession {
         if end != PumpEnd::Eof {
             // Stop the candidate from inside (its own user can kill all its processes); if
             // that fails too, the container goes and the session with it.
-            match self.clean(id).await {
+            match self.clean().await {
                 Ok(n) => oom_after_cleanup = Some(n),
                 Err(e) => {
                     self.lost = Some(format!("cannot stop a runaway candidate: {e}"));
@@ -542,7 +490,8 @@ impl DockerSession {
     }
 
     /// Kills every candidate process and wipes the work area; returns the OOM-kill count.
-    async fn clean(&self, id: &str) -> Result<u64, SandboxError> {
+    async fn clean(&self) -> Result<u64, SandboxError> {
+        let id = self.id.as_str();
         let fut = async {
             let exec = self
                 .docker
@@ -594,17 +543,9 @@ impl DockerSession {
                 reason: format!("no answer within {} s", CLEANUP_TIMEOUT.as_secs()),
             })?
     }
-
-    /// Removes the container.
-    pub async fn close(mut self) -> Result<(), SandboxError> {
-        match self.guard.take() {
-            Some(g) => g.remove().await,
-            None => Ok(()),
-        }
-    }
 }
 
-impl Drop for DockerSession {
+impl Drop for SessionContainer {
     fn drop(&mut self) {
         // The guard's own Drop removes the container; this only makes the order explicit:
         // container first, then the staging dir it mounts.
