@@ -701,9 +701,10 @@ def serve_fast(req):
     if key in FAST_FAILED:
         return None, FAST_FAILED[key]
     setup = time.monotonic()
-    if FAST is None or FAST["key"] != key:
-        if not start_fast(key, fast["base"], work, req["args"], min(float(req["timeout"]) + 1, 10.0)):
-            return None, FAST_FAILED.get(key, "the collector stopped")
+    if (FAST is None or FAST["key"] != key) and not start_fast(
+        key, fast["base"], work, req["args"], min(float(req["timeout"]) + 1, 10.0)
+    ):
+        return None, FAST_FAILED.get(key, "the collector stopped")
     started = time.monotonic()
     setup = started - setup
     wiped_before = wipe(keep=work)
@@ -814,7 +815,8 @@ def collector_main(c):
                 collector_loop(session)
             except FastChild as child:
                 fast_child(child)
-                return None
+                # No result: pytest's own run loop goes on to run the tests, in this fork.
+                return
             os._exit(0)
 
     def collector_loop(session):
