@@ -7,6 +7,9 @@
 //! (a Docker exec's attached streams, a local child's pipes), and turning a reply into the same
 //! [`RunResult`] a fresh process would have given. Anything unexpected is a [`WarmFailure`]:
 //! the caller stops the server and runs that candidate the old way, never guesses a verdict.
+//! Both backends drive their server through one [`WarmClient`] (`client`), each behind its own
+//! [`Transport`]. The protocol's golden fixtures are in `protocol/` (crate root); this module's
+//! tests, `tests/test_protocol.py` and `tests/protocol.test.js` check all three sides on them.
 
 use std::pin::Pin;
 use std::sync::Mutex;
