@@ -42,6 +42,11 @@ fn node_servable(dir: &Path, served: &warm::Served<'_>) -> bool {
         && !(*shell && std::fs::symlink_metadata(dir.join("node_modules/.bin/node")).is_ok())
 }
 
+/// How a session's warm server would serve `argv`, if one may (node's only with `warm_node`).
+fn servable(argv: &[String], warm_node: bool) -> Option<warm::Served<'_>> {
+    warm::served(argv).filter(|s| warm_node || matches!(s, warm::Served::Pytest { .. }))
+}
+
 /// One repair's container; each [`DockerSession::run`] is one `exec`.
 pub struct DockerSession {
     container: SessionContainer,
@@ -92,14 +97,9 @@ impl DockerSession {
         self.warm.stats()
     }
 
-    /// How a warm server would serve `argv`, if one of this session's may.
-    fn served<'a>(&self, argv: &'a [String]) -> Option<warm::Served<'a>> {
-        warm::served(argv).filter(|s| self.warm_node || matches!(s, warm::Served::Pytest { .. }))
-    }
-
     /// Starts the warm server for the template's command, when it is one the server serves.
     pub(super) async fn prestart(&mut self) {
-        let Some(served) = self.served(&self.template.argv) else {
+        let Some(served) = servable(&self.template.argv, self.warm_node) else {
             return;
         };
         if self.container_id().is_none() {
@@ -151,8 +151,7 @@ impl DockerSession {
         c.staging.add(&cid, dir).await?;
         let mut served = None;
         if self.warm.usable()
-            && let Some(how) = warm::served(&spec.argv)
-                .filter(|s| self.warm_node || matches!(s, warm::Served::Pytest { .. }))
+            && let Some(how) = servable(&spec.argv, self.warm_node)
             && node_servable(dir, &how)
         {
             let candidate = Candidate {
