@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::capture::{Capture, Flow};
 use super::sys::{self, ChildSetup, Netns};
-use super::warm::{self, Channel, Chunk, WarmFailure, WarmState, WarmStats};
+use super::warm::{self, Candidate, Channel, Chunk, Transport, WarmClient, WarmFailure, WarmStats};
 use super::{RunResult, RunSpec, Sandbox, SandboxError, Session, ephemeral_uid};
 use vocab::tree::{Perms, chown_tree, copy_tree, read_capped};
 
@@ -152,9 +152,11 @@ Use the Docker sandbox for untrusted code.",
     pub fn open_session(&self, template: &RunSpec) -> Result<LocalSession, SandboxError> {
         template.validate()?;
         Ok(LocalSession {
-            template: template.clone(),
-            warm: WarmState::new(self.warm),
-            server: None,
+            warm: WarmClient::new(self.warm),
+            host: LocalHost {
+                template: template.clone(),
+                server: None,
+            },
             counter: 0,
         })
     }
@@ -186,20 +188,28 @@ impl Sandbox for LocalSandbox {
 /// candidates go to a warm test server (one per session, started on first use, with the same
 /// rlimits, namespace and user a fresh run gets), anything else runs as a fresh process.
 pub struct LocalSession {
-    template: RunSpec,
-    warm: WarmState,
-    server: Option<LocalServer>,
+    warm: WarmClient,
+    host: LocalHost,
     counter: u64,
 }
 
 impl std::fmt::Debug for LocalSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalSession")
-            .field("template", &self.template)
-            .field("warm", &self.warm.stats)
-            .field("server", &self.server.as_ref().map(|s| s.pid))
+            .field("template", &self.host.template)
+            .field("warm", self.warm.stats())
+            .field("server", &self.host.server.as_ref().map(|s| s.pid))
             .finish()
     }
+}
+
+/// The warm server's side on this host (the [`Transport`]): its process and the directory
+/// tree it works in.
+struct LocalHost {
+    /// The session's template: the server is started with its limits, whichever candidate
+    /// starts it.
+    template: RunSpec,
+    server: Option<LocalServer>,
 }
 
 /// The warm server of a local session and the directory tree it works in: `cands/` (staged
@@ -211,16 +221,14 @@ struct LocalServer {
     pid: Option<u32>,
     /// The session's own user (coval runs as root), else `None`.
     user: Option<(u32, u32)>,
-    interpreter: String,
-    channel: Channel,
     /// The base tree staged for collected runs: its host path and staged name.
     base: Option<(PathBuf, String)>,
 }
 
 impl LocalServer {
     /// Stages `base` under the server's `cands` once (again when another base comes, as
-    /// `base{n}`); its staged name, or `None` when it could not be copied.
-    async fn stage_base(&mut self, base: &Path, n: u64) -> Option<String> {
+    /// `base-{id}`); its staged name, or `None` when it could not be copied.
+    async fn stage_base(&mut self, base: &Path, id: &str) -> Option<String> {
         if let Some((path, name)) = &self.base
             && path == base
         {
@@ -231,7 +239,7 @@ impl LocalServer {
             let old = cands.join(old);
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(old)).await;
         }
-        let name = format!("base{n}");
+        let name = format!("base-{id}");
         let (from, to) = (base.to_path_buf(), cands.join(&name));
         let copied =
             tokio::task::spawn_blocking(move || copy_tree(&from, &to, Perms::WorldReadable)).await;
@@ -250,8 +258,6 @@ fn env_names_work(spec: &RunSpec) -> bool {
         .any(|(_, v)| v == "/work" || v.starts_with("/work/"))
 }
 
-/// Host-side slack beyond a candidate's timeout before the warm server counts as hung.
-const WARM_GRACE: Duration = Duration::from_secs(15);
 /// Cap on each collected file of a warm run (as `read_capped` in a fresh run).
 const WARM_COLLECT_CAP: usize = 4 << 20;
 
@@ -274,7 +280,7 @@ impl LocalSession {
         timeout: Duration,
         changed: Option<warm::Changed<'_>>,
     ) -> Result<RunResult, SandboxError> {
-        let mut spec = self.template.clone();
+        let mut spec = self.host.template.clone();
         spec.dir = dir.to_path_buf();
         spec.argv = argv.to_vec();
         spec.timeout = timeout;
@@ -289,13 +295,19 @@ impl LocalSession {
                         .into(),
                 );
             } else {
-                match self.run_warm(interpreter, args, &spec, changed).await {
-                    Ok(r) => return Ok(r),
-                    Err(why) => {
-                        tracing::warn!(reason = %why, "warm test server failed; running this candidate as a fresh process");
-                        self.stop_server().await;
-                        self.warm.failed(&why, true);
-                    }
+                let started = Instant::now();
+                self.counter += 1;
+                let cid = format!("c{}", self.counter);
+                let served = warm::Served::Pytest { interpreter, args };
+                let candidate = Candidate {
+                    id: &cid,
+                    served: &served,
+                    spec: &spec,
+                    changed,
+                    started,
+                };
+                if let Some(r) = self.warm.serve(&mut self.host, candidate).await {
+                    return Ok(r);
                 }
             }
         }
@@ -304,165 +316,132 @@ impl LocalSession {
 
     /// How candidates were served by the warm test server.
     pub fn warm_stats(&self) -> &WarmStats {
-        &self.warm.stats
+        self.warm.stats()
     }
 
     /// Starts the warm server for the template's command, when it is one the server serves.
     async fn prestart(&mut self) {
-        let Some((interpreter, _)) = warm::pytest_invocation(&self.template.argv) else {
+        let template = self.host.template.clone();
+        let Some((interpreter, args)) = warm::pytest_invocation(&template.argv) else {
             return;
         };
-        if !self.warm.usable() || self.server.is_some() || env_names_work(&self.template) {
+        if env_names_work(&template) {
             return;
         }
-        self.warm.stats.starts += 1;
-        match start_local_server(interpreter, &self.template).await {
-            Ok(s) => self.server = Some(s),
-            Err(why) => {
-                tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
-                self.warm.failed(&why, false);
-            }
-        }
+        let served = warm::Served::Pytest { interpreter, args };
+        self.warm.prestart(&mut self.host, &served, &template).await;
     }
 
-    async fn run_warm(
+    /// Stops the warm server, if one runs.
+    pub async fn close(mut self) {
+        self.warm.stop(&mut self.host).await;
+    }
+}
+
+impl Transport for LocalHost {
+    const COLLECT_CAP: usize = WARM_COLLECT_CAP;
+
+    async fn start(
         &mut self,
-        interpreter: &str,
-        args: &[String],
+        served: &warm::Served<'_>,
+        _spec: &RunSpec,
+    ) -> Result<Channel, WarmFailure> {
+        let warm::Served::Pytest { interpreter, .. } = served else {
+            return Err(WarmFailure(format!(
+                "the local sandbox serves only pytest, not `{}`",
+                served.server()
+            )));
+        };
+        let (server, channel) = start_local_server(interpreter, &self.template).await?;
+        self.server = Some(server);
+        Ok(channel)
+    }
+
+    /// Kills the warm server, the candidate it was running and (with a user of its own) every
+    /// process of the session's user; removes its directory tree.
+    async fn stop(&mut self, channel: Option<Channel>) {
+        let Some(mut s) = self.server.take() else {
+            return;
+        };
+        let child = channel.as_ref().and_then(|c| c.child);
+        kill_server(&s, child);
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.process.wait()).await;
+        let _ = s.process.start_kill();
+        kill_server(&s, child);
+        let root = s.root;
+        drop(channel);
+        let _ = tokio::task::spawn_blocking(move || drop(root)).await;
+    }
+
+    /// Copies the candidate into the server's `cands` (and its base, once per base).
+    async fn stage(
+        &mut self,
+        id: &str,
         spec: &RunSpec,
         changed: Option<warm::Changed<'_>>,
-    ) -> Result<RunResult, WarmFailure> {
-        let started = Instant::now();
-        if self
-            .server
-            .as_ref()
-            .is_some_and(|s| s.interpreter != interpreter)
-        {
-            return Err(WarmFailure(format!(
-                "the server runs another interpreter than `{interpreter}`"
-            )));
-        }
-        if self.server.is_none() {
-            self.warm.stats.starts += 1;
-            self.server = Some(start_local_server(interpreter, &self.template).await?);
-        }
+    ) -> Result<warm::Staged, WarmFailure> {
         let Some(server) = self.server.as_mut() else {
             return Err(WarmFailure("no server".into()));
         };
-        self.counter += 1;
-        let cid = format!("c{}", self.counter);
-        let src = server.root.path().join("cands").join(&cid);
-        let work = server.root.path().join("work").join(&cid);
+        let src = server.root.path().join("cands").join(id);
+        let work = server.root.path().join("work").join(id);
         let (from, to) = (spec.dir.clone(), src.clone());
         tokio::task::spawn_blocking(move || copy_tree(&from, &to, Perms::WorldReadable))
             .await
             .map_err(|e| WarmFailure(format!("staging task failed: {e}")))?
             .map_err(|e| WarmFailure(format!("cannot stage {}: {e}", spec.dir.display())))?;
-        let (Some(src_s), Some(work_s)) = (src.to_str(), work.to_str()) else {
+        let (Some(src), Some(work)) = (src.to_str(), work.to_str()) else {
             return Err(WarmFailure("the temp dir's path is not UTF-8".into()));
         };
+        let (src, work) = (src.to_owned(), work.to_owned());
         let mut base = None;
         if let Some(c) = changed
-            && let Some(name) = server.stage_base(c.base, self.counter).await
+            && let Some(name) = server.stage_base(c.base, id).await
         {
             let r = server.root.path();
             base = Some((
                 r.join("cands").join(name).to_string_lossy().into_owned(),
                 r.join("work").join("base").to_string_lossy().into_owned(),
-                c.changed,
             ));
         }
-        let req = warm::Request {
-            id: &cid,
-            src: Some(src_s),
-            work: work_s,
-            args,
-            timeout: spec.timeout.as_secs_f64(),
-            cap: spec.limits.output_bytes,
-            kill_at: spec.limits.output_bytes,
-            collect: &spec.collect,
-            fcap: WARM_COLLECT_CAP,
-            shell: false,
-            spawn: false,
-            fast: base.as_ref().map(|(b, w, changed)| warm::FastRequest {
-                base: b,
-                work: w,
-                changed,
-            }),
-        };
-        let deadline = tokio::time::Instant::now() + spec.timeout + WARM_GRACE;
-        let reply = server.channel.call(&req, deadline).await;
+        Ok(warm::Staged { src, work, base })
+    }
+
+    async fn unstage(&mut self, staged: warm::Staged) {
+        let src = PathBuf::from(staged.src);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(src)).await;
-        let (reply, blobs) = reply?;
-        let clean = reply.clean;
-        let collected = reply
-            .fast
-            .as_deref()
-            .is_some_and(|f| f.starts_with("served"));
-        tracing::debug!(candidate = %cid, server_secs = reply.seconds, fast = reply.fast.as_deref().unwrap_or("-"), marks = ?reply.marks, "warm run");
-        let mut r = warm::to_result(
-            reply,
-            blobs,
-            &warm::Expect {
-                id: &cid,
-                cap: spec.limits.output_bytes,
-                fcap: WARM_COLLECT_CAP,
-                collect: &spec.collect,
-                timeout: spec.timeout,
-                last_oom: 0,
-                started,
-            },
-        )?;
-        // As a fresh local run judges them: CPU-limit kills are timeouts, allocation failures
-        // are out-of-memory.
+    }
+
+    fn kill_at(&self, spec: &RunSpec) -> usize {
+        spec.limits.output_bytes
+    }
+
+    fn last_oom(&self) -> u64 {
+        0
+    }
+
+    /// As a fresh local run judges them: CPU-limit kills are timeouts, allocation failures
+    /// are out-of-memory.
+    fn judge(&mut self, mut r: RunResult, _oom_after: Option<u64>) -> RunResult {
         r.timed_out = r.timed_out || r.signal == Some(libc::SIGXCPU);
         r.oom_killed = !r.success() && !r.timed_out && looks_out_of_memory(&r.stderr);
-        self.warm.stats.served += 1;
-        self.warm.stats.collected += u64::from(collected);
-        if !clean {
-            let why = WarmFailure(
-                "the server could not kill every process of a candidate or empty the work area"
-                    .into(),
-            );
-            tracing::warn!(reason = %why, "restarting the warm test server");
-            self.stop_server().await;
-            self.warm.failed(&why, false);
-        }
-        Ok(r)
-    }
-
-    /// Kills the warm server, the candidate it was running and (with a user of its own) every
-    /// process of the session's user; removes its directory tree.
-    async fn stop_server(&mut self) {
-        let Some(mut s) = self.server.take() else {
-            return;
-        };
-        kill_server(&s);
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.process.wait()).await;
-        let _ = s.process.start_kill();
-        kill_server(&s);
-        let root = s.root;
-        drop(s.channel);
-        let _ = tokio::task::spawn_blocking(move || drop(root)).await;
-    }
-
-    /// Stops the warm server, if one runs.
-    pub async fn close(mut self) {
-        self.stop_server().await;
+        r
     }
 }
 
 impl Drop for LocalSession {
     fn drop(&mut self) {
         // A cancelled repair: nothing of the session may outlive it.
-        if let Some(s) = &self.server {
-            kill_server(s);
+        if let Some(s) = &self.host.server {
+            kill_server(s, self.warm.channel().and_then(|c| c.child));
         }
     }
 }
 
-fn kill_server(s: &LocalServer) {
-    if let Some(child) = s.channel.child {
+/// Kills the candidate the server runs (`child`, its process group), the server, and (with a
+/// user of its own) every process of the session's user.
+fn kill_server(s: &LocalServer, child: Option<u32>) {
+    if let Some(child) = child {
         sys::kill_group(child);
     }
     kill_all(s.pid, s.user);
@@ -473,7 +452,7 @@ fn kill_server(s: &LocalServer) {
 async fn start_local_server(
     interpreter: &str,
     template: &RunSpec,
-) -> Result<LocalServer, WarmFailure> {
+) -> Result<(LocalServer, Channel), WarmFailure> {
     use std::os::unix::fs::PermissionsExt;
     let io = |what: &str, e: std::io::Error| WarmFailure(format!("{what}: {e}"));
     let root = tempfile::Builder::new()
@@ -545,17 +524,16 @@ async fn start_local_server(
         process,
         pid,
         user,
-        interpreter: interpreter.to_owned(),
-        channel: Channel::new(Box::pin(stdin), Box::pin(output), max_body),
         base: None,
     };
-    match server.channel.hello().await {
+    let mut channel = Channel::new(Box::pin(stdin), Box::pin(output), max_body);
+    match channel.hello().await {
         Ok(about) => {
             tracing::debug!(%about, "local warm test server ready");
-            Ok(server)
+            Ok((server, channel))
         }
         Err(e) => {
-            kill_server(&server);
+            kill_server(&server, None);
             let _ = server.process.start_kill();
             Err(e)
         }

@@ -7,6 +7,9 @@
 //! (a Docker exec's attached streams, a local child's pipes), and turning a reply into the same
 //! [`RunResult`] a fresh process would have given. Anything unexpected is a [`WarmFailure`]:
 //! the caller stops the server and runs that candidate the old way, never guesses a verdict.
+//! Both backends drive their server through one [`WarmClient`] (`client`), each behind its own
+//! [`Transport`]. The protocol's golden fixtures are in `protocol/` (crate root); this module's
+//! tests, `tests/test_protocol.py` and `tests/protocol.test.js` check all three sides on them.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -18,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::RunResult;
+
+mod client;
+
+pub(crate) use client::{Candidate, Staged, Transport, WarmClient};
 
 /// The server's source; run as `python3 -c SERVER coval-warm [--sweep] [--oom] [--wipe DIR...]`.
 pub(crate) const SERVER: &str = include_str!("warm_server.py");
@@ -799,5 +806,296 @@ mod tests {
         let mut bad = reply();
         bad.signal = Some(9);
         assert!(to_result(bad, blobs(), &e).is_err());
+    }
+
+    /// The golden fixtures of the protocol (`protocol/*.json`), shared with the servers' own
+    /// tests (`tests/test_protocol.py`, `tests/protocol.test.js`).
+    mod golden {
+        use super::*;
+        use serde_json::Value;
+
+        const REQUESTS: &str = include_str!("../protocol/requests.json");
+        const FRAMES: &str = include_str!("../protocol/frames.json");
+
+        fn cases() -> Vec<Value> {
+            let v: Value = serde_json::from_str(REQUESTS).unwrap();
+            v["cases"].as_array().unwrap().clone()
+        }
+
+        fn frames() -> Vec<Value> {
+            let v: Value = serde_json::from_str(FRAMES).unwrap();
+            v["frames"].as_array().unwrap().clone()
+        }
+
+        fn case(name: &str) -> Value {
+            cases()
+                .into_iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("no request case `{name}`"))
+        }
+
+        fn strings(v: &Value) -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect()
+        }
+
+        fn blobs(f: &Value) -> Vec<Vec<u8>> {
+            strings(&f["blobs"])
+                .into_iter()
+                .map(String::into_bytes)
+                .collect()
+        }
+
+        /// The frame's bytes as a server writes them.
+        fn wire(f: &Value) -> Vec<u8> {
+            let mut w = serde_json::to_vec(&f["header"]).unwrap();
+            w.push(b'\n');
+            w.extend(blobs(f).concat());
+            w
+        }
+
+        #[test]
+        fn requests_encode_as_the_fixtures() {
+            let pytest_args = argv(&["-q", "-p", "no:cacheprovider", "--junitxml=report.xml"]);
+            let q = argv(&["-q"]);
+            let report = argv(&["report.xml"]);
+            let changed = argv(&["src/calc.py"]);
+            let paths = argv(&["test/", "spec/a.test.js"]);
+            let spawned = argv(&["node", "--test-reporter=tap", "test/a.test.js"]);
+            let req = |id, src, work, args, timeout, cap, kill_at, collect| Request {
+                id,
+                src: Some(src),
+                work,
+                args,
+                timeout,
+                cap,
+                kill_at,
+                collect,
+                fcap: 4 << 20,
+                shell: false,
+                spawn: false,
+                fast: None,
+            };
+            let built = [
+                (
+                    "pytest",
+                    req(
+                        "c1",
+                        "/cands/c1",
+                        "/work/c1",
+                        &pytest_args,
+                        60.0,
+                        1 << 20,
+                        5247488,
+                        &report,
+                    ),
+                ),
+                (
+                    "pytest-collected",
+                    Request {
+                        fast: Some(FastRequest {
+                            base: "/cands/base3",
+                            work: "/work/base",
+                            changed: &changed,
+                        }),
+                        ..req("c4", "/cands/c4", "/work/c4", &q, 12.5, 65536, 69632, &[])
+                    },
+                ),
+                (
+                    "node-test-shell",
+                    Request {
+                        shell: true,
+                        ..req(
+                            "c2",
+                            "/cands/c2",
+                            "/work/c2",
+                            &paths,
+                            30.0,
+                            1 << 20,
+                            1052672,
+                            &[],
+                        )
+                    },
+                ),
+                (
+                    "node-spawn",
+                    Request {
+                        spawn: true,
+                        ..req(
+                            "c3",
+                            "/cands/c3",
+                            "/work/c3",
+                            &spawned,
+                            30.0,
+                            1 << 20,
+                            1052672,
+                            &[],
+                        )
+                    },
+                ),
+            ];
+            for (name, r) in &built {
+                let c = case(name);
+                assert_eq!(serde_json::to_value(r).unwrap(), c["request"], "{name}");
+                // What the host sends, the server it goes to accepts.
+                let server = if name.starts_with("pytest") {
+                    "python"
+                } else {
+                    "node"
+                };
+                assert!(c[server].is_null(), "{name}: {server} refuses it");
+            }
+        }
+
+        #[test]
+        fn frames_decode_from_the_fixtures() {
+            let all = frames();
+            assert!(all.len() >= 10);
+            for f in &all {
+                let name = f["name"].as_str().unwrap();
+                let mut frames = Frames::new(1 << 20);
+                frames.push(&wire(f));
+                let got = frames.next_frame().unwrap().unwrap();
+                assert_eq!(got.header, f["header"], "{name}");
+                assert_eq!(got.blobs, blobs(f), "{name}");
+                assert_eq!(frames.next_frame().unwrap(), None, "{name}");
+                match f["header"]["kind"].as_str().unwrap() {
+                    "hello" => {
+                        let h: Hello = serde_json::from_value(got.header).unwrap();
+                        assert_eq!(Value::Bool(h.ready), f["header"]["ready"], "{name}");
+                        let said = [h.error, h.python, h.pytest, h.node];
+                        assert!(said.iter().any(Option::is_some), "{name}");
+                    }
+                    "started" => assert!(got.header["pid"].as_u64().is_some(), "{name}"),
+                    "error" => assert!(got.header["error"].as_str().is_some(), "{name}"),
+                    "reply" => reply_is_the_fixtures_result(f, got),
+                    other => panic!("{name}: a frame of kind `{other}` reaches no host"),
+                }
+            }
+        }
+
+        fn reply_is_the_fixtures_result(f: &Value, got: Frame) {
+            let name = f["name"].as_str().unwrap();
+            let reply: Reply = serde_json::from_value(got.header).unwrap();
+            let h = &f["header"];
+            assert_eq!(reply.fast.as_deref(), h["fast"].as_str(), "{name}");
+            assert_eq!(reply.setup, h["setup"].as_f64().unwrap_or(0.0), "{name}");
+            assert_eq!(reply.clean, h["clean"].as_bool().unwrap(), "{name}");
+            let req = &case(f["request"].as_str().unwrap())["request"];
+            let collect = strings(&req["collect"]);
+            let e = Expect {
+                id: req["id"].as_str().unwrap(),
+                cap: req["cap"].as_u64().unwrap() as usize,
+                fcap: req["fcap"].as_u64().unwrap() as usize,
+                collect: &collect,
+                timeout: Duration::from_secs_f64(req["timeout"].as_f64().unwrap()),
+                last_oom: 0,
+                started: Instant::now(),
+            };
+            let r = to_result(reply, got.blobs, &e).unwrap();
+            let want = &f["result"];
+            assert_eq!(
+                r.exit_code.map(i64::from),
+                want["exit_code"].as_i64(),
+                "{name}"
+            );
+            assert_eq!(r.signal.map(i64::from), want["signal"].as_i64(), "{name}");
+            assert_eq!(Value::Bool(r.timed_out), want["timed_out"], "{name}");
+            assert_eq!(Value::Bool(r.oom_killed), want["oom_killed"], "{name}");
+            assert_eq!(
+                Value::Bool(r.output_truncated),
+                want["output_truncated"],
+                "{name}"
+            );
+            assert_eq!(
+                serde_json::to_value(&r.collected).unwrap(),
+                want["collected"],
+                "{name}"
+            );
+            let out = String::from_utf8(blobs(f)[0].clone()).unwrap();
+            assert_eq!(r.stdout, out, "{name}");
+        }
+
+        /// The client's side of one call, over in-memory streams carrying fixture frames.
+        async fn call_with(frames: &[&str]) -> Result<(Reply, Vec<Vec<u8>>), WarmFailure> {
+            let all = self::frames();
+            let chunks: Vec<Chunk> = frames
+                .iter()
+                .map(|n| {
+                    let f = all.iter().find(|f| f["name"] == *n).unwrap();
+                    Chunk::Out(Bytes::from(wire(f)))
+                })
+                .collect();
+            let mut ch = Channel::new(
+                Box::pin(tokio::io::sink()),
+                Box::pin(futures::stream::iter(chunks)),
+                1 << 20,
+            );
+            let collect = argv(&["report.xml"]);
+            let args = argv(&["-q"]);
+            let req = Request {
+                id: "c1",
+                src: Some("/cands/c1"),
+                work: "/work/c1",
+                args: &args,
+                timeout: 60.0,
+                cap: 1 << 20,
+                kill_at: 1 << 20,
+                collect: &collect,
+                fcap: 4 << 20,
+                shell: false,
+                spawn: false,
+                fast: None,
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let r = ch.call(&req, deadline).await;
+            if frames.contains(&"started") {
+                assert_eq!(ch.child, Some(42));
+            }
+            r
+        }
+
+        #[tokio::test]
+        async fn the_client_reads_fixture_frames_as_replies_or_failures() {
+            let (reply, blobs) = call_with(&["started", "reply-exited"]).await.unwrap();
+            assert_eq!(
+                (reply.id.as_str(), reply.code, blobs.len()),
+                ("c1", Some(1), 3)
+            );
+            let refused = call_with(&["error-bad-request"]).await.unwrap_err();
+            assert_eq!(
+                refused.0,
+                "the server refused the request: bad request: work, args, timeout"
+            );
+            let other = call_with(&["reply-timed-out"]).await.unwrap_err();
+            assert_eq!(other.0, "the server sent an unexpected `reply` frame");
+            let gone = call_with(&["started"]).await.unwrap_err();
+            assert_eq!(gone.0, "the server exited");
+        }
+
+        #[tokio::test]
+        async fn the_client_greets_fixture_hellos() {
+            for (name, want) in [
+                ("hello-python", Ok("python 3.11.2, pytest 7.2.1".to_owned())),
+                ("hello-node", Ok("node v18.19.0".to_owned())),
+                (
+                    "hello-cannot-run",
+                    Err(format!(
+                        "{CANNOT_RUN}: cannot import pytest: ModuleNotFoundError(\"No module named 'pytest'\")"
+                    )),
+                ),
+            ] {
+                let f = frames().into_iter().find(|f| f["name"] == name).unwrap();
+                let mut ch = Channel::new(
+                    Box::pin(tokio::io::sink()),
+                    Box::pin(futures::stream::iter([Chunk::Out(Bytes::from(wire(&f)))])),
+                    1 << 20,
+                );
+                assert_eq!(ch.hello().await.map_err(|e| e.0), want, "{name}");
+            }
+        }
     }
 }

@@ -21,6 +21,9 @@
 // blobs that follow it. Nothing else is ever written to fd 1.
 //
 // argv: coval-warm-node --node PATH [--sweep] [--oom] [--wipe DIR ...]
+//
+// Run as `node -e NODE_SERVER` (or as a script) it serves; required (by the protocol's tests,
+// tests/protocol.test.js) it only defines its functions and exports the protocol's.
 'use strict';
 
 const fs = require('fs');
@@ -37,9 +40,11 @@ const MY_PID = process.pid;
 const MY_UID = process.getuid();
 // The session's environment, as the server was started with it.
 const BASE_ENV = { ...process.env };
+// `node -e` has no main module; a script run directly is its own.
+const MAIN = require.main === undefined || require.main === module;
 
 // Stray prints (ours or the runner's) must never reach the protocol on fd 1.
-for (const k of ['log', 'info', 'debug', 'dir', 'table']) console[k] = console.error;
+if (MAIN) for (const k of ['log', 'info', 'debug', 'dir', 'table']) console[k] = console.error;
 
 function writeAll(fd, buf) {
   let off = 0;
@@ -53,9 +58,14 @@ function writeAll(fd, buf) {
   }
 }
 
-function send(header, blobs = []) {
+/** The bytes of one frame: the header line, with the blobs' lengths, then the blobs. */
+function frame(header, blobs = []) {
   const h = { ...header, blobs: blobs.map((b) => b.length) };
-  writeAll(1, Buffer.concat([Buffer.from(JSON.stringify(h) + '\n'), ...blobs]));
+  return Buffer.concat([Buffer.from(JSON.stringify(h) + '\n'), ...blobs]);
+}
+
+function send(header, blobs = []) {
+  writeAll(1, frame(header, blobs));
 }
 
 function failStart(why) {
@@ -250,33 +260,36 @@ function sameFile(a, b) {
 
 let runner;
 let tapReporter;
-try {
-  runner = require('node:test');
-  tapReporter = require('node:test/reporters').tap;
-} catch (e) {
-  failStart(`this node has no test runner with reporters (node:test): ${e.message}`);
-}
-if (typeof runner.run !== 'function' || typeof tapReporter !== 'function') {
-  failStart('this node has no run() in node:test');
-}
-if (MY_UID === 0) failStart('the server does not run as root');
-try {
-  // The files of a non-dumpable process's /proc dir belong to root.
-  if (fs.statSync(`/proc/${MY_PID}/mem`).uid === MY_UID) {
-    failStart(`the server's node (${process.execPath}) is readable by its user, so its process is reachable (ptrace, /proc) by the candidates`);
+function start() {
+  try {
+    runner = require('node:test');
+    tapReporter = require('node:test/reporters').tap;
+  } catch (e) {
+    failStart(`this node has no test runner with reporters (node:test): ${e.message}`);
   }
-} catch (e) {
-  failStart(`cannot inspect /proc: ${e.message}`);
+  if (typeof runner.run !== 'function' || typeof tapReporter !== 'function') {
+    failStart('this node has no run() in node:test');
+  }
+  if (MY_UID === 0) failStart('the server does not run as root');
+  try {
+    // The files of a non-dumpable process's /proc dir belong to root.
+    if (fs.statSync(`/proc/${MY_PID}/mem`).uid === MY_UID) {
+      failStart(`the server's node (${process.execPath}) is readable by its user, so its process is reachable (ptrace, /proc) by the candidates`);
+    }
+  } catch (e) {
+    failStart(`cannot inspect /proc: ${e.message}`);
+  }
+  const sessionNode = which(BASE_ENV.PATH, '/');
+  if (!sessionNode || !sameFile(sessionNode, NODE)) {
+    failStart(`\`node\` on the session's PATH is ${sessionNode || 'missing'}, not ${NODE}`);
+  }
+  // The runner starts test files with process.execPath and process.execArgv: the node a fresh
+  // `node --test` would be, with no flags of ours.
+  process.execArgv.length = 0;
+  process.execPath = sessionNode;
+  if (process.execPath !== sessionNode) failStart('cannot set the runner\'s node path');
 }
-const sessionNode = which(BASE_ENV.PATH, '/');
-if (!sessionNode || !sameFile(sessionNode, NODE)) {
-  failStart(`\`node\` on the session's PATH is ${sessionNode || 'missing'}, not ${NODE}`);
-}
-// The runner starts test files with process.execPath and process.execArgv: the node a fresh
-// `node --test` would be, with no flags of ours.
-process.execArgv.length = 0;
-process.execPath = sessionNode;
-if (process.execPath !== sessionNode) failStart('cannot set the runner\'s node path');
+if (MAIN) start();
 
 // ---- one candidate ----
 
@@ -502,25 +515,39 @@ async function runOne(req) {
   const oomAfter = OOM ? oomCount() : 0;
   const wipedAfter = wipe();
   mark('done');
-  // A run stopped by the timeout or the output cap ends as the fresh path's `timeout -s KILL`
-  // or kill would end it: killed by SIGKILL.
   return [
-    {
-      kind: 'reply',
-      id: req.id,
-      code: status ? status.code : null,
-      signal: status ? status.signal : 9,
-      timed_out: timedOut,
-      over_cap: sink.over,
+    replyHeader(req.id, status, {
+      timedOut,
+      overCap: sink.over,
       total: sink.total,
       oom: OOM ? [oomBefore, oomAfter] : null,
       files,
       clean: Boolean(wipedBefore && wipedAfter && swept),
       seconds: secs(),
       marks,
-    },
+    }),
     blobs,
   ];
+}
+
+/** The header of a reply frame for a run that ended with `status` ({code, signal}), or null. */
+function replyHeader(id, status, { timedOut, overCap, total, oom, files, clean, seconds, marks }) {
+  // A run stopped by the timeout or the output cap ends as the fresh path's `timeout -s KILL`
+  // or kill would end it: killed by SIGKILL.
+  return {
+    kind: 'reply',
+    id,
+    code: status ? status.code : null,
+    signal: status ? status.signal : 9,
+    timed_out: timedOut,
+    over_cap: overCap,
+    total,
+    oom,
+    files,
+    clean,
+    seconds,
+    marks,
+  };
 }
 
 function restore(saved) {
@@ -545,7 +572,8 @@ function restore(saved) {
 
 let inbuf = Buffer.alloc(0);
 
-function readRequest() {
+/** The next request line on `fd` (the protocol's stdin), parsed; null at its end. */
+function readRequest(fd = 0) {
   for (;;) {
     const nl = inbuf.indexOf(10);
     if (nl >= 0) {
@@ -556,7 +584,7 @@ function readRequest() {
     const b = Buffer.alloc(1 << 16);
     let n;
     try {
-      n = fs.readSync(0, b, 0, b.length, null);
+      n = fs.readSync(fd, b, 0, b.length, null);
     } catch (e) {
       if (e.code === 'EAGAIN') {
         pause(2);
@@ -598,10 +626,14 @@ async function serve() {
   }
 }
 
-serve().then(
-  (code) => process.exit(code),
-  (e) => {
-    console.error(`coval-warm-node: ${e && e.stack}`);
-    process.exit(70);
-  },
-);
+if (MAIN) {
+  serve().then(
+    (code) => process.exit(code),
+    (e) => {
+      console.error(`coval-warm-node: ${e && e.stack}`);
+      process.exit(70);
+    },
+  );
+}
+
+module.exports = { frame, invalid, readRequest, replyHeader };

@@ -11,30 +11,41 @@
 # else is ever written to fd 1 (the server points fd 1 at its stderr for stray prints).
 #
 # argv: coval-warm [--sweep] [--oom] [--wipe DIR ...]
+#
+# Run as `python3 -c SERVER` it is `__main__` and serves; imported (by the protocol's tests,
+# tests/test_protocol.py) it only defines its functions and touches no file descriptor.
 
 import os
 import sys
 
+MAIN = __name__ == "__main__"
+
 # `python3 -c` puts '' (the current dir) first on sys.path; the parent imports nothing from
 # there, and each child puts its own work dir first, as `python3 -m` would.
-if sys.path and sys.path[0] in ("", "."):
+if MAIN and sys.path and sys.path[0] in ("", "."):
     del sys.path[0]
 
-PROTO_IN = os.dup(0)
-PROTO_OUT = os.dup(1)
-_null = os.open(os.devnull, os.O_RDWR)
-os.dup2(_null, 0)
-os.dup2(2, 1)
-os.close(_null)
+if MAIN:
+    PROTO_IN = os.dup(0)
+    PROTO_OUT = os.dup(1)
+    _null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(_null, 0)
+    os.dup2(2, 1)
+    os.close(_null)
 
 
-def send(header, blobs=()):
+def frame(header, blobs=()):
+    """The bytes of one frame: the header line, with the blobs' lengths, then the blobs."""
     import json as _json
 
     blobs = [bytes(b) for b in blobs]
     header = dict(header)
     header["blobs"] = [len(b) for b in blobs]
-    data = _json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(blobs)
+    return _json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(blobs)
+
+
+def send(header, blobs=()):
+    data = frame(header, blobs)
     view = memoryview(data)
     while view:
         n = os.write(PROTO_OUT, view)
@@ -68,7 +79,7 @@ def set_dumpable(on):
 
 # Not dumpable: candidates (same user) can neither ptrace this process nor open its memory or
 # its file descriptors through /proc. They can still signal it; the host notices and falls back.
-if not set_dumpable(False):
+if MAIN and not set_dumpable(False):
     fail_start("prctl(PR_SET_DUMPABLE, 0) failed")
 
 try:
@@ -421,21 +432,37 @@ def run_one(req, fast=None):
     oom_after = oom_count() if OOM else 0
     wiped_after = wipe(keep=base_work()) if fast is None else True
     mark("done")
-    header = {
+    header = reply_header(
+        req["id"],
+        status,
+        timed_out=timed_out,
+        over_cap=over,
+        total=total,
+        oom=[oom_before, oom_after] if OOM else None,
+        files=files,
+        clean=bool(wiped_before and wiped_after and swept),
+        seconds=time.monotonic() - started,
+        marks=marks,
+    )
+    return header, blobs
+
+
+def reply_header(req_id, status, *, timed_out, over_cap, total, oom, files, clean, seconds, marks):
+    """The header of a reply frame for a child that ended with wait status `status`."""
+    return {
         "kind": "reply",
-        "id": req["id"],
+        "id": req_id,
         "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         "timed_out": timed_out,
-        "over_cap": over,
+        "over_cap": over_cap,
         "total": total,
-        "oom": [oom_before, oom_after] if OOM else None,
+        "oom": oom,
         "files": files,
-        "clean": bool(wiped_before and wiped_after and swept),
-        "seconds": time.monotonic() - started,
+        "clean": clean,
+        "seconds": seconds,
         "marks": marks,
     }
-    return header, blobs
 
 
 def invalid(req):
@@ -674,9 +701,10 @@ def serve_fast(req):
     if key in FAST_FAILED:
         return None, FAST_FAILED[key]
     setup = time.monotonic()
-    if FAST is None or FAST["key"] != key:
-        if not start_fast(key, fast["base"], work, req["args"], min(float(req["timeout"]) + 1, 10.0)):
-            return None, FAST_FAILED.get(key, "the collector stopped")
+    if (FAST is None or FAST["key"] != key) and not start_fast(
+        key, fast["base"], work, req["args"], min(float(req["timeout"]) + 1, 10.0)
+    ):
+        return None, FAST_FAILED.get(key, "the collector stopped")
     started = time.monotonic()
     setup = started - setup
     wiped_before = wipe(keep=work)
@@ -787,7 +815,8 @@ def collector_main(c):
                 collector_loop(session)
             except FastChild as child:
                 fast_child(child)
-                return None
+                # No result: pytest's own run loop goes on to run the tests, in this fork.
+                return
             os._exit(0)
 
     def collector_loop(session):
@@ -1125,25 +1154,26 @@ def child_exit(code):
     os._exit(code & 0xFF)
 
 
-# Everything loaded so far is shared by every child: keep the collector off it (a pre-fork
-# server's use of gc.freeze; it saves each child scanning and copying the server's objects).
-import gc
+if MAIN:
+    # Everything loaded so far is shared by every child: keep the collector off it (a pre-fork
+    # server's use of gc.freeze; it saves each child scanning and copying the server's objects).
+    import gc
 
-gc.freeze()
-_child = None
-_collector = None
-try:
-    _code = serve()
-except Child as _c:
-    _child = _c
-except Collector as _c:
-    _collector = _c
-if _collector is not None:
-    _collector.__traceback__ = None
-    child_exit(collector_main(_collector))
-if _child is None:
-    raise SystemExit(_code)
-# The child runs outside any exception handler (so no test exception is chained to `Child`),
-# with the server's frames gone.
-_child.__traceback__ = None
-child_exit(child_main(_child))
+    gc.freeze()
+    _child = None
+    _collector = None
+    try:
+        _code = serve()
+    except Child as _c:
+        _child = _c
+    except Collector as _c:
+        _collector = _c
+    if _collector is not None:
+        _collector.__traceback__ = None
+        child_exit(collector_main(_collector))
+    if _child is None:
+        raise SystemExit(_code)
+    # The child runs outside any exception handler (so no test exception is chained to `Child`),
+    # with the server's frames gone.
+    _child.__traceback__ = None
+    child_exit(child_main(_child))
