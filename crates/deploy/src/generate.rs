@@ -12,6 +12,7 @@ use proto::IterationId;
 use sandbox::{RunSpec, Sandbox, detect_for, detect_project};
 use settings::{Config, SandboxConfig};
 use store::{GenerationRecord, IterationOrigin, Store};
+use vocab::LanguageExt;
 
 use crate::DeployError;
 use crate::safety::{self, GenLimits};

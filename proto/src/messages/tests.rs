@@ -344,7 +344,12 @@ fn version_1_engine_strings_upgrade_to_engines() {
     // Version 1 wrote the model's alias for a model, whatever the alias: never an error.
     for (written, upgraded) in [
         ("search", Engine::Search),
-        ("qwen", Engine::Model { name: "qwen".into() }),
+        (
+            "qwen",
+            Engine::Model {
+                name: "qwen".into(),
+            },
+        ),
         ("", Engine::Model { name: "".into() }),
     ] {
         old.engine = written.into();

@@ -120,7 +120,7 @@ impl IntegrateStage {
         let engine = c
             .history
             .last()
-            .map(|a| a.engine.clone())
+            .map(|a| a.engine.to_string())
             .unwrap_or_else(|| "none".into());
         let history = matches!(c.outcome, RepairOutcome::Fixed | RepairOutcome::NoFix).then(|| {
             HistoryRecord {

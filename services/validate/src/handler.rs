@@ -92,7 +92,7 @@ struct ParkedInner {
 }
 
 /// The key sessions are parked under: one repair, one language, one project dir.
-fn park_key(repair: &proto::RepairId, language: sandbox::Language, root: &Path) -> String {
+fn park_key(repair: &proto::RepairId, language: vocab::Language, root: &Path) -> String {
     format!("{repair}|{language:?}|{}", root.display())
 }
 
@@ -619,7 +619,7 @@ impl Handler for ValidateStage {
             lanes_used = idle.len();
             let _ = std::fs::create_dir_all(&work);
             let deadline = Instant::now() + self.settings.attempt_budget;
-            let first = (self.settings.failing_first && f.engine == "search")
+            let first = (self.settings.failing_first && f.engine.is_search())
                 .then(|| failing_first_cmd(&kind, &f.mre.failing_tests, &root))
                 .flatten();
             let base = (self.settings.collected
@@ -718,7 +718,7 @@ impl Handler for ValidateStage {
         let _ = std::fs::create_dir_all(&dir);
         let json = serde_json::json!({
             "attempt": f.attempt,
-            "engine": f.engine,
+            "engine": f.engine.to_string(),
             "results": tried.iter().map(|t| serde_json::json!({
                 "candidate": t.result.candidate_id,
                 "passed": t.result.passed,
@@ -773,7 +773,7 @@ impl Handler for ValidateStage {
                 }
             });
         // An engine with nothing left to propose ends the repair.
-        let exhausted = f.candidates.is_empty() && f.engine == "search";
+        let exhausted = f.candidates.is_empty() && f.engine.is_search();
         Outcome::Publish(vec![Message::ValidationFailed(ValidationFailed {
             request: f.request.clone(),
             triage: f.triage.clone(),
