@@ -2,28 +2,18 @@
 //! the configuration, the workspace this process owns, how projects are found, and the
 //! outcome history the estimates learn from.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use settings::Config;
 use store::HistorySource;
 use store::projects::Projects;
+use vocab::Workspace;
 
 #[derive(Clone)]
 pub struct StageContext {
     pub config: Config,
     /// This process's workspace: `repairs/`, `iterations/`, caches.
-    pub workspace: PathBuf,
+    pub workspace: Workspace,
     pub projects: Arc<Projects>,
     pub history: Arc<dyn HistorySource>,
-}
-
-impl StageContext {
-    pub fn repairs_dir(&self) -> PathBuf {
-        self.workspace.join("repairs")
-    }
-
-    pub fn iterations_dir(&self) -> PathBuf {
-        self.workspace.join("iterations")
-    }
 }

@@ -31,13 +31,8 @@ use settings::{Config, LoadOptions};
 use store::projects::{Bucket, Projects};
 use store::{HistorySource, NoHistory, Store};
 use telemetry::LogFormat;
-
-/// Exit codes shared with `coval` (DESIGN.md).
-pub mod exit {
-    pub const INTERNAL: u8 = 1;
-    pub const BAD_INPUT: u8 = 2;
-    pub const UNREACHABLE: u8 = 3;
-}
+use vocab::exit;
+use vocab::workspace::{Workspace, repair_dir_name};
 
 /// How a worker reaches NATS.
 #[derive(clap::Args, Debug, Clone)]
@@ -147,12 +142,13 @@ impl Worker {
             .await
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
         let stop = CancellationToken::new();
+        let ws = Workspace::new(workspace);
         let (ledger, reports) = if stages.contains(&Stage::Integrate) {
             let reports = Bucket::open(bus.context(), &ns.report_bucket())
                 .await
                 .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
             (
-                Some(open_ledger(&workspace.join("state"), &stop).await?),
+                Some(open_ledger(&ws.state_dir(), &stop).await?),
                 Some(reports),
             )
         } else {
@@ -160,7 +156,7 @@ impl Worker {
         };
         let state = match &ledger {
             Some(l) => l.clone(),
-            None => open_own_state(workspace, stages)?,
+            None => open_own_state(&ws, stages)?,
         };
         // History lives in the ledger; a process without it decides without history.
         let history: Arc<dyn HistorySource> = match &ledger {
@@ -168,8 +164,8 @@ impl Worker {
             None => Arc::new(NoHistory),
         };
         let projects = Projects::with_bucket(
-            Some(workspace.join("iterations")),
-            workspace.join("cache").join("snapshots"),
+            Some(ws.iterations_dir()),
+            ws.snapshot_cache_dir(),
             snapshots,
             config.settings.bus.snapshot_max_bytes,
         );
@@ -180,7 +176,7 @@ impl Worker {
             bus,
             context: StageContext {
                 config,
-                workspace: workspace.to_owned(),
+                workspace: ws,
                 projects,
                 history,
             },
@@ -202,7 +198,7 @@ impl Worker {
         let reports = (handler.stage() == Stage::Integrate)
             .then(|| self.reports.clone())
             .flatten()
-            .map(|b| (b, self.context.workspace.clone()));
+            .map(|b| (b, self.context.workspace.root().to_path_buf()));
         let h = Announce {
             inner: handler,
             worker: self.name.clone(),
@@ -227,7 +223,7 @@ impl Worker {
             let bus = self.bus.clone();
             let subject = self.bus.namespace().status_subject();
             let stop = self.stop.clone();
-            let dir = self.context.iterations_dir();
+            let dir = self.context.workspace.iterations_dir();
             self.tasks.push(tokio::spawn(async move {
                 answer_status(bus, subject, ledger, dir, stop).await;
                 Ok(())
@@ -283,7 +279,7 @@ async fn wait_any(
 }
 
 /// `<workspace>/workers/<stages>-<n>`: the first slot no other process holds.
-fn open_own_state(workspace: &Path, stages: &[Stage]) -> Result<Store, WorkerError> {
+fn open_own_state(workspace: &Workspace, stages: &[Stage]) -> Result<Store, WorkerError> {
     let name = stages
         .iter()
         .map(|s| s.as_str())
@@ -291,7 +287,7 @@ fn open_own_state(workspace: &Path, stages: &[Stage]) -> Result<Store, WorkerErr
         .join("+");
     let mut last = String::new();
     for n in 0..64 {
-        let dir = workspace.join("workers").join(format!("{name}-{n}"));
+        let dir = workspace.worker_dir(&name, n);
         match Store::open(&dir) {
             Ok(s) => return Ok(s),
             Err(e) => last = e.to_string(),
@@ -299,7 +295,7 @@ fn open_own_state(workspace: &Path, stages: &[Stage]) -> Result<Store, WorkerErr
     }
     Err(WorkerError::Config(format!(
         "cannot open a worker database under {}: {last}",
-        workspace.join("workers").display()
+        workspace.workers_dir().display()
     )))
 }
 
@@ -474,7 +470,10 @@ async fn upload_reports(
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         bucket
-            .put(&format!("repair-{}/{name}", done.repair_id), &bytes)
+            .put(
+                &format!("{}/{name}", repair_dir_name(done.repair_id)),
+                &bytes,
+            )
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -592,7 +591,7 @@ mod tests {
             })
             .unwrap();
         let running = RepairId::new();
-        let mut v = ledger_json(&store, &dir.path().join("iterations"));
+        let mut v = ledger_json(&store, &Workspace::new(dir.path()).iterations_dir());
         // The completion event of `done` is not in the stream yet, so both look in flight.
         add_in_flight(&mut v, vec![done.to_string(), running.to_string()]);
         let repairs = v["repairs"].as_array().unwrap();

@@ -16,6 +16,7 @@ use proto::subjects::Namespace;
 use proto::{Envelope, Kind, Message, RepairId, Stage};
 use settings::Config;
 use store::projects::{self, Bucket, ProjectError};
+use vocab::workspace::repair_dir_name;
 
 use crate::exit::{self, Failure};
 use crate::repair::{EngineArg, RepairArgs, StageEvent};
@@ -180,9 +181,7 @@ async fn fetch_reports(
     workspace: &Path,
     done: &RepairCompleted,
 ) -> Result<PathBuf, Failure> {
-    let dir = workspace
-        .join("repairs")
-        .join(format!("repair-{}", done.repair_id));
+    let dir = vocab::Workspace::new(workspace).repair_dir(done.repair_id);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::input(format!("cannot create {}: {e}", dir.display())))?;
     let bucket = Bucket::open(bus.context(), &bus.namespace().report_bucket())
@@ -190,7 +189,10 @@ async fn fetch_reports(
         .map_err(project_failure)?;
     for name in bus::worker::REPORT_FILES {
         match bucket
-            .get(&format!("repair-{}/{name}", done.repair_id), 64 << 20)
+            .get(
+                &format!("{}/{name}", repair_dir_name(done.repair_id)),
+                64 << 20,
+            )
             .await
         {
             Ok(bytes) => {

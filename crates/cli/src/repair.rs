@@ -132,7 +132,7 @@ pub(crate) fn inputs(args: &RepairArgs, cfg: &Config, workspace: &Path) -> Resul
     };
     let source = match iteration {
         Some(id) => {
-            let dir = workspace.join("iterations").join(id.to_string());
+            let dir = vocab::Workspace::new(workspace).iteration_dir(id);
             if !dir.is_dir() {
                 return Err(Failure::input(format!(
                     "iteration {id} is not stored in {}: see `coval status`",
@@ -220,7 +220,7 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
 
     // Analysis reads history from an existing workspace and never creates one; a repair
     // opens (or creates) the workspace store, which the integration stage owns.
-    let db = workspace.join("state");
+    let db = vocab::Workspace::new(workspace).state_dir();
     let store = if args.analyze {
         None
     } else {
@@ -256,7 +256,7 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
                     },
                 )
                 .map_err(|e| Failure::internal(e.to_string()))?;
-            let dir = workspace.join("iterations").join(it.id.to_string());
+            let dir = vocab::Workspace::new(workspace).iteration_dir(it.id);
             let staging = dir.with_extension("partial");
             let _ = std::fs::remove_dir_all(&staging);
             sandbox::copy_project(&source, &staging)
@@ -303,8 +303,10 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     let mut tasks = vec![];
     let ctx = bus::context::StageContext {
         config: cfg.clone(),
-        workspace: workspace.to_owned(),
-        projects: store::projects::Projects::local(Some(workspace.join("iterations"))),
+        workspace: vocab::Workspace::new(workspace),
+        projects: store::projects::Projects::local(Some(
+            vocab::Workspace::new(workspace).iterations_dir(),
+        )),
         history,
     };
     tasks.push(spawn(

@@ -5,7 +5,7 @@
 //! <root>/state/                 the ledger (sled): repairs, iterations, history, deployments
 //! <root>/iterations/iter-NNN/   the project tree of each stored iteration
 //! <root>/iterations/.gen-<n>/   a generation being written, renamed into place when stored
-//! <root>/repairs/repair-<id>/   one repair's report, MRE and patches
+//! <root>/repairs/repair-<id>/   one repair's report and patches, with `mre/` and `validation/`
 //! <root>/cache/snapshots/       project snapshots fetched from the object store
 //! <root>/workers/<stages>-<n>/  the own database of a worker process without the ledger
 //! <root>/deploy/proxy-<port>/   a deployment proxy's state and control socket
@@ -58,6 +58,16 @@ impl Workspace {
         self.repairs_dir().join(repair_dir_name(id))
     }
 
+    /// What the MRE stage built for a repair.
+    pub fn mre_dir(&self, id: RepairId) -> PathBuf {
+        self.repair_dir(id).join("mre")
+    }
+
+    /// The validate stage's work trees and attempt results for a repair.
+    pub fn validation_dir(&self, id: RepairId) -> PathBuf {
+        self.repair_dir(id).join("validation")
+    }
+
     /// Project snapshots downloaded from the object store.
     pub fn snapshot_cache_dir(&self) -> PathBuf {
         self.root.join("cache").join("snapshots")
@@ -102,6 +112,14 @@ mod tests {
             (
                 ws.repair_dir(id),
                 "/w/repairs/repair-rep_01JDQ7Z8W6Y9S7B2C4D5E6F7G8",
+            ),
+            (
+                ws.mre_dir(id),
+                "/w/repairs/repair-rep_01JDQ7Z8W6Y9S7B2C4D5E6F7G8/mre",
+            ),
+            (
+                ws.validation_dir(id),
+                "/w/repairs/repair-rep_01JDQ7Z8W6Y9S7B2C4D5E6F7G8/validation",
             ),
             (ws.snapshot_cache_dir(), "/w/cache/snapshots"),
             (ws.workers_dir(), "/w/workers"),

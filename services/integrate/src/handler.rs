@@ -1,7 +1,7 @@
 //! The integration stage's handler: `Decided` (rebuild or analysis), `ValidationPassed`, or
 //! `ValidationFailed` with no attempts left, in; `RepairCompleted` out.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bus::runtime::{Handler, Input, Outcome};
 use patch::PatchLimits;
@@ -11,30 +11,19 @@ use proto::messages::{
 };
 use proto::{IterationId, Message, Stage};
 use store::{Completion, HistoryRecord, IterationOrigin, Store};
+use vocab::Workspace;
 
 use crate::report::{self, Facts};
 
 pub struct IntegrateStage {
     pub store: Store,
-    /// The workspace root: `repairs/` and `iterations/` live here.
-    pub workspace: PathBuf,
+    /// Reports go to each repair's `repair_dir`, new iterations to their `iteration_dir`.
+    pub workspace: Workspace,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<store::projects::Projects>,
     /// Keep this many iterations after each new one (`docker.auto_cleanup` with
     /// `project.max_iterations`); `None` keeps everything.
     pub retention: Option<usize>,
-}
-
-impl IntegrateStage {
-    pub fn repair_dir(&self, r: &RepairRequested) -> PathBuf {
-        self.workspace
-            .join("repairs")
-            .join(format!("repair-{}", r.repair_id))
-    }
-
-    pub fn iteration_dir(&self, id: IterationId) -> PathBuf {
-        self.workspace.join("iterations").join(id.to_string())
-    }
 }
 
 struct Case<'a> {
@@ -73,7 +62,7 @@ fn materialise(src: &Path, dst: &Path, patch_text: Option<&str>) -> Result<(), S
 
 impl IntegrateStage {
     async fn finish(&self, c: Case<'_>) -> Outcome {
-        let dir = self.repair_dir(c.request);
+        let dir = self.workspace.repair_dir(c.request.repair_id);
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return Outcome::Retry {
                 after: None,
@@ -98,7 +87,9 @@ impl IntegrateStage {
                     },
                 ) {
                     Ok(it) => {
-                        if let Err(e) = materialise(&source, &self.iteration_dir(it.id), None) {
+                        if let Err(e) =
+                            materialise(&source, &self.workspace.iteration_dir(it.id), None)
+                        {
                             return Outcome::Retry {
                                 after: None,
                                 reason: e,
@@ -162,7 +153,7 @@ impl IntegrateStage {
             }
         };
         if let (Some(id), Some((_, patch_text))) = (record.new_iteration, c.winner) {
-            let dst = self.iteration_dir(id);
+            let dst = self.workspace.iteration_dir(id);
             if !dst.exists()
                 && let Err(e) = materialise(&source, &dst, Some(patch_text))
             {
@@ -215,7 +206,7 @@ impl IntegrateStage {
             };
         }
         let rel = dir
-            .strip_prefix(&self.workspace)
+            .strip_prefix(self.workspace.root())
             .unwrap_or(&dir)
             .display()
             .to_string();
@@ -247,7 +238,7 @@ impl IntegrateStage {
                 tracing::warn!(error = %e, %id, "retention: cannot forget the iteration");
                 continue;
             }
-            let dir = self.iteration_dir(id);
+            let dir = self.workspace.iteration_dir(id);
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

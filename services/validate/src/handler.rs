@@ -53,7 +53,8 @@ impl Default for ValidateSettings {
 
 pub struct ValidateStage {
     pub sandbox: SandboxConfig,
-    pub repairs_dir: PathBuf,
+    /// Each repair's validation work trees and results go to its `validation_dir`.
+    pub workspace: vocab::Workspace,
     pub settings: ValidateSettings,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<store::projects::Projects>,
@@ -343,7 +344,7 @@ fn node_test_file_naming(root: &Path, names: &[String]) -> Option<String> {
             continue;
         };
         let rel = rel.to_string_lossy().into_owned();
-        if !compare::is_test_path(&rel) || rel.starts_with('-') {
+        if !vocab::is_test_path(&rel) || rel.starts_with('-') {
             continue;
         }
         let Ok(meta) = f.metadata() else { continue };
@@ -448,7 +449,7 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
                     .unwrap_or(&p)
                     .to_owned()
             })
-            .filter(|p| compare::is_test_path(p))
+            .filter(|p| vocab::is_test_path(p))
             .collect();
         if !touched.is_empty() {
             return failed(
@@ -582,10 +583,7 @@ impl Handler for ValidateStage {
             return Outcome::Reject("no test command found: pass --test-cmd".into());
         };
         let attempts_left = f.request.max_attempts.saturating_sub(f.attempt);
-        let dir = self
-            .repairs_dir
-            .join(format!("repair-{}", f.request.repair_id))
-            .join("validation");
+        let dir = self.workspace.validation_dir(f.request.repair_id);
         let work = dir.join(format!("work-{}", f.attempt));
         let mut tried: Vec<Tried> = vec![];
         let validation_started = Instant::now();
@@ -828,7 +826,7 @@ impl ValidateStage {
     pub fn from_context(ctx: &bus::context::StageContext) -> ValidateStage {
         ValidateStage {
             sandbox: ctx.config.settings.sandbox.clone(),
-            repairs_dir: ctx.repairs_dir(),
+            workspace: ctx.workspace.clone(),
             settings: ValidateSettings {
                 failing_first: ctx.config.settings.validate.failing_first,
                 collected: ctx.config.settings.validate.collected,
