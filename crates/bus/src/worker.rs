@@ -223,9 +223,9 @@ impl Worker {
             let bus = self.bus.clone();
             let subject = self.bus.namespace().status_subject();
             let stop = self.stop.clone();
-            let dir = self.context.workspace.iterations_dir();
+            let ws = self.context.workspace.clone();
             self.tasks.push(tokio::spawn(async move {
-                answer_status(bus, subject, ledger, dir, stop).await;
+                answer_status(bus, subject, ledger, ws, stop).await;
                 Ok(())
             }));
         }
@@ -326,8 +326,8 @@ async fn open_ledger(path: &Path, stop: &CancellationToken) -> Result<Store, Wor
 }
 
 /// The ledger as JSON, as `coval status --json` prints it: iterations (with lineage and
-/// whether their files are under `iterations_dir`) and repairs.
-pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
+/// whether their files are in the workspace) and repairs.
+pub fn ledger_json(store: &Store, workspace: &Workspace) -> serde_json::Value {
     use store::{IterationOrigin, RepairStatus};
     let its = store.iterations().unwrap_or_default();
     let mut repairs = store.repairs().unwrap_or_default();
@@ -342,7 +342,7 @@ pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
                 IterationOrigin::Generate { description } => serde_json::json!({"generate": description}),
             },
             "created_ms": i.created_ms,
-            "on_disk": iterations_dir.join(i.id.to_string()).is_dir(),
+            "on_disk": workspace.iteration_dir(i.id).is_dir(),
         })).collect::<Vec<_>>(),
         "repairs": repairs.iter().map(|r| serde_json::json!({
             "id": r.id.to_string(),
@@ -405,7 +405,7 @@ async fn answer_status(
     bus: JetStreamBus,
     subject: String,
     store: Store,
-    iterations_dir: PathBuf,
+    workspace: Workspace,
     stop: CancellationToken,
 ) {
     let client = bus.client().clone();
@@ -428,7 +428,7 @@ async fn answer_status(
         // The stream first, then the ledger: a repair that completes in between shows once,
         // completed, instead of not at all.
         let running = in_flight(&bus).await;
-        let mut v = ledger_json(&store, &iterations_dir);
+        let mut v = ledger_json(&store, &workspace);
         add_in_flight(&mut v, running);
         let body = serde_json::to_vec(&v).unwrap_or_default();
         if let Err(e) = client.publish(reply, body.into()).await {
@@ -591,7 +591,7 @@ mod tests {
             })
             .unwrap();
         let running = RepairId::new();
-        let mut v = ledger_json(&store, &Workspace::new(dir.path()).iterations_dir());
+        let mut v = ledger_json(&store, &Workspace::new(dir.path()));
         // The completion event of `done` is not in the stream yet, so both look in flight.
         add_in_flight(&mut v, vec![done.to_string(), running.to_string()]);
         let repairs = v["repairs"].as_array().unwrap();

@@ -42,8 +42,7 @@ pub fn status(
         .map_err(|e| Failure::internal(e.to_string()))?;
     repairs.sort_by_key(|r| r.created_ms);
     if json {
-        let mut v =
-            bus::worker::ledger_json(&store, &vocab::Workspace::new(workspace).iterations_dir());
+        let mut v = bus::worker::ledger_json(&store, &vocab::Workspace::new(workspace));
         v["deployments"] = crate::deploy::status_json(settings, &store);
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(exit::DONE);
