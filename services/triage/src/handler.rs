@@ -53,6 +53,7 @@ impl Handler for TriageStage {
             Some(sb) if project.test_files().next().is_some() => match project.main_language() {
                 Language::Python => Some(crate::spectrum::python(sb, &root).await),
                 Language::Go => Some(crate::spectrum::tool_coverage(sb, &root, Language::Go).await),
+                // TypeScript runs on node: node's own coverage, in the node image.
                 Language::JavaScript | Language::TypeScript => {
                     Some(crate::spectrum::tool_coverage(sb, &root, Language::JavaScript).await)
                 }
