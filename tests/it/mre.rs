@@ -58,7 +58,7 @@ async fn mre_for(
     let ws = tempfile::tempdir()?;
     let stage = mre::handler::MreStage {
         sandbox: cfg.settings.sandbox.clone(),
-        repairs_dir: ws.path().join("repairs"),
+        workspace: vocab::Workspace::new(ws.path()),
         projects: store::projects::Projects::local(None),
     };
     let msg = Message::Decided(Decided {
@@ -100,7 +100,7 @@ async fn an_mre_that_reproduces() -> Result<()> {
     );
     assert_eq!(m.failing_tests.len(), 2, "{m:?}");
     assert_eq!(m.passing_tests.len(), 5, "{m:?}");
-    let dir = std::fs::read_dir(ws.path().join("repairs"))?
+    let dir = std::fs::read_dir(vocab::Workspace::new(ws.path()).repairs_dir())?
         .next()
         .unwrap()?
         .path()

@@ -941,7 +941,7 @@ async fn detect_prefers_docker_and_honours_the_config() -> Result<()> {
             "{}",
             d.reason
         );
-        let d = sandbox::detect_for(&sc, sandbox::Language::Php).await?;
+        let d = sandbox::detect_for(&sc, vocab::Language::Php).await?;
         ensure!(
             d.sandbox.name() == "local",
             "no php image is configured: {}",

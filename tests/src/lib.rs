@@ -157,7 +157,9 @@ pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
             decision: m.decision.clone(),
             mre: m.mre.clone(),
             attempt: 1,
-            engine: "noop".into(),
+            engine: Engine::Model {
+                name: "noop".into(),
+            },
             candidates: vec![],
             usage: Usage::default(),
             history: vec![],

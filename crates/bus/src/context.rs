@@ -3,18 +3,18 @@
 //! outcome history the estimates learn from; and, in the process that integrates, the
 //! workspace ledger and (distributed mode) where report files go for remote clients.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use settings::Config;
 use store::projects::{Bucket, Projects};
 use store::{HistorySource, Store};
+use vocab::Workspace;
 
 #[derive(Clone)]
 pub struct StageContext {
     pub config: Config,
     /// This process's workspace: `repairs/`, `iterations/`, caches.
-    pub workspace: PathBuf,
+    pub workspace: Workspace,
     pub projects: Arc<Projects>,
     pub history: Arc<dyn HistorySource>,
     /// The workspace ledger (`<workspace>/state`), when this process owns it: only then can
@@ -23,14 +23,4 @@ pub struct StageContext {
     /// Where the integration stage leaves report files for clients on other machines (the
     /// distributed mode); none in the embedded mode, whose client is this process.
     pub reports: Option<Bucket>,
-}
-
-impl StageContext {
-    pub fn repairs_dir(&self) -> PathBuf {
-        self.workspace.join("repairs")
-    }
-
-    pub fn iterations_dir(&self) -> PathBuf {
-        self.workspace.join("iterations")
-    }
 }

@@ -32,13 +32,8 @@ use settings::{Config, LoadOptions};
 use store::projects::{Bucket, Projects};
 use store::{HistorySource, NoHistory, Store};
 use telemetry::LogFormat;
-
-/// Exit codes shared with `coval` (DESIGN.md).
-pub mod exit {
-    pub const INTERNAL: u8 = 1;
-    pub const BAD_INPUT: u8 = 2;
-    pub const UNREACHABLE: u8 = 3;
-}
+use vocab::exit;
+use vocab::workspace::Workspace;
 
 /// How a worker reaches NATS.
 #[derive(clap::Args, Debug, Clone)]
@@ -144,12 +139,13 @@ impl Worker {
             .await
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
         let stop = CancellationToken::new();
+        let ws = Workspace::new(workspace);
         let (ledger, reports) = if stages.contains(&Stage::Integrate) {
             let reports = Bucket::open(bus.context(), &ns.report_bucket())
                 .await
                 .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
             (
-                Some(open_ledger(&workspace.join("state"), &stop).await?),
+                Some(open_ledger(&ws.state_dir(), &stop).await?),
                 Some(reports),
             )
         } else {
@@ -157,7 +153,7 @@ impl Worker {
         };
         let state = match &ledger {
             Some(l) => l.clone(),
-            None => open_own_state(workspace, stages)?,
+            None => open_own_state(&ws, stages)?,
         };
         // History lives in the ledger; a process without it decides without history.
         let history: Arc<dyn HistorySource> = match &ledger {
@@ -165,8 +161,8 @@ impl Worker {
             None => Arc::new(NoHistory),
         };
         let projects = Projects::with_bucket(
-            Some(workspace.join("iterations")),
-            workspace.join("cache").join("snapshots"),
+            Some(ws.iterations_dir()),
+            ws.snapshot_cache_dir(),
             snapshots,
             config.settings.bus.snapshot_max_bytes,
         );
@@ -177,7 +173,7 @@ impl Worker {
             bus,
             context: StageContext {
                 config,
-                workspace: workspace.to_owned(),
+                workspace: ws,
                 projects,
                 history,
                 ledger,
@@ -216,9 +212,9 @@ impl Worker {
             let bus = self.bus.clone();
             let subject = self.bus.namespace().status_subject();
             let stop = self.stop.clone();
-            let dir = self.context.iterations_dir();
+            let ws = self.context.workspace.clone();
             self.tasks.push(tokio::spawn(async move {
-                answer_status(bus, subject, ledger, dir, stop).await;
+                answer_status(bus, subject, ledger, ws, stop).await;
                 Ok(())
             }));
         }
@@ -272,7 +268,7 @@ async fn wait_any(
 }
 
 /// `<workspace>/workers/<stages>-<n>`: the first slot no other process holds.
-fn open_own_state(workspace: &Path, stages: &[Stage]) -> Result<Store, WorkerError> {
+fn open_own_state(workspace: &Workspace, stages: &[Stage]) -> Result<Store, WorkerError> {
     let name = stages
         .iter()
         .map(|s| s.as_str())
@@ -280,7 +276,7 @@ fn open_own_state(workspace: &Path, stages: &[Stage]) -> Result<Store, WorkerErr
         .join("+");
     let mut last = String::new();
     for n in 0..64 {
-        let dir = workspace.join("workers").join(format!("{name}-{n}"));
+        let dir = workspace.worker_dir(&name, n);
         match Store::open(&dir) {
             Ok(s) => return Ok(s),
             Err(e) => last = e.to_string(),
@@ -288,7 +284,7 @@ fn open_own_state(workspace: &Path, stages: &[Stage]) -> Result<Store, WorkerErr
     }
     Err(WorkerError::Config(format!(
         "cannot open a worker database under {}: {last}",
-        workspace.join("workers").display()
+        workspace.workers_dir().display()
     )))
 }
 
@@ -319,8 +315,8 @@ async fn open_ledger(path: &Path, stop: &CancellationToken) -> Result<Store, Wor
 }
 
 /// The ledger as JSON, as `coval status --json` prints it: iterations (with lineage and
-/// whether their files are under `iterations_dir`) and repairs.
-pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
+/// whether their files are in the workspace) and repairs.
+pub fn ledger_json(store: &Store, workspace: &Workspace) -> serde_json::Value {
     use store::{IterationOrigin, RepairStatus};
     let its = store.iterations().unwrap_or_default();
     let mut repairs = store.repairs().unwrap_or_default();
@@ -335,7 +331,7 @@ pub fn ledger_json(store: &Store, iterations_dir: &Path) -> serde_json::Value {
                 IterationOrigin::Generate { description } => serde_json::json!({"generate": description}),
             },
             "created_ms": i.created_ms,
-            "on_disk": iterations_dir.join(i.id.to_string()).is_dir(),
+            "on_disk": workspace.iteration_dir(i.id).is_dir(),
         })).collect::<Vec<_>>(),
         "repairs": repairs.iter().map(|r| serde_json::json!({
             "id": r.id.to_string(),
@@ -354,14 +350,14 @@ async fn in_flight(bus: &JetStreamBus) -> Vec<String> {
     let Ok(stream) = bus.context().get_stream(ns.event_stream()).await else {
         return vec![];
     };
-    let repairs_with = |kind: &'static str| {
+    let repairs_with = |kind: proto::Kind| {
         let stream = stream.clone();
-        let filter = format!("{}.events.*.{kind}", ns.as_str());
+        let filter = ns.events_of_kind(kind);
         async move {
             let mut out = std::collections::BTreeSet::new();
             if let Ok(mut subjects) = stream.info_with_subjects(filter).await {
                 while let Some(Ok((subject, _))) = subjects.next().await {
-                    if let Some(id) = subject.split('.').nth(2) {
+                    if let Some(id) = ns.repair_of_event(&subject) {
                         out.insert(id.to_owned());
                     }
                 }
@@ -369,8 +365,8 @@ async fn in_flight(bus: &JetStreamBus) -> Vec<String> {
             out
         }
     };
-    let started = repairs_with("stage_progress").await;
-    let done = repairs_with("repair_completed").await;
+    let started = repairs_with(proto::Kind::StageProgress).await;
+    let done = repairs_with(proto::Kind::RepairCompleted).await;
     started.difference(&done).cloned().collect()
 }
 
@@ -398,7 +394,7 @@ async fn answer_status(
     bus: JetStreamBus,
     subject: String,
     store: Store,
-    iterations_dir: PathBuf,
+    workspace: Workspace,
     stop: CancellationToken,
 ) {
     let client = bus.client().clone();
@@ -421,7 +417,7 @@ async fn answer_status(
         // The stream first, then the ledger: a repair that completes in between shows once,
         // completed, instead of not at all.
         let running = in_flight(&bus).await;
-        let mut v = ledger_json(&store, &iterations_dir);
+        let mut v = ledger_json(&store, &workspace);
         add_in_flight(&mut v, running);
         let body = serde_json::to_vec(&v).unwrap_or_default();
         if let Err(e) = client.publish(reply, body.into()).await {
@@ -498,7 +494,7 @@ mod tests {
             })
             .unwrap();
         let running = RepairId::new();
-        let mut v = ledger_json(&store, &dir.path().join("iterations"));
+        let mut v = ledger_json(&store, &Workspace::new(dir.path()));
         // The completion event of `done` is not in the stream yet, so both look in flight.
         add_in_flight(&mut v, vec![done.to_string(), running.to_string()]);
         let repairs = v["repairs"].as_array().unwrap();

@@ -53,7 +53,7 @@ pub fn apply(
         .find(|i| i.id == new)
         .and_then(|i| i.parent)
         .ok_or_else(|| Failure::internal(format!("{new} has no parent snapshot")))?;
-    let snapshot = workspace.join("iterations").join(parent.to_string());
+    let snapshot = vocab::Workspace::new(workspace).iteration_dir(parent);
     let dir = workspace.join(done.report_dir.as_deref().unwrap_or(""));
     apply_patch(&dir.join("final.patch"), source, |f| {
         std::fs::read(snapshot.join(f)).ok()

@@ -84,7 +84,7 @@ fn parse_iteration(s: &Option<String>) -> Result<Option<IterationId>, Failure> {
 }
 
 fn open_store(workspace: &Path) -> Result<Store, Failure> {
-    let db = workspace.join("state");
+    let db = vocab::Workspace::new(workspace).state_dir();
     if !db.exists() {
         return Err(Failure::input(format!(
             "no workspace at {}: run `coval generate` or `coval repair` first",
@@ -105,7 +105,7 @@ async fn ctx<'a>(
     Ok(Ctx {
         settings,
         store,
-        workspace,
+        workspace: vocab::Workspace::new(workspace),
         engine,
         coval_exe,
     })

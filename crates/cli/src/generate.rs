@@ -90,7 +90,8 @@ pub async fn run(args: GenerateArgs, cfg: &Config, workspace: &Path) -> Result<u
             workspace.display()
         ))
     })?;
-    let store = Store::open(&workspace.join("state")).map_err(|e| Failure::input(e.to_string()))?;
+    let store = Store::open(&vocab::Workspace::new(workspace).state_dir())
+        .map_err(|e| Failure::input(e.to_string()))?;
     let req = GenerateRequest {
         description: args.description.clone(),
         framework: args.framework.clone(),
@@ -99,7 +100,7 @@ pub async fn run(args: GenerateArgs, cfg: &Config, workspace: &Path) -> Result<u
         parent,
         model: args.model.clone(),
     };
-    let g = deploy::generate::generate(cfg, &store, workspace, &req)
+    let g = deploy::generate::generate(cfg, &store, &vocab::Workspace::new(workspace), &req)
         .await
         .map_err(|e| Failure {
             code: e.exit_code(),

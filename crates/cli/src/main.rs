@@ -24,13 +24,9 @@ fn repair_outcome(o: proto::messages::RepairOutcome) -> &'static str {
     proto::summary::outcome_label(o)
 }
 
-/// Exit codes of DESIGN.md, and the failures that lead to them.
+/// The exit codes (`vocab::exit`, shared with the workers), and the failures that lead to them.
 mod exit {
-    pub const DONE: u8 = 0;
-    /// No validated fix, rebuild recommended, unhealthy; also an internal failure.
-    pub const NOT_DONE: u8 = 1;
-    pub const BAD_INPUT: u8 = 2;
-    pub const UNREACHABLE: u8 = 3;
+    pub use vocab::exit::{BAD_INPUT, DONE, INTERNAL, NOT_DONE, UNREACHABLE};
 
     /// A command that could not do its job: what to tell the user, and the exit code.
     #[derive(Debug)]
@@ -54,7 +50,7 @@ mod exit {
         }
         pub fn internal(message: String) -> Failure {
             Failure {
-                code: NOT_DONE,
+                code: INTERNAL,
                 message,
             }
         }

@@ -159,9 +159,7 @@ async fn fetch_reports(
     workspace: &Path,
     done: &RepairCompleted,
 ) -> Result<PathBuf, Failure> {
-    let dir = workspace
-        .join("repairs")
-        .join(format!("repair-{}", done.repair_id));
+    let dir = vocab::Workspace::new(workspace).repair_dir(done.repair_id);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::input(format!("cannot create {}: {e}", dir.display())))?;
     let bucket = Bucket::open(bus.context(), &bus.namespace().report_bucket())

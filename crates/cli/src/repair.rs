@@ -135,7 +135,7 @@ pub(crate) fn inputs(args: &RepairArgs, cfg: &Config, workspace: &Path) -> Resul
     };
     let source = match iteration {
         Some(id) => {
-            let dir = workspace.join("iterations").join(id.to_string());
+            let dir = vocab::Workspace::new(workspace).iteration_dir(id);
             if !dir.is_dir() {
                 return Err(Failure::input(format!(
                     "iteration {id} is not stored in {}: see `coval status`",
@@ -205,8 +205,10 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     let request = request(&args, cfg, repair_id, project, log, iteration, engine);
     let ctx = StageContext {
         config: cfg.clone(),
-        workspace: workspace.to_owned(),
-        projects: store::projects::Projects::local(Some(workspace.join("iterations"))),
+        workspace: vocab::Workspace::new(workspace),
+        projects: store::projects::Projects::local(Some(
+            vocab::Workspace::new(workspace).iterations_dir(),
+        )),
         history,
         ledger: store.clone(),
         reports: None,
@@ -292,7 +294,7 @@ fn open_workspace(
     workspace: &Path,
     analyze: bool,
 ) -> Result<(Option<Store>, Arc<dyn HistorySource>), Failure> {
-    let db = workspace.join("state");
+    let db = vocab::Workspace::new(workspace).state_dir();
     let store = if analyze {
         None
     } else {
@@ -330,7 +332,7 @@ fn snapshot(
     let (Some(store), None) = (store, iteration) else {
         return Ok((source.to_owned(), iteration));
     };
-    let iterations = workspace.join("iterations");
+    let iterations = vocab::Workspace::new(workspace).iterations_dir();
     match integrate::iteration::import(store, &iterations, source) {
         Ok(id) => Ok((iterations.join(id.to_string()), Some(id))),
         Err(ImportError::Record(e)) => Err(Failure::internal(e.to_string())),

@@ -107,7 +107,7 @@ pub fn print_completion(
         match c.new_iteration {
             Some(i) if iteration_here => println!(
                 "new iteration {i}: {}",
-                workspace.join("iterations").join(i.to_string()).display()
+                vocab::Workspace::new(workspace).iteration_dir(i).display()
             ),
             Some(i) => println!("new iteration {i}, in the integration worker's workspace"),
             None => {}

@@ -8,7 +8,7 @@ use store::{IterationOrigin, RepairStatus, Store};
 use crate::exit::{self, Failure};
 
 fn open(workspace: &Path) -> Result<Option<Store>, Failure> {
-    let db = workspace.join("state");
+    let db = vocab::Workspace::new(workspace).state_dir();
     if !db.exists() {
         return Ok(None);
     }
@@ -42,7 +42,7 @@ pub fn status(
         .map_err(|e| Failure::internal(e.to_string()))?;
     repairs.sort_by_key(|r| r.created_ms);
     if json {
-        let mut v = bus::worker::ledger_json(&store, &workspace.join("iterations"));
+        let mut v = bus::worker::ledger_json(&store, &vocab::Workspace::new(workspace));
         v["deployments"] = crate::deploy::status_json(settings, &store);
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(exit::DONE);
@@ -123,7 +123,7 @@ pub fn cleanup(workspace: &Path, keep: usize, force: bool) -> Result<u8, Failure
         }
     }
     for id in &doomed {
-        let dir = workspace.join("iterations").join(id.to_string());
+        let dir = vocab::Workspace::new(workspace).iteration_dir(*id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| Failure::internal(format!("cannot remove {}: {e}", dir.display())))?;

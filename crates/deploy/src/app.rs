@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use sandbox::{Language, detect_project};
+use sandbox::detect_project;
 use settings::DeployConfig;
+use vocab::Language;
 
 use crate::DeployError;
 

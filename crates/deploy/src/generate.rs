@@ -12,6 +12,7 @@ use proto::IterationId;
 use sandbox::{RunSpec, Sandbox, detect_for, detect_project};
 use settings::{Config, SandboxConfig};
 use store::{GenerationRecord, IterationOrigin, Store};
+use vocab::{LanguageExt, Workspace};
 
 use crate::DeployError;
 use crate::safety::{self, GenLimits};
@@ -227,10 +228,9 @@ fn choose_framework(
     Ok(fw)
 }
 
-fn staging_dir(workspace: &Path) -> PathBuf {
+fn staging_dir(workspace: &Workspace) -> PathBuf {
     use rand::Rng;
-    let n: u64 = rand::rng().random();
-    workspace.join("iterations").join(format!(".gen-{n:016x}"))
+    workspace.staging_dir(rand::rng().random())
 }
 
 /// Removes the staging directory unless the generation got as far as renaming it.
@@ -363,7 +363,7 @@ pub async fn test_in_sandbox(cfg: &Config, fw: &str, dir: &Path) -> TestRun {
 pub async fn generate(
     cfg: &Config,
     store: &Store,
-    workspace: &Path,
+    workspace: &Workspace,
     req: &GenerateRequest,
 ) -> Result<Generated, DeployError> {
     if req.description.trim().is_empty() {
@@ -373,11 +373,11 @@ pub async fn generate(
     }
     let parent_dir = match req.parent {
         Some(p) => {
-            let d = workspace.join("iterations").join(p.to_string());
+            let d = workspace.iteration_dir(p);
             if !d.is_dir() {
                 return Err(DeployError::Input(format!(
                     "the parent {p} is not stored in {}: see `coval status`",
-                    workspace.display()
+                    workspace.root().display()
                 )));
             }
             Some(d)
@@ -417,7 +417,7 @@ pub async fn generate(
         false
     };
 
-    std::fs::create_dir_all(workspace.join("iterations")).map_err(internal)?;
+    std::fs::create_dir_all(workspace.iterations_dir()).map_err(internal)?;
     let stage = Staging(staging_dir(workspace));
     match &parent_dir {
         Some(p) => sandbox::copy_project(p, &stage.0).map_err(internal)?,
@@ -446,7 +446,7 @@ pub async fn generate(
             },
         )
         .map_err(internal)?;
-    let dir = workspace.join("iterations").join(it.id.to_string());
+    let dir = workspace.iteration_dir(it.id);
     std::fs::rename(&stage.0, &dir).map_err(internal)?;
     let tests = test_in_sandbox(cfg, fw.as_str(), &dir).await;
     store

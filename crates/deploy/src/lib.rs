@@ -38,12 +38,14 @@ pub enum DeployError {
 }
 
 impl DeployError {
-    /// DESIGN.md's exit codes: 1 unhealthy / internal, 2 bad input, 3 unreachable.
+    /// The exit code of `coval` for this error ([`vocab::exit`]).
     pub fn exit_code(&self) -> u8 {
+        use vocab::exit;
         match self {
-            DeployError::Input(_) => 2,
-            DeployError::Unreachable(_) => 3,
-            DeployError::Unhealthy(_) | DeployError::Refused(_) | DeployError::Internal(_) => 1,
+            DeployError::Input(_) => exit::BAD_INPUT,
+            DeployError::Unreachable(_) => exit::UNREACHABLE,
+            DeployError::Unhealthy(_) | DeployError::Refused(_) => exit::NOT_DONE,
+            DeployError::Internal(_) => exit::INTERNAL,
         }
     }
 

@@ -12,6 +12,7 @@ use proto::IterationId;
 use settings::{NetworkMode, Settings, VolumeStrategy};
 use sha2::{Digest, Sha256};
 use store::{DeploymentRecord, Store};
+use vocab::Workspace;
 
 use crate::app::{self, AppSpec};
 use crate::engine::{self, ContainerSpec, Engine, Net};
@@ -23,7 +24,7 @@ const BRIDGE_APP_PORT: u16 = 8000;
 pub struct Ctx<'a> {
     pub settings: &'a Settings,
     pub store: &'a Store,
-    pub workspace: &'a Path,
+    pub workspace: Workspace,
     pub engine: Engine,
     /// The coval binary the proxy container runs (bind-mounted read-only).
     pub coval_exe: PathBuf,
@@ -70,14 +71,6 @@ fn internal(e: impl std::fmt::Display) -> DeployError {
 impl Ctx<'_> {
     fn project(&self) -> String {
         docker_safe(&self.settings.project.name)
-    }
-
-    fn iteration_dir(&self, id: IterationId) -> PathBuf {
-        self.workspace.join("iterations").join(id.to_string())
-    }
-
-    fn proxy_dir(&self, port: u16) -> PathBuf {
-        self.workspace.join("deploy").join(format!("proxy-{port}"))
     }
 
     fn proxy_name(&self, port: u16) -> String {
@@ -213,7 +206,7 @@ async fn plan(
                 fallback(format!("{id} has no parent"), notes);
                 return Ok(copy(copy_image(ctx, id, dir, spec, notes).await?));
             };
-            let pdir = ctx.iteration_dir(parent);
+            let pdir = ctx.workspace.iteration_dir(parent);
             let pspec = match app::detect(&pdir, &ctx.settings.deploy) {
                 Ok(s) if s.framework == spec.framework => s,
                 _ => {
@@ -307,7 +300,7 @@ async fn wait_healthy(ctx: &Ctx<'_>, name: &str, probe_addr: Option<&str>) -> Re
 
 /// The proxy for `port`: started if it is not running. Its directory (socket, state).
 async fn ensure_proxy(ctx: &Ctx<'_>, port: u16, image: &str) -> Result<PathBuf, DeployError> {
-    let dir = ctx.proxy_dir(port);
+    let dir = ctx.workspace.proxy_dir(port);
     std::fs::create_dir_all(&dir).map_err(internal)?;
     let dir = dir.canonicalize().map_err(internal)?;
     if dir.join(proxy::SOCKET).as_os_str().len() > 100 {
@@ -408,11 +401,11 @@ pub async fn run(ctx: &Ctx<'_>, req: &RunRequest) -> Result<Deployed, DeployErro
                 )
             })?,
     };
-    let dir = ctx.iteration_dir(id);
+    let dir = ctx.workspace.iteration_dir(id);
     if !dir.is_dir() {
         return Err(DeployError::Input(format!(
             "iteration {id} is not stored in {}: see `coval status`",
-            ctx.workspace.display()
+            ctx.workspace.root().display()
         )));
     }
     let spec = app::detect(&dir, &ctx.settings.deploy)?;
@@ -600,7 +593,7 @@ pub async fn stop(
     for (port, proxy) in ports {
         if left.iter().all(|d| d.stable_port != port) && ctx.engine.state(&proxy).await?.is_some() {
             ctx.engine.remove(&proxy).await?;
-            let _ = std::fs::remove_file(ctx.proxy_dir(port).join(proxy::STATE));
+            let _ = std::fs::remove_file(ctx.workspace.proxy_dir(port).join(proxy::STATE));
             removed.push(proxy);
         }
     }

@@ -23,7 +23,7 @@ impl Framework {
         }
     }
 
-    /// The language key (`sandbox::Language::key`).
+    /// The language key (`vocab::LanguageExt::key`).
     pub fn language(self) -> &'static str {
         match self {
             Framework::FastApi | Framework::Flask => "python",
@@ -150,6 +150,7 @@ pub fn app_name(description: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vocab::LanguageExt;
 
     #[test]
     fn every_template_has_health_a_test_a_manifest_and_a_dockerfile() {

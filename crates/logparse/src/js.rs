@@ -22,9 +22,7 @@ pub(crate) fn parse(log: &Log) -> Option<ParsedLog> {
 fn language_of(files: &[&Frame]) -> Language {
     let ts = files.iter().filter(|f| f.in_project).any(|f| {
         let file = f.file.split('?').next().unwrap_or("");
-        [".ts", ".tsx", ".mts", ".cts"]
-            .iter()
-            .any(|e| file.ends_with(e))
+        vocab::language_of(file) == Some(Language::TypeScript)
     });
     if ts {
         Language::TypeScript

@@ -31,12 +31,11 @@ use std::time::Duration;
 pub use docker::{DockerSandbox, DockerSession};
 pub use local::{LocalSandbox, LocalSession};
 pub use outcomes::parse_outcomes;
-pub use project::{
-    Language, ProjectKind, Runner, detect_project, detect_project_with, node_test_cmd,
-};
+pub use project::{ProjectKind, Runner, detect_project, detect_project_with, node_test_cmd};
 pub use warm::{Changed, WarmStats};
 
 use settings::{SandboxBackend, SandboxConfig};
+use vocab::{Language, LanguageExt};
 
 /// Resource limits of one run.
 #[derive(Debug, Clone, PartialEq)]

@@ -670,7 +670,7 @@ not ok 3 - file failed to load
     #[test]
     fn exit_code_is_the_fallback() {
         let kind = ProjectKind {
-            language: crate::Language::Python,
+            language: vocab::Language::Python,
             framework: String::new(),
             test_cmd: vec!["make".into(), "test".into()],
             runner: Runner::Custom,

@@ -5,34 +5,10 @@
 
 use std::path::Path;
 
+use vocab::Language;
+
 /// Where a JUnit report is written, relative to the work dir (collected after the run).
 pub const JUNIT_REPORT: &str = ".coval-report/junit.xml";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Language {
-    Python,
-    JavaScript,
-    Go,
-    Rust,
-    Java,
-    Ruby,
-    Php,
-}
-
-impl Language {
-    /// The key of this language in `sandbox.images`.
-    pub fn key(self) -> &'static str {
-        match self {
-            Language::Python => "python",
-            Language::JavaScript => "node",
-            Language::Go => "go",
-            Language::Rust => "rust",
-            Language::Java => "java",
-            Language::Ruby => "ruby",
-            Language::Php => "php",
-        }
-    }
-}
 
 /// Whose output the per-test parser should expect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,19 @@
 //! The words every coval crate shares, defined once: what belongs to a project tree and how
-//! it is copied (`tree`), the snapshot size limit, and the clock. It owns no state and does no
-//! network IO; it must never import another coval crate but `proto`, so that everything else
-//! can depend on it.
+//! it is copied (`tree`), the languages and which file is written in which (`language`), which
+//! files are tests (`test_path`), the layout of a workspace (`workspace`), the exit codes
+//! (`exit`), the snapshot size limit, and the clock. It owns no state and does no network IO;
+//! it must never import another coval crate but `proto`, so that everything else can depend
+//! on it.
 
+pub mod exit;
+pub mod language;
+pub mod test_path;
 pub mod tree;
+pub mod workspace;
+
+pub use language::{Language, LanguageExt, language_of};
+pub use test_path::is_test_path;
+pub use workspace::Workspace;
 
 /// The default largest snapshot: 256 MiB of file contents.
 pub const DEFAULT_SNAPSHOT_MAX_BYTES: u64 = 256 << 20;

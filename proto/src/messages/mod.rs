@@ -7,8 +7,9 @@
 //! prove that every released version still decodes.
 
 pub mod v1;
+pub mod v2;
 
-pub use v1::*;
+pub use v2::*;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -66,12 +67,16 @@ impl Kind {
 
     /// The version new messages of this kind are written in.
     pub fn current_version(self) -> u16 {
-        1
+        *self.supported_versions().last().unwrap_or(&1)
     }
 
-    /// Every version of this kind this build can still read.
+    /// Every version of this kind this build can still read, oldest first.
     pub fn supported_versions(self) -> &'static [u16] {
-        &[1]
+        match self {
+            // v2: the engine is an `Engine`, in the message and in its attempt history.
+            Kind::FixProposed | Kind::ValidationFailed | Kind::ValidationPassed => &[1, 2],
+            _ => &[1],
+        }
     }
 }
 
@@ -226,19 +231,27 @@ impl Message {
                 source,
             })
         }
-        // Only version 1 exists so far; a version 2 adds an arm here that decodes v1 and
-        // upgrades it.
-        Ok(match kind {
-            Kind::RepairRequested => Message::RepairRequested(dec(kind, version, body)?),
-            Kind::Triaged => Message::Triaged(dec(kind, version, body)?),
-            Kind::Decided => Message::Decided(dec(kind, version, body)?),
-            Kind::MreReady => Message::MreReady(dec(kind, version, body)?),
-            Kind::FixProposed => Message::FixProposed(dec(kind, version, body)?),
-            Kind::ValidationFailed => Message::ValidationFailed(dec(kind, version, body)?),
-            Kind::ValidationPassed => Message::ValidationPassed(dec(kind, version, body)?),
-            Kind::RepairCompleted => Message::RepairCompleted(dec(kind, version, body)?),
-            Kind::DeadLetter => Message::DeadLetter(dec(kind, version, body)?),
-            Kind::StageProgress => Message::StageProgress(dec(kind, version, body)?),
+        // An old version decodes into its own struct and is upgraded to the current one.
+        Ok(match (kind, version) {
+            (Kind::FixProposed, 1) => {
+                Message::FixProposed(dec::<v1::FixProposed>(kind, version, body)?.into())
+            }
+            (Kind::ValidationFailed, 1) => {
+                Message::ValidationFailed(dec::<v1::ValidationFailed>(kind, version, body)?.into())
+            }
+            (Kind::ValidationPassed, 1) => {
+                Message::ValidationPassed(dec::<v1::ValidationPassed>(kind, version, body)?.into())
+            }
+            (Kind::RepairRequested, _) => Message::RepairRequested(dec(kind, version, body)?),
+            (Kind::Triaged, _) => Message::Triaged(dec(kind, version, body)?),
+            (Kind::Decided, _) => Message::Decided(dec(kind, version, body)?),
+            (Kind::MreReady, _) => Message::MreReady(dec(kind, version, body)?),
+            (Kind::FixProposed, _) => Message::FixProposed(dec(kind, version, body)?),
+            (Kind::ValidationFailed, _) => Message::ValidationFailed(dec(kind, version, body)?),
+            (Kind::ValidationPassed, _) => Message::ValidationPassed(dec(kind, version, body)?),
+            (Kind::RepairCompleted, _) => Message::RepairCompleted(dec(kind, version, body)?),
+            (Kind::DeadLetter, _) => Message::DeadLetter(dec(kind, version, body)?),
+            (Kind::StageProgress, _) => Message::StageProgress(dec(kind, version, body)?),
         })
     }
 

@@ -90,7 +90,7 @@ fn mre() -> MreSummary {
 fn attempt() -> AttemptRecord {
     AttemptRecord {
         attempt: 1,
-        engine: "search".into(),
+        engine: Engine::Search,
         candidates: vec![Candidate {
             id: "c1".into(),
             source: CandidateSource::Search {
@@ -118,7 +118,8 @@ fn attempt() -> AttemptRecord {
     }
 }
 
-/// One sample of every kind, as released in version 1.
+/// One sample of every kind in its current version; each is also what its committed snapshot
+/// of every older version upgrades to (version 1 wrote the search engine as `search`).
 fn samples() -> Vec<Message> {
     let rq = request();
     vec![
@@ -144,7 +145,7 @@ fn samples() -> Vec<Message> {
             decision: decision(),
             mre: mre(),
             attempt: 1,
-            engine: "search".into(),
+            engine: Engine::Search,
             candidates: attempt().candidates,
             usage: Usage {
                 prompt_tokens: 1200,
@@ -248,15 +249,13 @@ fn committed_snapshots_still_decode() {
             });
             let decoded = Message::decode(m.kind().as_str(), v, &bytes)
                 .unwrap_or_else(|e| panic!("snapshot {} no longer decodes: {e}", path.display()));
-            assert_eq!(decoded.kind(), m.kind());
-            if v == m.kind().current_version() {
-                assert_eq!(
-                    decoded,
-                    m,
-                    "snapshot {} decodes to something else",
-                    path.display()
-                );
-            }
+            // An old version upgrades to the current sample: the upgrade loses nothing.
+            assert_eq!(
+                decoded,
+                m,
+                "snapshot {} decodes to something else",
+                path.display()
+            );
         }
     }
 }
@@ -335,4 +334,58 @@ fn routing_follows_the_workflow() {
     };
     f.attempts_left = 0;
     assert_eq!(Message::ValidationFailed(f).route(), Some(Stage::Integrate));
+}
+
+#[test]
+fn version_1_engine_strings_upgrade_to_engines() {
+    let path = snapshot_dir().join("v1").join("fix_proposed.msgpack");
+    let mut old: v1::FixProposed = rmp_serde::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(old.engine, "search");
+    // Version 1 wrote the model's alias for a model, whatever the alias: never an error.
+    for (written, upgraded) in [
+        ("search", Engine::Search),
+        (
+            "qwen",
+            Engine::Model {
+                name: "qwen".into(),
+            },
+        ),
+        ("", Engine::Model { name: "".into() }),
+    ] {
+        old.engine = written.into();
+        old.history = vec![v1::AttemptRecord {
+            attempt: 0,
+            engine: written.into(),
+            candidates: vec![],
+            results: vec![],
+            usage: Usage::default(),
+            validation_ms: 0,
+            lanes: 0,
+        }];
+        let body = rmp_serde::to_vec_named(&old).unwrap();
+        let Message::FixProposed(f) = Message::decode("fix_proposed", 1, &body).unwrap() else {
+            panic!("wrong kind");
+        };
+        assert_eq!(f.engine, upgraded);
+        assert_eq!(f.history[0].engine, upgraded);
+        assert_eq!(f.engine.to_string(), written, "shown as version 1 wrote it");
+    }
+}
+
+#[test]
+fn a_model_engine_round_trips() {
+    let Message::FixProposed(mut f) = samples()[4].clone() else {
+        unreachable!()
+    };
+    f.engine = Engine::Model {
+        name: "qwen".into(),
+    };
+    let m = Message::FixProposed(f);
+    let back = Message::decode("fix_proposed", 2, &m.encode().unwrap()).unwrap();
+    assert_eq!(back, m);
+    // A version-1 reader of a version-2 body fails with an error, not a panic.
+    assert!(matches!(
+        Message::decode("fix_proposed", 1, &m.encode().unwrap()),
+        Err(DecodeError::Malformed { version: 1, .. })
+    ));
 }

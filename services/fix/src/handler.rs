@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::{
-    Candidate, CandidateSource, EngineChoice, FixProposed, Language, Suspect, Usage,
+    Candidate, CandidateSource, Engine, EngineChoice, FixProposed, Language, Suspect, Usage,
 };
 use proto::{Message, Stage};
 
@@ -39,27 +39,14 @@ pub struct FixStage {
     pub projects: std::sync::Arc<store::projects::Projects>,
 }
 
+/// The language of `path` when the search engine has a grammar for it.
 fn language(path: &str) -> Option<Language> {
-    let ext = path.rsplit_once('.')?.1;
-    Some(match ext {
-        "py" => Language::Python,
-        "js" | "mjs" | "cjs" | "jsx" => Language::JavaScript,
-        "ts" | "tsx" | "mts" | "cts" => Language::TypeScript,
-        _ => return None,
+    vocab::language_of(path).filter(|l| {
+        matches!(
+            l,
+            Language::Python | Language::JavaScript | Language::TypeScript
+        )
     })
-}
-
-/// Whether `path` is a test file: candidates never edit tests, and models are not shown them
-/// as code to fix.
-pub(crate) fn is_test(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    path.split('/')
-        .any(|d| matches!(d, "tests" | "test" | "__tests__"))
-        || name.starts_with("test_")
-        || name.ends_with("_test.py")
-        || name.contains(".test.")
-        || name.contains(".spec.")
-        || name == "conftest.py"
 }
 
 /// A short stable id of a change, so retries can skip what was tried.
@@ -82,7 +69,7 @@ pub fn search_candidates(
     let mut by_file: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
     for x in suspects
         .iter()
-        .filter(|x| !is_test(&x.file) && language(&x.file).is_some())
+        .filter(|x| !vocab::is_test_path(&x.file) && language(&x.file).is_some())
     {
         by_file.entry(&x.file).or_default().push(Target {
             line: x.line,
@@ -183,7 +170,7 @@ impl Handler for FixStage {
                 feedback,
             };
             match crate::model::propose(client.as_ref(), &self.llm, &alias, &ask).await {
-                Ok(p) => (p.model, p.candidates, p.usage),
+                Ok(p) => (Engine::Model { name: p.model }, p.candidates, p.usage),
                 Err(crate::model::ModelFailure::Transient(r)) => {
                     return Outcome::Retry {
                         after: None,
@@ -204,7 +191,7 @@ impl Handler for FixStage {
             })
             .await
             {
-                Ok(c) => ("search".to_owned(), c, Usage::default()),
+                Ok(c) => (Engine::Search, c, Usage::default()),
                 Err(e) => {
                     return Outcome::Retry {
                         after: None,

@@ -29,10 +29,7 @@ pub struct Proposal {
 fn suspect_files(root: &Path, triage: &TriageReport) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = vec![];
     for s in &triage.suspects {
-        if out.len() >= 4
-            || out.iter().any(|(p, _)| p == &s.file)
-            || crate::handler::is_test(&s.file)
-        {
+        if out.len() >= 4 || out.iter().any(|(p, _)| p == &s.file) || vocab::is_test_path(&s.file) {
             continue;
         }
         if s.file.split('/').any(|c| c == ".." || c.is_empty()) {

@@ -1,7 +1,7 @@
 //! The integration stage's handler: `Decided` (rebuild or analysis), `ValidationPassed`, or
 //! `ValidationFailed` with no attempts left, in; `RepairCompleted` out.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::{
@@ -11,14 +11,15 @@ use proto::messages::{
 use proto::{IterationId, Message, RepairId, Stage};
 use store::projects::Bucket;
 use store::{Completion, HistoryRecord, Store};
+use vocab::Workspace;
 
 use crate::iteration;
 use crate::report::{self, Facts};
 
 pub struct IntegrateStage {
     pub store: Store,
-    /// The workspace root: `repairs/` and `iterations/` live here.
-    pub workspace: PathBuf,
+    /// Reports go to each repair's `repair_dir`, new iterations to their `iteration_dir`.
+    pub workspace: Workspace,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<store::projects::Projects>,
     /// Keep this many iterations after each new one (`docker.auto_cleanup` with
@@ -27,22 +28,6 @@ pub struct IntegrateStage {
     /// Where the report files go for clients on other machines (the distributed mode): a
     /// completion is published only once they are there.
     pub reports: Option<Bucket>,
-}
-
-impl IntegrateStage {
-    pub fn repair_dir(&self, r: &RepairRequested) -> PathBuf {
-        self.workspace
-            .join("repairs")
-            .join(format!("repair-{}", r.repair_id))
-    }
-
-    pub fn iterations_dir(&self) -> PathBuf {
-        self.workspace.join("iterations")
-    }
-
-    pub fn iteration_dir(&self, id: IterationId) -> PathBuf {
-        self.iterations_dir().join(id.to_string())
-    }
 }
 
 /// The files of a repair's report directory that a client takes home.
@@ -55,7 +40,7 @@ pub const REPORT_FILES: &[&str] = &[
 
 /// Where a report file of `repair` lies in the report bucket.
 pub fn report_key(repair: RepairId, name: &str) -> String {
-    format!("repair-{repair}/{name}")
+    format!("{}/{name}", vocab::workspace::repair_dir_name(repair))
 }
 
 /// Copies the report files of `dir` that exist into the report bucket.
@@ -94,7 +79,7 @@ fn write(path: &Path, text: &str) -> std::io::Result<()> {
 
 impl IntegrateStage {
     async fn finish(&self, c: Case<'_>) -> Outcome {
-        let dir = self.repair_dir(c.request);
+        let dir = self.workspace.repair_dir(c.request.repair_id);
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return Outcome::Retry {
                 after: None,
@@ -112,15 +97,18 @@ impl IntegrateStage {
         let parent = if fixed {
             match c.request.iteration {
                 Some(id) => Some(id),
-                None => match iteration::import(&self.store, &self.iterations_dir(), &source) {
-                    Ok(id) => Some(id),
-                    Err(e) => {
-                        return Outcome::Retry {
-                            after: None,
-                            reason: e.to_string(),
-                        };
+                None => {
+                    match iteration::import(&self.store, &self.workspace.iterations_dir(), &source)
+                    {
+                        Ok(id) => Some(id),
+                        Err(e) => {
+                            return Outcome::Retry {
+                                after: None,
+                                reason: e.to_string(),
+                            };
+                        }
                     }
-                },
+                }
             }
         } else {
             None
@@ -128,7 +116,7 @@ impl IntegrateStage {
         let engine = c
             .history
             .last()
-            .map(|a| a.engine.clone())
+            .map(|a| a.engine.to_string())
             .unwrap_or_else(|| "none".into());
         let history = matches!(c.outcome, RepairOutcome::Fixed | RepairOutcome::NoFix).then(|| {
             HistoryRecord {
@@ -170,7 +158,7 @@ impl IntegrateStage {
             }
         };
         if let (Some(id), Some((_, patch_text))) = (record.new_iteration, c.winner) {
-            let dst = self.iteration_dir(id);
+            let dst = self.workspace.iteration_dir(id);
             if !dst.exists()
                 && let Err(e) = iteration::materialise(&source, &dst, Some(patch_text))
             {
@@ -231,7 +219,7 @@ impl IntegrateStage {
             };
         }
         let rel = dir
-            .strip_prefix(&self.workspace)
+            .strip_prefix(self.workspace.root())
             .unwrap_or(&dir)
             .display()
             .to_string();
@@ -263,7 +251,7 @@ impl IntegrateStage {
                 tracing::warn!(error = %e, %id, "retention: cannot forget the iteration");
                 continue;
             }
-            let dir = self.iteration_dir(id);
+            let dir = self.workspace.iteration_dir(id);
             if let Err(e) = std::fs::remove_dir_all(&dir)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

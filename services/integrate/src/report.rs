@@ -291,7 +291,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
         "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes})),
         "attempts": f.history.iter().map(|a| serde_json::json!({
             "attempt": a.attempt,
-            "engine": a.engine,
+            "engine": a.engine.to_string(),
             "usage": {"prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens, "duration_ms": a.usage.duration_ms},
             "validation_ms": a.validation_ms,
             "lanes": a.lanes,

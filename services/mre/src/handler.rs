@@ -1,7 +1,5 @@
 //! The MRE stage's handler: `Decided` (repair) in, `MreReady` out.
 
-use std::path::PathBuf;
-
 use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::{MreReady, MreSummary, TriageReport};
 use proto::{Message, Stage};
@@ -15,8 +13,8 @@ use crate::run::{self, TestRun};
 
 pub struct MreStage {
     pub sandbox: SandboxConfig,
-    /// `<workspace>/repairs`: each repair's files go to `repair-<id>/mre/`.
-    pub repairs_dir: PathBuf,
+    /// Each repair's example goes to its `mre_dir`.
+    pub workspace: vocab::Workspace,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<store::projects::Projects>,
 }
@@ -96,10 +94,7 @@ impl Handler for MreStage {
         }
 
         // Then the minimal example.
-        let dir = self
-            .repairs_dir
-            .join(format!("repair-{}", d.request.repair_id))
-            .join("mre");
+        let dir = self.workspace.mre_dir(d.request.repair_id);
         let _ = std::fs::remove_dir_all(&dir);
         let files = build::select(&root, &d.triage);
         let image = self
@@ -161,7 +156,7 @@ impl MreStage {
     pub fn from_context(ctx: &bus::context::StageContext) -> MreStage {
         MreStage {
             sandbox: ctx.config.settings.sandbox.clone(),
-            repairs_dir: ctx.repairs_dir(),
+            workspace: ctx.workspace.clone(),
             projects: ctx.projects.clone(),
         }
     }

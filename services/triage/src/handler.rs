@@ -6,6 +6,7 @@ use bus::runtime::{Handler, Input, Outcome};
 use proto::messages::Triaged;
 use proto::{Message, Stage};
 use store::HistorySource;
+use vocab::Language;
 
 use crate::analysis::{self, TriageConfig};
 use crate::project::Project;
@@ -50,15 +51,11 @@ impl Handler for TriageStage {
         };
         let spectrum = match &self.coverage_sandbox {
             Some(sb) if project.test_files().next().is_some() => match project.main_language() {
-                proto::messages::Language::Python => Some(crate::spectrum::python(sb, &root).await),
-                proto::messages::Language::Go => {
-                    Some(crate::spectrum::tool_coverage(sb, &root, sandbox::Language::Go).await)
-                }
-                proto::messages::Language::JavaScript | proto::messages::Language::TypeScript => {
-                    Some(
-                        crate::spectrum::tool_coverage(sb, &root, sandbox::Language::JavaScript)
-                            .await,
-                    )
+                Language::Python => Some(crate::spectrum::python(sb, &root).await),
+                Language::Go => Some(crate::spectrum::tool_coverage(sb, &root, Language::Go).await),
+                // TypeScript runs on node: node's own coverage, in the node image.
+                Language::JavaScript | Language::TypeScript => {
+                    Some(crate::spectrum::tool_coverage(sb, &root, Language::JavaScript).await)
                 }
                 _ => None,
             },

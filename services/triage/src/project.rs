@@ -72,42 +72,6 @@ impl std::fmt::Display for ScanError {
 
 impl std::error::Error for ScanError {}
 
-pub fn language_of(path: &str) -> Option<Language> {
-    let ext = path.rsplit_once('.').map(|(_, e)| e)?;
-    Some(match ext {
-        "py" => Language::Python,
-        "js" | "mjs" | "cjs" | "jsx" => Language::JavaScript,
-        "ts" | "tsx" | "mts" | "cts" => Language::TypeScript,
-        "go" => Language::Go,
-        "rs" => Language::Rust,
-        "java" => Language::Java,
-        "rb" => Language::Ruby,
-        "php" => Language::Php,
-        "c" | "h" | "cc" | "cpp" | "hpp" => Language::C,
-        _ => return None,
-    })
-}
-
-pub fn is_test_path(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    let in_test_dir = path
-        .split('/')
-        .rev()
-        .skip(1)
-        .any(|d| matches!(d, "tests" | "test" | "__tests__" | "spec"));
-    in_test_dir
-        || name.starts_with("test_")
-        || name.ends_with("_test.py")
-        || name.ends_with("_test.go")
-        || name.ends_with("_spec.rb")
-        || name.ends_with("_test.rb")
-        || name.ends_with("Test.java")
-        || name.ends_with("Tests.java")
-        || name.ends_with("Test.php")
-        || [".test.", ".spec."].iter().any(|m| name.contains(m))
-        || name == "conftest.py"
-}
-
 fn is_manifest(name: &str) -> bool {
     matches!(
         name,
@@ -181,7 +145,7 @@ impl Project {
                 if is_doc(&name) {
                     p.docs.push(rel.clone());
                 }
-                let Some(language) = language_of(&rel) else {
+                let Some(language) = vocab::language_of(&rel) else {
                     continue;
                 };
                 if e.metadata()
@@ -195,7 +159,7 @@ impl Project {
                     continue;
                 };
                 let text = String::from_utf8_lossy(&bytes).into_owned();
-                let is_test = is_test_path(&rel);
+                let is_test = vocab::is_test_path(&rel);
                 p.files.insert(
                     rel.clone(),
                     SourceFile {

@@ -8,11 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use proto::messages::{Suspect, TestStatus};
-use sandbox::{self, Language, RunSpec, Sandbox};
+use sandbox::{self, RunSpec, Sandbox};
 use settings::SandboxConfig;
 
 use crate::localise::ochiai;
-use crate::project::is_test_path;
+use vocab::{Language, is_test_path};
 
 const REPORT_DIR: &str = ".coval-report";
 

@@ -29,22 +29,6 @@ pub fn still_failing(targets: &[String], now: &[TestOutcome]) -> Vec<String> {
         .collect()
 }
 
-/// Whether `path` is a test file (candidates may not edit tests unless allowed).
-pub fn is_test_path(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    path.split('/')
-        .rev()
-        .skip(1)
-        .any(|d| matches!(d, "tests" | "test" | "__tests__" | "spec"))
-        || name.starts_with("test_")
-        || name.ends_with("_test.py")
-        || name.ends_with("_test.go")
-        || name.contains(".test.")
-        || name.contains(".spec.")
-        || name.ends_with("Test.java")
-        || name == "conftest.py"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,9 +57,9 @@ mod tests {
             1
         );
         assert!(
-            is_test_path("tests/test_a.py")
-                && is_test_path("src/a.test.js")
-                && !is_test_path("app/testing.py")
+            vocab::is_test_path("tests/test_a.py")
+                && vocab::is_test_path("src/a.test.js")
+                && !vocab::is_test_path("app/testing.py")
         );
     }
 }

@@ -53,7 +53,8 @@ impl Default for ValidateSettings {
 
 pub struct ValidateStage {
     pub sandbox: SandboxConfig,
-    pub repairs_dir: PathBuf,
+    /// Each repair's validation work trees and results go to its `validation_dir`.
+    pub workspace: vocab::Workspace,
     pub settings: ValidateSettings,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<store::projects::Projects>,
@@ -92,7 +93,7 @@ struct ParkedInner {
 }
 
 /// The key sessions are parked under: one repair, one language, one project dir.
-fn park_key(repair: &proto::RepairId, language: sandbox::Language, root: &Path) -> String {
+fn park_key(repair: &proto::RepairId, language: vocab::Language, root: &Path) -> String {
     format!("{repair}|{language:?}|{}", root.display())
 }
 
@@ -343,7 +344,7 @@ fn node_test_file_naming(root: &Path, names: &[String]) -> Option<String> {
             continue;
         };
         let rel = rel.to_string_lossy().into_owned();
-        if !compare::is_test_path(&rel) || rel.starts_with('-') {
+        if !vocab::is_test_path(&rel) || rel.starts_with('-') {
             continue;
         }
         let Ok(meta) = f.metadata() else { continue };
@@ -448,7 +449,7 @@ async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) 
                     .unwrap_or(&p)
                     .to_owned()
             })
-            .filter(|p| compare::is_test_path(p))
+            .filter(|p| vocab::is_test_path(p))
             .collect();
         if !touched.is_empty() {
             return failed(
@@ -582,10 +583,7 @@ impl Handler for ValidateStage {
             return Outcome::Reject("no test command found: pass --test-cmd".into());
         };
         let attempts_left = f.request.max_attempts.saturating_sub(f.attempt);
-        let dir = self
-            .repairs_dir
-            .join(format!("repair-{}", f.request.repair_id))
-            .join("validation");
+        let dir = self.workspace.validation_dir(f.request.repair_id);
         let work = dir.join(format!("work-{}", f.attempt));
         let mut tried: Vec<Tried> = vec![];
         let validation_started = Instant::now();
@@ -619,7 +617,7 @@ impl Handler for ValidateStage {
             lanes_used = idle.len();
             let _ = std::fs::create_dir_all(&work);
             let deadline = Instant::now() + self.settings.attempt_budget;
-            let first = (self.settings.failing_first && f.engine == "search")
+            let first = (self.settings.failing_first && f.engine.is_search())
                 .then(|| failing_first_cmd(&kind, &f.mre.failing_tests, &root))
                 .flatten();
             let base = (self.settings.collected
@@ -718,7 +716,7 @@ impl Handler for ValidateStage {
         let _ = std::fs::create_dir_all(&dir);
         let json = serde_json::json!({
             "attempt": f.attempt,
-            "engine": f.engine,
+            "engine": f.engine.to_string(),
             "results": tried.iter().map(|t| serde_json::json!({
                 "candidate": t.result.candidate_id,
                 "passed": t.result.passed,
@@ -773,7 +771,7 @@ impl Handler for ValidateStage {
                 }
             });
         // An engine with nothing left to propose ends the repair.
-        let exhausted = f.candidates.is_empty() && f.engine == "search";
+        let exhausted = f.candidates.is_empty() && f.engine.is_search();
         Outcome::Publish(vec![Message::ValidationFailed(ValidationFailed {
             request: f.request.clone(),
             triage: f.triage.clone(),
@@ -828,7 +826,7 @@ impl ValidateStage {
     pub fn from_context(ctx: &bus::context::StageContext) -> ValidateStage {
         ValidateStage {
             sandbox: ctx.config.settings.sandbox.clone(),
-            repairs_dir: ctx.repairs_dir(),
+            workspace: ctx.workspace.clone(),
             settings: ValidateSettings {
                 failing_first: ctx.config.settings.validate.failing_first,
                 collected: ctx.config.settings.validate.collected,
