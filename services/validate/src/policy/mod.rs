@@ -1,7 +1,8 @@
 //! The validation stage's decisions, apart from its IO: how long a run may take, when the
 //! failing tests run first, whether a candidate passes, which passing candidate wins and when to
-//! stop starting candidates, and what a failed attempt tells the fix stage. Everything here takes
-//! plain data and returns plain data; the handler does the reading, running and writing.
+//! stop starting candidates, what a failed attempt tells the fix stage, and how many lanes an
+//! attempt uses. Everything here takes plain data and returns plain data; the handler and the
+//! modules beside it do the reading, running and writing.
 
 use proto::messages::CandidateResult;
 
