@@ -39,12 +39,20 @@ fn safe(rel: &str) -> bool {
             .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
-/// The files of the MRE: suspects and failing tests from triage (already including local
-/// imports and the code under test), package markers on their paths, and config files.
+/// The files of the MRE under `root`: [`choose`], with the files that are there.
 pub fn select(root: &Path, triage: &TriageReport) -> BTreeSet<String> {
+    choose(triage, |rel| {
+        root.join(rel).symlink_metadata().is_ok_and(|m| m.is_file())
+    })
+}
+
+/// The files of the MRE: suspects and failing tests from triage (already including local
+/// imports and the code under test), package markers on their paths, and config files; only
+/// safe relative paths `is_file` says are regular files of the project (no symlinks).
+pub fn choose(triage: &TriageReport, is_file: impl Fn(&str) -> bool) -> BTreeSet<String> {
     let mut files = BTreeSet::new();
     let add = |rel: &str, files: &mut BTreeSet<String>| {
-        if safe(rel) && root.join(rel).symlink_metadata().is_ok_and(|m| m.is_file()) {
+        if safe(rel) && is_file(rel) {
             files.insert(rel.to_owned());
         }
     };
@@ -147,6 +155,63 @@ pub fn shell_words(argv: &[String]) -> String {
 mod tests {
     use super::*;
     use proto::messages::Suspect;
+
+    fn suspect(file: &str) -> Suspect {
+        Suspect {
+            file: file.into(),
+            line: None,
+            score: 1.0,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn chooses_suspects_tests_their_markers_and_config_that_exist() {
+        let tree = [
+            "pkg/__init__.py",
+            "pkg/sub/__init__.py",
+            "pkg/sub/conftest.py",
+            "pkg/sub/calc.py",
+            "pkg/other.py",
+            "tests/conftest.py",
+            "tests/test_calc.py",
+            "setup.cfg",
+            "package.json",
+            "/etc/passwd",
+            "docs/x.md",
+        ];
+        let t = TriageReport {
+            suspects: vec![
+                suspect("pkg/sub/calc.py"),
+                suspect("pkg/missing.py"),
+                suspect("pkg/./other.py"),
+                suspect("/etc/passwd"),
+                suspect("pkg/../setup.py"),
+                suspect(""),
+            ],
+            failing_tests: vec![
+                "tests/test_calc.py::TestMean::test_empty".into(),
+                "tests/test_calc.py::test_mean".into(),
+            ],
+            ..Default::default()
+        };
+        let s: Vec<String> = choose(&t, |rel| tree.contains(&rel)).into_iter().collect();
+        assert_eq!(
+            s,
+            [
+                "package.json",
+                "pkg/__init__.py",
+                "pkg/sub/__init__.py",
+                "pkg/sub/calc.py",
+                "pkg/sub/conftest.py",
+                "setup.cfg",
+                "tests/conftest.py",
+                "tests/test_calc.py",
+            ]
+        );
+        // Nothing named, nothing there: no files.
+        assert!(choose(&TriageReport::default(), |_| false).is_empty());
+    }
 
     #[test]
     fn selects_suspects_tests_markers_and_config() {

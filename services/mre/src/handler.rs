@@ -1,15 +1,13 @@
 //! The MRE stage's handler: `Decided` (repair) in, `MreReady` out.
 
 use bus::runtime::{Handler, Input, Outcome};
-use proto::messages::{MreReady, MreSummary, TriageReport};
+use proto::messages::{MreReady, MreSummary};
 use proto::{Message, Stage};
 use sandbox::{Sandbox, SandboxConfigExt};
 use settings::SandboxConfig;
 
 use crate::build;
-use sandbox::outcomes::same_test;
-
-use crate::run::{self, TestRun};
+use crate::run::{self, reproduces};
 
 pub struct MreStage {
     pub sandbox: SandboxConfig,
@@ -17,25 +15,6 @@ pub struct MreStage {
     pub workspace: vocab::Workspace,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<store::projects::Projects>,
-}
-
-/// Whether `run` shows the failure triage saw: the same error type in the output (when the log
-/// named one) and, when the log named failing tests, one of them failing again. A test that
-/// fails for another reason (a missing data file, say) is not the same failure.
-pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
-    if run.result.success() {
-        return false;
-    }
-    let failing = run.failing();
-    let same_tests = triage.failing_tests.is_empty()
-        || triage
-            .failing_tests
-            .iter()
-            .any(|t| failing.iter().any(|f| same_test(t, f)));
-    let error = triage.error_type.rsplit('.').next().unwrap_or("");
-    let same_error = error.len() < 4 || run.output().contains(error);
-    let named_something = !triage.failing_tests.is_empty() || error.len() >= 4;
-    named_something && same_tests && same_error
 }
 
 impl Handler for MreStage {
@@ -83,9 +62,7 @@ impl Handler for MreStage {
             }
             Err(e) => return Outcome::Reject(format!("the test command could not run: {e}")),
         };
-        if whole.result.exit_code == Some(127)
-            || whole.output().contains("command not found") && whole.outcomes.len() <= 1
-        {
+        if whole.command_not_found() {
             return Outcome::Reject(format!(
                 "the test command `{}` was not found in the sandbox ({}): pass an existing one with --test-cmd",
                 build::shell_words(&kind.test_cmd),

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use proto::messages::{TestOutcome, TestStatus};
+use proto::messages::{TestOutcome, TestStatus, TriageReport};
+use sandbox::outcomes::same_test;
 use sandbox::{self, ProjectKind, RunResult, RunSpec, Sandbox};
 use settings::SandboxConfig;
 
@@ -33,6 +34,32 @@ impl TestRun {
     pub fn output(&self) -> String {
         format!("{}{}", self.result.stdout, self.result.stderr)
     }
+
+    /// Whether the test command itself was not found (exit 127, or the shell saying so with
+    /// at most one outcome parsed), rather than tests failing.
+    pub fn command_not_found(&self) -> bool {
+        self.result.exit_code == Some(127)
+            || self.output().contains("command not found") && self.outcomes.len() <= 1
+    }
+}
+
+/// Whether `run` shows the failure triage saw: the same error type in the output (when the log
+/// named one) and, when the log named failing tests, one of them failing again. A test that
+/// fails for another reason (a missing data file, say) is not the same failure.
+pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
+    if run.result.success() {
+        return false;
+    }
+    let failing = run.failing();
+    let same_tests = triage.failing_tests.is_empty()
+        || triage
+            .failing_tests
+            .iter()
+            .any(|t| failing.iter().any(|f| same_test(t, f)));
+    let error = triage.error_type.rsplit('.').next().unwrap_or("");
+    let same_error = error.len() < 4 || run.output().contains(error);
+    let named_something = !triage.failing_tests.is_empty() || error.len() >= 4;
+    named_something && same_tests && same_error
 }
 
 pub async fn run_tests<S: Sandbox>(
@@ -46,4 +73,89 @@ pub async fn run_tests<S: Sandbox>(
     let result = sb.run(&spec).await?;
     let outcomes = sandbox::parse_outcomes(kind, &result);
     Ok(TestRun { result, outcomes })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn test_run(code: i32, output: &str, outcomes: &[(&str, TestStatus)]) -> TestRun {
+        TestRun {
+            result: RunResult {
+                exit_code: Some(code),
+                signal: None,
+                timed_out: false,
+                oom_killed: false,
+                stdout: output.into(),
+                stderr: String::new(),
+                output_truncated: false,
+                duration: Duration::from_millis(50),
+                timeout: Duration::from_secs(10),
+                output_cap: 1 << 20,
+                collected: BTreeMap::new(),
+            },
+            outcomes: outcomes
+                .iter()
+                .map(|(name, status)| TestOutcome {
+                    name: (*name).into(),
+                    status: *status,
+                })
+                .collect(),
+        }
+    }
+
+    fn triage(error_type: &str, failing: &[&str]) -> TriageReport {
+        TriageReport {
+            error_type: error_type.into(),
+            failing_tests: failing.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_same_failure_needs_the_same_error_and_one_of_the_same_tests() {
+        use TestStatus::*;
+        let zero_div = test_run(
+            1,
+            "E   ZeroDivisionError: division by zero",
+            &[
+                ("tests/test_calc.py::test_mean", Failed),
+                ("tests/test_calc.py::test_sum", Passed),
+            ],
+        );
+        let t = triage("builtins.ZeroDivisionError", &["test_calc.py::test_mean"]);
+        assert!(reproduces(&t, &zero_div));
+        // Only the error, or only the test, named: that one decides.
+        assert!(reproduces(&triage("ZeroDivisionError", &[]), &zero_div));
+        assert!(reproduces(
+            &triage("", &["tests/test_calc.py::test_mean"]),
+            &zero_div
+        ));
+        // Another error, another failing test, a passing run, nothing named: no.
+        assert!(!reproduces(&triage("KeyError", &[]), &zero_div));
+        assert!(!reproduces(
+            &triage("", &["tests/test_calc.py::test_sum"]),
+            &zero_div
+        ));
+        let passing = test_run(
+            0,
+            "ZeroDivisionError",
+            &[("tests/test_calc.py::test_mean", Passed)],
+        );
+        assert!(!reproduces(&t, &passing));
+        assert!(!reproduces(&triage("Err", &[]), &zero_div));
+    }
+
+    #[test]
+    fn a_missing_test_command_is_told_from_failing_tests() {
+        use TestStatus::*;
+        assert!(test_run(127, "", &[]).command_not_found());
+        assert!(test_run(2, "sh: pytest: command not found", &[]).command_not_found());
+        let ran = [("a", Failed), ("b", Failed)];
+        assert!(!test_run(1, "a: command not found", &ran).command_not_found());
+        assert!(!test_run(1, "", &[("a", Failed)]).command_not_found());
+    }
 }

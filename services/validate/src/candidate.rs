@@ -1,0 +1,189 @@
+//! Trying one candidate: apply it to a fresh copy of the project, run the baseline's failing
+//! tests first when the attempt does, then the whole suite; the policies decide, this runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use patch::Applied;
+use proto::messages::{Candidate, CandidateResult, FixProposed};
+use sandbox::{ProjectKind, Session};
+
+use crate::handler::ValidateStage;
+use crate::policy::Tried;
+use crate::policy::failing_first::early_rejection;
+use crate::policy::timeouts::{candidate_timeout, first_run_timeout};
+use crate::policy::verdict::{suite_verdict, test_edit_rejection};
+
+/// What every candidate of one attempt shares.
+pub struct Trial<'a> {
+    pub stage: &'a ValidateStage,
+    pub kind: &'a ProjectKind,
+    pub root: &'a Path,
+    pub work: &'a Path,
+    pub f: &'a FixProposed,
+    /// The failing-tests-first command, when this attempt uses one (worked out once: for Node
+    /// it reads the project's test files).
+    pub first: Option<Vec<String>>,
+    /// The slowest failing-tests-first run of this attempt that finished in time, in ms.
+    pub slowest_first_ms: AtomicU64,
+    /// A copy of the project as candidates are made from it (pytest failing-first runs only):
+    /// the sandbox's warm server may run a candidate in a pytest session collected on it.
+    pub base: Option<PathBuf>,
+    /// Candidates from this rank on use `base`
+    /// ([`crate::policy::failing_first::collect_from`]).
+    pub collect_from: usize,
+}
+
+/// A candidate that failed before a test run decided.
+fn failed(c: &Candidate, reason: String, started: Instant) -> Tried {
+    Tried {
+        result: CandidateResult {
+            candidate_id: c.id.clone(),
+            passed: false,
+            tests: vec![],
+            regressions: vec![],
+            changed_lines: 0,
+            reason: Some(reason),
+            duration_ms: started.elapsed().as_millis() as u64,
+        },
+        diff: None,
+        output: String::new(),
+    }
+}
+
+/// Tries candidate `c` of rank `n` in `session`.
+pub async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usize) -> Tried {
+    let started = Instant::now();
+    let applied = match apply(t, c, n) {
+        Ok(a) => a,
+        Err(reason) => return failed(c, reason, started),
+    };
+    tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
+    let timeout = candidate_timeout(t.stage.sandbox.timeout_secs, t.f.mre.baseline_ms);
+    if let Some(first) = &t.first {
+        let rejected = run_failing_first(t, session, c, n, first, &applied, timeout).await;
+        if let Some(mut tried) = rejected {
+            let _ = std::fs::remove_dir_all(&applied.copy);
+            tried.result.duration_ms = started.elapsed().as_millis() as u64;
+            return tried;
+        }
+    }
+    run_suite(t, session, c, applied, timeout, started).await
+}
+
+/// A candidate applied to its own copy of the project.
+struct AppliedCopy {
+    copy: PathBuf,
+    applied: Applied,
+}
+
+/// Parses `c`'s change, checks what it edits and applies it to a fresh copy of the project
+/// (`cand-<n>` in the work dir); else why it cannot be tried.
+fn apply(t: &Trial<'_>, c: &Candidate, n: usize) -> Result<AppliedCopy, String> {
+    let limits = &t.stage.settings.patch_limits;
+    if c.diff.trim().is_empty() {
+        return Err(c.description.clone());
+    }
+    let edits =
+        patch::parse(&c.diff, limits).map_err(|e| format!("the change does not parse: {e}"))?;
+    if let Some(reason) = test_edit_rejection(&edits, t.stage.settings.allow_test_edits) {
+        return Err(reason);
+    }
+    let copy = t.work.join(format!("cand-{n}"));
+    let _ = std::fs::remove_dir_all(&copy);
+    match patch::apply_to_copy(t.root, &copy, &edits, limits) {
+        Ok(applied) => Ok(AppliedCopy { copy, applied }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&copy);
+            Err(format!("the change does not apply: {e}"))
+        }
+    }
+}
+
+/// Runs the baseline's failing tests alone on the applied candidate; `Some` when that run
+/// already rejects it (its duration is the caller's to set).
+async fn run_failing_first(
+    t: &Trial<'_>,
+    session: &mut Session,
+    c: &Candidate,
+    n: usize,
+    first: &[String],
+    AppliedCopy { copy, applied }: &AppliedCopy,
+    timeout: Duration,
+) -> Option<Tried> {
+    let slowest = t.slowest_first_ms.load(Ordering::Relaxed);
+    let first_timeout = first_run_timeout(timeout, t.f.mre.baseline_ms, slowest);
+    let changed: Vec<String> = applied.files.iter().map(|a| a.path.clone()).collect();
+    let run = match t.base.as_ref().filter(|_| n >= t.collect_from) {
+        Some(base) => {
+            let changed = sandbox::Changed {
+                base,
+                changed: &changed,
+            };
+            session
+                .run_changed(copy, first, first_timeout, changed)
+                .await
+        }
+        None => session.run(copy, first, first_timeout).await,
+    };
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            tracing::debug!(candidate = %c.id, error = %e, "the failing tests alone did not run; running the whole suite");
+            return None;
+        }
+    };
+    if !run.timed_out {
+        t.slowest_first_ms
+            .fetch_max(run.duration.as_millis() as u64, Ordering::Relaxed);
+    }
+    let tests = sandbox::parse_outcomes(t.kind, &run);
+    let reason = early_rejection(&t.f.mre.failing_tests, &run, &tests)?;
+    Some(Tried {
+        result: CandidateResult {
+            candidate_id: c.id.clone(),
+            passed: false,
+            tests,
+            regressions: vec![],
+            changed_lines: applied.changed_lines,
+            reason: Some(reason),
+            duration_ms: 0,
+        },
+        diff: Some(applied.diff.clone()),
+        output: format!("{}{}", run.stdout, run.stderr),
+    })
+}
+
+/// Runs the whole suite on the applied candidate (its copy removed after), whose run decides.
+async fn run_suite(
+    t: &Trial<'_>,
+    session: &mut Session,
+    c: &Candidate,
+    AppliedCopy { copy, applied }: AppliedCopy,
+    timeout: Duration,
+    started: Instant,
+) -> Tried {
+    let run = session.run(&copy, &t.kind.test_cmd, timeout).await;
+    let _ = std::fs::remove_dir_all(&copy);
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => return failed(c, format!("the sandbox failed: {e}"), started),
+    };
+    let tests = sandbox::parse_outcomes(t.kind, &run);
+    let mre = &t.f.mre;
+    let verdict = suite_verdict(&run, &tests, &mre.passing_tests, &mre.failing_tests);
+    Tried {
+        result: CandidateResult {
+            candidate_id: c.id.clone(),
+            passed: verdict.passed,
+            tests,
+            regressions: verdict.regressions,
+            changed_lines: applied.changed_lines,
+            reason: verdict.reason,
+            duration_ms: started.elapsed().as_millis() as u64,
+        },
+        diff: Some(applied.diff),
+        output: format!("{}{}", run.stdout, run.stderr),
+    }
+}

@@ -1,0 +1,24 @@
+//! The validation stage's decisions, apart from its IO: how long a run may take, when the
+//! failing tests run first, whether a candidate passes, which passing candidate wins and when to
+//! stop starting candidates, what a failed attempt tells the fix stage, and how many lanes an
+//! attempt uses. Everything here takes plain data and returns plain data; the handler and the
+//! modules beside it do the reading, running and writing.
+
+use proto::messages::CandidateResult;
+
+pub mod failing_first;
+pub mod feedback;
+pub mod rank;
+pub mod sessions;
+pub mod timeouts;
+pub mod verdict;
+
+/// What trying one candidate came to.
+#[derive(Debug, Clone)]
+pub struct Tried {
+    pub result: CandidateResult,
+    /// The change as applied (a unified diff), when it applied.
+    pub diff: Option<String>,
+    /// The test run's stdout and stderr, when a run decided.
+    pub output: String,
+}

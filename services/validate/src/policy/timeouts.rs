@@ -1,0 +1,57 @@
+//! How long a candidate's test runs may take.
+
+use std::time::Duration;
+
+/// A candidate gets four times the baseline run plus one second, within the sandbox's limit.
+/// Mutants that loop forever are common and must not cost the full limit each; the baseline is
+/// a cold run (a fresh process, often a fresh container), so this is many times what a warm
+/// candidate of the same suite needs.
+pub fn candidate_timeout(limit_secs: u64, baseline_ms: u64) -> Duration {
+    let limit = Duration::from_secs(limit_secs.max(1));
+    if baseline_ms == 0 {
+        return limit;
+    }
+    (Duration::from_millis(baseline_ms.saturating_mul(4)) + Duration::from_secs(1)).min(limit)
+}
+
+/// The timeout of a failing-tests-first run: ten times the slowest such run of this attempt
+/// that finished, or, before any has, twice the MRE's baseline run (a cold run of the whole
+/// suite); at least one second, never more than the candidate's own timeout. A mutant that
+/// loops forever then costs about a second, not the whole-suite allowance.
+pub fn first_run_timeout(full: Duration, baseline_ms: u64, slowest_first_ms: u64) -> Duration {
+    let guess = match (slowest_first_ms, baseline_ms) {
+        (0, 0) => return full,
+        (0, b) => b.saturating_mul(2),
+        (s, _) => s.saturating_mul(10),
+    };
+    Duration::from_millis(guess)
+        .max(Duration::from_secs(1))
+        .min(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_timeout_scales_with_the_baseline_within_the_limit() {
+        assert_eq!(candidate_timeout(300, 0), Duration::from_secs(300));
+        assert_eq!(candidate_timeout(300, 500), Duration::from_secs(3));
+        assert_eq!(candidate_timeout(300, 60_000), Duration::from_secs(241));
+        assert_eq!(candidate_timeout(30, 60_000), Duration::from_secs(30));
+        assert_eq!(candidate_timeout(0, 100), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn first_run_timeout_follows_the_slowest_first_run() {
+        let full = Duration::from_secs(5);
+        assert_eq!(first_run_timeout(full, 0, 0), full);
+        // Before any first run finished: twice the cold baseline, at least a second.
+        assert_eq!(first_run_timeout(full, 700, 0), Duration::from_millis(1400));
+        assert_eq!(first_run_timeout(full, 300, 0), Duration::from_secs(1));
+        // Then ten times the slowest that finished.
+        assert_eq!(first_run_timeout(full, 700, 80), Duration::from_secs(1));
+        assert_eq!(first_run_timeout(full, 700, 300), Duration::from_secs(3));
+        assert_eq!(first_run_timeout(full, 700, 2_000), full);
+    }
+}
