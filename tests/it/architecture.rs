@@ -15,7 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("proto", 0),
     ("crates/telemetry", 0),
     ("crates/vocab", 1),
-    ("crates/logparse", 1),
+    ("crates/logparse", 2),
     ("crates/settings", 2),
     ("crates/patch", 2),
     ("crates/store", 3),

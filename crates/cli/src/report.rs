@@ -90,7 +90,7 @@ pub fn print_analysis(d: &Decided, json: bool) {
 }
 
 /// The end of a repair: the report's path and outcome, or the report itself with `--json`.
-/// Returns the exit code of DESIGN.md.
+/// Returns the exit code (`vocab::exit`: 0 fixed or analysed, 1 otherwise).
 pub fn print_completion(
     c: &proto::messages::RepairCompleted,
     workspace: &std::path::Path,
