@@ -52,13 +52,16 @@ async fn submit_request(
     cfg: &Config,
     log: String,
     source: &Path,
+    workspace: &Path,
 ) -> Result<Submitted, Failure> {
     let limit = cfg.settings.bus.snapshot_max_bytes;
     let src = source.to_owned();
-    let snapshot = tokio::task::spawn_blocking(move || projects::pack(&src, limit))
-        .await
-        .map_err(|e| Failure::internal(format!("snapshot task failed: {e}")))?
-        .map_err(project_failure)?;
+    let ws = workspace.to_owned();
+    let snapshot =
+        tokio::task::spawn_blocking(move || projects::pack_outside(&src, limit, Some(&ws)))
+            .await
+            .map_err(|e| Failure::internal(format!("snapshot task failed: {e}")))?
+            .map_err(project_failure)?;
     let bucket = Bucket::open(bus.context(), &bus.namespace().snapshot_bucket())
         .await
         .map_err(project_failure)?;
@@ -196,7 +199,7 @@ pub async fn repair(
     source: PathBuf,
 ) -> Result<u8, Failure> {
     let bus = connect(url, cfg).await?;
-    let submitted = submit_request(&bus, &args, cfg, log, &source).await?;
+    let submitted = submit_request(&bus, &args, cfg, log, &source, workspace).await?;
     let repair = submitted.repair_id;
     eprintln!("submitted {repair} to {url}");
     let done = follow(&bus, repair, true, args.json, None).await?;
@@ -233,7 +236,7 @@ pub async fn submit(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<
     }
     let inputs = crate::repair::inputs(&args, cfg, workspace)?;
     let bus = connect(&url, cfg).await?;
-    let s = submit_request(&bus, &args, cfg, inputs.log, &inputs.source).await?;
+    let s = submit_request(&bus, &args, cfg, inputs.log, &inputs.source, workspace).await?;
     if args.json {
         println!(
             "{}",

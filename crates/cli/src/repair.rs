@@ -332,9 +332,9 @@ fn snapshot(
     let (Some(store), None) = (store, iteration) else {
         return Ok((source.to_owned(), iteration));
     };
-    let iterations = vocab::Workspace::new(workspace).iterations_dir();
-    match integrate::iteration::import(store, &iterations, source) {
-        Ok(id) => Ok((iterations.join(id.to_string()), Some(id))),
+    let ws = vocab::Workspace::new(workspace);
+    match integrate::iteration::import(store, &ws, source) {
+        Ok(id) => Ok((ws.iteration_dir(id), Some(id))),
         Err(ImportError::Record(e)) => Err(Failure::internal(e.to_string())),
         Err(ImportError::Files(e)) => {
             let cause: &dyn std::fmt::Display = match &e {

@@ -489,6 +489,98 @@ fn repairs_the_example_in_the_local_sandbox_and_applies_it() {
     assert!(r.stdout.contains("7 passed"), "{}", r.stdout);
 }
 
+/// Where a user stands: a git repository, `cd` into it, the default workspace (`.coval`
+/// inside the project), run twice. The snapshot leaves out `.git` and the workspace itself,
+/// no partial tree is left anywhere, and `--apply` changes only the file the patch touches.
+#[test]
+fn repairs_from_inside_the_project_with_the_default_workspace() {
+    let (_t, src, _ws) = example();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(&src)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "broken"]);
+    let env = [
+        ("COVAL_SANDBOX__BACKEND", "local"),
+        ("COVAL_LLM_URL", "http://127.0.0.1:9"),
+    ];
+    for run in 1..=2 {
+        let args: &[&str] = if run == 1 {
+            &["repair", "-e", "error.log"]
+        } else {
+            &["repair", "-e", "error.log", "--apply"]
+        };
+        let out = coval(&src, args, &env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run {run}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let iteration = src
+            .join(".coval/iterations")
+            .join(format!("iter-00{}", 2 * run - 1));
+        assert!(
+            iteration.join("inventory/pricing.py").is_file(),
+            "run {run}"
+        );
+        for gone in [".coval", ".git"] {
+            assert!(
+                !iteration.join(gone).exists(),
+                "run {run}: {gone} was copied into {}",
+                iteration.display()
+            );
+        }
+    }
+    let partial: Vec<_> = walk(&src)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".partial"))
+        .collect();
+    assert!(partial.is_empty(), "partial trees left: {partial:?}");
+    // Only the patched file changed in the user's tree (and the workspace is new).
+    let status = git(&["status", "--porcelain"]);
+    let mut changed: Vec<&str> = status.lines().collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [" M inventory/pricing.py", "?? .coval/"],
+        "{status}"
+    );
+    assert_eq!(fixed_line(&src), "if quantity >= DISCOUNT_FROM:");
+}
+
+/// Every path under `dir`, without following symlinks.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn apply_refuses_a_tree_that_changed_during_the_repair() {
     python_image();

@@ -26,7 +26,7 @@ use vocab::tree::is_safe_relative;
 const SNAPSHOT_VERSION: u32 = 1;
 
 /// Directories never put into a snapshot: version control and coval's own workspace.
-const SKIPPED_DIRS: &[&str] = &[".git", ".hg", ".svn", ".coval"];
+use vocab::tree::NOT_PROJECT_DIRS as SKIPPED_DIRS;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -86,9 +86,33 @@ impl ProjectError {
 
 /// Packs `root` into a snapshot, refusing trees over `limit` bytes of file contents.
 pub fn pack(root: &Path, limit: u64) -> Result<Vec<u8>, ProjectError> {
+    pack_outside(root, limit, None)
+}
+
+/// [`pack`], leaving out the directory `workspace` when it lies inside `root` (a workspace
+/// of another name than `.coval` inside the project).
+pub fn pack_outside(
+    root: &Path,
+    limit: u64,
+    workspace: Option<&Path>,
+) -> Result<Vec<u8>, ProjectError> {
+    let root = root.canonicalize().map_err(|e| ProjectError::Read {
+        path: root.display().to_string(),
+        source: e,
+    })?;
+    let except = workspace
+        .and_then(|w| w.canonicalize().ok())
+        .filter(|w| w.starts_with(&root) && *w != root);
     let mut entries = vec![];
     let mut total = 0u64;
-    walk(root, root, &mut entries, &mut total, limit)?;
+    walk(
+        &root,
+        &root,
+        except.as_deref(),
+        &mut entries,
+        &mut total,
+        limit,
+    )?;
     entries.sort_by(|a, b| entry_path(a).cmp(entry_path(b)));
     rmp_serde::to_vec_named(&Snapshot {
         version: SNAPSHOT_VERSION,
@@ -106,6 +130,7 @@ fn entry_path(e: &Entry) -> &str {
 fn walk(
     root: &Path,
     dir: &Path,
+    except: Option<&Path>,
     out: &mut Vec<Entry>,
     total: &mut u64,
     limit: u64,
@@ -127,10 +152,12 @@ fn walk(
         };
         let ft = meta.file_type();
         if ft.is_dir() {
-            if SKIPPED_DIRS.contains(&entry.file_name().to_string_lossy().as_ref()) {
+            if SKIPPED_DIRS.contains(&entry.file_name().to_string_lossy().as_ref())
+                || except == Some(path.as_path())
+            {
                 continue;
             }
-            walk(root, &path, out, total, limit)?;
+            walk(root, &path, except, out, total, limit)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&path).map_err(|e| read(&path, e))?;
             match target.to_str() {

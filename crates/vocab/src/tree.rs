@@ -27,9 +27,27 @@ pub enum Perms {
     WorldReadable,
 }
 
+/// Directories that are never part of a project's tree, at any depth: version control and
+/// coval's own workspace. Snapshots, iterations, MREs and sandbox copies leave them out, so a
+/// workspace inside the project (`cd repo && coval repair`, the default `.coval`) is never
+/// copied into itself.
+pub const NOT_PROJECT_DIRS: &[&str] = &[".git", ".hg", ".svn", ".coval"];
+
 /// Copies the contents of `src` into `dst` (created if missing). Symlinks are copied as
-/// symlinks, never followed; sockets, fifos and devices are skipped.
+/// symlinks, never followed; sockets, fifos and devices are skipped, and so are the
+/// [`NOT_PROJECT_DIRS`].
 pub fn copy_tree(src: &Path, dst: &Path, perms: Perms) -> io::Result<u64> {
+    copy_tree_except(src, dst, perms, None)
+}
+
+/// [`copy_tree`], also leaving out the directory `except` (compared as given, so pass it
+/// canonical when `src` is): a workspace with another name inside the project.
+pub fn copy_tree_except(
+    src: &Path,
+    dst: &Path,
+    perms: Perms,
+    except: Option<&Path>,
+) -> io::Result<u64> {
     let meta = fs::symlink_metadata(src)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
@@ -39,15 +57,27 @@ pub fn copy_tree(src: &Path, dst: &Path, perms: Perms) -> io::Result<u64> {
     }
     fs::create_dir_all(dst)?;
     let mut bytes = 0;
-    copy_dir(src, dst, perms, &mut bytes)?;
+    copy_dir(src, dst, perms, except, &mut bytes)?;
     set_dir_mode(dst, meta.permissions().mode(), perms)?;
     Ok(bytes)
 }
 
-fn copy_dir(src: &Path, dst: &Path, perms: Perms, bytes: &mut u64) -> io::Result<()> {
+fn copy_dir(
+    src: &Path,
+    dst: &Path,
+    perms: Perms,
+    except: Option<&Path>,
+    bytes: &mut u64,
+) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
         let from = entry.path();
+        let name = entry.file_name();
+        if except == Some(from.as_path())
+            || NOT_PROJECT_DIRS.contains(&name.to_string_lossy().as_ref())
+        {
+            continue;
+        }
         let to = dst.join(entry.file_name());
         let meta = fs::symlink_metadata(&from)?;
         let ft = meta.file_type();
@@ -56,7 +86,7 @@ fn copy_dir(src: &Path, dst: &Path, perms: Perms, bytes: &mut u64) -> io::Result
             symlink(&target, &to)?;
         } else if ft.is_dir() {
             fs::create_dir(&to)?;
-            copy_dir(&from, &to, perms, bytes)?;
+            copy_dir(&from, &to, perms, except, bytes)?;
             set_dir_mode(&to, meta.permissions().mode(), perms)?;
         } else if ft.is_file() {
             *bytes += fs::copy(&from, &to)?;
@@ -122,6 +152,17 @@ pub fn copy_project(src: &Path, dst: &Path) -> std::io::Result<()> {
     copy_tree(src, dst, Perms::Keep).map(|_| ())
 }
 
+/// [`copy_project`] of a tree that may hold the workspace `workspace` (any name): the
+/// workspace is left out when it lies inside `src`.
+pub fn copy_project_outside(src: &Path, dst: &Path, workspace: &Path) -> std::io::Result<()> {
+    let src = src.canonicalize()?;
+    let except = workspace
+        .canonicalize()
+        .ok()
+        .filter(|w| w.starts_with(&src) && *w != src);
+    copy_tree_except(&src, dst, Perms::Keep, except.as_deref()).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +200,33 @@ mod tests {
         );
         assert_eq!(read_capped(dst.path(), "d/f.txt", 10).as_deref(), Some("x"));
         assert_eq!(read_capped(dst.path(), "link", 10), None);
+    }
+
+    #[test]
+    fn leaves_out_version_control_and_workspaces_at_any_depth() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("repo");
+        for d in [
+            ".git/objects",
+            ".coval/iterations/iter-001",
+            "pkg/.git",
+            "work/ws/state",
+        ] {
+            fs::create_dir_all(src.join(d)).unwrap();
+        }
+        fs::write(src.join("pkg/mod.py"), "x = 1\n").unwrap();
+        fs::write(src.join("work/keep.txt"), "k").unwrap();
+        fs::write(src.join("work/ws/state/db"), "d").unwrap();
+        let dst = t.path().join("copy");
+        copy_project_outside(&src, &dst, &src.join("work/ws")).unwrap();
+        assert!(dst.join("pkg/mod.py").is_file());
+        assert!(dst.join("work/keep.txt").is_file());
+        for gone in [".git", ".coval", "pkg/.git", "work/ws"] {
+            assert!(!dst.join(gone).exists(), "{gone} was copied");
+        }
+        // A workspace outside the tree changes nothing; the tree itself is never left out.
+        let again = t.path().join("again");
+        copy_project_outside(&src, &again, t.path()).unwrap();
+        assert!(again.join("work/ws/state/db").is_file());
     }
 }

@@ -97,18 +97,15 @@ impl IntegrateStage {
         let parent = if fixed {
             match c.request.iteration {
                 Some(id) => Some(id),
-                None => {
-                    match iteration::import(&self.store, &self.workspace.iterations_dir(), &source)
-                    {
-                        Ok(id) => Some(id),
-                        Err(e) => {
-                            return Outcome::Retry {
-                                after: None,
-                                reason: e.to_string(),
-                            };
-                        }
+                None => match iteration::import(&self.store, &self.workspace, &source) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        return Outcome::Retry {
+                            after: None,
+                            reason: e.to_string(),
+                        };
                     }
-                }
+                },
             }
         } else {
             None

@@ -6,6 +6,7 @@ use std::path::Path;
 use patch::PatchLimits;
 use proto::IterationId;
 use store::{IterationOrigin, Store, StoreError};
+use vocab::Workspace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialiseError {
@@ -29,14 +30,25 @@ pub fn materialise(
     }
     let staging = dst.with_extension("partial");
     let _ = std::fs::remove_dir_all(&staging);
-    sandbox::copy_project(src, &staging).map_err(MaterialiseError::Copy)?;
-    if let Some(p) = patch_text {
-        let limits = PatchLimits::default();
-        let edits = patch::parse(p, &limits).map_err(|e| MaterialiseError::Patch(e.to_string()))?;
-        patch::apply(&staging, &edits, &limits)
-            .map_err(|e| MaterialiseError::Patch(e.to_string()))?;
+    let made = vocab::tree::copy_project(src, &staging)
+        .map_err(MaterialiseError::Copy)
+        .and_then(|()| match patch_text {
+            None => Ok(()),
+            Some(p) => {
+                let limits = PatchLimits::default();
+                let edits =
+                    patch::parse(p, &limits).map_err(|e| MaterialiseError::Patch(e.to_string()))?;
+                patch::apply(&staging, &edits, &limits)
+                    .map(|_| ())
+                    .map_err(|e| MaterialiseError::Patch(e.to_string()))
+            }
+        })
+        .and_then(|()| std::fs::rename(&staging, dst).map_err(MaterialiseError::Io));
+    if made.is_err() {
+        // A failed iteration leaves nothing behind, not even its staging copy.
+        let _ = std::fs::remove_dir_all(&staging);
     }
-    std::fs::rename(&staging, dst).map_err(MaterialiseError::Io)
+    made
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +62,12 @@ pub enum ImportError {
 }
 
 /// Stores the tree at `source` as a new iteration with no parent: recorded in the ledger,
-/// then copied to `<iterations_dir>/<id>`.
+/// then copied to the workspace's iteration directory. The copy leaves out version control,
+/// any `.coval`, and `workspace` itself when it lies inside `source` (`cd repo && coval
+/// repair`); a copy that fails leaves no partial tree.
 pub fn import(
     store: &Store,
-    iterations_dir: &Path,
+    workspace: &Workspace,
     source: &Path,
 ) -> Result<IterationId, ImportError> {
     let it = store
@@ -64,8 +78,21 @@ pub fn import(
             },
         )
         .map_err(ImportError::Record)?;
-    materialise(source, &iterations_dir.join(it.id.to_string()), None)
-        .map_err(ImportError::Files)?;
+    let dst = workspace.iteration_dir(it.id);
+    let staging = dst.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&dst);
+    let _ = std::fs::remove_dir_all(&staging);
+    let made = std::fs::create_dir_all(workspace.iterations_dir())
+        .map_err(MaterialiseError::Io)
+        .and_then(|()| {
+            vocab::tree::copy_project_outside(source, &staging, workspace.root())
+                .map_err(MaterialiseError::Copy)
+        })
+        .and_then(|()| std::fs::rename(&staging, &dst).map_err(MaterialiseError::Io));
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(ImportError::Files(e));
+    }
     Ok(it.id)
 }
 
@@ -80,9 +107,9 @@ mod tests {
         std::fs::create_dir_all(src.join("pkg")).unwrap();
         std::fs::write(src.join("pkg/a.py"), "x = 1\n").unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
-        let iterations = dir.path().join("iterations");
-        let id = import(&store, &iterations, &src).unwrap();
-        let stored = iterations.join(id.to_string());
+        let ws = Workspace::new(dir.path());
+        let id = import(&store, &ws, &src).unwrap();
+        let stored = ws.iteration_dir(id);
         assert_eq!(
             std::fs::read_to_string(stored.join("pkg/a.py")).unwrap(),
             "x = 1\n"
@@ -94,5 +121,45 @@ mod tests {
         assert!(
             matches!(&its[0].origin, IterationOrigin::Import { path } if *path == src.display().to_string())
         );
+    }
+
+    #[test]
+    fn a_workspace_inside_the_source_is_not_imported_into_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("repo");
+        std::fs::create_dir_all(src.join(".git")).unwrap();
+        std::fs::write(src.join("a.py"), "x = 1\n").unwrap();
+        for ws in [src.join(".coval"), src.join("work")] {
+            let ws = Workspace::new(&ws);
+            std::fs::create_dir_all(ws.root()).unwrap();
+            let store = Store::open(&ws.state_dir()).unwrap();
+            for _ in 0..2 {
+                let id = import(&store, &ws, &src).unwrap();
+                let stored = ws.iteration_dir(id);
+                let mut names: Vec<String> = std::fs::read_dir(&stored)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                assert_eq!(names, ["a.py"], "{}", stored.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_import_leaves_no_partial_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(dir.path().join("ws"));
+        std::fs::create_dir_all(ws.root()).unwrap();
+        let store = Store::open(&ws.state_dir()).unwrap();
+        let missing = dir.path().join("no-such-project");
+        assert!(matches!(
+            import(&store, &ws, &missing),
+            Err(ImportError::Files(_))
+        ));
+        let left: Vec<_> = std::fs::read_dir(ws.iterations_dir())
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
