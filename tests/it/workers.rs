@@ -510,3 +510,52 @@ fn an_unreachable_nats_is_exit_code_3_with_what_to_do() -> Result<()> {
     ensure!(status.success(), "the project changed");
     Ok(())
 }
+
+#[test]
+fn a_malformed_nats_url_is_exit_code_2_at_once() -> Result<()> {
+    let url = "nats://bad host:x";
+    let dir = tempfile::tempdir()?;
+    let proj = project(dir.path(), None)?;
+    let log = proj.join("error.log").display().to_string();
+    let src = proj.display().to_string();
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("coval-triage", vec!["--nats", url]),
+        ("coval", vec!["worker", "all", "--nats", url]),
+        (
+            "coval",
+            vec!["repair", "--nats", url, "-e", &log, "-s", &src],
+        ),
+        (
+            "coval",
+            vec!["submit", "--nats", url, "-e", &log, "-s", &src],
+        ),
+        ("coval", vec!["status", "--nats", url]),
+    ];
+    for (bin, args) in runs {
+        let exe = workspace_binary(bin)?;
+        let started = std::time::Instant::now();
+        let out = Command::new(exe)
+            .args(&args)
+            .arg("--workspace")
+            .arg(dir.path().join("ws"))
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(2),
+            "{bin} {args:?}: {}",
+            text(&out)
+        );
+        ensure!(
+            err.contains("is not a NATS server URL") && err.contains("nats://HOST:PORT"),
+            "{bin}: the message should say what is wrong and how to write it: {err}"
+        );
+        ensure!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{bin} took {:?}: a malformed URL needs no wait",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}

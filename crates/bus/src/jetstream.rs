@@ -26,6 +26,21 @@ pub struct JetStreamBus {
 
 impl JetStreamBus {
     /// Connect to `url` and make sure the streams exist.
+    /// Whether `url` (one server, or several separated by commas) can name NATS servers at
+    /// all: a malformed URL is the user's input to fix, not a server that does not answer.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        if url.trim().is_empty() {
+            return Err("it is empty".into());
+        }
+        for server in url.split(',') {
+            server
+                .trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("`{}`: {e}", server.trim()))?;
+        }
+        Ok(())
+    }
+
     pub async fn connect(url: &str, ns: Namespace, cfg: BusConfig) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name("coval")
@@ -393,5 +408,25 @@ impl JetStreamBus {
         let events = events.filter_map(move |m| futures::future::ready(decode(m)));
         let dead = dead.filter_map(move |m| futures::future::ready(decode(m)));
         Ok(futures::stream::select(events, dead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_urls_are_told_apart_from_unreachable_servers() {
+        for good in [
+            "nats://127.0.0.1:4222",
+            "127.0.0.1",
+            "nats://a:1,nats://b:2",
+            "tls://h:4443",
+        ] {
+            assert!(JetStreamBus::check_url(good).is_ok(), "{good}");
+        }
+        for bad in ["", "nats://bad host:x", "nats://h:notaport", "http://[::1"] {
+            assert!(JetStreamBus::check_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -128,6 +128,12 @@ impl Worker {
                 workspace.display()
             ))
         })?;
+        JetStreamBus::check_url(&args.nats).map_err(|e| {
+            WorkerError::Config(format!(
+                "--nats {:?} is not a NATS server URL: {e}; write it as nats://HOST:PORT",
+                args.nats
+            ))
+        })?;
         let bus = JetStreamBus::connect(&args.nats, ns.clone(), config.settings.bus.clone())
             .await
             .map_err(|e| {

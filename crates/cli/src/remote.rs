@@ -21,6 +21,11 @@ use crate::exit::{self, Failure};
 use crate::repair::{EngineArg, RepairArgs};
 
 async fn connect(url: &str, cfg: &Config) -> Result<JetStreamBus, Failure> {
+    JetStreamBus::check_url(url).map_err(|e| {
+        Failure::input(format!(
+            "--nats {url:?} is not a NATS server URL: {e}; write it as nats://HOST:PORT"
+        ))
+    })?;
     let ns = Namespace::new(&cfg.settings.bus.namespace)
         .map_err(|e| Failure::input(format!("bus.namespace: {e}")))?;
     JetStreamBus::connect(url, ns, cfg.settings.bus.clone())

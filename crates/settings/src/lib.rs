@@ -718,7 +718,7 @@ fn merge<T: DeserializeOwned>(layers: &[Layer]) -> Result<T, ConfigError> {
         origin: "merged configuration".into(),
         reason: e.to_string(),
     })?;
-    merged.try_deserialize::<T>().map_err(|e| {
+    merged.clone().try_deserialize::<T>().map_err(|e| {
         let (key, reason) = match &e {
             config::ConfigError::Type {
                 key: Some(k),
@@ -729,7 +729,26 @@ fn merge<T: DeserializeOwned>(layers: &[Layer]) -> Result<T, ConfigError> {
                 k.clone(),
                 format!("found {unexpected}, expected {expected}"),
             ),
-            _ => (String::new(), e.to_string()),
+            other => {
+                let text = other.to_string();
+                // The `config` crate names the key only inside its message (`... for key
+                // `sandbox.backend``) and never the values an enum takes; serde's own message
+                // for the same tree does ("unknown variant `x`, expected one of ...").
+                let key = text
+                    .rsplit_once("for key `")
+                    .and_then(|(_, rest)| rest.split_once('`'))
+                    .map(|(k, _)| k.to_owned())
+                    .unwrap_or_default();
+                let serde_reason = merged
+                    .clone()
+                    .try_deserialize::<serde_json::Value>()
+                    .ok()
+                    .and_then(|v| serde_json::from_value::<T>(v).err())
+                    .map(|e| e.to_string())
+                    .filter(|m| m.contains("unknown variant"))
+                    .map(|m| m.split(" at line").next().unwrap_or(&m).to_owned());
+                (key, serde_reason.unwrap_or(text))
+            }
         };
         let origin = if key.is_empty() {
             "configuration".to_owned()
@@ -1135,6 +1154,18 @@ mod tests {
         let e = load(&o).unwrap_err().to_string();
         assert!(
             e.contains("COVAL_DOCKER__NOPE") && e.contains("docker.nope"),
+            "{e}"
+        );
+
+        // A value an enum does not take names the variable, the key and the values it takes.
+        let mut o = opts(dir.path());
+        o.env = vec![("COVAL_SANDBOX__BACKEND".into(), "bogus".into())];
+        let e = load(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("COVAL_SANDBOX__BACKEND")
+                && e.contains("`sandbox.backend`")
+                && e.contains("bogus")
+                && ["auto", "docker", "local"].iter().all(|v| e.contains(v)),
             "{e}"
         );
 
