@@ -20,18 +20,25 @@ use tokio::process::{Child, ChildStdout, Command};
 struct Proc {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Where the process's stderr goes (a file, so a chatty process never blocks on it).
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Proc {
     fn spawn(args: &[&str]) -> Result<Proc> {
+        let stderr = tempfile::NamedTempFile::new()?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_testkit"))
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen()?)
             .kill_on_drop(true)
             .spawn()?;
         let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        Ok(Proc { child, lines })
+        Ok(Proc {
+            child,
+            lines,
+            stderr,
+        })
     }
 
     /// The next stdout line that starts with `prefix`.
@@ -42,7 +49,9 @@ impl Proc {
                     return Ok(l);
                 }
             }
-            bail!("process ended before printing `{prefix}`")
+            // Say why: the process's own last words.
+            let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+            bail!("process ended before printing `{prefix}`: {}", err.trim())
         })
         .await
         .with_context(|| format!("no `{prefix}` line within {within:?}"))?
