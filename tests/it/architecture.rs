@@ -159,25 +159,24 @@ fn production_sources(dir: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
-#[test]
-fn only_the_named_crates_read_the_process_environment() {
-    let root = repo_root();
-    let allowed: BTreeSet<&str> = READS_ENVIRONMENT.iter().map(|(c, _)| *c).collect();
-    let mut broken = Vec::new();
-    for m in members(&root) {
-        if allowed.contains(m.as_str()) {
+/// `path:line: text` of every production line whose code (before a `//`) matches, in every
+/// member that `skip` does not leave out.
+fn production_lines(
+    root: &Path,
+    skip: impl Fn(&str) -> bool,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in members(root) {
+        if skip(&m) {
             continue;
         }
         for (path, text) in production_sources(&root.join(&m)) {
             for (i, line) in text.lines().enumerate() {
-                let code = line.split("//").next().unwrap_or("");
-                if ["env::var(", "env::var_os(", "env::vars("]
-                    .iter()
-                    .any(|p| code.contains(p))
-                {
-                    broken.push(format!(
+                if matches(line.split("//").next().unwrap_or("")) {
+                    out.push(format!(
                         "{}:{}: {}",
-                        path.strip_prefix(&root).unwrap_or(&path).display(),
+                        path.strip_prefix(root).unwrap_or(&path).display(),
                         i + 1,
                         line.trim()
                     ));
@@ -185,6 +184,22 @@ fn only_the_named_crates_read_the_process_environment() {
             }
         }
     }
+    out
+}
+
+#[test]
+fn only_the_named_crates_read_the_process_environment() {
+    let root = repo_root();
+    let allowed: BTreeSet<&str> = READS_ENVIRONMENT.iter().map(|(c, _)| *c).collect();
+    let broken = production_lines(
+        &root,
+        |m| allowed.contains(m),
+        |code| {
+            ["env::var(", "env::var_os(", "env::vars("]
+                .iter()
+                .any(|p| code.contains(p))
+        },
+    );
     assert!(
         broken.is_empty(),
         "environment read outside the crates that may (pass the value in through settings):\n{}",
@@ -195,30 +210,15 @@ fn only_the_named_crates_read_the_process_environment() {
 #[test]
 fn subjects_are_spelled_only_in_proto() {
     let root = repo_root();
-    let mut broken = Vec::new();
-    for m in members(&root) {
-        if m == "proto" || m == "tests" {
-            continue;
-        }
-        for (path, text) in production_sources(&root.join(&m)) {
-            for (i, line) in text.lines().enumerate() {
-                let code = line.split("//").next().unwrap_or("");
-                if [".events.", ".stage.", ".dlq.", ".ledger."]
-                    .iter()
-                    .any(|s| {
-                        code.contains(&format!("\"{{}}{s}")) || code.contains(&format!("}}{s}"))
-                    })
-                {
-                    broken.push(format!(
-                        "{}:{}: {}",
-                        path.strip_prefix(&root).unwrap_or(&path).display(),
-                        i + 1,
-                        line.trim()
-                    ));
-                }
-            }
-        }
-    }
+    let broken = production_lines(
+        &root,
+        |m| m == "proto" || m == "tests",
+        |code| {
+            [".events.", ".stage.", ".dlq.", ".ledger."]
+                .iter()
+                .any(|s| code.contains(&format!("\"{{}}{s}")) || code.contains(&format!("}}{s}")))
+        },
+    );
     assert!(
         broken.is_empty(),
         "subjects built outside proto::subjects::Namespace:\n{}",

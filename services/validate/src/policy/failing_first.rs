@@ -123,10 +123,8 @@ pub fn collect_from(lanes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
     use super::*;
+    use crate::policy::fixtures::{o, run};
 
     fn kind(runner: Runner, test_cmd: Vec<String>) -> ProjectKind {
         ProjectKind {
@@ -152,29 +150,6 @@ mod tests {
 
     fn no_files() -> Vec<(String, String)> {
         panic!("a pytest project's files are never read")
-    }
-
-    fn run(code: i32) -> RunResult {
-        RunResult {
-            exit_code: Some(code),
-            signal: None,
-            timed_out: false,
-            oom_killed: false,
-            stdout: String::new(),
-            stderr: String::new(),
-            output_truncated: false,
-            duration: Duration::from_millis(50),
-            timeout: Duration::from_secs(10),
-            output_cap: 1 << 20,
-            collected: BTreeMap::new(),
-        }
-    }
-
-    fn o(name: &str, status: TestStatus) -> TestOutcome {
-        TestOutcome {
-            name: name.into(),
-            status,
-        }
     }
 
     fn owned(v: &[&str]) -> Vec<String> {

@@ -22,3 +22,37 @@ pub struct Tried {
     /// The test run's stdout and stderr, when a run decided.
     pub output: String,
 }
+
+/// Plain data the policies' tests are written in.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use proto::messages::{TestOutcome, TestStatus};
+    use sandbox::RunResult;
+
+    /// A run that exited with `code` after 50 ms, with no output.
+    pub fn run(code: i32) -> RunResult {
+        RunResult {
+            exit_code: Some(code),
+            signal: None,
+            timed_out: false,
+            oom_killed: false,
+            stdout: String::new(),
+            stderr: String::new(),
+            output_truncated: false,
+            duration: Duration::from_millis(50),
+            timeout: Duration::from_secs(10),
+            output_cap: 1 << 20,
+            collected: BTreeMap::new(),
+        }
+    }
+
+    pub fn o(name: &str, status: TestStatus) -> TestOutcome {
+        TestOutcome {
+            name: name.into(),
+            status,
+        }
+    }
+}

@@ -79,35 +79,10 @@ pub fn suite_verdict(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
     use proto::messages::TestStatus;
 
     use super::*;
-
-    fn run(code: i32) -> RunResult {
-        RunResult {
-            exit_code: Some(code),
-            signal: None,
-            timed_out: false,
-            oom_killed: false,
-            stdout: String::new(),
-            stderr: String::new(),
-            output_truncated: false,
-            duration: Duration::from_millis(50),
-            timeout: Duration::from_secs(10),
-            output_cap: 1 << 20,
-            collected: BTreeMap::new(),
-        }
-    }
-
-    fn o(name: &str, status: TestStatus) -> TestOutcome {
-        TestOutcome {
-            name: name.into(),
-            status,
-        }
-    }
+    use crate::policy::fixtures::{o, run};
 
     #[test]
     fn test_edits_are_rejected_unless_allowed() {
