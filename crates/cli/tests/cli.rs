@@ -490,8 +490,9 @@ fn repairs_the_example_in_the_local_sandbox_and_applies_it() {
 }
 
 /// Where a user stands: a git repository, `cd` into it, the default workspace (`.coval`
-/// inside the project), run twice. The snapshot leaves out `.git` and the workspace itself,
-/// no partial tree is left anywhere, and `--apply` changes only the file the patch touches.
+/// inside the project), run twice. The snapshot leaves out `.git`, the workspace itself and a
+/// symlink back up the tree, no partial tree is left anywhere, and `--apply` changes only the
+/// file the patch touches.
 #[test]
 fn repairs_from_inside_the_project_with_the_default_workspace() {
     let (_t, src, _ws) = example();
@@ -512,6 +513,8 @@ fn repairs_from_inside_the_project_with_the_default_workspace() {
         assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
         text(&out.stdout)
     };
+    // A link back up the tree would make pytest collect the project again through it.
+    std::os::unix::fs::symlink("..", src.join("up")).unwrap();
     git(&["init", "-q"]);
     git(&["add", "-A"]);
     git(&["commit", "-qm", "broken"]);
@@ -540,9 +543,9 @@ fn repairs_from_inside_the_project_with_the_default_workspace() {
             iteration.join("inventory/pricing.py").is_file(),
             "run {run}"
         );
-        for gone in [".coval", ".git"] {
+        for gone in [".coval", ".git", "up"] {
             assert!(
-                !iteration.join(gone).exists(),
+                std::fs::symlink_metadata(iteration.join(gone)).is_err(),
                 "run {run}: {gone} was copied into {}",
                 iteration.display()
             );

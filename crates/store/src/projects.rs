@@ -165,7 +165,9 @@ fn walk(
                     path: rel,
                     target: t.to_owned(),
                 }),
-                _ => tracing::warn!(path = %rel, "skipping a symlink that leaves the project"),
+                _ => {
+                    tracing::warn!(path = %rel, "skipping a symlink that leaves the project or loops back into it")
+                }
             }
         } else if ft.is_file() {
             *total += meta.len();
@@ -183,24 +185,14 @@ fn walk(
     Ok(())
 }
 
-/// A relative link target that, resolved from the link's directory, stays in the tree.
+/// A relative link target that, resolved from the link's directory, stays in the tree and
+/// does not loop back to a directory the link lies in (`vocab::tree::link_is_safe`); a
+/// snapshot cannot express absolute links.
 fn link_stays_inside(link: &str, target: &str) -> bool {
-    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
-        return false;
-    }
-    let mut depth: i64 = Path::new(link).components().count() as i64 - 1;
-    for c in Path::new(target).components() {
-        match c {
-            std::path::Component::ParentDir => depth -= 1,
-            std::path::Component::Normal(_) => depth += 1,
-            std::path::Component::CurDir => {}
-            _ => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
-    }
-    true
+    !target.is_empty()
+        && !target.contains('\0')
+        && !Path::new(target).is_absolute()
+        && vocab::tree::link_is_safe(Path::new(""), Path::new(link), Path::new(target))
 }
 
 /// Decodes and checks a snapshot without writing anything.

@@ -7,6 +7,35 @@ use std::io;
 use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Component, Path};
 
+/// Whether the symlink at `link` (relative to the tree's `root`) pointing at `target` may be
+/// copied with the tree: a relative target must resolve inside the tree and not to a
+/// directory the link itself lies in (`up -> ..` or `a/loop -> ..` would make a test runner
+/// walk the project again and again); an absolute target must not point into the original
+/// tree or above it (a copy must not reach back into the user's files).
+pub fn link_is_safe(root: &Path, link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return !(target.starts_with(root) || root.starts_with(target));
+    }
+    let dir: Vec<Component> = link
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    let mut at = dir.clone();
+    for c in target.components() {
+        match c {
+            Component::ParentDir => {
+                if at.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::Normal(_) => at.push(c),
+            Component::CurDir => {}
+            _ => return false,
+        }
+    }
+    !(at.len() <= dir.len() && dir[..at.len()] == at[..])
+}
+
 /// `path` is relative, non-empty and has no `..`, root or prefix components.
 pub fn is_safe_relative(path: &str) -> bool {
     let p = Path::new(path);
@@ -57,12 +86,13 @@ pub fn copy_tree_except(
     }
     fs::create_dir_all(dst)?;
     let mut bytes = 0;
-    copy_dir(src, dst, perms, except, &mut bytes)?;
+    copy_dir(src, src, dst, perms, except, &mut bytes)?;
     set_dir_mode(dst, meta.permissions().mode(), perms)?;
     Ok(bytes)
 }
 
 fn copy_dir(
+    root: &Path,
     src: &Path,
     dst: &Path,
     perms: Perms,
@@ -83,10 +113,13 @@ fn copy_dir(
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target = fs::read_link(&from)?;
-            symlink(&target, &to)?;
+            let rel = from.strip_prefix(root).unwrap_or(&from);
+            if link_is_safe(root, rel, &target) {
+                symlink(&target, &to)?;
+            }
         } else if ft.is_dir() {
             fs::create_dir(&to)?;
-            copy_dir(&from, &to, perms, except, bytes)?;
+            copy_dir(root, &from, &to, perms, except, bytes)?;
             set_dir_mode(&to, meta.permissions().mode(), perms)?;
         } else if ft.is_file() {
             *bytes += fs::copy(&from, &to)?;
@@ -228,5 +261,39 @@ mod tests {
         let again = t.path().join("again");
         copy_project_outside(&src, &again, t.path()).unwrap();
         assert!(again.join("work/ws/state/db").is_file());
+    }
+
+    #[test]
+    fn links_that_leave_the_tree_or_loop_back_are_not_copied() {
+        let root = Path::new("/home/u/proj");
+        let safe =
+            |link: &str, target: &str| link_is_safe(root, Path::new(link), Path::new(target));
+        assert!(safe("a/x", "../b/c.py"));
+        assert!(safe("x", "pkg/mod.py"));
+        assert!(safe("x", "/usr/lib/python3"));
+        for (link, target) in [
+            ("up", ".."),
+            ("self", "."),
+            ("a/loop", ".."),
+            ("a/b/loop", "../../a"),
+            ("a/out", "../../elsewhere"),
+            ("abs", "/home/u/proj/pkg"),
+            ("abs", "/home/u"),
+        ] {
+            assert!(!safe(link, target), "{link} -> {target}");
+        }
+
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("p");
+        fs::create_dir_all(src.join("pkg")).unwrap();
+        fs::write(src.join("pkg/m.py"), "x = 1\n").unwrap();
+        symlink("..", src.join("up")).unwrap();
+        symlink("..", src.join("pkg/loop")).unwrap();
+        symlink("pkg/m.py", src.join("alias.py")).unwrap();
+        let dst = t.path().join("c");
+        copy_project(&src, &dst).unwrap();
+        assert!(fs::symlink_metadata(dst.join("alias.py")).is_ok());
+        assert!(fs::symlink_metadata(dst.join("up")).is_err());
+        assert!(fs::symlink_metadata(dst.join("pkg/loop")).is_err());
     }
 }
