@@ -89,7 +89,8 @@ struct Global {
     /// Project settings file (coval.config.yaml); llm.config.yaml is looked for beside it
     #[arg(long, global = true, env = "COVAL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides
+    /// More log output: -v info, -vv debug, -vvv trace (`worker`: info, then -v debug, -vv
+    /// trace); --log-format json logs info and up; RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Log format on stderr
@@ -148,7 +149,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format: LogFormat = cli.global.log_format.parse().unwrap_or_default();
-    let _telemetry = match telemetry::init("coval", format, cli.global.verbose) {
+    // A person reads `coval repair` and friends: the stage lines and the outcome, with log
+    // lines only from -v on; a worker or the deployment proxy logs as a service does.
+    let audience = match cli.command {
+        Command::Worker(_) | Command::Proxy(_) => telemetry::Audience::Service,
+        _ => telemetry::Audience::Person,
+    };
+    let _telemetry = match telemetry::init_for("coval", format, cli.global.verbose, audience) {
         Ok(t) => Some(t),
         Err(e) => {
             eprintln!("coval: warning: {e}");

@@ -536,6 +536,12 @@ fn repairs_from_inside_the_project_with_the_default_workspace() {
             text(&out.stdout),
             text(&out.stderr)
         );
+        // A person reads the stage lines and the outcome; log lines come with -v.
+        assert!(
+            !text(&out.stderr).contains(" INFO "),
+            "run {run}: log lines among the stage lines: {}",
+            text(&out.stderr)
+        );
         let iteration = src
             .join(".coval/iterations")
             .join(format!("iter-00{}", 2 * run - 1));

@@ -82,15 +82,35 @@ const OURS: &[&str] = &[
     "integrate",
 ];
 
-fn filter(verbosity: u8) -> Result<EnvFilter, TelemetryError> {
+/// Who reads the logs, which sets where `-v` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// A service's log (workers, the deployment proxy, JSON logs): info and up.
+    Service,
+    /// A person at a terminal running a command: only warnings and errors, so the command's
+    /// own lines are not drowned; `-v` adds info, `-vv` debug.
+    Person,
+}
+
+/// The level of coval's own crates for `-v` repeated `verbosity` times.
+fn level(verbosity: u8, audience: Audience) -> &'static str {
+    let steps = match audience {
+        Audience::Service => verbosity.saturating_add(1),
+        Audience::Person => verbosity,
+    };
+    match steps {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    }
+}
+
+fn filter(verbosity: u8, audience: Audience) -> Result<EnvFilter, TelemetryError> {
     if let Ok(f) = std::env::var("RUST_LOG") {
         return EnvFilter::try_new(f).map_err(|e| TelemetryError::Filter(e.to_string()));
     }
-    let ours = match verbosity {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+    let ours = level(verbosity, audience);
     let others = if verbosity >= 3 { "debug" } else { "warn" };
     let directives: Vec<String> = std::iter::once(others.to_owned())
         .chain(OURS.iter().map(|c| format!("{c}={ours}")))
@@ -122,8 +142,23 @@ pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider, TelemetryErro
     Ok(builder.build())
 }
 
-/// Set up logging and tracing for a process named `service`.
+/// Set up logging and tracing for a process named `service`, logging as a service does.
 pub fn init(service: &str, format: LogFormat, verbosity: u8) -> Result<Telemetry, TelemetryError> {
+    init_for(service, format, verbosity, Audience::Service)
+}
+
+/// [`init`] for a given audience (JSON logs are always a service's).
+pub fn init_for(
+    service: &str,
+    format: LogFormat,
+    verbosity: u8,
+    audience: Audience,
+) -> Result<Telemetry, TelemetryError> {
+    let audience = if format == LogFormat::Json {
+        Audience::Service
+    } else {
+        audience
+    };
     let provider = tracer_provider(service)?;
     let tracer = provider.tracer(service.to_owned());
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -143,10 +178,24 @@ pub fn init(service: &str, format: LogFormat, verbosity: u8) -> Result<Telemetry
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter(verbosity)?)
+        .with(filter(verbosity, audience)?)
         .with(fmt)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
     Ok(Telemetry { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_person_sees_warnings_until_asking_for_more_and_a_service_logs_info() {
+        let person: Vec<_> = (0..4).map(|v| level(v, Audience::Person)).collect();
+        assert_eq!(person, ["warn", "info", "debug", "trace"]);
+        let service: Vec<_> = (0..3).map(|v| level(v, Audience::Service)).collect();
+        assert_eq!(service, ["info", "debug", "trace"]);
+        assert_eq!(level(u8::MAX, Audience::Service), "trace");
+    }
 }
