@@ -141,16 +141,7 @@ mod tests {
     use proto::messages::Category;
 
     use super::*;
-
-    fn cfg() -> CostConfig {
-        settings::load(&settings::LoadOptions {
-            cwd: std::env::temp_dir().join("coval-no-config-here"),
-            ..Default::default()
-        })
-        .expect("defaults load")
-        .settings
-        .cost_calculation
-    }
+    use crate::model::tests::cfg;
 
     fn report(coverage: f64, coverage_measured: bool) -> TriageReport {
         TriageReport {

@@ -234,10 +234,11 @@ pub fn weights_for(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cfg() -> CostConfig {
+    /// The shipped cost model (no configuration file is read).
+    pub(crate) fn cfg() -> CostConfig {
         settings::load(&settings::LoadOptions {
             cwd: std::env::temp_dir().join("coval-no-config-here"),
             ..Default::default()
