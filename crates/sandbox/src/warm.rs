@@ -236,6 +236,29 @@ impl WarmState {
     }
 }
 
+/// Whether a warning about the warm server with this text should be said now: the sessions of
+/// one attempt (one per lane) meet the same trouble at the same moment, and a person should
+/// read it once. The same text again within a minute is logged at debug level only.
+pub(crate) fn first_telling(text: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    const QUIET_FOR: Duration = Duration::from_secs(60);
+    static TOLD: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let mut told = TOLD
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    told.retain(|_, at| now.duration_since(*at) < QUIET_FOR);
+    match told.get(text) {
+        Some(_) => false,
+        None => {
+            told.insert(text.to_owned(), now);
+            true
+        }
+    }
+}
+
 /// One candidate for the server.
 #[derive(Debug, Serialize)]
 pub(crate) struct Request<'a> {
@@ -644,6 +667,14 @@ pub(crate) fn to_result(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_same_warning_is_told_once_a_minute() {
+        let text = format!("test warning {:?}", std::thread::current().id());
+        assert!(first_telling(&text));
+        assert!(!first_telling(&text));
+        assert!(first_telling(&format!("{text} (another)")));
+    }
+
     use super::*;
 
     fn argv(a: &[&str]) -> Vec<String> {

@@ -132,7 +132,11 @@ impl WarmClient {
                 })
             }
             Err(why) => {
-                tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
+                if super::first_telling(&why.0) {
+                    tracing::warn!(reason = %why, "the warm test server did not start; candidates run as fresh processes until it does");
+                } else {
+                    tracing::debug!(reason = %why, "the warm test server did not start (said already)");
+                }
                 t.stop(None).await;
                 self.state.failed(&why, false);
             }
