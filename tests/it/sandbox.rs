@@ -165,14 +165,16 @@ async fn fork_bomb(sb: &impl Sandbox, backend: &str) -> Result<()> {
         r.duration
     );
     // Classic: forks forever until the timeout. The shell itself keeps going when the bomb
-    // has used up every process it may have: it loops on builtins (dash exits when a fork fails).
+    // has used up every process it may have: it forks once, for the bomb, and then loops on
+    // builtins (dash exits when a fork fails, and `b | b &` run by the shell itself forks twice:
+    // the first child's bomb could use up the processes before the second fork).
     let r = sb
         .run(&spec(
             dir.path(),
             &[
                 "sh",
                 "-c",
-                "exec 2>/dev/null; b() { b | b & }; b; while :; do :; done",
+                "exec 2>/dev/null; b() { b | b & }; b & while :; do :; done",
             ],
             4,
         ))
