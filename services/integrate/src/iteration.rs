@@ -18,11 +18,12 @@ pub enum MaterialiseError {
     Io(std::io::Error),
 }
 
-/// The project tree with `patch` applied, as iteration `dst` (replaced if a crash left one).
-pub fn materialise(
-    src: &Path,
+/// Writes the tree `fill` makes into `dst` (replaced if a crash left one) by way of a staging
+/// directory beside it, renamed into place only when whole: a failure leaves nothing behind,
+/// not even the staging copy.
+fn write_whole(
     dst: &Path,
-    patch_text: Option<&str>,
+    fill: impl FnOnce(&Path) -> Result<(), MaterialiseError>,
 ) -> Result<(), MaterialiseError> {
     let _ = std::fs::remove_dir_all(dst);
     if let Some(parent) = dst.parent() {
@@ -30,25 +31,31 @@ pub fn materialise(
     }
     let staging = dst.with_extension("partial");
     let _ = std::fs::remove_dir_all(&staging);
-    let made = vocab::tree::copy_project(src, &staging)
-        .map_err(MaterialiseError::Copy)
-        .and_then(|()| match patch_text {
-            None => Ok(()),
-            Some(p) => {
-                let limits = PatchLimits::default();
-                let edits =
-                    patch::parse(p, &limits).map_err(|e| MaterialiseError::Patch(e.to_string()))?;
-                patch::apply(&staging, &edits, &limits)
-                    .map(|_| ())
-                    .map_err(|e| MaterialiseError::Patch(e.to_string()))
-            }
-        })
-        .and_then(|()| std::fs::rename(&staging, dst).map_err(MaterialiseError::Io));
+    let made =
+        fill(&staging).and_then(|()| std::fs::rename(&staging, dst).map_err(MaterialiseError::Io));
     if made.is_err() {
-        // A failed iteration leaves nothing behind, not even its staging copy.
         let _ = std::fs::remove_dir_all(&staging);
     }
     made
+}
+
+/// The project tree with `patch` applied, as iteration `dst`.
+pub fn materialise(
+    src: &Path,
+    dst: &Path,
+    patch_text: Option<&str>,
+) -> Result<(), MaterialiseError> {
+    write_whole(dst, |staging| {
+        vocab::tree::copy_project(src, staging).map_err(MaterialiseError::Copy)?;
+        if let Some(p) = patch_text {
+            let limits = PatchLimits::default();
+            let edits =
+                patch::parse(p, &limits).map_err(|e| MaterialiseError::Patch(e.to_string()))?;
+            patch::apply(staging, &edits, &limits)
+                .map_err(|e| MaterialiseError::Patch(e.to_string()))?;
+        }
+        Ok(())
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,21 +85,11 @@ pub fn import(
             },
         )
         .map_err(ImportError::Record)?;
-    let dst = workspace.iteration_dir(it.id);
-    let staging = dst.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&dst);
-    let _ = std::fs::remove_dir_all(&staging);
-    let made = std::fs::create_dir_all(workspace.iterations_dir())
-        .map_err(MaterialiseError::Io)
-        .and_then(|()| {
-            vocab::tree::copy_project_outside(source, &staging, workspace.root())
-                .map_err(MaterialiseError::Copy)
-        })
-        .and_then(|()| std::fs::rename(&staging, &dst).map_err(MaterialiseError::Io));
-    if let Err(e) = made {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(ImportError::Files(e));
-    }
+    write_whole(&workspace.iteration_dir(it.id), |staging| {
+        vocab::tree::copy_project_outside(source, staging, workspace.root())
+            .map_err(MaterialiseError::Copy)
+    })
+    .map_err(ImportError::Files)?;
     Ok(it.id)
 }
 
