@@ -83,5 +83,6 @@ pub fn outcome_label(o: crate::messages::RepairOutcome) -> &'static str {
         RebuildRecommended => "rebuild recommended",
         Analyzed => "analyzed",
         Failed => "failed",
+        CannotRun => "tests cannot run",
     }
 }

@@ -664,12 +664,32 @@ async fn run_local(spec: &RunSpec) -> Result<RunResult, SandboxError> {
     sys::install(&mut cmd, setup);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| {
-        SandboxError::io(
-            format!("cannot start `{}` in the local sandbox", spec.argv[0]),
-            e,
-        )
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        // As a shell says it, with a shell's status: the program is not installed, which is
+        // what the run tells (a run that cannot start), not a failure of the sandbox.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(RunResult {
+                exit_code: Some(127),
+                signal: None,
+                timed_out: false,
+                oom_killed: false,
+                stdout: String::new(),
+                stderr: format!("coval-local: {}: command not found\n", spec.argv[0]),
+                output_truncated: false,
+                duration: started.elapsed(),
+                timeout: spec.timeout,
+                output_cap: lim.output_bytes,
+                collected: BTreeMap::new(),
+            });
+        }
+        Err(e) => {
+            return Err(SandboxError::io(
+                format!("cannot start `{}` in the local sandbox", spec.argv[0]),
+                e,
+            ));
+        }
+    };
     let pgid = child.id();
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();

@@ -28,6 +28,7 @@ pub fn outcome_str(o: RepairOutcome) -> &'static str {
         RepairOutcome::RebuildRecommended => "rebuild_recommended",
         RepairOutcome::Analyzed => "analyzed",
         RepairOutcome::Failed => "failed",
+        RepairOutcome::CannotRun => "cannot_run",
     }
 }
 
@@ -58,6 +59,13 @@ pub fn summary(f: &Facts) -> String {
         }
         RepairOutcome::Analyzed => "analysis only".into(),
         RepairOutcome::Failed => "the repair could not run".into(),
+        RepairOutcome::CannotRun => match f.mre.and_then(|m| m.blocked.as_ref()) {
+            Some(b) => format!(
+                "the tests cannot run in the sandbox: {} is missing; {}",
+                b.what, b.hint
+            ),
+            None => "the tests cannot run in the sandbox".into(),
+        },
     }
 }
 
@@ -259,6 +267,20 @@ pub fn markdown(f: &Facts) -> String {
                 "- Add tests first: they are the specification a rebuild is checked against."
             );
         }
+        RepairOutcome::CannotRun => {
+            if let Some(b) = f.mre.and_then(|m| m.blocked.as_ref()) {
+                let _ = writeln!(s, "- Make the tests runnable: {}.", b.hint);
+                let _ = writeln!(
+                    s,
+                    "- The run that showed it ended with:\n\n```text\n{}\n```",
+                    b.output_tail
+                );
+            }
+            let _ = writeln!(
+                s,
+                "- Or give the command that runs your tests where they can run, with `--test-cmd`."
+            );
+        }
         RepairOutcome::Analyzed | RepairOutcome::Failed => {}
     }
     let _ = writeln!(
@@ -288,7 +310,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
         },
         "metrics": {"D": m.debt, "T": m.coverage, "T_measured": m.coverage_measured, "K": m.context, "S": m.capability, "loc": m.loc, "region_lines": m.region_lines, "module_lines": m.module_lines},
         "decision": {"verdict": f.decision.verdict, "c_fix": f.decision.c_fix, "c_new": f.decision.c_new, "p_success": f.decision.p_success, "reasons": f.decision.reasons},
-        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes})),
+        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes, "blocked": m.blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint, "output_tail": b.output_tail}))})),
         "attempts": f.history.iter().map(|a| serde_json::json!({
             "attempt": a.attempt,
             "engine": a.engine.to_string(),

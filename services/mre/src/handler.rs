@@ -6,8 +6,8 @@ use proto::{Message, Stage};
 use sandbox::{Sandbox, SandboxConfigExt};
 use settings::SandboxConfig;
 
-use crate::build;
 use crate::run::{self, reproduces};
+use crate::{blocked, build};
 
 pub struct MreStage {
     pub sandbox: SandboxConfig,
@@ -62,6 +62,32 @@ impl Handler for MreStage {
             }
             Err(e) => return Outcome::Reject(format!("the test command could not run: {e}")),
         };
+        // Tests that cannot run at all stop here, with what is missing: no candidate could pass.
+        if !reproduces(&d.triage, &whole)
+            && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
+        {
+            notes.push(format!(
+                "the tests cannot run in the sandbox: {} is missing ({})",
+                blocked.what,
+                whole.result.verdict()
+            ));
+            return Outcome::Publish(vec![Message::MreReady(MreReady {
+                request: d.request.clone(),
+                triage: d.triage.clone(),
+                decision: d.decision.clone(),
+                mre: MreSummary {
+                    reproduced: false,
+                    whole_project: true,
+                    test_cmd: build::shell_words(&kind.test_cmd),
+                    failing_tests: whole.failing(),
+                    sandbox: sb.name().to_owned(),
+                    notes,
+                    baseline_ms: whole.result.duration.as_millis() as u64,
+                    blocked: Some(blocked),
+                    ..MreSummary::default()
+                },
+            })]);
+        }
         if whole.command_not_found() {
             return Outcome::Reject(format!(
                 "the test command `{}` was not found in the sandbox ({}): pass an existing one with --test-cmd",
@@ -115,6 +141,7 @@ impl Handler for MreStage {
             sandbox: sb.name().to_owned(),
             notes,
             baseline_ms: whole.result.duration.as_millis() as u64,
+            blocked: None,
         };
         let _ = std::fs::write(
             dir.join("result.txt"),
