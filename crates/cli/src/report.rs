@@ -116,7 +116,8 @@ pub fn print_completion(
             println!("patch   {}", dir.join("final.patch").display());
         }
         if let Some(b) = &c.blocked {
-            println!("what the run said:\n{}", indent(&b.output_tail));
+            println!("to run them: {}", b.hint);
+            println!("the run ended with:\n{}", indent(&b.output_tail));
         }
         println!("report  {}", dir.join("repair_report.md").display());
     }

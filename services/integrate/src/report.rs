@@ -61,8 +61,9 @@ pub fn summary(f: &Facts) -> String {
         RepairOutcome::Failed => "the repair could not run".into(),
         RepairOutcome::CannotRun => match f.mre.and_then(|m| m.blocked.as_ref()) {
             Some(b) => format!(
-                "the tests cannot run in the sandbox: {} is missing; {}",
-                b.what, b.hint
+                "the tests cannot run in the {} sandbox: {} is missing",
+                f.mre.map_or("", |m| m.sandbox.as_str()),
+                b.what
             ),
             None => "the tests cannot run in the sandbox".into(),
         },

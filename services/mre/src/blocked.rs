@@ -60,12 +60,12 @@ pub fn diagnose(
         return match INTERPRETERS.iter().find(|(p, _)| *p == program) {
             Some((_, apt)) => blocked(
                 BlockedReason::Interpreter,
-                program.clone(),
+                format!("`{program}`"),
                 format!("install `{program}` {place}: `{apt}`"),
             ),
             None => blocked(
                 BlockedReason::Runner,
-                program.clone(),
+                format!("`{program}`"),
                 format!("install `{program}` {place}: {}", install_hint(&program)),
             ),
         };
@@ -79,10 +79,12 @@ pub fn diagnose(
                 .next()
                 .is_some_and(|p| p.starts_with("python"))
         {
-            let module = module.trim().trim_matches('\'').to_owned();
+            // "No module named pytest.__main__; 'pytest' is a package ..." (a broken install).
+            let module = module.split([';', ' ']).next().unwrap_or("").trim_matches('\'');
+            let module = module.strip_suffix(".__main__").unwrap_or(module).to_owned();
             return blocked(
                 BlockedReason::Runner,
-                module.clone(),
+                format!("`{module}`"),
                 format!("install `{module}` {place}: {}", install_hint(&module)),
             );
         }
@@ -317,7 +319,7 @@ mod tests {
         ];
         for (stderr, want, what) in cases {
             let got = diagnose(&run(127, stderr, &[]), &t, dir.path(), "local");
-            assert_eq!(reason(got), Some((want, what.into())), "{stderr}");
+            assert_eq!(reason(got), Some((want, format!("`{what}`"))), "{stderr}");
         }
         let b = diagnose(&run(1, cases[0].0, &[]), &t, dir.path(), "docker").unwrap();
         assert!(b.hint.contains("pip install pytest") && b.hint.contains("sandbox.image"));
