@@ -574,6 +574,103 @@ fn repairs_from_inside_the_project_with_the_default_workspace() {
     assert_eq!(fixed_line(&src), "if quantity >= DISCOUNT_FROM:");
 }
 
+/// A temporary git repository holding `files`, for running coval from inside it.
+fn git_project(files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("project");
+    for (name, body) in files {
+        let p = src.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "broken",
+        ],
+    ] {
+        let st = Command::new("git")
+            .current_dir(&src)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+    (t, src)
+}
+
+#[test]
+fn tests_that_cannot_run_stop_with_what_is_missing_and_exit_3() {
+    coval_tests::ensure_host_pytest().expect("pytest for the host's python3");
+    let env = [
+        ("COVAL_SANDBOX__BACKEND", "local"),
+        ("COVAL_LLM_URL", "http://127.0.0.1:9"),
+    ];
+    // A package the tests import is not installed where they run.
+    let (_t, py) = git_project(&[
+        (
+            "shop/dates.py",
+            "import pendulum\n\n\ndef days_between(a, b):\n    return (pendulum.parse(b) - pendulum.parse(a)).days + 1\n",
+        ),
+        (
+            "tests/test_dates.py",
+            "from shop.dates import days_between\n\n\ndef test_days():\n    assert days_between('2026-01-01', '2026-01-03') == 2\n",
+        ),
+        ("shop/__init__.py", ""),
+        (
+            "error.log",
+            "FAILED tests/test_dates.py::test_days - assert 3 == 2\n    assert days_between('2026-01-01', '2026-01-03') == 2\nE   AssertionError: assert 3 == 2\nshop/dates.py:5: AssertionError\n",
+        ),
+    ]);
+    // The runner of an npm script was never installed (no node_modules).
+    let (_t2, js) = git_project(&[
+        (
+            "package.json",
+            r#"{"name": "cart", "version": "1.0.0", "scripts": {"test": "jest"}}"#,
+        ),
+        (
+            "src/cart.js",
+            "exports.total = (xs) => xs.reduce((a, b) => a + b, 1);\n",
+        ),
+        (
+            "test/cart.test.js",
+            "const { total } = require('../src/cart');\ntest('total', () => expect(total([1, 2])).toBe(3));\n",
+        ),
+        (
+            "error.log",
+            "FAIL test/cart.test.js\n  ● total\n    expect(received).toBe(expected)\n    Expected: 3\n    Received: 4\n      at Object.<anonymous> (test/cart.test.js:2:40)\n",
+        ),
+    ]);
+    for (src, what, hint) in [
+        (&py, "the Python package `pendulum`", "pip install pendulum"),
+        (&js, "`jest`", "npm install --save-dev jest"),
+    ] {
+        let out = coval(src, &["repair", "-e", "error.log"], &env);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("{what} is missing in the local sandbox")),
+            "{stdout}"
+        );
+        assert!(stdout.contains(hint), "{stdout}");
+        assert!(!stdout.contains("no validated fix"), "{stdout}");
+        // The report says it too, and no candidate was tried.
+        let json = coval(src, &["repair", "-e", "error.log", "--json"], &env);
+        assert_eq!(json.status.code(), Some(3), "{}", text(&json.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(report["outcome"], "cannot_run", "{report}");
+        assert_eq!(report["mre"]["blocked"]["what"], what, "{report}");
+        assert_eq!(report["attempts"].as_array().map(Vec::len), Some(0));
+    }
+}
+
 /// Every path under `dir`, without following symlinks.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];

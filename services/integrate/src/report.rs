@@ -61,9 +61,9 @@ pub fn summary(f: &Facts) -> String {
         RepairOutcome::Failed => "the repair could not run".into(),
         RepairOutcome::CannotRun => match f.mre.and_then(|m| m.blocked.as_ref()) {
             Some(b) => format!(
-                "the tests cannot run in the {} sandbox: {} is missing",
-                f.mre.map_or("", |m| m.sandbox.as_str()),
-                b.what
+                "{} is missing in the {} sandbox",
+                b.what,
+                f.mre.map_or("", |m| m.sandbox.as_str())
             ),
             None => "the tests cannot run in the sandbox".into(),
         },

@@ -80,8 +80,15 @@ pub fn diagnose(
                 .is_some_and(|p| p.starts_with("python"))
         {
             // "No module named pytest.__main__; 'pytest' is a package ..." (a broken install).
-            let module = module.split([';', ' ']).next().unwrap_or("").trim_matches('\'');
-            let module = module.strip_suffix(".__main__").unwrap_or(module).to_owned();
+            let module = module
+                .split([';', ' '])
+                .next()
+                .unwrap_or("")
+                .trim_matches('\'');
+            let module = module
+                .strip_suffix(".__main__")
+                .unwrap_or(module)
+                .to_owned();
             return blocked(
                 BlockedReason::Runner,
                 format!("`{module}`"),
