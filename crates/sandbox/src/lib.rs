@@ -14,6 +14,7 @@
 //! It owns everything that runs untrusted code; it must never import the bus, the store or a
 //! stage (stages call it, never the other way round).
 
+pub mod command;
 pub mod docker;
 pub mod local;
 pub mod outcomes;
@@ -28,6 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use command::{split_plain, widen};
 pub use docker::{DockerSandbox, DockerSession};
 pub use local::{LocalSandbox, LocalSession};
 pub use outcomes::parse_outcomes;
@@ -120,6 +122,22 @@ impl RunSpec {
             image: "coval/python:bookworm".into(),
             collect: vec![],
         }
+    }
+
+    /// A spec that runs `kind`'s tests in `dir` under the `sandbox:` settings: its command,
+    /// the reports it writes and the environment it needs.
+    pub fn for_project(
+        cfg: &SandboxConfig,
+        kind: &ProjectKind,
+        dir: impl Into<PathBuf>,
+    ) -> RunSpec {
+        let mut s = RunSpec::from_config(cfg, kind.language, dir, kind.test_cmd.clone());
+        s.collect = kind.reports.clone();
+        for (name, value) in &kind.env {
+            s.env.retain(|(n, _)| n != name);
+            s.env.push((name.clone(), value.clone()));
+        }
+        s
     }
 
     /// A spec from the `sandbox:` settings, for a project of `language`.

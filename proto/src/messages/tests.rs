@@ -85,6 +85,7 @@ fn mre() -> MreSummary {
         notes: vec![],
         baseline_ms: 0,
         blocked: None,
+        wider: vec![],
     }
 }
 
@@ -116,6 +117,7 @@ fn attempt() -> AttemptRecord {
         // Zero, as in the committed snapshots written before these fields existed.
         validation_ms: 0,
         lanes: 0,
+        paths: RunPaths::default(),
     }
 }
 

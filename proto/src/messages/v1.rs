@@ -244,6 +244,11 @@ pub struct MreSummary {
     /// cannot pass.
     #[serde(default)]
     pub blocked: Option<Blocked>,
+    /// When the test command is narrow (one test id, one file), the commands that run the
+    /// tests around it (its files, then the suite) whose baseline ran in time: a candidate
+    /// must keep their passing tests (in `passing_tests`) passing before it wins.
+    #[serde(default)]
+    pub wider: Vec<Vec<String>>,
 }
 
 /// Why a project's tests cannot run in the sandbox, apart from the bug being repaired.

@@ -172,6 +172,9 @@ pub fn markdown(f: &Facts) -> String {
                     a.lanes
                 );
             }
+            if a.paths.runs > 0 {
+                let _ = writeln!(s, "{}\n", run_paths(&a.paths));
+            }
             for r in &a.results {
                 let what = a
                     .candidates
@@ -318,6 +321,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
             "usage": {"prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens, "duration_ms": a.usage.duration_ms},
             "validation_ms": a.validation_ms,
             "lanes": a.lanes,
+            "paths": {"runs": a.paths.runs, "warm": a.paths.warm, "collected": a.paths.collected, "fresh": a.paths.runs.saturating_sub(a.paths.warm), "warm_off": a.paths.warm_off},
             "candidates": a.results.iter().map(|r| {
                 let c = a.candidates.iter().find(|c| c.id == r.candidate_id);
                 serde_json::json!({
@@ -378,6 +382,19 @@ pub fn decision_md(report: &TriageReport, d: &Decision) -> String {
     }
     for n in &report.notes {
         let _ = writeln!(s, "- Note: {n}");
+    }
+    s
+}
+
+/// How an attempt's test runs were carried out, in one sentence.
+fn run_paths(p: &proto::messages::RunPaths) -> String {
+    let fresh = p.runs.saturating_sub(p.warm);
+    let mut s = format!(
+        "Test runs: {} in the warm test server ({} of them in a collected session), {fresh} as fresh processes.",
+        p.warm, p.collected
+    );
+    if let Some(off) = &p.warm_off {
+        let _ = write!(s, " The warm server was turned off: {off}.");
     }
     s
 }

@@ -47,6 +47,9 @@ impl Handler for MreStage {
         };
         let sb = &detected.sandbox;
         let mut notes = vec![format!("sandbox: {} ({})", sb.name(), detected.reason)];
+        if !kind.origin.is_empty() {
+            notes.push(format!("test command: {}", kind.origin));
+        }
         if let Some(n) = sb.notice() {
             notes.push(n);
         }
@@ -131,17 +134,53 @@ impl Handler for MreStage {
                 whole.result.verdict()
             ));
         }
+        // A narrow command is the target, not the proof: the tests around it that pass now
+        // must pass after a fix too.
+        let mut passing = whole.passing();
+        let mut wider = vec![];
+        for level in sandbox::widen(&kind) {
+            let level_kind = sandbox::ProjectKind {
+                test_cmd: level.clone(),
+                ..kind.clone()
+            };
+            match run::run_tests(sb, &self.sandbox, &level_kind, &root).await {
+                Ok(r) if !r.result.timed_out => {
+                    notes.push(format!(
+                        "the tests around the command: `{}` ({} passing)",
+                        build::shell_words(&level),
+                        r.passing().len()
+                    ));
+                    passing.extend(r.passing());
+                    wider.push(level);
+                }
+                Ok(r) => {
+                    notes.push(format!(
+                        "the tests around the command were not run: `{}` {}",
+                        build::shell_words(&level),
+                        r.result.verdict()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    notes.push(format!("the tests around the command could not run: {e}"));
+                    break;
+                }
+            }
+        }
+        passing.sort();
+        passing.dedup();
         let summary = MreSummary {
             reproduced,
             whole_project,
             files: files.into_iter().collect(),
             test_cmd: build::shell_words(&kind.test_cmd),
             failing_tests: whole.failing(),
-            passing_tests: whole.passing(),
+            passing_tests: passing,
             sandbox: sb.name().to_owned(),
             notes,
             baseline_ms: whole.result.duration.as_millis() as u64,
             blocked: None,
+            wider,
         };
         let _ = std::fs::write(
             dir.join("result.txt"),

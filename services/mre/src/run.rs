@@ -68,8 +68,7 @@ pub async fn run_tests<S: Sandbox>(
     kind: &ProjectKind,
     dir: &Path,
 ) -> Result<TestRun, sandbox::SandboxError> {
-    let mut spec = RunSpec::from_config(cfg, kind.language, dir, kind.test_cmd.clone());
-    spec.collect = kind.reports.clone();
+    let spec = RunSpec::for_project(cfg, kind, dir);
     let result = sb.run(&spec).await?;
     let outcomes = sandbox::parse_outcomes(kind, &result);
     Ok(TestRun { result, outcomes })
