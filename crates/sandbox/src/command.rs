@@ -107,7 +107,10 @@ pub fn user_kind(dir: &Path, cmd: &str, detected: Option<ProjectKind>) -> Projec
             .or_else(|| go_form(&words, &base))
             .or_else(|| npm_form(&words, detected.as_ref(), &base))
     {
-        return k;
+        return ProjectKind {
+            origin: format!("`{cmd}` {}", k.origin),
+            ..k
+        };
     }
     // Through the shell, as written. A pytest anywhere inside still reports per test.
     let runner = runner_of_command(cmd);
@@ -181,7 +184,7 @@ fn pytest_form(dir: &Path, words: &[String], base: &ProjectKind) -> Option<Proje
         test_cmd: argv,
         runner: Runner::Pytest,
         reports: vec![JUNIT_REPORT.into()],
-        origin: format!("`{}` {how}", words.join(" ")),
+        origin: how,
         ..base.clone()
     })
 }
@@ -249,7 +252,7 @@ fn go_form(words: &[String], base: &ProjectKind) -> Option<ProjectKind> {
         language: Language::Go,
         test_cmd: argv,
         runner: Runner::GoTest,
-        origin: format!("`{}` runs with -json added", words.join(" ")),
+        origin: "runs with -json added".into(),
         ..base.clone()
     })
 }
@@ -266,10 +269,7 @@ fn npm_form(
     let d =
         detected.filter(|d| is_npm_test && matches!(d.runner, Runner::NodeTest | Runner::Npm))?;
     Some(ProjectKind {
-        origin: format!(
-            "`{}` runs the package's test script as npm would",
-            words.join(" ")
-        ),
+        origin: "runs the package's test script as npm would".into(),
         ..d.clone()
     })
     .map(|k| ProjectKind {

@@ -181,9 +181,10 @@ async fn run_suite(
     let mut verdict = suite_verdict(&run, &tests, &mre.passing_tests, &mre.failing_tests);
     if verdict.passed {
         // The command was narrow: the tests around it must still pass too.
-        if let Some(wider) = run_wider(t, session, &copy, timeout).await {
-            tests.extend(wider.1);
-            verdict = wider.0;
+        let (wider, around) = run_wider(t, session, &copy, timeout).await;
+        tests.extend(around);
+        if let Some(wider) = wider {
+            verdict = wider;
         }
     }
     let _ = std::fs::remove_dir_all(&copy);
@@ -203,37 +204,37 @@ async fn run_suite(
 }
 
 /// Runs the commands around a narrow test command ([`sandbox::widen`], as the MRE ran them
-/// for the baseline) on a candidate that passed it, narrowest first; `Some` with the verdict
-/// and outcomes of the first that rejects it (a test that passed before fails now, or the run
-/// was stopped), `None` when every one keeps what passed.
+/// for the baseline) on a candidate that passed it, narrowest first, until one rejects it (a
+/// test that passed before fails now, or the run was stopped): that verdict, if any, and the
+/// outcomes of every run.
 async fn run_wider(
     t: &Trial<'_>,
     session: &mut Session,
     copy: &Path,
     timeout: Duration,
-) -> Option<(SuiteVerdict, Vec<TestOutcome>)> {
+) -> (Option<SuiteVerdict>, Vec<TestOutcome>) {
     let mre = &t.f.mre;
+    let mut outcomes = vec![];
     for level in &mre.wider {
         t.runs.fetch_add(1, Ordering::Relaxed);
         let run = match session.run(copy, level, timeout).await {
             Ok(r) => r,
             Err(e) => {
                 let reason = format!("the tests around the command could not run: {e}");
-                return Some((
-                    SuiteVerdict {
-                        passed: false,
-                        regressions: vec![],
-                        reason: Some(reason),
-                    },
-                    vec![],
-                ));
+                let v = SuiteVerdict {
+                    passed: false,
+                    regressions: vec![],
+                    reason: Some(reason),
+                };
+                return (Some(v), outcomes);
             }
         };
         let tests = sandbox::parse_outcomes(t.kind, &run);
         let v = wider_verdict(&run, &tests, &mre.passing_tests);
+        outcomes.extend(tests);
         if !v.passed {
-            return Some((v, tests));
+            return (Some(v), outcomes);
         }
     }
-    None
+    (None, outcomes)
 }
