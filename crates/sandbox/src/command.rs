@@ -105,6 +105,7 @@ pub fn user_kind(dir: &Path, cmd: &str, detected: Option<ProjectKind>) -> Projec
     if let Some(words) = split_plain(cmd).map(unwrap_shell)
         && let Some(k) = pytest_form(dir, &words, &base)
             .or_else(|| go_form(&words, &base))
+            .or_else(|| node_test_form(&words, &base))
             .or_else(|| npm_form(&words, detected.as_ref(), &base))
     {
         return ProjectKind {
@@ -253,6 +254,36 @@ fn go_form(words: &[String], base: &ProjectKind) -> Option<ProjectKind> {
         test_cmd: argv,
         runner: Runner::GoTest,
         origin: "runs with -json added".into(),
+        ..base.clone()
+    })
+}
+
+/// `node --test ARGS` with the TAP reporter asked for (its default depends on a terminal).
+fn node_test_form(words: &[String], base: &ProjectKind) -> Option<ProjectKind> {
+    let [node, test, args @ ..] = words else {
+        return None;
+    };
+    if node != "node" || test != "--test" {
+        return None;
+    }
+    if args.iter().any(|a| a.starts_with("--test-reporter")) {
+        return None;
+    }
+    let mut argv = vec![
+        "node".to_owned(),
+        "--test".into(),
+        "--test-reporter=tap".into(),
+    ];
+    argv.extend(args.iter().cloned());
+    Some(ProjectKind {
+        language: if base.language == Language::TypeScript {
+            Language::TypeScript
+        } else {
+            Language::JavaScript
+        },
+        test_cmd: argv,
+        runner: Runner::NodeTest,
+        origin: "runs with the TAP reporter".into(),
         ..base.clone()
     })
 }
@@ -489,6 +520,12 @@ mod tests {
                 "{addopts}"
             );
         }
+        let node = user_kind(root.path(), "node --test test/", None);
+        assert_eq!(
+            node.test_cmd,
+            s(&["node", "--test", "--test-reporter=tap", "test/"])
+        );
+        assert_eq!(node.runner, Runner::NodeTest);
         let go = user_kind(root.path(), "go test ./...", None);
         assert_eq!(go.test_cmd, s(&["go", "test", "-json", "./..."]));
         assert_eq!(go.runner, Runner::GoTest);
