@@ -146,6 +146,14 @@ impl Worker {
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
         let stop = CancellationToken::new();
         let ws = Workspace::new(workspace);
+        // What killed workers of this workspace left half-done (their locks died with them).
+        let swept = ws.sweep_scratch();
+        if swept.removed > 0 {
+            tracing::info!(
+                removed = swept.removed,
+                "removed the scratch dirs of killed workers"
+            );
+        }
         let (ledger, reports) = if stages.contains(&Stage::Integrate) {
             let reports = Bucket::open(bus.context(), &ns.report_bucket())
                 .await

@@ -304,6 +304,8 @@ fn open_workspace(
                 workspace.display()
             ))
         })?;
+        // What a killed `coval repair` left half-done (its locks died with it).
+        vocab::Workspace::new(workspace).sweep_scratch();
         Some(Store::open(&db).map_err(|e| Failure::input(e.to_string()))?)
     };
     let history: Arc<dyn HistorySource> = match &store {

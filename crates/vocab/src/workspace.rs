@@ -5,8 +5,11 @@
 //! <root>/state/                 the ledger (sled): repairs, iterations, history, deployments
 //! <root>/iterations/iter-NNN/   the project tree of each stored iteration
 //! <root>/iterations/.gen-<n>/   a generation being written, renamed into place when stored
+//! <root>/iterations/.stage-…/   an iteration being written (a scratch dir), renamed when whole
 //! <root>/repairs/repair-<id>/   one repair's report and patches, with `mre/` and `validation/`
-//! <root>/cache/snapshots/       project snapshots fetched from the object store
+//!                               (its candidates' copies in `validation/work-…` scratch dirs)
+//! <root>/cache/snapshots/       project snapshots fetched from the object store (staged in
+//!                               `.stage-…` scratch dirs)
 //! <root>/workers/<stages>-<n>/  the own database of a worker process without the ledger
 //! <root>/deploy/proxy-<port>/   a deployment proxy's state and control socket
 //! ```
@@ -14,6 +17,15 @@
 use std::path::{Path, PathBuf};
 
 use proto::{IterationId, RepairId};
+
+use crate::scratch::{self, Swept};
+
+/// The prefix of the scratch dirs in which a tree is written before it is renamed into
+/// `iterations/` or the snapshot cache.
+pub const STAGE_PREFIX: &str = ".stage-";
+
+/// The prefix of a validation attempt's scratch dir (candidate copies) in `validation/`.
+pub const WORK_PREFIX: &str = "work-";
 
 /// A workspace root; cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +93,22 @@ impl Workspace {
     /// The database of the `n`th worker process serving `stages` (e.g. `fix+validate`).
     pub fn worker_dir(&self, stages: &str, n: u32) -> PathBuf {
         self.workers_dir().join(format!("{stages}-{n}"))
+    }
+
+    /// Removes the scratch dirs under this workspace whose process is gone (killed in the
+    /// middle of a repair): staged iterations and snapshots, validation work trees. Dirs of
+    /// live processes, this one's included, stay (`vocab::scratch`).
+    pub fn sweep_scratch(&self) -> Swept {
+        let mut swept = scratch::sweep(&self.iterations_dir(), STAGE_PREFIX);
+        swept += scratch::sweep(&self.snapshot_cache_dir(), STAGE_PREFIX);
+        for repair in std::fs::read_dir(self.repairs_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            swept += scratch::sweep(&repair.path().join("validation"), WORK_PREFIX);
+        }
+        swept
     }
 
     /// The state of the deployment proxy listening on `port`.

@@ -180,16 +180,14 @@ impl Drop for ContainerGuard {
 
 /// The host dir mounted read-only at `/cands`, one subdirectory per candidate.
 pub(super) struct Staging {
-    _dir: tempfile::TempDir,
+    _dir: vocab::scratch::ScratchDir,
     pub path: PathBuf,
 }
 
 impl Staging {
     pub fn new() -> Result<Staging, SandboxError> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("coval-sandbox-")
-            .tempdir()
+        let dir = vocab::scratch::ScratchDir::new("coval-sandbox-")
             .map_err(|e| SandboxError::io("cannot create a staging dir", e))?;
         // The container's unprivileged user must be able to enter it.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))

@@ -104,6 +104,7 @@ impl DockerSandbox {
     /// Connects and negotiates the API version; `runtime` is an OCI runtime name such as
     /// `runsc` (empty: the engine's default).
     pub async fn connect(runtime: &str) -> Result<DockerSandbox, SandboxError> {
+        crate::sweep_stale_dirs();
         let docker = connect_engine().await?;
         Ok(DockerSandbox {
             docker,
