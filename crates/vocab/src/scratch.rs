@@ -111,7 +111,7 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         // Removed while still locked, so no sweep can race the removal.
         if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = remove_tree(&self.path);
         }
     }
 }
@@ -201,10 +201,40 @@ fn remove_if_unlocked(dir: &Path) -> Option<bool> {
     match f.try_lock() {
         Ok(()) => {
             // Still locked by us while it goes.
-            std::fs::remove_dir_all(dir).ok().map(|()| true)
+            remove_tree(dir).ok().map(|()| true)
         }
         Err(std::fs::TryLockError::WouldBlock) => Some(false),
         Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
+/// Removes `dir` and everything in it, also directories whose mode forbids it (a copy of a
+/// read-only tree): those are opened up (owner rwx, no symlink followed) and removal tried
+/// again.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            open_up(dir);
+            std::fs::remove_dir_all(dir)
+        }
+        r => r,
+    }
+}
+
+fn open_up(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = std::fs::set_permissions(
+        dir,
+        std::fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+    );
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        open_up(&e.path());
     }
 }
 
@@ -289,6 +319,22 @@ mod tests {
         let y = ScratchDir::new_in(t.path(), "coval-y-").unwrap().keep();
         assert_eq!(sweep(t.path(), "coval-x-"), Swept::default());
         assert!(y.is_dir());
+    }
+
+    #[test]
+    fn a_dir_holding_read_only_directories_is_still_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let a = ScratchDir::new_in(t.path(), "coval-x-").unwrap();
+        let ro = a.path().join("tree/sub");
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::write(ro.join("f"), "x").unwrap();
+        for d in [ro.as_path(), ro.parent().unwrap()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        let p = a.path().to_owned();
+        drop(a);
+        assert!(!p.exists());
     }
 
     #[test]
