@@ -1426,3 +1426,81 @@ fn temp_dirs_of_killed_repairs_are_removed_at_the_next_start_and_a_live_ones_sta
         "{killed} repairs killed, {left} scratch dirs left behind by them, 0 after the next start"
     );
 }
+
+/// The Docker sandbox's containers whose staging dir belongs to process `pid`.
+fn containers_of(pid: u32) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=dev.coval.staging",
+            "--format",
+            "{{.ID}} {{.Label \"dev.coval.staging\"}}",
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "docker ps: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("-p{pid}-")))
+        .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A repair killed while its Docker sandbox runs leaves its containers (a session's sleeps
+/// until removed) and staging dirs; the next start removes them.
+#[test]
+fn containers_of_a_killed_repair_are_removed_at_the_next_start() {
+    use std::time::{Duration, Instant};
+    python_image();
+    let (t, src, ws) = example();
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_coval"))
+            .current_dir(&src)
+            .args([
+                "--workspace",
+                ws.to_str().unwrap(),
+                "repair",
+                "-e",
+                "error.log",
+            ])
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .env("TMPDIR", &tmp)
+            .env("COVAL_SANDBOX__BACKEND", "docker")
+            .env("COVAL_LLM_URL", "http://127.0.0.1:9")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut victim = run();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while containers_of(victim.id()).is_empty() {
+        assert!(
+            victim.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "the repair made no container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let left = containers_of(victim.id());
+    assert!(!left.is_empty());
+    let out = run().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        containers_of(victim.id()),
+        Vec::<String>::new(),
+        "left: {left:?}"
+    );
+    let dirs: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+}

@@ -194,6 +194,12 @@ pub fn sweep(parent: &Path, prefix: &str) -> Swept {
     swept
 }
 
+/// Whether a live process holds the scratch dir `dir` (false when it is gone or unlocked):
+/// what decides that a resource tied to it (a container mounting it) lost its owner.
+pub fn owner_alive(dir: &Path) -> bool {
+    File::open(dir).is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 /// `Some(true)`: its maker was gone and it is removed; `Some(false)`: a live process holds
 /// it; `None`: it could not be opened or removed (another user's, say).
 fn remove_if_unlocked(dir: &Path) -> Option<bool> {
@@ -282,9 +288,10 @@ mod tests {
             }
         );
         assert!(a.path().join("f").is_file());
+        assert!(owner_alive(a.path()));
         let p = a.path().to_owned();
         drop(a);
-        assert!(!p.exists());
+        assert!(!p.exists() && !owner_alive(&p));
     }
 
     #[test]
@@ -293,6 +300,7 @@ mod tests {
         // What a killed process leaves: the dir, its lock gone with the process.
         let dead = ScratchDir::new_in(t.path(), "coval-x-").unwrap().keep();
         std::fs::write(dead.join("f"), "x").unwrap();
+        assert!(!owner_alive(&dead));
         // Same prefix, another shape (an older tempfile-made dir, or someone else's).
         let other = t.path().join("coval-x-abc123");
         std::fs::create_dir(&other).unwrap();

@@ -12,7 +12,9 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use super::{CLEANUP_TIMEOUT, DockerSandbox, LABEL, ROLE_LABEL, connect_engine, engine};
+use super::{
+    CLEANUP_TIMEOUT, DockerSandbox, LABEL, ROLE_LABEL, STAGING_LABEL, connect_engine, engine,
+};
 use crate::{RunSpec, SandboxError, random_hex};
 use vocab::tree::{Perms, copy_tree};
 
@@ -86,6 +88,7 @@ impl DockerSandbox {
             labels: Some(HashMap::from([
                 (LABEL.to_owned(), self.instance.clone()),
                 (ROLE_LABEL.to_owned(), role.to_owned()),
+                (STAGING_LABEL.to_owned(), staging.display().to_string()),
             ])),
             host_config: Some(host),
             ..Default::default()
@@ -128,7 +131,7 @@ impl ContainerGuard {
     }
 }
 
-async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+pub(super) async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
     let opts = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
