@@ -484,7 +484,7 @@ async fn report(
         }
         End::Completed(c) => c,
     };
-    let code = crate::report::print_completion(&c, workspace, args.json, true);
+    let code = crate::report::print_completion(&c, workspace, args.json, true, args.apply);
     if args.apply
         && c.outcome == proto::messages::RepairOutcome::Fixed
         && let Some(store) = store

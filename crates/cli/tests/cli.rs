@@ -1504,3 +1504,76 @@ fn containers_of_a_killed_repair_are_removed_at_the_next_start() {
         .collect();
     assert!(dirs.is_empty(), "{dirs:?}");
 }
+
+/// What a person reads. Without a terminal (CI, a pipe): one plain line per stage on stderr,
+/// no escape code, no log line, no warning twice; the outcome and what to do next on
+/// stdout; with --json the report alone on stdout. On a terminal (a pseudo-terminal made by
+/// `script`): the bar while candidates are validated, coloured unless NO_COLOR is set.
+#[test]
+fn what_a_user_reads_on_a_terminal_and_without_one() {
+    let (_t, src, ws) = example();
+    let env = [("COVAL_SANDBOX__BACKEND", "local")];
+    let out = repair(&src, &ws, &[], &env);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let stages = ["triage", "decision", "mre", "fix", "validate", "integrate"];
+    let mut seen = vec![];
+    let mut warnings = std::collections::HashSet::new();
+    for l in stderr.lines() {
+        assert!(!l.contains('\u{1b}'), "an escape code without a terminal: {l:?}");
+        if let Some(w) = l.strip_prefix("coval: warning: ") {
+            assert!(warnings.insert(w.to_owned()), "printed twice: {l}");
+            continue;
+        }
+        // The local sandbox says once what it does not isolate.
+        if l.starts_with("coval: ") || l.starts_with("  ") {
+            continue;
+        }
+        let stage = l.split_whitespace().next().unwrap_or_default();
+        assert!(stages.contains(&stage), "not a stage line: {l:?}\n{stderr}");
+        seen.push(stage);
+    }
+    assert_eq!(seen, stages, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("fixed: "), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("next    review the patch, then apply it: `git apply ")),
+        "{stdout}"
+    );
+    let out = repair(&src, &ws, &["--json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "fixed");
+    // A terminal: `script` gives coval one; its output is what the person saw.
+    let on_terminal = |no_color: bool| {
+        let cmd = format!(
+            "{} --workspace {} repair -e {} -s {}",
+            env!("CARGO_BIN_EXE_coval"),
+            ws.display(),
+            src.join("error.log").display(),
+            src.display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .env_remove("RUST_LOG")
+            .env("COVAL_SANDBOX__BACKEND", "local")
+            .env("COVAL_LLM_URL", "http://127.0.0.1:9")
+            .env("TERM", "xterm");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        let out = c.output().expect("script (util-linux) runs coval on a pseudo-terminal");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+        text(&out.stdout)
+    };
+    let plain = on_terminal(true);
+    assert!(plain.contains("candidates validated"), "no bar: {plain:?}");
+    assert!(plain.contains("validate  passed after"), "{plain:?}");
+    assert!(!plain.contains("\u{1b}[3"), "colour with NO_COLOR: {plain:?}");
+    let coloured = on_terminal(false);
+    assert!(coloured.contains("\u{1b}[36m"), "no colour on a terminal: {coloured:?}");
+}

@@ -265,6 +265,10 @@ impl ValidateStage {
             schedule.finished(t.result.passed);
             done.push((n, t));
             idle.push(session);
+            let (tried, of) = (done.len(), candidates.len());
+            bus::announce::interim(tried as u32, of as u32, || {
+                format!("{tried} of {of} candidates validated")
+            });
         }
         done.sort_by_key(|(n, _)| *n);
         done.into_iter().map(|(_, t)| t).collect()
