@@ -155,6 +155,13 @@ fn next_step(
     }
 }
 
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,11 +189,4 @@ mod tests {
         );
         assert_eq!(next_step(RepairOutcome::CannotRun, dir, false), None);
     }
-}
-
-fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("  | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }

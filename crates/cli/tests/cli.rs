@@ -1520,7 +1520,10 @@ fn what_a_user_reads_on_a_terminal_and_without_one() {
     let mut seen = vec![];
     let mut warnings = std::collections::HashSet::new();
     for l in stderr.lines() {
-        assert!(!l.contains('\u{1b}'), "an escape code without a terminal: {l:?}");
+        assert!(
+            !l.contains('\u{1b}'),
+            "an escape code without a terminal: {l:?}"
+        );
         if let Some(w) = l.strip_prefix("coval: warning: ") {
             assert!(warnings.insert(w.to_owned()), "printed twice: {l}");
             continue;
@@ -1566,14 +1569,22 @@ fn what_a_user_reads_on_a_terminal_and_without_one() {
         } else {
             c.env_remove("NO_COLOR");
         }
-        let out = c.output().expect("script (util-linux) runs coval on a pseudo-terminal");
+        let out = c
+            .output()
+            .expect("script (util-linux) runs coval on a pseudo-terminal");
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
         text(&out.stdout)
     };
     let plain = on_terminal(true);
     assert!(plain.contains("candidates validated"), "no bar: {plain:?}");
     assert!(plain.contains("validate  passed after"), "{plain:?}");
-    assert!(!plain.contains("\u{1b}[3"), "colour with NO_COLOR: {plain:?}");
+    assert!(
+        !plain.contains("\u{1b}[3"),
+        "colour with NO_COLOR: {plain:?}"
+    );
     let coloured = on_terminal(false);
-    assert!(coloured.contains("\u{1b}[36m"), "no colour on a terminal: {coloured:?}");
+    assert!(
+        coloured.contains("\u{1b}[36m"),
+        "no colour on a terminal: {coloured:?}"
+    );
 }
