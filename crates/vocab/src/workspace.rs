@@ -4,8 +4,8 @@
 //! ```text
 //! <root>/state/                 the ledger (sled): repairs, iterations, history, deployments
 //! <root>/iterations/iter-NNN/   the project tree of each stored iteration
-//! <root>/iterations/.gen-<n>/   a generation being written, renamed into place when stored
-//! <root>/iterations/.stage-…/   an iteration being written (a scratch dir), renamed when whole
+//! <root>/iterations/.stage-…/   an iteration or generation being written (a scratch dir),
+//!                               renamed into place when whole
 //! <root>/repairs/repair-<id>/   one repair's report and patches, with `mre/` and `validation/`
 //!                               (its candidates' copies in `validation/work-…` scratch dirs)
 //! <root>/cache/snapshots/       project snapshots fetched from the object store (staged in
@@ -53,13 +53,6 @@ impl Workspace {
 
     pub fn iteration_dir(&self, id: IterationId) -> PathBuf {
         self.iterations_dir().join(id.to_string())
-    }
-
-    /// Where a generation is written before it becomes an iteration: beside the iterations,
-    /// on the same file system, so that storing it is one rename; the leading dot keeps it
-    /// out of anything that lists iterations.
-    pub fn staging_dir(&self, nonce: u64) -> PathBuf {
-        self.iterations_dir().join(format!(".gen-{nonce:016x}"))
     }
 
     pub fn repairs_dir(&self) -> PathBuf {
@@ -135,7 +128,6 @@ mod tests {
             (ws.state_dir(), "/w/state"),
             (ws.iterations_dir(), "/w/iterations"),
             (ws.iteration_dir(IterationId(4)), "/w/iterations/iter-004"),
-            (ws.staging_dir(0xab), "/w/iterations/.gen-00000000000000ab"),
             (ws.repairs_dir(), "/w/repairs"),
             (
                 ws.repair_dir(id),
