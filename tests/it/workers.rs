@@ -363,10 +363,35 @@ fn twenty_repairs_submitted_at_once_each_complete_exactly_once() -> Result<()> {
     Ok(())
 }
 
+/// The scratch dirs (`vocab::scratch`, named `…-p<pid>-…`) of process `pid` in `tmp` and
+/// anywhere under `ws`.
+fn scratch_of(pid: u32, tmp: &Path, ws: &Path) -> Vec<PathBuf> {
+    let tag = format!("-p{pid}-");
+    let mut out = vec![];
+    let mut stack = vec![tmp.to_path_buf(), ws.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().contains(&tag) {
+                out.push(p);
+            } else if d != tmp && e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn a_validation_worker_killed_mid_repair_is_replaced_by_a_second_copy() -> Result<()> {
-    // Each test run sleeps 1.5 s, so validation holds its message for seconds.
-    let mut c = Cluster::new("sigkill", &[("COVAL_TRIAGE__COVERAGE", "false")])?;
+    // Each test run sleeps 1.5 s, so validation holds its message for seconds. The workers'
+    // temp dirs go to a dir of this test's own, to count what the killed one leaves.
+    let tmp = tempfile::tempdir()?;
+    let tmp_dir = tmp.path().to_str().context("temp dir")?;
+    let mut c = Cluster::new(
+        "sigkill",
+        &[("COVAL_TRIAGE__COVERAGE", "false"), ("TMPDIR", tmp_dir)],
+    )?;
     for s in ["triage", "decision", "mre", "fix", "integrate"] {
         c.start(s, 0)?;
     }
@@ -414,9 +439,20 @@ fn a_validation_worker_killed_mid_repair_is_replaced_by_a_second_copy() -> Resul
         .context("validate-0")?;
     let mut victim = c.workers.remove(victim);
     let victim_pid = victim.pid();
+    // In the middle of the validation: once it has made its work dir or a sandbox's dir.
+    let validate_ws = c.dir.path().join("ws").join("validate");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scratch_of(victim_pid, tmp.path(), &validate_ws).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     victim.child.kill()?; // SIGKILL
     let status = victim.child.wait()?;
     ensure!(!status.success(), "the victim was not killed: {status}");
+    let left = scratch_of(victim_pid, tmp.path(), &validate_ws);
+    ensure!(
+        !left.is_empty(),
+        "the killed worker left no scratch dir: was it killed mid-validation?"
+    );
     // Meanwhile the ledger's owner reports the repair as in flight.
     let ledger = c.ledger()?;
     let repairs = ledger["repairs"].as_array().context("repairs")?;
@@ -447,6 +483,13 @@ fn a_validation_worker_killed_mid_repair_is_replaced_by_a_second_copy() -> Resul
         c.completions()?.values().copied().collect::<Vec<_>>() == vec![1],
         "completions: {:?}",
         c.completions()?
+    );
+    // The second copy's start removed what the killed one left (its locks died with it).
+    let still = scratch_of(victim_pid, tmp.path(), &validate_ws);
+    ensure!(
+        still.is_empty(),
+        "left by the killed worker ({} at the kill): {still:?}",
+        left.len()
     );
     // The user's files were not touched (no --apply).
     ensure!(std::fs::read(proj.join("inventory/pricing.py"))? == before);

@@ -15,6 +15,49 @@ pub struct Announce<H> {
     /// `host/pid` of a worker process; none in the embedded mode.
     worker: Option<String>,
     listener: Option<mpsc::UnboundedSender<StageProgress>>,
+    /// Where the handler's [`interim`] reports go (none: nowhere).
+    interim: Option<mpsc::UnboundedSender<StageProgress>>,
+}
+
+/// The least time between two interim reports of one handling (the last one of a handling is
+/// the stage's own event, which always comes).
+pub const INTERIM_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What a handler running under [`Announce`] reports through [`interim`].
+struct Reporter {
+    tx: mpsc::UnboundedSender<StageProgress>,
+    repair_id: proto::RepairId,
+    stage: proto::Stage,
+    worker: Option<String>,
+    started: std::time::Instant,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+tokio::task_local! {
+    static REPORTER: Reporter;
+}
+
+/// Tells whoever follows the repair how far the running handler is (`done` of `of`, and one
+/// line); at most one report per [`INTERIM_EVERY`] goes out, the rest are dropped. Outside
+/// [`Announce`] (a handler's unit test) it does nothing.
+pub fn interim(done: u32, of: u32, summary: impl FnOnce() -> String) {
+    let _ = REPORTER.try_with(|r| {
+        let now = std::time::Instant::now();
+        let mut last = r.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < INTERIM_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        let _ = r.tx.send(StageProgress {
+            repair_id: r.repair_id,
+            stage: r.stage,
+            summary: summary(),
+            elapsed_ms: r.started.elapsed().as_millis() as u64,
+            at_ms: vocab::now_ms(),
+            worker: r.worker.clone(),
+            interim: Some((done, of)),
+        });
+    });
 }
 
 impl<H: Handler> Announce<H> {
@@ -23,11 +66,20 @@ impl<H: Handler> Announce<H> {
             inner,
             worker,
             listener: None,
+            interim: None,
         }
     }
 
+    /// A listener in this process: hears every outcome, and the handler's interim reports.
     pub fn with_listener(mut self, listener: mpsc::UnboundedSender<StageProgress>) -> Announce<H> {
+        self.interim = Some(listener.clone());
         self.listener = Some(listener);
+        self
+    }
+
+    /// Where the handler's interim reports go (a worker publishes them as events).
+    pub fn with_interim(mut self, interim: mpsc::UnboundedSender<StageProgress>) -> Announce<H> {
+        self.interim = Some(interim);
         self
     }
 }
@@ -54,7 +106,20 @@ impl<H: Handler> Handler for Announce<H> {
     async fn handle(&self, input: Input) -> Outcome {
         let started = std::time::Instant::now();
         let repair_id = input.envelope.repair_id;
-        let mut out = self.inner.handle(input).await;
+        let mut out = match &self.interim {
+            Some(tx) => {
+                let reporter = Reporter {
+                    tx: tx.clone(),
+                    repair_id,
+                    stage: self.inner.stage(),
+                    worker: self.worker.clone(),
+                    started,
+                    last: std::sync::Mutex::new(None),
+                };
+                REPORTER.scope(reporter, self.inner.handle(input)).await
+            }
+            None => self.inner.handle(input).await,
+        };
         let progress = StageProgress {
             repair_id,
             stage: self.inner.stage(),
@@ -62,6 +127,7 @@ impl<H: Handler> Handler for Announce<H> {
             elapsed_ms: started.elapsed().as_millis() as u64,
             at_ms: vocab::now_ms(),
             worker: self.worker.clone(),
+            interim: None,
         };
         if let Some(l) = &self.listener {
             let _ = l.send(progress.clone());
@@ -77,6 +143,46 @@ impl<H: Handler> Handler for Announce<H> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Reports twice at once and once more later, then finishes.
+    struct Reporting;
+
+    impl Handler for Reporting {
+        fn stage(&self) -> proto::Stage {
+            proto::Stage::Validate
+        }
+        async fn handle(&self, _: Input) -> Outcome {
+            interim(1, 3, || "1 of 3".into());
+            interim(2, 3, || "2 of 3".into());
+            tokio::time::sleep(INTERIM_EVERY).await;
+            interim(3, 3, || "3 of 3".into());
+            Outcome::Skip("done".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_reports_reach_the_listener_at_most_one_per_interval_before_the_outcome() {
+        // Outside `Announce`: nothing, no panic.
+        interim(1, 1, || {
+            unreachable!("not asked for a summary outside Announce")
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let a = Announce::new(Reporting, Some("h/1".into())).with_listener(tx);
+        a.handle(input()).await;
+        let mut heard = vec![];
+        while let Ok(p) = rx.try_recv() {
+            heard.push((p.interim, p.summary, p.worker));
+        }
+        let w = Some("h/1".to_owned());
+        assert_eq!(
+            heard,
+            [
+                (Some((1, 3)), "1 of 3".to_owned(), w.clone()),
+                (Some((3, 3)), "3 of 3".to_owned(), w.clone()),
+                (None, "skipped: done".to_owned(), w),
+            ]
+        );
+    }
 
     #[test]
     fn an_outcome_that_publishes_nothing_says_why() {
@@ -115,6 +221,7 @@ mod tests {
                 elapsed_ms: 0,
                 at_ms: 0,
                 worker: None,
+                interim: None,
             })),
             delivered: 1,
         }

@@ -146,6 +146,14 @@ impl Worker {
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
         let stop = CancellationToken::new();
         let ws = Workspace::new(workspace);
+        // What killed workers of this workspace left half-done (their locks died with them).
+        let swept = ws.sweep_scratch();
+        if swept.removed > 0 {
+            tracing::info!(
+                removed = swept.removed,
+                "removed the scratch dirs of killed workers"
+            );
+        }
         let (ledger, reports) = if stages.contains(&Stage::Integrate) {
             let reports = Bucket::open(bus.context(), &ns.report_bucket())
                 .await
@@ -198,7 +206,23 @@ impl Worker {
         let ledger: Arc<dyn Ledger> = Arc::new(self.state.clone());
         let cfg = self.context.config.settings.bus.clone();
         let stop = self.stop.clone();
-        let h = Announce::new(handler, Some(self.name.clone()));
+        // The handler's interim reports (how far a validation is) go out as events, for
+        // `coval watch` and `coval repair --nats`; a lost one only delays the next.
+        let (interim, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let events = self.bus.clone();
+        self.tasks.push(tokio::spawn(async move {
+            while let Some(p) = reports.recv().await {
+                let p: proto::messages::StageProgress = p;
+                let env = proto::Envelope::origin(proto::Kind::StageProgress, p.repair_id);
+                if let Err(e) =
+                    crate::Bus::publish(&events, &env, proto::Message::StageProgress(p)).await
+                {
+                    tracing::debug!(error = %e, "an interim progress event was not published");
+                }
+            }
+            Ok(())
+        }));
+        let h = Announce::new(handler, Some(self.name.clone())).with_interim(interim);
         self.tasks.push(tokio::spawn(async move {
             runtime::run(
                 bus,

@@ -90,6 +90,8 @@ pub async fn run(args: GenerateArgs, cfg: &Config, workspace: &Path) -> Result<u
             workspace.display()
         ))
     })?;
+    // What a killed `coval generate` or repair left half-written (its locks died with it).
+    vocab::Workspace::new(workspace).sweep_scratch();
     let store = Store::open(&vocab::Workspace::new(workspace).state_dir())
         .map_err(|e| Failure::input(e.to_string()))?;
     let req = GenerateRequest {

@@ -218,7 +218,8 @@ pub async fn repair(
         ),
         ..done.clone()
     };
-    let code = crate::report::print_completion(&local, workspace, args.json, false);
+    let applying = args.apply && done.outcome == proto::messages::RepairOutcome::Fixed;
+    let code = crate::report::print_completion(&local, workspace, args.json, false, applying);
     if args.apply && done.outcome == proto::messages::RepairOutcome::Fixed {
         let then: BTreeMap<String, Vec<u8>> =
             projects::files(&submitted.snapshot).map_err(|e| Failure::internal(e.to_string()))?;
@@ -301,7 +302,7 @@ pub async fn watch(args: WatchArgs, cfg: &Config, workspace: &Path) -> Result<u8
         ..done
     };
     Ok(crate::report::print_completion(
-        &local, workspace, args.json, false,
+        &local, workspace, args.json, false, false,
     ))
 }
 

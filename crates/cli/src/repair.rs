@@ -298,13 +298,17 @@ fn open_workspace(
     let store = if analyze {
         None
     } else {
-        std::fs::create_dir_all(workspace).map_err(|e| {
+        let shown = std::path::absolute(workspace).unwrap_or_else(|_| workspace.to_owned());
+        let unwritable = |e: &dyn std::fmt::Display| {
             Failure::input(format!(
-                "cannot create the workspace {}: {e}",
-                workspace.display()
+                "cannot write the workspace {}: {e}; coval keeps its state, copies and reports there, so it must be writable even when the project is not: pass --workspace DIR (or set COVAL_WORKSPACE) to a directory you can write",
+                shown.display()
             ))
-        })?;
-        Some(Store::open(&db).map_err(|e| Failure::input(e.to_string()))?)
+        };
+        std::fs::create_dir_all(workspace).map_err(|e| unwritable(&e))?;
+        // What a killed `coval repair` left half-done (its locks died with it).
+        vocab::Workspace::new(workspace).sweep_scratch();
+        Some(Store::open(&db).map_err(|e| unwritable(&e))?)
     };
     let history: Arc<dyn HistorySource> = match &store {
         Some(s) => Arc::new(s.clone()),
@@ -480,7 +484,7 @@ async fn report(
         }
         End::Completed(c) => c,
     };
-    let code = crate::report::print_completion(&c, workspace, args.json, true);
+    let code = crate::report::print_completion(&c, workspace, args.json, true, args.apply);
     if args.apply
         && c.outcome == proto::messages::RepairOutcome::Fixed
         && let Some(store) = store

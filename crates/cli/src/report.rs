@@ -89,13 +89,15 @@ pub fn print_analysis(d: &Decided, json: bool) {
     print!("{}", integrate::report::decision_md(t, &d.decision));
 }
 
-/// The end of a repair: the report's path and outcome, or the report itself with `--json`.
-/// Returns the exit code ([`vocab::exit::of_repair`]).
+/// The end of a repair: the report's path and outcome, and what to do next; or the report
+/// itself with `--json`. `applying`: `--apply` follows (and says what it did). Returns the
+/// exit code ([`vocab::exit::of_repair`]).
 pub fn print_completion(
     c: &proto::messages::RepairCompleted,
     workspace: &std::path::Path,
     json: bool,
     iteration_here: bool,
+    applying: bool,
 ) -> u8 {
     use proto::messages::RepairOutcome;
     if json {
@@ -120,8 +122,37 @@ pub fn print_completion(
             println!("the run ended with:\n{}", indent(&b.output_tail));
         }
         println!("report  {}", dir.join("repair_report.md").display());
+        if let Some(next) = next_step(c.outcome, &dir, applying) {
+            println!("next    {next}");
+        }
     }
     vocab::exit::of_repair(c)
+}
+
+/// What a person does after a repair ended with `outcome` (its report in `dir`); `None` when
+/// the lines above say it already (`--apply` follows; the tests cannot run: "to run them").
+fn next_step(
+    outcome: proto::messages::RepairOutcome,
+    dir: &std::path::Path,
+    applying: bool,
+) -> Option<String> {
+    use proto::messages::RepairOutcome;
+    match outcome {
+        RepairOutcome::Fixed if applying => None,
+        RepairOutcome::Fixed => Some(format!(
+            "review the patch, then apply it: `git apply {}` in the project (or repair with --apply)",
+            dir.join("final.patch").display()
+        )),
+        RepairOutcome::NoFix => Some(
+            "read the report's failing output; then try more attempts (--max-attempts N), a model (--engine llm), or a test command that shows the failure (--test-cmd)".into(),
+        ),
+        RepairOutcome::RebuildRecommended => Some(format!(
+            "read {}: rewriting the module is expected to cost less than repairing it",
+            dir.join("decision.md").display()
+        )),
+        RepairOutcome::Failed => Some("read the report for where it stopped".into()),
+        RepairOutcome::Analyzed | RepairOutcome::CannotRun => None,
+    }
 }
 
 fn indent(text: &str) -> String {
@@ -129,4 +160,33 @@ fn indent(text: &str) -> String {
         .map(|l| format!("  | {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::messages::RepairOutcome;
+
+    #[test]
+    fn every_outcome_says_what_to_do_next_unless_the_lines_above_do() {
+        let dir = std::path::Path::new(".coval/repairs/repair-x");
+        let fixed = next_step(RepairOutcome::Fixed, dir, false).unwrap();
+        assert!(
+            fixed.contains("git apply .coval/repairs/repair-x/final.patch")
+                && fixed.contains("--apply"),
+            "{fixed}"
+        );
+        assert_eq!(next_step(RepairOutcome::Fixed, dir, true), None);
+        assert!(
+            next_step(RepairOutcome::NoFix, dir, false)
+                .unwrap()
+                .contains("--max-attempts")
+        );
+        assert!(
+            next_step(RepairOutcome::RebuildRecommended, dir, false)
+                .unwrap()
+                .contains("decision.md")
+        );
+        assert_eq!(next_step(RepairOutcome::CannotRun, dir, false), None);
+    }
 }

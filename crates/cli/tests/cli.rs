@@ -1322,3 +1322,451 @@ fn status_and_cleanup_after_a_repair() {
 
 #[path = "cli/deploy.rs"]
 mod deploy;
+
+/// Whether this test process runs as root (then the unprivileged runs use `setpriv`).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `coval` as an unprivileged user (uid/gid 65534 when the tests run as root, else the
+/// user running them), from `dir`.
+fn coval_unprivileged(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_coval"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_coval"))
+    };
+    c.current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run coval as an unprivileged user")
+}
+
+/// Sets the mode of `path` and everything under it (no symlink followed).
+fn chmod_tree(path: &std::path::Path, dirs: u32, files: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            chmod_tree(&e.unwrap().path(), dirs, files);
+        }
+    }
+    let mode = if meta.is_dir() { dirs } else { files };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A project its user may only read (a checkout owned by someone else, a read-only mount):
+/// coval repairs it with its copies in a workspace elsewhere; only `--apply` needs write
+/// access, and says so (exit 2, nothing changed); with the default workspace inside the
+/// project it says to pass --workspace (exit 2). Once the user may write, `--apply` works.
+#[test]
+fn a_read_only_project_is_repaired_and_only_apply_needs_write_access() {
+    use std::os::unix::fs::PermissionsExt;
+    let (t, src, _) = example();
+    // Everyone may enter the test's directory; only the unprivileged user may write `ws`.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = t.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&ws, Some(65534), Some(65534)).unwrap();
+    }
+    chmod_tree(&src, 0o555, 0o444);
+    let before = snapshot(&src);
+    let env = [
+        ("COVAL_SANDBOX__BACKEND", "local"),
+        ("COVAL_LLM_URL", "http://127.0.0.1:9"),
+        ("HOME", ws.to_str().unwrap()),
+    ];
+    let ws_flag = ["--workspace", ws.to_str().unwrap()];
+    let repair = |extra: &[&str]| {
+        let mut args = ws_flag.to_vec();
+        args.extend(["repair", "-e", "error.log"]);
+        args.extend_from_slice(extra);
+        coval_unprivileged(&src, &args, &env)
+    };
+    let out = repair(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).starts_with("fixed:"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = repair(&["--apply"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}{err}", text(&out.stdout));
+    assert!(
+        err.contains("--apply needs write access to")
+            && err.contains("nothing was changed")
+            && err.contains("git apply"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&src), before, "the read-only project changed");
+    // Nothing left in the workspace that a killed or failed step would leave.
+    let stray: Vec<_> = walk(&ws)
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(".stage-") || n.starts_with(".creating-") || n.starts_with("work-")
+        })
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    // The default workspace would be inside the project.
+    let out = coval_unprivileged(&src, &["repair", "-e", "error.log"], &env);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot write the workspace")
+            && err.contains(&format!("{}/.coval", src.display()))
+            && err.contains("pass --workspace DIR"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&src), before);
+    // The user may write now: `--apply` puts the fix in, and the files stay theirs.
+    chmod_tree(&src, 0o755, 0o644);
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let out = repair(&["--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fixed_line(&src), "if quantity >= DISCOUNT_FROM:");
+    let meta = std::fs::metadata(src.join("inventory/pricing.py")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.uid(), 65534, "the patched file changed owner");
+    }
+}
+
+/// The scratch dirs of process `pid` (`vocab::scratch` names carry `p<pid>-`): in the temp
+/// dir `tmp`, and anywhere under the workspace `ws`.
+fn scratch_of(pid: u32, tmp: &std::path::Path, ws: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let tag = format!("-p{pid}-");
+    let mine = |p: &std::path::Path| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().contains(&tag))
+    };
+    let mut v: Vec<_> = std::fs::read_dir(tmp)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| mine(p))
+        .collect();
+    v.extend(walk(ws).into_iter().filter(|p| mine(p)));
+    v
+}
+
+/// Kills `coval repair` (SIGKILL) in the middle of its work again and again: what its
+/// sandboxes and stages had in the temp dir and the workspace is removed by the next start,
+/// while the dirs of a live repair (stopped with SIGSTOP while another one starts and runs
+/// to its end) stay, and it then finishes. At the end nothing is left.
+#[test]
+fn temp_dirs_of_killed_repairs_are_removed_at_the_next_start_and_a_live_ones_stay() {
+    use std::time::{Duration, Instant};
+    let (t, src, _) = example();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "broken",
+        ],
+    ] {
+        assert!(
+            Command::new("git")
+                .current_dir(&src)
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let ws = src.join(".coval");
+    let spawn = |dir: &std::path::Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_coval"))
+            .current_dir(dir)
+            .args(extra)
+            .args(["repair", "-e", "error.log"])
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .env("TMPDIR", &tmp)
+            .env("COVAL_SANDBOX__BACKEND", "local")
+            .env("COVAL_LLM_URL", "http://127.0.0.1:9")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Waits (at most 60 s) until `child` has a scratch dir; false if it ended first.
+    let wait_for_scratch = |child: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while scratch_of(child.id(), &tmp, &ws).is_empty() {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    };
+    let (mut killed, mut left) = (0, 0);
+    for i in 0..8u64 {
+        let mut child = spawn(&src, &[]);
+        if wait_for_scratch(&mut child) {
+            // Kills land in different stages: the MRE's runs, the validation, the iteration.
+            std::thread::sleep(Duration::from_millis((i * 330) % 2_000));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        killed += 1;
+        left += scratch_of(child.id(), &tmp, &ws).len();
+    }
+    assert!(
+        left > 0,
+        "{killed} killed repairs left nothing: the kills came too late"
+    );
+    // The next start removes them; a live repair's dirs stay while another one starts.
+    let mut live = spawn(&src, &[]);
+    assert!(
+        wait_for_scratch(&mut live),
+        "the live repair made no scratch dir"
+    );
+    let st = Command::new("kill")
+        .args(["-STOP", &live.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let held = scratch_of(live.id(), &tmp, &ws);
+    let other = t.path().join("other");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = std::fs::remove_dir_all(other.join(".coval"));
+    let out = spawn(&other, &[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for d in &held {
+        assert!(d.exists(), "{} of a live repair was removed", d.display());
+    }
+    let st = Command::new("kill")
+        .args(["-CONT", &live.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = live.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Everything the killed repairs left went at that start; the finished ones left nothing.
+    let tmp_left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(tmp_left.is_empty(), "{tmp_left:?}");
+    let ws_left: Vec<_> = walk(&ws)
+        .into_iter()
+        .chain(walk(&other.join(".coval")))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(".stage-") || n.starts_with(".creating-") || n.starts_with("work-")
+        })
+        .collect();
+    assert!(ws_left.is_empty(), "{ws_left:?}");
+    eprintln!(
+        "{killed} repairs killed, {left} scratch dirs left behind by them, 0 after the next start"
+    );
+}
+
+/// The Docker sandbox's containers whose staging dir belongs to process `pid`.
+fn containers_of(pid: u32) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=dev.coval.staging",
+            "--format",
+            "{{.ID}} {{.Label \"dev.coval.staging\"}}",
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "docker ps: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("-p{pid}-")))
+        .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A repair killed while its Docker sandbox runs leaves its containers (a session's sleeps
+/// until removed) and staging dirs; the next start removes them.
+#[test]
+fn containers_of_a_killed_repair_are_removed_at_the_next_start() {
+    use std::time::{Duration, Instant};
+    python_image();
+    let (t, src, ws) = example();
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_coval"))
+            .current_dir(&src)
+            .args([
+                "--workspace",
+                ws.to_str().unwrap(),
+                "repair",
+                "-e",
+                "error.log",
+            ])
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .env("TMPDIR", &tmp)
+            .env("COVAL_SANDBOX__BACKEND", "docker")
+            .env("COVAL_LLM_URL", "http://127.0.0.1:9")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut victim = run();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while containers_of(victim.id()).is_empty() {
+        assert!(
+            victim.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "the repair made no container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let left = containers_of(victim.id());
+    assert!(!left.is_empty());
+    let out = run().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        containers_of(victim.id()),
+        Vec::<String>::new(),
+        "left: {left:?}"
+    );
+    let dirs: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+}
+
+/// What a person reads. Without a terminal (CI, a pipe): one plain line per stage on stderr,
+/// no escape code, no log line, no warning twice; the outcome and what to do next on
+/// stdout; with --json the report alone on stdout. On a terminal (a pseudo-terminal made by
+/// `script`): the bar while candidates are validated, coloured unless NO_COLOR is set.
+#[test]
+fn what_a_user_reads_on_a_terminal_and_without_one() {
+    let (_t, src, ws) = example();
+    let env = [("COVAL_SANDBOX__BACKEND", "local")];
+    let out = repair(&src, &ws, &[], &env);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let stages = ["triage", "decision", "mre", "fix", "validate", "integrate"];
+    let mut seen = vec![];
+    let mut warnings = std::collections::HashSet::new();
+    for l in stderr.lines() {
+        assert!(
+            !l.contains('\u{1b}'),
+            "an escape code without a terminal: {l:?}"
+        );
+        if let Some(w) = l.strip_prefix("coval: warning: ") {
+            assert!(warnings.insert(w.to_owned()), "printed twice: {l}");
+            continue;
+        }
+        // The local sandbox says once what it does not isolate.
+        if l.starts_with("coval: ") || l.starts_with("  ") {
+            continue;
+        }
+        let stage = l.split_whitespace().next().unwrap_or_default();
+        assert!(stages.contains(&stage), "not a stage line: {l:?}\n{stderr}");
+        seen.push(stage);
+    }
+    assert_eq!(seen, stages, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("fixed: "), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("next    review the patch, then apply it: `git apply ")),
+        "{stdout}"
+    );
+    let out = repair(&src, &ws, &["--json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "fixed");
+    // A terminal: `script` gives coval one; its output is what the person saw.
+    let on_terminal = |no_color: bool| {
+        let cmd = format!(
+            "{} --workspace {} repair -e {} -s {}",
+            env!("CARGO_BIN_EXE_coval"),
+            ws.display(),
+            src.join("error.log").display(),
+            src.display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .env_remove("RUST_LOG")
+            .env("COVAL_SANDBOX__BACKEND", "local")
+            .env("COVAL_LLM_URL", "http://127.0.0.1:9")
+            .env("TERM", "xterm");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        let out = c
+            .output()
+            .expect("script (util-linux) runs coval on a pseudo-terminal");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+        text(&out.stdout)
+    };
+    let plain = on_terminal(true);
+    assert!(plain.contains("candidates validated"), "no bar: {plain:?}");
+    assert!(plain.contains("validate  passed after"), "{plain:?}");
+    assert!(
+        !plain.contains("\u{1b}[3"),
+        "colour with NO_COLOR: {plain:?}"
+    );
+    let coloured = on_terminal(false);
+    assert!(
+        coloured.contains("\u{1b}[36m"),
+        "no colour on a terminal: {coloured:?}"
+    );
+}

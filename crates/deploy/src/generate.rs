@@ -5,7 +5,7 @@
 //! on the framework's base image, before it counts as good. Without a model server the
 //! template alone is the iteration, and the result says so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use llm::{ChatMessage, ChatRequest};
 use proto::IterationId;
@@ -228,20 +228,6 @@ fn choose_framework(
     Ok(fw)
 }
 
-fn staging_dir(workspace: &Workspace) -> PathBuf {
-    use rand::Rng;
-    workspace.staging_dir(rand::rng().random())
-}
-
-/// Removes the staging directory unless the generation got as far as renaming it.
-struct Staging(PathBuf);
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Ask the model and apply its answer to `stage`; the files it wrote.
 async fn write_features(
     cfg: &Config,
@@ -417,13 +403,20 @@ pub async fn generate(
     };
 
     std::fs::create_dir_all(workspace.iterations_dir()).map_err(internal)?;
-    let stage = Staging(staging_dir(workspace));
+    // A scratch dir beside the iterations (one rename stores it): removed unless renamed, and
+    // swept after a kill.
+    let scratch = vocab::scratch::ScratchDir::new_in(
+        &workspace.iterations_dir(),
+        vocab::workspace::STAGE_PREFIX,
+    )
+    .map_err(internal)?;
+    let stage = scratch.path().join("tree");
     match &parent_dir {
-        Some(p) => sandbox::copy_project(p, &stage.0).map_err(internal)?,
+        Some(p) => sandbox::copy_project(p, &stage).map_err(internal)?,
         None => {
             let name = templates::app_name(&req.description);
             for (rel, content) in fw.files(&name) {
-                let p = stage.0.join(&rel);
+                let p = stage.join(&rel);
                 if let Some(parent) = p.parent() {
                     std::fs::create_dir_all(parent).map_err(internal)?;
                 }
@@ -432,7 +425,7 @@ pub async fn generate(
         }
     }
     let model_files = if use_model {
-        write_features(cfg, &alias, fw, req, &stage.0).await?
+        write_features(cfg, &alias, fw, req, &stage).await?
     } else {
         vec![]
     };
@@ -446,7 +439,7 @@ pub async fn generate(
         )
         .map_err(internal)?;
     let dir = workspace.iteration_dir(it.id);
-    std::fs::rename(&stage.0, &dir).map_err(internal)?;
+    scratch.persist_inner("tree", &dir).map_err(internal)?;
     let tests = test_in_sandbox(cfg, fw.as_str(), &dir).await;
     store
         .put_generation(&GenerationRecord {

@@ -586,6 +586,23 @@ impl SandboxConfigExt for SandboxConfig {
 
 pub use vocab::tree::copy_project;
 
+/// Removes, once per process (when its first sandbox is made), the temp dirs that sandboxes
+/// of killed coval processes left behind; a live process's dirs are locked and stay
+/// (`vocab::scratch`).
+pub fn sweep_stale_dirs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let swept = vocab::scratch::sweep_temp();
+        if swept.removed > 0 {
+            tracing::debug!(
+                removed = swept.removed,
+                live = swept.live,
+                "removed the temp dirs of killed coval processes"
+            );
+        }
+    });
+}
+
 /// A random hex string (nonces, container labels, per-run user ids).
 pub(crate) fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};

@@ -106,6 +106,7 @@ impl Default for LocalSandbox {
 
 impl LocalSandbox {
     pub fn new() -> LocalSandbox {
+        crate::sweep_stale_dirs();
         let _ = net_support();
         LocalSandbox { warm: true }
     }
@@ -216,7 +217,7 @@ struct LocalHost {
 /// by the host, read-only to the server's user), `work/` and `tmp/` (wiped after each
 /// candidate).
 struct LocalServer {
-    root: tempfile::TempDir,
+    root: vocab::scratch::ScratchDir,
     process: tokio::process::Child,
     pid: Option<u32>,
     /// The session's own user (coval runs as root), else `None`.
@@ -455,9 +456,7 @@ async fn start_local_server(
 ) -> Result<(LocalServer, Channel), WarmFailure> {
     use std::os::unix::fs::PermissionsExt;
     let io = |what: &str, e: std::io::Error| WarmFailure(format!("{what}: {e}"));
-    let root = tempfile::Builder::new()
-        .prefix("coval-warm-")
-        .tempdir()
+    let root = vocab::scratch::ScratchDir::new("coval-warm-")
         .map_err(|e| io("cannot create the server's dir", e))?;
     let (cands, work, tmp) = (
         root.path().join("cands"),
@@ -641,16 +640,14 @@ fn count_user_processes(uid: u32) -> u64 {
 }
 
 struct Staged {
-    root: tempfile::TempDir,
+    root: vocab::scratch::ScratchDir,
     src: PathBuf,
     tmp: PathBuf,
     user: Option<(u32, u32)>,
 }
 
 fn stage(dir: &Path) -> Result<Staged, SandboxError> {
-    let root = tempfile::Builder::new()
-        .prefix("coval-local-")
-        .tempdir()
+    let root = vocab::scratch::ScratchDir::new("coval-local-")
         .map_err(|e| SandboxError::io("cannot create a temp dir for the local sandbox", e))?;
     let src = root.path().join("src");
     let tmp = root.path().join("tmp");

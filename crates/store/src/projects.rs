@@ -248,9 +248,13 @@ pub fn unpack(bytes: &[u8], dst: &Path) -> Result<(), ProjectError> {
         path: p.display().to_string(),
         source: e,
     };
-    let staging = dst.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| write(&staging, e))?;
+    // A scratch dir beside `dst`: removed on every path, and swept after a kill.
+    let parent = dst.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| write(parent, e))?;
+    let scratch = vocab::scratch::ScratchDir::new_in(parent, vocab::workspace::STAGE_PREFIX)
+        .map_err(|e| write(parent, e))?;
+    let staging = scratch.path().join("tree");
+    std::fs::create_dir(&staging).map_err(|e| write(&staging, e))?;
     for e in &snapshot.entries {
         let to = staging.join(entry_path(e));
         if let Some(parent) = to.parent() {
@@ -270,13 +274,10 @@ pub fn unpack(bytes: &[u8], dst: &Path) -> Result<(), ProjectError> {
             }
         }
     }
-    match std::fs::rename(&staging, dst) {
+    match scratch.persist_inner("tree", dst) {
         Ok(()) => Ok(()),
         // Another stage of this process unpacked the same digest first: theirs is as good.
-        Err(_) if dst.is_dir() => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Ok(())
-        }
+        Err(_) if dst.is_dir() => Ok(()),
         Err(e) => Err(write(dst, e)),
     }
 }

@@ -118,6 +118,94 @@ fn filter(verbosity: u8, audience: Audience) -> Result<EnvFilter, TelemetryError
     EnvFilter::try_new(directives.join(",")).map_err(|e| TelemetryError::Filter(e.to_string()))
 }
 
+/// Where a person's log lines go: stderr, unless the command line draws a progress bar and
+/// set a function that prints above it.
+static PERSON_SINK: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Sends a person's log lines (see [`Audience::Person`]) to `sink` from now on (first call
+/// wins).
+pub fn set_person_sink(sink: fn(&str)) {
+    let _ = PERSON_SINK.set(sink);
+}
+
+/// Makes one [`PersonLine`] per event.
+struct PersonWriter;
+
+/// One event's text, handed on whole when dropped (so a bar is never drawn mid-line).
+struct PersonLine(Vec<u8>);
+
+impl std::io::Write for PersonLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for PersonLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.0);
+        match PERSON_SINK.get() {
+            Some(sink) => sink(&text),
+            None => eprint!("{text}"),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for PersonWriter {
+    type Writer = PersonLine;
+    fn make_writer(&'a self) -> PersonLine {
+        PersonLine(vec![])
+    }
+}
+
+/// A person's log line: `coval: warning: <message> <fields>`, without time, target or
+/// spans. A warning from a place in the code that has warned already is not repeated (the
+/// same trouble, seen by another lane or candidate); `-v` shows every one.
+#[derive(Default)]
+struct PersonFormat {
+    warned: std::sync::Mutex<std::collections::HashSet<tracing::callsite::Identifier>>,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PersonFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let word = match *meta.level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        if *meta.level() == tracing::Level::WARN
+            && !self
+                .warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(meta.callsite())
+        {
+            return Ok(());
+        }
+        write!(writer, "coval: {word}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 /// A tracer provider with the OTLP exporter when the endpoint variable is set.
 pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = Resource::builder()
@@ -165,6 +253,14 @@ pub fn init_for(
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = match format {
+        // A person without -v: warnings and errors as short lines, each kind once.
+        LogFormat::Text if audience == Audience::Person && verbosity == 0 => {
+            tracing_subscriber::fmt::layer()
+                .with_writer(PersonWriter)
+                .with_ansi(ansi)
+                .event_format(PersonFormat::default())
+                .boxed()
+        }
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(ansi)
@@ -189,6 +285,53 @@ pub fn init_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Collects what a layer writes.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_person_reads_short_lines_without_spans_and_each_warning_once() {
+        let out = Capture::default();
+        let writer = out.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(PersonFormat::default());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("stage", otel.name = "validate", mre_ready = 1);
+            let _in = span.enter();
+            // Two lanes of one session hit the same trouble.
+            for candidate in ["c1", "c2"] {
+                tracing::warn!(
+                    candidate,
+                    "warm test server failed; running this candidate as a fresh process"
+                );
+            }
+            tracing::error!("stage stopped");
+            tracing::error!("stage stopped");
+            tracing::warn!("another warning");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "coval: warning: warm test server failed; running this candidate as a fresh process candidate=\"c1\"\n\
+             coval: error: stage stopped\n\
+             coval: error: stage stopped\n\
+             coval: warning: another warning\n"
+        );
+    }
 
     #[test]
     fn a_person_sees_warnings_until_asking_for_more_and_a_service_logs_info() {

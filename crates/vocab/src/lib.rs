@@ -1,12 +1,13 @@
 //! The words every coval crate shares, defined once: what belongs to a project tree and how
 //! it is copied (`tree`), the languages and which file is written in which (`language`), which
-//! files are tests (`test_path`), the layout of a workspace (`workspace`), the exit codes
-//! (`exit`), the snapshot size limit, and the clock. It owns no state and does no network IO;
-//! it must never import another coval crate but `proto`, so that everything else can depend
-//! on it.
+//! files are tests (`test_path`), the layout of a workspace (`workspace`), scratch dirs that
+//! do not outlive their process (`scratch`), the exit codes (`exit`), the snapshot size
+//! limit, and the clock. It owns no state and does no network IO; it must never import
+//! another coval crate but `proto`, so that everything else can depend on it.
 
 pub mod exit;
 pub mod language;
+pub mod scratch;
 pub mod test_path;
 pub mod tree;
 pub mod workspace;

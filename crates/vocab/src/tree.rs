@@ -49,7 +49,9 @@ pub fn is_safe_relative(path: &str) -> bool {
 /// How a copy treats permissions.
 #[derive(Clone, Copy)]
 pub enum Perms {
-    /// Keep the modes as they are.
+    /// Keep the modes, adding only the owner's write permission (and search, on
+    /// directories): coval's copies are its own to patch, stage and remove, also those of a
+    /// project its user may only read.
     Keep,
     /// Add read permission for everyone (and search permission on directories), so an
     /// unprivileged user in a container can read a tree a root process staged.
@@ -125,7 +127,7 @@ fn copy_dir(
             *bytes += fs::copy(&from, &to)?;
             let mode = meta.permissions().mode() & 0o7777;
             let mode = match perms {
-                Perms::Keep => mode,
+                Perms::Keep => mode | 0o200,
                 // Readable by all; executable by all where the owner could execute.
                 Perms::WorldReadable => {
                     (mode | 0o444 | if mode & 0o100 != 0 { 0o111 } else { 0 }) & 0o777
@@ -139,7 +141,7 @@ fn copy_dir(
 
 fn set_dir_mode(dir: &Path, mode: u32, perms: Perms) -> io::Result<()> {
     let mode = match perms {
-        Perms::Keep => mode & 0o7777,
+        Perms::Keep => (mode | 0o700) & 0o7777,
         Perms::WorldReadable => (mode | 0o755) & 0o777,
     };
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))

@@ -4,9 +4,12 @@
 //! ```text
 //! <root>/state/                 the ledger (sled): repairs, iterations, history, deployments
 //! <root>/iterations/iter-NNN/   the project tree of each stored iteration
-//! <root>/iterations/.gen-<n>/   a generation being written, renamed into place when stored
+//! <root>/iterations/.stage-…/   an iteration or generation being written (a scratch dir),
+//!                               renamed into place when whole
 //! <root>/repairs/repair-<id>/   one repair's report and patches, with `mre/` and `validation/`
-//! <root>/cache/snapshots/       project snapshots fetched from the object store
+//!                               (its candidates' copies in `validation/work-…` scratch dirs)
+//! <root>/cache/snapshots/       project snapshots fetched from the object store (staged in
+//!                               `.stage-…` scratch dirs)
 //! <root>/workers/<stages>-<n>/  the own database of a worker process without the ledger
 //! <root>/deploy/proxy-<port>/   a deployment proxy's state and control socket
 //! ```
@@ -14,6 +17,15 @@
 use std::path::{Path, PathBuf};
 
 use proto::{IterationId, RepairId};
+
+use crate::scratch::{self, Swept};
+
+/// The prefix of the scratch dirs in which a tree is written before it is renamed into
+/// `iterations/` or the snapshot cache.
+pub const STAGE_PREFIX: &str = ".stage-";
+
+/// The prefix of a validation attempt's scratch dir (candidate copies) in `validation/`.
+pub const WORK_PREFIX: &str = "work-";
 
 /// A workspace root; cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +53,6 @@ impl Workspace {
 
     pub fn iteration_dir(&self, id: IterationId) -> PathBuf {
         self.iterations_dir().join(id.to_string())
-    }
-
-    /// Where a generation is written before it becomes an iteration: beside the iterations,
-    /// on the same file system, so that storing it is one rename; the leading dot keeps it
-    /// out of anything that lists iterations.
-    pub fn staging_dir(&self, nonce: u64) -> PathBuf {
-        self.iterations_dir().join(format!(".gen-{nonce:016x}"))
     }
 
     pub fn repairs_dir(&self) -> PathBuf {
@@ -83,6 +88,22 @@ impl Workspace {
         self.workers_dir().join(format!("{stages}-{n}"))
     }
 
+    /// Removes the scratch dirs under this workspace whose process is gone (killed in the
+    /// middle of a repair): staged iterations and snapshots, validation work trees. Dirs of
+    /// live processes, this one's included, stay (`vocab::scratch`).
+    pub fn sweep_scratch(&self) -> Swept {
+        let mut swept = scratch::sweep(&self.iterations_dir(), STAGE_PREFIX);
+        swept += scratch::sweep(&self.snapshot_cache_dir(), STAGE_PREFIX);
+        for repair in std::fs::read_dir(self.repairs_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            swept += scratch::sweep(&repair.path().join("validation"), WORK_PREFIX);
+        }
+        swept
+    }
+
     /// The state of the deployment proxy listening on `port`.
     pub fn proxy_dir(&self, port: u16) -> PathBuf {
         self.root.join("deploy").join(format!("proxy-{port}"))
@@ -107,7 +128,6 @@ mod tests {
             (ws.state_dir(), "/w/state"),
             (ws.iterations_dir(), "/w/iterations"),
             (ws.iteration_dir(IterationId(4)), "/w/iterations/iter-004"),
-            (ws.staging_dir(0xab), "/w/iterations/.gen-00000000000000ab"),
             (ws.repairs_dir(), "/w/repairs"),
             (
                 ws.repair_dir(id),

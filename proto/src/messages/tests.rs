@@ -210,6 +210,7 @@ fn samples() -> Vec<Message> {
             elapsed_ms: 840,
             at_ms: 1_764_000_004_000,
             worker: Some("ci-runner-3/4242".into()),
+            interim: None,
         }),
     ]
 }

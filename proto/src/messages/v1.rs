@@ -447,6 +447,11 @@ pub struct StageProgress {
     /// The worker that handled it (host and process id).
     #[serde(default)]
     pub worker: Option<String>,
+    /// Set while the stage is still working on the message: how far it is, as (done, of),
+    /// e.g. candidates validated of those proposed. `None` on the event that says what the
+    /// stage did.
+    #[serde(default)]
+    pub interim: Option<(u32, u32)>,
 }
 
 /// A message no stage could handle: undecodable, rejected, or out of deliveries.

@@ -18,25 +18,22 @@ pub enum MaterialiseError {
     Io(std::io::Error),
 }
 
-/// Writes the tree `fill` makes into `dst` (replaced if a crash left one) by way of a staging
-/// directory beside it, renamed into place only when whole: a failure leaves nothing behind,
-/// not even the staging copy.
+/// Writes the tree `fill` makes into `dst` (replaced if a crash left one) by way of a scratch
+/// directory beside it (`vocab::scratch`), renamed into place only when whole: a failure
+/// leaves nothing behind, and a killed process's staging copy is swept by the next one.
 fn write_whole(
     dst: &Path,
     fill: impl FnOnce(&Path) -> Result<(), MaterialiseError>,
 ) -> Result<(), MaterialiseError> {
     let _ = std::fs::remove_dir_all(dst);
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(MaterialiseError::Io)?;
-    }
-    let staging = dst.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&staging);
-    let made =
-        fill(&staging).and_then(|()| std::fs::rename(&staging, dst).map_err(MaterialiseError::Io));
-    if made.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    made
+    let parent = dst.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(MaterialiseError::Io)?;
+    let scratch = vocab::scratch::ScratchDir::new_in(parent, vocab::workspace::STAGE_PREFIX)
+        .map_err(MaterialiseError::Io)?;
+    fill(&scratch.path().join("tree"))?;
+    scratch
+        .persist_inner("tree", dst)
+        .map_err(MaterialiseError::Io)
 }
 
 /// The project tree with `patch` applied, as iteration `dst`.

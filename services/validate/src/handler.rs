@@ -151,10 +151,19 @@ impl ValidateStage {
     /// closed.
     async fn validate(&self, a: &Attempt<'_>) -> Result<(Vec<Tried>, usize, RunPaths), Outcome> {
         let f = a.f;
+        // A scratch dir: removed at the end, or, if this process is killed, by the next one
+        // that opens the workspace (`Workspace::sweep_scratch`).
+        let scratch = std::fs::create_dir_all(&a.dir)
+            .and_then(|()| {
+                vocab::scratch::ScratchDir::new_in(&a.dir, vocab::workspace::WORK_PREFIX)
+            })
+            .map_err(|e| Outcome::Retry {
+                after: Some(Duration::from_secs(5)),
+                reason: format!("cannot make a work dir in {}: {e}", a.dir.display()),
+            })?;
+        let work = scratch.path().to_owned();
         let mut lanes = self.take_lanes(a).await?;
         let lanes_used = lanes.len();
-        let work = a.dir.join(format!("work-{}", f.attempt));
-        let _ = std::fs::create_dir_all(&work);
         let deadline = Instant::now() + self.settings.attempt_budget;
         let first = (self.settings.failing_first && f.engine.is_search())
             .then(|| {
@@ -198,7 +207,7 @@ impl ValidateStage {
         } else {
             close_later(lanes);
         }
-        let _ = std::fs::remove_dir_all(&work);
+        drop(scratch);
         Ok((tried, lanes_used, paths))
     }
 
@@ -265,6 +274,10 @@ impl ValidateStage {
             schedule.finished(t.result.passed);
             done.push((n, t));
             idle.push(session);
+            let (tried, of) = (done.len(), candidates.len());
+            bus::announce::interim(tried as u32, of as u32, || {
+                format!("{tried} of {of} candidates validated")
+            });
         }
         done.sort_by_key(|(n, _)| *n);
         done.into_iter().map(|(_, t)| t).collect()

@@ -12,7 +12,9 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use super::{CLEANUP_TIMEOUT, DockerSandbox, LABEL, ROLE_LABEL, connect_engine, engine};
+use super::{
+    CLEANUP_TIMEOUT, DockerSandbox, LABEL, ROLE_LABEL, STAGING_LABEL, connect_engine, engine,
+};
 use crate::{RunSpec, SandboxError, random_hex};
 use vocab::tree::{Perms, copy_tree};
 
@@ -86,6 +88,7 @@ impl DockerSandbox {
             labels: Some(HashMap::from([
                 (LABEL.to_owned(), self.instance.clone()),
                 (ROLE_LABEL.to_owned(), role.to_owned()),
+                (STAGING_LABEL.to_owned(), staging.display().to_string()),
             ])),
             host_config: Some(host),
             ..Default::default()
@@ -128,7 +131,7 @@ impl ContainerGuard {
     }
 }
 
-async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
+pub(super) async fn remove_container(docker: &Docker, id: &str) -> Result<(), SandboxError> {
     let opts = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
@@ -180,16 +183,14 @@ impl Drop for ContainerGuard {
 
 /// The host dir mounted read-only at `/cands`, one subdirectory per candidate.
 pub(super) struct Staging {
-    _dir: tempfile::TempDir,
+    _dir: vocab::scratch::ScratchDir,
     pub path: PathBuf,
 }
 
 impl Staging {
     pub fn new() -> Result<Staging, SandboxError> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("coval-sandbox-")
-            .tempdir()
+        let dir = vocab::scratch::ScratchDir::new("coval-sandbox-")
             .map_err(|e| SandboxError::io("cannot create a staging dir", e))?;
         // The container's unprivileged user must be able to enter it.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))

@@ -46,6 +46,9 @@ use session::SessionContainer;
 pub const LABEL: &str = "dev.coval.sandbox";
 /// `run` (one container per run) or `session`.
 pub const ROLE_LABEL: &str = "dev.coval.role";
+/// The host staging dir the container mounts: a scratch dir its owning process holds
+/// locked, so a container whose owner was killed is known by its unlocked (or gone) dir.
+pub const STAGING_LABEL: &str = "dev.coval.staging";
 
 /// Host-side slack beyond the run's timeout (copying in, killing, reporting) before the
 /// container itself is killed.
@@ -104,7 +107,9 @@ impl DockerSandbox {
     /// Connects and negotiates the API version; `runtime` is an OCI runtime name such as
     /// `runsc` (empty: the engine's default).
     pub async fn connect(runtime: &str) -> Result<DockerSandbox, SandboxError> {
+        crate::sweep_stale_dirs();
         let docker = connect_engine().await?;
+        reap_orphans(&docker).await;
         Ok(DockerSandbox {
             docker,
             runtime: (!runtime.trim().is_empty()).then(|| runtime.trim().to_owned()),
@@ -317,6 +322,38 @@ impl Sandbox for DockerSandbox {
         Ok(Session::Docker(Box::new(
             DockerSandbox::open_session(self, template).await?,
         )))
+    }
+}
+
+/// Removes, once per process, the sandbox containers of coval processes that were killed (a
+/// session's container sleeps until removed): those whose staging dir no live process holds.
+async fn reap_orphans(docker: &Docker) {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let filters = HashMap::from([("label".to_owned(), vec![STAGING_LABEL.to_owned()])]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(list) = docker.list_containers(Some(opts)).await else {
+        return;
+    };
+    for c in list {
+        let staging = c.labels.as_ref().and_then(|l| l.get(STAGING_LABEL));
+        if let (Some(id), Some(staging)) = (c.id, staging)
+            && !vocab::scratch::owner_alive(std::path::Path::new(staging))
+        {
+            match container::remove_container(docker, &id).await {
+                Ok(()) => {
+                    tracing::debug!(container = %id, "removed the container of a killed coval")
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "cannot remove the container of a killed coval")
+                }
+            }
+        }
     }
 }
 
