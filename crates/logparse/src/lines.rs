@@ -30,11 +30,23 @@ impl<'a> Log<'a> {
     }
 }
 
-/// Removes a per-line prefix that CI systems and log collectors add to most lines: an ISO
-/// timestamp (GitHub Actions raw logs) or a `docker compose` service column (`web-1  | `).
+/// Removes the per-line prefixes that CI systems, log collectors and Android's logcat add:
+/// timestamps (GitHub Actions and GitLab raw logs, GitLab's stream marker `01O`, Jenkins'
+/// Timestamper `[2024-05-14T09:12:44.123Z]`), a `docker compose` service column
+/// (`web-1  | `) and logcat's tags (`E/AndroidRuntime( 1234): `, `-v threadtime`, Android
+/// Studio's columns). A prefix is removed only when most lines carry it, so a log line that
+/// happens to start like one is left alone. Android Studio prints the columns on the first line
+/// of an entry only and indents the rest deeply: those lines lose the indentation.
 fn strip_line_prefixes(lines: &mut [&str]) {
     let prefixes = [
-        regex!(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})? ?"),
+        // logcat first: its own timestamps would otherwise be taken for a CI system's.
+        regex!(r"^[VDIWEFA]/[^():]+\(\s*\d+\): ?"),
+        regex!(r"^\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}\s+\d+\s+\d+ [VDIWEFA] [^:]*: ?"),
+        regex!(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} \d+-\d+/\S+ [VDIWEFA]/[^:]+: ?"),
+        regex!(
+            r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?(?: \d{2}[OE]\+?)? ?"
+        ),
+        regex!(r"^\[(?:\d{4}-\d{2}-\d{2}T)?\d{2}:\d{2}:\d{2}(?:\.\d+)?Z?\] ?"),
         regex!(r"^[A-Za-z][\w.-]*\s+\| ?"),
     ];
     let non_empty = lines.iter().filter(|l| !l.is_empty()).count();
@@ -49,7 +61,23 @@ fn strip_line_prefixes(lines: &mut [&str]) {
             }
         }
     }
+    let studio =
+        regex!(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}\s+\d+-\d+\s+\S+\s+\S+\s+[VDIWEFA]\s+");
+    let mut in_entry = false;
+    for l in lines.iter_mut() {
+        if let Some(m) = studio.find(l) {
+            *l = l.get(m.end()..).unwrap_or(l);
+            in_entry = true;
+        } else if in_entry && l.starts_with(&" ".repeat(STUDIO_INDENT)) {
+            *l = l.trim_start_matches(' ');
+        } else {
+            in_entry = false;
+        }
+    }
 }
+
+/// Android Studio's logcat indents the continuation lines of an entry at least this deep.
+const STUDIO_INDENT: usize = 40;
 
 /// `s` cut to at most [`MAX_LINE_BYTES`], on a character boundary.
 fn cut(s: &str) -> &str {
@@ -120,6 +148,47 @@ mod tests {
                 "Error: x",
                 "    at f (a.js:1:2)",
                 "web-1 exited with code 1"
+            ]
+        );
+        let jenkins = "[Pipeline] sh\n[2024-05-14T09:12:44.019Z] + pytest\n[2024-05-14T09:12:44.039Z] Traceback\n[09:12:44] ZeroDivisionError: x";
+        assert_eq!(
+            Log::new(jenkins).lines,
+            [
+                "[Pipeline] sh",
+                "+ pytest",
+                "Traceback",
+                "ZeroDivisionError: x"
+            ]
+        );
+        let gitlab =
+            "2024-05-14T09:12:44.021100Z 01O $ pytest\n2024-05-14T09:12:44.042200Z 01E+Error: x";
+        assert_eq!(Log::new(gitlab).lines, ["$ pytest", "Error: x"]);
+        let logcat = "D/AndroidRuntime( 4321): Shutting down VM\nE/AndroidRuntime( 4321): FATAL EXCEPTION: main\nE/AndroidRuntime( 4321): \tat a.B.c(B.java:1)";
+        assert_eq!(
+            Log::new(logcat).lines,
+            [
+                "Shutting down VM",
+                "FATAL EXCEPTION: main",
+                "\tat a.B.c(B.java:1)"
+            ]
+        );
+        let threadtime = "05-14 09:12:44.001  4321  4321 E AndroidRuntime: FATAL EXCEPTION: main\n05-14 09:12:44.002  4321  4321 E AndroidRuntime: Process: x, PID: 4321";
+        assert_eq!(
+            Log::new(threadtime).lines,
+            ["FATAL EXCEPTION: main", "Process: x, PID: 4321"]
+        );
+        let studio = format!(
+            "2024-05-14 09:12:44.001  4321-4321  AndroidRuntime          com.example.app  E  FATAL EXCEPTION: main\n{}java.lang.X: y\n{}\tat a.B.c(B.java:1)\nnext",
+            " ".repeat(100),
+            " ".repeat(100)
+        );
+        assert_eq!(
+            Log::new(&studio).lines,
+            [
+                "FATAL EXCEPTION: main",
+                "java.lang.X: y",
+                "\tat a.B.c(B.java:1)",
+                "next"
             ]
         );
         let few = "2024-05-01T10:00:01Z started\nError: x\n    at f (a.js:1:2)";

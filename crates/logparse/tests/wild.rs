@@ -92,7 +92,9 @@ fn parse_bounded(bytes: Vec<u8>) -> Outcome {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let start = Instant::now();
-        let p = text_from_bytes(&bytes).map(|t| parse(&t)).unwrap_or_default();
+        let p = text_from_bytes(&bytes)
+            .map(|t| parse(&t))
+            .unwrap_or_default();
         let _ = tx.send((p, start.elapsed()));
     });
     match rx.recv_timeout(TIME_BOUND) {
@@ -114,7 +116,11 @@ struct Score {
 #[test]
 fn wild_logs_score_at_least_ninety_percent() {
     let rows = table();
-    assert!(rows.len() >= MIN_LOGS, "only {} logs in the table", rows.len());
+    assert!(
+        rows.len() >= MIN_LOGS,
+        "only {} logs in the table",
+        rows.len()
+    );
     let mut scores: BTreeMap<String, Score> = BTreeMap::new();
     let mut misses = String::new();
     let mut broken = vec![];
@@ -135,7 +141,10 @@ fn wild_logs_score_at_least_ninety_percent() {
                 continue;
             }
             Outcome::TimedOut => {
-                broken.push(format!("{}/{}: no result in {TIME_BOUND:?}", e.group, e.case));
+                broken.push(format!(
+                    "{}/{}: no result in {TIME_BOUND:?}",
+                    e.group, e.case
+                ));
                 continue;
             }
         };
@@ -166,9 +175,8 @@ fn wild_logs_score_at_least_ninety_percent() {
             );
         }
     }
-    let mut report = String::from(
-        "group     logs  frame  type  frame+type  failing-tests  score\n",
-    );
+    let mut report =
+        String::from("group     logs  frame  type  frame+type  failing-tests  score\n");
     let mut total = Score::default();
     for (g, s) in &scores {
         let _ = writeln!(
