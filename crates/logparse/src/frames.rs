@@ -17,12 +17,16 @@ pub(crate) fn frame(
     function: Option<&str>,
 ) -> Frame {
     let function = function.map(str::trim).filter(|f| !f.is_empty());
+    let in_project = !is_external(lang, file, function.unwrap_or(""));
     Frame {
         file: file.to_string(),
         line,
         column,
         function: function.map(str::to_string),
-        in_project: !is_external(lang, file, function.unwrap_or("")),
+        in_project,
+        // By the path as written; triage decides again from the project's own layout.
+        test: in_project && vocab::is_test_path(&file.replace('\\', "/")),
+        resolved: None,
     }
 }
 

@@ -85,6 +85,20 @@ impl ParsedLog {
             .find(|f| f.in_project)
     }
 
+    /// The innermost project frame of the error, else of its nearest cause that has one: a
+    /// wrapper (`ExecutionException`, Android's `RuntimeException: Unable to start activity`)
+    /// whose own frames are all framework code points at its cause's.
+    pub fn project_frame(&self) -> Option<&Frame> {
+        let mut cur = Some(self);
+        while let Some(p) = cur {
+            if let Some(f) = p.innermost_project_frame() {
+                return Some(f);
+            }
+            cur = p.cause.as_deref();
+        }
+        None
+    }
+
     /// Stack frames inside the project.
     pub fn project_frame_count(&self) -> usize {
         self.frames.iter().filter(|f| f.in_project).count()
@@ -328,6 +342,17 @@ mod tests {
                 "{log}"
             );
         }
+    }
+
+    #[test]
+    fn a_wrapper_without_project_frames_points_at_its_cause() {
+        let log = "E/AndroidRuntime( 812): FATAL EXCEPTION: main\nE/AndroidRuntime( 812): Process: com.example.notes, PID: 812\nE/AndroidRuntime( 812): java.lang.RuntimeException: Unable to start activity ComponentInfo{com.example.notes/com.example.notes.MainActivity}: java.lang.NullPointerException\nE/AndroidRuntime( 812): \tat android.app.ActivityThread.performLaunchActivity(ActivityThread.java:2416)\nE/AndroidRuntime( 812): \tat android.os.Looper.loop(Looper.java:154)\nE/AndroidRuntime( 812): Caused by: java.lang.NullPointerException: Attempt to invoke virtual method on a null object reference\nE/AndroidRuntime( 812): \tat com.example.notes.MainActivity.onCreate(MainActivity.java:27)\nE/AndroidRuntime( 812): \tat android.app.Activity.performCreate(Activity.java:6679)\nE/AndroidRuntime( 812): \t... 2 more\n";
+        let p = parse(log);
+        assert_eq!(p.language, Language::Java);
+        assert_eq!(p.error_type, "java.lang.RuntimeException");
+        assert!(p.innermost_project_frame().is_none());
+        let f = p.project_frame().expect("the cause's frame");
+        assert_eq!((f.file.as_str(), f.line), ("MainActivity.java", Some(27)));
     }
 
     #[test]

@@ -52,19 +52,6 @@ fn table() -> Vec<Expected> {
         .collect()
 }
 
-/// The innermost project frame of the error, else of the nearest cause that has one (a
-/// wrapper whose own frames are all framework code).
-fn project_frame(p: &ParsedLog) -> Option<&Frame> {
-    let mut cur = Some(p);
-    while let Some(x) = cur {
-        if let Some(f) = x.innermost_project_frame() {
-            return Some(f);
-        }
-        cur = x.cause.as_deref();
-    }
-    None
-}
-
 /// A log path as written (`C:\x\y.py`, `file:///C:/x/y.js`, `./src/a.rs`) in `/` form.
 fn normalise(path: &str) -> String {
     let p = path.trim_start_matches("file://").replace('\\', "/");
@@ -148,7 +135,7 @@ fn wild_logs_score_at_least_ninety_percent() {
                 continue;
             }
         };
-        let f = project_frame(&p);
+        let f = p.project_frame();
         let frame_ok = frame_matches(f, e);
         let type_ok = p.error_type == e.error_type;
         let tests_ok = p.failing_tests.len() == e.failing;
