@@ -10,7 +10,23 @@ use crate::lines::{Caps, Log, cap, num, push_unique};
 const LANG: Language = Language::Php;
 
 pub(crate) fn parse(log: &Log) -> Option<ParsedLog> {
-    phpunit(log).or_else(|| fatal(log)).or_else(|| laravel(log))
+    phpunit(log)
+        .or_else(|| fatal(log))
+        .or_else(|| laravel(log))
+        .or_else(|| headerless(log))
+}
+
+/// A `#0 /path/file.php(26): fn()` trace pasted without the error above it: the frames say
+/// where, though the error itself is lost.
+fn headerless(log: &Log) -> Option<ParsedLog> {
+    let start = log.find_from(0, |l| l.starts_with("#0 "))?;
+    let frames = stack_trace(&log.lines, start);
+    if frames.len() < 2 {
+        return None;
+    }
+    let mut p = ParsedLog::new(LANG, "php");
+    p.frames = frames;
+    Some(p)
 }
 
 /// Laravel's log (Monolog's line format): `[2024-05-14 09:12:44] local.ERROR: msg
