@@ -14,6 +14,9 @@ pub(crate) fn parse(log: &Log) -> ParsedLog {
 /// `::error file=src/app.ts,line=12,col=5::message`: a GitHub Actions workflow command, which
 /// linters, type checkers and problem matchers print into job logs.
 fn annotation(log: &Log) -> Option<ParsedLog> {
+    if !log.has("::error ") {
+        return None;
+    }
     let re = regex!(
         r"^::error (?:[^:]*,)?file=([^,:]+)(?:,line=(\d+))?(?:,(?:col|column)=(\d+))?[^:]*::(.*)$"
     );

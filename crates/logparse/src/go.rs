@@ -68,6 +68,9 @@ fn failure_message(log: &Log, fail: usize) -> Option<usize> {
 
 /// A goroutine dump pasted without its `panic:` line: the frames are still a panic's.
 fn headerless_panic(log: &Log) -> Option<ParsedLog> {
+    if !log.has(" [running]:") {
+        return None;
+    }
     let g = log.find_from(0, |l| regex!(r"^goroutine \d+ \[running\]:$").is_match(l))?;
     let frames = goroutine_frames(&log.lines, g + 1);
     if frames.is_empty() {

@@ -49,16 +49,30 @@ fn strip_line_prefixes(lines: &mut [&str]) {
         regex!(r"^\[(?:\d{4}-\d{2}-\d{2}T)?\d{2}:\d{2}:\d{2}(?:\.\d+)?Z?\] ?"),
         regex!(r"^[A-Za-z][\w.-]*\s+\| ?"),
     ];
-    let non_empty = lines.iter().filter(|l| !l.is_empty()).count();
-    for prefix in prefixes {
-        let with_prefix = lines.iter().filter(|l| prefix.is_match(l)).count();
-        if with_prefix * 2 <= non_empty {
-            continue;
-        }
-        for l in lines.iter_mut() {
-            if let Some(m) = prefix.find(l) {
-                *l = l.get(m.end()..).unwrap_or(l);
+    // Whether most lines carry a prefix is decided on an even sample of at most ~1000 lines,
+    // so the prefixes a long log does not have cost little.
+    let step = (lines.len() / 1000).max(1);
+    // Again after a prefix came off: prefixes nest (a CI runner's timestamp before `docker
+    // compose`'s or logcat's).
+    for _ in 0..2 {
+        let mut stripped = false;
+        for prefix in prefixes {
+            let sample = lines.iter().step_by(step).filter(|l| !l.is_empty());
+            let (with_prefix, non_empty) = sample.fold((0, 0), |(w, n), l| {
+                (w + usize::from(prefix.is_match(l)), n + 1)
+            });
+            if with_prefix * 2 <= non_empty {
+                continue;
             }
+            stripped = true;
+            for l in lines.iter_mut() {
+                if let Some(m) = prefix.find(l) {
+                    *l = l.get(m.end()..).unwrap_or(l);
+                }
+            }
+        }
+        if !stripped {
+            break;
         }
     }
     let studio =
@@ -190,6 +204,11 @@ mod tests {
                 "\tat a.B.c(B.java:1)",
                 "next"
             ]
+        );
+        let nested = "2024-05-14T09:12:44.0137000Z E/AndroidRuntime( 812): FATAL EXCEPTION: main\n2024-05-14T09:12:44.0274000Z E/AndroidRuntime( 812): java.lang.X: y";
+        assert_eq!(
+            Log::new(nested).lines,
+            ["FATAL EXCEPTION: main", "java.lang.X: y"]
         );
         let few = "2024-05-01T10:00:01Z started\nError: x\n    at f (a.js:1:2)";
         assert_eq!(

@@ -33,6 +33,9 @@ fn headerless(log: &Log) -> Option<ParsedLog> {
 /// {"exception":"[object] (RuntimeException(code: 0): msg at /app/X.php:12)`, then
 /// `[stacktrace]` and `#N` frames.
 fn laravel(log: &Log) -> Option<ParsedLog> {
+    if !log.has(r#"{"exception":"[object] ("#) {
+        return None;
+    }
     let head = regex!(
         r#"^\[\d{4}-\d{2}-\d{2}[ T][^\]]*\] [\w-]+\.(?:ERROR|CRITICAL|ALERT|EMERGENCY): .*?\{"exception":"\[object\] \(([\w\\]+)\(code: [^)]*\): (.*)$"#
     );

@@ -23,6 +23,9 @@ pub(crate) fn parse(log: &Log) -> Option<ParsedLog> {
 /// A backtrace pasted without its `thread '…' panicked at` header: the frames still show a
 /// panic (`core::panicking::…`, `rust_begin_unwind`), though its message is lost.
 fn headerless_backtrace(log: &Log) -> Option<ParsedLog> {
+    if !log.has("panicking") && !log.has("rust_begin_unwind") {
+        return None;
+    }
     let start = match log.find_from(0, |l| l.trim() == "stack backtrace:") {
         Some(b) => b + 1,
         None => log.find_from(0, |l| regex!(r"^\s*0: \S").is_match(l))?,
