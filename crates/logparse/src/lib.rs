@@ -245,6 +245,15 @@ mod tests {
                 "/w/app/main.py:3",
             ),
             (
+                // Python 2.7's layout (written from its documented format; no Python 2 runs here).
+                "Traceback (most recent call last):\n  File \"manage.py\", line 10, in <module>\n    execute(sys.argv)\n  File \"/srv/app/settings.py\", line 4, in load\n    return json.loads(raw)\n  File \"/usr/lib/python2.7/json/__init__.py\", line 339, in loads\n    return _default_decoder.decode(s)\nValueError: No JSON object could be decoded\n",
+                Language::Python,
+                "python-traceback",
+                "ValueError",
+                "No JSON object could be decoded",
+                "/srv/app/settings.py:4",
+            ),
+            (
                 "web-1  | Traceback (most recent call last):\nweb-1  |   File \"/app/main.py\", line 3, in <module>\nweb-1  | ModuleNotFoundError: No module named 'flask'\nweb-1 exited with code 1\n",
                 Language::Python,
                 "python-traceback",
