@@ -77,12 +77,13 @@ fn strip_line_prefixes(lines: &mut [&str]) {
     }
     let studio =
         regex!(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}\s+\d+-\d+\s+\S+\s+\S+\s+[VDIWEFA]\s+");
+    let indent = " ".repeat(STUDIO_INDENT);
     let mut in_entry = false;
     for l in lines.iter_mut() {
         if let Some(m) = studio.find(l) {
             *l = l.get(m.end()..).unwrap_or(l);
             in_entry = true;
-        } else if in_entry && l.starts_with(&" ".repeat(STUDIO_INDENT)) {
+        } else if in_entry && l.starts_with(indent.as_str()) {
             *l = l.trim_start_matches(' ');
         } else {
             in_entry = false;
