@@ -189,7 +189,10 @@ fn build(log: &Log) -> Option<ParsedLog> {
     let c = log
         .lines
         .iter()
-        .filter(|l| !regex!(r"^go: (?:downloading|finding|extracting) ").is_match(l))
+        .filter(|l| {
+            l.starts_with("go: ")
+                && !regex!(r"^go: (?:downloading|finding|extracting) ").is_match(l)
+        })
         .find_map(|l| regex!(r"^go: (.*)$").caps(l))?;
     let msg = cap(&c, 1);
     let mut p = ParsedLog::new(LANG, "go-build");
