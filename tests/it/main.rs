@@ -8,4 +8,5 @@ mod mre;
 mod patch;
 mod sandbox;
 mod trace;
+mod triage;
 mod workers;

@@ -3,7 +3,9 @@
 use proto::messages::{Decided, Verdict};
 
 pub fn print_analysis(d: &Decided, json: bool) {
+    use integrate::report::{FRAMES_SHOWN, frame_line, frames_json};
     if json {
+        let (innermost, frames) = frames_json(&d.triage);
         let v = serde_json::json!({
             "repair_id": d.request.repair_id.to_string(),
             "triage": {
@@ -15,7 +17,8 @@ pub fn print_analysis(d: &Decided, json: bool) {
                 "suspects": d.triage.suspects.iter().map(|s| serde_json::json!({
                     "file": s.file, "line": s.line, "score": s.score, "reason": s.reason,
                 })).collect::<Vec<_>>(),
-                "frames": d.triage.frames.len(),
+                "innermost_project_frame": innermost,
+                "frames": frames,
                 "notes": d.triage.notes,
             },
             "metrics": {
@@ -47,6 +50,21 @@ pub fn print_analysis(d: &Decided, json: bool) {
         t.error_type.as_str()
     };
     println!("failure   {name} ({}): {}", t.category.as_str(), t.message);
+    match &t.innermost {
+        Some(f) if f.resolved.is_some() => println!("where     {}", frame_line(f)),
+        Some(f) => println!("where     {} (not in the source directory)", frame_line(f)),
+        None => println!("where     the log names no project code"),
+    }
+    for (i, f) in t.frames.iter().take(FRAMES_SHOWN).enumerate() {
+        println!(
+            "{}  {}",
+            if i == 0 { "frames  " } else { "        " },
+            frame_line(f)
+        );
+    }
+    if t.frames.len() > FRAMES_SHOWN {
+        println!("          … {} more", t.frames.len() - FRAMES_SHOWN);
+    }
     if t.suspects.is_empty() {
         println!("suspects  none found in the project");
     }

@@ -1770,3 +1770,70 @@ fn what_a_user_reads_on_a_terminal_and_without_one() {
         "no colour on a terminal: {coloured:?}"
     );
 }
+
+/// The corpus of logs as users paste them and the programs that made them.
+fn wild(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(path)
+}
+
+fn analyze_wild(log: &str, src: &std::path::Path, json: bool) -> Output {
+    let work = tempfile::tempdir().unwrap();
+    let log = wild(&format!("logs/wild/{log}"));
+    let mut args = vec!["repair", "--analyze", "--engine", "search", "-e"];
+    args.push(log.to_str().unwrap());
+    args.extend(["-s", src.to_str().unwrap()]);
+    if json {
+        args.push("--json");
+    }
+    let out = coval(work.path(), &args, &[("COVAL_TRIAGE__COVERAGE", "false")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    out
+}
+
+#[test]
+fn analyze_lists_the_frames_and_names_the_innermost_project_frame() {
+    // A trace pasted from a Windows machine, against the project it came from.
+    let src = wild("programs/wild/python/settings_json");
+    let out = analyze_wild("python/settings_windows.log", &src, true);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inner = &v["triage"]["innermost_project_frame"];
+    assert_eq!(inner["resolved"], "app/config.py", "{v:#}");
+    assert_eq!(inner["line"], 8);
+    assert_eq!(inner["function"], "load");
+    assert_eq!(inner["kind"], "project");
+    assert_eq!(inner["file"], r"C:\Users\dev\settings-json\app\config.py");
+    let frames = v["triage"]["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 6, "{v:#}");
+    assert_eq!(
+        frames[0]["kind"], "external",
+        "json/decoder.py is the stdlib"
+    );
+    assert_eq!(frames[3]["resolved"], "app/config.py");
+    assert_eq!(frames[5]["resolved"], "main.py");
+
+    // The same log with a directory that does not have the files: named as written.
+    let empty = tempfile::tempdir().unwrap();
+    let out = analyze_wild("python/settings_windows.log", empty.path(), true);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inner = &v["triage"]["innermost_project_frame"];
+    assert_eq!(inner["file"], r"C:\Users\dev\settings-json\app\config.py");
+    assert!(inner["resolved"].is_null(), "{v:#}");
+    assert_eq!(inner["line"], 8);
+
+    // RSpec: the spec's frame is a test, the innermost project frame is in lib/.
+    let out = analyze_wild(
+        "ruby/rspec_gha.log",
+        &wild("programs/wild/ruby/rspec_cart"),
+        false,
+    );
+    let s = text(&out.stdout);
+    for needle in [
+        "where     lib/cart.rb:16 in block in total (project), written ./lib/cart.rb",
+        "spec/cart_spec.rb:15 in block (3 levels) in <top (required)> (test)",
+        "Innermost project frame: `lib/cart.rb:16",
+    ] {
+        assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
+    }
+}

@@ -17,12 +17,16 @@ pub(crate) fn frame(
     function: Option<&str>,
 ) -> Frame {
     let function = function.map(str::trim).filter(|f| !f.is_empty());
+    let in_project = !is_external(lang, file, function.unwrap_or(""));
     Frame {
         file: file.to_string(),
         line,
         column,
         function: function.map(str::to_string),
-        in_project: !is_external(lang, file, function.unwrap_or("")),
+        in_project,
+        // By the path as written; triage decides again from the project's own layout.
+        test: in_project && vocab::is_test_path(&file.replace('\\', "/")),
+        resolved: None,
     }
 }
 
@@ -36,6 +40,8 @@ pub(crate) fn external(file: &str, function: Option<&str>) -> Frame {
 }
 
 pub(crate) fn is_external(lang: Language, file: &str, function: &str) -> bool {
+    // A trace from Windows (`C:\\Users\\dev\\.cargo\\registry\\...`) is judged like one from Unix.
+    let file = &file.replace('\\', "/");
     match lang {
         Language::Python => python(file),
         Language::JavaScript | Language::TypeScript => js(file),
@@ -64,8 +70,11 @@ fn python(file: &str) -> bool {
         || ["/usr/lib/python", "/usr/lib64/python", "/usr/local/lib/python"]
             .iter()
             .any(|p| file.starts_with(p))
-        // An interpreter's own stdlib: pyenv, venv base, conda, python.org builds.
+        // An interpreter's own stdlib: pyenv, venv base, conda, python.org builds; on Windows
+        // `...\\Python311\\Lib\\json\\decoder.py` (the stdlib directory is `Lib`).
         || regex!(r"[/\\]lib[/\\]python\d+(?:\.\d+)?[/\\]").is_match(file)
+        || regex!(r"(?i)[/\\]python\d*[/\\]lib[/\\]").is_match(file)
+        || regex!(r"^[A-Za-z]:[/\\].*[/\\]Lib[/\\]").is_match(file)
 }
 
 fn js(file: &str) -> bool {
@@ -86,16 +95,74 @@ fn go(file: &str, function: &str) -> bool {
     if has_segment(file, "vendor") || file.contains("/pkg/mod/") {
         return true;
     }
-    // GOROOT (`/usr/lib/go-1.19/src/regexp/...`, `/usr/local/go/src/net/...`): the first
-    // package segment of a standard library path has no dot, unlike a module path in an
-    // old-style GOPATH (`~/go/src/github.com/...`).
-    regex!(r"(?:^|/)go(?:-?\d+(?:\.\d+)*)?/src/([^/]+)/")
+    // GOROOT (`/usr/lib/go-1.19/src/regexp/...`, `/usr/local/go/src/net/...`, `C:/Program
+    // Files/Go/src/...`): the first package segment is a standard library package, unlike a
+    // project in a GOPATH (`/go/src/app/...` in the golang images, `~/go/src/github.com/...`).
+    regex!(r"(?i)(?:^|/)go(?:-?\d+(?:\.\d+)*)?/src/([^/]+)/")
         .caps(file)
         .and_then(|c| c.get(1))
-        .is_some_and(|m| !m.as_str().contains('.'))
+        .is_some_and(|m| GO_STD.contains(&m.as_str()))
 }
 
+/// The top-level directories of Go's standard library (`$GOROOT/src/*`).
+const GO_STD: &[&str] = &[
+    "archive",
+    "bufio",
+    "builtin",
+    "bytes",
+    "cmd",
+    "cmp",
+    "compress",
+    "container",
+    "context",
+    "crypto",
+    "database",
+    "debug",
+    "embed",
+    "encoding",
+    "errors",
+    "expvar",
+    "flag",
+    "fmt",
+    "go",
+    "hash",
+    "html",
+    "image",
+    "index",
+    "internal",
+    "io",
+    "iter",
+    "log",
+    "maps",
+    "math",
+    "mime",
+    "net",
+    "os",
+    "path",
+    "plugin",
+    "reflect",
+    "regexp",
+    "runtime",
+    "slices",
+    "sort",
+    "strconv",
+    "strings",
+    "structs",
+    "sync",
+    "syscall",
+    "testing",
+    "text",
+    "time",
+    "unicode",
+    "unique",
+    "unsafe",
+    "vendor",
+    "weak",
+];
+
 fn rust(file: &str, function: &str) -> bool {
+    // `RUST_BACKTRACE=full` symbols: `std[e28293b1aa0f68bd]::io::Write::write_fmt::h8336…`.
+    let function = &regex!(r"\[[0-9a-f]{8,}\]").replace_all(function, "");
     if file.is_empty() {
         return [
             "std::",
@@ -142,6 +209,13 @@ fn java(function: &str) -> bool {
         "kotlin.",
         "kotlinx.",
         "scala.",
+        // The Android framework, its runtime and support libraries.
+        "android.",
+        "androidx.",
+        "com.android.",
+        "dalvik.",
+        "libcore.",
+        "com.google.android.",
     ]
     .iter()
     .any(|p| qualified.starts_with(p))
@@ -236,6 +310,11 @@ mod tests {
             "x/internal/queue.F"
         ));
         assert!(go("", "runtime.gopanic"));
+        assert!(!go(
+            "/go/src/nilptr/store/store.go",
+            "example.com/nilptr/store.F"
+        ));
+        assert!(go("C:/Program Files/Go/src/runtime/panic.go", "panic"));
     }
 
     #[test]
@@ -249,6 +328,24 @@ mod tests {
         assert!(java("java.base/java.util.TimSort.sort"));
         assert!(java("org.junit.Assert.fail"));
         assert!(!java("com.example.Main.main"));
+        assert!(java("android.os.Handler.dispatchMessage"));
+        assert!(java("com.android.internal.os.ZygoteInit.main"));
+        assert!(is_external(
+            Language::Python,
+            r"C:\Users\dev\AppData\Local\Programs\Python\Python311\Lib\json\decoder.py",
+            ""
+        ));
+        assert!(!is_external(
+            Language::Python,
+            r"C:\Users\dev\shop\app\config.py",
+            ""
+        ));
+        assert!(is_external(
+            Language::Rust,
+            r"C:\Users\dev\.cargo\registry\src\index.crates.io-1\bytes-1.12.2\src\lib.rs",
+            ""
+        ));
+        assert!(rust("", "std[e28293b1aa0f68bd]::io::Write::write_fmt"));
         assert!(ruby(
             "<internal:/usr/lib/ruby/vendor_ruby/rubygems/core_ext/kernel_require.rb>"
         ));

@@ -16,13 +16,26 @@ pub(crate) fn parse(log: &Log) -> Option<ParsedLog> {
 /// Everything but `-json`: the same rules apply to the text `-json` carries.
 fn from_text(log: &Log, format: &str) -> Option<ParsedLog> {
     let failing = failing_tests(log);
-    let errorf = log.find_from(0, |l| regex!(r"^\s+\S+\.go:\d+: ").is_match(l));
+    let first_fail = log.find_from(0, |l| l.trim_start().starts_with("--- FAIL: "));
+    let message = first_fail.and_then(|f| failure_message(log, f));
     let panicked = panic_line(log);
-    let mut p = match (panicked, errorf) {
-        (Some(pi), Some(ei)) if ei < pi => test_failure(log, ei),
-        (Some(pi), _) => panic(log, pi),
-        (None, _) => build(log)
-            .or_else(|| errorf.map(|ei| test_failure(log, ei)))
+    // A test that panics is reported `--- FAIL: TestX` with the panic right below it.
+    let panic_is_first_failure = match (panicked, first_fail) {
+        (Some(pi), Some(fi)) => {
+            pi > fi
+                && log
+                    .lines
+                    .get(fi + 1..pi)
+                    .is_some_and(|between| between.iter().all(|l| l.trim().is_empty()))
+        }
+        _ => true,
+    };
+    let mut p = match (panicked, message) {
+        (Some(pi), _) if panic_is_first_failure => panic(log, pi),
+        (_, Some(mi)) => test_failure(log, mi),
+        (Some(pi), None) => panic(log, pi),
+        (None, None) => headerless_panic(log)
+            .or_else(|| build(log))
             .or_else(|| (!failing.is_empty()).then(|| test_failure_without_message(&failing)))
             .or_else(|| log_fatal(log))?,
     };
@@ -35,6 +48,37 @@ fn from_text(log: &Log, format: &str) -> Option<ParsedLog> {
     if !format.is_empty() {
         p.format = format.into();
     }
+    Some(p)
+}
+
+/// The `file_test.go:N: msg` line of the failing test whose `--- FAIL:` line is at `fail`:
+/// with `-v` the last such line of its `=== RUN` block (`t.Log` lines come before the
+/// failing `t.Fatalf`), else the first one printed under the `--- FAIL:` line.
+fn failure_message(log: &Log, fail: usize) -> Option<usize> {
+    let msg = regex!(r"^\s+\S+\.go:\d+: ");
+    let name = regex!(r"--- FAIL: (\S+)").caps(log.line(fail))?;
+    let run = format!("=== RUN   {}", cap(&name, 1));
+    match (0..fail).rev().find(|&j| log.line(j) == run) {
+        Some(r) => (r + 1..fail).rev().find(|&j| msg.is_match(log.line(j))),
+        None => (fail + 1..log.lines.len())
+            .take_while(|&j| log.line(j).starts_with([' ', '\t']))
+            .find(|&j| msg.is_match(log.line(j))),
+    }
+}
+
+/// A goroutine dump pasted without its `panic:` line: the frames are still a panic's.
+fn headerless_panic(log: &Log) -> Option<ParsedLog> {
+    if !log.has(" [running]:") {
+        return None;
+    }
+    let g = log.find_from(0, |l| regex!(r"^goroutine \d+ \[running\]:$").is_match(l))?;
+    let frames = goroutine_frames(&log.lines, g + 1);
+    if frames.is_empty() {
+        return None;
+    }
+    let mut p = ParsedLog::new(LANG, "go-panic");
+    p.set_error("panic", "");
+    p.frames = frames;
     Some(p)
 }
 
@@ -141,9 +185,14 @@ fn build(log: &Log) -> Option<ParsedLog> {
         }
         return Some(p);
     }
+    // `go: downloading …` and `go: finding …` are progress, not errors.
     let c = log
         .lines
         .iter()
+        .filter(|l| {
+            l.starts_with("go: ")
+                && !regex!(r"^go: (?:downloading|finding|extracting) ").is_match(l)
+        })
         .find_map(|l| regex!(r"^go: (.*)$").caps(l))?;
     let msg = cap(&c, 1);
     let mut p = ParsedLog::new(LANG, "go-build");

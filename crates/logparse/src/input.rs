@@ -171,13 +171,16 @@ pub(crate) fn clean(log: &str) -> String {
     out
 }
 
-/// Skips what follows an ESC: a CSI sequence (`ESC [ ... final`), an OSC string
-/// (`ESC ] ... BEL` or `ESC ] ... ESC \`), a charset designation (`ESC ( B`) or one character.
+/// Skips what follows an ESC: a CSI sequence (`ESC [ ... final`), a string sequence ending
+/// in BEL or `ESC \` (OSC `ESC ]`, and APC `ESC _`, DCS `ESC P`, PM `ESC ^`, SOS `ESC X`:
+/// Buildkite's agent writes its `ESC _bk;t=1715677964123 BEL` timestamps as APC), a charset
+/// designation (`ESC ( B`) or one character.
 fn skip_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
     match chars.next() {
         Some('[') => skip_csi(chars),
-        Some(']') => {
-            while let Some(c) = chars.next() {
+        Some(']' | '_' | 'P' | '^' | 'X') => {
+            // An unterminated string ends at the line break, so it cannot swallow the log.
+            while let Some(c) = chars.next_if(|&c| c != '\n') {
                 if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
                     break;
                 }
@@ -207,6 +210,13 @@ mod tests {
     fn ansi_sequences_are_removed() {
         let s = "\x1b[1m\x1b[31mE       assert 0.0 == 72.0\x1b[0m\n\x1b]8;;http://x\x07link\x1b]8;;\x1b\\ \x1b(Bok";
         assert_eq!(clean(s), "E       assert 0.0 == 72.0\nlink ok");
+    }
+
+    #[test]
+    fn buildkite_timestamps_are_removed() {
+        let s = "\x1b_bk;t=1715677964017\x07~~~ Running\n\x1b_bk;t=1715677964034\x07Traceback\n";
+        assert_eq!(clean(s), "~~~ Running\nTraceback\n");
+        assert_eq!(clean("a\x1b_unterminated\nb\n"), "a\nb\n");
     }
 
     #[test]

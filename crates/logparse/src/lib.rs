@@ -85,6 +85,20 @@ impl ParsedLog {
             .find(|f| f.in_project)
     }
 
+    /// The innermost project frame of the error, else of its nearest cause that has one: a
+    /// wrapper (`ExecutionException`, Android's `RuntimeException: Unable to start activity`)
+    /// whose own frames are all framework code points at its cause's.
+    pub fn project_frame(&self) -> Option<&Frame> {
+        let mut cur = Some(self);
+        while let Some(p) = cur {
+            if let Some(f) = p.innermost_project_frame() {
+                return Some(f);
+            }
+            cur = p.cause.as_deref();
+        }
+        None
+    }
+
     /// Stack frames inside the project.
     pub fn project_frame_count(&self) -> usize {
         self.frames.iter().filter(|f| f.in_project).count()
@@ -231,6 +245,15 @@ mod tests {
                 "/w/app/main.py:3",
             ),
             (
+                // Python 2.7's layout (written from its documented format; no Python 2 runs here).
+                "Traceback (most recent call last):\n  File \"manage.py\", line 10, in <module>\n    execute(sys.argv)\n  File \"/srv/app/settings.py\", line 4, in load\n    return json.loads(raw)\n  File \"/usr/lib/python2.7/json/__init__.py\", line 339, in loads\n    return _default_decoder.decode(s)\nValueError: No JSON object could be decoded\n",
+                Language::Python,
+                "python-traceback",
+                "ValueError",
+                "No JSON object could be decoded",
+                "/srv/app/settings.py:4",
+            ),
+            (
                 "web-1  | Traceback (most recent call last):\nweb-1  |   File \"/app/main.py\", line 3, in <module>\nweb-1  | ModuleNotFoundError: No module named 'flask'\nweb-1 exited with code 1\n",
                 Language::Python,
                 "python-traceback",
@@ -328,6 +351,44 @@ mod tests {
                 "{log}"
             );
         }
+    }
+
+    #[test]
+    fn a_php_trace_without_its_error_and_a_github_annotation() {
+        let p = parse(
+            "#0 /var/www/app/Exceptions/Handler.php(26): App\\Exceptions\\Handler->report()\n#1 /var/www/vendor/laravel/framework/src/Illuminate/Foundation/Http/Kernel.php(491): App\\Exceptions\\Handler->report()\n#2 /var/www/public/index.php(52): Illuminate\\Foundation\\Http\\Kernel->handle()\n#3 {main}\n",
+        );
+        assert_eq!((p.language, p.error_type.as_str()), (Language::Php, ""));
+        assert_eq!(p.frames.len(), 3);
+        assert!(!p.frames[1].in_project, "vendor/ is external");
+        let f = p.innermost_project_frame().expect("a project frame");
+        assert_eq!(
+            (f.file.as_str(), f.line),
+            ("/var/www/app/Exceptions/Handler.php", Some(26))
+        );
+
+        let p = parse(
+            "Run npx tsc --noEmit\n::error file=src/app.ts,line=12,col=5::TypeError: x is not a function\n",
+        );
+        assert_eq!(p.language, Language::TypeScript);
+        assert_eq!(p.format, "github-annotation");
+        assert_eq!(p.error_type, "TypeError");
+        let f = p.innermost_project_frame().expect("the annotation's place");
+        assert_eq!(
+            (f.file.as_str(), f.line, f.column),
+            ("src/app.ts", Some(12), Some(5))
+        );
+    }
+
+    #[test]
+    fn a_wrapper_without_project_frames_points_at_its_cause() {
+        let log = "E/AndroidRuntime( 812): FATAL EXCEPTION: main\nE/AndroidRuntime( 812): Process: com.example.notes, PID: 812\nE/AndroidRuntime( 812): java.lang.RuntimeException: Unable to start activity ComponentInfo{com.example.notes/com.example.notes.MainActivity}: java.lang.NullPointerException\nE/AndroidRuntime( 812): \tat android.app.ActivityThread.performLaunchActivity(ActivityThread.java:2416)\nE/AndroidRuntime( 812): \tat android.os.Looper.loop(Looper.java:154)\nE/AndroidRuntime( 812): Caused by: java.lang.NullPointerException: Attempt to invoke virtual method on a null object reference\nE/AndroidRuntime( 812): \tat com.example.notes.MainActivity.onCreate(MainActivity.java:27)\nE/AndroidRuntime( 812): \tat android.app.Activity.performCreate(Activity.java:6679)\nE/AndroidRuntime( 812): \t... 2 more\n";
+        let p = parse(log);
+        assert_eq!(p.language, Language::Java);
+        assert_eq!(p.error_type, "java.lang.RuntimeException");
+        assert!(p.innermost_project_frame().is_none());
+        let f = p.project_frame().expect("the cause's frame");
+        assert_eq!((f.file.as_str(), f.line), ("MainActivity.java", Some(27)));
     }
 
     #[test]

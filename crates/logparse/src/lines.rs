@@ -30,26 +30,72 @@ impl<'a> Log<'a> {
     }
 }
 
-/// Removes a per-line prefix that CI systems and log collectors add to most lines: an ISO
-/// timestamp (GitHub Actions raw logs) or a `docker compose` service column (`web-1  | `).
+/// Removes the per-line prefixes that CI systems, log collectors and Android's logcat add:
+/// timestamps (GitHub Actions and GitLab raw logs, GitLab's stream marker `01O`, Jenkins'
+/// Timestamper `[2024-05-14T09:12:44.123Z]`), a `docker compose` service column
+/// (`web-1  | `) and logcat's tags (`E/AndroidRuntime( 1234): `, `-v threadtime`, Android
+/// Studio's columns). A prefix is removed only when most lines carry it, so a log line that
+/// happens to start like one is left alone. Android Studio prints the columns on the first line
+/// of an entry only and indents the rest deeply: those lines lose the indentation.
 fn strip_line_prefixes(lines: &mut [&str]) {
     let prefixes = [
-        regex!(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})? ?"),
+        // logcat first: its own timestamps would otherwise be taken for a CI system's.
+        regex!(r"^[VDIWEFA]/[^():]+\(\s*\d+\): ?"),
+        regex!(r"^\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}\s+\d+\s+\d+ [VDIWEFA] [^:]*: ?"),
+        regex!(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3} \d+-\d+/\S+ [VDIWEFA]/[^:]+: ?"),
+        regex!(
+            r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?(?: \d{2}[OE]\+?)? ?"
+        ),
+        regex!(r"^\[(?:\d{4}-\d{2}-\d{2}T)?\d{2}:\d{2}:\d{2}(?:\.\d+)?Z?\] ?"),
         regex!(r"^[A-Za-z][\w.-]*\s+\| ?"),
     ];
-    let non_empty = lines.iter().filter(|l| !l.is_empty()).count();
-    for prefix in prefixes {
-        let with_prefix = lines.iter().filter(|l| prefix.is_match(l)).count();
-        if with_prefix * 2 <= non_empty {
-            continue;
-        }
-        for l in lines.iter_mut() {
-            if let Some(m) = prefix.find(l) {
-                *l = l.get(m.end()..).unwrap_or(l);
+    // Whether most lines carry a prefix is decided on an even sample of at most ~1000 lines,
+    // so the prefixes a long log does not have cost little.
+    let step = (lines.len() / 1000).max(1);
+    // Again after a prefix came off: prefixes nest (a CI runner's timestamp before `docker
+    // compose`'s or logcat's).
+    for _ in 0..2 {
+        let mut stripped = false;
+        for prefix in prefixes {
+            let sample = lines.iter().step_by(step).filter(|l| !l.is_empty());
+            let (with_prefix, non_empty) = sample.fold((0, 0), |(w, n), l| {
+                (w + usize::from(prefix.is_match(l)), n + 1)
+            });
+            if with_prefix * 2 <= non_empty {
+                continue;
             }
+            stripped = true;
+            for l in lines.iter_mut() {
+                if let Some(m) = prefix.find(l) {
+                    *l = l.get(m.end()..).unwrap_or(l);
+                }
+            }
+        }
+        if !stripped {
+            break;
+        }
+    }
+    let studio =
+        regex!(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}\s+\d+-\d+\s+\S+\s+\S+\s+[VDIWEFA]\s+");
+    let indent = " ".repeat(STUDIO_INDENT);
+    let mut in_entry = false;
+    for l in lines.iter_mut() {
+        // `2024-05-14 09:12:44.001 …`: checked by bytes before the regex runs.
+        let b = l.as_bytes();
+        let dated = b.get(4) == Some(&b'-') && b.get(10) == Some(&b' ') && b.get(19) == Some(&b'.');
+        if let Some(m) = dated.then(|| studio.find(l)).flatten() {
+            *l = l.get(m.end()..).unwrap_or(l);
+            in_entry = true;
+        } else if in_entry && l.starts_with(indent.as_str()) {
+            *l = l.trim_start_matches(' ');
+        } else {
+            in_entry = false;
         }
     }
 }
+
+/// Android Studio's logcat indents the continuation lines of an entry at least this deep.
+const STUDIO_INDENT: usize = 40;
 
 /// `s` cut to at most [`MAX_LINE_BYTES`], on a character boundary.
 fn cut(s: &str) -> &str {
@@ -121,6 +167,52 @@ mod tests {
                 "    at f (a.js:1:2)",
                 "web-1 exited with code 1"
             ]
+        );
+        let jenkins = "[Pipeline] sh\n[2024-05-14T09:12:44.019Z] + pytest\n[2024-05-14T09:12:44.039Z] Traceback\n[09:12:44] ZeroDivisionError: x";
+        assert_eq!(
+            Log::new(jenkins).lines,
+            [
+                "[Pipeline] sh",
+                "+ pytest",
+                "Traceback",
+                "ZeroDivisionError: x"
+            ]
+        );
+        let gitlab =
+            "2024-05-14T09:12:44.021100Z 01O $ pytest\n2024-05-14T09:12:44.042200Z 01E+Error: x";
+        assert_eq!(Log::new(gitlab).lines, ["$ pytest", "Error: x"]);
+        let logcat = "D/AndroidRuntime( 4321): Shutting down VM\nE/AndroidRuntime( 4321): FATAL EXCEPTION: main\nE/AndroidRuntime( 4321): \tat a.B.c(B.java:1)";
+        assert_eq!(
+            Log::new(logcat).lines,
+            [
+                "Shutting down VM",
+                "FATAL EXCEPTION: main",
+                "\tat a.B.c(B.java:1)"
+            ]
+        );
+        let threadtime = "05-14 09:12:44.001  4321  4321 E AndroidRuntime: FATAL EXCEPTION: main\n05-14 09:12:44.002  4321  4321 E AndroidRuntime: Process: x, PID: 4321";
+        assert_eq!(
+            Log::new(threadtime).lines,
+            ["FATAL EXCEPTION: main", "Process: x, PID: 4321"]
+        );
+        let studio = format!(
+            "2024-05-14 09:12:44.001  4321-4321  AndroidRuntime          com.example.app  E  FATAL EXCEPTION: main\n{}java.lang.X: y\n{}\tat a.B.c(B.java:1)\nnext",
+            " ".repeat(100),
+            " ".repeat(100)
+        );
+        assert_eq!(
+            Log::new(&studio).lines,
+            [
+                "FATAL EXCEPTION: main",
+                "java.lang.X: y",
+                "\tat a.B.c(B.java:1)",
+                "next"
+            ]
+        );
+        let nested = "2024-05-14T09:12:44.0137000Z E/AndroidRuntime( 812): FATAL EXCEPTION: main\n2024-05-14T09:12:44.0274000Z E/AndroidRuntime( 812): java.lang.X: y";
+        assert_eq!(
+            Log::new(nested).lines,
+            ["FATAL EXCEPTION: main", "java.lang.X: y"]
         );
         let few = "2024-05-01T10:00:01Z started\nError: x\n    at f (a.js:1:2)";
         assert_eq!(

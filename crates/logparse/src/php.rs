@@ -10,12 +10,62 @@ use crate::lines::{Caps, Log, cap, num, push_unique};
 const LANG: Language = Language::Php;
 
 pub(crate) fn parse(log: &Log) -> Option<ParsedLog> {
-    phpunit(log).or_else(|| fatal(log))
+    phpunit(log)
+        .or_else(|| fatal(log))
+        .or_else(|| laravel(log))
+        .or_else(|| headerless(log))
+}
+
+/// A `#0 /path/file.php(26): fn()` trace pasted without the error above it: the frames say
+/// where, though the error itself is lost.
+fn headerless(log: &Log) -> Option<ParsedLog> {
+    let start = log.find_from(0, |l| l.starts_with("#0 "))?;
+    let frames = stack_trace(&log.lines, start);
+    if frames.len() < 2 {
+        return None;
+    }
+    let mut p = ParsedLog::new(LANG, "php");
+    p.frames = frames;
+    Some(p)
+}
+
+/// Laravel's log (Monolog's line format): `[2024-05-14 09:12:44] local.ERROR: msg
+/// {"exception":"[object] (RuntimeException(code: 0): msg at /app/X.php:12)`, then
+/// `[stacktrace]` and `#N` frames.
+fn laravel(log: &Log) -> Option<ParsedLog> {
+    if !log.has(r#"{"exception":"[object] ("#) {
+        return None;
+    }
+    let head = regex!(
+        r#"^\[\d{4}-\d{2}-\d{2}[ T][^\]]*\] [\w-]+\.(?:ERROR|CRITICAL|ALERT|EMERGENCY): .*?\{"exception":"\[object\] \(([\w\\]+)\(code: [^)]*\): (.*)$"#
+    );
+    let (i, c) = log
+        .lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| head.caps(l).map(|c| (i, c)))?;
+    let mut p = ParsedLog::new(LANG, "laravel-log");
+    let rest = cap(&c, 2);
+    match regex!(r"^(.*) at (.+?):(\d+)\)$").caps(rest) {
+        Some(m) => {
+            p.location = Some(frame(LANG, cap(&m, 2), num(cap(&m, 3)), None, None));
+            p.set_error(cap(&c, 1), cap(&m, 1));
+        }
+        None => p.set_error(cap(&c, 1), rest),
+    }
+    if let Some(s) = log.find_from(i + 1, |l| l == "[stacktrace]") {
+        p.frames = stack_trace(&log.lines, s + 1);
+    }
+    Some(p)
 }
 
 fn fatal(log: &Log) -> Option<ParsedLog> {
-    let uncaught = regex!(r"^(?:PHP )?Fatal error:\s+Uncaught (.*)$");
-    let other = regex!(r"^(?:PHP )?(Fatal error|Parse error):\s+(.*) in (.+?) on line (\d+)$");
+    // PHP's own error_log prefixes a date (`[14-May-2024 09:12:44 UTC] PHP Fatal error: …`),
+    // possibly after output the script printed without a line break.
+    let uncaught = regex!(r"^(?:.*?\[[^\]]*\] )?(?:PHP )?Fatal error:\s+Uncaught (.*)$");
+    let other = regex!(
+        r"^(?:.*?\[[^\]]*\] )?(?:PHP )?(Fatal error|Parse error):\s+(.*) in (.+?) on line (\d+)$"
+    );
     let (i, l) = log
         .lines
         .iter()

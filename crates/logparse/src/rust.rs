@@ -17,6 +17,32 @@ pub(crate) fn parse(log: &Log) -> Option<ParsedLog> {
         })
         .or_else(|| rustc(log))
         .or_else(|| cargo_error(log))
+        .or_else(|| headerless_backtrace(log))
+}
+
+/// A backtrace pasted without its `thread '…' panicked at` header: the frames still show a
+/// panic (`core::panicking::…`, `rust_begin_unwind`), though its message is lost.
+fn headerless_backtrace(log: &Log) -> Option<ParsedLog> {
+    if !log.has("panicking") && !log.has("rust_begin_unwind") {
+        return None;
+    }
+    let start = match log.find_from(0, |l| l.trim() == "stack backtrace:") {
+        Some(b) => b + 1,
+        None => log.find_from(0, |l| regex!(r"^\s*0: \S").is_match(l))?,
+    };
+    let frames = backtrace(&log.lines, start);
+    let panicking = frames.iter().any(|f| {
+        f.function
+            .as_deref()
+            .is_some_and(|n| n.contains("panicking") || n.ends_with("rust_begin_unwind"))
+    });
+    if !panicking {
+        return None;
+    }
+    let mut p = ParsedLog::new(LANG, "rust-panic");
+    p.set_error("panic", "");
+    p.frames = frames;
+    Some(p)
 }
 
 fn is_panic_header(l: &str) -> bool {
@@ -120,7 +146,9 @@ fn backtrace(lines: &[&str], from: usize) -> Vec<Frame> {
     raw.into_iter()
         .map(|(function, at)| {
             let (file, line, col) = at.unwrap_or(("", None, None));
-            frame(LANG, file, line, col, Some(function))
+            // `RUST_BACKTRACE=full` adds the symbol hash: `divide::share::h8336fb1fda29cf77`.
+            let function = regex!(r"::h[0-9a-f]{16}$").replace(function, "");
+            frame(LANG, file, line, col, Some(&function))
         })
         .collect()
 }

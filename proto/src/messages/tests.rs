@@ -39,6 +39,9 @@ fn triage() -> TriageReport {
             column: None,
             function: Some("mean".into()),
             in_project: true,
+            // None and false, as in the committed snapshots written before these fields.
+            resolved: None,
+            test: false,
         }],
         failing_tests: vec!["tests/test_calc.py::test_mean".into()],
         suspects: vec![Suspect {
@@ -59,6 +62,7 @@ fn triage() -> TriageReport {
         },
         notes: vec![],
         model: None,
+        innermost: None,
     }
 }
 
@@ -263,6 +267,40 @@ fn committed_snapshots_still_decode() {
             );
         }
     }
+}
+
+#[test]
+fn frames_with_resolution_round_trip() {
+    let mut report = triage();
+    let f = Frame {
+        file: r"C:\Users\dev\shop\app\calc.py".into(),
+        line: Some(3),
+        in_project: true,
+        resolved: Some("app/calc.py".into()),
+        test: false,
+        ..Frame::default()
+    };
+    report.innermost = Some(f.clone());
+    report.frames = vec![
+        f.clone(),
+        Frame {
+            file: "tests/test_calc.py".into(),
+            in_project: true,
+            test: true,
+            ..Frame::default()
+        },
+    ];
+    let m = Message::Triaged(Triaged {
+        request: request(),
+        report,
+    });
+    let back = Message::decode("triaged", 1, &m.encode().unwrap()).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(f.kind(), FrameKind::Project);
+    assert_eq!(f.place(), "app/calc.py:3");
+    let Message::Triaged(t) = back else { panic!() };
+    assert_eq!(t.report.frames[1].kind(), FrameKind::Test);
+    assert_eq!(Frame::default().kind(), FrameKind::External);
 }
 
 #[test]

@@ -130,6 +130,55 @@ pub struct Frame {
     pub function: Option<String>,
     /// Inside the project (not stdlib, site-packages, node_modules, GOROOT, a registry).
     pub in_project: bool,
+    /// The project file `file` resolved to (relative to the project root) when the project
+    /// has it: a trace from another machine matches by path suffix. `file` stays as written.
+    #[serde(default)]
+    pub resolved: Option<String>,
+    /// In the project's tests (a test file, by path), not its code.
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// Whose code a frame is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameKind {
+    /// The project's own code.
+    Project,
+    /// The project's tests.
+    Test,
+    /// Stdlib, runtime, dependencies (site-packages, node_modules, GOROOT, module cache,
+    /// cargo registry, JDK, Android framework, vendor/, gems).
+    External,
+}
+
+impl FrameKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Project => "project",
+            FrameKind::Test => "test",
+            FrameKind::External => "external",
+        }
+    }
+}
+
+impl Frame {
+    pub fn kind(&self) -> FrameKind {
+        match (self.in_project, self.test) {
+            (false, _) => FrameKind::External,
+            (true, true) => FrameKind::Test,
+            (true, false) => FrameKind::Project,
+        }
+    }
+
+    /// `file:line` with the resolved project path when there is one, else the path as written.
+    pub fn place(&self) -> String {
+        let file = self.resolved.as_deref().unwrap_or(&self.file);
+        match self.line {
+            Some(l) => format!("{file}:{l}"),
+            None => file.to_string(),
+        }
+    }
 }
 
 /// A place the fault may be, with how suspicious it is (0..=1) and why.
@@ -184,6 +233,10 @@ pub struct TriageReport {
     /// expected success on this category and size); the reason is in `notes`.
     #[serde(default)]
     pub model: Option<String>,
+    /// The innermost frame in the project's code (of the error, else of its nearest cause),
+    /// named even when the project directory does not have the file (then `resolved` is None).
+    #[serde(default)]
+    pub innermost: Option<Frame>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

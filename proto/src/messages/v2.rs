@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::v1;
 pub use super::v1::{
     Blocked, BlockedReason, Candidate, CandidateResult, CandidateSource, Category, DeadLetter,
-    Decided, Decision, EngineChoice, Frame, Language, Metrics, MreReady, MreSummary, ProjectRef,
-    RepairCompleted, RepairOutcome, RepairRequested, StageProgress, Suspect, TestOutcome,
-    TestStatus, TriageReport, Triaged, Usage, Verdict, serde_bytes_compat,
+    Decided, Decision, EngineChoice, Frame, FrameKind, Language, Metrics, MreReady, MreSummary,
+    ProjectRef, RepairCompleted, RepairOutcome, RepairRequested, StageProgress, Suspect,
+    TestOutcome, TestStatus, TriageReport, Triaged, Usage, Verdict, serde_bytes_compat,
 };
 
 /// What proposed a set of candidates.

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::v1;
 pub use super::v2::{
     AttemptRecord, Blocked, BlockedReason, Candidate, CandidateResult, CandidateSource, Category,
-    DeadLetter, Decided, Decision, Engine, EngineChoice, FixProposed, Frame, Language, Metrics,
-    MreReady, MreSummary, ProjectRef, RepairRequested, RunPaths, StageProgress, Suspect,
+    DeadLetter, Decided, Decision, Engine, EngineChoice, FixProposed, Frame, FrameKind, Language,
+    Metrics, MreReady, MreSummary, ProjectRef, RepairRequested, RunPaths, StageProgress, Suspect,
     TestOutcome, TestStatus, TriageReport, Triaged, Usage, ValidationFailed, ValidationPassed,
     Verdict, serde_bytes_compat,
 };

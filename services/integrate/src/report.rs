@@ -3,9 +3,65 @@
 use std::fmt::Write;
 
 use proto::messages::{
-    AttemptRecord, Decision, MreSummary, RepairOutcome, RepairRequested, TestStatus, TriageReport,
-    Verdict,
+    AttemptRecord, Decision, Frame, MreSummary, RepairOutcome, RepairRequested, TestStatus,
+    TriageReport, Verdict,
 };
+
+/// Frames listed in the Markdown reports and the text output; JSON lists them all.
+pub const FRAMES_SHOWN: usize = 12;
+
+/// One frame for report.json and `--json`: the file as the log wrote it, the project file it
+/// resolved to (null when the project does not have it), line, column, function, and whose
+/// code it is (`project`, `test`, `external`).
+pub fn frame_json(f: &Frame) -> serde_json::Value {
+    serde_json::json!({
+        "file": f.file,
+        "resolved": f.resolved,
+        "line": f.line,
+        "column": f.column,
+        "function": f.function,
+        "kind": f.kind().as_str(),
+    })
+}
+
+/// The triage findings about where the failure is: the innermost project frame and the
+/// parsed frames, innermost first.
+pub fn frames_json(t: &TriageReport) -> (serde_json::Value, serde_json::Value) {
+    (
+        t.innermost
+            .as_ref()
+            .map_or(serde_json::Value::Null, frame_json),
+        t.frames.iter().map(frame_json).collect(),
+    )
+}
+
+/// One line per frame, innermost first, for Markdown (`- ` items) and the text output.
+pub fn frame_line(f: &Frame) -> String {
+    let mut s = f.place();
+    if let Some(c) = f.column {
+        s.push_str(&format!(":{c}"));
+    }
+    if let Some(func) = &f.function {
+        s.push_str(&format!(" in {func}"));
+    }
+    s.push_str(&format!(" ({})", f.kind().as_str()));
+    if f.resolved.as_deref().is_some_and(|r| r != f.file) {
+        s.push_str(&format!(", written {}", f.file));
+    }
+    s
+}
+
+/// The innermost project frame in words, for the reports' "Where" sections.
+pub fn innermost_sentence(t: &TriageReport) -> Option<String> {
+    let f = t.innermost.as_ref()?;
+    Some(match &f.resolved {
+        Some(_) => format!("Innermost project frame: `{}`.", frame_line(f)),
+        None => format!(
+            "Innermost project frame: `{}`, not found in the source directory (kept as the log wrote it).",
+            frame_line(f)
+        ),
+    })
+}
 
 /// Everything a report is made from.
 pub struct Facts<'a> {
@@ -102,12 +158,24 @@ pub fn markdown(f: &Facts) -> String {
         );
     }
     let _ = writeln!(s, "## Where\n");
+    if let Some(w) = innermost_sentence(t) {
+        let _ = writeln!(s, "{w}\n");
+    }
     if t.suspects.is_empty() {
         let _ = writeln!(s, "No project file could be pointed at.\n");
     }
     for x in t.suspects.iter().take(8) {
         let line = x.line.map(|l| format!(":{l}")).unwrap_or_default();
         let _ = writeln!(s, "- `{}{line}` ({:.2}): {}", x.file, x.score, x.reason);
+    }
+    if !t.frames.is_empty() {
+        let _ = writeln!(s, "\nFrames of the trace, innermost first:\n");
+        for f in t.frames.iter().take(FRAMES_SHOWN) {
+            let _ = writeln!(s, "- `{}`", frame_line(f));
+        }
+        if t.frames.len() > FRAMES_SHOWN {
+            let _ = writeln!(s, "- … {} more", t.frames.len() - FRAMES_SHOWN);
+        }
     }
     let _ = writeln!(s, "\n## Decision\n");
     let _ = writeln!(
@@ -298,6 +366,7 @@ pub fn markdown(f: &Facts) -> String {
 pub fn json(f: &Facts) -> serde_json::Value {
     let t = f.triage;
     let m = &t.metrics;
+    let (innermost, frames) = frames_json(t);
     serde_json::json!({
         "schema": "coval.report/1",
         "repair_id": f.request.repair_id.to_string(),
@@ -310,6 +379,8 @@ pub fn json(f: &Facts) -> serde_json::Value {
             "category": t.category,
             "failing_tests": t.failing_tests,
             "suspects": t.suspects.iter().map(|x| serde_json::json!({"file": x.file, "line": x.line, "score": x.score, "reason": x.reason})).collect::<Vec<_>>(),
+            "innermost_project_frame": innermost,
+            "frames": frames,
             "notes": t.notes,
         },
         "metrics": {"D": m.debt, "T": m.coverage, "T_measured": m.coverage_measured, "K": m.context, "S": m.capability, "loc": m.loc, "region_lines": m.region_lines, "module_lines": m.module_lines},
@@ -362,6 +433,9 @@ pub fn decision_md(report: &TriageReport, d: &Decision) -> String {
         "The failure ({} category) is {what}.\n",
         report.category.as_str()
     );
+    if let Some(w) = innermost_sentence(report) {
+        let _ = writeln!(s, "{w}\n");
+    }
     if report.suspects.is_empty() {
         let _ = writeln!(s, "No file of the project could be pointed at.\n");
     } else {

@@ -144,7 +144,26 @@ pub fn triage(
     {
         frames.insert(0, l.clone());
     }
-    let mut suspects = localise::localise(project, &frames, &parsed.failing_tests, &analysed);
+    for f in &mut frames {
+        localise::resolve_in_place(project, f);
+    }
+    let innermost = parsed.project_frame().cloned().map(|mut f| {
+        localise::resolve_in_place(project, &mut f);
+        f
+    });
+    // A wrapper whose own frames are all framework code: its cause's frames locate the fault.
+    let mut localised = frames.clone();
+    if !frames.iter().any(|f| f.in_project) {
+        let mut cause = parsed.cause.as_deref();
+        while let Some(c) = cause {
+            if c.frames.iter().any(|f| f.in_project) {
+                localised.extend(c.frames.iter().cloned());
+                break;
+            }
+            cause = c.cause.as_deref();
+        }
+    }
+    let mut suspects = localise::localise(project, &localised, &parsed.failing_tests, &analysed);
     // Spectrum ranks lines inside the code the trace points at; a trace frame still leads.
     if let Some(sp) = spectrum {
         for x in &sp.suspects {
@@ -321,5 +340,6 @@ pub fn triage(
         },
         notes,
         model: chosen,
+        innermost,
     }
 }

@@ -149,6 +149,19 @@ pub fn localise(
     r.into_suspects()
 }
 
+/// Sets `resolved` to the project file `f` names (by path, by suffix for a trace from another
+/// machine, by package for Java) and `test` from that file; a frame whose file the project
+/// does not have keeps `test` as the log parser judged it from the path.
+pub fn resolve_in_place(project: &Project, f: &mut Frame) {
+    if !f.in_project {
+        return;
+    }
+    if let Some(sf) = resolve_frame(project, f) {
+        f.resolved = Some(sf.path.clone());
+        f.test = sf.is_test;
+    }
+}
+
 fn resolve_frame<'a>(project: &'a Project, f: &Frame) -> Option<&'a SourceFile> {
     if let Some(sf) = project.resolve(&f.file) {
         return Some(sf);
