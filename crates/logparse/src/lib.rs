@@ -190,8 +190,10 @@ mod tests {
     /// Release builds must parse a 50 MB log in well under a second; debug builds are only
     /// held to not blowing up.
     fn budget(release: Duration) -> Duration {
+        // A guard against quadratic blow-ups, not a measurement (that is `cargo bench -p
+        // logparse`): a debug build on a busy two-core machine runs these 3 to 20 s.
         if cfg!(debug_assertions) {
-            release * 40
+            release * 120
         } else {
             release
         }
