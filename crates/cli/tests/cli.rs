@@ -709,6 +709,11 @@ fn small_bug(
         (&format!("{name}.py"), program),
         (test_file, tests),
         ("error.log", &log),
+        // How some projects run their tests: a script that wraps pytest.
+        (
+            "run_tests.sh",
+            "#!/bin/sh\nexec python3 -m pytest -q \"$@\"\n",
+        ),
     ])
 }
 
@@ -729,6 +734,7 @@ fn the_users_test_command_in_any_usual_form_gives_the_same_fix() {
         Some("python3 -m pytest -v"),
         Some("pytest"),
         Some("sh -c 'python3 -m pytest -q'"),
+        Some("sh ./run_tests.sh"),
     ];
     for (name, program, tests, failing) in SMALL_BUGS {
         let mut seen = vec![];
@@ -754,11 +760,14 @@ fn the_users_test_command_in_any_usual_form_gives_the_same_fix() {
                 let notes = report["mre"]["notes"].to_string();
                 assert!(notes.contains(&format!("`{form}`")), "{notes}");
             }
-            // Read as pytest: per-test outcomes, and the warm server serves the candidates.
+            // Read as pytest: per-test outcomes, and the warm server serves the candidates;
+            // a wrapper script runs fresh, its pytest reporting through PYTEST_ADDOPTS.
             let paths = &report["attempts"][0]["paths"];
-            assert!(
+            let wrapped = shown.contains("run_tests");
+            assert_eq!(
                 paths["warm"].as_u64().unwrap() > 0,
-                "{name} with `{shown}` ran no candidate warm: {paths}"
+                !wrapped,
+                "{name} with `{shown}`: {paths}"
             );
             let verdicts = (
                 report["mre"]["passing_tests"].clone(),
