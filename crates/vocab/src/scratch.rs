@@ -331,7 +331,9 @@ mod tests {
         // of a process that is gone (pid 2^22 + 1 is above Linux's pid_max): swept.
         let fresh = t.path().join(".creating-coval-x-p1-4-0123456789abcdef");
         std::fs::create_dir(&fresh).unwrap();
-        let orphan = t.path().join(".creating-coval-x-p4194305-4-0123456789abcdef");
+        let orphan = t
+            .path()
+            .join(".creating-coval-x-p4194305-4-0123456789abcdef");
         std::fs::create_dir(&orphan).unwrap();
         assert_eq!(
             sweep(t.path(), "coval-x-"),
