@@ -10,7 +10,8 @@
 //! that happens to share the prefix. A dir is made under a hidden name
 //! (`.creating-<name>`), locked, and only then renamed to its sweepable name, so a sweep
 //! running at the same time never sees it unlocked. A process killed in those few
-//! microseconds leaves a hidden dir, swept once it is older than [`CREATING_GRACE`].
+//! microseconds leaves a hidden dir: swept once the process its name carries is gone (no
+//! `/proc/<pid>`), or, where that cannot be told, once it is older than [`CREATING_GRACE`].
 //!
 //! `flock` locks belong to an open file description, not to a process: a sweep in the same
 //! process as a live dir cannot take its lock either. The lock's descriptor is opened with
@@ -25,8 +26,8 @@ use std::time::{Duration, SystemTime};
 /// Where a dir is made before it is locked and given its sweepable name.
 const CREATING: &str = ".creating-";
 
-/// How old a hidden, still-being-created dir must be before a sweep removes it (its maker
-/// renames it within microseconds of making it, so an older one lost its maker).
+/// How old a hidden, still-being-created dir whose maker may be alive must be before a sweep
+/// removes it (its maker renames it within microseconds, so an older one lost its maker).
 pub const CREATING_GRACE: Duration = Duration::from_secs(600);
 
 /// A directory removed when dropped, locked while it lives (see the module docs).
@@ -152,7 +153,8 @@ impl std::ops::AddAssign for Swept {
 }
 
 /// Removes the scratch dirs `<parent>/<prefix>…` whose maker is gone (their lock can be
-/// taken), and hidden half-made ones older than [`CREATING_GRACE`]. Symlinks, files and
+/// taken), and hidden half-made ones whose maker is gone or that are older than
+/// [`CREATING_GRACE`]. Symlinks, files and
 /// names of any other shape are never touched. A missing `parent` is nothing to sweep.
 pub fn sweep(parent: &Path, prefix: &str) -> Swept {
     let mut swept = Swept::default();
@@ -177,6 +179,7 @@ pub fn sweep(parent: &Path, prefix: &str) -> Swept {
             continue;
         }
         if hidden
+            && !maker_gone(&rest[prefix.len()..])
             && meta
                 .modified()
                 .ok()
@@ -242,6 +245,20 @@ fn open_up(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         open_up(&e.path());
     }
+}
+
+/// Whether the process whose pid the scratch name `p<pid>-…` carries is gone: no
+/// `/proc/<pid>` where `/proc` is mounted. (A reused pid only keeps the dir until
+/// [`CREATING_GRACE`]; a live process's dir is never taken for a dead one's.)
+fn maker_gone(suffix: &str) -> bool {
+    let Some(pid) = suffix
+        .strip_prefix('p')
+        .and_then(|s| s.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// `p<pid>-<n>-<16 hex>`: the shape [`ScratchDir::new_in`] makes, and nothing else.
@@ -310,17 +327,22 @@ mod tests {
         let target = tempfile::tempdir().unwrap();
         let link = t.path().join("coval-x-p1-3-0123456789abcdef");
         std::os::unix::fs::symlink(target.path(), &link).unwrap();
-        // A half-made hidden dir of a process killed a moment ago.
+        // A half-made hidden dir of a process that may live (pid 1 does): kept for now. One
+        // of a process that is gone (pid 2^22 + 1 is above Linux's pid_max): swept.
         let fresh = t.path().join(".creating-coval-x-p1-4-0123456789abcdef");
         std::fs::create_dir(&fresh).unwrap();
+        let orphan = t
+            .path()
+            .join(".creating-coval-x-p4194305-4-0123456789abcdef");
+        std::fs::create_dir(&orphan).unwrap();
         assert_eq!(
             sweep(t.path(), "coval-x-"),
             Swept {
-                removed: 1,
+                removed: 2,
                 live: 0
             }
         );
-        assert!(!dead.exists());
+        assert!(!dead.exists() && !orphan.exists());
         assert!(other.is_dir() && file.is_file() && link.exists() && fresh.is_dir());
         assert!(target.path().is_dir());
         // Another prefix is another kind of dir.
