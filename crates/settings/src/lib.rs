@@ -290,6 +290,41 @@ pub struct SandboxConfig {
     /// runner per session (coval's node images), instead of a fresh runner process each.
     #[serde(default = "yes")]
     pub warm_node: bool,
+    /// Whether coval installs a project's declared dependencies into an environment of its
+    /// own (`auto`), or runs tests on the image or interpreter as it is (`never`).
+    #[serde(default)]
+    pub install: InstallMode,
+    /// Shell commands that install the project's dependencies, like a CI job's install step:
+    /// run (with `sh -e`, in a copy of the project, network on) instead of the detected
+    /// installs. Empty: detected from the project's manifests.
+    #[serde(default)]
+    pub setup: String,
+    /// The user's own image (e.g. their CI image) as the base of every project's
+    /// environment, instead of `images`. Empty: `images` per language.
+    #[serde(default)]
+    pub image: String,
+    /// Where local environments and install logs live. Empty: `$XDG_CACHE_HOME/coval`, else
+    /// `~/.cache/coval` (as root: `/var/cache/coval`, which the sandbox's users can read).
+    #[serde(default)]
+    pub cache_dir: String,
+    /// Wall-clock limit of one environment build (the installer's network step).
+    #[serde(default = "install_timeout")]
+    pub install_timeout_secs: u64,
+}
+
+fn install_timeout() -> u64 {
+    900
+}
+
+/// `sandbox.install`: whether coval installs a project's dependencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallMode {
+    /// Build (or reuse) an environment from what the project declares.
+    #[default]
+    Auto,
+    /// Never install: the tests run on the image or interpreter as it is.
+    Never,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -814,6 +849,7 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
         ("sandbox.output_kb", s.sandbox.output_kb),
         ("sandbox.tmpfs_mb", s.sandbox.tmpfs_mb),
         ("sandbox.nofile", u64::from(s.sandbox.nofile)),
+        ("sandbox.install_timeout_secs", s.sandbox.install_timeout_secs),
         ("deploy.health_timeout_secs", s.deploy.health_timeout_secs),
         ("deploy.health_interval_ms", s.deploy.health_interval_ms),
         ("deploy.memory_mb", s.deploy.memory_mb),
