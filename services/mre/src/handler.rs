@@ -35,24 +35,31 @@ impl Handler for MreStage {
                 "no test command found (no pyproject/setup.cfg/requirements, package.json, go.mod, Cargo.toml, ...): pass --test-cmd".into(),
             );
         };
-        let detected = match sandbox::detect_for(&self.sandbox, kind.language).await {
-            Ok(d) => d,
-            Err(e) if e.is_retryable() => {
-                return Outcome::Retry {
-                    after: None,
-                    reason: e.to_string(),
-                };
-            }
-            Err(e) => return Outcome::Reject(e.to_string()),
-        };
-        let sb = &detected.sandbox;
-        let mut notes = vec![format!("sandbox: {} ({})", sb.name(), detected.reason)];
+        let prepared =
+            match sandbox::prepare(&self.sandbox, &kind, &root, &sandbox::UserDirs::default())
+                .await
+            {
+                Ok(p) => p,
+                Err(sandbox::PrepareError::Sandbox(e)) if e.is_retryable() => {
+                    return Outcome::Retry {
+                        after: None,
+                        reason: e.to_string(),
+                    };
+                }
+                // A failed install is not a failing test: the repair stops with its reason.
+                Err(e) => return Outcome::Reject(e.to_string()),
+            };
+        let (sb, env) = (&prepared.detected.sandbox, &prepared.env);
+        let mut notes = vec![
+            format!("sandbox: {} ({})", sb.name(), prepared.detected.reason),
+            format!("environment: {}", env.description),
+        ];
         if let Some(n) = sb.notice() {
             notes.push(n);
         }
 
         // The whole project first: the baseline every candidate is compared with.
-        let whole = match run::run_tests(sb, &self.sandbox, &kind, &root).await {
+        let whole = match run::run_tests(sb, &self.sandbox, env, &kind, &root).await {
             Ok(r) => r,
             Err(e) if e.is_retryable() => {
                 return Outcome::Retry {
@@ -85,7 +92,7 @@ impl Handler for MreStage {
                 reason: format!("cannot write the MRE to {}: {e}", dir.display()),
             };
         }
-        let minimal = match run::run_tests(sb, &self.sandbox, &kind, &dir).await {
+        let minimal = match run::run_tests(sb, &self.sandbox, env, &kind, &dir).await {
             Ok(r) => Some(r),
             Err(e) => {
                 notes.push(format!("the minimal example could not run: {e}"));

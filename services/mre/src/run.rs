@@ -65,10 +65,12 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
 pub async fn run_tests<S: Sandbox>(
     sb: &S,
     cfg: &SandboxConfig,
+    env: &sandbox::Environment,
     kind: &ProjectKind,
     dir: &Path,
 ) -> Result<TestRun, sandbox::SandboxError> {
     let mut spec = RunSpec::from_config(cfg, kind.language, dir, kind.test_cmd.clone());
+    env.apply(&mut spec);
     spec.collect = kind.reports.clone();
     let result = sb.run(&spec).await?;
     let outcomes = sandbox::parse_outcomes(kind, &result);

@@ -29,7 +29,7 @@ use std::time::Duration;
 use settings::{InstallMode, SandboxConfig};
 use vocab::Language;
 
-use crate::{AnySandbox, ProjectKind, Runner, RunSpec, SandboxError};
+use crate::{AnySandbox, ProjectKind, RunSpec, SandboxError};
 
 /// The Python installer, written into the install copy as [`HELPER`].
 pub(crate) const INSTALL_PY: &str = include_str!("install.py");
@@ -231,9 +231,9 @@ pub fn plan(
                 script.push('\n');
                 steps.push(format!("sandbox.setup: {}", one_line(setup)));
             }
-            if matches!(kind.runner, Runner::Pytest) || kind.test_cmd.iter().any(|a| a.contains("pytest")) {
-                runner_modules.push("pytest".to_owned());
-            }
+            // pytest runs the tests (and triage's coverage run), whatever the test command:
+            // one environment per project, whichever stage asks first.
+            runner_modules.push("pytest".to_owned());
             runner_modules.push("coverage".to_owned());
             script.push_str(&format!(
                 "python {HELPER} runner {}\n",
