@@ -216,8 +216,8 @@ async fn python(
                     took: Duration::ZERO,
                 }),
                 Err(why) => Err(EnvError::Missing {
-                    what: format!("{from2} ({}) lacks {why}", dir2.display()),
-                    fix: "install them there, or let coval build its own environment".into(),
+                    what: format!("{from2} ({}) does not serve the tests here", dir2.display()),
+                    fix: why,
                 }),
             }
         })
@@ -228,29 +228,7 @@ async fn python(
         }
     }
     let _ = kind;
-    // The interpreter the user runs (`python3` on coval's PATH), as an absolute path.
-    let python3 = which("python3").ok_or_else(|| EnvError::Missing {
-        what: "python3 (to run the project's tests in the local sandbox)".into(),
-        fix: "install Python 3 with venv (Debian: `apt-get install python3 python3-venv`), or start a Docker engine (`scripts/dev-services.sh up`)".into(),
-    })?;
-    let probe = tokio::process::Command::new(&python3)
-        .args(["-c", "import sys; print(sys.executable); print(sys.version.split()[0])"])
-        .output()
-        .await
-        .map_err(|e| EnvError::Missing {
-            what: format!("a working python3 ({} does not start: {e})", python3.display()),
-            fix: "install Python 3 (Debian: `apt-get install python3 python3-venv`)".into(),
-        })?;
-    let said = String::from_utf8_lossy(&probe.stdout).into_owned();
-    let mut lines = said.lines();
-    let exe = lines.next().unwrap_or("").trim().to_owned();
-    let version = lines.next().unwrap_or("").trim().to_owned();
-    if exe.is_empty() {
-        return Err(EnvError::Missing {
-            what: format!("a working python3 ({} printed nothing)", python3.display()),
-            fix: "install Python 3 (Debian: `apt-get install python3 python3-venv`)".into(),
-        });
-    }
+    let (exe, version) = base_python(sb, root).await?;
     if !plan.declares {
         // Nothing declared: the system interpreter the runs find (`python3` on the sandbox's
         // PATH) serves when it has the runner.
@@ -271,11 +249,58 @@ async fn python(
         }
     }
     let mut env = built(cfg, plan, root, cache, &format!("{exe} {version}"), Some(&exe)).await?;
+    if !env.reused {
+        // Built now: prove the sandbox's runs can use it (as their own user), so a run never
+        // falls through PATH to another interpreter.
+        let venv = PathBuf::from(env.vars.iter().find(|(k, _)| k == "VIRTUAL_ENV").map(|(_, v)| v.clone()).unwrap_or_default());
+        let python = venv.join("bin/python").display().to_string();
+        if let Err(why) = check_python(sb, root, &python, Some(&venv), &needed).await {
+            return Err(EnvError::Missing {
+                what: format!("an environment the local sandbox can run ({} fails there: {why})", venv.display()),
+                fix: "its interpreter must be readable by the sandbox's user; set sandbox.cache_dir to a readable place, or use Docker".into(),
+            });
+        }
+    }
     if !passed_over.is_empty() {
         env.description
             .push_str(&format!("; not used: {}", passed_over.join("; ")));
     }
     Ok(env)
+}
+
+/// The Python a local environment is made from: the user's `python3` (first on coval's
+/// PATH) when the sandbox's runs can start it, else the `python3` they find on their own PATH.
+/// Its absolute path and version, found once per process.
+async fn base_python(sb: &LocalSandbox, root: &Path) -> Result<(String, String), EnvError> {
+    let (sb, root) = (sb.clone(), root.to_path_buf());
+    let env = once("local-base-python", move || async move {
+        let mut tried = vec![];
+        let mut candidates: Vec<String> = which("python3").map(|p| p.display().to_string()).into_iter().collect();
+        candidates.push("python3".into());
+        for py in candidates {
+            let mut spec = RunSpec::new(&root, vec![py.clone(), "-c".into(), "import sys; print(sys.executable); print(sys.version.split()[0])".into()]);
+            spec.timeout = Duration::from_secs(30);
+            match sb.run(&spec).await {
+                Ok(r) if r.success() => {
+                    let mut l = r.stdout.lines();
+                    let exe = l.next().unwrap_or("").trim().to_owned();
+                    let version = l.next().unwrap_or("").trim().to_owned();
+                    if !exe.is_empty() {
+                        return Ok(Environment { key: exe, description: version, ..Environment::default() });
+                    }
+                    tried.push(format!("{py}: printed nothing"));
+                }
+                Ok(r) => tried.push(format!("{py}: {}", r.verdict())),
+                Err(e) => tried.push(format!("{py}: {e}")),
+            }
+        }
+        Err(EnvError::Missing {
+            what: format!("a python3 the local sandbox can run ({})", tried.join("; ")),
+            fix: "install Python 3 with venv (Debian: `apt-get install python3 python3-venv`), or start a Docker engine (`scripts/dev-services.sh up`)".into(),
+        })
+    })
+    .await?;
+    Ok((env.key, env.description))
 }
 
 /// The project's own `node_modules` (in the user's directory), when every declared

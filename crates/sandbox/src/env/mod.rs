@@ -738,6 +738,11 @@ pub async fn prepare(
             let Some(plan) = plan(cfg, kind, root, &|_| false) else {
                 return Ok(Environment::none("nothing to install for this project"));
             };
+            if !plan.declares {
+                // The base image brings the runner (coval's images have pytest and
+                // coverage.py); a user's image without it is a test command that cannot run.
+                return Ok(Environment::none("the project declares no dependencies"));
+            }
             let base_id = d.image_id(&base).await?;
             let key = plan.key("docker", &base_id);
             let (d, cfg, root) = (d.clone(), cfg.clone(), root.to_path_buf());
