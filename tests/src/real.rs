@@ -49,6 +49,11 @@ pub fn corpus() -> Result<Vec<Recipe>> {
 
 /// Makes `r`'s broken project in `dest` (downloads go to `downloads`).
 pub fn make(r: &Recipe, dest: &Path, downloads: &Path) -> Result<()> {
+    make_as(r, dest, downloads, true)
+}
+
+/// Makes `r`'s project in `dest`, with our bug when `broken`.
+pub fn make_as(r: &Recipe, dest: &Path, downloads: &Path, broken: bool) -> Result<()> {
     if r.source == "app" {
         let from = fixtures().join(&r.name);
         vocab::tree::copy_tree(&from, dest, vocab::tree::Perms::Keep)?;
@@ -78,7 +83,7 @@ pub fn make(r: &Recipe, dest: &Path, downloads: &Path) -> Result<()> {
                     "pip download {spec} failed: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                return make(r, dest, downloads);
+                return make_as(r, dest, downloads, broken);
             }
         };
         let unpack = tempfile::tempdir()?;
@@ -99,6 +104,9 @@ pub fn make(r: &Recipe, dest: &Path, downloads: &Path) -> Result<()> {
         bail!("unknown source {}", r.source);
     }
     let file = dest.join(&r.bug.file);
+    if !broken {
+        return Ok(());
+    }
     let text = std::fs::read_to_string(&file)?;
     ensure!(
         text.matches(&r.bug.find).count() == 1,
@@ -213,6 +221,20 @@ impl Run<'_> {
     /// The broken project's tests, run in the local environment `env` (as its CI would):
     /// their output is the error log. Fails when they pass (the bug breaks nothing).
     pub fn error_log(&self, env: &Built) -> Result<PathBuf> {
+        let (ok, log) = self.tests(env)?;
+        ensure!(
+            !ok,
+            "{}: the broken project's tests pass; the bug breaks nothing:\n{log}",
+            self.recipe.name
+        );
+        let file = self.dir.with_extension("error.log");
+        std::fs::write(&file, log)?;
+        Ok(file)
+    }
+
+    /// The project's detected test command, run in the local environment `env`: whether it
+    /// passed, and its output.
+    pub fn tests(&self, env: &Built) -> Result<(bool, String)> {
         let kind = sandbox::detect_project(&self.dir).context("no test command")?;
         let mut path = env.path.join(":");
         path.push_str(":/usr/local/bin:/usr/bin:/bin");
@@ -233,14 +255,7 @@ impl Run<'_> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        ensure!(
-            !out.status.success(),
-            "{}: the broken project's tests pass; the bug breaks nothing:\n{log}",
-            self.recipe.name
-        );
-        let file = self.dir.with_extension("error.log");
-        std::fs::write(&file, log)?;
-        Ok(file)
+        Ok((out.status.success(), log))
     }
 
     pub fn repair(&self, log: &Path) -> Result<Repaired> {

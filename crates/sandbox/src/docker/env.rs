@@ -179,6 +179,9 @@ async fn build(
         format!("COVAL_ENV={DOCKER_ENV_DIR}"),
         format!("COVAL_NODE_MODULES={DOCKER_NODE_MODULES}"),
         "COVAL_PY=python3".into(),
+        // A base image without python3-venv (a user's image, or an older coval image) gets it
+        // from Debian's archive in this step.
+        "COVAL_APT=1".into(),
         "PIP_CACHE_DIR=/tmp/coval-cache/pip".into(),
         "PIP_NO_INPUT=1".into(),
         "PIP_PROGRESS_BAR=off".into(),

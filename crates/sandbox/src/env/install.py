@@ -299,18 +299,42 @@ def declared_readonly():
     return lines, [], []
 
 
-def make_venv(path):
+def apt_install_venv():
+    """In an environment image's build (as root, network on, `COVAL_APT=1`): Debian's
+    python3-venv and python3-pip, when the base image lacks them."""
+    import shutil
+
+    if os.environ.get("COVAL_APT") != "1" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    say("the base image has no ensurepip: apt-get install python3-venv python3-pip")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    ok = subprocess.call(["apt-get", "update", "-qq"], env=env) == 0 and (
+        subprocess.call(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "python3-venv", "python3-pip"],
+            env=env,
+        )
+        == 0
+    )
+    subprocess.call(["sh", "-c", "rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb"])
+    return ok
+
+
+def make_venv(path, retry=True):
     import venv
 
+    # Debian's venv exits (SystemExit) when ensurepip is missing: catch everything.
     try:
         venv.EnvBuilder(with_pip=True, symlinks=True, clear=True).create(path)
         return
-    except Exception as e:  # noqa: BLE001 - ensurepip missing is a CalledProcessError or worse
-        say(f"venv with pip failed ({e}); trying without pip")
+    except BaseException as e:  # noqa: BLE001
+        say(f"venv with pip failed ({e!r}); trying without pip")
+    if retry and apt_install_venv():
+        subprocess.check_call([sys.executable, __file__, "venv", path], env=dict(os.environ, COVAL_APT="0"))
+        return
     try:
         venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(path)
-    except Exception as e:  # noqa: BLE001
-        print(f"COVAL-NO-VENV: {sys.executable} cannot make a virtualenv: {e}", file=sys.stderr)
+    except BaseException as e:  # noqa: BLE001
+        print(f"COVAL-NO-VENV: {sys.executable} cannot make a virtualenv: {e!r}", file=sys.stderr)
         sys.exit(90)
     py = os.path.join(path, "bin", "python")
     if subprocess.call([sys.executable, "-m", "pip", "--version"], stdout=subprocess.DEVNULL) == 0:

@@ -248,6 +248,15 @@ pub fn plan(
                 }
                 let (cmd, what) = node_install(&m, have);
                 declares = node_declares(&m);
+                // An environment image's build (`COVAL_APT=1`, root) on a base without npm
+                // (a user's image, an older coval image) gets it from Debian's archive.
+                script.push_str(
+                    "if ! command -v npm >/dev/null 2>&1 && [ \"${COVAL_APT:-0}\" = 1 ]; then\n\
+                     \x20 echo 'coval-env: the base image has no npm: apt-get install npm'\n\
+                     \x20 DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null\n\
+                     \x20 rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb\n\
+                     fi\n",
+                );
                 script.push_str(&format!("{cmd}\n"));
                 steps.push(what);
             } else {
