@@ -56,7 +56,11 @@ fn main() -> Result<()> {
         };
         let env = probe.build()?;
         let (ok, out) = probe.tests(&env)?;
-        ensure!(ok, "{}: the unbroken project fails its own tests:\n{out}", r.name);
+        ensure!(
+            ok,
+            "{}: the unbroken project fails its own tests:\n{out}",
+            r.name
+        );
         for &backend in &backends {
             let dir = root.path().join(format!("{}-{backend}", r.name));
             real::make(&r, &dir, &cache.join("downloads"))?;
@@ -74,7 +78,17 @@ fn main() -> Result<()> {
             let warm_process = t.elapsed().as_secs_f64();
             ensure!(warm.reused, "{}: not reused", r.name);
             let mib = run.size(&cold.key)? as f64 / (1024.0 * 1024.0);
-            let local = Run { backend: "local", ..Run { recipe: &r, dir: run.dir.clone(), backend, cache: cache.clone(), workspace: run.workspace.clone(), env: vec![] } };
+            let local = Run {
+                backend: "local",
+                ..Run {
+                    recipe: &r,
+                    dir: run.dir.clone(),
+                    backend,
+                    cache: cache.clone(),
+                    workspace: run.workspace.clone(),
+                    env: vec![],
+                }
+            };
             let log = local.error_log(&local.build()?)?;
             let first = run.repair(&log)?;
             let again = run.repair(&log)?;
@@ -105,7 +119,11 @@ fn main() -> Result<()> {
                 mib,
                 repair: first.wall.as_secs_f64(),
                 again: again.wall.as_secs_f64(),
-                outcome: if rebuilt { format!("{outcome}, REBUILT") } else { outcome },
+                outcome: if rebuilt {
+                    format!("{outcome}, REBUILT")
+                } else {
+                    outcome
+                },
             });
         }
     }
@@ -116,10 +134,21 @@ fn main() -> Result<()> {
     for r in &rows {
         println!(
             "{:<24} {:<7} {:>9.1} {:>12.2} {:>11.3} {:>9.1} {:>9.1} {:>9.1}  {}",
-            r.name, r.backend, r.cold, r.warm_process, r.warm_inside, r.mib, r.repair, r.again, r.outcome
+            r.name,
+            r.backend,
+            r.cold,
+            r.warm_process,
+            r.warm_inside,
+            r.mib,
+            r.repair,
+            r.again,
+            r.outcome
         );
     }
-    let fixed = rows.iter().filter(|r| r.outcome.starts_with("fixed")).count();
+    let fixed = rows
+        .iter()
+        .filter(|r| r.outcome.starts_with("fixed"))
+        .count();
     println!("{fixed} of {} repairs fixed", rows.len());
     Ok(())
 }

@@ -50,7 +50,12 @@ fn run_one(r: &real::Recipe, backend: &'static str, root: &std::path::Path) -> R
     );
     // A second repair of the same project builds nothing.
     let second = run.repair(&log)?;
-    ensure!(second.code == 0, "{}: second repair exit {}", r.name, second.code);
+    ensure!(
+        second.code == 0,
+        "{}: second repair exit {}",
+        r.name,
+        second.code
+    );
     ensure!(
         !second.stderr.contains("environment: building"),
         "{} ({backend}): the environment was built again:\n{}",
@@ -80,13 +85,23 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
     let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;
     let dir = root.path().join("p");
     std::fs::create_dir_all(dir.join("tests"))?;
-    std::fs::write(dir.join("tests/test_a.py"), "import attrs\n\ndef test_a():\n    assert attrs.has(int) is False\n")?;
-    std::fs::write(dir.join("error.log"), "FAILED tests/test_a.py::test_a - AssertionError\n")?;
+    std::fs::write(
+        dir.join("tests/test_a.py"),
+        "import attrs\n\ndef test_a():\n    assert attrs.has(int) is False\n",
+    )?;
+    std::fs::write(
+        dir.join("error.log"),
+        "FAILED tests/test_a.py::test_a - AssertionError\n",
+    )?;
     let recipe = real::Recipe {
         name: "install".into(),
         language: "python".into(),
         source: "app".into(),
-        bug: real::Bug { file: String::new(), find: String::new(), replace: String::new() },
+        bug: real::Bug {
+            file: String::new(),
+            find: String::new(),
+            replace: String::new(),
+        },
         ci: true,
         note: String::new(),
     };
@@ -104,13 +119,28 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
     std::fs::write(dir.join("requirements.txt"), "attrs==99.0.0\n")?;
     let out = run.coval(&["repair", "-e", &log, "-s", &src, "--engine", "search"])?;
     let said = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.code() == Some(2), "exit {:?}:\n{said}", out.status.code());
-    ensure!(said.contains("`attrs==99.0.0`") && said.contains("No matching distribution"), "{said}");
+    ensure!(
+        out.status.code() == Some(2),
+        "exit {:?}:\n{said}",
+        out.status.code()
+    );
+    ensure!(
+        said.contains("`attrs==99.0.0`") && said.contains("No matching distribution"),
+        "{said}"
+    );
     ensure!(!said.contains("triage"), "it went on to triage:\n{said}");
     // A registry that does not answer (a closed port on loopback): exit 3.
     // A fresh key every run: a comment with a nonce (no environment of it exists).
-    let nonce = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
-    std::fs::write(dir.join("requirements.txt"), format!("attrs==23.2.0  # {nonce}\n"))?;
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("attrs==23.2.0  # {nonce}\n"),
+    )?;
     run.env = vec![
         ("PIP_INDEX_URL".into(), "http://127.0.0.1:9/simple".into()),
         ("PIP_FIND_LINKS".into(), String::new()),
@@ -120,8 +150,15 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
         run.backend = backend;
         let out = run.coval(&["repair", "-e", &log, "-s", &src, "--engine", "search"])?;
         let said = String::from_utf8_lossy(&out.stderr);
-        ensure!(out.status.code() == Some(3), "{backend}: exit {:?}:\n{said}", out.status.code());
-        ensure!(said.contains("cannot be reached") && said.contains("attrs==23.2.0"), "{backend}: {said}");
+        ensure!(
+            out.status.code() == Some(3),
+            "{backend}: exit {:?}:\n{said}",
+            out.status.code()
+        );
+        ensure!(
+            said.contains("cannot be reached") && said.contains("attrs==23.2.0"),
+            "{backend}: {said}"
+        );
     }
     Ok(())
 }

@@ -58,23 +58,36 @@ pub fn make_as(r: &Recipe, dest: &Path, downloads: &Path, broken: bool) -> Resul
         let from = fixtures().join(&r.name);
         vocab::tree::copy_tree(&from, dest, vocab::tree::Perms::Keep)?;
     } else if let Some(spec) = r.source.strip_prefix("sdist:") {
-        let (name, version) = spec
-            .split_once("==")
-            .context("sdist:NAME==VERSION")?;
+        let (name, version) = spec.split_once("==").context("sdist:NAME==VERSION")?;
         std::fs::create_dir_all(downloads)?;
         let archive = std::fs::read_dir(downloads)?
             .flatten()
             .map(|e| e.path())
             .find(|p| {
-                let n = p.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
-                n.starts_with(&format!("{}-{version}.", name.to_lowercase().replace('-', "_")))
-                    || n.starts_with(&format!("{}-{version}.", name.to_lowercase()))
+                let n = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_lowercase();
+                n.starts_with(&format!(
+                    "{}-{version}.",
+                    name.to_lowercase().replace('-', "_")
+                )) || n.starts_with(&format!("{}-{version}.", name.to_lowercase()))
             });
         let archive = match archive {
             Some(a) => a,
             None => {
                 let out = Command::new("python3")
-                    .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d"])
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--no-binary",
+                        ":all:",
+                        "-q",
+                        "-d",
+                    ])
                     .arg(downloads)
                     .arg(spec)
                     .output()?;

@@ -310,6 +310,68 @@ pub struct SandboxConfig {
     /// Wall-clock limit of one environment build (the installer's network step).
     #[serde(default = "install_timeout")]
     pub install_timeout_secs: u64,
+    /// What the sandbox's environments need from the process environment (filled by
+    /// [`load`], never configured).
+    #[serde(skip)]
+    pub host: HostEnv,
+}
+
+/// The variables of the process environment a project environment is found or built with:
+/// the user's own environment (`VIRTUAL_ENV`, `CONDA_PREFIX`), where tools and caches are
+/// (`PATH`, `XDG_CACHE_HOME`, `HOME`), and what an install step needs to reach a registry
+/// (proxies, index and registry URLs, the CA bundle).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostEnv {
+    pub path: String,
+    pub home: String,
+    pub xdg_cache_home: String,
+    pub virtual_env: String,
+    pub conda_prefix: String,
+    /// `(name, value)` of the registry-related variables that are set.
+    pub registry: Vec<(String, String)>,
+}
+
+/// Variables an install step may need to reach a registry.
+pub const REGISTRY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "NPM_CONFIG_REGISTRY",
+    "npm_config_registry",
+    "GOPROXY",
+    "GOPRIVATE",
+    "GONOSUMDB",
+    "GOSUMDB",
+    "SSL_CERT_FILE",
+];
+
+impl HostEnv {
+    pub fn from_env(env: &[(String, String)]) -> HostEnv {
+        let get = |n: &str| {
+            env.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        HostEnv {
+            path: get("PATH"),
+            home: get("HOME"),
+            xdg_cache_home: get("XDG_CACHE_HOME"),
+            virtual_env: get("VIRTUAL_ENV"),
+            conda_prefix: get("CONDA_PREFIX"),
+            registry: REGISTRY_VARS
+                .iter()
+                .filter_map(|n| env.iter().find(|(k, _)| k == n).cloned())
+                .collect(),
+        }
+    }
 }
 
 fn install_timeout() -> u64 {
@@ -606,7 +668,8 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
         check_keys(&l.value, &llm_defaults, "", &l.origin, &["models"])?;
     }
 
-    let settings: Settings = merge(&settings_layers)?;
+    let mut settings: Settings = merge(&settings_layers)?;
+    settings.sandbox.host = HostEnv::from_env(&opts.env);
     let llm: LlmSettings = merge(&llm_layers)?;
     validate_settings(&settings, &settings_layers)?;
     validate_llm(&llm, &llm_layers)?;
@@ -849,7 +912,10 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
         ("sandbox.output_kb", s.sandbox.output_kb),
         ("sandbox.tmpfs_mb", s.sandbox.tmpfs_mb),
         ("sandbox.nofile", u64::from(s.sandbox.nofile)),
-        ("sandbox.install_timeout_secs", s.sandbox.install_timeout_secs),
+        (
+            "sandbox.install_timeout_secs",
+            s.sandbox.install_timeout_secs,
+        ),
         ("deploy.health_timeout_secs", s.deploy.health_timeout_secs),
         ("deploy.health_interval_ms", s.deploy.health_interval_ms),
         ("deploy.memory_mb", s.deploy.memory_mb),

@@ -89,8 +89,7 @@ pub fn is_not_project_dir(parent: &Path, name: &str) -> bool {
     if fs::symlink_metadata(dir.join("pyvenv.cfg")).is_ok_and(|m| m.is_file()) {
         return true;
     }
-    name == "target"
-        && (parent.join("Cargo.toml").is_file() || dir.join("CACHEDIR.TAG").is_file())
+    name == "target" && (parent.join("Cargo.toml").is_file() || dir.join("CACHEDIR.TAG").is_file())
 }
 
 /// Copies the contents of `src` into `dst` (created if missing). Symlinks are copied as

@@ -35,20 +35,24 @@ impl Handler for MreStage {
                 "no test command found (no pyproject/setup.cfg/requirements, package.json, go.mod, Cargo.toml, ...): pass --test-cmd".into(),
             );
         };
-        let prepared =
-            match sandbox::prepare(&self.sandbox, &kind, &root, &sandbox::UserDirs::default())
-                .await
-            {
-                Ok(p) => p,
-                Err(sandbox::PrepareError::Sandbox(e)) if e.is_retryable() => {
-                    return Outcome::Retry {
-                        after: None,
-                        reason: e.to_string(),
-                    };
-                }
-                // A failed install is not a failing test: the repair stops with its reason.
-                Err(e) => return Outcome::Reject(e.to_string()),
-            };
+        let prepared = match sandbox::prepare(
+            &self.sandbox,
+            &kind,
+            &root,
+            &sandbox::UserDirs::default(),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(sandbox::PrepareError::Sandbox(e)) if e.is_retryable() => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: e.to_string(),
+                };
+            }
+            // A failed install is not a failing test: the repair stops with its reason.
+            Err(e) => return Outcome::Reject(e.to_string()),
+        };
         let (sb, env) = (&prepared.detected.sandbox, &prepared.env);
         let mut notes = vec![
             format!("sandbox: {} ({})", sb.name(), prepared.detected.reason),

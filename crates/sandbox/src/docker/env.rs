@@ -18,33 +18,14 @@ use futures::StreamExt;
 
 use super::container::{Staging, wait_exit};
 use super::{DockerSandbox, LABEL, ROLE_LABEL, engine};
+use crate::SandboxError;
 use crate::env::{
     self, DOCKER_ENV_DIR, DOCKER_NODE_MODULES, ENV_LABEL, ENV_REPO, EnvError, Environment, HELPER,
     INSTALL_PY, Listed, Plan, Progress,
 };
-use crate::SandboxError;
 use settings::SandboxConfig;
 use vocab::LanguageExt;
 
-/// Host variables an install step may need to reach a registry (proxies, mirrors).
-const PASSED: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_TRUSTED_HOST",
-    "PIP_DEFAULT_TIMEOUT",
-    "NPM_CONFIG_REGISTRY",
-    "npm_config_registry",
-    "GOPROXY",
-    "GOPRIVATE",
-    "GONOSUMDB",
-    "GOSUMDB",
-];
 /// Where the host's CA bundle is mounted during the install step.
 const CA_IN: &str = "/coval-ca.crt";
 
@@ -62,7 +43,10 @@ impl DockerSandbox {
 }
 
 fn tag_of(plan: &Plan, key: &str) -> (String, String) {
-    (format!("{ENV_REPO}/{}", plan.language.key()), key.to_owned())
+    (
+        format!("{ENV_REPO}/{}", plan.language.key()),
+        key.to_owned(),
+    )
 }
 
 /// How runs use the environment image `image` of `plan`.
@@ -111,7 +95,11 @@ pub(crate) async fn resolve(
     let image = format!("{repo}:{tag}");
     let found = |took: Duration, built: bool| {
         let what = if built {
-            format!("built in {:.1} s: {}", took.as_secs_f64(), plan.steps.join("; "))
+            format!(
+                "built in {:.1} s: {}",
+                took.as_secs_f64(),
+                plan.steps.join("; ")
+            )
         } else {
             "reused".to_owned()
         };
@@ -119,7 +107,10 @@ pub(crate) async fn resolve(
             plan,
             key,
             image.clone(),
-            format!("{} environment image {image} on {base} ({what})", plan.language.key()),
+            format!(
+                "{} environment image {image} on {base} ({what})",
+                plan.language.key()
+            ),
         );
         e.reused = !built;
         e.took = took;
@@ -190,13 +181,17 @@ async fn build(
         "GOPATH=/tmp/coval-cache/go".into(),
         "GOCACHE=/tmp/coval-cache/go-build".into(),
     ];
-    for k in PASSED {
-        if let Ok(v) = std::env::var(k) {
+    for (k, v) in &cfg.host.registry {
+        if k != "SSL_CERT_FILE" {
             envs.push(format!("{k}={v}"));
         }
     }
-    let ca = std::env::var("SSL_CERT_FILE")
-        .ok()
+    let ca = cfg
+        .host
+        .registry
+        .iter()
+        .find(|(k, _)| k == "SSL_CERT_FILE")
+        .map(|(_, v)| v.clone())
         .filter(|p| Path::new(p).is_file())
         .or_else(|| {
             let p = "/etc/ssl/certs/ca-certificates.crt";
@@ -297,7 +292,11 @@ async fn build(
             .docker
             .kill_container(
                 &guard.id,
-                Some(KillContainerOptionsBuilder::default().signal("KILL").build()),
+                Some(
+                    KillContainerOptionsBuilder::default()
+                        .signal("KILL")
+                        .build(),
+                ),
             )
             .await;
     }
@@ -324,7 +323,10 @@ async fn build(
                 "dev.coval.env.language".to_owned(),
                 plan.language.key().to_owned(),
             ),
-            ("dev.coval.env.project".to_owned(), root.display().to_string()),
+            (
+                "dev.coval.env.project".to_owned(),
+                root.display().to_string(),
+            ),
             ("dev.coval.env.steps".to_owned(), plan.steps.join("; ")),
             (
                 "dev.coval.env.created".to_owned(),
@@ -379,7 +381,9 @@ fn keep_tail(out: &mut String, more: &str) {
 /// Every environment image on this engine.
 pub async fn list(d: &DockerSandbox) -> Result<Vec<Listed>, SandboxError> {
     let filters = HashMap::from([("label".to_owned(), vec![ENV_LABEL.to_owned()])]);
-    let opts = ListImagesOptionsBuilder::default().filters(&filters).build();
+    let opts = ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
     let images = d
         .docker
         .list_images(Some(opts))
@@ -406,7 +410,7 @@ pub async fn list(d: &DockerSandbox) -> Result<Vec<Listed>, SandboxError> {
             project: label("dev.coval.env.project"),
         });
     }
-    out.sort_by(|a, b| b.created.cmp(&a.created));
+    out.sort_by_key(|b| std::cmp::Reverse(b.created));
     Ok(out)
 }
 

@@ -42,10 +42,9 @@ pub(crate) async fn lock(cache: &Path, name: &str) -> Result<Lock, EnvError> {
         .map_err(|e| EnvError::io(format!("cannot lock {}", path.display()), e))
 }
 
-/// A program on this process's `PATH`.
-pub(crate) fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+/// A program on coval's own `PATH` (`sandbox.host.path`).
+pub(crate) fn which(cfg: &SandboxConfig, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&cfg.host.path)
         .map(|d| d.join(name))
         .find(|p| {
             use std::os::unix::fs::PermissionsExt;
@@ -65,12 +64,17 @@ pub(crate) async fn prepare(
     for bad in ["/tmp", "/work"] {
         if cache.starts_with(bad) {
             return Err(EnvError::Missing {
-                what: format!("a cache directory outside {bad} (sandbox.cache_dir is {})", cache.display()),
-                fix: format!("the local sandbox maps {bad} to each run's own directory: set sandbox.cache_dir (or XDG_CACHE_HOME) elsewhere, e.g. /var/tmp/coval"),
+                what: format!(
+                    "a cache directory outside {bad} (sandbox.cache_dir is {})",
+                    cache.display()
+                ),
+                fix: format!(
+                    "the local sandbox maps {bad} to each run's own directory: set sandbox.cache_dir (or XDG_CACHE_HOME) elsewhere, e.g. /var/tmp/coval"
+                ),
             });
         }
     }
-    let have = |t: &str| which(t).is_some();
+    let have = |t: &str| which(cfg, t).is_some();
     let Some(plan) = plan(cfg, kind, root, &have) else {
         return Ok(Environment::none("nothing to install for this project"));
     };
@@ -83,7 +87,7 @@ pub(crate) async fn prepare(
             if !plan.declares {
                 return Ok(Environment::none("the project declares no dependencies"));
             }
-            let tool = which("npm").ok_or_else(|| EnvError::Missing {
+            let tool = which(cfg, "npm").ok_or_else(|| EnvError::Missing {
                 what: "npm (the project's package.json declares dependencies)".into(),
                 fix: "install Node.js with npm (Debian: `apt-get install nodejs npm`), or start a Docker engine".into(),
             })?;
@@ -95,11 +99,17 @@ pub(crate) async fn prepare(
                 return Ok(Environment::none("the project declares no dependencies"));
             }
             let (tool, fix) = if kind.language == Language::Go {
-                ("go", "install Go (Debian: `apt-get install golang-go`), or start a Docker engine")
+                (
+                    "go",
+                    "install Go (Debian: `apt-get install golang-go`), or start a Docker engine",
+                )
             } else {
-                ("cargo", "install Rust (https://rustup.rs), or start a Docker engine")
+                (
+                    "cargo",
+                    "install Rust (https://rustup.rs), or start a Docker engine",
+                )
             };
-            let path = which(tool).ok_or_else(|| EnvError::Missing {
+            let path = which(cfg, tool).ok_or_else(|| EnvError::Missing {
                 what: tool.into(),
                 fix: fix.into(),
             })?;
@@ -124,10 +134,13 @@ async fn version_of(tool: &Path, args: &[&str]) -> String {
 
 /// The user's virtualenvs and conda environments, in the order they are tried: where each
 /// says it comes from, and its root.
-fn user_pythons(user: &UserDirs) -> Vec<(String, PathBuf)> {
+fn user_pythons(cfg: &SandboxConfig, user: &UserDirs) -> Vec<(String, PathBuf)> {
     let mut out = vec![];
-    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+    for (var, v) in [
+        ("VIRTUAL_ENV", &cfg.host.virtual_env),
+        ("CONDA_PREFIX", &cfg.host.conda_prefix),
+    ] {
+        if !v.is_empty() {
             out.push((format!("the active environment ({var})"), PathBuf::from(v)));
         }
     }
@@ -149,7 +162,12 @@ async fn check_python(
     path: Option<&Path>,
     modules: &[String],
 ) -> Result<(), String> {
-    let mut argv = vec![python.to_owned(), "-c".into(), INSTALL_PY.into(), "check".into()];
+    let mut argv = vec![
+        python.to_owned(),
+        "-c".into(),
+        INSTALL_PY.into(),
+        "check".into(),
+    ];
     argv.extend(modules.iter().cloned());
     let mut spec = RunSpec::new(root, argv);
     spec.env = default_env();
@@ -193,7 +211,7 @@ async fn python(
         .cloned()
         .collect();
     let mut passed_over = vec![];
-    for (from, dir) in user_pythons(user) {
+    for (from, dir) in user_pythons(cfg, user) {
         let key = format!("local-user-{}", dir.display());
         let (sb2, root2, needed2, from2, dir2) = (
             sb.clone(),
@@ -228,7 +246,7 @@ async fn python(
         }
     }
     let _ = kind;
-    let (exe, version) = base_python(sb, root).await?;
+    let (exe, version) = base_python(sb, cfg, root).await?;
     if !plan.declares {
         // Nothing declared: the system interpreter the runs find (`python3` on the sandbox's
         // PATH) serves when it has the runner.
@@ -248,11 +266,25 @@ async fn python(
             return Ok(env);
         }
     }
-    let mut env = built(cfg, plan, root, cache, &format!("{exe} {version}"), Some(&exe)).await?;
+    let mut env = built(
+        cfg,
+        plan,
+        root,
+        cache,
+        &format!("{exe} {version}"),
+        Some(&exe),
+    )
+    .await?;
     if !env.reused {
         // Built now: prove the sandbox's runs can use it (as their own user), so a run never
         // falls through PATH to another interpreter.
-        let venv = PathBuf::from(env.vars.iter().find(|(k, _)| k == "VIRTUAL_ENV").map(|(_, v)| v.clone()).unwrap_or_default());
+        let venv = PathBuf::from(
+            env.vars
+                .iter()
+                .find(|(k, _)| k == "VIRTUAL_ENV")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+        );
         let python = venv.join("bin/python").display().to_string();
         if let Err(why) = check_python(sb, root, &python, Some(&venv), &needed).await {
             return Err(EnvError::Missing {
@@ -271,11 +303,15 @@ async fn python(
 /// The Python a local environment is made from: the user's `python3` (first on coval's
 /// PATH) when the sandbox's runs can start it, else the `python3` they find on their own PATH.
 /// Its absolute path and version, found once per process.
-async fn base_python(sb: &LocalSandbox, root: &Path) -> Result<(String, String), EnvError> {
-    let (sb, root) = (sb.clone(), root.to_path_buf());
+async fn base_python(
+    sb: &LocalSandbox,
+    cfg: &SandboxConfig,
+    root: &Path,
+) -> Result<(String, String), EnvError> {
+    let (sb, root, cfg) = (sb.clone(), root.to_path_buf(), cfg.clone());
     let env = once("local-base-python", move || async move {
         let mut tried = vec![];
-        let mut candidates: Vec<String> = which("python3").map(|p| p.display().to_string()).into_iter().collect();
+        let mut candidates: Vec<String> = which(&cfg, "python3").map(|p| p.display().to_string()).into_iter().collect();
         candidates.push("python3".into());
         for py in candidates {
             let mut spec = RunSpec::new(&root, vec![py.clone(), "-c".into(), "import sys; print(sys.executable); print(sys.version.split()[0])".into()]);
@@ -313,9 +349,10 @@ fn user_node_modules(plan: &Plan, user: &UserDirs) -> Option<Environment> {
     let pkg = plan.manifests.iter().find(|(n, _)| n == "package.json")?;
     let v: serde_json::Value = serde_json::from_slice(&pkg.1).ok()?;
     let all_there = ["dependencies", "devDependencies"].iter().all(|k| {
-        v.get(k)
-            .and_then(|d| d.as_object())
-            .is_none_or(|o| o.keys().all(|name| dir.join(name).join("package.json").exists()))
+        v.get(k).and_then(|d| d.as_object()).is_none_or(|o| {
+            o.keys()
+                .all(|name| dir.join(name).join("package.json").exists())
+        })
     });
     all_there.then(|| node_env(&dir, "the project's node_modules".into(), String::new()))
 }
@@ -390,10 +427,18 @@ async fn built(
         let dir = cache.join("envs").join(&key);
         let describe = |built: Option<Duration>| {
             let what = match built {
-                Some(t) => format!("built in {:.1} s: {}", t.as_secs_f64(), plan.steps.join("; ")),
+                Some(t) => format!(
+                    "built in {:.1} s: {}",
+                    t.as_secs_f64(),
+                    plan.steps.join("; ")
+                ),
                 None => "reused".to_owned(),
             };
-            format!("{} environment {} ({what})", plan.language.key(), dir.display())
+            format!(
+                "{} environment {} ({what})",
+                plan.language.key(),
+                dir.display()
+            )
         };
         if dir.join(COMPLETE).exists() {
             let mut e = environment(plan.language, &dir, &key, describe(None));
@@ -480,8 +525,20 @@ async fn build(
         .spawn()
         .map_err(|e| EnvError::io("cannot start the install step (sh)", e))?;
     let pgid = child.id();
-    let mut out = BufReader::new(child.stdout.take().ok_or_else(|| EnvError::io("install", "no stdout"))?).lines();
-    let mut err = BufReader::new(child.stderr.take().ok_or_else(|| EnvError::io("install", "no stderr"))?).lines();
+    let mut out = BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| EnvError::io("install", "no stdout"))?,
+    )
+    .lines();
+    let mut err = BufReader::new(
+        child
+            .stderr
+            .take()
+            .ok_or_else(|| EnvError::io("install", "no stderr"))?,
+    )
+    .lines();
     let mut output = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.install_timeout_secs);
     let (mut out_open, mut err_open) = (true, true);
@@ -503,7 +560,9 @@ async fn build(
         output.push('\n');
         if output.len() > 128 << 10 {
             let cut = output.len() - (64 << 10);
-            let cut = (cut..output.len()).find(|&i| output.is_char_boundary(i)).unwrap_or(0);
+            let cut = (cut..output.len())
+                .find(|&i| output.is_char_boundary(i))
+                .unwrap_or(0);
             output.drain(..cut);
         }
     }
@@ -574,7 +633,12 @@ pub(crate) fn list(cache: &Path) -> Vec<Listed> {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
-            let s = |k: &str| meta.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            let s = |k: &str| {
+                meta.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned()
+            };
             Listed {
                 key: e.file_name().to_string_lossy().into_owned(),
                 backend: "local",
@@ -586,7 +650,7 @@ pub(crate) fn list(cache: &Path) -> Vec<Listed> {
             }
         })
         .collect();
-    out.sort_by(|a, b| b.created.cmp(&a.created));
+    out.sort_by_key(|b| std::cmp::Reverse(b.created));
     out
 }
 

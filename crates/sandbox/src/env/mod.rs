@@ -275,9 +275,9 @@ pub fn plan(
                 if !m.iter().any(|(n, _)| n == "go.mod") {
                     return None;
                 }
-                declares = m.iter().any(|(n, b)| {
-                    n == "go.mod" && String::from_utf8_lossy(b).contains("require")
-                });
+                declares = m
+                    .iter()
+                    .any(|(n, b)| n == "go.mod" && String::from_utf8_lossy(b).contains("require"));
                 script.push_str(
                     "export GOMODCACHE=\"$COVAL_ENV/gomod\" GOFLAGS=-mod=mod GOTOOLCHAIN=local\n\
                      go mod download -x\n",
@@ -334,7 +334,11 @@ fn node_declares(m: &[(String, Vec<u8>)]) -> bool {
             && serde_json::from_slice::<serde_json::Value>(b).is_ok_and(|v| {
                 ["dependencies", "devDependencies", "optionalDependencies"]
                     .iter()
-                    .any(|k| v.get(k).and_then(|d| d.as_object()).is_some_and(|o| !o.is_empty()))
+                    .any(|k| {
+                        v.get(k)
+                            .and_then(|d| d.as_object())
+                            .is_some_and(|o| !o.is_empty())
+                    })
             })
     })
 }
@@ -418,9 +422,10 @@ impl Environment {
             let prefix = self.path.join(":");
             match spec.env.iter_mut().find(|(n, _)| n == "PATH") {
                 Some(slot) => slot.1 = format!("{prefix}:{}", slot.1),
-                None => spec
-                    .env
-                    .push(("PATH".into(), format!("{prefix}:/usr/local/bin:/usr/bin:/bin"))),
+                None => spec.env.push((
+                    "PATH".into(),
+                    format!("{prefix}:/usr/local/bin:/usr/bin:/bin"),
+                )),
             }
         }
     }
@@ -452,7 +457,11 @@ pub enum EnvError {
     #[error(
         "installing the project's dependencies took longer than {secs} s (sandbox.install_timeout_secs); the installer's last lines:\n{tail}\nfull log: {log}"
     )]
-    Timeout { secs: u64, tail: String, log: String },
+    Timeout {
+        secs: u64,
+        tail: String,
+        log: String,
+    },
     #[error("{what} is missing: {fix}")]
     Missing { what: String, fix: String },
     #[error("{0}")]
@@ -543,8 +552,12 @@ pub(crate) fn classify(
             .trim()
             .to_owned();
         let fix = match language {
-            Language::Python => "install python3 with venv and pip (Debian: `apt-get install python3-venv python3-pip`; coval's images: `scripts/build-base-images.sh python`)",
-            Language::JavaScript | Language::TypeScript => "install npm (Debian: `apt-get install npm`; coval's images: `scripts/build-base-images.sh node`)",
+            Language::Python => {
+                "install python3 with venv and pip (Debian: `apt-get install python3-venv python3-pip`; coval's images: `scripts/build-base-images.sh python`)"
+            }
+            Language::JavaScript | Language::TypeScript => {
+                "install npm (Debian: `apt-get install npm`; coval's images: `scripts/build-base-images.sh node`)"
+            }
             Language::Go => "install go (Debian: `apt-get install golang-go`)",
             _ => "install the tool the install step runs",
         };
@@ -637,15 +650,15 @@ pub fn cache_dir(cfg: &SandboxConfig) -> PathBuf {
     if !cfg.cache_dir.trim().is_empty() {
         return PathBuf::from(cfg.cache_dir.trim());
     }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(x).join("coval");
+    if !cfg.host.xdg_cache_home.is_empty() {
+        return PathBuf::from(&cfg.host.xdg_cache_home).join("coval");
     }
     if crate::sys::euid() == 0 {
         return PathBuf::from("/var/cache/coval");
     }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(h) => PathBuf::from(h).join(".cache").join("coval"),
-        None => PathBuf::from("/var/tmp/coval-cache"),
+    match cfg.host.home.as_str() {
+        "" => PathBuf::from("/var/tmp/coval-cache"),
+        h => PathBuf::from(h).join(".cache").join("coval"),
     }
 }
 
@@ -661,7 +674,11 @@ pub enum Progress {
     /// A line of the installer's output.
     Line(String),
     /// The build ended (successfully or not).
-    Finished { key: String, took: Duration, ok: bool },
+    Finished {
+        key: String,
+        took: Duration,
+        ok: bool,
+    },
 }
 
 type ProgressFn = Box<dyn Fn(&Progress) + Send + Sync>;

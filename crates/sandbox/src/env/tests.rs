@@ -48,18 +48,36 @@ fn a_changed_dependency_changes_the_key_and_a_changed_line_of_code_does_not() {
 #[test]
 fn python_projects_say_what_they_declare() {
     let none = project(&[
-        ("pyproject.toml", "[project]\nname = \"x\"\n\n[tool.pytest.ini_options]\n"),
+        (
+            "pyproject.toml",
+            "[project]\nname = \"x\"\n\n[tool.pytest.ini_options]\n",
+        ),
         ("test_x.py", "def test_x(): pass\n"),
     ]);
     let p = plan_of(none.path());
     assert!(!p.declares);
     assert_eq!(p.runner_modules, ["pytest", "coverage"]);
     for (name, body) in [
-        ("pyproject.toml", "[project]\nname = \"x\"\ndependencies = [\"attrs\"]\n"),
-        ("pyproject.toml", "[project]\nname = \"x\"\ndependencies = []\n[project.optional-dependencies]\ntest = [\"hypothesis\"]\n"),
-        ("pyproject.toml", "[tool.poetry.dependencies]\npython = \"^3.8\"\nattrs = \"^23\"\n"),
-        ("pyproject.toml", "[project]\nname = \"x\"\n[dependency-groups]\ntest = [\"pytest\"]\n"),
-        ("setup.py", "from setuptools import setup\nsetup(name='x', install_requires=['attrs'])\n"),
+        (
+            "pyproject.toml",
+            "[project]\nname = \"x\"\ndependencies = [\"attrs\"]\n",
+        ),
+        (
+            "pyproject.toml",
+            "[project]\nname = \"x\"\ndependencies = []\n[project.optional-dependencies]\ntest = [\"hypothesis\"]\n",
+        ),
+        (
+            "pyproject.toml",
+            "[tool.poetry.dependencies]\npython = \"^3.8\"\nattrs = \"^23\"\n",
+        ),
+        (
+            "pyproject.toml",
+            "[project]\nname = \"x\"\n[dependency-groups]\ntest = [\"pytest\"]\n",
+        ),
+        (
+            "setup.py",
+            "from setuptools import setup\nsetup(name='x', install_requires=['attrs'])\n",
+        ),
         ("requirements-dev.txt", "# tools\nhypothesis\n"),
     ] {
         let d = project(&[(name, body), ("test_x.py", "def test_x(): pass\n")]);
@@ -72,12 +90,18 @@ fn python_projects_say_what_they_declare() {
 #[test]
 fn node_go_and_setup_plans() {
     let lock = project(&[
-        ("package.json", r#"{"name":"a","devDependencies":{"jest":"^29"},"scripts":{"test":"jest"}}"#),
+        (
+            "package.json",
+            r#"{"name":"a","devDependencies":{"jest":"^29"},"scripts":{"test":"jest"}}"#,
+        ),
         ("package-lock.json", "{}"),
     ]);
     let p = plan_of(lock.path());
     assert!(p.declares && p.script.contains("npm ci"), "{}", p.script);
-    let bare = project(&[("package.json", r#"{"name":"a","scripts":{"test":"node --test"}}"#)]);
+    let bare = project(&[(
+        "package.json",
+        r#"{"name":"a","scripts":{"test":"node --test"}}"#,
+    )]);
     let p = plan_of(bare.path());
     assert!(!p.declares && p.script.contains("npm install"));
     let pnpm = project(&[
@@ -89,7 +113,10 @@ fn node_go_and_setup_plans() {
     assert!(with.script.contains("pnpm install --frozen-lockfile"));
     let without = plan(&cfg(), &kind, pnpm.path(), &|_| false).unwrap();
     assert!(without.script.contains("npm install"));
-    let go = project(&[("go.mod", "module x\n\ngo 1.19\n\nrequire github.com/google/go-cmp v0.5.9\n")]);
+    let go = project(&[(
+        "go.mod",
+        "module x\n\ngo 1.19\n\nrequire github.com/google/go-cmp v0.5.9\n",
+    )]);
     let p = plan_of(go.path());
     assert!(p.declares && p.script.contains("go mod download"));
     let mut c = cfg();
@@ -98,10 +125,18 @@ fn node_go_and_setup_plans() {
     let kind = detect_project(d.path()).unwrap();
     let p = plan(&c, &kind, d.path(), &|_| false).unwrap();
     assert!(p.declares && p.script.contains("pip install -r ci/reqs.txt"));
-    assert!(!p.script.contains(" deps\n"), "setup replaces the detected installs");
+    assert!(
+        !p.script.contains(" deps\n"),
+        "setup replaces the detected installs"
+    );
     let k = p.key("local", "b");
     c.setup = "pip install -r ci/other.txt\n".into();
-    assert_ne!(plan(&c, &kind, d.path(), &|_| false).unwrap().key("local", "b"), k);
+    assert_ne!(
+        plan(&c, &kind, d.path(), &|_| false)
+            .unwrap()
+            .key("local", "b"),
+        k
+    );
 }
 
 #[test]
@@ -117,21 +152,30 @@ fn install_failures_are_told_apart() {
     assert!(matches!(e, EnvError::ManifestBroken { .. }), "{e}");
     assert_eq!(e.package(), Some("attrs==99.0"));
     assert_eq!(e.exit_code(), 2);
-    assert!(e.to_string().contains("No matching distribution found for attrs==99.0"));
+    assert!(
+        e.to_string()
+            .contains("No matching distribution found for attrs==99.0")
+    );
     assert!(e.to_string().contains("/x/install.log"));
     let npm404 = "npm ERR! code E404\nnpm ERR! 404 Not Found - GET https://registry.npmjs.org/left-padd - Not found\n";
     let e = classify(Language::JavaScript, npm404, Some(1), log);
     assert!(matches!(e, EnvError::ManifestBroken { .. }));
     assert_eq!(e.package(), Some("left-padd"));
     let npm_off = "npm ERR! code ENOTFOUND\nnpm ERR! network request to https://registry.npmjs.org/ms failed, reason: getaddrinfo ENOTFOUND registry.npmjs.org\n";
-    assert_eq!(classify(Language::JavaScript, npm_off, Some(1), log).exit_code(), 3);
+    assert_eq!(
+        classify(Language::JavaScript, npm_off, Some(1), log).exit_code(),
+        3
+    );
     let go = "go: github.com/google/go-cmp@v9.9.9: reading https://proxy.golang.org/github.com/google/go-cmp/@v/v9.9.9.info: 404 Not Found\n";
     let e = classify(Language::Go, go, Some(1), log);
     assert_eq!(e.package(), Some("github.com/google/go-cmp@v9.9.9"));
     assert_eq!(e.exit_code(), 2);
     let missing = "sh: 1: npm: not found\n";
     let e = classify(Language::JavaScript, missing, Some(127), log);
-    assert!(matches!(e, EnvError::Missing { .. }) && e.exit_code() == 3, "{e}");
+    assert!(
+        matches!(e, EnvError::Missing { .. }) && e.exit_code() == 3,
+        "{e}"
+    );
 }
 
 #[test]
@@ -146,7 +190,15 @@ fn an_environment_goes_first_on_path() {
     let mut spec = RunSpec::new("/x", vec!["python".into()]);
     env.apply(&mut spec);
     assert_eq!(spec.image, "coval-env/python:k");
-    let get = |k: &str| spec.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    assert_eq!(get("PATH").unwrap(), "/opt/coval/venv/bin:/usr/local/bin:/usr/bin:/bin");
+    let get = |k: &str| {
+        spec.env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("PATH").unwrap(),
+        "/opt/coval/venv/bin:/usr/local/bin:/usr/bin:/bin"
+    );
     assert_eq!(get("VIRTUAL_ENV").unwrap(), "/opt/coval/venv");
 }
