@@ -32,6 +32,11 @@ pub fn describe(m: &crate::Message) -> String {
             d.decision.p_success * 100.0
         )
         .to_lowercase(),
+        Message::MreReady(m) if m.mre.blocked.is_some() => format!(
+            "the tests cannot run ({} sandbox): {} is missing",
+            m.mre.sandbox,
+            m.mre.blocked.as_ref().map_or("", |b| b.what.as_str())
+        ),
         Message::MreReady(m) => format!(
             "{} in the {} ({} sandbox), {} failing / {} passing tests",
             if m.mre.reproduced {
@@ -83,5 +88,6 @@ pub fn outcome_label(o: crate::messages::RepairOutcome) -> &'static str {
         RebuildRecommended => "rebuild recommended",
         Analyzed => "analyzed",
         Failed => "failed",
+        CannotRun => "tests cannot run",
     }
 }

@@ -193,6 +193,7 @@ pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
                 report_dir: None,
                 completed_at_ms: vocab::now_ms(),
                 report: None,
+                blocked: None,
             })
         }
         _ => return None,

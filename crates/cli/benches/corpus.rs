@@ -15,6 +15,10 @@
 //!   exec        a fresh process per candidate, the whole suite, one lane (the first path)
 //!   warm-full   the warm server, the whole suite every time, one lane
 //!   exec-first  a fresh process per candidate, failing tests first, one lane
+//!   user-q      the defaults, with the user's command `--test-cmd "pytest -q"` (Python bugs;
+//!               JavaScript bugs keep the detected command)
+//!   user-m      the same with `python -m pytest -q`
+//!   user-sh     the same with `sh -c 'python3 -m pytest -q'`
 //!
 //! Candidates per second are candidates over the wall-clock time validation took (the
 //! attempts' `validation_ms`: from opening the sandbox sessions to closing them), so lanes
@@ -59,9 +63,11 @@ struct Mode {
     lanes: u32,
     collected: bool,
     node: bool,
+    /// The user's own test command (`--test-cmd`), for Python bugs; `None`: the detected one.
+    cmd: Option<&'static str>,
 }
 
-const MODES: [Mode; 7] = [
+const MODES: [Mode; 10] = [
     Mode {
         name: "warm-nn",
         warm: true,
@@ -69,6 +75,7 @@ const MODES: [Mode; 7] = [
         lanes: 0,
         collected: true,
         node: false,
+        cmd: None,
     },
     Mode {
         name: "warm",
@@ -77,6 +84,7 @@ const MODES: [Mode; 7] = [
         lanes: 0,
         collected: true,
         node: true,
+        cmd: None,
     },
     Mode {
         name: "warm-nc",
@@ -85,6 +93,7 @@ const MODES: [Mode; 7] = [
         lanes: 0,
         collected: false,
         node: true,
+        cmd: None,
     },
     Mode {
         name: "warm-1",
@@ -93,6 +102,7 @@ const MODES: [Mode; 7] = [
         lanes: 1,
         collected: true,
         node: true,
+        cmd: None,
     },
     Mode {
         name: "exec",
@@ -101,6 +111,7 @@ const MODES: [Mode; 7] = [
         lanes: 1,
         collected: true,
         node: true,
+        cmd: None,
     },
     Mode {
         name: "warm-full",
@@ -109,6 +120,7 @@ const MODES: [Mode; 7] = [
         lanes: 1,
         collected: true,
         node: true,
+        cmd: None,
     },
     Mode {
         name: "exec-first",
@@ -117,6 +129,34 @@ const MODES: [Mode; 7] = [
         lanes: 1,
         collected: true,
         node: true,
+        cmd: None,
+    },
+    Mode {
+        name: "user-q",
+        warm: true,
+        first: true,
+        lanes: 0,
+        collected: true,
+        node: true,
+        cmd: Some("pytest -q"),
+    },
+    Mode {
+        name: "user-m",
+        warm: true,
+        first: true,
+        lanes: 0,
+        collected: true,
+        node: true,
+        cmd: Some("python -m pytest -q"),
+    },
+    Mode {
+        name: "user-sh",
+        warm: true,
+        first: true,
+        lanes: 0,
+        collected: true,
+        node: true,
+        cmd: Some("sh -c 'python3 -m pytest -q'"),
     },
 ];
 
@@ -150,6 +190,13 @@ fn run(bug: &Path, sandbox: &str, mode: Mode) -> Row {
         .arg(src.join("error.log"))
         .arg("-s")
         .arg(&src)
+        .args(
+            mode.cmd
+                .filter(|_| !name.starts_with("js_"))
+                .map(|c| ["--test-cmd", c])
+                .into_iter()
+                .flatten(),
+        )
         .env("COVAL_SANDBOX__BACKEND", sandbox)
         .env("COVAL_SANDBOX__WARM_SERVER", mode.warm.to_string())
         .env("COVAL_VALIDATE__FAILING_FIRST", mode.first.to_string())
@@ -234,7 +281,7 @@ fn main() {
             Some(found) => modes.push(*found),
             None => {
                 eprintln!(
-                    "unknown mode `{m}`: use warm, warm-nc, warm-nn, warm-1, exec, warm-full or exec-first"
+                    "unknown mode `{m}`: use warm, warm-nc, warm-nn, warm-1, exec, warm-full, exec-first, user-q, user-m or user-sh"
                 );
                 std::process::exit(2);
             }

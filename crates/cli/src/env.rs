@@ -56,7 +56,8 @@ pub async fn run(cmd: EnvCommand, cfg: &Config) -> Result<u8, Failure> {
             json,
         } => {
             let p = prepare(cfg, &source, test_cmd.as_deref(), json)
-                .await?
+                .await
+                .map_err(|(f, _)| f)?
                 .ok_or_else(|| {
                     Failure::input(format!(
                         "no test command found in {} (no pyproject/setup.cfg/requirements, package.json, go.mod, Cargo.toml, ...): pass --test-cmd",
@@ -162,8 +163,15 @@ pub async fn before_repair(
     test_cmd: Option<&str>,
     json: bool,
 ) -> Result<(), Failure> {
-    if let Some(p) = prepare(cfg, source, test_cmd, json).await? {
-        eprintln!("{}", p.describe());
+    match prepare(cfg, source, test_cmd, json).await {
+        Ok(Some(p)) => eprintln!("{}", p.describe()),
+        Ok(None) => {}
+        // A failed install goes on: the MRE stops the repair with it as the reason the tests
+        // cannot run (the same error, resolved once), and the report says so.
+        Err((failure, Some(e))) if e.is_install_failure() => {
+            eprintln!("coval: {}", failure.message);
+        }
+        Err((failure, _)) => return Err(failure),
     }
     Ok(())
 }
@@ -173,7 +181,7 @@ async fn prepare(
     source: &Path,
     test_cmd: Option<&str>,
     json: bool,
-) -> Result<Option<sandbox::Prepared>, Failure> {
+) -> Result<Option<sandbox::Prepared>, (Failure, Option<sandbox::EnvError>)> {
     let Some(kind) = sandbox::detect_project_with(source, test_cmd) else {
         return Ok(None);
     };
@@ -185,10 +193,17 @@ async fn prepare(
     end_progress();
     match prepared {
         Ok(p) => Ok(Some(p)),
-        Err(e) => Err(Failure {
-            code: e.exit_code(),
-            message: e.to_string(),
-        }),
+        Err(e) => {
+            let failure = Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            };
+            let env = match e {
+                sandbox::PrepareError::Env(e) => Some(e),
+                sandbox::PrepareError::Sandbox(_) => None,
+            };
+            Err((failure, env))
+        }
     }
 }
 

@@ -90,7 +90,7 @@ pub fn print_analysis(d: &Decided, json: bool) {
 }
 
 /// The end of a repair: the report's path and outcome, or the report itself with `--json`.
-/// Returns the exit code (`vocab::exit`: 0 fixed or analysed, 1 otherwise).
+/// Returns the exit code ([`vocab::exit::of_repair`]).
 pub fn print_completion(
     c: &proto::messages::RepairCompleted,
     workspace: &std::path::Path,
@@ -115,10 +115,18 @@ pub fn print_completion(
         if c.outcome == RepairOutcome::Fixed {
             println!("patch   {}", dir.join("final.patch").display());
         }
+        if let Some(b) = &c.blocked {
+            println!("to run them: {}", b.hint);
+            println!("the run ended with:\n{}", indent(&b.output_tail));
+        }
         println!("report  {}", dir.join("repair_report.md").display());
     }
-    match c.outcome {
-        RepairOutcome::Fixed | RepairOutcome::Analyzed => crate::exit::DONE,
-        _ => crate::exit::NOT_DONE,
-    }
+    vocab::exit::of_repair(c)
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -574,6 +574,285 @@ fn repairs_from_inside_the_project_with_the_default_workspace() {
     assert_eq!(fixed_line(&src), "if quantity >= DISCOUNT_FROM:");
 }
 
+/// A temporary git repository holding `files`, for running coval from inside it.
+fn git_project(files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("project");
+    for (name, body) in files {
+        let p = src.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "broken",
+        ],
+    ] {
+        let st = Command::new("git")
+            .current_dir(&src)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+    (t, src)
+}
+
+#[test]
+fn tests_that_cannot_run_stop_with_what_is_missing_and_exit_3() {
+    coval_tests::ensure_host_pytest().expect("pytest for the host's python3");
+    let env = [
+        ("COVAL_SANDBOX__BACKEND", "local"),
+        ("COVAL_LLM_URL", "http://127.0.0.1:9"),
+    ];
+    // A package the tests import is not installed where they run.
+    let (_t, py) = git_project(&[
+        (
+            "shop/dates.py",
+            "import pendulum\n\n\ndef days_between(a, b):\n    return (pendulum.parse(b) - pendulum.parse(a)).days + 1\n",
+        ),
+        (
+            "tests/test_dates.py",
+            "from shop.dates import days_between\n\n\ndef test_days():\n    assert days_between('2026-01-01', '2026-01-03') == 2\n",
+        ),
+        ("shop/__init__.py", ""),
+        (
+            "error.log",
+            "FAILED tests/test_dates.py::test_days - assert 3 == 2\n    assert days_between('2026-01-01', '2026-01-03') == 2\nE   AssertionError: assert 3 == 2\nshop/dates.py:5: AssertionError\n",
+        ),
+    ]);
+    // The runner of an npm script was never installed (no node_modules).
+    let (_t2, js) = git_project(&[
+        (
+            "package.json",
+            r#"{"name": "cart", "version": "1.0.0", "scripts": {"test": "jest"}}"#,
+        ),
+        (
+            "src/cart.js",
+            "exports.total = (xs) => xs.reduce((a, b) => a + b, 1);\n",
+        ),
+        (
+            "test/cart.test.js",
+            "const { total } = require('../src/cart');\ntest('total', () => expect(total([1, 2])).toBe(3));\n",
+        ),
+        (
+            "error.log",
+            "FAIL test/cart.test.js\n  ● total\n    expect(received).toBe(expected)\n    Expected: 3\n    Received: 4\n      at Object.<anonymous> (test/cart.test.js:2:40)\n",
+        ),
+    ]);
+    for (src, what, hint) in [
+        (&py, "the Python package `pendulum`", "pip install pendulum"),
+        (&js, "`jest`", "npm install --save-dev jest"),
+    ] {
+        let out = coval(src, &["repair", "-e", "error.log"], &env);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("{what} is missing in the local sandbox")),
+            "{stdout}"
+        );
+        assert!(stdout.contains(hint), "{stdout}");
+        assert!(!stdout.contains("no validated fix"), "{stdout}");
+        // The report says it too, and no candidate was tried.
+        let json = coval(src, &["repair", "-e", "error.log", "--json"], &env);
+        assert_eq!(json.status.code(), Some(3), "{}", text(&json.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(report["outcome"], "cannot_run", "{report}");
+        assert_eq!(report["mre"]["blocked"]["what"], what, "{report}");
+        assert_eq!(report["attempts"].as_array().map(Vec::len), Some(0));
+    }
+}
+
+/// Single-file programs with a one-line bug: (name, program, tests, the failing test, the
+/// log as pytest printed it).
+const SMALL_BUGS: &[(&str, &str, &str, &str)] = &[
+    (
+        "gcd",
+        "def gcd(a, b):\n    while b:\n        a, b = b, a // b\n    return a\n",
+        "from gcd import gcd\n\n\ndef test_coprime():\n    assert gcd(9, 4) == 1\n\n\ndef test_common():\n    assert gcd(12, 18) == 6\n\n\ndef test_zero():\n    assert gcd(7, 0) == 7\n",
+        "test_gcd.py::test_common",
+    ),
+    (
+        "leap",
+        "def is_leap(year):\n    if year % 400 == 0:\n        return True\n    if year % 100 == 0:\n        return True\n    return year % 4 == 0\n",
+        "from leap import is_leap\n\n\ndef test_ordinary():\n    assert is_leap(2024)\n    assert not is_leap(2023)\n\n\ndef test_century():\n    assert not is_leap(1900)\n\n\ndef test_four_hundred():\n    assert is_leap(2000)\n",
+        "test_leap.py::test_century",
+    ),
+];
+
+/// A temporary git repository with one of [`SMALL_BUGS`] and the log of its failing test.
+fn small_bug(
+    name: &str,
+    program: &str,
+    tests: &str,
+    failing: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let test_file = failing.split("::").next().unwrap();
+    let test_name = failing.rsplit("::").next().unwrap();
+    let log = format!(
+        "=================================== FAILURES ===================================\n\
+         ____________________________ {test_name} ____________________________\n\n    \
+         def {test_name}():\n>       assert ...\nE       AssertionError\n\n\
+         {test_file}:1: AssertionError\n\
+         =========================== short test summary info ============================\n\
+         FAILED {failing} - AssertionError\n"
+    );
+    git_project(&[
+        (&format!("{name}.py"), program),
+        (test_file, tests),
+        ("error.log", &log),
+    ])
+}
+
+#[test]
+fn the_users_test_command_in_any_usual_form_gives_the_same_fix() {
+    coval_tests::ensure_host_pytest().expect("pytest for the host's python3");
+    // The cost model would rebuild programs this small; these tests are about the command.
+    let env = [
+        ("COVAL_SANDBOX__BACKEND", "local"),
+        ("COVAL_LLM_URL", "http://127.0.0.1:9"),
+        ("COVAL_COST_CALCULATION__REBUILD_THRESHOLD", "100"),
+    ];
+    // The detected command first: every form of the user's must give what it gives.
+    let forms = [
+        None,
+        Some("pytest -q"),
+        Some("python -m pytest -q"),
+        Some("python3 -m pytest -v"),
+        Some("pytest"),
+        Some("sh -c 'python3 -m pytest -q'"),
+    ];
+    for (name, program, tests, failing) in SMALL_BUGS {
+        let mut seen = vec![];
+        for form in forms {
+            let (_t, src) = small_bug(name, program, tests, failing);
+            let mut args = vec!["repair", "-e", "error.log", "--json"];
+            args.extend(form.iter().flat_map(|f| ["--test-cmd", f]));
+            let out = coval(&src, &args, &env);
+            let shown = form.unwrap_or("(detected)");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{name} with `{shown}`: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                report["outcome"], "fixed",
+                "{name} with `{shown}`: {report}"
+            );
+            if let Some(form) = form {
+                let notes = report["mre"]["notes"].to_string();
+                assert!(notes.contains(&format!("`{form}`")), "{notes}");
+            }
+            // Read as pytest: per-test outcomes, and the warm server serves the candidates.
+            let paths = &report["attempts"][0]["paths"];
+            assert!(
+                paths["warm"].as_u64().unwrap() > 0,
+                "{name} with `{shown}` ran no candidate warm: {paths}"
+            );
+            let verdicts = (
+                report["mre"]["passing_tests"].clone(),
+                report["mre"]["failing_tests"].clone(),
+                report["patch"].as_str().unwrap_or("").to_owned(),
+            );
+            assert!(
+                !verdicts.0.as_array().unwrap().is_empty(),
+                "{name} with `{shown}`: no passing test named: {report}"
+            );
+            seen.push((shown, verdicts));
+        }
+        for (shown, v) in &seen[1..] {
+            assert_eq!(
+                v, &seen[0].1,
+                "{name}: `{shown}` and the detected command disagree"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_narrow_test_command_is_proven_on_the_tests_around_it() {
+    coval_tests::ensure_host_pytest().expect("pytest for the host's python3");
+    let env = [
+        ("COVAL_SANDBOX__BACKEND", "local"),
+        ("COVAL_LLM_URL", "http://127.0.0.1:9"),
+        ("COVAL_COST_CALCULATION__REBUILD_THRESHOLD", "100"),
+    ];
+    let (name, program, tests, failing) = SMALL_BUGS[1];
+    let (_t, src) = small_bug(name, program, tests, failing);
+    let narrow = format!("python3 -m pytest -q {failing}");
+    let out = coval(
+        &src,
+        &[
+            "repair",
+            "-e",
+            "error.log",
+            "--test-cmd",
+            &narrow,
+            "--json",
+            "--apply",
+        ],
+        &env,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mre = &report["mre"];
+    // The baseline knows the tests around the target: the file's other two pass.
+    let passing: Vec<&str> = mre["passing_tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(passing.len(), 2, "{report}");
+    assert!(
+        mre["notes"]
+            .to_string()
+            .contains("the tests around the command"),
+        "{report}"
+    );
+    // Every candidate that passed the narrow command ran the wider ones too: more runs than
+    // candidates, and the winner's outcomes name the other tests.
+    let attempt = &report["attempts"][0];
+    let winner = report["winner"].as_str().unwrap();
+    let won = attempt["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == winner)
+        .unwrap();
+    let names = won["tests"].to_string();
+    for p in &passing {
+        assert!(
+            names.contains(p.rsplit("::").next().unwrap()),
+            "{p} not run: {won}"
+        );
+    }
+    // What was applied keeps the whole file passing.
+    let check = Command::new("python3")
+        .current_dir(&src)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check.stdout));
+}
+
 /// Every path under `dir`, without following symlinks.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];

@@ -321,8 +321,7 @@ pub async fn test_in_sandbox(cfg: &Config, fw: &str, dir: &Path) -> TestRun {
         Ok(d) => d,
         Err(e) => return fail(format!("no sandbox: {e}")),
     };
-    let mut spec = RunSpec::from_config(&sandbox, kind.language, dir, kind.test_cmd.clone());
-    spec.collect = kind.reports.clone();
+    let spec = RunSpec::for_project(&sandbox, &kind, dir);
     let backend = match &detected.sandbox {
         sandbox::AnySandbox::Docker(_) => "docker",
         sandbox::AnySandbox::Local(_) => "local",

@@ -14,6 +14,7 @@
 //! It owns everything that runs untrusted code; it must never import the bus, the store or a
 //! stage (stages call it, never the other way round).
 
+pub mod command;
 pub mod docker;
 pub mod env;
 pub mod local;
@@ -29,6 +30,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use command::{split_plain, widen};
 pub use docker::{DockerSandbox, DockerSession};
 pub use env::{EnvError, Environment, UserDirs};
 pub use local::{LocalSandbox, LocalSession};
@@ -133,6 +135,22 @@ impl RunSpec {
             image: "coval/python:bookworm".into(),
             collect: vec![],
         }
+    }
+
+    /// A spec that runs `kind`'s tests in `dir` under the `sandbox:` settings: its command,
+    /// the reports it writes and the environment it needs.
+    pub fn for_project(
+        cfg: &SandboxConfig,
+        kind: &ProjectKind,
+        dir: impl Into<PathBuf>,
+    ) -> RunSpec {
+        let mut s = RunSpec::from_config(cfg, kind.language, dir, kind.test_cmd.clone());
+        s.collect = kind.reports.clone();
+        for (name, value) in &kind.env {
+            s.env.retain(|(n, _)| n != name);
+            s.env.push((name.clone(), value.clone()));
+        }
+        s
     }
 
     /// A spec from the `sandbox:` settings, for a project of `language`.
@@ -524,6 +542,18 @@ impl Prepared {
         argv: Vec<String>,
     ) -> RunSpec {
         let mut s = RunSpec::from_config(cfg, language, dir, argv);
+        self.env.apply(&mut s);
+        s
+    }
+
+    /// [`RunSpec::for_project`] in this environment.
+    pub fn project_spec(
+        &self,
+        cfg: &SandboxConfig,
+        kind: &ProjectKind,
+        dir: impl Into<PathBuf>,
+    ) -> RunSpec {
+        let mut s = RunSpec::for_project(cfg, kind, dir);
         self.env.apply(&mut s);
         s
     }

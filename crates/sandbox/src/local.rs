@@ -560,6 +560,44 @@ where
 }
 
 /// Maps the sandbox paths `/work` and `/tmp` in env values onto this run's copies.
+/// A directory, last on the sandbox's PATH, that gives `python` where the machine has only
+/// `python3` (Debian without python-is-python3): a user's `python -m pytest` then runs with
+/// the interpreter their shell would have found under that name. `None` when `python` exists
+/// on `path` or no `python3` does.
+fn python_shim(path: &str) -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let on_path = |name: &str| {
+        path.split(':')
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    };
+    if on_path("python").is_some() {
+        return None;
+    }
+    let python3 = on_path("python3")?;
+    // One directory per python3, made once and then only read.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    python3.hash(&mut h);
+    let dir = std::env::temp_dir().join(format!(
+        "coval-python-shim-{}-{:016x}",
+        sys::euid(),
+        h.finish()
+    ));
+    let link = dir.join("python");
+    if std::fs::read_link(&link).is_ok_and(|t| t == python3) {
+        return Some(dir);
+    }
+    std::fs::create_dir_all(&dir).ok()?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).ok()?;
+    // Made beside it and renamed over it, so a concurrent run never sees half a shim.
+    let tmp = dir.join(format!(".python-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&python3, &tmp).ok()?;
+    std::fs::rename(&tmp, &link).ok()?;
+    Some(dir)
+}
+
 fn map_env(env: &[(String, String)], src: &Path, tmp: &Path) -> Vec<(String, String)> {
     let map = |v: &str| -> String {
         for (prefix, to) in [("/work", src), ("/tmp", tmp)] {
@@ -572,7 +610,12 @@ fn map_env(env: &[(String, String)], src: &Path, tmp: &Path) -> Vec<(String, Str
         }
         v.to_owned()
     };
-    env.iter().map(|(k, v)| (k.clone(), map(v))).collect()
+    env.iter()
+        .map(|(k, v)| match (k.as_str(), python_shim(v)) {
+            ("PATH", Some(shim)) => (k.clone(), format!("{}:{}", map(v), shim.display())),
+            _ => (k.clone(), map(v)),
+        })
+        .collect()
 }
 
 /// Processes whose real uid is `uid` (for RLIMIT_NPROC, which counts them all).
@@ -664,12 +707,32 @@ async fn run_local(spec: &RunSpec) -> Result<RunResult, SandboxError> {
     sys::install(&mut cmd, setup);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| {
-        SandboxError::io(
-            format!("cannot start `{}` in the local sandbox", spec.argv[0]),
-            e,
-        )
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        // As a shell says it, with a shell's status: the program is not installed, which is
+        // what the run tells (a run that cannot start), not a failure of the sandbox.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(RunResult {
+                exit_code: Some(127),
+                signal: None,
+                timed_out: false,
+                oom_killed: false,
+                stdout: String::new(),
+                stderr: format!("coval-local: {}: command not found\n", spec.argv[0]),
+                output_truncated: false,
+                duration: started.elapsed(),
+                timeout: spec.timeout,
+                output_cap: lim.output_bytes,
+                collected: BTreeMap::new(),
+            });
+        }
+        Err(e) => {
+            return Err(SandboxError::io(
+                format!("cannot start `{}` in the local sandbox", spec.argv[0]),
+                e,
+            ));
+        }
+    };
     let pgid = child.id();
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
@@ -830,8 +893,27 @@ mod tests {
         let m = map_env(&env, Path::new("/s"), Path::new("/t"));
         assert_eq!(m[0].1, "/t");
         assert_eq!(m[1].1, "/s/a/b");
-        assert_eq!(m[2].1, "/usr/bin:/bin");
+        assert!(m[2].1.starts_with("/usr/bin:/bin"), "{}", m[2].1);
         assert_eq!(m[3].1, "/tmpfoo");
+    }
+
+    #[test]
+    fn python_is_python3_where_only_python3_exists() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("python3"), "").unwrap();
+        let path = bin.display().to_string();
+        let shim = python_shim(&path).expect("a shim where only python3 exists");
+        let target = std::fs::read_link(shim.join("python")).unwrap();
+        assert_eq!(target, bin.join("python3"));
+        assert_eq!(
+            python_shim(&path),
+            Some(shim.clone()),
+            "made once, then reused"
+        );
+        std::fs::write(bin.join("python"), "").unwrap();
+        assert_eq!(python_shim(&path), None, "python exists: no shim");
     }
 
     #[test]

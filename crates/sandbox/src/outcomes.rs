@@ -675,6 +675,8 @@ not ok 3 - file failed to load
             test_cmd: vec!["make".into(), "test".into()],
             runner: Runner::Custom,
             reports: vec![],
+            env: vec![],
+            origin: String::new(),
         };
         let mut r = RunResult {
             exit_code: Some(2),

@@ -41,6 +41,11 @@ pub struct ProjectKind {
     pub runner: Runner,
     /// Report files the command writes (relative to the work dir), for `RunSpec::collect`.
     pub reports: Vec<String>,
+    /// Environment the command needs on top of the sandbox's (`PYTEST_ADDOPTS` for a pytest
+    /// run inside a user's wrapper).
+    pub env: Vec<(String, String)>,
+    /// How a user's own command runs (for the report); empty for a detected one.
+    pub origin: String,
 }
 
 /// The project in `dir`, or `None` when nothing says how to test it.
@@ -49,51 +54,14 @@ pub fn detect_project(dir: &Path) -> Option<ProjectKind> {
 }
 
 /// Like [`detect_project`]; a non-empty `test_cmd` (a shell command) replaces the detected
-/// one. With an override, an unrecognised project is still returned (as Python, the common
-/// case of a bare script directory, unless other files say otherwise).
+/// one, read as the tool it runs ([`crate::command::user_kind`]). With an override, an
+/// unrecognised project is still returned (as Python, the common case of a bare script
+/// directory, unless other files say otherwise).
 pub fn detect_project_with(dir: &Path, test_cmd: Option<&str>) -> Option<ProjectKind> {
     let detected = detect(dir);
     match test_cmd.map(str::trim).filter(|c| !c.is_empty()) {
-        Some(cmd) => {
-            let (language, framework) = detected
-                .map(|k| (k.language, k.framework))
-                .unwrap_or((Language::Python, String::new()));
-            Some(ProjectKind {
-                language,
-                framework,
-                test_cmd: vec!["sh".into(), "-c".into(), cmd.to_owned()],
-                runner: runner_of_command(cmd),
-                reports: vec![],
-            })
-        }
+        Some(cmd) => Some(crate::command::user_kind(dir, cmd, detected)),
         None => detected,
-    }
-}
-
-fn runner_of_command(cmd: &str) -> Runner {
-    let has = |s: &str| cmd.contains(s);
-    if has("pytest") {
-        Runner::Pytest
-    } else if has("unittest") {
-        Runner::Unittest
-    } else if has("node --test") {
-        Runner::NodeTest
-    } else if has("go test") {
-        Runner::GoTest
-    } else if has("cargo test") {
-        Runner::Cargo
-    } else if has("npm test") || has("npm run test") || has("jest") || has("mocha") {
-        Runner::Npm
-    } else if has("mvn") {
-        Runner::Maven
-    } else if has("gradle") {
-        Runner::Gradle
-    } else if has("rspec") {
-        Runner::Rspec
-    } else if has("phpunit") {
-        Runner::Phpunit
-    } else {
-        Runner::Custom
     }
 }
 
@@ -122,6 +90,8 @@ fn kind(language: Language, framework: &str, test_cmd: Vec<String>, runner: Runn
         test_cmd,
         runner,
         reports: vec![],
+        env: vec![],
+        origin: String::new(),
     }
 }
 
@@ -529,6 +499,10 @@ mod tests {
         assert_eq!(k.language, Language::Go);
         assert_eq!(k.test_cmd, ["sh", "-c", "make check"]);
         assert_eq!(k.runner, Runner::Custom);
+        assert!(
+            k.env.is_empty(),
+            "no PYTEST_ADDOPTS for a Go project's make"
+        );
         let k = detect_project_with(d.path(), Some("  ")).unwrap();
         assert_eq!(k.runner, Runner::GoTest);
     }

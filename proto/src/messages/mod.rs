@@ -8,8 +8,9 @@
 
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
-pub use v2::*;
+pub use v3::*;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,8 @@ impl Kind {
         match self {
             // v2: the engine is an `Engine`, in the message and in its attempt history.
             Kind::FixProposed | Kind::ValidationFailed | Kind::ValidationPassed => &[1, 2],
+            // v3: a repair whose tests cannot run is its own outcome.
+            Kind::RepairCompleted => &[1, 3],
             _ => &[1],
         }
     }
@@ -182,6 +185,8 @@ impl Message {
                     Some(Stage::Mre)
                 }
             }
+            // Tests that cannot run leave nothing to fix: integration reports why.
+            Message::MreReady(m) if m.mre.blocked.is_some() => Some(Stage::Integrate),
             Message::MreReady(_) => Some(Stage::Fix),
             Message::FixProposed(_) => Some(Stage::Validate),
             Message::ValidationFailed(m) if m.attempts_left > 0 => Some(Stage::Fix),
@@ -241,6 +246,9 @@ impl Message {
             }
             (Kind::ValidationPassed, 1) => {
                 Message::ValidationPassed(dec::<v1::ValidationPassed>(kind, version, body)?.into())
+            }
+            (Kind::RepairCompleted, 1) => {
+                Message::RepairCompleted(dec::<v1::RepairCompleted>(kind, version, body)?.into())
             }
             (Kind::RepairRequested, _) => Message::RepairRequested(dec(kind, version, body)?),
             (Kind::Triaged, _) => Message::Triaged(dec(kind, version, body)?),

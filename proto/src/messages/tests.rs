@@ -84,6 +84,8 @@ fn mre() -> MreSummary {
         sandbox: "docker".into(),
         notes: vec![],
         baseline_ms: 0,
+        blocked: None,
+        wider: vec![],
     }
 }
 
@@ -115,6 +117,7 @@ fn attempt() -> AttemptRecord {
         // Zero, as in the committed snapshots written before these fields existed.
         validation_ms: 0,
         lanes: 0,
+        paths: RunPaths::default(),
     }
 }
 
@@ -182,6 +185,7 @@ fn samples() -> Vec<Message> {
             report_dir: Some("repairs/repair-rep_01JDQ7Z8W6Y9S7B2C4D5E6F7G8".into()),
             completed_at_ms: 1_764_000_005_000,
             report: None,
+            blocked: None,
         }),
         Message::DeadLetter(DeadLetter {
             repair_id: rq.repair_id,
@@ -388,4 +392,53 @@ fn a_model_engine_round_trips() {
         Message::decode("fix_proposed", 1, &m.encode().unwrap()),
         Err(DecodeError::Malformed { version: 1, .. })
     ));
+}
+
+#[test]
+fn a_repair_whose_tests_cannot_run_says_why_on_the_wire() {
+    let blocked = Blocked {
+        reason: BlockedReason::Runner,
+        what: "pytest".into(),
+        hint: "python3 -m pip install pytest".into(),
+        output_tail: "/usr/bin/python3: No module named pytest".into(),
+    };
+    let mut summary = mre();
+    summary.blocked = Some(blocked.clone());
+    let ready = Message::MreReady(MreReady {
+        request: request(),
+        triage: triage(),
+        decision: decision(),
+        mre: summary,
+    });
+    // Nothing to fix or validate: the MRE goes straight to integration.
+    assert_eq!(ready.route(), Some(Stage::Integrate));
+    let done = Message::RepairCompleted(RepairCompleted {
+        repair_id: request().repair_id,
+        outcome: RepairOutcome::CannotRun,
+        summary: "the tests cannot run: pytest is not installed".into(),
+        new_iteration: None,
+        report_dir: None,
+        completed_at_ms: 1,
+        report: None,
+        blocked: Some(blocked),
+    });
+    for m in [ready, done] {
+        let body = m.encode().unwrap();
+        let back = Message::decode(m.kind().as_str(), m.kind().current_version(), &body).unwrap();
+        assert_eq!(back, m);
+    }
+    // A version-1 reader's struct cannot take the new outcome: that is why it is version 3.
+    let body = Message::RepairCompleted(RepairCompleted {
+        repair_id: request().repair_id,
+        outcome: RepairOutcome::CannotRun,
+        summary: String::new(),
+        new_iteration: None,
+        report_dir: None,
+        completed_at_ms: 1,
+        report: None,
+        blocked: None,
+    })
+    .encode()
+    .unwrap();
+    assert!(Message::decode("repair_completed", 1, &body).is_err());
 }

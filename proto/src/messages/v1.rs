@@ -239,6 +239,46 @@ pub struct MreSummary {
     /// proportion to what the tests normally take.
     #[serde(default)]
     pub baseline_ms: u64,
+    /// Set when the tests cannot run at all, for a reason other than the bug (a missing runner,
+    /// interpreter or package): the repair stops there instead of validating candidates that
+    /// cannot pass.
+    #[serde(default)]
+    pub blocked: Option<Blocked>,
+    /// When the test command is narrow (one test id, one file), the commands that run the
+    /// tests around it (its files, then the suite) whose baseline ran in time: a candidate
+    /// must keep their passing tests (in `passing_tests`) passing before it wins.
+    #[serde(default)]
+    pub wider: Vec<Vec<String>>,
+}
+
+/// Why a project's tests cannot run in the sandbox, apart from the bug being repaired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub reason: BlockedReason,
+    /// What is missing or broken, in a few words: "pytest", "the package `requests`".
+    pub what: String,
+    /// What to do about it: the one command or setting that provides it.
+    pub hint: String,
+    /// The last lines of the run that showed it.
+    #[serde(default)]
+    pub output_tail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockedReason {
+    /// The test command's program (pytest, jest, npm, ...) is not installed.
+    Runner,
+    /// The language's interpreter or toolchain (python, node, go, cargo) is not installed.
+    Interpreter,
+    /// A package the tests import is not installed.
+    Dependency,
+    /// Installing the project's dependencies failed.
+    Install,
+    /// A package registry could not be reached while installing.
+    Registry,
+    /// A manifest (requirements.txt, package.json, go.mod, ...) is broken.
+    Manifest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::v1;
 pub use super::v1::{
-    Candidate, CandidateResult, CandidateSource, Category, DeadLetter, Decided, Decision,
-    EngineChoice, Frame, Language, Metrics, MreReady, MreSummary, ProjectRef, RepairCompleted,
-    RepairOutcome, RepairRequested, StageProgress, Suspect, TestOutcome, TestStatus, TriageReport,
-    Triaged, Usage, Verdict, serde_bytes_compat,
+    Blocked, BlockedReason, Candidate, CandidateResult, CandidateSource, Category, DeadLetter,
+    Decided, Decision, EngineChoice, Frame, Language, Metrics, MreReady, MreSummary, ProjectRef,
+    RepairCompleted, RepairOutcome, RepairRequested, StageProgress, Suspect, TestOutcome,
+    TestStatus, TriageReport, Triaged, Usage, Verdict, serde_bytes_compat,
 };
 
 /// What proposed a set of candidates.
@@ -65,6 +65,25 @@ pub struct AttemptRecord {
     /// Candidates validated at once (sandbox sessions), 0 when unknown.
     #[serde(default)]
     pub lanes: u32,
+    /// How this attempt's test runs were carried out (all zero when unknown).
+    #[serde(default)]
+    pub paths: RunPaths,
+}
+
+/// How an attempt's test runs were carried out: in the warm test server (a fork of a process
+/// that has imported the runner; some in a session already collected on the project) or as
+/// fresh processes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunPaths {
+    /// Every test run of the attempt's candidates.
+    pub runs: u64,
+    /// Of `runs`, those the warm server served.
+    pub warm: u64,
+    /// Of `warm`, those run in a session collected on the candidate's base.
+    pub collected: u64,
+    /// Why the warm server stopped being used, when it did.
+    #[serde(default)]
+    pub warm_off: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +143,7 @@ impl From<v1::AttemptRecord> for AttemptRecord {
             usage: a.usage,
             validation_ms: a.validation_ms,
             lanes: a.lanes,
+            paths: RunPaths::default(),
         }
     }
 }

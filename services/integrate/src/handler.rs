@@ -1,5 +1,5 @@
-//! The integration stage's handler: `Decided` (rebuild or analysis), `ValidationPassed`, or
-//! `ValidationFailed` with no attempts left, in; `RepairCompleted` out.
+//! The integration stage's handler: `Decided` (rebuild or analysis), `ValidationPassed`,
+//! `ValidationFailed` with no attempts left, or `MreReady` whose tests cannot run, in; `RepairCompleted` out.
 
 use std::path::Path;
 
@@ -228,6 +228,7 @@ impl IntegrateStage {
             report_dir: Some(rel),
             completed_at_ms: vocab::now_ms(),
             report: Some(json),
+            blocked: c.mre.and_then(|m| m.blocked.clone()),
         })])
     }
 }
@@ -295,6 +296,16 @@ impl Handler for IntegrateStage {
                 mre: Some(&v.mre),
                 history: &v.history,
                 outcome: RepairOutcome::NoFix,
+                winner: None,
+            },
+            // Only an MRE whose tests cannot run comes here (its route skips fix and validate).
+            Message::MreReady(m) if m.mre.blocked.is_some() => Case {
+                request: &m.request,
+                triage: &m.triage,
+                decision: &m.decision,
+                mre: Some(&m.mre),
+                history: &[],
+                outcome: RepairOutcome::CannotRun,
                 winner: None,
             },
             other => return Outcome::Reject(format!("integrate cannot handle `{}`", other.kind())),

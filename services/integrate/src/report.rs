@@ -28,6 +28,7 @@ pub fn outcome_str(o: RepairOutcome) -> &'static str {
         RepairOutcome::RebuildRecommended => "rebuild_recommended",
         RepairOutcome::Analyzed => "analyzed",
         RepairOutcome::Failed => "failed",
+        RepairOutcome::CannotRun => "cannot_run",
     }
 }
 
@@ -58,6 +59,14 @@ pub fn summary(f: &Facts) -> String {
         }
         RepairOutcome::Analyzed => "analysis only".into(),
         RepairOutcome::Failed => "the repair could not run".into(),
+        RepairOutcome::CannotRun => match f.mre.and_then(|m| m.blocked.as_ref()) {
+            Some(b) => format!(
+                "{} is missing in the {} sandbox",
+                b.what,
+                f.mre.map_or("", |m| m.sandbox.as_str())
+            ),
+            None => "the tests cannot run in the sandbox".into(),
+        },
     }
 }
 
@@ -163,6 +172,9 @@ pub fn markdown(f: &Facts) -> String {
                     a.lanes
                 );
             }
+            if a.paths.runs > 0 {
+                let _ = writeln!(s, "{}\n", run_paths(&a.paths));
+            }
             for r in &a.results {
                 let what = a
                     .candidates
@@ -259,6 +271,20 @@ pub fn markdown(f: &Facts) -> String {
                 "- Add tests first: they are the specification a rebuild is checked against."
             );
         }
+        RepairOutcome::CannotRun => {
+            if let Some(b) = f.mre.and_then(|m| m.blocked.as_ref()) {
+                let _ = writeln!(s, "- Make the tests runnable: {}.", b.hint);
+                let _ = writeln!(
+                    s,
+                    "- The run that showed it ended with:\n\n```text\n{}\n```",
+                    b.output_tail
+                );
+            }
+            let _ = writeln!(
+                s,
+                "- Or give the command that runs your tests where they can run, with `--test-cmd`."
+            );
+        }
         RepairOutcome::Analyzed | RepairOutcome::Failed => {}
     }
     let _ = writeln!(
@@ -288,13 +314,14 @@ pub fn json(f: &Facts) -> serde_json::Value {
         },
         "metrics": {"D": m.debt, "T": m.coverage, "T_measured": m.coverage_measured, "K": m.context, "S": m.capability, "loc": m.loc, "region_lines": m.region_lines, "module_lines": m.module_lines},
         "decision": {"verdict": f.decision.verdict, "c_fix": f.decision.c_fix, "c_new": f.decision.c_new, "p_success": f.decision.p_success, "reasons": f.decision.reasons},
-        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes})),
+        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes, "blocked": m.blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint, "output_tail": b.output_tail}))})),
         "attempts": f.history.iter().map(|a| serde_json::json!({
             "attempt": a.attempt,
             "engine": a.engine.to_string(),
             "usage": {"prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens, "duration_ms": a.usage.duration_ms},
             "validation_ms": a.validation_ms,
             "lanes": a.lanes,
+            "paths": {"runs": a.paths.runs, "warm": a.paths.warm, "collected": a.paths.collected, "fresh": a.paths.runs.saturating_sub(a.paths.warm), "warm_off": a.paths.warm_off},
             "candidates": a.results.iter().map(|r| {
                 let c = a.candidates.iter().find(|c| c.id == r.candidate_id);
                 serde_json::json!({
@@ -355,6 +382,19 @@ pub fn decision_md(report: &TriageReport, d: &Decision) -> String {
     }
     for n in &report.notes {
         let _ = writeln!(s, "- Note: {n}");
+    }
+    s
+}
+
+/// How an attempt's test runs were carried out, in one sentence.
+fn run_paths(p: &proto::messages::RunPaths) -> String {
+    let fresh = p.runs.saturating_sub(p.warm);
+    let mut s = format!(
+        "Test runs: {} in the warm test server ({} of them in a collected session), {fresh} as fresh processes.",
+        p.warm, p.collected
+    );
+    if let Some(off) = &p.warm_off {
+        let _ = write!(s, " The warm server was turned off: {off}.");
     }
     s
 }

@@ -6,8 +6,8 @@ use proto::{Message, Stage};
 use sandbox::{Sandbox, SandboxConfigExt};
 use settings::SandboxConfig;
 
-use crate::build;
 use crate::run::{self, reproduces};
+use crate::{blocked, build};
 
 pub struct MreStage {
     pub sandbox: SandboxConfig,
@@ -51,6 +51,20 @@ impl Handler for MreStage {
                 };
             }
             // A failed install is not a failing test: the repair stops with its reason.
+            Err(sandbox::PrepareError::Env(e)) => {
+                return Outcome::Publish(vec![Message::MreReady(MreReady {
+                    request: d.request.clone(),
+                    triage: d.triage.clone(),
+                    decision: d.decision.clone(),
+                    mre: MreSummary {
+                        whole_project: true,
+                        test_cmd: build::shell_words(&kind.test_cmd),
+                        notes: vec![format!("the project's environment could not be had: {e}")],
+                        blocked: Some(e.blocked()),
+                        ..MreSummary::default()
+                    },
+                })]);
+            }
             Err(e) => return Outcome::Reject(e.to_string()),
         };
         let (sb, env) = (&prepared.detected.sandbox, &prepared.env);
@@ -58,6 +72,9 @@ impl Handler for MreStage {
             format!("sandbox: {} ({})", sb.name(), prepared.detected.reason),
             format!("environment: {}", env.description),
         ];
+        if !kind.origin.is_empty() {
+            notes.push(format!("test command: {}", kind.origin));
+        }
         if let Some(n) = sb.notice() {
             notes.push(n);
         }
@@ -73,6 +90,32 @@ impl Handler for MreStage {
             }
             Err(e) => return Outcome::Reject(format!("the test command could not run: {e}")),
         };
+        // Tests that cannot run at all stop here, with what is missing: no candidate could pass.
+        if !reproduces(&d.triage, &whole)
+            && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
+        {
+            notes.push(format!(
+                "the tests cannot run in the sandbox: {} is missing ({})",
+                blocked.what,
+                whole.result.verdict()
+            ));
+            return Outcome::Publish(vec![Message::MreReady(MreReady {
+                request: d.request.clone(),
+                triage: d.triage.clone(),
+                decision: d.decision.clone(),
+                mre: MreSummary {
+                    reproduced: false,
+                    whole_project: true,
+                    test_cmd: build::shell_words(&kind.test_cmd),
+                    failing_tests: whole.failing(),
+                    sandbox: sb.name().to_owned(),
+                    notes,
+                    baseline_ms: whole.result.duration.as_millis() as u64,
+                    blocked: Some(blocked),
+                    ..MreSummary::default()
+                },
+            })]);
+        }
         if whole.command_not_found() {
             return Outcome::Reject(format!(
                 "the test command `{}` was not found in the sandbox ({}): pass an existing one with --test-cmd",
@@ -116,16 +159,53 @@ impl Handler for MreStage {
                 whole.result.verdict()
             ));
         }
+        // A narrow command is the target, not the proof: the tests around it that pass now
+        // must pass after a fix too.
+        let mut passing = whole.passing();
+        let mut wider = vec![];
+        for level in sandbox::widen(&kind) {
+            let level_kind = sandbox::ProjectKind {
+                test_cmd: level.clone(),
+                ..kind.clone()
+            };
+            match run::run_tests(sb, &self.sandbox, &level_kind, &root).await {
+                Ok(r) if !r.result.timed_out => {
+                    notes.push(format!(
+                        "the tests around the command: `{}` ({} passing)",
+                        build::shell_words(&level),
+                        r.passing().len()
+                    ));
+                    passing.extend(r.passing());
+                    wider.push(level);
+                }
+                Ok(r) => {
+                    notes.push(format!(
+                        "the tests around the command were not run: `{}` {}",
+                        build::shell_words(&level),
+                        r.result.verdict()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    notes.push(format!("the tests around the command could not run: {e}"));
+                    break;
+                }
+            }
+        }
+        passing.sort();
+        passing.dedup();
         let summary = MreSummary {
             reproduced,
             whole_project,
             files: files.into_iter().collect(),
             test_cmd: build::shell_words(&kind.test_cmd),
             failing_tests: whole.failing(),
-            passing_tests: whole.passing(),
+            passing_tests: passing,
             sandbox: sb.name().to_owned(),
             notes,
             baseline_ms: whole.result.duration.as_millis() as u64,
+            blocked: None,
+            wider,
         };
         let _ = std::fs::write(
             dir.join("result.txt"),

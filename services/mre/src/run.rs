@@ -69,9 +69,8 @@ pub async fn run_tests<S: Sandbox>(
     kind: &ProjectKind,
     dir: &Path,
 ) -> Result<TestRun, sandbox::SandboxError> {
-    let mut spec = RunSpec::from_config(cfg, kind.language, dir, kind.test_cmd.clone());
+    let mut spec = RunSpec::for_project(cfg, kind, dir);
     env.apply(&mut spec);
-    spec.collect = kind.reports.clone();
     let result = sb.run(&spec).await?;
     let outcomes = sandbox::parse_outcomes(kind, &result);
     Ok(TestRun { result, outcomes })

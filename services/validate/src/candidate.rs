@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use patch::Applied;
-use proto::messages::{Candidate, CandidateResult, FixProposed};
+use proto::messages::{Candidate, CandidateResult, FixProposed, TestOutcome};
 use sandbox::{ProjectKind, Session};
 
 use crate::handler::ValidateStage;
 use crate::policy::Tried;
 use crate::policy::failing_first::early_rejection;
 use crate::policy::timeouts::{candidate_timeout, first_run_timeout};
-use crate::policy::verdict::{suite_verdict, test_edit_rejection};
+use crate::policy::verdict::{SuiteVerdict, suite_verdict, test_edit_rejection, wider_verdict};
 
 /// What every candidate of one attempt shares.
 pub struct Trial<'a> {
@@ -33,6 +33,8 @@ pub struct Trial<'a> {
     /// Candidates from this rank on use `base`
     /// ([`crate::policy::failing_first::collect_from`]).
     pub collect_from: usize,
+    /// Test runs started for this attempt's candidates (for the report's run paths).
+    pub runs: AtomicU64,
 }
 
 /// A candidate that failed before a test run decided.
@@ -115,6 +117,7 @@ async fn run_failing_first(
     let slowest = t.slowest_first_ms.load(Ordering::Relaxed);
     let first_timeout = first_run_timeout(timeout, t.f.mre.baseline_ms, slowest);
     let changed: Vec<String> = applied.files.iter().map(|a| a.path.clone()).collect();
+    t.runs.fetch_add(1, Ordering::Relaxed);
     let run = match t.base.as_ref().filter(|_| n >= t.collect_from) {
         Some(base) => {
             let changed = sandbox::Changed {
@@ -164,15 +167,27 @@ async fn run_suite(
     timeout: Duration,
     started: Instant,
 ) -> Tried {
+    t.runs.fetch_add(1, Ordering::Relaxed);
     let run = session.run(&copy, &t.kind.test_cmd, timeout).await;
-    let _ = std::fs::remove_dir_all(&copy);
     let run = match run {
         Ok(r) => r,
-        Err(e) => return failed(c, format!("the sandbox failed: {e}"), started),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&copy);
+            return failed(c, format!("the sandbox failed: {e}"), started);
+        }
     };
-    let tests = sandbox::parse_outcomes(t.kind, &run);
+    let mut tests = sandbox::parse_outcomes(t.kind, &run);
     let mre = &t.f.mre;
-    let verdict = suite_verdict(&run, &tests, &mre.passing_tests, &mre.failing_tests);
+    let mut verdict = suite_verdict(&run, &tests, &mre.passing_tests, &mre.failing_tests);
+    if verdict.passed {
+        // The command was narrow: the tests around it must still pass too.
+        let (wider, around) = run_wider(t, session, &copy, timeout).await;
+        tests.extend(around);
+        if let Some(wider) = wider {
+            verdict = wider;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&copy);
     Tried {
         result: CandidateResult {
             candidate_id: c.id.clone(),
@@ -186,4 +201,40 @@ async fn run_suite(
         diff: Some(applied.diff),
         output: format!("{}{}", run.stdout, run.stderr),
     }
+}
+
+/// Runs the commands around a narrow test command ([`sandbox::widen`], as the MRE ran them
+/// for the baseline) on a candidate that passed it, narrowest first, until one rejects it (a
+/// test that passed before fails now, or the run was stopped): that verdict, if any, and the
+/// outcomes of every run.
+async fn run_wider(
+    t: &Trial<'_>,
+    session: &mut Session,
+    copy: &Path,
+    timeout: Duration,
+) -> (Option<SuiteVerdict>, Vec<TestOutcome>) {
+    let mre = &t.f.mre;
+    let mut outcomes = vec![];
+    for level in &mre.wider {
+        t.runs.fetch_add(1, Ordering::Relaxed);
+        let run = match session.run(copy, level, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("the tests around the command could not run: {e}");
+                let v = SuiteVerdict {
+                    passed: false,
+                    regressions: vec![],
+                    reason: Some(reason),
+                };
+                return (Some(v), outcomes);
+            }
+        };
+        let tests = sandbox::parse_outcomes(t.kind, &run);
+        let v = wider_verdict(&run, &tests, &mre.passing_tests);
+        outcomes.extend(tests);
+        if !v.passed {
+            return (Some(v), outcomes);
+        }
+    }
+    (None, outcomes)
 }

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use bus::runtime::{Handler, Input, Outcome};
 use futures::StreamExt;
 use patch::PatchLimits;
-use proto::messages::{AttemptRecord, FixProposed, ValidationFailed, ValidationPassed};
+use proto::messages::{AttemptRecord, FixProposed, RunPaths, ValidationFailed, ValidationPassed};
 use proto::{Message, Stage};
 use sandbox::{self, ProjectKind, Session};
 use settings::SandboxConfig;
 
 use crate::candidate::{Trial, try_one};
-use crate::lanes::{close_later, log_warm_stats, open_lanes};
+use crate::lanes::{close_later, log_warm_stats, open_lanes, warm_totals};
 pub use crate::parked::Parked;
 use crate::parked::{PREWARM_WAIT, park_key};
 use crate::policy::failing_first::{collect_from, failing_first_cmd, use_collected};
@@ -104,17 +104,17 @@ impl Handler for ValidateStage {
             attempts_left: f.request.max_attempts.saturating_sub(f.attempt),
         };
         let started = Instant::now();
-        let (tried, lanes) = if f.candidates.is_empty() {
+        let (tried, lanes, paths) = if f.candidates.is_empty() {
             // Nothing to validate: the repair ends here, and so do its parked sessions.
             close_later(self.parked.take(&a.park_key));
-            (vec![], 0)
+            (vec![], 0, RunPaths::default())
         } else {
             match self.validate(&a).await {
                 Ok(done) => done,
                 Err(outcome) => return outcome,
             }
         };
-        let record = attempt_record(f, &tried, started.elapsed(), lanes);
+        let record = attempt_record(f, &tried, started.elapsed(), lanes, paths);
         write_attempt_report(&a.dir, f, &tried);
         let mut history = f.history.clone();
         history.push(record);
@@ -149,7 +149,7 @@ impl ValidateStage {
     /// Validates the attempt's candidates (at least one) in its lanes: what was tried, in rank
     /// order, and how many lanes ran them; the lanes are then parked for the next attempt or
     /// closed.
-    async fn validate(&self, a: &Attempt<'_>) -> Result<(Vec<Tried>, usize), Outcome> {
+    async fn validate(&self, a: &Attempt<'_>) -> Result<(Vec<Tried>, usize, RunPaths), Outcome> {
         let f = a.f;
         let mut lanes = self.take_lanes(a).await?;
         let lanes_used = lanes.len();
@@ -180,9 +180,18 @@ impl ValidateStage {
             slowest_first_ms: Default::default(),
             base,
             collect_from: collect_from(lanes_used),
+            runs: Default::default(),
         };
+        let before = warm_totals(&lanes);
         let tried = self.run_candidates(&trial, &mut lanes, deadline).await;
         log_warm_stats(&f.request.repair_id, &lanes);
+        let after = warm_totals(&lanes);
+        let paths = RunPaths {
+            runs: trial.runs.load(std::sync::atomic::Ordering::Relaxed),
+            warm: after.warm.saturating_sub(before.warm),
+            collected: after.collected.saturating_sub(before.collected),
+            warm_off: after.warm_off,
+        };
         let any_passed = tried.iter().any(|t| t.result.passed);
         if keep_for_next_attempt(a.attempts_left, any_passed) {
             self.parked.park(a.park_key.clone(), lanes);
@@ -190,7 +199,7 @@ impl ValidateStage {
             close_later(lanes);
         }
         let _ = std::fs::remove_dir_all(&work);
-        Ok((tried, lanes_used))
+        Ok((tried, lanes_used, paths))
     }
 
     /// The attempt's lanes: those parked for it (or being opened ahead for it), and new ones
@@ -268,6 +277,7 @@ fn attempt_record(
     tried: &[Tried],
     validation: Duration,
     lanes: usize,
+    paths: RunPaths,
 ) -> AttemptRecord {
     AttemptRecord {
         attempt: f.attempt,
@@ -282,6 +292,7 @@ fn attempt_record(
         usage: f.usage.clone(),
         validation_ms: validation.as_millis() as u64,
         lanes: lanes as u32,
+        paths,
     }
 }
 

@@ -14,9 +14,7 @@ fn lane_template(
     kind: &ProjectKind,
     root: &Path,
 ) -> RunSpec {
-    let mut template = p.spec(cfg, kind.language, root, kind.test_cmd.clone());
-    template.collect = kind.reports.clone();
-    template
+    p.project_spec(cfg, kind, root)
 }
 
 /// Opens `n` sandbox sessions for `kind`'s project at once. Lanes that fail are logged and
@@ -61,6 +59,21 @@ pub fn close_later(sessions: Vec<Session>) {
 }
 
 /// Logs what each lane's warm test server did, for lanes that started one or turned it off.
+/// The warm servers' counts summed over `lanes` (the run paths' `runs` left at 0), with the
+/// first reason a lane's server went off.
+pub fn warm_totals(lanes: &[Session]) -> proto::messages::RunPaths {
+    let mut t = proto::messages::RunPaths::default();
+    for session in lanes {
+        let w = session.warm_stats();
+        t.warm += w.served;
+        t.collected += w.collected;
+        if t.warm_off.is_none() {
+            t.warm_off = w.off.clone();
+        }
+    }
+    t
+}
+
 pub fn log_warm_stats(repair: &proto::RepairId, lanes: &[Session]) {
     for session in lanes {
         let w = session.warm_stats();

@@ -488,6 +488,76 @@ impl EnvError {
         )
     }
 
+    /// Whether the repair may still go on to its stages, which then stop at the MRE with
+    /// this as the reason the tests cannot run (and a report): an install that failed.
+    /// A missing interpreter, tool or engine stops before triage.
+    pub fn is_install_failure(&self) -> bool {
+        matches!(
+            self,
+            EnvError::RegistryUnreachable { .. }
+                | EnvError::ManifestBroken { .. }
+                | EnvError::Timeout { .. }
+        )
+    }
+
+    /// Why the tests cannot run, for the MRE's summary (and the report and exit code it
+    /// leads to: `vocab::exit::of_repair`).
+    pub fn blocked(&self) -> proto::messages::Blocked {
+        use proto::messages::{Blocked, BlockedReason};
+        let what = |installer: &str, package: &Option<String>| match package {
+            Some(p) => format!("the package `{p}` ({installer})"),
+            None => format!("the project's dependencies ({installer})"),
+        };
+        let (reason, what, hint, tail) = match self {
+            EnvError::RegistryUnreachable {
+                installer,
+                package,
+                tail,
+                log,
+            } => (
+                BlockedReason::Registry,
+                what(installer, package),
+                format!("the package registry cannot be reached: check the network or the proxy and index settings ({installer}), then repair again; full log: {log}"),
+                tail.clone(),
+            ),
+            EnvError::ManifestBroken {
+                installer,
+                package,
+                tail,
+                log,
+            } => (
+                BlockedReason::Manifest,
+                what(installer, package),
+                format!("{installer} refused what the project declares: fix the manifest, or set sandbox.setup to your install commands; full log: {log}"),
+                tail.clone(),
+            ),
+            EnvError::Timeout { secs, tail, log } => (
+                BlockedReason::Install,
+                "the project's dependencies".to_owned(),
+                format!("the install took longer than {secs} s: raise sandbox.install_timeout_secs; full log: {log}"),
+                tail.clone(),
+            ),
+            EnvError::Missing { what, fix } => (
+                BlockedReason::Interpreter,
+                what.clone(),
+                fix.clone(),
+                String::new(),
+            ),
+            EnvError::Sandbox(m) | EnvError::Io { context: m, .. } => (
+                BlockedReason::Install,
+                "the project's environment".to_owned(),
+                self.to_string(),
+                m.clone(),
+            ),
+        };
+        Blocked {
+            reason,
+            what,
+            hint,
+            output_tail: tail,
+        }
+    }
+
     /// The package the installer was at, when it said.
     pub fn package(&self) -> Option<&str> {
         match self {

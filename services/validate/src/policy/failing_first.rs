@@ -133,6 +133,8 @@ mod tests {
             test_cmd,
             runner,
             reports: vec![],
+            env: vec![],
+            origin: String::new(),
         }
     }
 

@@ -45,7 +45,7 @@ pub struct SuiteVerdict {
 }
 
 /// A candidate passes when the run succeeds, no baseline-passing test fails and every
-/// baseline-failing test passes.
+/// baseline-failing test passes (or, when the run names no outcome for it, the run succeeds).
 pub fn suite_verdict(
     run: &RunResult,
     tests: &[TestOutcome],
@@ -53,7 +53,12 @@ pub fn suite_verdict(
     failing_before: &[String],
 ) -> SuiteVerdict {
     let regressions = compare::regressions(passing_before, tests);
-    let still = compare::still_failing(failing_before, tests);
+    let mut still = compare::still_failing(failing_before, tests);
+    if run.success() {
+        // A run that names no outcome for a target (a quiet runner, a wrapper that hides it)
+        // is decided by its exit status: it succeeded, so nothing still fails.
+        still.retain(|t| tests.iter().any(|o| compare::same_test(t, &o.name)));
+    }
     let passed = run.success() && regressions.is_empty() && still.is_empty();
     let reason = (!passed).then(|| {
         // A stopped run names no test truthfully: say why it stopped.
@@ -72,6 +77,36 @@ pub fn suite_verdict(
     });
     SuiteVerdict {
         passed,
+        regressions,
+        reason,
+    }
+}
+
+/// What a run of the tests around a narrow command says about a candidate that passed it:
+/// it fails when a test that passed before fails now, or when the run was stopped. Tests that
+/// failed before may still fail there (they are not this repair's).
+pub fn wider_verdict(
+    run: &RunResult,
+    tests: &[TestOutcome],
+    passing_before: &[String],
+) -> SuiteVerdict {
+    let regressions = compare::regressions(passing_before, tests);
+    let stopped = run.timed_out || run.oom_killed || run.output_truncated;
+    let reason = if stopped {
+        Some(format!(
+            "the tests around the command: the run {}",
+            run.verdict()
+        ))
+    } else if !regressions.is_empty() {
+        Some(format!(
+            "breaks tests around the command that passed before: {}",
+            regressions.join(", ")
+        ))
+    } else {
+        None
+    };
+    SuiteVerdict {
+        passed: reason.is_none(),
         regressions,
         reason,
     }
@@ -143,6 +178,17 @@ mod tests {
             v.reason.as_deref(),
             Some("target tests still fail: t.py::b")
         );
+        // A run that succeeded without naming the target (a quiet wrapper): its exit decides.
+        let quiet = [
+            o("t.py::a", TestStatus::Passed),
+            o("make test", TestStatus::Passed),
+        ];
+        assert!(suite_verdict(&run(0), &quiet, &passing, &failing).passed);
+        let v = suite_verdict(&run(1), &quiet, &passing, &failing);
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("target tests still fail: t.py::b")
+        );
         // Every test passed but the run did not succeed: the run's own verdict.
         let v = suite_verdict(&run(2), &fixed, &passing, &failing);
         assert!(!v.passed);
@@ -157,5 +203,27 @@ mod tests {
             v.reason.as_deref(),
             Some("the test run killed after 10 s timeout")
         );
+    }
+
+    #[test]
+    fn the_tests_around_a_narrow_command_must_keep_passing() {
+        let passing = vec!["t.py::a".to_owned(), "t.py::c".to_owned()];
+        // Pre-existing failures around the target are not this repair's.
+        let same = [
+            o("t.py::a", TestStatus::Passed),
+            o("t.py::c", TestStatus::Passed),
+            o("t.py::old", TestStatus::Failed),
+        ];
+        assert!(wider_verdict(&run(1), &same, &passing).passed);
+        let broken = [
+            o("t.py::a", TestStatus::Passed),
+            o("t.py::c", TestStatus::Failed),
+        ];
+        let v = wider_verdict(&run(1), &broken, &passing);
+        assert!(!v.passed);
+        assert_eq!(v.regressions, ["t.py::c"]);
+        let mut slow = run(0);
+        slow.timed_out = true;
+        assert!(!wider_verdict(&slow, &same, &passing).passed);
     }
 }
