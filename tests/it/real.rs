@@ -117,7 +117,8 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
     let src = dir.display().to_string();
     // A version that does not exist: the manifest is broken (exit 2), and it is named.
     std::fs::write(dir.join("requirements.txt"), "attrs==99.0.0\n")?;
-    let out = run.coval(&["repair", "-e", &log, "-s", &src, "--engine", "search"])?;
+    let repair = ["repair", "-e", &log, "-s", &src, "--engine", "search", "--json"];
+    let out = run.coval(&repair)?;
     let said = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.code() == Some(2),
@@ -128,7 +129,24 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
         said.contains("`attrs==99.0.0`") && said.contains("No matching distribution"),
         "{said}"
     );
-    ensure!(!said.contains("triage"), "it went on to triage:\n{said}");
+    // The report says it: the tests cannot run, for this reason; no candidate was tried.
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let blocked = &report["mre"]["blocked"];
+    ensure!(report["outcome"] == "cannot_run", "{report}");
+    ensure!(blocked["reason"] == "manifest", "{report}");
+    ensure!(
+        blocked["what"]
+            .as_str()
+            .is_some_and(|w| w.contains("attrs==99.0.0"))
+            && blocked["output_tail"]
+                .as_str()
+                .is_some_and(|t| t.contains("No matching distribution")),
+        "{report}"
+    );
+    ensure!(
+        report["attempts"].as_array().map(Vec::len) == Some(0),
+        "{report}"
+    );
     // A registry that does not answer (a closed port on loopback): exit 3.
     // A fresh key every run: a comment with a nonce (no environment of it exists).
     let nonce = format!(
@@ -148,7 +166,7 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
     ];
     for backend in ["local", "docker"] {
         run.backend = backend;
-        let out = run.coval(&["repair", "-e", &log, "-s", &src, "--engine", "search"])?;
+        let out = run.coval(&repair)?;
         let said = String::from_utf8_lossy(&out.stderr);
         ensure!(
             out.status.code() == Some(3),
@@ -158,6 +176,11 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
         ensure!(
             said.contains("cannot be reached") && said.contains("attrs==23.2.0"),
             "{backend}: {said}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(
+            report["mre"]["blocked"]["reason"] == "registry",
+            "{backend}: {report}"
         );
     }
     Ok(())

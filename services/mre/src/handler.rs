@@ -168,7 +168,7 @@ impl Handler for MreStage {
                 test_cmd: level.clone(),
                 ..kind.clone()
             };
-            match run::run_tests(sb, &self.sandbox, &level_kind, &root).await {
+            match run::run_tests(sb, &self.sandbox, env, &level_kind, &root).await {
                 Ok(r) if !r.result.timed_out => {
                     notes.push(format!(
                         "the tests around the command: `{}` ({} passing)",

@@ -98,6 +98,8 @@ async fn prepare(
             test_cmd: vec![],
             runner: sandbox::Runner::Custom,
             reports: vec![],
+            env: vec![],
+            origin: String::new(),
         });
     sandbox::prepare(cfg, &kind, root, &sandbox::UserDirs::default()).await
 }
