@@ -117,7 +117,9 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
     let src = dir.display().to_string();
     // A version that does not exist: the manifest is broken (exit 2), and it is named.
     std::fs::write(dir.join("requirements.txt"), "attrs==99.0.0\n")?;
-    let repair = ["repair", "-e", &log, "-s", &src, "--engine", "search", "--json"];
+    let repair = [
+        "repair", "-e", &log, "-s", &src, "--engine", "search", "--json",
+    ];
     let out = run.coval(&repair)?;
     let said = String::from_utf8_lossy(&out.stderr);
     ensure!(

@@ -61,19 +61,6 @@ pub(crate) async fn prepare(
     user: &UserDirs,
 ) -> Result<Environment, EnvError> {
     let cache = cache_dir(cfg);
-    for bad in ["/tmp", "/work"] {
-        if cache.starts_with(bad) {
-            return Err(EnvError::Missing {
-                what: format!(
-                    "a cache directory outside {bad} (sandbox.cache_dir is {})",
-                    cache.display()
-                ),
-                fix: format!(
-                    "the local sandbox maps {bad} to each run's own directory: set sandbox.cache_dir (or XDG_CACHE_HOME) elsewhere, e.g. /var/tmp/coval"
-                ),
-            });
-        }
-    }
     let have = |t: &str| which(cfg, t).is_some();
     let Some(plan) = plan(cfg, kind, root, &have) else {
         return Ok(Environment::none("nothing to install for this project"));

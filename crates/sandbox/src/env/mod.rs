@@ -517,7 +517,9 @@ impl EnvError {
             } => (
                 BlockedReason::Registry,
                 what(installer, package),
-                format!("the package registry cannot be reached: check the network or the proxy and index settings ({installer}), then repair again; full log: {log}"),
+                format!(
+                    "the package registry cannot be reached: check the network or the proxy and index settings ({installer}), then repair again; full log: {log}"
+                ),
                 tail.clone(),
             ),
             EnvError::ManifestBroken {
@@ -528,13 +530,17 @@ impl EnvError {
             } => (
                 BlockedReason::Manifest,
                 what(installer, package),
-                format!("{installer} refused what the project declares: fix the manifest, or set sandbox.setup to your install commands; full log: {log}"),
+                format!(
+                    "{installer} refused what the project declares: fix the manifest, or set sandbox.setup to your install commands; full log: {log}"
+                ),
                 tail.clone(),
             ),
             EnvError::Timeout { secs, tail, log } => (
                 BlockedReason::Install,
                 "the project's dependencies".to_owned(),
-                format!("the install took longer than {secs} s: raise sandbox.install_timeout_secs; full log: {log}"),
+                format!(
+                    "the install took longer than {secs} s: raise sandbox.install_timeout_secs; full log: {log}"
+                ),
                 tail.clone(),
             ),
             EnvError::Missing { what, fix } => (
