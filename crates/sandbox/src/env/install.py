@@ -245,9 +245,14 @@ def deps():
 
 
 def importable(module):
-    import importlib.util
+    """`module` imports, and is a real module (an empty directory of its name is a namespace
+    package: it imports, and has no `__file__`)."""
+    import importlib
 
-    return importlib.util.find_spec(module) is not None
+    try:
+        return getattr(importlib.import_module(module), "__file__", None) is not None
+    except Exception:  # noqa: BLE001 - any failure to import is "not there"
+        return False
 
 
 def runner(modules):
