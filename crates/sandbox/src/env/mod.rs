@@ -720,22 +720,36 @@ fn package_of(output: &str) -> Option<String> {
 }
 
 /// Where local environments and install logs live: `sandbox.cache_dir`, else
-/// `$XDG_CACHE_HOME/coval`, else `~/.cache/coval`; as root with neither set,
-/// `/var/cache/coval` (the sandbox's per-run users can read it; `/root` they cannot).
+/// `$XDG_CACHE_HOME/coval`, else `~/.cache/coval`; as root (whose runs are users of their
+/// own) `/var/cache/coval` unless `$XDG_CACHE_HOME` is reachable by every user (`/root` is
+/// not).
 pub fn cache_dir(cfg: &SandboxConfig) -> PathBuf {
     if !cfg.cache_dir.trim().is_empty() {
         return PathBuf::from(cfg.cache_dir.trim());
     }
+    let root = crate::sys::euid() == 0;
     if !cfg.host.xdg_cache_home.is_empty() {
-        return PathBuf::from(&cfg.host.xdg_cache_home).join("coval");
+        let x = PathBuf::from(&cfg.host.xdg_cache_home).join("coval");
+        // As root, runs are other users: they must be able to reach the environment.
+        if !root || searchable_by_all(&x) {
+            return x;
+        }
     }
-    if crate::sys::euid() == 0 {
+    if root {
         return PathBuf::from("/var/cache/coval");
     }
     match cfg.host.home.as_str() {
         "" => PathBuf::from("/var/tmp/coval-cache"),
         h => PathBuf::from(h).join(".cache").join("coval"),
     }
+}
+
+/// Every existing ancestor of `p` (and `p`) can be searched by any user.
+fn searchable_by_all(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.ancestors()
+        .filter_map(|a| std::fs::metadata(a).ok())
+        .all(|m| m.permissions().mode() & 0o001 != 0)
 }
 
 /// What an environment build reports while it runs.
