@@ -94,15 +94,7 @@ pub(crate) async fn resolve(
     let (repo, tag) = tag_of(plan, key);
     let image = format!("{repo}:{tag}");
     let found = |took: Duration, built: bool| {
-        let what = if built {
-            format!(
-                "built in {:.1} s: {}",
-                took.as_secs_f64(),
-                plan.steps.join("; ")
-            )
-        } else {
-            "reused".to_owned()
-        };
+        let what = plan.how(built.then_some(took));
         let mut e = environment(
             plan,
             key,

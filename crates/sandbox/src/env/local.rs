@@ -413,18 +413,11 @@ async fn built(
         let started = Instant::now();
         let dir = cache.join("envs").join(&key);
         let describe = |built: Option<Duration>| {
-            let what = match built {
-                Some(t) => format!(
-                    "built in {:.1} s: {}",
-                    t.as_secs_f64(),
-                    plan.steps.join("; ")
-                ),
-                None => "reused".to_owned(),
-            };
             format!(
-                "{} environment {} ({what})",
+                "{} environment {} ({})",
                 plan.language.key(),
-                dir.display()
+                dir.display(),
+                plan.how(built)
             )
         };
         if dir.join(COMPLETE).exists() {

@@ -349,6 +349,18 @@ fn one_line(s: &str) -> String {
 }
 
 impl Plan {
+    /// "built in 12.3 s: pip: requirements.txt; runner: pytest, coverage", or "reused".
+    pub(crate) fn how(&self, built: Option<Duration>) -> String {
+        match built {
+            Some(t) => format!(
+                "built in {:.1} s: {}",
+                t.as_secs_f64(),
+                self.steps.join("; ")
+            ),
+            None => "reused".to_owned(),
+        }
+    }
+
     /// The environment's key: the recipe, where it is built (`backend`), the base (image id
     /// or interpreter and version), the script (which holds `sandbox.setup`), the installer
     /// and every manifest. 16 hex digits.
