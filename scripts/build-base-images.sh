@@ -5,11 +5,16 @@
 #   scripts/build-base-images.sh [--force] [python|node|go|python-web|node-web|all]...
 #   (default: python)
 #
-#   python      coval/python:bookworm      python3, python3-pytest, python3-coverage
-#   node        coval/node:bookworm        nodejs
+#   python      coval/python:bookworm      python3 (also as `python`), python3-pytest,
+#                                          python3-coverage, pip and venv (python3-pip,
+#                                          python3-venv, python-is-python3)
+#   node        coval/node:bookworm        nodejs, npm (by apt in the root)
 #   go          coval/go:bookworm          golang-go
 #   python-web  coval/python-web:bookworm  python plus python3-fastapi, -uvicorn, -flask, -httpx
-#   node-web    coval/node-web:bookworm    nodejs plus node-express (by apt in the root)
+#   node-web    coval/node-web:bookworm    nodejs plus node-express, npm (by apt in the root)
+#
+# pip, venv and npm are what a project environment (`coval env build`, crates/sandbox env)
+# installs a project's own dependencies with, on top of these images.
 #
 # The -web variants are what `coval generate` tests and `coval run` deploys on (FastAPI, Flask,
 # Express apps): separate images, so the sandbox images stay small and are not rebuilt.
@@ -34,7 +39,7 @@ mkdir -p "$STATE/images"
 STATE="$(cd "$STATE" && pwd)"
 SUITE="${COVAL_DEBIAN_SUITE:-bookworm}"
 # Bump when the recipe changes: images with another version are rebuilt (from the cached root).
-readonly RECIPE=2
+readonly RECIPE=3
 
 log() { printf '[build-base-images] %s\n' "$*" >&2; }
 die() {
@@ -64,20 +69,22 @@ mirror() {
 
 packages_for() {
     case "$1" in
-    python) echo python3,python3-pytest,python3-coverage ;;
+    python) echo python3,python3-pytest,python3-coverage,python3-pip,python3-venv,python-is-python3 ;;
     node) echo nodejs ;;
     go) echo golang-go ;;
-    python-web) echo python3,python3-pytest,python3-coverage,python3-fastapi,python3-uvicorn,python3-flask,python3-httpx ;;
+    python-web) echo python3,python3-pytest,python3-coverage,python3-pip,python3-venv,python-is-python3,python3-fastapi,python3-uvicorn,python3-flask,python3-httpx ;;
     node-web) echo nodejs ;;
     *) return 1 ;;
     esac
 }
 
 # Packages installed afterwards by apt inside the root: debootstrap cannot resolve virtual
-# packages (node-express needs node-side-channel, provided by node-deep-equal, which needs more).
+# packages (node-express needs node-side-channel, provided by node-deep-equal, which needs more;
+# npm needs hundreds of node-* packages, some of them virtual).
 apt_extra_for() {
     case "$1" in
-    node-web) echo node-express ;;
+    node) echo npm ;;
+    node-web) echo node-express npm ;;
     *) echo "" ;;
     esac
 }

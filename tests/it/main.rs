@@ -6,6 +6,7 @@ mod bus;
 mod crash;
 mod mre;
 mod patch;
+mod real;
 mod sandbox;
 mod trace;
 mod triage;

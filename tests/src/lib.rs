@@ -2,6 +2,8 @@
 //! benchmarks: a real nats-server per test (killed on drop), and no-op stage handlers that
 //! advance a repair through all six stages with the real message types.
 
+pub mod real;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -12,6 +12,7 @@ use telemetry::LogFormat;
 
 mod apply;
 mod deploy;
+mod env;
 mod generate;
 mod models;
 mod progress;
@@ -138,6 +139,10 @@ enum Command {
     /// List the configured model aliases or pull one onto the model server
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Project environments (the project's own dependencies, built once and cached): build,
+    /// list with sizes, prune
+    #[command(subcommand)]
+    Env(env::EnvCommand),
     /// Print the effective configuration: built-in defaults, files, COVAL_* variables
     Config {
         /// Print JSON instead of `key = value` lines
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => block_on(deploy::stop(args, &cfg, &cli.global.workspace)),
         Command::Proxy(args) => block_on(deploy::proxy(args)),
         Command::Models(cmd) => block_on(models::run(cmd, &cfg)),
+        Command::Env(cmd) => block_on(env::run(cmd, &cfg)),
         Command::Submit(args) => block_on(remote::submit(args, &cfg, &cli.global.workspace)),
         Command::Watch(args) => block_on(remote::watch(args, &cfg, &cli.global.workspace)),
         Command::Worker(cmd) => block_on(remote::worker(cmd, &cfg, &cli.global.workspace)),

@@ -189,6 +189,11 @@ pub async fn run(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<u8,
     {
         return Err(Failure::unreachable(e.to_string()));
     }
+    // The sandbox and the project's environment, before triage: a failed install stops here
+    // with its own exit code, and every stage reuses what is built.
+    if !args.analyze {
+        crate::env::before_repair(cfg, &source, args.test_cmd.as_deref(), args.json).await?;
+    }
     let (store, history) = open_workspace(workspace, args.analyze)?;
     let (project_dir, iteration) = snapshot(store.as_ref(), workspace, &source, iteration)?;
     let repair_id = RepairId::new();

@@ -16,6 +16,7 @@
 
 pub mod command;
 pub mod docker;
+pub mod env;
 pub mod local;
 pub mod outcomes;
 pub mod project;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 pub use command::{split_plain, widen};
 pub use docker::{DockerSandbox, DockerSession};
+pub use env::{EnvError, Environment, UserDirs};
 pub use local::{LocalSandbox, LocalSession};
 pub use outcomes::parse_outcomes;
 pub use project::{ProjectKind, Runner, detect_project, detect_project_with, node_test_cmd};
@@ -85,6 +87,17 @@ pub struct RunSpec {
     pub image: String,
     /// Files (relative to the work dir) to read back after the run, e.g. a JUnit report.
     pub collect: Vec<String>,
+}
+
+/// The image a project of `language` runs on before its environment: the user's own
+/// `sandbox.image`, else the configured image for the language, else coval's Python image.
+pub fn base_image(cfg: &SandboxConfig, language: Language) -> String {
+    if !cfg.image.trim().is_empty() {
+        return cfg.image.trim().to_owned();
+    }
+    cfg.image_for(language)
+        .unwrap_or("coval/python:bookworm")
+        .to_owned()
 }
 
 /// Whether `argv` is `python3 -m pytest ARGS...`: the command sessions can serve from a warm
@@ -150,9 +163,7 @@ impl RunSpec {
         let mut s = RunSpec::new(dir, argv);
         s.timeout = Duration::from_secs(cfg.timeout_secs);
         s.limits = cfg.limits();
-        if let Some(img) = cfg.image_for(language) {
-            s.image = img.to_owned();
-        }
+        s.image = base_image(cfg, language);
         s
     }
 
@@ -474,6 +485,90 @@ pub struct Detected {
     pub reason: String,
 }
 
+/// A project's sandbox and environment, resolved once: what every stage that runs the
+/// project's tests starts from.
+pub struct Prepared {
+    pub detected: Detected,
+    pub env: Environment,
+}
+
+/// Why a project's tests cannot be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+}
+
+impl PrepareError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PrepareError::Sandbox(e) => e.is_retryable(),
+            PrepareError::Env(e) => e.is_retryable(),
+        }
+    }
+
+    /// The command line's exit code for it (2 or 3).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PrepareError::Sandbox(SandboxError::BadSpec(_)) => vocab::exit::BAD_INPUT,
+            PrepareError::Sandbox(_) => vocab::exit::UNREACHABLE,
+            PrepareError::Env(e) => e.exit_code(),
+        }
+    }
+}
+
+/// The sandbox for `kind`'s project (as [`detect_for`]) and its environment (as
+/// [`env::prepare`]): built at most once per process and key, reused after.
+pub async fn prepare(
+    cfg: &SandboxConfig,
+    kind: &ProjectKind,
+    root: &Path,
+    user: &UserDirs,
+) -> Result<Prepared, PrepareError> {
+    let detected = detect_for(cfg, kind.language).await?;
+    let env = env::prepare(cfg, &detected.sandbox, kind, root, user).await?;
+    Ok(Prepared { detected, env })
+}
+
+impl Prepared {
+    /// A spec from the `sandbox:` settings that runs in this environment.
+    pub fn spec(
+        &self,
+        cfg: &SandboxConfig,
+        language: Language,
+        dir: impl Into<PathBuf>,
+        argv: Vec<String>,
+    ) -> RunSpec {
+        let mut s = RunSpec::from_config(cfg, language, dir, argv);
+        self.env.apply(&mut s);
+        s
+    }
+
+    /// [`RunSpec::for_project`] in this environment.
+    pub fn project_spec(
+        &self,
+        cfg: &SandboxConfig,
+        kind: &ProjectKind,
+        dir: impl Into<PathBuf>,
+    ) -> RunSpec {
+        let mut s = RunSpec::for_project(cfg, kind, dir);
+        self.env.apply(&mut s);
+        s
+    }
+
+    /// "sandbox: docker (why); environment: ...", for notes and the terminal.
+    pub fn describe(&self) -> String {
+        format!(
+            "sandbox: {} ({}); environment: {}",
+            self.detected.sandbox.name(),
+            self.detected.reason,
+            self.env.description
+        )
+    }
+}
+
 /// Docker when the engine answers and a configured base image is present, else the local
 /// sandbox; `sandbox.backend` forces one (a forced Docker that does not answer is an error).
 pub async fn detect(cfg: &SandboxConfig) -> Result<Detected, SandboxError> {
@@ -506,6 +601,9 @@ async fn detect_inner(
         Err(e) => return Err(e),
     };
     let wanted: Vec<(String, String)> = match language {
+        Some(l) if !cfg.image.trim().is_empty() => {
+            vec![(l.key().to_owned(), cfg.image.trim().to_owned())]
+        }
         Some(l) => match cfg.image_for(l) {
             Some(img) => vec![(l.key().to_owned(), img.to_owned())],
             None => vec![],

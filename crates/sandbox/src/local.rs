@@ -254,9 +254,11 @@ impl LocalServer {
 /// A fresh run maps `/work` in env values to its own copy; one server cannot do that per
 /// candidate.
 fn env_names_work(spec: &RunSpec) -> bool {
-    spec.env
-        .iter()
-        .any(|(_, v)| v == "/work" || v.starts_with("/work/"))
+    spec.env.iter().any(|(_, v)| {
+        v.split(':').any(|p| {
+            p == "/work" || (p.starts_with("/work/") && std::fs::symlink_metadata(p).is_err())
+        })
+    })
 }
 
 /// Cap on each collected file of a warm run (as `read_capped` in a fresh run).
@@ -598,17 +600,22 @@ fn python_shim(path: &str) -> Option<PathBuf> {
 }
 
 fn map_env(env: &[(String, String)], src: &Path, tmp: &Path) -> Vec<(String, String)> {
-    let map = |v: &str| -> String {
+    // Each `:`-separated part on its own (PATH-like values); a path under /tmp or /work that
+    // exists on the host (a project environment under a cache in /tmp) is the host's.
+    let map_one = |v: &str| -> String {
         for (prefix, to) in [("/work", src), ("/tmp", tmp)] {
             if v == prefix {
                 return to.display().to_string();
             }
-            if let Some(rest) = v.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
+            if let Some(rest) = v.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
+                && std::fs::symlink_metadata(v).is_err()
+            {
                 return to.join(rest).display().to_string();
             }
         }
         v.to_owned()
     };
+    let map = |v: &str| -> String { v.split(':').map(map_one).collect::<Vec<_>>().join(":") };
     env.iter()
         .map(|(k, v)| match (k.as_str(), python_shim(v)) {
             ("PATH", Some(shim)) => (k.clone(), format!("{}:{}", map(v), shim.display())),
@@ -892,6 +899,18 @@ mod tests {
         assert_eq!(m[1].1, "/s/a/b");
         assert!(m[2].1.starts_with("/usr/bin:/bin"), "{}", m[2].1);
         assert_eq!(m[3].1, "/tmpfoo");
+        // A host path under /tmp (an environment in a cache there) stays the host's.
+        let host = tempfile::tempdir_in("/tmp").unwrap();
+        let bin = host.path().join("venv/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let path = format!("{}:/tmp/x:/usr/bin", bin.display());
+        let m = map_env(&[("PATH".into(), path)], Path::new("/s"), Path::new("/t"));
+        assert!(
+            m[0].1
+                .starts_with(&format!("{}:/t/x:/usr/bin", bin.display())),
+            "{}",
+            m[0].1
+        );
     }
 
     #[test]

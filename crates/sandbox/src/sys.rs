@@ -83,6 +83,22 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Waits for an exclusive `flock` on `f` (released when the file is closed).
+#[allow(unsafe_code)]
+pub(crate) fn flock_exclusive(f: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock takes an open descriptor, which `f` keeps open for the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// SIGKILL to every process of group `pgid`.
 #[allow(unsafe_code)]
 pub(crate) fn kill_group(pgid: u32) {

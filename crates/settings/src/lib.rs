@@ -290,6 +290,103 @@ pub struct SandboxConfig {
     /// runner per session (coval's node images), instead of a fresh runner process each.
     #[serde(default = "yes")]
     pub warm_node: bool,
+    /// Whether coval installs a project's declared dependencies into an environment of its
+    /// own (`auto`), or runs tests on the image or interpreter as it is (`never`).
+    #[serde(default)]
+    pub install: InstallMode,
+    /// Shell commands that install the project's dependencies, like a CI job's install step:
+    /// run (with `sh -e`, in a copy of the project, network on) instead of the detected
+    /// installs. Empty: detected from the project's manifests.
+    #[serde(default)]
+    pub setup: String,
+    /// The user's own image (e.g. their CI image) as the base of every project's
+    /// environment, instead of `images`. Empty: `images` per language.
+    #[serde(default)]
+    pub image: String,
+    /// Where local environments and install logs live. Empty: `$XDG_CACHE_HOME/coval`, else
+    /// `~/.cache/coval` (as root: `/var/cache/coval`, which the sandbox's users can read).
+    #[serde(default)]
+    pub cache_dir: String,
+    /// Wall-clock limit of one environment build (the installer's network step).
+    #[serde(default = "install_timeout")]
+    pub install_timeout_secs: u64,
+    /// What the sandbox's environments need from the process environment (filled by
+    /// [`load`], never configured).
+    #[serde(skip)]
+    pub host: HostEnv,
+}
+
+/// The variables of the process environment a project environment is found or built with:
+/// the user's own environment (`VIRTUAL_ENV`, `CONDA_PREFIX`), where tools and caches are
+/// (`PATH`, `XDG_CACHE_HOME`, `HOME`), and what an install step needs to reach a registry
+/// (proxies, index and registry URLs, the CA bundle).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostEnv {
+    pub path: String,
+    pub home: String,
+    pub xdg_cache_home: String,
+    pub virtual_env: String,
+    pub conda_prefix: String,
+    /// `(name, value)` of the registry-related variables that are set.
+    pub registry: Vec<(String, String)>,
+}
+
+/// Variables an install step may need to reach a registry.
+pub const REGISTRY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "NPM_CONFIG_REGISTRY",
+    "npm_config_registry",
+    "GOPROXY",
+    "GOPRIVATE",
+    "GONOSUMDB",
+    "GOSUMDB",
+    "SSL_CERT_FILE",
+];
+
+impl HostEnv {
+    pub fn from_env(env: &[(String, String)]) -> HostEnv {
+        let get = |n: &str| {
+            env.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        HostEnv {
+            path: get("PATH"),
+            home: get("HOME"),
+            xdg_cache_home: get("XDG_CACHE_HOME"),
+            virtual_env: get("VIRTUAL_ENV"),
+            conda_prefix: get("CONDA_PREFIX"),
+            registry: REGISTRY_VARS
+                .iter()
+                .filter_map(|n| env.iter().find(|(k, _)| k == n).cloned())
+                .collect(),
+        }
+    }
+}
+
+fn install_timeout() -> u64 {
+    900
+}
+
+/// `sandbox.install`: whether coval installs a project's dependencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallMode {
+    /// Build (or reuse) an environment from what the project declares.
+    #[default]
+    Auto,
+    /// Never install: the tests run on the image or interpreter as it is.
+    Never,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -571,7 +668,8 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
         check_keys(&l.value, &llm_defaults, "", &l.origin, &["models"])?;
     }
 
-    let settings: Settings = merge(&settings_layers)?;
+    let mut settings: Settings = merge(&settings_layers)?;
+    settings.sandbox.host = HostEnv::from_env(&opts.env);
     let llm: LlmSettings = merge(&llm_layers)?;
     validate_settings(&settings, &settings_layers)?;
     validate_llm(&llm, &llm_layers)?;
@@ -814,6 +912,10 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
         ("sandbox.output_kb", s.sandbox.output_kb),
         ("sandbox.tmpfs_mb", s.sandbox.tmpfs_mb),
         ("sandbox.nofile", u64::from(s.sandbox.nofile)),
+        (
+            "sandbox.install_timeout_secs",
+            s.sandbox.install_timeout_secs,
+        ),
         ("deploy.health_timeout_secs", s.deploy.health_timeout_secs),
         ("deploy.health_interval_ms", s.deploy.health_interval_ms),
         ("deploy.memory_mb", s.deploy.memory_mb),

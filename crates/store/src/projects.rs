@@ -25,7 +25,8 @@ use vocab::tree::is_safe_relative;
 /// Format version written into every snapshot.
 const SNAPSHOT_VERSION: u32 = 1;
 
-/// Directories never put into a snapshot: version control and coval's own workspace.
+/// Directories never put into a snapshot (`vocab::tree::is_not_project_dir`): version
+/// control, coval's own workspace, installed dependencies; a snapshot naming one is refused.
 use vocab::tree::NOT_PROJECT_DIRS as SKIPPED_DIRS;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,7 +153,7 @@ fn walk(
         };
         let ft = meta.file_type();
         if ft.is_dir() {
-            if SKIPPED_DIRS.contains(&entry.file_name().to_string_lossy().as_ref())
+            if vocab::tree::is_not_project_dir(dir, &entry.file_name().to_string_lossy())
                 || except == Some(path.as_path())
             {
                 continue;

@@ -58,15 +58,45 @@ pub enum Perms {
     WorldReadable,
 }
 
-/// Directories that are never part of a project's tree, at any depth: version control and
-/// coval's own workspace. Snapshots, iterations, MREs and sandbox copies leave them out, so a
-/// workspace inside the project (`cd repo && coval repair`, the default `.coval`) is never
-/// copied into itself.
-pub const NOT_PROJECT_DIRS: &[&str] = &[".git", ".hg", ".svn", ".coval"];
+/// Directories that are never part of a project's tree, at any depth: version control,
+/// coval's own workspace, installed dependencies (virtualenvs, `node_modules`: a project's
+/// environment brings them) and caches a run rebuilds. Snapshots, iterations, MREs and sandbox
+/// copies leave them out, so a workspace inside the project (`cd repo && coval repair`, the
+/// default `.coval`) is never copied into itself, and a project with its dependencies
+/// installed beside it is copied as its source. See also [`is_not_project_dir`].
+pub const NOT_PROJECT_DIRS: &[&str] = &[
+    ".git",
+    ".hg",
+    ".svn",
+    ".coval",
+    "node_modules",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+];
+
+/// Whether the directory `name` inside `parent` is left out of project copies: one of the
+/// [`NOT_PROJECT_DIRS`], a virtualenv of any name (it holds `pyvenv.cfg`), or a Rust build
+/// directory (`target` beside a `Cargo.toml`, or one marked with `CACHEDIR.TAG`).
+pub fn is_not_project_dir(parent: &Path, name: &str) -> bool {
+    if NOT_PROJECT_DIRS.contains(&name) {
+        return true;
+    }
+    let dir = parent.join(name);
+    if fs::symlink_metadata(dir.join("pyvenv.cfg")).is_ok_and(|m| m.is_file()) {
+        return true;
+    }
+    name == "target" && (parent.join("Cargo.toml").is_file() || dir.join("CACHEDIR.TAG").is_file())
+}
 
 /// Copies the contents of `src` into `dst` (created if missing). Symlinks are copied as
 /// symlinks, never followed; sockets, fifos and devices are skipped, and so are the
-/// [`NOT_PROJECT_DIRS`].
+/// directories [`is_not_project_dir`] names.
 pub fn copy_tree(src: &Path, dst: &Path, perms: Perms) -> io::Result<u64> {
     copy_tree_except(src, dst, perms, None)
 }
@@ -105,14 +135,15 @@ fn copy_dir(
         let entry = entry?;
         let from = entry.path();
         let name = entry.file_name();
-        if except == Some(from.as_path())
-            || NOT_PROJECT_DIRS.contains(&name.to_string_lossy().as_ref())
-        {
+        if except == Some(from.as_path()) {
             continue;
         }
         let to = dst.join(entry.file_name());
         let meta = fs::symlink_metadata(&from)?;
         let ft = meta.file_type();
+        if ft.is_dir() && is_not_project_dir(src, &name.to_string_lossy()) {
+            continue;
+        }
         if ft.is_symlink() {
             let target = fs::read_link(&from)?;
             let rel = from.strip_prefix(root).unwrap_or(&from);
@@ -263,6 +294,42 @@ mod tests {
         let again = t.path().join("again");
         copy_project_outside(&src, &again, t.path()).unwrap();
         assert!(again.join("work/ws/state/db").is_file());
+    }
+
+    #[test]
+    fn installed_dependencies_and_build_dirs_are_not_copied() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("p");
+        for d in [
+            "pkg/__pycache__",
+            "node_modules/left-pad",
+            ".venv/lib",
+            "env3/lib",
+            "web/node_modules/x",
+            "rs/target/debug",
+            "py/target",
+        ] {
+            fs::create_dir_all(src.join(d)).unwrap();
+        }
+        fs::write(src.join("env3/pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        fs::write(src.join("rs/Cargo.toml"), "[package]\n").unwrap();
+        fs::write(src.join("py/target/mod.py"), "x = 1\n").unwrap();
+        fs::write(src.join("pkg/mod.py"), "x = 1\n").unwrap();
+        let dst = t.path().join("copy");
+        copy_tree(&src, &dst, Perms::Keep).unwrap();
+        assert!(dst.join("pkg/mod.py").is_file());
+        // `target` is a build dir only in a Rust project; elsewhere it may be code.
+        assert!(dst.join("py/target/mod.py").is_file());
+        for gone in [
+            "pkg/__pycache__",
+            "node_modules",
+            ".venv",
+            "env3",
+            "web/node_modules",
+            "rs/target",
+        ] {
+            assert!(!dst.join(gone).exists(), "{gone} was copied");
+        }
     }
 
     #[test]

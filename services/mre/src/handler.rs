@@ -35,18 +35,43 @@ impl Handler for MreStage {
                 "no test command found (no pyproject/setup.cfg/requirements, package.json, go.mod, Cargo.toml, ...): pass --test-cmd".into(),
             );
         };
-        let detected = match sandbox::detect_for(&self.sandbox, kind.language).await {
-            Ok(d) => d,
-            Err(e) if e.is_retryable() => {
+        let prepared = match sandbox::prepare(
+            &self.sandbox,
+            &kind,
+            &root,
+            &sandbox::UserDirs::default(),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(sandbox::PrepareError::Sandbox(e)) if e.is_retryable() => {
                 return Outcome::Retry {
                     after: None,
                     reason: e.to_string(),
                 };
             }
+            // A failed install is not a failing test: the repair stops with its reason.
+            Err(sandbox::PrepareError::Env(e)) => {
+                return Outcome::Publish(vec![Message::MreReady(MreReady {
+                    request: d.request.clone(),
+                    triage: d.triage.clone(),
+                    decision: d.decision.clone(),
+                    mre: MreSummary {
+                        whole_project: true,
+                        test_cmd: build::shell_words(&kind.test_cmd),
+                        notes: vec![format!("the project's environment could not be had: {e}")],
+                        blocked: Some(e.blocked()),
+                        ..MreSummary::default()
+                    },
+                })]);
+            }
             Err(e) => return Outcome::Reject(e.to_string()),
         };
-        let sb = &detected.sandbox;
-        let mut notes = vec![format!("sandbox: {} ({})", sb.name(), detected.reason)];
+        let (sb, env) = (&prepared.detected.sandbox, &prepared.env);
+        let mut notes = vec![
+            format!("sandbox: {} ({})", sb.name(), prepared.detected.reason),
+            format!("environment: {}", env.description),
+        ];
         if !kind.origin.is_empty() {
             notes.push(format!("test command: {}", kind.origin));
         }
@@ -55,7 +80,7 @@ impl Handler for MreStage {
         }
 
         // The whole project first: the baseline every candidate is compared with.
-        let whole = match run::run_tests(sb, &self.sandbox, &kind, &root).await {
+        let whole = match run::run_tests(sb, &self.sandbox, env, &kind, &root).await {
             Ok(r) => r,
             Err(e) if e.is_retryable() => {
                 return Outcome::Retry {
@@ -114,7 +139,7 @@ impl Handler for MreStage {
                 reason: format!("cannot write the MRE to {}: {e}", dir.display()),
             };
         }
-        let minimal = match run::run_tests(sb, &self.sandbox, &kind, &dir).await {
+        let minimal = match run::run_tests(sb, &self.sandbox, env, &kind, &dir).await {
             Ok(r) => Some(r),
             Err(e) => {
                 notes.push(format!("the minimal example could not run: {e}"));
@@ -143,7 +168,7 @@ impl Handler for MreStage {
                 test_cmd: level.clone(),
                 ..kind.clone()
             };
-            match run::run_tests(sb, &self.sandbox, &level_kind, &root).await {
+            match run::run_tests(sb, &self.sandbox, env, &level_kind, &root).await {
                 Ok(r) if !r.result.timed_out => {
                     notes.push(format!(
                         "the tests around the command: `{}` ({} passing)",

@@ -65,10 +65,12 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
 pub async fn run_tests<S: Sandbox>(
     sb: &S,
     cfg: &SandboxConfig,
+    env: &sandbox::Environment,
     kind: &ProjectKind,
     dir: &Path,
 ) -> Result<TestRun, sandbox::SandboxError> {
-    let spec = RunSpec::for_project(cfg, kind, dir);
+    let mut spec = RunSpec::for_project(cfg, kind, dir);
+    env.apply(&mut spec);
     let result = sb.run(&spec).await?;
     let outcomes = sandbox::parse_outcomes(kind, &result);
     Ok(TestRun { result, outcomes })

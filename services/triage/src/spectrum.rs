@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use proto::messages::{Suspect, TestStatus};
-use sandbox::{self, RunSpec, Sandbox};
+use sandbox::{self, Sandbox};
 use settings::SandboxConfig;
 
 use crate::localise::ochiai;
@@ -46,11 +46,12 @@ pub struct Spectrum {
 /// Run the project's tests under coverage in the sandbox. Errors are notes, never failures:
 /// triage goes on with the trace alone.
 pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
-    let detected = match sandbox::detect_for(cfg, Language::Python).await {
-        Ok(d) => d,
-        Err(e) => return note(format!("coverage not measured: no sandbox ({e})")),
+    let prepared = match prepare(cfg, root, Language::Python).await {
+        Ok(p) => p,
+        Err(e) => return note(format!("coverage not measured: {e}")),
     };
-    let mut spec = RunSpec::from_config(
+    let detected = &prepared.detected;
+    let mut spec = prepared.spec(
         cfg,
         Language::Python,
         root,
@@ -82,6 +83,27 @@ pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
     analyse(xml, json)
 }
 
+/// The sandbox and the project's environment (built once per process and key: the MRE and
+/// validation reuse it).
+async fn prepare(
+    cfg: &SandboxConfig,
+    root: &Path,
+    language: Language,
+) -> Result<sandbox::Prepared, sandbox::PrepareError> {
+    let kind = sandbox::detect_project(root)
+        .filter(|k| k.language == language)
+        .unwrap_or(sandbox::ProjectKind {
+            language,
+            framework: String::new(),
+            test_cmd: vec![],
+            runner: sandbox::Runner::Custom,
+            reports: vec![],
+            env: vec![],
+            origin: String::new(),
+        });
+    sandbox::prepare(cfg, &kind, root, &sandbox::UserDirs::default()).await
+}
+
 /// Reads a coverage tool's output into T.
 type CoverageParser = fn(&str) -> Option<f64>;
 
@@ -102,11 +124,12 @@ pub async fn tool_coverage(cfg: &SandboxConfig, root: &Path, language: Language)
         ),
         _ => return Spectrum::default(),
     };
-    let detected = match sandbox::detect_for(cfg, language).await {
-        Ok(d) => d,
-        Err(e) => return note(format!("coverage not measured: no sandbox ({e})")),
+    let prepared = match prepare(cfg, root, language).await {
+        Ok(p) => p,
+        Err(e) => return note(format!("coverage not measured: {e}")),
     };
-    let spec = RunSpec::from_config(cfg, language, root, argv.clone());
+    let detected = &prepared.detected;
+    let spec = prepared.spec(cfg, language, root, argv.clone());
     let run = match detected.sandbox.run(&spec).await {
         Ok(r) => r,
         Err(e) => return note(format!("coverage not measured: the sandbox failed ({e})")),

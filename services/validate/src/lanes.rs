@@ -6,9 +6,15 @@ use std::path::Path;
 use sandbox::{ProjectKind, RunSpec, Sandbox, Session};
 use settings::SandboxConfig;
 
-/// The template every lane of an attempt on this project is opened from.
-fn lane_template(cfg: &SandboxConfig, kind: &ProjectKind, root: &Path) -> RunSpec {
-    RunSpec::for_project(cfg, kind, root)
+/// The template every lane of an attempt on this project is opened from: the project's
+/// environment (built once, shared with triage and the MRE).
+fn lane_template(
+    p: &sandbox::Prepared,
+    cfg: &SandboxConfig,
+    kind: &ProjectKind,
+    root: &Path,
+) -> RunSpec {
+    p.project_spec(cfg, kind, root)
 }
 
 /// Opens `n` sandbox sessions for `kind`'s project at once. Lanes that fail are logged and
@@ -18,9 +24,10 @@ pub async fn open_lanes(
     kind: &ProjectKind,
     root: &Path,
     n: usize,
-) -> Result<Vec<Session>, sandbox::SandboxError> {
-    let detected = sandbox::detect_for(cfg, kind.language).await?;
-    let template = lane_template(cfg, kind, root);
+) -> Result<Vec<Session>, sandbox::PrepareError> {
+    let prepared = sandbox::prepare(cfg, kind, root, &sandbox::UserDirs::default()).await?;
+    let template = lane_template(&prepared, cfg, kind, root);
+    let detected = &prepared.detected;
     let opened =
         futures::future::join_all((0..n).map(|_| detected.sandbox.open_session(&template))).await;
     let mut sessions = vec![];
@@ -35,7 +42,7 @@ pub async fn open_lanes(
         }
     }
     match last_error {
-        Some(e) if sessions.is_empty() => Err(e),
+        Some(e) if sessions.is_empty() => Err(e.into()),
         _ => Ok(sessions),
     }
 }

@@ -19,6 +19,7 @@
 //! `output` (pumping output into a capture, and the capture into a [`RunResult`]).
 
 mod container;
+pub mod env;
 mod output;
 mod session;
 mod trailer;

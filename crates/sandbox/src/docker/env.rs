@@ -1,0 +1,424 @@
+//! Environment images: the base image with the project's dependencies installed, built once
+//! per key. The install step alone runs with host networking (and the host's CA bundle,
+//! read-only), as root, in a container whose `/tmp` is a tmpfs (caches never reach the image),
+//! bounded by `sandbox.install_timeout_secs`, its output logged; the container is committed
+//! and tagged `coval-env/<language>:<key>`. Candidates then run on that image exactly as on a
+//! base image: network none, read-only root, a non-root user.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    CommitContainerOptionsBuilder, KillContainerOptionsBuilder, ListImagesOptionsBuilder,
+    LogsOptionsBuilder, RemoveImageOptionsBuilder,
+};
+use futures::StreamExt;
+
+use super::container::{Staging, wait_exit};
+use super::{DockerSandbox, LABEL, ROLE_LABEL, engine};
+use crate::SandboxError;
+use crate::env::{
+    self, DOCKER_ENV_DIR, DOCKER_NODE_MODULES, ENV_LABEL, ENV_REPO, EnvError, Environment, HELPER,
+    INSTALL_PY, Listed, Plan, Progress,
+};
+use settings::SandboxConfig;
+use vocab::LanguageExt;
+
+/// Where the host's CA bundle is mounted during the install step.
+const CA_IN: &str = "/coval-ca.crt";
+
+impl DockerSandbox {
+    /// The id of `image` (its content, for environment keys).
+    pub async fn image_id(&self, image: &str) -> Result<String, SandboxError> {
+        self.require_image(image).await?;
+        let i = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(engine("inspect image"))?;
+        Ok(i.id.unwrap_or_else(|| image.to_owned()))
+    }
+}
+
+fn tag_of(plan: &Plan, key: &str) -> (String, String) {
+    (
+        format!("{ENV_REPO}/{}", plan.language.key()),
+        key.to_owned(),
+    )
+}
+
+/// How runs use the environment image `image` of `plan`.
+fn environment(plan: &Plan, key: &str, image: String, description: String) -> Environment {
+    let mut path = vec![];
+    let mut vars = vec![];
+    match plan.language {
+        vocab::Language::Python => {
+            path.push(format!("{DOCKER_ENV_DIR}/venv/bin"));
+            vars.push(("VIRTUAL_ENV".into(), format!("{DOCKER_ENV_DIR}/venv")));
+        }
+        vocab::Language::JavaScript | vocab::Language::TypeScript => {
+            path.push(format!("{DOCKER_NODE_MODULES}/.bin"));
+        }
+        vocab::Language::Go => {
+            vars.push(("GOMODCACHE".into(), format!("{DOCKER_ENV_DIR}/gomod")));
+        }
+        vocab::Language::Rust => {
+            vars.push(("CARGO_HOME".into(), format!("{DOCKER_ENV_DIR}/cargo")));
+            vars.push(("CARGO_NET_OFFLINE".into(), "true".into()));
+        }
+        _ => {}
+    }
+    Environment {
+        key: key.to_owned(),
+        image: Some(image),
+        path,
+        vars,
+        description,
+        reused: true,
+        took: Duration::ZERO,
+    }
+}
+
+/// The environment image for `plan`, built when no image has its key.
+pub(crate) async fn resolve(
+    d: &DockerSandbox,
+    cfg: &SandboxConfig,
+    plan: &Plan,
+    key: &str,
+    base: &str,
+    root: &Path,
+) -> Result<Environment, EnvError> {
+    let started = Instant::now();
+    let (repo, tag) = tag_of(plan, key);
+    let image = format!("{repo}:{tag}");
+    let found = |took: Duration, built: bool| {
+        let what = plan.how(built.then_some(took));
+        let mut e = environment(
+            plan,
+            key,
+            image.clone(),
+            format!(
+                "{} environment image {image} on {base} ({what})",
+                plan.language.key()
+            ),
+        );
+        e.reused = !built;
+        e.took = took;
+        e
+    };
+    if d.image_exists(&image).await? {
+        return Ok(found(started.elapsed(), false));
+    }
+    let cache = env::cache_dir(cfg);
+    let _lock = env::local::lock(&cache, &format!("docker-{key}")).await?;
+    if d.image_exists(&image).await? {
+        return Ok(found(started.elapsed(), false));
+    }
+    build(d, cfg, plan, key, base, root, &repo, &tag, &cache).await?;
+    Ok(found(started.elapsed(), true))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    d: &DockerSandbox,
+    cfg: &SandboxConfig,
+    plan: &Plan,
+    key: &str,
+    base: &str,
+    root: &Path,
+    repo: &str,
+    tag: &str,
+    cache: &Path,
+) -> Result<(), EnvError> {
+    let started = Instant::now();
+    env::progress(Progress::Started {
+        key: key.to_owned(),
+        steps: plan.steps.clone(),
+        backend: "docker",
+    });
+    let staging = Staging::new()?;
+    staging.add("src", root).await?;
+    let src = staging.path.join("src");
+    std::fs::write(src.join(HELPER), INSTALL_PY)
+        .and_then(|()| std::fs::write(src.join(".coval-install.sh"), &plan.script))
+        .map_err(|e| EnvError::io("cannot write the install script", e))?;
+    let logs = cache.join("logs");
+    let _ = std::fs::create_dir_all(&logs);
+    let log_path = logs.join(format!("docker-{key}.log"));
+
+    let mut mounts = vec![Mount {
+        target: Some("/coval-src".into()),
+        source: Some(src.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(false),
+        ..Default::default()
+    }];
+    let mut envs = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        "HOME=/tmp/coval-home".into(),
+        "LANG=C.UTF-8".into(),
+        format!("COVAL_ENV={DOCKER_ENV_DIR}"),
+        format!("COVAL_NODE_MODULES={DOCKER_NODE_MODULES}"),
+        "COVAL_PY=python3".into(),
+        // A base image without python3-venv (a user's image, or an older coval image) gets it
+        // from Debian's archive in this step.
+        "COVAL_APT=1".into(),
+        "PIP_CACHE_DIR=/tmp/coval-cache/pip".into(),
+        "PIP_NO_INPUT=1".into(),
+        "PIP_PROGRESS_BAR=off".into(),
+        "npm_config_cache=/tmp/coval-cache/npm".into(),
+        "npm_config_update_notifier=false".into(),
+        "GOPATH=/tmp/coval-cache/go".into(),
+        "GOCACHE=/tmp/coval-cache/go-build".into(),
+    ];
+    for (k, v) in &cfg.host.registry {
+        if k != "SSL_CERT_FILE" {
+            envs.push(format!("{k}={v}"));
+        }
+    }
+    let ca = cfg
+        .host
+        .registry
+        .iter()
+        .find(|(k, _)| k == "SSL_CERT_FILE")
+        .map(|(_, v)| v.clone())
+        .filter(|p| Path::new(p).is_file())
+        .or_else(|| {
+            let p = "/etc/ssl/certs/ca-certificates.crt";
+            Path::new(p).is_file().then(|| p.to_owned())
+        });
+    if let Some(ca) = ca {
+        mounts.push(Mount {
+            target: Some(CA_IN.into()),
+            source: Some(ca),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        for k in [
+            "SSL_CERT_FILE",
+            "PIP_CERT",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "CURL_CA_BUNDLE",
+        ] {
+            envs.push(format!("{k}={CA_IN}"));
+        }
+    }
+    let script = format!(
+        "mkdir -p {DOCKER_ENV_DIR} && sh -e /coval-src/.coval-install.sh; rc=$?; \
+         [ $rc = 0 ] && chmod -R a+rX {DOCKER_ENV_DIR} {DOCKER_NODE_MODULES} 2>/dev/null; exit $rc"
+    );
+    let host = HostConfig {
+        network_mode: Some("host".into()),
+        mounts: Some(mounts),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_owned(),
+            "rw,exec,nosuid,nodev,size=4g,mode=1777".to_owned(),
+        )])),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        memory: Some(4 << 30),
+        memory_swap: Some(4 << 30),
+        pids_limit: Some(4096),
+        init: Some(true),
+        runtime: d.runtime.clone(),
+        auto_remove: Some(false),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(base.to_owned()),
+        cmd: Some(vec!["sh".into(), "-c".into(), script]),
+        user: Some("0:0".into()),
+        env: Some(envs),
+        working_dir: Some("/coval-src".into()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        labels: Some(HashMap::from([
+            (LABEL.to_owned(), d.instance.clone()),
+            (ROLE_LABEL.to_owned(), "env-build".to_owned()),
+        ])),
+        host_config: Some(host),
+        ..Default::default()
+    };
+    let guard = d.create(body).await?;
+    d.docker
+        .start_container(&guard.id, None)
+        .await
+        .map_err(engine("start container"))?;
+    let opts = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = d.docker.logs(&guard.id, Some(opts));
+    let mut output = String::new();
+    let mut log = std::fs::File::create(&log_path).ok();
+    let timeout = Duration::from_secs(cfg.install_timeout_secs);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut timed_out = false;
+    loop {
+        tokio::select! {
+            item = stream.next() => match item {
+                Some(Ok(chunk)) => {
+                    let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
+                    if let Some(f) = log.as_mut() {
+                        use std::io::Write;
+                        let _ = f.write_all(text.as_bytes());
+                    }
+                    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+                        env::progress(Progress::Line(l.to_owned()));
+                    }
+                    keep_tail(&mut output, &text);
+                }
+                Some(Err(_)) | None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => { timed_out = true; break }
+        }
+    }
+    drop(stream);
+    if timed_out {
+        let _ = d
+            .docker
+            .kill_container(
+                &guard.id,
+                Some(
+                    KillContainerOptionsBuilder::default()
+                        .signal("KILL")
+                        .build(),
+                ),
+            )
+            .await;
+    }
+    let code = wait_exit(&d.docker, &guard.id).await?;
+    let ok = !timed_out && code == 0;
+    let result = if timed_out {
+        Err(EnvError::Timeout {
+            secs: cfg.install_timeout_secs,
+            tail: env::tail(&output, 12),
+            log: log_path.display().to_string(),
+        })
+    } else if code != 0 {
+        Err(env::classify(
+            plan.language,
+            &output,
+            i32::try_from(code).ok(),
+            &log_path,
+        ))
+    } else {
+        let labels = HashMap::from([
+            (ENV_LABEL.to_owned(), key.to_owned()),
+            ("dev.coval.env.base".to_owned(), base.to_owned()),
+            (
+                "dev.coval.env.language".to_owned(),
+                plan.language.key().to_owned(),
+            ),
+            (
+                "dev.coval.env.project".to_owned(),
+                root.display().to_string(),
+            ),
+            ("dev.coval.env.steps".to_owned(), plan.steps.join("; ")),
+            (
+                "dev.coval.env.created".to_owned(),
+                (vocab::now_ms() / 1000).to_string(),
+            ),
+        ]);
+        let config = ContainerConfig {
+            labels: Some(labels),
+            cmd: Some(vec!["sh".into()]),
+            working_dir: Some("/".into()),
+            env: Some(vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                "LANG=C.UTF-8".into(),
+            ]),
+            ..Default::default()
+        };
+        let opts = CommitContainerOptionsBuilder::default()
+            .container(&guard.id)
+            .repo(repo)
+            .tag(tag)
+            .comment(&format!("coval environment {key}"))
+            .build();
+        d.docker
+            .commit_container(opts, config)
+            .await
+            .map(|_| ())
+            .map_err(|e| EnvError::Sandbox(format!("docker commit failed: {e}")))
+    };
+    let _ = guard.remove().await;
+    drop(staging);
+    env::progress(Progress::Finished {
+        key: key.to_owned(),
+        took: started.elapsed(),
+        ok,
+    });
+    result
+}
+
+/// Keeps the last 64 KiB of the installer's output.
+fn keep_tail(out: &mut String, more: &str) {
+    out.push_str(more);
+    const KEEP: usize = 64 << 10;
+    if out.len() > KEEP {
+        let mut cut = out.len() - KEEP;
+        while !out.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out.drain(..cut);
+    }
+}
+
+/// Every environment image on this engine.
+pub async fn list(d: &DockerSandbox) -> Result<Vec<Listed>, SandboxError> {
+    let filters = HashMap::from([("label".to_owned(), vec![ENV_LABEL.to_owned()])]);
+    let opts = ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let images = d
+        .docker
+        .list_images(Some(opts))
+        .await
+        .map_err(engine("list images"))?;
+    let mut base_sizes: HashMap<String, i64> = HashMap::new();
+    let mut out = vec![];
+    for i in images {
+        let label = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
+        let base = label("dev.coval.env.base");
+        if !base_sizes.contains_key(&base)
+            && let Ok(b) = d.docker.inspect_image(&base).await
+        {
+            base_sizes.insert(base.clone(), b.size.unwrap_or(0));
+        }
+        let own = i.size - base_sizes.get(&base).copied().unwrap_or(0);
+        out.push(Listed {
+            key: label(ENV_LABEL),
+            backend: "docker",
+            language: label("dev.coval.env.language"),
+            location: i.repo_tags.first().cloned().unwrap_or(i.id.clone()),
+            bytes: u64::try_from(own.max(0)).unwrap_or(0),
+            created: label("dev.coval.env.created").parse().unwrap_or(0),
+            project: label("dev.coval.env.project"),
+        });
+    }
+    out.sort_by_key(|b| std::cmp::Reverse(b.created));
+    Ok(out)
+}
+
+/// Removes environment images (all, or those whose key starts with `key`).
+pub async fn prune(d: &DockerSandbox, key: Option<&str>) -> Result<Vec<Listed>, SandboxError> {
+    let mut removed = vec![];
+    for l in list(d).await? {
+        if key.is_some_and(|k| !l.key.starts_with(k)) {
+            continue;
+        }
+        let opts = RemoveImageOptionsBuilder::default().force(true).build();
+        d.docker
+            .remove_image(&l.location, Some(opts), None)
+            .await
+            .map_err(engine("remove image"))?;
+        removed.push(l);
+    }
+    Ok(removed)
+}

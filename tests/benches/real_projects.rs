@@ -1,0 +1,154 @@
+//! The real-projects corpus (tests/fixtures/real/corpus.json), all of it, side by side for
+//! Docker and the local sandbox: the environment built cold, found warm, its size, and the
+//! wall time of a repair and of a second repair of the same project (which builds nothing).
+//! Each project is first checked to pass its own tests unbroken (in its local environment),
+//! and broken to fail them: the error log is that failing run.
+//!
+//!   cargo bench -p coval-tests --bench real_projects          (after scripts/dev-services.sh up)
+//!   COVAL_BENCH_ONLY=py_yaml_settings,node_semver_pick cargo bench -p coval-tests --bench real_projects
+//!   COVAL_BENCH_BACKENDS=local cargo bench ...
+//!
+//! Environments live in /var/tmp/coval-bench-env-cache (local) and as coval-env/* images;
+//! each cold build prunes that project's environment first.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use coval_tests::real::{self, Run};
+
+struct Row {
+    name: String,
+    backend: &'static str,
+    cold: f64,
+    warm_process: f64,
+    warm_inside: f64,
+    mib: f64,
+    repair: f64,
+    again: f64,
+    outcome: String,
+}
+
+fn main() -> Result<()> {
+    let cache = PathBuf::from("/var/tmp/coval-bench-env-cache");
+    let only: Vec<String> = std::env::var("COVAL_BENCH_ONLY")
+        .map(|s| s.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let backends: Vec<&'static str> = match std::env::var("COVAL_BENCH_BACKENDS").as_deref() {
+        Ok("local") => vec!["local"],
+        Ok("docker") => vec!["docker"],
+        _ => vec!["docker", "local"],
+    };
+    let root = tempfile::tempdir_in("/var/tmp")?;
+    let mut rows = vec![];
+    for r in real::corpus()? {
+        if !only.is_empty() && !only.contains(&r.name) {
+            continue;
+        }
+        let clean = root.path().join(format!("{}-clean", r.name));
+        real::make_as(&r, &clean, &cache.join("downloads"), false)?;
+        let probe = Run {
+            recipe: &r,
+            dir: clean,
+            backend: "local",
+            cache: cache.clone(),
+            workspace: root.path().join("ws-probe"),
+            env: vec![],
+        };
+        let env = probe.build()?;
+        let (ok, out) = probe.tests(&env)?;
+        ensure!(
+            ok,
+            "{}: the unbroken project fails its own tests:\n{out}",
+            r.name
+        );
+        for &backend in &backends {
+            let dir = root.path().join(format!("{}-{backend}", r.name));
+            real::make(&r, &dir, &cache.join("downloads"))?;
+            let run = Run {
+                recipe: &r,
+                dir,
+                backend,
+                cache: cache.clone(),
+                workspace: root.path().join(format!("ws-{}-{backend}", r.name)),
+                env: vec![],
+            };
+            let cold = run.build_cold()?;
+            let t = std::time::Instant::now();
+            let warm = run.build()?;
+            let warm_process = t.elapsed().as_secs_f64();
+            ensure!(warm.reused, "{}: not reused", r.name);
+            let mib = run.size(&cold.key)? as f64 / (1024.0 * 1024.0);
+            let local = Run {
+                backend: "local",
+                ..Run {
+                    recipe: &r,
+                    dir: run.dir.clone(),
+                    backend,
+                    cache: cache.clone(),
+                    workspace: run.workspace.clone(),
+                    env: vec![],
+                }
+            };
+            let log = local.error_log(&local.build()?)?;
+            let first = run.repair(&log)?;
+            let again = run.repair(&log)?;
+            let outcome = match (&first.patch, first.code) {
+                (Some(p), 0) if real::undoes(&r, p) => "fixed".to_owned(),
+                (Some(_), 0) => "fixed elsewhere".to_owned(),
+                (_, c) => format!("exit {c}"),
+            };
+            let rebuilt = again.stderr.contains("environment: building");
+            eprintln!(
+                "{} {backend}: cold {:.1} s, warm {:.2} s, repair {:.1} s ({outcome}), again {:.1} s{}",
+                r.name,
+                cold.seconds,
+                warm_process,
+                first.wall.as_secs_f64(),
+                again.wall.as_secs_f64(),
+                if rebuilt { " REBUILT" } else { "" }
+            );
+            if first.code != 0 {
+                eprintln!("{}", first.stderr);
+            }
+            rows.push(Row {
+                name: r.name.clone(),
+                backend,
+                cold: cold.seconds,
+                warm_process,
+                warm_inside: warm.seconds,
+                mib,
+                repair: first.wall.as_secs_f64(),
+                again: again.wall.as_secs_f64(),
+                outcome: if rebuilt {
+                    format!("{outcome}, REBUILT")
+                } else {
+                    outcome
+                },
+            });
+        }
+    }
+    println!(
+        "\n{:<24} {:<7} {:>9} {:>12} {:>11} {:>9} {:>9} {:>9}  outcome",
+        "project", "sandbox", "cold s", "warm env s", "warm find s", "MiB", "repair s", "again s"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:<7} {:>9.1} {:>12.2} {:>11.3} {:>9.1} {:>9.1} {:>9.1}  {}",
+            r.name,
+            r.backend,
+            r.cold,
+            r.warm_process,
+            r.warm_inside,
+            r.mib,
+            r.repair,
+            r.again,
+            r.outcome
+        );
+    }
+    let fixed = rows
+        .iter()
+        .filter(|r| r.outcome.starts_with("fixed"))
+        .count();
+    println!("{fixed} of {} repairs fixed", rows.len());
+    Ok(())
+}

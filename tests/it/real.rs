@@ -1,0 +1,189 @@
+//! Real projects with third-party dependencies (the corpus's CI subset; all of it runs in the
+//! `real_projects` bench): each is reproduced and repaired in Docker and locally, with its
+//! environment built once for all repairs of the project; a failed install is its own
+//! outcome (exit 2 for a broken manifest, 3 for an unreachable registry), never a failing test.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use coval_tests::real::{self, Run};
+
+fn cache() -> PathBuf {
+    // Not under /tmp or /work: the local sandbox maps those to each run's own directories.
+    PathBuf::from("/var/tmp/coval-test-env-cache")
+}
+
+fn run_one(r: &real::Recipe, backend: &'static str, root: &std::path::Path) -> Result<()> {
+    let dir = root.join(format!("{}-{backend}", r.name));
+    real::make(r, &dir, &cache().join("downloads"))?;
+    let local = Run {
+        recipe: r,
+        dir: dir.clone(),
+        backend: "local",
+        cache: cache(),
+        workspace: root.join(format!("ws-{}-{backend}", r.name)),
+        env: vec![],
+    };
+    // The error log, as the project's CI prints it: its tests in its local environment.
+    let log = local.error_log(&local.build()?)?;
+    let run = Run { backend, ..local };
+    let first = run.repair(&log)?;
+    ensure!(
+        first.code == 0,
+        "{} ({backend}): exit {}:\n{}",
+        r.name,
+        first.code,
+        first.stderr
+    );
+    let patch = first.patch.clone().unwrap_or_default();
+    ensure!(
+        real::undoes(r, &patch),
+        "{} ({backend}): the patch does not touch the broken line `{}`:\n{patch}",
+        r.name,
+        r.bug.replace
+    );
+    ensure!(
+        first.stderr.contains(&format!("sandbox: {backend}")),
+        "{} ({backend}): not said which sandbox:\n{}",
+        r.name,
+        first.stderr
+    );
+    // A second repair of the same project builds nothing.
+    let second = run.repair(&log)?;
+    ensure!(
+        second.code == 0,
+        "{}: second repair exit {}",
+        r.name,
+        second.code
+    );
+    ensure!(
+        !second.stderr.contains("environment: building"),
+        "{} ({backend}): the environment was built again:\n{}",
+        r.name,
+        second.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn real_projects_with_dependencies_are_repaired_in_docker_and_locally() -> Result<()> {
+    let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;
+    let mut failures = vec![];
+    for r in real::corpus()?.iter().filter(|r| r.ci) {
+        for backend in ["docker", "local"] {
+            if let Err(e) = run_one(r, backend, root.path()) {
+                failures.push(format!("{e:#}"));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
+
+#[test]
+fn a_failed_install_is_its_own_outcome() -> Result<()> {
+    let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;
+    let dir = root.path().join("p");
+    std::fs::create_dir_all(dir.join("tests"))?;
+    std::fs::write(
+        dir.join("tests/test_a.py"),
+        "import attrs\n\ndef test_a():\n    assert attrs.has(int) is False\n",
+    )?;
+    std::fs::write(
+        dir.join("error.log"),
+        "FAILED tests/test_a.py::test_a - AssertionError\n",
+    )?;
+    let recipe = real::Recipe {
+        name: "install".into(),
+        language: "python".into(),
+        source: "app".into(),
+        bug: real::Bug {
+            file: String::new(),
+            find: String::new(),
+            replace: String::new(),
+        },
+        ci: true,
+        note: String::new(),
+    };
+    let mut run = Run {
+        recipe: &recipe,
+        dir: dir.clone(),
+        backend: "local",
+        cache: cache(),
+        workspace: root.path().join("ws"),
+        env: vec![],
+    };
+    let log = dir.join("error.log").display().to_string();
+    let src = dir.display().to_string();
+    // A version that does not exist: the manifest is broken (exit 2), and it is named.
+    std::fs::write(dir.join("requirements.txt"), "attrs==99.0.0\n")?;
+    let repair = [
+        "repair", "-e", &log, "-s", &src, "--engine", "search", "--json",
+    ];
+    let out = run.coval(&repair)?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2),
+        "exit {:?}:\n{said}",
+        out.status.code()
+    );
+    ensure!(
+        said.contains("`attrs==99.0.0`") && said.contains("No matching distribution"),
+        "{said}"
+    );
+    // The report says it: the tests cannot run, for this reason; no candidate was tried.
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let blocked = &report["mre"]["blocked"];
+    ensure!(report["outcome"] == "cannot_run", "{report}");
+    ensure!(blocked["reason"] == "manifest", "{report}");
+    ensure!(
+        blocked["what"]
+            .as_str()
+            .is_some_and(|w| w.contains("attrs==99.0.0"))
+            && blocked["output_tail"]
+                .as_str()
+                .is_some_and(|t| t.contains("No matching distribution")),
+        "{report}"
+    );
+    ensure!(
+        report["attempts"].as_array().map(Vec::len) == Some(0),
+        "{report}"
+    );
+    // A registry that does not answer (a closed port on loopback): exit 3.
+    // A fresh key every run: a comment with a nonce (no environment of it exists).
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    std::fs::write(
+        dir.join("requirements.txt"),
+        format!("attrs==23.2.0  # {nonce}\n"),
+    )?;
+    run.env = vec![
+        ("PIP_INDEX_URL".into(), "http://127.0.0.1:9/simple".into()),
+        ("PIP_FIND_LINKS".into(), String::new()),
+        ("PIP_NO_CACHE_DIR".into(), "1".into()),
+    ];
+    for backend in ["local", "docker"] {
+        run.backend = backend;
+        let out = run.coval(&repair)?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(3),
+            "{backend}: exit {:?}:\n{said}",
+            out.status.code()
+        );
+        ensure!(
+            said.contains("cannot be reached") && said.contains("attrs==23.2.0"),
+            "{backend}: {said}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(
+            report["mre"]["blocked"]["reason"] == "registry",
+            "{backend}: {report}"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The real-projects corpus (`tests/fixtures/real/corpus.json`): projects with third-party
+//! dependencies, each made by a recipe (a small app of ours depending on real packages, or a
+//! released source distribution downloaded from PyPI) and broken by a one-line bug of ours.
+//! No third-party source is committed: packages come from their registries when the
+//! project's environment is built.
+//!
+//! [`Corpus::make`] carries a recipe out; [`Run`] drives the real `coval` binary through one
+//! project on one sandbox backend: the environment cold and warm (`coval env build`), the
+//! error log (the broken project's own tests, run in that environment), and a repair.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Bug {
+    pub file: String,
+    /// The line as the program has it (it occurs exactly once).
+    pub find: String,
+    /// What our bug makes of it.
+    pub replace: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Recipe {
+    pub name: String,
+    pub language: String,
+    /// `app` (the fixture directory) or `sdist:NAME==VERSION` (from PyPI).
+    pub source: String,
+    pub bug: Bug,
+    /// Part of the subset CI runs (all run in the bench).
+    #[serde(default)]
+    pub ci: bool,
+    #[serde(default)]
+    pub note: String,
+}
+
+pub fn fixtures() -> PathBuf {
+    crate::repo_root().join("tests/fixtures/real")
+}
+
+pub fn corpus() -> Result<Vec<Recipe>> {
+    let text = std::fs::read_to_string(fixtures().join("corpus.json"))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Makes `r`'s broken project in `dest` (downloads go to `downloads`).
+pub fn make(r: &Recipe, dest: &Path, downloads: &Path) -> Result<()> {
+    make_as(r, dest, downloads, true)
+}
+
+/// Makes `r`'s project in `dest`, with our bug when `broken`.
+pub fn make_as(r: &Recipe, dest: &Path, downloads: &Path, broken: bool) -> Result<()> {
+    if r.source == "app" {
+        let from = fixtures().join(&r.name);
+        vocab::tree::copy_tree(&from, dest, vocab::tree::Perms::Keep)?;
+    } else if let Some(spec) = r.source.strip_prefix("sdist:") {
+        let (name, version) = spec.split_once("==").context("sdist:NAME==VERSION")?;
+        std::fs::create_dir_all(downloads)?;
+        let archive = std::fs::read_dir(downloads)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_lowercase();
+                n.starts_with(&format!(
+                    "{}-{version}.",
+                    name.to_lowercase().replace('-', "_")
+                )) || n.starts_with(&format!("{}-{version}.", name.to_lowercase()))
+            });
+        let archive = match archive {
+            Some(a) => a,
+            None => {
+                let out = Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--no-binary",
+                        ":all:",
+                        "-q",
+                        "-d",
+                    ])
+                    .arg(downloads)
+                    .arg(spec)
+                    .output()?;
+                ensure!(
+                    out.status.success(),
+                    "pip download {spec} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return make_as(r, dest, downloads, broken);
+            }
+        };
+        let unpack = tempfile::tempdir()?;
+        let out = Command::new("tar")
+            .arg("xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(unpack.path())
+            .output()?;
+        ensure!(out.status.success(), "tar failed on {}", archive.display());
+        let top = std::fs::read_dir(unpack.path())?
+            .flatten()
+            .next()
+            .context("empty sdist")?
+            .path();
+        vocab::tree::copy_tree(&top, dest, vocab::tree::Perms::Keep)?;
+    } else {
+        bail!("unknown source {}", r.source);
+    }
+    let file = dest.join(&r.bug.file);
+    if !broken {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&file)?;
+    ensure!(
+        text.matches(&r.bug.find).count() == 1,
+        "{}: `{}` must occur exactly once in {}",
+        r.name,
+        r.bug.find,
+        r.bug.file
+    );
+    std::fs::write(&file, text.replacen(&r.bug.find, &r.bug.replace, 1))?;
+    Ok(())
+}
+
+/// One project on one backend, through the real `coval` binary.
+pub struct Run<'a> {
+    pub recipe: &'a Recipe,
+    pub dir: PathBuf,
+    /// `docker` or `local`.
+    pub backend: &'a str,
+    /// `sandbox.cache_dir` for local environments and logs.
+    pub cache: PathBuf,
+    pub workspace: PathBuf,
+    /// Extra variables for every coval call.
+    pub env: Vec<(String, String)>,
+}
+
+/// What `coval env build --json` said.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Built {
+    pub key: String,
+    pub reused: bool,
+    pub seconds: f64,
+    #[serde(default)]
+    pub path: Vec<String>,
+    #[serde(default)]
+    pub vars: Vec<NameValue>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+/// One repair's outcome.
+#[derive(Debug, Clone)]
+pub struct Repaired {
+    pub code: i32,
+    pub wall: Duration,
+    pub stderr: String,
+    /// The final patch, when one was validated.
+    pub patch: Option<String>,
+}
+
+impl Run<'_> {
+    pub fn coval(&self, args: &[&str]) -> Result<Output> {
+        let mut c = Command::new(crate::workspace_binary("coval")?);
+        c.args(["--workspace"])
+            .arg(&self.workspace)
+            .args(args)
+            .env("COVAL_SANDBOX__BACKEND", self.backend)
+            .env("COVAL_SANDBOX__CACHE_DIR", &self.cache)
+            .env_remove("RUST_LOG")
+            .env_remove("VIRTUAL_ENV")
+            .env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        Ok(c.output()?)
+    }
+
+    /// `coval env build --json`.
+    pub fn build(&self) -> Result<Built> {
+        let dir = self.dir.display().to_string();
+        let out = self.coval(&["env", "build", "-s", &dir, "--json"])?;
+        ensure!(
+            out.status.success(),
+            "{} ({}): coval env build exited {:?}:\n{}",
+            self.recipe.name,
+            self.backend,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The environment built from nothing: pruned first when it exists.
+    pub fn build_cold(&self) -> Result<Built> {
+        let b = self.build()?;
+        if !b.reused {
+            return Ok(b);
+        }
+        let out = self.coval(&["env", "prune", "--key", &b.key])?;
+        ensure!(out.status.success(), "prune failed");
+        let again = self.build()?;
+        ensure!(!again.reused, "{}: pruned, yet reused", self.recipe.name);
+        Ok(again)
+    }
+
+    /// Size of the environment `key` (`coval env list --json`), in bytes.
+    pub fn size(&self, key: &str) -> Result<u64> {
+        let out = self.coval(&["env", "list", "--json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["key"] == key && e["backend"] == self.backend)
+            .and_then(|e| e["bytes"].as_u64())
+            .unwrap_or(0))
+    }
+
+    /// The broken project's tests, run in the local environment `env` (as its CI would):
+    /// their output is the error log. Fails when they pass (the bug breaks nothing).
+    pub fn error_log(&self, env: &Built) -> Result<PathBuf> {
+        let (ok, log) = self.tests(env)?;
+        ensure!(
+            !ok,
+            "{}: the broken project's tests pass; the bug breaks nothing:\n{log}",
+            self.recipe.name
+        );
+        let file = self.dir.with_extension("error.log");
+        std::fs::write(&file, log)?;
+        Ok(file)
+    }
+
+    /// The project's detected test command, run in the local environment `env`: whether it
+    /// passed, and its output.
+    pub fn tests(&self, env: &Built) -> Result<(bool, String)> {
+        let kind = sandbox::detect_project(&self.dir).context("no test command")?;
+        let mut path = env.path.join(":");
+        path.push_str(":/usr/local/bin:/usr/bin:/bin");
+        let mut c = Command::new(&kind.test_cmd[0]);
+        c.args(&kind.test_cmd[1..])
+            .current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", "/tmp")
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        for nv in &env.vars {
+            c.env(&nv.name, &nv.value);
+        }
+        let out = c.output()?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), log))
+    }
+
+    pub fn repair(&self, log: &Path) -> Result<Repaired> {
+        let t0 = Instant::now();
+        let (log, dir) = (log.display().to_string(), self.dir.display().to_string());
+        let out = self.coval(&["repair", "-e", &log, "-s", &dir, "--engine", "search"])?;
+        let wall = t0.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let patch = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("patch"))
+            .map(|p| PathBuf::from(p.trim()))
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        Ok(Repaired {
+            code: out.status.code().unwrap_or(-1),
+            wall,
+            stderr: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+            patch,
+        })
+    }
+}
+
+/// The patch undoes our bug: it removes the line we broke.
+pub fn undoes(r: &Recipe, patch: &str) -> bool {
+    let broken = r.bug.replace.trim();
+    patch
+        .lines()
+        .any(|l| l.starts_with('-') && !l.starts_with("---") && l.contains(broken))
+}
