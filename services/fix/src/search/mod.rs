@@ -9,6 +9,9 @@ use std::collections::HashSet;
 use proto::messages::Language;
 use tree_sitter::{Node, Parser, Tree};
 
+mod ast;
+pub use ast::{leaf_distance, same_ast};
+
 /// One candidate program: the whole new text of one file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mutant {
@@ -79,6 +82,7 @@ fn language(lang: Language, path: &str) -> Option<tree_sitter::Language> {
             tree_sitter_typescript::LANGUAGE_TSX.into()
         }
         Language::TypeScript => tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
+        Language::Go => tree_sitter_go::LANGUAGE.into(),
         _ => return None,
     })
 }
