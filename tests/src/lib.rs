@@ -130,6 +130,7 @@ pub fn request(repair_id: RepairId) -> RepairRequested {
         max_attempts: 1,
         analyze_only: false,
         requested_at_ms: vocab::now_ms(),
+        no_rebuild: false,
     }
 }
 

@@ -24,6 +24,7 @@ fn request() -> RepairRequested {
         max_attempts: 5,
         analyze_only: false,
         requested_at_ms: 1_764_000_000_000,
+        no_rebuild: false,
     }
 }
 
@@ -70,6 +71,7 @@ fn decision() -> Decision {
         p_success: 0.81,
         reasons: vec!["small tested project with a precise trace".into()],
         features: vec![],
+        overruled: None,
     }
 }
 
