@@ -5,7 +5,8 @@
 //! and worst seconds per bug, the tuned and the held-back split side by side.
 //!
 //!   cargo bench -p cli --bench classes -- [--sandbox local|docker] [--bugs py_bfs,js_]
-//!       [--split tuned|held_back] [--jobs N] [--bin PATH] [--save FILE] [--against FILE]
+//!       [--split tuned|held_back] [--jobs N] [--bin PATH] [--config FILE] [--save FILE]
+//!       [--against FILE]
 //!
 //! `--bin` runs another build of coval (the engine before a change); `--save` writes the
 //! rows as JSON and `--against` prints a saved run's numbers beside this one's, so a change
@@ -61,7 +62,7 @@ fn copy_program(from: &Path, to: &Path) {
     }
 }
 
-fn run(bin: &Path, bug: &Value, sandbox: &str) -> Row {
+fn run(bin: &Path, bug: &Value, sandbox: &str, config: Option<&str>) -> Row {
     let s = |k: &str| bug[k].as_str().unwrap_or("").to_owned();
     let tmp = tempfile::tempdir().expect("tempdir");
     let program = root().join("programs").join(s("program"));
@@ -72,7 +73,11 @@ fn run(bin: &Path, bug: &Value, sandbox: &str) -> Row {
     let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
     std::fs::write(&file, &buggy).expect("write bug");
     let t0 = Instant::now();
-    let out = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some(c) = config {
+        cmd.args(["--config", c]);
+    }
+    let out = cmd
         .args(["--workspace"])
         .arg(tmp.path().join("ws"))
         .args(["repair", "--json", "--apply", "--engine", "search", "-e"])
@@ -87,6 +92,11 @@ fn run(bin: &Path, bug: &Value, sandbox: &str) -> Row {
     let seconds = t0.elapsed().as_secs_f64();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let fixed = v["outcome"] == "fixed";
+    if v["outcome"].is_null() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(3).collect();
+        eprintln!("{}: coval gave no report ({}): {}", s("id"), out.status, tail.join(" | "));
+    }
     let patched = std::fs::read_to_string(&file).unwrap_or_default();
     let exact = fixed
         && fix::search::same_ast(language(&s("language")), &s("file"), &patched, &reference)
@@ -249,6 +259,9 @@ fn main() {
         .map(|b| b.split(',').map(|p| p.trim().to_owned()).collect())
         .unwrap_or_default();
     let split = arg("--split");
+    // `--config FILE`: the configuration another build reads (an older build refuses keys
+    // it does not know).
+    let config = arg("--config");
     let index: Vec<Value> = serde_json::from_str(
         &std::fs::read_to_string(root().join("index.json")).expect("index.json"),
     )
@@ -280,7 +293,7 @@ fn main() {
                     let Some(bug) = queue.lock().map(|mut q| q.pop()).ok().flatten() else {
                         break;
                     };
-                    let r = run(&bin, bug, &sandbox);
+                    let r = run(&bin, bug, &sandbox, config.as_deref());
                     println!(
                         "{:<26} {:<34} {:<6} {:<6} {:>6.1} s {:>4} candidates {:>3} timeouts {}",
                         r.id,

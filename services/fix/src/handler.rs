@@ -44,7 +44,7 @@ fn language(path: &str) -> Option<Language> {
     vocab::language_of(path).filter(|l| {
         matches!(
             l,
-            Language::Python | Language::JavaScript | Language::TypeScript
+            Language::Python | Language::JavaScript | Language::TypeScript | Language::Go
         )
     })
 }

@@ -44,7 +44,12 @@ pub fn same_ast(lang: Language, path: &str, a: &str, b: &str) -> Option<bool> {
 pub fn leaf_distance(lang: Language, path: &str, a: &str, b: &str) -> Option<usize> {
     let mut parser = Parser::new();
     parser.set_language(&language(lang, path)?).ok()?;
-    let (x, y) = (shape(&mut parser, a)?, shape(&mut parser, b)?);
+    leaf_distance_with(&mut parser, a, b)
+}
+
+/// [`leaf_distance`] with a parser already set to the language.
+pub(super) fn leaf_distance_with(parser: &mut Parser, a: &str, b: &str) -> Option<usize> {
+    let (x, y) = (shape(parser, a)?, shape(parser, b)?);
     let prefix = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
     let suffix = x[prefix..]
         .iter()
