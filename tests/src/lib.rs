@@ -182,6 +182,7 @@ pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
                 duration_ms: 0,
             },
             patch: String::new(),
+            why: String::new(),
         }),
         (Stage::Integrate, m @ Message::ValidationPassed(_)) => {
             Message::RepairCompleted(RepairCompleted {

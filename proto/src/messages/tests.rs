@@ -100,6 +100,8 @@ fn attempt() -> AttemptRecord {
             },
             description: "remove `- 1`".into(),
             diff: "--- a/app/calc.py\n+++ b/app/calc.py\n@@ -3 +3 @@\n-    return sum(xs) / len(xs) - 1\n+    return sum(xs) / len(xs)\n".into(),
+            edit_tokens: None,
+            at_suspect: false,
         }],
         results: vec![CandidateResult {
             candidate_id: "c1".into(),
@@ -175,6 +177,7 @@ fn samples() -> Vec<Message> {
             history: vec![attempt()],
             winner: attempt().results[0].clone(),
             patch: attempt().candidates[0].diff.clone(),
+            why: String::new(),
         }),
         Message::RepairCompleted(RepairCompleted {
             repair_id: rq.repair_id,

@@ -270,6 +270,13 @@ pub struct Candidate {
     pub source: CandidateSource,
     pub description: String,
     pub diff: String,
+    /// Syntax-tree leaves the change adds and removes (the search engine's measure of how
+    /// small an edit is); `None` when not measured.
+    #[serde(default)]
+    pub edit_tokens: Option<u32>,
+    /// Whether the change touches a line triage suspected.
+    #[serde(default)]
+    pub at_suspect: bool,
 }
 
 /// Model usage for the report.

@@ -17,6 +17,8 @@ pub struct Facts<'a> {
     pub outcome: RepairOutcome,
     /// The winning candidate's id and the final patch, when fixed.
     pub winner: Option<(&'a str, &'a str)>,
+    /// Why the winner ranks first among the passing candidates.
+    pub why: &'a str,
     pub new_iteration: Option<String>,
     pub elapsed_ms: u64,
 }
@@ -191,6 +193,9 @@ pub fn markdown(f: &Facts) -> String {
         }
     }
     if let (Some(m), Some((id, _))) = (f.mre, f.winner) {
+        if !f.why.is_empty() {
+            let _ = writeln!(s, "## Why this change\n\n`{id}` ranks first: {}.\n", f.why);
+        }
         let after = f
             .history
             .iter()
@@ -316,6 +321,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
             }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "winner": f.winner.map(|(id, _)| id),
+        "winner_why": (!f.why.is_empty()).then_some(f.why),
         "patch": f.winner.map(|(_, p)| p),
         "new_iteration": f.new_iteration,
         "elapsed_ms": f.elapsed_ms,

@@ -47,17 +47,34 @@ pub fn leaf_distance(lang: Language, path: &str, a: &str, b: &str) -> Option<usi
     leaf_distance_with(&mut parser, a, b)
 }
 
+/// The leaves of a program once, for many [`distance_from`] measures against it.
+pub(super) struct Leaves(Vec<String>);
+
+impl Leaves {
+    pub(super) fn of(parser: &mut Parser, src: &str) -> Option<Leaves> {
+        shape(parser, src).map(Leaves)
+    }
+
+    /// [`leaf_distance`] from this program to `b`.
+    pub(super) fn distance_to(&self, parser: &mut Parser, b: &str) -> Option<usize> {
+        Some(distance(&self.0, &shape(parser, b)?))
+    }
+}
+
 /// [`leaf_distance`] with a parser already set to the language.
-pub(super) fn leaf_distance_with(parser: &mut Parser, a: &str, b: &str) -> Option<usize> {
-    let (x, y) = (shape(parser, a)?, shape(parser, b)?);
-    let prefix = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
+fn leaf_distance_with(parser: &mut Parser, a: &str, b: &str) -> Option<usize> {
+    Some(distance(&shape(parser, a)?, &shape(parser, b)?))
+}
+
+fn distance(x: &[String], y: &[String]) -> usize {
+    let prefix = x.iter().zip(y).take_while(|(p, q)| p == q).count();
     let suffix = x[prefix..]
         .iter()
         .rev()
         .zip(y[prefix..].iter().rev())
         .take_while(|(p, q)| p == q)
         .count();
-    Some((x.len() - prefix - suffix) + (y.len() - prefix - suffix))
+    (x.len() - prefix - suffix) + (y.len() - prefix - suffix)
 }
 
 #[cfg(test)]

@@ -243,6 +243,33 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     }
     swap_identifiers(ctx, n, score, &k);
     wrap_call(ctx, n, score, ing, &k);
+    missing_term(ctx, n, score, ing, &k);
+    if matches!(n.kind(), "string" | "interpreted_string_literal")
+        && n.parent().is_some_and(|p| matches!(p.kind(), "tuple" | "list" | "array" | "pair"))
+    {
+        // A table entry with two letters the wrong way round (`"CX"` for `"XC"`).
+        let t = text(n, ctx.src);
+        let q = t.chars().next().unwrap_or('"');
+        let inner: String = t.trim_matches(q).chars().rev().collect();
+        if (2..=3).contains(&inner.chars().count()) {
+            ctx.replace(n, &format!("{q}{inner}{q}"), "data-constant", score);
+        }
+    }
+    // A value read from the wrong place: `xs[i + 1] = xs[i]` → `xs[i + 1] = t`.
+    if (kind == k.subscript || kind == k.member)
+        && n.parent().is_some_and(|p| {
+            (p.kind() == k.assignment || p.kind() == "expression_list")
+                && p.child_by_field_name("left").is_none_or(|l| l.id() != n.id())
+        })
+        && let Some(scope) = ing.scope_of(n)
+    {
+        let t = text(n, ctx.src).to_owned();
+        for (name, sim) in scope.names.iter().map(|(x, _)| (x.clone(), 0.8)).take(10).collect::<Vec<_>>() {
+            if !t.contains(&name) {
+                ctx.replace(n, &name, "variable", score * sim * 0.8);
+            }
+        }
+    }
 }
 
 /// A value that should have gone through a call: `sorted(xs)`, `c.lower()`, `text.trim()`;
@@ -254,7 +281,17 @@ fn wrap_call(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) 
     let Some(p) = n.parent() else { return };
     let iterable = p.child_by_field_name("right").is_some_and(|r| r.id() == n.id())
         && matches!(p.kind(), "for_statement" | "for_in_statement" | "range_clause");
-    let value = matches!(p.kind(), "argument_list" | "arguments" | "return_statement" | "comparison_operator");
+    let value = matches!(
+        p.kind(),
+        "argument_list"
+            | "arguments"
+            | "return_statement"
+            | "comparison_operator"
+            | "expression_list"
+            | "list_comprehension"
+            | "generator_expression"
+            | "set_comprehension"
+    );
     if !(iterable || value) || (n.kind() == "identifier" && !is_read(n, k)) {
         return;
     }
@@ -278,6 +315,68 @@ fn wrap_call(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) 
     }
     for m in ms {
         ctx.replace(n, &format!("{t}.{m}()"), "missing-call", score * 0.8);
+    }
+    // An iteration that should skip an end: `for c in text` → `for c in text[1:]`.
+    if iterable {
+        let ends: &[&str] = match ctx.lang {
+            Language::Python => &["[1:]", "[:-1]"],
+            _ => &[".slice(1)", ".slice(0, -1)"],
+        };
+        for e in ends {
+            ctx.replace(n, &format!("{t}{e}"), "array-slice", score * 0.8);
+        }
+    }
+}
+
+/// A term missing from an expression: `(x + k) % 26` → `(x + k) % 26 + base`, `a + b` →
+/// `a + 1 + b`, `lo = mid` → `lo = mid + 1`, `(dist)` → `(dist + 1)` (missing arithmetic
+/// expression, missing +1).
+fn missing_term(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
+    let Some(p) = n.parent() else { return };
+    let arithmetic_operand = matches!(p.kind(), "binary_operator" | "binary_expression")
+        && p.child_by_field_name("operator").is_some_and(|o| {
+            matches!(
+                text(&o, ctx.src),
+                "+" | "-" | "<" | "<=" | ">" | ">=" | "==" | "!=" | "===" | "!=="
+            )
+        })
+        || p.kind() == "comparison_operator";
+    let value_position = matches!(
+        p.kind(),
+        "argument_list" | "arguments" | "tuple" | "expression_list" | "return_statement" | "pair"
+    ) || ((p.kind() == k.assignment || p.kind() == "variable_declarator")
+        && p.child_by_field_name(if p.kind() == "variable_declarator" { "value" } else { "right" })
+            .is_some_and(|r| r.id() == n.id()));
+    let numeric = matches!(n.kind(), "identifier" | "call" | "call_expression" | "binary_operator" | "binary_expression" | "parenthesized_expression" | "member_expression" | "attribute" | "selector_expression" | "subscript");
+    if !numeric || !(arithmetic_operand || value_position) {
+        return;
+    }
+    if n.kind() == "identifier" && !is_read(n, k) {
+        return;
+    }
+    let t = text(n, ctx.src).to_owned();
+    if ctx.lang != Language::Python || !matches!(n.kind(), "identifier") || value_position || arithmetic_operand {
+        for what in ["+ 1", "- 1"] {
+            ctx.replace(n, &format!("{t} {what}"), "off-by-one", score * 0.75);
+        }
+    }
+    // A missing `+ name` after an arithmetic expression in a value position.
+    if value_position
+        && matches!(n.kind(), "binary_operator" | "binary_expression")
+        && let Some(scope) = ing.scope_of(n)
+    {
+        let names: Vec<String> = scope
+            .names
+            .iter()
+            .filter(|(x, _)| t.contains(x.as_str()))
+            .map(|(x, _)| x.clone())
+            .take(4)
+            .collect();
+        for v in names {
+            for op in ["+", "-"] {
+                ctx.replace(n, &format!("{t} {op} {v}"), "missing-arithmetic", score * 0.7);
+            }
+        }
     }
 }
 
@@ -371,10 +470,10 @@ fn calls(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
     if let Some(name) = name_node {
         let old = text(&name, ctx.src).to_owned();
         let last = old.rsplit('.').next().unwrap_or(&old).to_owned();
-        let families = if func.kind() == k.member {
-            METHOD_FAMILIES
+        let families: Vec<&[&str]> = if func.kind() == k.member {
+            METHOD_FAMILIES.iter().chain(FUNCTION_FAMILIES).copied().collect()
         } else {
-            FUNCTION_FAMILIES
+            FUNCTION_FAMILIES.to_vec()
         };
         let mut alts: Vec<String> = vec![];
         for fam in families.iter().filter(|f| f.contains(&last.as_str())) {
@@ -445,8 +544,19 @@ fn calls(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
                 end: at,
                 text: "0".into(),
             }],
-            score * 0.7,
+            score * 0.9,
         );
+    }
+    // A call missing in a chain: `text.split(..)` → `text.trim().split(..)`.
+    if func.kind() == k.member
+        && let Some(obj) = func.child_by_field_name(k.member_object)
+    {
+        let o = text(&obj, ctx.src).to_owned();
+        for m in method_wrappers(ctx.lang) {
+            if !o.ends_with(&format!(".{m}()")) {
+                ctx.replace(&obj, &format!("{o}.{m}()"), "missing-call", score * 0.7);
+            }
+        }
     }
     if ctx.lang != Language::Python {
         for pair in list.windows(2) {
@@ -564,6 +674,20 @@ fn conditions(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
             let o = text(&obj, ctx.src);
             extra.push((format!("{o} {}", none.0), k.or, 1.0));
             extra.push((format!("{o} {}", none.1), k.and, 1.0));
+        }
+        if x.kind() == k.call
+            && let Some(f) = x.child_by_field_name("function")
+            && f.kind() == k.member
+            && let Some(obj) = f.child_by_field_name(k.member_object)
+            && obj.kind() == "identifier"
+        {
+            let o = text(&obj, ctx.src);
+            let empty = match ctx.lang {
+                Language::Python => format!("not {o}"),
+                Language::Go => format!("len({o}) == 0"),
+                _ => format!("{o}.length === 0"),
+            };
+            extra.push((empty, k.or, 1.0));
         }
         if x.kind() == k.subscript
             && let (Some(v), Some(i)) = (
@@ -901,5 +1025,77 @@ impl Scope {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Target, mutants, same_ast};
+    use proto::messages::Language;
+
+    /// Whether the repair of `buggy` (suspect line `line`) to `fixed` is among the candidates,
+    /// and at what rank.
+    fn rank(lang: Language, path: &str, buggy: &str, fixed: &str, line: u32) -> Option<usize> {
+        let t = [Target {
+            line: Some(line),
+            score: 1.0,
+        }];
+        mutants(lang, path, buggy, &t, 3000)
+            .iter()
+            .position(|m| same_ast(lang, path, &m.new_text, fixed) == Some(true))
+    }
+
+    #[test]
+    fn each_defect_class_has_its_operator_in_python() {
+        let py = |b: &str, f: &str, l| rank(Language::Python, "m.py", b, f, l);
+        let cases = [
+            // assignment operator
+            ("def f(xs):\n    t = 0\n    for x in xs:\n        t = x\n    return t\n", "def f(xs):\n    t = 0\n    for x in xs:\n        t += x\n    return t\n", 4),
+            // missing condition (guard on a receiver)
+            ("def f(n):\n    if n.next is None:\n        return 1\n    return 2\n", "def f(n):\n    if n is None or n.next is None:\n        return 1\n    return 2\n", 2),
+            // method called
+            ("def f(q):\n    return q.pop()\n", "def f(q):\n    return q.pop(0)\n", 2),
+            ("def f(a, b):\n    a.append(b)\n    return a\n", "def f(a, b):\n    a.extend(b)\n    return a\n", 2),
+            // field dereference
+            ("def f(node):\n    return node.left.key\n", "def f(node):\n    return node.right.key\n\n\ndef g(n):\n    return n.right\n", 2),
+            // function name
+            ("def f(a, b):\n    return min(a, b)\n", "def f(a, b):\n    return max(a, b)\n", 2),
+            // the argument is the answer / a missing call
+            ("def f(x):\n    return abs(x)\n", "def f(x):\n    return x\n", 2),
+            ("def f(xs):\n    for x in xs:\n        print(x)\n", "def f(xs):\n    for x in sorted(xs):\n        print(x)\n", 2),
+            // extra subexpression
+            ("def f(a, b):\n    return a + b - 1\n", "def f(a, b):\n    return a + b\n", 2),
+            // variable prepend
+            ("def f(t, k):\n    return g(t, k)\n", "def f(t, k):\n    return g(t, -k)\n", 2),
+            // variable swap
+            ("def f(m, r, c):\n    return m[c][r]\n", "def f(m, r, c):\n    return m[r][c]\n", 2),
+            // swapped statements
+            ("def f(s):\n    b = s.pop()\n    a = s.pop()\n    return a - b\n", "def f(s):\n    a = s.pop()\n    b = s.pop()\n    return a - b\n", 2),
+            // a loop that never updates its variable
+            ("def f(j, xs):\n    while j > 0 and xs[j]:\n        xs[j] = 0\n    return xs\n", "def f(j, xs):\n    while j > 0 and xs[j]:\n        xs[j] = 0\n        j -= 1\n    return xs\n", 2),
+        ];
+        for (b, f, l) in cases {
+            // Field-dereference case: the other field must be used in the file.
+            let (b, f) = if f.contains("def g") {
+                (format!("{b}\n\ndef g(n):\n    return n.right\n"), f.to_owned())
+            } else {
+                (b.to_owned(), f.to_owned())
+            };
+            assert!(py(&b, &f, l).is_some(), "no candidate turns\n{b}\ninto\n{f}");
+        }
+    }
+
+    #[test]
+    fn javascript_and_go_get_the_classes_their_grammar_allows() {
+        let js = |b: &str, f: &str, l| rank(Language::JavaScript, "m.js", b, f, l);
+        assert!(js("function f(a, b) {\n  return Math.min(a, b);\n}\n", "function f(a, b) {\n  return Math.max(a, b);\n}\n", 2).is_some());
+        assert!(js("function f(xs, i) {\n  return xs[i];\n}\n", "function f(xs, i) {\n  return xs[i - 1];\n}\n", 2).is_some());
+        assert!(js("function f(s) {\n  let t = 0;\n  t = s;\n  return t;\n}\n", "function f(s) {\n  let t = 0;\n  t += s;\n  return t;\n}\n", 3).is_some());
+        assert!(js("function f(t) {\n  return t.split(' ');\n}\n", "function f(t) {\n  return t.trim().split(' ');\n}\n", 2).is_some());
+        let go = |b: &str, f: &str, l| rank(Language::Go, "m.go", b, f, l);
+        let head = "package p\n\n";
+        assert!(go(&format!("{head}func F(n int) bool {{\n\treturn n < 2\n}}\n"), &format!("{head}func F(n int) bool {{\n\treturn n <= 2\n}}\n"), 4).is_some());
+        assert!(go(&format!("{head}func F(n int) int {{\n\tfor n > 9 {{\n\t\tn %= 10\n\t}}\n\treturn n\n}}\n"), &format!("{head}func F(n int) int {{\n\tfor n > 9 {{\n\t\tn /= 10\n\t}}\n\treturn n\n}}\n"), 5).is_some());
+        assert!(go(&format!("{head}func F(a, b int) int {{\n\treturn b - a\n}}\n"), &format!("{head}func F(a, b int) int {{\n\treturn a - b\n}}\n"), 4).is_some());
     }
 }

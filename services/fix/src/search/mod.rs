@@ -62,16 +62,21 @@ fn prior(op: &str) -> f64 {
         // is the fix in the repair literature's benchmarks of small programs (QuixBugs,
         // ManySStuBs4J, PySStuBs), relative to the ones above.
         "assignment-operator" => 0.8,
-        "method-called" | "function-name" => 0.7,
+        "method-called" => 0.9,
+        "function-name" => 0.6,
+        "missing-call" | "array-slice" => 0.65,
+        "data-constant" => 0.7,
+        "missing-arithmetic" => 0.55,
         "missing-condition" => 0.6,
         "less-specific-if" | "extra-subexpression" => 0.6,
         "field-dereference" => 0.6,
         "variable-swap" => 0.55,
         "variable-prepend" => 0.5,
-        "unwrap-call" | "fewer-arguments" | "more-arguments" => 0.5,
+        "unwrap-call" | "fewer-arguments" => 0.5,
+        "more-arguments" => 0.6,
         "wrong-return" => 0.5,
         "loop-update" => 0.6,
-        "swapped-statements" => 0.45,
+        "swapped-statements" => 0.55,
         "missing-line" => 0.4,
         _ => 0.5,
     }
@@ -219,8 +224,12 @@ pub fn mutants(
     // Equal scores: the smaller change to the syntax tree first (the edit a person makes).
     let mut tokens = Parser::new();
     let _ = tokens.set_language(&language);
-    for m in &mut out {
-        m.edit_size = ast::leaf_distance_with(&mut tokens, src, &m.new_text).unwrap_or(m.edit_size);
+    if let Some(base) = ast::Leaves::of(&mut tokens, src) {
+        for m in &mut out {
+            m.edit_size = base
+                .distance_to(&mut tokens, &m.new_text)
+                .unwrap_or(m.edit_size);
+        }
     }
     out.sort_by(|a, b| {
         b.score
