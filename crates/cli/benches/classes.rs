@@ -10,7 +10,8 @@
 //!
 //! `--bin` runs another build of coval (the engine before a change); `--save` writes the
 //! rows as JSON and `--against` prints a saved run's numbers beside this one's, so a change
-//! is measured against its baseline in one table. `--jobs` repairs that many bugs at once
+//! is measured against its baseline in one table. `--rows F1,F2` runs nothing and prints the
+//! tables of saved runs (parts of one run made in parallel), against `--against`. `--jobs` repairs that many bugs at once
 //! (seconds per bug are then measured under that load: keep 1 for timings).
 
 use std::collections::BTreeMap;
@@ -95,7 +96,12 @@ fn run(bin: &Path, bug: &Value, sandbox: &str, config: Option<&str>) -> Row {
     if v["outcome"].is_null() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
-        eprintln!("{}: coval gave no report ({}): {}", s("id"), out.status, tail.join(" | "));
+        eprintln!(
+            "{}: coval gave no report ({}): {}",
+            s("id"),
+            out.status,
+            tail.join(" | ")
+        );
     }
     let patched = std::fs::read_to_string(&file).unwrap_or_default();
     let exact = fixed
@@ -220,7 +226,11 @@ fn table(title: &str, rows: &[Row], before: &[Row], key: fn(&Row) -> String) {
             cell(now, "held_back")
         );
         if with_before {
-            print!(" | {:>12} {:>12}", cell(old, "tuned"), cell(old, "held_back"));
+            print!(
+                " | {:>12} {:>12}",
+                cell(old, "tuned"),
+                cell(old, "held_back")
+            );
         }
         println!();
         all.0.extend(now.iter().copied());
@@ -268,6 +278,7 @@ fn main() {
     .expect("index.json is JSON");
     let bugs: Vec<Value> = index
         .into_iter()
+        .filter(|_| arg("--rows").is_none())
         .filter(|b| {
             let id = b["id"].as_str().unwrap_or("");
             (only.is_empty() || only.iter().any(|o| id.starts_with(o.as_str())))
@@ -289,10 +300,7 @@ fn main() {
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| {
-                loop {
-                    let Some(bug) = queue.lock().map(|mut q| q.pop()).ok().flatten() else {
-                        break;
-                    };
+                while let Some(bug) = queue.lock().map(|mut q| q.pop()).ok().flatten() {
                     let r = run(&bin, bug, &sandbox, config.as_deref());
                     println!(
                         "{:<26} {:<34} {:<6} {:<6} {:>6.1} s {:>4} candidates {:>3} timeouts {}",
@@ -313,6 +321,13 @@ fn main() {
         }
     });
     let mut rows = rows.into_inner().unwrap_or_default();
+    for f in arg("--rows").iter().flat_map(|r| r.split(',')) {
+        let saved: Vec<Value> = std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        rows.extend(saved.iter().map(from_json));
+    }
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(f) = arg("--save") {
         let v: Vec<Value> = rows.iter().map(to_json).collect();

@@ -986,8 +986,11 @@ fn the_search_engine_repairs_defect_classes_in_python_javascript_and_go() {
                     let reference = std::fs::read_to_string(program.join(s("file"))).unwrap();
                     let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
                     std::fs::write(src.join(s("file")), &buggy).unwrap();
-                    std::fs::copy(root.join("logs").join(format!("{id}.log")), src.join("error.log"))
-                        .unwrap();
+                    std::fs::copy(
+                        root.join("logs").join(format!("{id}.log")),
+                        src.join("error.log"),
+                    )
+                    .unwrap();
                     let started = std::time::Instant::now();
                     let out = repair(
                         &src,
@@ -1017,14 +1020,27 @@ fn the_search_engine_repairs_defect_classes_in_python_javascript_and_go() {
         }
     });
     let mut results = results.into_inner().unwrap();
-    results.sort();
+    results.sort_by(|a, b| a.0.cmp(b.0));
     for r in &results {
-        eprintln!("{:<22} {:<8} exact {:?} {:>6.1} s  {}", r.0, r.1, r.2, r.4, r.3);
+        eprintln!(
+            "{:<22} {:<8} exact {:?} {:>6.1} s  {}",
+            r.0, r.1, r.2, r.4, r.3
+        );
     }
     for r in &results {
         assert_eq!(r.1, "fixed", "{}: {}", r.0, r.5);
-        assert_eq!(r.2, Some(true), "{}: the patch is not the reference edit", r.0);
-        assert!(r.3.contains("ranks") || r.3.contains("passing"), "{}: no reason given: {}", r.0, r.3);
+        assert_eq!(
+            r.2,
+            Some(true),
+            "{}: the patch is not the reference edit",
+            r.0
+        );
+        assert!(
+            r.3.contains("ranks") || r.3.contains("passing"),
+            "{}: no reason given: {}",
+            r.0,
+            r.3
+        );
     }
 }
 

@@ -116,7 +116,9 @@ const FUNCTION_FAMILIES: &[&[&str]] = &[
 /// Functions of one argument a value is commonly passed through, per language.
 fn wrappers(lang: Language) -> &'static [&'static str] {
     match lang {
-        Language::Python => &["sorted", "abs", "len", "list", "reversed", "int", "str", "set"],
+        Language::Python => &[
+            "sorted", "abs", "len", "list", "reversed", "int", "str", "set",
+        ],
         Language::Go => &["len"],
         _ => &["Math.abs", "Math.floor", "String", "Number"],
     }
@@ -134,7 +136,10 @@ fn method_wrappers(lang: Language) -> &'static [&'static str] {
 /// Whether `n` is a value being read (not a callee, a field name, a binding or a keyword).
 fn is_read(n: &Node, k: &Kinds) -> bool {
     let Some(p) = n.parent() else { return false };
-    let field_of = |name: &str| p.child_by_field_name(name).is_some_and(|c| c.id() == n.id());
+    let field_of = |name: &str| {
+        p.child_by_field_name(name)
+            .is_some_and(|c| c.id() == n.id())
+    };
     if p.kind() == k.call && field_of("function") {
         return false;
     }
@@ -150,7 +155,8 @@ fn is_read(n: &Node, k: &Kinds) -> bool {
         && p.parent().is_some_and(|q| {
             q.kind() == "short_var_declaration"
                 || (q.kind() == "assignment_statement"
-                    && q.child_by_field_name("left").is_some_and(|l| l.id() == p.id()))
+                    && q.child_by_field_name("left")
+                        .is_some_and(|l| l.id() == p.id()))
         })
     {
         return false;
@@ -181,7 +187,8 @@ fn assign_token<'t>(n: &Node<'t>) -> Option<Node<'t>> {
         return Some(op);
     }
     let mut c = n.walk();
-    n.children(&mut c).find(|x| !x.is_named() && x.kind() == "=")
+    n.children(&mut c)
+        .find(|x| !x.is_named() && x.kind() == "=")
 }
 
 /// All the defect-class operators at one node of a suspicious line.
@@ -198,7 +205,7 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     if kind == k.call {
         calls(ctx, n, score, ing, &k);
     }
-    if kind == k.member && !n.parent().is_some_and(|p| p.kind() == k.call) {
+    if kind == k.member && n.parent().is_none_or(|p| p.kind() != k.call) {
         field(ctx, n, score, ing, &k);
     }
     if kind == k.subscript || kind == k.member {
@@ -212,7 +219,9 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     }
     if matches!(kind, "unary_operator" | "unary_expression")
         && text(n, ctx.src).starts_with('-')
-        && let Some(arg) = n.child_by_field_name("argument").or_else(|| n.child_by_field_name("operand"))
+        && let Some(arg) = n
+            .child_by_field_name("argument")
+            .or_else(|| n.child_by_field_name("operand"))
     {
         let inner = text(&arg, ctx.src).to_owned();
         ctx.replace(n, &inner, "variable-prepend", score);
@@ -223,12 +232,15 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     ) {
         conditions(ctx, n, score, ing, &k);
     }
-    if matches!(kind, "integer" | "number" | "int_literal" | "float" | "true" | "false")
-        && n.parent().is_some_and(|p| !p.kind().contains("unary"))
+    if matches!(
+        kind,
+        "integer" | "number" | "int_literal" | "float" | "true" | "false"
+    ) && n.parent().is_some_and(|p| !p.kind().contains("unary"))
     {
         literal_to_variable(ctx, n, score, ing);
     }
-    if ctx.lang == Language::Go && kind == "int_literal"
+    if ctx.lang == Language::Go
+        && kind == "int_literal"
         && let Ok(v) = text(n, ctx.src).parse::<i64>()
     {
         for alt in [v + 1, v - 1] {
@@ -245,7 +257,8 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     wrap_call(ctx, n, score, ing, &k);
     missing_term(ctx, n, score, ing, &k);
     if matches!(n.kind(), "string" | "interpreted_string_literal")
-        && n.parent().is_some_and(|p| matches!(p.kind(), "tuple" | "list" | "array" | "pair"))
+        && n.parent()
+            .is_some_and(|p| matches!(p.kind(), "tuple" | "list" | "array" | "pair"))
     {
         // A table entry with two letters the wrong way round (`"CX"` for `"XC"`).
         let t = text(n, ctx.src);
@@ -259,12 +272,19 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     if (kind == k.subscript || kind == k.member)
         && n.parent().is_some_and(|p| {
             (p.kind() == k.assignment || p.kind() == "expression_list")
-                && p.child_by_field_name("left").is_none_or(|l| l.id() != n.id())
+                && p.child_by_field_name("left")
+                    .is_none_or(|l| l.id() != n.id())
         })
         && let Some(scope) = ing.scope_of(n)
     {
         let t = text(n, ctx.src).to_owned();
-        for (name, sim) in scope.names.iter().map(|(x, _)| (x.clone(), 0.8)).take(10).collect::<Vec<_>>() {
+        for (name, sim) in scope
+            .names
+            .iter()
+            .map(|(x, _)| (x.clone(), 0.8))
+            .take(10)
+            .collect::<Vec<_>>()
+        {
             if !t.contains(&name) {
                 ctx.replace(n, &name, "variable", score * sim * 0.8);
             }
@@ -275,12 +295,26 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
 /// A value that should have gone through a call: `sorted(xs)`, `c.lower()`, `text.trim()`;
 /// the functions of the language's usual set and those the file calls with one argument.
 fn wrap_call(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
-    if !matches!(n.kind(), "identifier" | "attribute" | "member_expression" | "selector_expression" | "call" | "call_expression" | "subscript") {
+    if !matches!(
+        n.kind(),
+        "identifier"
+            | "attribute"
+            | "member_expression"
+            | "selector_expression"
+            | "call"
+            | "call_expression"
+            | "subscript"
+    ) {
         return;
     }
     let Some(p) = n.parent() else { return };
-    let iterable = p.child_by_field_name("right").is_some_and(|r| r.id() == n.id())
-        && matches!(p.kind(), "for_statement" | "for_in_statement" | "range_clause");
+    let iterable = p
+        .child_by_field_name("right")
+        .is_some_and(|r| r.id() == n.id())
+        && matches!(
+            p.kind(),
+            "for_statement" | "for_in_statement" | "range_clause"
+        );
     let value = matches!(
         p.kind(),
         "argument_list"
@@ -345,9 +379,25 @@ fn missing_term(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kind
         p.kind(),
         "argument_list" | "arguments" | "tuple" | "expression_list" | "return_statement" | "pair"
     ) || ((p.kind() == k.assignment || p.kind() == "variable_declarator")
-        && p.child_by_field_name(if p.kind() == "variable_declarator" { "value" } else { "right" })
-            .is_some_and(|r| r.id() == n.id()));
-    let numeric = matches!(n.kind(), "identifier" | "call" | "call_expression" | "binary_operator" | "binary_expression" | "parenthesized_expression" | "member_expression" | "attribute" | "selector_expression" | "subscript");
+        && p.child_by_field_name(if p.kind() == "variable_declarator" {
+            "value"
+        } else {
+            "right"
+        })
+        .is_some_and(|r| r.id() == n.id()));
+    let numeric = matches!(
+        n.kind(),
+        "identifier"
+            | "call"
+            | "call_expression"
+            | "binary_operator"
+            | "binary_expression"
+            | "parenthesized_expression"
+            | "member_expression"
+            | "attribute"
+            | "selector_expression"
+            | "subscript"
+    );
     if !numeric || !(arithmetic_operand || value_position) {
         return;
     }
@@ -355,7 +405,11 @@ fn missing_term(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kind
         return;
     }
     let t = text(n, ctx.src).to_owned();
-    if ctx.lang != Language::Python || !matches!(n.kind(), "identifier") || value_position || arithmetic_operand {
+    if ctx.lang != Language::Python
+        || !matches!(n.kind(), "identifier")
+        || value_position
+        || arithmetic_operand
+    {
         for what in ["+ 1", "- 1"] {
             ctx.replace(n, &format!("{t} {what}"), "off-by-one", score * 0.75);
         }
@@ -374,7 +428,12 @@ fn missing_term(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kind
             .collect();
         for v in names {
             for op in ["+", "-"] {
-                ctx.replace(n, &format!("{t} {op} {v}"), "missing-arithmetic", score * 0.7);
+                ctx.replace(
+                    n,
+                    &format!("{t} {op} {v}"),
+                    "missing-arithmetic",
+                    score * 0.7,
+                );
             }
         }
     }
@@ -396,8 +455,14 @@ fn assignment_operator(ctx: &mut Ctx, n: &Node, score: f64) {
         return;
     }
     // A plain assignment becomes an update only where the target already has a value.
-    let left = n.child_by_field_name("left").map(|l| text(&l, ctx.src).to_owned());
-    if o == "=" && left.as_deref().is_none_or(|l| l.contains(',') || l.starts_with("let ")) {
+    let left = n
+        .child_by_field_name("left")
+        .map(|l| text(&l, ctx.src).to_owned());
+    if o == "="
+        && left
+            .as_deref()
+            .is_none_or(|l| l.contains(',') || l.starts_with("let "))
+    {
         return;
     }
     for alt in ops.iter().filter(|a| **a != o) {
@@ -407,10 +472,6 @@ fn assignment_operator(ctx: &mut Ctx, n: &Node, score: f64) {
 
 /// Another variable of the same use in scope, the likeliest first (incorrect variable).
 fn wrong_variable(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
-    if ctx.lang == Language::Python {
-        // Python's own scope-bound variable operator runs in `python_only`; here the names of
-        // the enclosing function's other reads, which include loop and comprehension names.
-    }
     let me = text(n, ctx.src).to_owned();
     let Some(scope) = ing.scope_of(n) else { return };
     if !scope.names.iter().any(|(x, _)| *x == me) {
@@ -471,7 +532,11 @@ fn calls(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
         let old = text(&name, ctx.src).to_owned();
         let last = old.rsplit('.').next().unwrap_or(&old).to_owned();
         let families: Vec<&[&str]> = if func.kind() == k.member {
-            METHOD_FAMILIES.iter().chain(FUNCTION_FAMILIES).copied().collect()
+            METHOD_FAMILIES
+                .iter()
+                .chain(FUNCTION_FAMILIES)
+                .copied()
+                .collect()
         } else {
             FUNCTION_FAMILIES.to_vec()
         };
@@ -501,11 +566,17 @@ fn calls(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
         }
     }
     // The argument is the answer: `f(x)` → `x` (also `xs.reverse()` → `xs`).
-    if list.len() == 1 && !matches!(list[0].kind(), "keyword_argument" | "list_splat" | "spread_element") {
+    if list.len() == 1
+        && !matches!(
+            list[0].kind(),
+            "keyword_argument" | "list_splat" | "spread_element"
+        )
+    {
         let inner = text(&list[0], ctx.src).to_owned();
         ctx.replace(n, &inner, "unwrap-call", score * 0.9);
     }
-    if list.is_empty() && func.kind() == k.member
+    if list.is_empty()
+        && func.kind() == k.member
         && let Some(obj) = func.child_by_field_name(k.member_object)
     {
         let inner = text(&obj, ctx.src).to_owned();
@@ -602,7 +673,7 @@ fn field(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
     if obj.kind() == k.member {
         let inner = text(&obj, ctx.src).to_owned();
         ctx.replace(n, &inner, "field-dereference", score * 0.9);
-    } else if !n.parent().is_some_and(|p| p.kind() == k.member) {
+    } else if n.parent().is_none_or(|p| p.kind() != k.member) {
         let twice = format!("{}.{f}", text(n, ctx.src));
         ctx.replace(n, &twice, "field-dereference", score * 0.6);
     }
@@ -619,7 +690,11 @@ fn drop_operand(ctx: &mut Ctx, n: &Node, score: f64, k: &Kinds) {
     if !logic && !matches!(o, "+" | "-" | "*" | "/" | "//" | "%") {
         return;
     }
-    let kind = if logic { "less-specific-if" } else { "extra-subexpression" };
+    let kind = if logic {
+        "less-specific-if"
+    } else {
+        "extra-subexpression"
+    };
     for side in ["left", "right"] {
         if let Some(x) = n.child_by_field_name(side) {
             let t = text(&x, ctx.src).to_owned();
@@ -636,13 +711,20 @@ fn conditions(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
     let cond = match n.kind() {
         "return_statement" => {
             let v = n.named_child(0);
-            let v = v.map(|v| if v.kind() == "expression_list" { v.named_child(0) } else { Some(v) }).flatten();
+            let v = v.and_then(|v| {
+                if v.kind() == "expression_list" {
+                    v.named_child(0)
+                } else {
+                    Some(v)
+                }
+            });
             match v {
                 Some(v) if is_boolean(&v, ctx.src, k) => v,
                 _ => return,
             }
         }
-        "for_statement" if ctx.lang != Language::Python => match n.child_by_field_name("condition") {
+        "for_statement" if ctx.lang != Language::Python => match n.child_by_field_name("condition")
+        {
             Some(c) => c,
             None => return,
         },
@@ -732,13 +814,8 @@ fn conditions(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
         extra.push((other.clone(), k.and, 0.8 * sim));
         extra.push((other, k.or, 0.6 * sim));
     }
-    let mut added = 0;
-    for (term, joiner, weight) in extra {
-        if added > 24 {
-            break;
-        }
+    for (term, joiner, weight) in extra.into_iter().take(25) {
         let with = format!("{term} {joiner} {c}");
-        added += 1;
         ctx.replace(&cond, &with, "missing-condition", score * weight);
         if joiner == k.and && ctx.lang != Language::Python {
             continue;
@@ -758,7 +835,9 @@ fn is_boolean(n: &Node, src: &str, k: &Kinds) -> bool {
         "comparison_operator" | "boolean_operator" | "not_operator" => true,
         "binary_expression" => n.child_by_field_name("operator").is_some_and(|o| {
             let o = text(&o, src);
-            o == k.and || o == k.or || matches!(o, "<" | "<=" | ">" | ">=" | "==" | "!=" | "===" | "!==")
+            o == k.and
+                || o == k.or
+                || matches!(o, "<" | "<=" | ">" | ">=" | "==" | "!=" | "===" | "!==")
         }),
         _ => false,
     }
@@ -811,7 +890,15 @@ pub(super) fn replace_word(text: &str, from: &str, to: &str) -> String {
 fn literal_to_variable(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     let Some(scope) = ing.scope_of(n) else { return };
     let in_return = n.parent().is_some_and(|p| {
-        matches!(p.kind(), "return_statement" | "expression_list" | "list" | "array" | "binary_operator" | "binary_expression")
+        matches!(
+            p.kind(),
+            "return_statement"
+                | "expression_list"
+                | "list"
+                | "array"
+                | "binary_operator"
+                | "binary_expression"
+        )
     });
     if !in_return {
         return;
@@ -820,7 +907,12 @@ fn literal_to_variable(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     for (name, _) in scope.names.iter().take(12) {
         if boolean {
             let k = kinds(ctx.lang);
-            ctx.replace(n, &format!("{}{name}", k.negate), "wrong-return", score * 0.7);
+            ctx.replace(
+                n,
+                &format!("{}{name}", k.negate),
+                "wrong-return",
+                score * 0.7,
+            );
         }
         ctx.replace(n, name, "wrong-return", score * 0.75);
     }
@@ -832,7 +924,10 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
     // Swapped statements.
     if let Some(next) = n.next_named_sibling()
         && next.kind() != "comment"
-        && !matches!(n.kind(), "return_statement" | "function_definition" | "function_declaration")
+        && !matches!(
+            n.kind(),
+            "return_statement" | "function_definition" | "function_declaration"
+        )
     {
         let (a, b) = (text(n, ctx.src).to_owned(), text(&next, ctx.src).to_owned());
         if a != b {
@@ -859,7 +954,11 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
     }
     // A missing line: a statement written elsewhere in the same function, after this one.
     let indent = " ".repeat(n.start_position().column);
-    let tab = if ctx.lang == Language::Go { "\t".repeat(indent_tabs(ctx.src, n)) } else { indent.clone() };
+    let tab = if ctx.lang == Language::Go {
+        "\t".repeat(indent_tabs(ctx.src, n))
+    } else {
+        indent.clone()
+    };
     let (_, end) = whole_lines(ctx.src, n);
     for (stmt, sim) in ing.similar_statements(n, ctx.src) {
         let line_text = format!("{tab}{stmt}\n");
@@ -882,9 +981,10 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
         && let Some(cond) = n.child_by_field_name("condition")
     {
         let body_text = text(&body, ctx.src);
-        let first = body.named_child(0).filter(|f| f.kind() != "statement_list").or_else(|| {
-            body.named_child(0).and_then(|l| l.named_child(0))
-        });
+        let first = body
+            .named_child(0)
+            .filter(|f| f.kind() != "statement_list")
+            .or_else(|| body.named_child(0).and_then(|l| l.named_child(0)));
         let Some(first) = first else { return };
         let inner_indent = if ctx.lang == Language::Go {
             "\t".repeat(indent_tabs(ctx.src, &first))
@@ -909,9 +1009,16 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
         }
         names.dedup();
         for v in names {
-            let assigned = [format!("{v} ="), format!("{v} +="), format!("{v} -="), format!("{v}++"), format!("{v}--"), format!("{v} :=")]
-                .iter()
-                .any(|p| body_text.contains(p.as_str()));
+            let assigned = [
+                format!("{v} ="),
+                format!("{v} +="),
+                format!("{v} -="),
+                format!("{v}++"),
+                format!("{v}--"),
+                format!("{v} :="),
+            ]
+            .iter()
+            .any(|p| body_text.contains(p.as_str()));
             if assigned {
                 continue;
             }
@@ -942,22 +1049,39 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
 }
 
 fn indent_tabs(src: &str, n: &Node) -> usize {
-    let start = src[..n.start_byte()].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    src[start..n.start_byte()].chars().take_while(|c| *c == '\t').count()
+    let start = src[..n.start_byte()]
+        .rfind('\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    src[start..n.start_byte()]
+        .chars()
+        .take_while(|c| *c == '\t')
+        .count()
 }
 
 /// Off by one in JavaScript and Go: indices, slice bounds and returned or compared values.
 fn off_by_one_positions(ctx: &mut Ctx, n: &Node, score: f64, k: &Kinds) {
     let Some(p) = n.parent() else { return };
     let index_like = (p.kind() == k.subscript
-        && p.child_by_field_name("index").is_some_and(|i| i.id() == n.id()))
+        && p.child_by_field_name("index")
+            .is_some_and(|i| i.id() == n.id()))
         || (p.kind() == "slice_expression"
             && ["start", "end"]
                 .iter()
                 .any(|f| p.child_by_field_name(f).is_some_and(|i| i.id() == n.id())))
         || p.kind() == "return_statement"
-        || (p.kind() == "expression_list" && p.parent().is_some_and(|q| q.kind() == "return_statement"));
-    if !index_like || !matches!(n.kind(), "identifier" | "binary_expression" | "call_expression" | "member_expression" | "selector_expression") {
+        || (p.kind() == "expression_list"
+            && p.parent().is_some_and(|q| q.kind() == "return_statement"));
+    if !index_like
+        || !matches!(
+            n.kind(),
+            "identifier"
+                | "binary_expression"
+                | "call_expression"
+                | "member_expression"
+                | "selector_expression"
+        )
+    {
         return;
     }
     let t = text(n, ctx.src).to_owned();
@@ -969,7 +1093,15 @@ fn off_by_one_positions(ctx: &mut Ctx, n: &Node, score: f64, k: &Kinds) {
 /// Two names of one statement (or expression) trade places: `m[r][c]` → `m[c][r]`,
 /// `parent[rb] = ra` → `parent[ra] = rb` (variable swap).
 fn swap_identifiers(ctx: &mut Ctx, n: &Node, score: f64, k: &Kinds) {
-    let statement = is_statement(n, k) && !matches!(n.kind(), "if_statement" | "for_statement" | "while_statement" | "function_definition" | "function_declaration");
+    let statement = is_statement(n, k)
+        && !matches!(
+            n.kind(),
+            "if_statement"
+                | "for_statement"
+                | "while_statement"
+                | "function_definition"
+                | "function_declaration"
+        );
     if !statement && n.kind() != k.subscript {
         return;
     }
@@ -1050,52 +1182,152 @@ mod tests {
         let py = |b: &str, f: &str, l| rank(Language::Python, "m.py", b, f, l);
         let cases = [
             // assignment operator
-            ("def f(xs):\n    t = 0\n    for x in xs:\n        t = x\n    return t\n", "def f(xs):\n    t = 0\n    for x in xs:\n        t += x\n    return t\n", 4),
+            (
+                "def f(xs):\n    t = 0\n    for x in xs:\n        t = x\n    return t\n",
+                "def f(xs):\n    t = 0\n    for x in xs:\n        t += x\n    return t\n",
+                4,
+            ),
             // missing condition (guard on a receiver)
-            ("def f(n):\n    if n.next is None:\n        return 1\n    return 2\n", "def f(n):\n    if n is None or n.next is None:\n        return 1\n    return 2\n", 2),
+            (
+                "def f(n):\n    if n.next is None:\n        return 1\n    return 2\n",
+                "def f(n):\n    if n is None or n.next is None:\n        return 1\n    return 2\n",
+                2,
+            ),
             // method called
-            ("def f(q):\n    return q.pop()\n", "def f(q):\n    return q.pop(0)\n", 2),
-            ("def f(a, b):\n    a.append(b)\n    return a\n", "def f(a, b):\n    a.extend(b)\n    return a\n", 2),
+            (
+                "def f(q):\n    return q.pop()\n",
+                "def f(q):\n    return q.pop(0)\n",
+                2,
+            ),
+            (
+                "def f(a, b):\n    a.append(b)\n    return a\n",
+                "def f(a, b):\n    a.extend(b)\n    return a\n",
+                2,
+            ),
             // field dereference
-            ("def f(node):\n    return node.left.key\n", "def f(node):\n    return node.right.key\n\n\ndef g(n):\n    return n.right\n", 2),
+            (
+                "def f(node):\n    return node.left.key\n",
+                "def f(node):\n    return node.right.key\n\n\ndef g(n):\n    return n.right\n",
+                2,
+            ),
             // function name
-            ("def f(a, b):\n    return min(a, b)\n", "def f(a, b):\n    return max(a, b)\n", 2),
+            (
+                "def f(a, b):\n    return min(a, b)\n",
+                "def f(a, b):\n    return max(a, b)\n",
+                2,
+            ),
             // the argument is the answer / a missing call
-            ("def f(x):\n    return abs(x)\n", "def f(x):\n    return x\n", 2),
-            ("def f(xs):\n    for x in xs:\n        print(x)\n", "def f(xs):\n    for x in sorted(xs):\n        print(x)\n", 2),
+            (
+                "def f(x):\n    return abs(x)\n",
+                "def f(x):\n    return x\n",
+                2,
+            ),
+            (
+                "def f(xs):\n    for x in xs:\n        print(x)\n",
+                "def f(xs):\n    for x in sorted(xs):\n        print(x)\n",
+                2,
+            ),
             // extra subexpression
-            ("def f(a, b):\n    return a + b - 1\n", "def f(a, b):\n    return a + b\n", 2),
+            (
+                "def f(a, b):\n    return a + b - 1\n",
+                "def f(a, b):\n    return a + b\n",
+                2,
+            ),
             // variable prepend
-            ("def f(t, k):\n    return g(t, k)\n", "def f(t, k):\n    return g(t, -k)\n", 2),
+            (
+                "def f(t, k):\n    return g(t, k)\n",
+                "def f(t, k):\n    return g(t, -k)\n",
+                2,
+            ),
             // variable swap
-            ("def f(m, r, c):\n    return m[c][r]\n", "def f(m, r, c):\n    return m[r][c]\n", 2),
+            (
+                "def f(m, r, c):\n    return m[c][r]\n",
+                "def f(m, r, c):\n    return m[r][c]\n",
+                2,
+            ),
             // swapped statements
-            ("def f(s):\n    b = s.pop()\n    a = s.pop()\n    return a - b\n", "def f(s):\n    a = s.pop()\n    b = s.pop()\n    return a - b\n", 2),
+            (
+                "def f(s):\n    b = s.pop()\n    a = s.pop()\n    return a - b\n",
+                "def f(s):\n    a = s.pop()\n    b = s.pop()\n    return a - b\n",
+                2,
+            ),
             // a loop that never updates its variable
-            ("def f(j, xs):\n    while j > 0 and xs[j]:\n        xs[j] = 0\n    return xs\n", "def f(j, xs):\n    while j > 0 and xs[j]:\n        xs[j] = 0\n        j -= 1\n    return xs\n", 2),
+            (
+                "def f(j, xs):\n    while j > 0 and xs[j]:\n        xs[j] = 0\n    return xs\n",
+                "def f(j, xs):\n    while j > 0 and xs[j]:\n        xs[j] = 0\n        j -= 1\n    return xs\n",
+                2,
+            ),
         ];
         for (b, f, l) in cases {
             // Field-dereference case: the other field must be used in the file.
             let (b, f) = if f.contains("def g") {
-                (format!("{b}\n\ndef g(n):\n    return n.right\n"), f.to_owned())
+                (
+                    format!("{b}\n\ndef g(n):\n    return n.right\n"),
+                    f.to_owned(),
+                )
             } else {
                 (b.to_owned(), f.to_owned())
             };
-            assert!(py(&b, &f, l).is_some(), "no candidate turns\n{b}\ninto\n{f}");
+            assert!(
+                py(&b, &f, l).is_some(),
+                "no candidate turns\n{b}\ninto\n{f}"
+            );
         }
     }
 
     #[test]
     fn javascript_and_go_get_the_classes_their_grammar_allows() {
         let js = |b: &str, f: &str, l| rank(Language::JavaScript, "m.js", b, f, l);
-        assert!(js("function f(a, b) {\n  return Math.min(a, b);\n}\n", "function f(a, b) {\n  return Math.max(a, b);\n}\n", 2).is_some());
-        assert!(js("function f(xs, i) {\n  return xs[i];\n}\n", "function f(xs, i) {\n  return xs[i - 1];\n}\n", 2).is_some());
-        assert!(js("function f(s) {\n  let t = 0;\n  t = s;\n  return t;\n}\n", "function f(s) {\n  let t = 0;\n  t += s;\n  return t;\n}\n", 3).is_some());
-        assert!(js("function f(t) {\n  return t.split(' ');\n}\n", "function f(t) {\n  return t.trim().split(' ');\n}\n", 2).is_some());
+        assert!(
+            js(
+                "function f(a, b) {\n  return Math.min(a, b);\n}\n",
+                "function f(a, b) {\n  return Math.max(a, b);\n}\n",
+                2
+            )
+            .is_some()
+        );
+        assert!(
+            js(
+                "function f(xs, i) {\n  return xs[i];\n}\n",
+                "function f(xs, i) {\n  return xs[i - 1];\n}\n",
+                2
+            )
+            .is_some()
+        );
+        assert!(
+            js(
+                "function f(s) {\n  let t = 0;\n  t = s;\n  return t;\n}\n",
+                "function f(s) {\n  let t = 0;\n  t += s;\n  return t;\n}\n",
+                3
+            )
+            .is_some()
+        );
+        assert!(
+            js(
+                "function f(t) {\n  return t.split(' ');\n}\n",
+                "function f(t) {\n  return t.trim().split(' ');\n}\n",
+                2
+            )
+            .is_some()
+        );
         let go = |b: &str, f: &str, l| rank(Language::Go, "m.go", b, f, l);
         let head = "package p\n\n";
-        assert!(go(&format!("{head}func F(n int) bool {{\n\treturn n < 2\n}}\n"), &format!("{head}func F(n int) bool {{\n\treturn n <= 2\n}}\n"), 4).is_some());
+        assert!(
+            go(
+                &format!("{head}func F(n int) bool {{\n\treturn n < 2\n}}\n"),
+                &format!("{head}func F(n int) bool {{\n\treturn n <= 2\n}}\n"),
+                4
+            )
+            .is_some()
+        );
         assert!(go(&format!("{head}func F(n int) int {{\n\tfor n > 9 {{\n\t\tn %= 10\n\t}}\n\treturn n\n}}\n"), &format!("{head}func F(n int) int {{\n\tfor n > 9 {{\n\t\tn /= 10\n\t}}\n\treturn n\n}}\n"), 5).is_some());
-        assert!(go(&format!("{head}func F(a, b int) int {{\n\treturn b - a\n}}\n"), &format!("{head}func F(a, b int) int {{\n\treturn a - b\n}}\n"), 4).is_some());
+        assert!(
+            go(
+                &format!("{head}func F(a, b int) int {{\n\treturn b - a\n}}\n"),
+                &format!("{head}func F(a, b int) int {{\n\treturn a - b\n}}\n"),
+                4
+            )
+            .is_some()
+        );
     }
 }

@@ -138,7 +138,7 @@ impl Ingredients {
             }
         }
         if kind == k.member
-            && !n.parent().is_some_and(|p| p.kind() == k.call)
+            && n.parent().is_none_or(|p| p.kind() != k.call)
             && let Some(f) = n.child_by_field_name(k.member_field)
         {
             let f = text(&f, src).to_owned();
@@ -221,7 +221,10 @@ impl Ingredients {
             })
             .map(|(c, names)| {
                 let shared = names.iter().filter(|x| cond.contains(x.as_str())).count();
-                (c.clone(), 0.6 + 0.4 * (shared as f64 / names.len().max(1) as f64))
+                (
+                    c.clone(),
+                    0.6 + 0.4 * (shared as f64 / names.len().max(1) as f64),
+                )
             })
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -319,7 +322,10 @@ fn scope(f: &Node, src: &str, k: &Kinds) -> Scope {
                     && p.child_by_field_name(k.member_field)
                         .is_some_and(|c| c.id() == x.id())
             });
-            let is_name = x.id() == f.child_by_field_name("name").map(|n| n.id()).unwrap_or(usize::MAX);
+            let is_name = x.id()
+                == f.child_by_field_name("name")
+                    .map(|n| n.id())
+                    .unwrap_or(usize::MAX);
             if !callee && !field && !is_name {
                 let flags = use_flags(&x, src, k);
                 match s.names.iter_mut().find(|(n, _)| *n == t) {
@@ -342,11 +348,12 @@ fn use_flags(x: &Node, src: &str, k: &Kinds) -> u8 {
     let Some(p) = x.parent() else { return 0 };
     let me = |f: &str| p.child_by_field_name(f).is_some_and(|c| c.id() == x.id());
     let mut flags = 0;
-    if (p.kind() == k.subscript && me(k.subscript_value)) || p.kind() == "slice_expression" && me("operand") {
+    if (p.kind() == k.subscript && me(k.subscript_value))
+        || p.kind() == "slice_expression" && me("operand")
+    {
         flags |= SEQ;
     }
-    if (p.kind() == k.subscript && (me("subscript") || me("index")))
-        || matches!(p.kind(), "slice")
+    if (p.kind() == k.subscript && (me("subscript") || me("index"))) || matches!(p.kind(), "slice")
     {
         flags |= NUM;
     }

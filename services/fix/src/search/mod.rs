@@ -1346,9 +1346,11 @@ mod tests {
     #[test]
     #[ignore = "tuning aid over the classes corpus"]
     fn rank_of_reference() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classes");
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classes");
         let index: Vec<serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(root.join("index.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(root.join("index.json")).unwrap())
+                .unwrap();
         let (mut found, mut top60, mut total) = (0, 0, 0);
         for b in index.iter().filter(|b| b["split"] == "tuned") {
             let s = |k: &str| b[k].as_str().unwrap_or("").to_owned();
@@ -1357,12 +1359,19 @@ mod tests {
                 "go" => Language::Go,
                 _ => Language::Python,
             };
-            let reference = std::fs::read_to_string(root.join("programs").join(s("program")).join(s("file"))).unwrap();
+            let reference =
+                std::fs::read_to_string(root.join("programs").join(s("program")).join(s("file")))
+                    .unwrap();
             let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
             let line = u32::try_from(b["line"].as_u64().unwrap()).unwrap();
-            let t = [Target { line: Some(line), score: 1.0 }];
+            let t = [Target {
+                line: Some(line),
+                score: 1.0,
+            }];
             let ms = mutants(lang, &s("file"), &buggy, &t, 2000);
-            let rank = ms.iter().position(|m| same_ast(lang, &s("file"), &m.new_text, &reference) == Some(true));
+            let rank = ms
+                .iter()
+                .position(|m| same_ast(lang, &s("file"), &m.new_text, &reference) == Some(true));
             total += 1;
             if let Some(r) = rank {
                 found += 1;
@@ -1370,7 +1379,14 @@ mod tests {
                     top60 += 1;
                 }
             }
-            println!("{:<26} {:<34} {:>5} of {:>5} {}", s("id"), s("class"), rank.map(|r| r.to_string()).unwrap_or("-".into()), ms.len(), rank.map(|r| ms[r].operator).unwrap_or(""));
+            println!(
+                "{:<26} {:<34} {:>5} of {:>5} {}",
+                s("id"),
+                s("class"),
+                rank.map(|r| r.to_string()).unwrap_or("-".into()),
+                ms.len(),
+                rank.map(|r| ms[r].operator).unwrap_or("")
+            );
         }
         println!("reference among candidates: {found}/{total}, in the first 60: {top60}");
     }

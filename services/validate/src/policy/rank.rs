@@ -29,7 +29,11 @@ pub fn winner<'t>(tried: &'t [Tried], candidates: &[Candidate]) -> Option<(&'t T
     let mut why = vec![format!(
         "it passes every test with {} regression{}",
         best.result.regressions.len(),
-        if best.result.regressions.len() == 1 { "" } else { "s" }
+        if best.result.regressions.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
     )];
     if c.is_some_and(|c| c.at_suspect) {
         why.push("it changes a line triage suspected".into());
@@ -40,13 +44,25 @@ pub fn winner<'t>(tried: &'t [Tried], candidates: &[Candidate]) -> Option<(&'t T
     why.push(format!(
         "{} changed line{}",
         best.result.changed_lines,
-        if best.result.changed_lines == 1 { "" } else { "s" }
+        if best.result.changed_lines == 1 {
+            ""
+        } else {
+            "s"
+        }
     ));
     let others = passing.len() - 1;
     let tail = if others == 0 {
-        format!("the only passing candidate of {} tried (search rank {})", tried.len(), i + 1)
+        format!(
+            "the only passing candidate of {} tried (search rank {})",
+            tried.len(),
+            i + 1
+        )
     } else {
-        format!("first of {} passing candidates by that order (search rank {})", passing.len(), i + 1)
+        format!(
+            "first of {} passing candidates by that order (search rank {})",
+            passing.len(),
+            i + 1
+        )
     };
     Some((best, format!("{}; {tail}", why.join(", "))))
 }
@@ -158,8 +174,14 @@ mod tests {
         let c = [candidate(false, 1), candidate(true, 6), candidate(true, 2)];
         let (w, why) = winner(&t, &c).unwrap();
         assert_eq!(w.result.candidate_id, "c");
-        assert!(why.contains("suspected") && why.contains("2 leaves"), "{why}");
-        assert!(why.contains("first of 3 passing") && why.contains("rank 3"), "{why}");
+        assert!(
+            why.contains("suspected") && why.contains("2 leaves"),
+            "{why}"
+        );
+        assert!(
+            why.contains("first of 3 passing") && why.contains("rank 3"),
+            "{why}"
+        );
     }
 
     #[test]
