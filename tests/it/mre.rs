@@ -54,6 +54,7 @@ async fn mre_for(
         max_attempts: 1,
         analyze_only: false,
         requested_at_ms: 0,
+        no_rebuild: false,
     };
     let ws = tempfile::tempdir()?;
     let stage = mre::handler::MreStage {

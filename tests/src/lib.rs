@@ -132,6 +132,7 @@ pub fn request(repair_id: RepairId) -> RepairRequested {
         max_attempts: 1,
         analyze_only: false,
         requested_at_ms: vocab::now_ms(),
+        no_rebuild: false,
     }
 }
 
@@ -183,6 +184,7 @@ pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
                 duration_ms: 0,
             },
             patch: String::new(),
+            why: String::new(),
         }),
         (Stage::Integrate, m @ Message::ValidationPassed(_)) => {
             Message::RepairCompleted(RepairCompleted {

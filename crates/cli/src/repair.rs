@@ -46,6 +46,9 @@ pub struct RepairArgs {
     /// Fix attempts (default: global.max_iterations from the configuration)
     #[arg(long, value_name = "N")]
     pub(crate) max_attempts: Option<u32>,
+    /// Repair even when the cost model recommends a rebuild (the report says it disagreed)
+    #[arg(long)]
+    pub(crate) no_rebuild: bool,
     /// Print the triage and the decision, change nothing
     #[arg(long)]
     pub(crate) analyze: bool,
@@ -249,6 +252,7 @@ pub(crate) fn request(
             .max(1),
         analyze_only: args.analyze,
         requested_at_ms: vocab::now_ms(),
+        no_rebuild: args.no_rebuild,
     }
 }
 

@@ -37,6 +37,7 @@ pub fn print_analysis(d: &Decided, json: bool) {
                 "c_new": d.decision.c_new,
                 "p_success": d.decision.p_success,
                 "reasons": d.decision.reasons,
+                "overruled": d.decision.overruled,
             },
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -97,11 +98,16 @@ pub fn print_analysis(d: &Decided, json: bool) {
         d.decision.p_success * 100.0
     );
     println!(
-        "verdict   {}",
+        "verdict   {}{}",
         match d.decision.verdict {
             Verdict::Repair => "repair",
             Verdict::Rebuild => "rebuild",
-        }
+        },
+        d.decision
+            .overruled
+            .as_ref()
+            .map(|why| format!(" (the cost model recommends rebuild; {why})"))
+            .unwrap_or_default()
     );
     println!();
     print!("{}", integrate::report::decision_md(t, &d.decision));

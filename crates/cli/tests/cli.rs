@@ -1225,6 +1225,114 @@ fn the_search_engine_repairs_the_bug_corpus() {
     );
 }
 
+/// The defect-class corpus (tests/fixtures/classes: bugs of the repair literature's classes
+/// seeded in textbook programs) through the real binary and the Docker sandbox: a small fast
+/// subset, CLASSES_CI (named bugs of the tuned split, one of each of a few classes in each
+/// language), every one of which must be repaired with the reference edit (AST-equal to the
+/// program as written). `cargo bench -p cli --bench classes` runs all 113, both splits.
+#[test]
+fn the_search_engine_repairs_defect_classes_in_python_javascript_and_go() {
+    const CLASSES_CI: &[&str] = &[
+        "py_binary_search-2",
+        "py_roman-3",
+        "py_matrix-3",
+        "js_islands-2",
+        "js_two_sum-2",
+        "go_fizz-2",
+    ];
+    let ok = Command::new(repo().join("scripts/build-base-images.sh"))
+        .args(["python", "node", "go"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "scripts/build-base-images.sh python node go failed");
+    let root = repo().join("tests/fixtures/classes");
+    let index: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
+    assert!(index.len() >= 100, "the corpus has {} bugs", index.len());
+    let queue = std::sync::Mutex::new(CLASSES_CI.to_vec());
+    let results = std::sync::Mutex::new(vec![]);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while let Some(id) = queue.lock().unwrap().pop() {
+                    let bug = index.iter().find(|b| b["id"] == id).unwrap();
+                    assert_eq!(bug["split"], "tuned", "{id}: CI never runs a held-back bug");
+                    let s = |k: &str| bug[k].as_str().unwrap().to_owned();
+                    let t = tempfile::tempdir().unwrap();
+                    let src = t.path().join("p");
+                    let program = root.join("programs").join(s("program"));
+                    assert!(
+                        Command::new("cp")
+                            .arg("-a")
+                            .arg(&program)
+                            .arg(&src)
+                            .status()
+                            .unwrap()
+                            .success()
+                    );
+                    let _ = std::fs::remove_file(src.join("BUGS.json"));
+                    let reference = std::fs::read_to_string(program.join(s("file"))).unwrap();
+                    let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
+                    std::fs::write(src.join(s("file")), &buggy).unwrap();
+                    std::fs::copy(
+                        root.join("logs").join(format!("{id}.log")),
+                        src.join("error.log"),
+                    )
+                    .unwrap();
+                    let started = std::time::Instant::now();
+                    let out = repair(
+                        &src,
+                        &t.path().join("ws"),
+                        &["--json", "--engine", "search", "--apply"],
+                        &[("COVAL_SANDBOX__BACKEND", "docker")],
+                    );
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    let patched = std::fs::read_to_string(src.join(s("file"))).unwrap();
+                    let lang = match s("language").as_str() {
+                        "javascript" => proto::messages::Language::JavaScript,
+                        "go" => proto::messages::Language::Go,
+                        _ => proto::messages::Language::Python,
+                    };
+                    let exact = fix::search::same_ast(lang, &s("file"), &patched, &reference);
+                    results.lock().unwrap().push((
+                        id,
+                        v["outcome"].as_str().unwrap_or("error").to_owned(),
+                        exact,
+                        v["winner_why"].as_str().unwrap_or("").to_owned(),
+                        started.elapsed().as_secs_f64(),
+                        text(&out.stderr),
+                    ));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by(|a, b| a.0.cmp(b.0));
+    for r in &results {
+        eprintln!(
+            "{:<22} {:<8} exact {:?} {:>6.1} s  {}",
+            r.0, r.1, r.2, r.4, r.3
+        );
+    }
+    for r in &results {
+        assert_eq!(r.1, "fixed", "{}: {}", r.0, r.5);
+        assert_eq!(
+            r.2,
+            Some(true),
+            "{}: the patch is not the reference edit",
+            r.0
+        );
+        assert!(
+            r.3.contains("ranks") || r.3.contains("passing"),
+            "{}: no reason given: {}",
+            r.0,
+            r.3
+        );
+    }
+}
+
 #[test]
 fn analyze_measures_coverage_and_ranks_lines_by_spectrum_in_the_sandbox() {
     python_image();

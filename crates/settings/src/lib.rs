@@ -192,6 +192,9 @@ pub struct GlobalConfig {
     pub timeout: u64,
     pub max_iterations: u32,
     pub adaptive_evaluation: AdaptiveConfig,
+    /// Repair even when the cost model recommends a rebuild (the report says it disagreed).
+    #[serde(default)]
+    pub no_rebuild: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

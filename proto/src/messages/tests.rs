@@ -24,6 +24,7 @@ fn request() -> RepairRequested {
         max_attempts: 5,
         analyze_only: false,
         requested_at_ms: 1_764_000_000_000,
+        no_rebuild: false,
     }
 }
 
@@ -74,6 +75,7 @@ fn decision() -> Decision {
         p_success: 0.81,
         reasons: vec!["small tested project with a precise trace".into()],
         features: vec![],
+        overruled: None,
     }
 }
 
@@ -104,6 +106,8 @@ fn attempt() -> AttemptRecord {
             },
             description: "remove `- 1`".into(),
             diff: "--- a/app/calc.py\n+++ b/app/calc.py\n@@ -3 +3 @@\n-    return sum(xs) / len(xs) - 1\n+    return sum(xs) / len(xs)\n".into(),
+            edit_tokens: None,
+            at_suspect: false,
         }],
         results: vec![CandidateResult {
             candidate_id: "c1".into(),
@@ -180,6 +184,7 @@ fn samples() -> Vec<Message> {
             history: vec![attempt()],
             winner: attempt().results[0].clone(),
             patch: attempt().candidates[0].diff.clone(),
+            why: String::new(),
         }),
         Message::RepairCompleted(RepairCompleted {
             repair_id: rq.repair_id,

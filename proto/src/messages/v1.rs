@@ -56,6 +56,9 @@ pub struct RepairRequested {
     #[serde(default)]
     pub analyze_only: bool,
     pub requested_at_ms: u64,
+    /// Repair even when the cost model recommends a rebuild (`--no-rebuild`).
+    #[serde(default)]
+    pub no_rebuild: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -265,6 +268,10 @@ pub struct Decision {
     /// The success model's features at decision time, recorded with the outcome for refits.
     #[serde(default)]
     pub features: Vec<f64>,
+    /// Why the cost model's rebuild recommendation was not followed (the verdict is then
+    /// `Repair`): nothing could carry a rebuild out, or the user asked for a repair regardless.
+    #[serde(default)]
+    pub overruled: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,6 +363,13 @@ pub struct Candidate {
     pub source: CandidateSource,
     pub description: String,
     pub diff: String,
+    /// Syntax-tree leaves the change adds and removes (the search engine's measure of how
+    /// small an edit is); `None` when not measured.
+    #[serde(default)]
+    pub edit_tokens: Option<u32>,
+    /// Whether the change touches a line triage suspected.
+    #[serde(default)]
+    pub at_suspect: bool,
 }
 
 /// Model usage for the report.

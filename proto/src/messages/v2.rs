@@ -127,6 +127,9 @@ pub struct ValidationPassed {
     pub winner: CandidateResult,
     /// The winning change as a unified diff against the project.
     pub patch: String,
+    /// Why the winner ranks first among the candidates that passed.
+    #[serde(default)]
+    pub why: String,
 }
 
 fn upgrade_history(history: Vec<v1::AttemptRecord>) -> Vec<AttemptRecord> {
@@ -190,6 +193,7 @@ impl From<v1::ValidationPassed> for ValidationPassed {
             history: upgrade_history(p.history),
             winner: p.winner,
             patch: p.patch,
+            why: String::new(),
         }
     }
 }

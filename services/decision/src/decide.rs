@@ -1,7 +1,7 @@
 //! One decision in numbers and words: the model ([`crate::model`]) applied to a triage report
 //! and its category's recorded outcomes, with the reasons a report shows.
 
-use proto::messages::{Decision, Metrics, TriageReport, Verdict};
+use proto::messages::{Decision, EngineChoice, Metrics, RepairRequested, TriageReport, Verdict};
 use settings::CostConfig;
 use store::HistoryRecord;
 
@@ -133,7 +133,36 @@ pub fn decide(
         p_success: p,
         reasons,
         features: f.to_vec(),
+        overruled: None,
     }
+}
+
+/// Why a rebuild recommendation cannot be the verdict of this request, if it cannot: the
+/// request asks for a repair regardless (`--no-rebuild`), the configuration does
+/// (`global.no_rebuild`), or the engine that will run (the search engine) cannot rebuild.
+pub fn rebuild_overruled(request: &RepairRequested, no_rebuild: bool) -> Option<&'static str> {
+    if request.no_rebuild {
+        Some("a repair was asked for regardless (--no-rebuild)")
+    } else if no_rebuild {
+        Some("the configuration asks for a repair regardless (global.no_rebuild)")
+    } else if request.engine == EngineChoice::Search {
+        Some("the search engine cannot rebuild")
+    } else {
+        None
+    }
+}
+
+/// Follow the repair path although the cost model recommends a rebuild, and say so: the
+/// recommendation stays in the reasons and in `overruled`, so the report shows the disagreement.
+pub fn overrule(d: &mut Decision, why: &str) {
+    if d.verdict != Verdict::Rebuild {
+        return;
+    }
+    d.verdict = Verdict::Repair;
+    d.overruled = Some(why.to_owned());
+    d.reasons.push(format!(
+        "The cost model recommends a rebuild, but {why}: the repair goes on, against the cost model."
+    ));
 }
 
 #[cfg(test)]
@@ -229,5 +258,44 @@ mod tests {
         assert!(said(&report(0.0, false)));
         assert!(!said(&report(0.0, true)));
         assert!(!said(&report(0.3, false)));
+    }
+
+    #[test]
+    fn a_rebuild_nothing_can_carry_out_is_overruled_and_the_reasons_say_so() {
+        let mut req = proto::messages::RepairRequested {
+            repair_id: proto::RepairId::new(),
+            project: proto::messages::ProjectRef::LocalPath { path: ".".into() },
+            error_log: String::new(),
+            test_cmd: None,
+            iteration: None,
+            engine: EngineChoice::Llm,
+            model: None,
+            max_attempts: 1,
+            analyze_only: false,
+            requested_at_ms: 0,
+            no_rebuild: false,
+        };
+        assert_eq!(rebuild_overruled(&req, false), None, "a model can rebuild");
+        assert!(rebuild_overruled(&req, true).is_some_and(|w| w.contains("global.no_rebuild")));
+        req.no_rebuild = true;
+        assert!(rebuild_overruled(&req, false).is_some_and(|w| w.contains("--no-rebuild")));
+        req.no_rebuild = false;
+        req.engine = EngineChoice::Search;
+        let why = rebuild_overruled(&req, false).expect("search cannot rebuild");
+        let mut d = decide(&cfg(), 2, &report(0.8, true), &[]);
+        d.verdict = Verdict::Rebuild;
+        overrule(&mut d, why);
+        assert_eq!(d.verdict, Verdict::Repair);
+        assert_eq!(d.overruled.as_deref(), Some(why));
+        assert!(
+            d.reasons
+                .last()
+                .is_some_and(|r| r.contains("recommends a rebuild") && r.contains(why)),
+            "{d:?}"
+        );
+        // A repair verdict is left alone.
+        let mut d = decide(&cfg(), 2, &report(0.8, true), &[]);
+        overrule(&mut d, why);
+        assert_eq!((d.verdict, d.overruled), (Verdict::Repair, None));
     }
 }

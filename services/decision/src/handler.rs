@@ -9,11 +9,13 @@ use proto::{Message, Stage};
 use settings::CostConfig;
 use store::HistorySource;
 
-use crate::decide::decide;
+use crate::decide::{decide, overrule, rebuild_overruled};
 
 pub struct DecisionStage {
     pub cost: CostConfig,
     pub min_samples: usize,
+    /// `global.no_rebuild`: repair whatever the cost model recommends.
+    pub no_rebuild: bool,
     pub history: Arc<dyn HistorySource>,
 }
 
@@ -37,7 +39,10 @@ impl Handler for DecisionStage {
             // A corrupt history must not block repairs: decide on the prior.
             Err(_) => vec![],
         };
-        let decision = decide(&self.cost, self.min_samples, &t.report, &history);
+        let mut decision = decide(&self.cost, self.min_samples, &t.report, &history);
+        if let Some(why) = rebuild_overruled(&t.request, self.no_rebuild) {
+            overrule(&mut decision, why);
+        }
         Outcome::Publish(vec![Message::Decided(Decided {
             request: t.request.clone(),
             triage: t.report.clone(),
@@ -52,6 +57,7 @@ impl DecisionStage {
         DecisionStage {
             cost: s.cost_calculation.clone(),
             min_samples: s.global.adaptive_evaluation.min_samples as usize,
+            no_rebuild: s.global.no_rebuild,
             history: ctx.history.clone(),
         }
     }

@@ -44,7 +44,7 @@ fn language(path: &str) -> Option<Language> {
     vocab::language_of(path).filter(|l| {
         matches!(
             l,
-            Language::Python | Language::JavaScript | Language::TypeScript
+            Language::Python | Language::JavaScript | Language::TypeScript | Language::Go
         )
     })
 }
@@ -110,6 +110,10 @@ pub fn search_candidates(
                 source: CandidateSource::Search {
                     operator: m.operator.to_owned(),
                 },
+                at_suspect: suspects
+                    .iter()
+                    .any(|x| x.file == m.file && x.line == Some(m.line)),
+                edit_tokens: u32::try_from(m.edit_size).ok(),
                 description: m.description,
                 diff: d,
             })

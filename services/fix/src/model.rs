@@ -151,6 +151,8 @@ pub async fn propose(
                 model.max_tokens
             ),
             diff: String::new(),
+            edit_tokens: None,
+            at_suspect: false,
         }
     } else {
         match llm::parse_response(&resp.content)
@@ -164,12 +166,16 @@ pub async fn propose(
                 source,
                 description: format!("{} answer ({kinds})", model.model_name),
                 diff: d,
+                edit_tokens: None,
+                at_suspect: false,
             },
             Err(reason) => Candidate {
                 id,
                 source,
                 description: format!("unusable answer: {reason}"),
                 diff: String::new(),
+                edit_tokens: None,
+                at_suspect: false,
             },
         }
     };

@@ -68,6 +68,8 @@ struct Case<'a> {
     history: &'a [AttemptRecord],
     outcome: RepairOutcome,
     winner: Option<(&'a str, &'a str)>,
+    /// Why the winner ranks first among the passing candidates.
+    why: &'a str,
 }
 
 fn write(path: &Path, text: &str) -> std::io::Result<()> {
@@ -134,6 +136,7 @@ impl IntegrateStage {
                 history: c.history,
                 outcome: c.outcome,
                 winner: c.winner,
+                why: c.why,
                 new_iteration: None,
                 elapsed_ms: 0,
             };
@@ -178,6 +181,7 @@ impl IntegrateStage {
             history: c.history,
             outcome: c.outcome,
             winner: c.winner,
+            why: c.why,
             new_iteration: record.new_iteration.map(|i| i.to_string()),
             elapsed_ms: vocab::now_ms().saturating_sub(c.request.requested_at_ms),
         };
@@ -279,6 +283,7 @@ impl Handler for IntegrateStage {
                     RepairOutcome::Analyzed
                 },
                 winner: None,
+                why: "",
             },
             Message::ValidationPassed(v) => Case {
                 request: &v.request,
@@ -288,6 +293,7 @@ impl Handler for IntegrateStage {
                 history: &v.history,
                 outcome: RepairOutcome::Fixed,
                 winner: Some((v.winner.candidate_id.as_str(), v.patch.as_str())),
+                why: v.why.as_str(),
             },
             Message::ValidationFailed(v) => Case {
                 request: &v.request,
@@ -297,6 +303,7 @@ impl Handler for IntegrateStage {
                 history: &v.history,
                 outcome: RepairOutcome::NoFix,
                 winner: None,
+                why: "",
             },
             // Only an MRE whose tests cannot run comes here (its route skips fix and validate).
             Message::MreReady(m) if m.mre.blocked.is_some() => Case {
@@ -307,6 +314,7 @@ impl Handler for IntegrateStage {
                 history: &[],
                 outcome: RepairOutcome::CannotRun,
                 winner: None,
+                why: "",
             },
             other => return Outcome::Reject(format!("integrate cannot handle `{}`", other.kind())),
         };

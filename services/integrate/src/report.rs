@@ -73,6 +73,8 @@ pub struct Facts<'a> {
     pub outcome: RepairOutcome,
     /// The winning candidate's id and the final patch, when fixed.
     pub winner: Option<(&'a str, &'a str)>,
+    /// Why the winner ranks first among the passing candidates.
+    pub why: &'a str,
     pub new_iteration: Option<String>,
     pub elapsed_ms: u64,
 }
@@ -190,6 +192,12 @@ pub fn markdown(f: &Facts) -> String {
             "rebuild"
         }
     );
+    if let Some(why) = &d.overruled {
+        let _ = writeln!(
+            s,
+            "The cost model disagreed: it recommends a rebuild, but {why}.\n"
+        );
+    }
     if let Some(m) = f.mre {
         let _ = writeln!(s, "## Reproduction\n");
         let _ = writeln!(
@@ -265,6 +273,9 @@ pub fn markdown(f: &Facts) -> String {
         }
     }
     if let (Some(m), Some((id, _))) = (f.mre, f.winner) {
+        if !f.why.is_empty() {
+            let _ = writeln!(s, "## Why this change\n\n`{id}` ranks first: {}.\n", f.why);
+        }
         let after = f
             .history
             .iter()
@@ -384,7 +395,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
             "notes": t.notes,
         },
         "metrics": {"D": m.debt, "T": m.coverage, "T_measured": m.coverage_measured, "K": m.context, "S": m.capability, "loc": m.loc, "region_lines": m.region_lines, "module_lines": m.module_lines},
-        "decision": {"verdict": f.decision.verdict, "c_fix": f.decision.c_fix, "c_new": f.decision.c_new, "p_success": f.decision.p_success, "reasons": f.decision.reasons},
+        "decision": {"verdict": f.decision.verdict, "c_fix": f.decision.c_fix, "c_new": f.decision.c_new, "p_success": f.decision.p_success, "reasons": f.decision.reasons, "overruled": f.decision.overruled},
         "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes, "blocked": m.blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint, "output_tail": b.output_tail}))})),
         "attempts": f.history.iter().map(|a| serde_json::json!({
             "attempt": a.attempt,
@@ -408,6 +419,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
             }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "winner": f.winner.map(|(id, _)| id),
+        "winner_why": (!f.why.is_empty()).then_some(f.why),
         "patch": f.winner.map(|(_, p)| p),
         "new_iteration": f.new_iteration,
         "elapsed_ms": f.elapsed_ms,
@@ -422,6 +434,12 @@ pub fn decision_md(report: &TriageReport, d: &Decision) -> String {
         Verdict::Rebuild => "rebuild",
     };
     let _ = writeln!(s, "# Decision: {verdict}\n");
+    if let Some(why) = &d.overruled {
+        let _ = writeln!(
+            s,
+            "The cost model recommends a rebuild, but {why}: this is a repair against its advice.\n"
+        );
+    }
     let what = match (report.error_type.is_empty(), report.message.is_empty()) {
         (true, true) => "an error the log does not name".to_owned(),
         (true, false) => format!("\"{}\"", report.message),

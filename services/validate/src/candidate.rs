@@ -12,7 +12,7 @@ use sandbox::{ProjectKind, Session};
 use crate::handler::ValidateStage;
 use crate::policy::Tried;
 use crate::policy::failing_first::early_rejection;
-use crate::policy::timeouts::{candidate_timeout, first_run_timeout};
+use crate::policy::timeouts::{candidate_timeout, first_run_timeout, loop_capped};
 use crate::policy::verdict::{SuiteVerdict, suite_verdict, test_edit_rejection, wider_verdict};
 
 /// What every candidate of one attempt shares.
@@ -27,6 +27,8 @@ pub struct Trial<'a> {
     pub first: Option<Vec<String>>,
     /// The slowest failing-tests-first run of this attempt that finished in time, in ms.
     pub slowest_first_ms: AtomicU64,
+    /// Time this attempt's runs stopped by their timeout took, in ms (loops are capped).
+    pub looped_ms: AtomicU64,
     /// A copy of the project as candidates are made from it (pytest failing-first runs only):
     /// the sandbox's warm server may run a candidate in a pytest session collected on it.
     pub base: Option<PathBuf>,
@@ -62,7 +64,11 @@ pub async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usi
         Err(reason) => return failed(c, reason, started),
     };
     tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
-    let timeout = candidate_timeout(t.stage.sandbox.timeout_secs, t.f.mre.baseline_ms);
+    let timeout = loop_capped(
+        candidate_timeout(t.stage.sandbox.timeout_secs, t.f.mre.baseline_ms),
+        t.looped_ms.load(Ordering::Relaxed),
+        t.stage.settings.attempt_budget,
+    );
     if let Some(first) = &t.first {
         let rejected = run_failing_first(t, session, c, n, first, &applied, timeout).await;
         if let Some(mut tried) = rejected {
@@ -140,6 +146,9 @@ async fn run_failing_first(
     if !run.timed_out {
         t.slowest_first_ms
             .fetch_max(run.duration.as_millis() as u64, Ordering::Relaxed);
+    } else {
+        t.looped_ms
+            .fetch_add(run.duration.as_millis() as u64, Ordering::Relaxed);
     }
     let tests = sandbox::parse_outcomes(t.kind, &run);
     let reason = early_rejection(&t.f.mre.failing_tests, &run, &tests)?;
@@ -169,6 +178,12 @@ async fn run_suite(
 ) -> Tried {
     t.runs.fetch_add(1, Ordering::Relaxed);
     let run = session.run(&copy, &t.kind.test_cmd, timeout).await;
+    if let Ok(r) = &run
+        && r.timed_out
+    {
+        t.looped_ms
+            .fetch_add(r.duration.as_millis() as u64, Ordering::Relaxed);
+    }
     let run = match run {
         Ok(r) => r,
         Err(e) => {

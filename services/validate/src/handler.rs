@@ -118,7 +118,7 @@ impl Handler for ValidateStage {
         write_attempt_report(&a.dir, f, &tried);
         let mut history = f.history.clone();
         history.push(record);
-        if let Some(best) = winner(&tried) {
+        if let Some((best, why)) = winner(&tried, &f.candidates) {
             return Outcome::Publish(vec![Message::ValidationPassed(ValidationPassed {
                 request: f.request.clone(),
                 triage: f.triage.clone(),
@@ -128,6 +128,7 @@ impl Handler for ValidateStage {
                 history,
                 winner: best.result.clone(),
                 patch: best.diff.clone().unwrap_or_default(),
+                why,
             })]);
         }
         // An engine with nothing left to propose ends the repair.
@@ -187,6 +188,7 @@ impl ValidateStage {
             f,
             first,
             slowest_first_ms: Default::default(),
+            looped_ms: Default::default(),
             base,
             collect_from: collect_from(lanes_used),
             runs: Default::default(),

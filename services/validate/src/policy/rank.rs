@@ -1,13 +1,70 @@
 //! Which candidates start, in what order, when starting stops, and which passing one wins.
 
+use proto::messages::Candidate;
+
 use super::Tried;
 
-/// The passing candidate that wins: fewest regressions, then fewest changed lines, then the
-/// engine's own rank (the order of `tried`).
-pub fn winner(tried: &[Tried]) -> Option<&Tried> {
-    let mut passing: Vec<&Tried> = tried.iter().filter(|t| t.result.passed).collect();
-    passing.sort_by_key(|t| (t.result.regressions.len(), t.result.changed_lines));
-    passing.first().copied()
+/// The passing candidate that wins, the edit a person would make: fewest regressions, then
+/// one that touches a suspected line, then the smallest syntax-tree edit, then fewest changed
+/// lines, then the engine's own rank (the order of `tried`, which is `candidates`' order).
+/// With the words that say why it ranks first.
+pub fn winner<'t>(tried: &'t [Tried], candidates: &[Candidate]) -> Option<(&'t Tried, String)> {
+    let meta = |i: usize| candidates.get(i);
+    let mut passing: Vec<(usize, &Tried)> = tried
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.result.passed)
+        .collect();
+    passing.sort_by_key(|(i, t)| {
+        (
+            t.result.regressions.len(),
+            !meta(*i).is_some_and(|c| c.at_suspect),
+            meta(*i).and_then(|c| c.edit_tokens).unwrap_or(u32::MAX),
+            t.result.changed_lines,
+            *i,
+        )
+    });
+    let (i, best) = *passing.first()?;
+    let c = meta(i);
+    let mut why = vec![format!(
+        "it passes every test with {} regression{}",
+        best.result.regressions.len(),
+        if best.result.regressions.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    )];
+    if c.is_some_and(|c| c.at_suspect) {
+        why.push("it changes a line triage suspected".into());
+    }
+    if let Some(n) = c.and_then(|c| c.edit_tokens) {
+        why.push(format!("its syntax-tree edit is {n} leaves"));
+    }
+    why.push(format!(
+        "{} changed line{}",
+        best.result.changed_lines,
+        if best.result.changed_lines == 1 {
+            ""
+        } else {
+            "s"
+        }
+    ));
+    let others = passing.len() - 1;
+    let tail = if others == 0 {
+        format!(
+            "the only passing candidate of {} tried (search rank {})",
+            tried.len(),
+            i + 1
+        )
+    } else {
+        format!(
+            "first of {} passing candidates by that order (search rank {})",
+            passing.len(),
+            i + 1
+        )
+    };
+    Some((best, format!("{}; {tail}", why.join(", "))))
 }
 
 /// What to do with a free lane.
@@ -91,7 +148,40 @@ mod tests {
     }
 
     fn winner_id(t: &[Tried]) -> Option<&str> {
-        winner(t).map(|t| t.result.candidate_id.as_str())
+        winner(t, &[]).map(|(t, _)| t.result.candidate_id.as_str())
+    }
+
+    fn candidate(at_suspect: bool, edit_tokens: u32) -> Candidate {
+        Candidate {
+            id: String::new(),
+            source: proto::messages::CandidateSource::Search {
+                operator: "x".into(),
+            },
+            description: String::new(),
+            diff: String::new(),
+            edit_tokens: Some(edit_tokens),
+            at_suspect,
+        }
+    }
+
+    #[test]
+    fn the_smallest_edit_at_a_suspected_line_wins_and_says_why() {
+        let t = [
+            tried("a", true, 0, 1),
+            tried("b", true, 0, 1),
+            tried("c", true, 0, 1),
+        ];
+        let c = [candidate(false, 1), candidate(true, 6), candidate(true, 2)];
+        let (w, why) = winner(&t, &c).unwrap();
+        assert_eq!(w.result.candidate_id, "c");
+        assert!(
+            why.contains("suspected") && why.contains("2 leaves"),
+            "{why}"
+        );
+        assert!(
+            why.contains("first of 3 passing") && why.contains("rank 3"),
+            "{why}"
+        );
     }
 
     #[test]

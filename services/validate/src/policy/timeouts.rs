@@ -29,6 +29,18 @@ pub fn first_run_timeout(full: Duration, baseline_ms: u64, slowest_first_ms: u64
         .min(full)
 }
 
+/// Candidates that loop must not take most of an attempt: once the runs stopped by their
+/// timeout have used a quarter of the attempt's budget, every further run gets at most a
+/// second (a mutant that loops forever then costs a second, one that merely runs slowly
+/// still finishes within the scaled timeout before that).
+pub fn loop_capped(timeout: Duration, looped_ms: u64, budget: Duration) -> Duration {
+    if Duration::from_millis(looped_ms).saturating_mul(4) >= budget {
+        timeout.min(Duration::from_secs(1))
+    } else {
+        timeout
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +52,17 @@ mod tests {
         assert_eq!(candidate_timeout(300, 60_000), Duration::from_secs(241));
         assert_eq!(candidate_timeout(30, 60_000), Duration::from_secs(30));
         assert_eq!(candidate_timeout(0, 100), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn loops_are_capped_after_a_quarter_of_the_budget() {
+        let budget = Duration::from_secs(300);
+        let t = Duration::from_secs(5);
+        assert_eq!(loop_capped(t, 0, budget), t);
+        assert_eq!(loop_capped(t, 74_999, budget), t);
+        assert_eq!(loop_capped(t, 75_000, budget), Duration::from_secs(1));
+        let short = Duration::from_millis(400);
+        assert_eq!(loop_capped(short, 100_000, budget), short);
     }
 
     #[test]
