@@ -247,37 +247,13 @@ fn tail(text: &str, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
-    use proto::messages::{TestOutcome, TestStatus};
-    use sandbox::RunResult;
+    use proto::messages::TestStatus;
 
     use super::*;
 
-    fn run(code: i32, stderr: &str, outcomes: &[(&str, TestStatus)]) -> TestRun {
-        TestRun {
-            result: RunResult {
-                exit_code: Some(code),
-                signal: None,
-                timed_out: false,
-                oom_killed: false,
-                stdout: String::new(),
-                stderr: stderr.into(),
-                output_truncated: false,
-                duration: Duration::from_millis(30),
-                timeout: Duration::from_secs(10),
-                output_cap: 1 << 20,
-                collected: BTreeMap::new(),
-            },
-            outcomes: outcomes
-                .iter()
-                .map(|(n, s)| TestOutcome {
-                    name: (*n).into(),
-                    status: *s,
-                })
-                .collect(),
-        }
+    /// A run whose output says `text` (the diagnosis reads stdout and stderr alike).
+    fn run(code: i32, text: &str, outcomes: &[(&str, TestStatus)]) -> TestRun {
+        crate::run::test_run(code, text, outcomes)
     }
 
     fn triage(error_type: &str, message: &str) -> TriageReport {

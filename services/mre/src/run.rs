@@ -76,37 +76,36 @@ pub async fn run_tests<S: Sandbox>(
     Ok(TestRun { result, outcomes })
 }
 
+/// A finished run with `output` on stdout and these outcomes (for tests).
+#[cfg(test)]
+pub(crate) fn test_run(code: i32, output: &str, outcomes: &[(&str, TestStatus)]) -> TestRun {
+    TestRun {
+        result: RunResult {
+            exit_code: Some(code),
+            signal: None,
+            timed_out: false,
+            oom_killed: false,
+            stdout: output.into(),
+            stderr: String::new(),
+            output_truncated: false,
+            duration: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(10),
+            output_cap: 1 << 20,
+            collected: std::collections::BTreeMap::new(),
+        },
+        outcomes: outcomes
+            .iter()
+            .map(|(name, status)| TestOutcome {
+                name: (*name).into(),
+                status: *status,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
     use super::*;
-
-    fn test_run(code: i32, output: &str, outcomes: &[(&str, TestStatus)]) -> TestRun {
-        TestRun {
-            result: RunResult {
-                exit_code: Some(code),
-                signal: None,
-                timed_out: false,
-                oom_killed: false,
-                stdout: output.into(),
-                stderr: String::new(),
-                output_truncated: false,
-                duration: Duration::from_millis(50),
-                timeout: Duration::from_secs(10),
-                output_cap: 1 << 20,
-                collected: BTreeMap::new(),
-            },
-            outcomes: outcomes
-                .iter()
-                .map(|(name, status)| TestOutcome {
-                    name: (*name).into(),
-                    status: *status,
-                })
-                .collect(),
-        }
-    }
 
     fn triage(error_type: &str, failing: &[&str]) -> TriageReport {
         TriageReport {
