@@ -1246,7 +1246,7 @@ fn the_search_engine_repairs_defect_classes_in_python_javascript_and_go() {
         "py_matrix-3",
         "js_islands-2",
         "js_two_sum-2",
-        "go_fizz-2",
+        "go_bsearch-2",
     ];
     let ok = Command::new(repo().join("scripts/build-base-images.sh"))
         .args(["python", "node", "go"])
@@ -1838,8 +1838,9 @@ fn what_a_user_reads_on_a_terminal_and_without_one() {
             assert!(warnings.insert(w.to_owned()), "printed twice: {l}");
             continue;
         }
-        // The local sandbox says once what it does not isolate.
-        if l.starts_with("coval: ") || l.starts_with("  ") {
+        // The local sandbox says once what it does not isolate; the environment line says
+        // which sandbox and environment the repair uses.
+        if l.starts_with("coval: ") || l.starts_with("  ") || l.starts_with("sandbox: ") {
             continue;
         }
         let stage = l.split_whitespace().next().unwrap_or_default();
