@@ -468,6 +468,11 @@ impl Embedded {
                 },
             }
         };
+        // A stage's progress is queued before the message it announces is published, so the
+        // last stage's line may still wait here when the completion wins the race above.
+        while let Ok(p) = self.progress.try_recv() {
+            progress.stage(&p);
+        }
         progress.finish();
         self.stop.cancel();
         for t in self.tasks {
