@@ -545,10 +545,19 @@ async fn secret_env_probe() -> Result<()> {
         );
         let mut vars: Vec<&str> = r.stdout.lines().filter(|l| l.contains('=')).collect();
         vars.sort();
-        // `sh` adds PWD itself; everything else must be exactly the spec's env.
+        // `sh` adds PWD itself; everything else must be exactly the spec's env, except that
+        // the local sandbox may put its `python` shim last on the PATH (where the machine has
+        // only python3).
         vars.retain(|v| !v.starts_with("PWD="));
+        let path_ok = |v: &str| {
+            v == "PATH=/usr/bin:/bin"
+                || backend == "local"
+                    && v.strip_prefix("PATH=/usr/bin:/bin:").is_some_and(|shim| {
+                        shim.contains("/coval-python-shim-") && !shim.contains(':')
+                    })
+        };
         ensure!(
-            vars == ["ONLY_THIS=1", "PATH=/usr/bin:/bin"],
+            vars.len() == 2 && vars[0] == "ONLY_THIS=1" && path_ok(vars[1]),
             "unexpected environment: {vars:?}"
         );
         Ok(())
