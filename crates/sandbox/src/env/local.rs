@@ -423,12 +423,14 @@ async fn built(
         if dir.join(COMPLETE).exists() {
             let mut e = environment(plan.language, &dir, &key, describe(None));
             e.took = started.elapsed();
+            e.reused = true;
             return Ok(e);
         }
         let _lock = lock(&cache, &key).await?;
         if dir.join(COMPLETE).exists() {
             let mut e = environment(plan.language, &dir, &key, describe(None));
             e.took = started.elapsed();
+            e.reused = true;
             return Ok(e);
         }
         build(&cfg, &plan, &key, &root, &dir, python.as_deref()).await?;
