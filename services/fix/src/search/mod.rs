@@ -179,6 +179,34 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// `x` and `y` trade places (operands, arguments, statements).
+    fn swap(
+        &mut self,
+        at: &Node,
+        x: &Node,
+        y: &Node,
+        operator: &'static str,
+        desc: String,
+        score: f64,
+    ) {
+        let (a, b) = (text(x, self.src).to_owned(), text(y, self.src).to_owned());
+        let edits = vec![
+            Edit {
+                start: x.start_byte(),
+                end: x.end_byte(),
+                text: b,
+            },
+            Edit {
+                start: y.start_byte(),
+                end: y.end_byte(),
+                text: a,
+            },
+        ];
+        self.emit(at, operator, desc, edits, score);
+    }
+}
+
 /// Candidates for `text` (the file at `path`), most promising first, at most `limit`.
 pub fn mutants(
     lang: Language,
@@ -567,24 +595,7 @@ fn swap_operands(ctx: &mut Ctx, n: &Node, score: f64) {
     }
     let (lt, rt) = (text(&l, ctx.src).to_owned(), text(&r, ctx.src).to_owned());
     let desc = format!("line {}: swap `{lt}` and `{rt}`", line(n));
-    ctx.emit(
-        n,
-        "swap-operands",
-        desc,
-        vec![
-            Edit {
-                start: l.start_byte(),
-                end: l.end_byte(),
-                text: rt,
-            },
-            Edit {
-                start: r.start_byte(),
-                end: r.end_byte(),
-                text: lt,
-            },
-        ],
-        score,
-    );
+    ctx.swap(n, &l, &r, "swap-operands", desc, score);
 }
 
 fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
@@ -644,24 +655,7 @@ fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
                     "line {}: swap arguments `{a}` and `{b}` of `{func}`",
                     line(n)
                 );
-                ctx.emit(
-                    n,
-                    "swap-arguments",
-                    desc,
-                    vec![
-                        Edit {
-                            start: pair[0].start_byte(),
-                            end: pair[0].end_byte(),
-                            text: b,
-                        },
-                        Edit {
-                            start: pair[1].start_byte(),
-                            end: pair[1].end_byte(),
-                            text: a,
-                        },
-                    ],
-                    score,
-                );
+                ctx.swap(n, &pair[0], &pair[1], "swap-arguments", desc, score);
             }
         }
         "if_statement" | "while_statement" | "elif_clause" => {
