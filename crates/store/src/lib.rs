@@ -113,6 +113,9 @@ pub struct HistoryRecord {
     #[serde(default)]
     pub features: Vec<f64>,
     pub at_ms: u64,
+    /// The search operator whose candidate was validated, for the engine's learned priors.
+    #[serde(default)]
+    pub operator: Option<String>,
 }
 
 /// The end of a repair, written atomically with its new iteration and history record.

@@ -196,6 +196,7 @@ mod tests {
             success,
             features,
             at_ms: 0,
+            operator: None,
         }
     }
 

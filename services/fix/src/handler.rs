@@ -37,6 +37,8 @@ pub struct FixStage {
     pub llm: settings::LlmSettings,
     /// Resolves the request's project (local path, iteration, or object-store snapshot).
     pub projects: std::sync::Arc<store::projects::Projects>,
+    /// Recorded outcomes, for the search operators' learned priors.
+    pub history: std::sync::Arc<dyn store::HistorySource>,
 }
 
 /// The language of `path` when the search engine has a grammar for it.
@@ -65,6 +67,7 @@ pub fn search_candidates(
     suspects: &[Suspect],
     tried: &HashSet<String>,
     s: &SearchSettings,
+    learned: &std::collections::HashMap<String, f64>,
 ) -> Vec<Candidate> {
     let mut by_file: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
     for x in suspects
@@ -90,7 +93,7 @@ pub fn search_candidates(
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for m in search::mutants(lang, file, &text, &targets, s.per_file) {
+        for m in search::mutants_with(lang, file, &text, &targets, s.per_file, learned) {
             if let Some(d) = diff::unified(file, &text, &m.new_text) {
                 all.push((m, d));
             }
@@ -190,8 +193,17 @@ impl Handler for FixStage {
                 .collect();
             let (root2, suspects, settings) =
                 (root.clone(), triage.suspects.clone(), self.search.clone());
+            // Operators that fixed this category of failure before rank higher; a history
+            // that cannot be read leaves the configured priors.
+            let history = self.history.outcomes(triage.category).unwrap_or_default();
+            let learned = search::learned_priors(
+                history
+                    .iter()
+                    .filter(|h| h.success)
+                    .filter_map(|h| h.operator.as_deref()),
+            );
             match tokio::task::spawn_blocking(move || {
-                search_candidates(&root2, &suspects, &tried, &settings)
+                search_candidates(&root2, &suspects, &tried, &settings, &learned)
             })
             .await
             {
@@ -225,6 +237,7 @@ impl FixStage {
             search: SearchSettings::default(),
             llm: ctx.config.llm.clone(),
             projects: ctx.projects.clone(),
+            history: ctx.history.clone(),
         }
     }
 }

@@ -125,6 +125,18 @@ impl IntegrateStage {
                 success: fixed,
                 features: c.decision.features.clone(),
                 at_ms: vocab::now_ms(),
+                operator: c.winner.and_then(|(id, _)| {
+                    c.history
+                        .iter()
+                        .flat_map(|a| &a.candidates)
+                        .find(|x| x.id == id)
+                        .and_then(|x| match &x.source {
+                            proto::messages::CandidateSource::Search { operator } => {
+                                Some(operator.clone())
+                            }
+                            _ => None,
+                        })
+                }),
             }
         });
         let facts_summary = {

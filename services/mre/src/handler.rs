@@ -80,7 +80,9 @@ impl Handler for MreStage {
         }
 
         // The whole project first: the baseline every candidate is compared with.
-        let whole = match run::run_tests(sb, &self.sandbox, env, &kind, &root).await {
+        let mut repro = self.sandbox.clone();
+        repro.timeout_secs = run::reproduction_timeout(repro.timeout_secs, &d.request.error_log);
+        let whole = match run::run_tests(sb, &repro, env, &kind, &root).await {
             Ok(r) => r,
             Err(e) if e.is_retryable() => {
                 return Outcome::Retry {
@@ -139,7 +141,7 @@ impl Handler for MreStage {
                 reason: format!("cannot write the MRE to {}: {e}", dir.display()),
             };
         }
-        let minimal = match run::run_tests(sb, &self.sandbox, env, &kind, &dir).await {
+        let minimal = match run::run_tests(sb, &repro, env, &kind, &dir).await {
             Ok(r) => Some(r),
             Err(e) => {
                 notes.push(format!("the minimal example could not run: {e}"));

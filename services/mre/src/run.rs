@@ -62,6 +62,37 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
     named_something && same_tests && same_error
 }
 
+/// The sandbox settings of the reproduction runs: when the log says the failing run was cut by
+/// a time limit (a test that loops), the reproduction is cut after at most 30 s instead of the
+/// configured limit: the loop reproduces as a timeout, and a repair does not wait minutes to
+/// learn what the log already says.
+pub fn reproduction_timeout(limit_secs: u64, error_log: &str) -> u64 {
+    let tail: String = error_log
+        .lines()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_lowercase();
+    let looped = [
+        "time limit",
+        "timed out",
+        "timeout",
+        "exceeded the maximum execution time",
+        "panic: test timed out",
+    ]
+    .iter()
+    .any(|w| tail.contains(w));
+    if looped {
+        limit_secs.min(REPRODUCE_LOOP_SECS)
+    } else {
+        limit_secs
+    }
+}
+
+/// How long a reproduction of a failure the log reports as a timeout may run.
+pub const REPRODUCE_LOOP_SECS: u64 = 30;
+
 pub async fn run_tests<S: Sandbox>(
     sb: &S,
     cfg: &SandboxConfig,
@@ -157,5 +188,16 @@ mod tests {
         let ran = [("a", Failed), ("b", Failed)];
         assert!(!test_run(1, "a: command not found", &ran).command_not_found());
         assert!(!test_run(1, "", &[("a", Failed)]).command_not_found());
+    }
+
+    #[test]
+    fn a_log_cut_by_a_time_limit_caps_the_reproduction() {
+        let hang = "..F\nError: the test job exceeded its time limit (20 s) and was cancelled\n";
+        assert_eq!(reproduction_timeout(300, hang), REPRODUCE_LOOP_SECS);
+        assert_eq!(reproduction_timeout(10, hang), 10);
+        let go = "panic: test timed out after 10m0s\n";
+        assert_eq!(reproduction_timeout(300, go), REPRODUCE_LOOP_SECS);
+        let plain = "FAILED tests/test_a.py::test_x - AssertionError\n1 failed in 0.1s\n";
+        assert_eq!(reproduction_timeout(300, plain), 300);
     }
 }

@@ -83,6 +83,7 @@ impl Handler for Ledgering {
                 success: true,
                 features: vec![],
                 at_ms: vocab::now_ms(),
+                operator: None,
             }),
         };
         if let Err(e) = self.store.complete_repair(&c) {
@@ -174,6 +175,7 @@ async fn store_writer(args: &[String]) -> Result<()> {
                 success: true,
                 features: vec![0.5; 8],
                 at_ms: vocab::now_ms(),
+                operator: None,
             }),
         })?;
         parent = rec.new_iteration;

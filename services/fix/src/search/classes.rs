@@ -636,24 +636,7 @@ fn calls(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
                 text(&pair[1], ctx.src).to_owned(),
             );
             let desc = format!("line {}: swap arguments `{a}` and `{b}`", line(n));
-            ctx.emit(
-                n,
-                "swap-arguments",
-                desc,
-                vec![
-                    Edit {
-                        start: pair[0].start_byte(),
-                        end: pair[0].end_byte(),
-                        text: b,
-                    },
-                    Edit {
-                        start: pair[1].start_byte(),
-                        end: pair[1].end_byte(),
-                        text: a,
-                    },
-                ],
-                score,
-            );
+            ctx.swap(n, &pair[0], &pair[1], "swap-arguments", desc, score);
         }
     }
 }
@@ -932,24 +915,7 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
         let (a, b) = (text(n, ctx.src).to_owned(), text(&next, ctx.src).to_owned());
         if a != b {
             let desc = format!("line {}: swap with the statement after it", line(n));
-            ctx.emit(
-                n,
-                "swapped-statements",
-                desc,
-                vec![
-                    Edit {
-                        start: n.start_byte(),
-                        end: n.end_byte(),
-                        text: b,
-                    },
-                    Edit {
-                        start: next.start_byte(),
-                        end: next.end_byte(),
-                        text: a,
-                    },
-                ],
-                score * 0.8,
-            );
+            ctx.swap(n, n, &next, "swapped-statements", desc, score * 0.8);
         }
     }
     // A missing line: a statement written elsewhere in the same function, after this one.

@@ -4,7 +4,7 @@
 //! size. Python gets every operator; JavaScript and TypeScript get operator and constant
 //! mutations.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use proto::messages::Language;
 use tree_sitter::{Node, Parser, Tree};
@@ -90,6 +90,8 @@ struct Edit {
 
 struct Ctx<'a> {
     lang: Language,
+    /// Multipliers of the operators' priors learned from the repair history.
+    learned: &'a HashMap<String, f64>,
     file: &'a str,
     src: &'a str,
     parser: Parser,
@@ -155,7 +157,7 @@ impl Ctx<'_> {
             operator,
             description,
             new_text: new,
-            score: score * prior(operator),
+            score: score * prior(operator) * self.learned.get(operator).copied().unwrap_or(1.0),
             edit_size: size,
         });
     }
@@ -177,6 +179,34 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// `x` and `y` trade places (operands, arguments, statements).
+    fn swap(
+        &mut self,
+        at: &Node,
+        x: &Node,
+        y: &Node,
+        operator: &'static str,
+        desc: String,
+        score: f64,
+    ) {
+        let (a, b) = (text(x, self.src).to_owned(), text(y, self.src).to_owned());
+        let edits = vec![
+            Edit {
+                start: x.start_byte(),
+                end: x.end_byte(),
+                text: b,
+            },
+            Edit {
+                start: y.start_byte(),
+                end: y.end_byte(),
+                text: a,
+            },
+        ];
+        self.emit(at, operator, desc, edits, score);
+    }
+}
+
 /// Candidates for `text` (the file at `path`), most promising first, at most `limit`.
 pub fn mutants(
     lang: Language,
@@ -184,6 +214,34 @@ pub fn mutants(
     src: &str,
     targets: &[Target],
     limit: usize,
+) -> Vec<Mutant> {
+    mutants_with(lang, path, src, targets, limit, &HashMap::new())
+}
+
+/// How much more likely each operator is in this category of failure than its prior says,
+/// learned from the repair history: the operators whose candidates were validated, with
+/// Laplace smoothing, so one success moves a prior a little and many move it up to 2×.
+pub fn learned_priors<'h>(operators: impl Iterator<Item = &'h str>) -> HashMap<String, f64> {
+    let mut counts: HashMap<String, f64> = HashMap::new();
+    let mut total = 0.0;
+    for op in operators {
+        *counts.entry(op.to_owned()).or_default() += 1.0;
+        total += 1.0;
+    }
+    counts
+        .into_iter()
+        .map(|(op, n)| (op, 1.0 + (n / (total + 2.0)).min(1.0)))
+        .collect()
+}
+
+/// [`mutants`] with operator priors learned from the repair history ([`learned_priors`]).
+pub fn mutants_with(
+    lang: Language,
+    path: &str,
+    src: &str,
+    targets: &[Target],
+    limit: usize,
+    learned: &HashMap<String, f64>,
 ) -> Vec<Mutant> {
     let Some(language) = language(lang, path) else {
         return vec![];
@@ -197,6 +255,7 @@ pub fn mutants(
     };
     let mut ctx = Ctx {
         lang,
+        learned,
         file: path,
         src,
         parser,
@@ -536,24 +595,7 @@ fn swap_operands(ctx: &mut Ctx, n: &Node, score: f64) {
     }
     let (lt, rt) = (text(&l, ctx.src).to_owned(), text(&r, ctx.src).to_owned());
     let desc = format!("line {}: swap `{lt}` and `{rt}`", line(n));
-    ctx.emit(
-        n,
-        "swap-operands",
-        desc,
-        vec![
-            Edit {
-                start: l.start_byte(),
-                end: l.end_byte(),
-                text: rt,
-            },
-            Edit {
-                start: r.start_byte(),
-                end: r.end_byte(),
-                text: lt,
-            },
-        ],
-        score,
-    );
+    ctx.swap(n, &l, &r, "swap-operands", desc, score);
 }
 
 fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
@@ -613,24 +655,7 @@ fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
                     "line {}: swap arguments `{a}` and `{b}` of `{func}`",
                     line(n)
                 );
-                ctx.emit(
-                    n,
-                    "swap-arguments",
-                    desc,
-                    vec![
-                        Edit {
-                            start: pair[0].start_byte(),
-                            end: pair[0].end_byte(),
-                            text: b,
-                        },
-                        Edit {
-                            start: pair[1].start_byte(),
-                            end: pair[1].end_byte(),
-                            text: a,
-                        },
-                    ],
-                    score,
-                );
+                ctx.swap(n, &pair[0], &pair[1], "swap-arguments", desc, score);
             }
         }
         "if_statement" | "while_statement" | "elif_clause" => {
@@ -1389,5 +1414,37 @@ mod tests {
             );
         }
         println!("reference among candidates: {found}/{total}, in the first 60: {top60}");
+    }
+
+    #[test]
+    fn priors_learned_from_history_rank_an_operator_that_fixed_this_category_first() {
+        let learned = learned_priors(["variable-swap", "variable-swap", "boundary"].into_iter());
+        assert!(learned["variable-swap"] > learned["boundary"]);
+        assert!(learned["variable-swap"] <= 2.0 && learned["boundary"] > 1.0);
+        let src = "def f(a, b):\n    return a - b\n";
+        let t = [Target {
+            line: Some(2),
+            score: 1.0,
+        }];
+        let plain = mutants(Language::Python, "m.py", src, &t, 100);
+        let swap = |ms: &[Mutant]| {
+            ms.iter()
+                .position(|m| m.new_text.contains("b - a"))
+                .unwrap()
+        };
+        let boosted = mutants_with(
+            Language::Python,
+            "m.py",
+            src,
+            &t,
+            100,
+            &learned_priors(std::iter::repeat_n(plain[swap(&plain)].operator, 8)),
+        );
+        assert!(
+            swap(&boosted) < swap(&plain),
+            "{} !< {}",
+            swap(&boosted),
+            swap(&plain)
+        );
     }
 }
