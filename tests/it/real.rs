@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use coval_tests::real::{self, Run};
 
 fn cache() -> PathBuf {
@@ -73,6 +73,76 @@ fn real_projects_with_dependencies_are_repaired_in_docker_and_locally() -> Resul
         for backend in ["docker", "local"] {
             if let Err(e) = run_one(r, backend, root.path()) {
                 failures.push(format!("{e:#}"));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
+
+/// jest (CommonJS, locally) and vitest (ES modules, in Docker) report each test through their
+/// own reporters: the failure reproduces by test name, the passing tests are the baseline, and
+/// the search engine repairs the bug.
+#[test]
+fn jest_and_vitest_projects_report_each_test() -> Result<()> {
+    let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;
+    let corpus = real::corpus()?;
+    let mut failures = vec![];
+    for (name, backend, test) in [
+        (
+            "node_jest_invoice",
+            "local",
+            "invoice.test.js::subtotal > adds quantity times price",
+        ),
+        (
+            "node_vitest_stats",
+            "docker",
+            "test/stats.test.js::median > even count",
+        ),
+    ] {
+        let r = corpus.iter().find(|r| r.name == name).context(name)?;
+        let dir = root.path().join(name);
+        real::make(r, &dir, &cache().join("downloads"))?;
+        let local = Run {
+            recipe: r,
+            dir,
+            backend: "local",
+            cache: cache(),
+            workspace: root.path().join(format!("ws-{name}")),
+            env: vec![],
+        };
+        let log = local.error_log(&local.build()?)?;
+        let run = Run { backend, ..local };
+        let done = run.repair(&log)?;
+        let report = done
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("report"))
+            .map(|p| std::fs::read_to_string(p.trim()).unwrap_or_default())
+            .unwrap_or_default();
+        let patch = done.patch.clone().unwrap_or_default();
+        let checks = [
+            (done.code == 0, "exit 0"),
+            (real::undoes(r, &patch), "a patch on the broken line"),
+            (
+                done.stderr.contains("reproduced in"),
+                "the failure reproduced",
+            ),
+            (
+                !done.stderr.contains(" 0 passing"),
+                "passing tests counted one by one",
+            ),
+            (
+                report.contains(&format!("| `{test}` | failed | passed |")),
+                "the failing test fixed, by name, in the report",
+            ),
+        ];
+        for (ok, what) in checks {
+            if !ok {
+                failures.push(format!(
+                    "{name} ({backend}): not {what}; exit {}:\n{}\n{report}",
+                    done.code, done.stderr
+                ));
             }
         }
     }

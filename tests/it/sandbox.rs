@@ -305,6 +305,31 @@ except OSError as e:
     print(f"blocked: {e}")
 "#;
 
+const LOOPBACK: &str = r#"
+import socket
+srv = socket.create_server(("localhost", 0))
+c = socket.create_connection(("localhost", srv.getsockname()[1]), timeout=3)
+c.sendall(b"ping")
+conn, _ = srv.accept()
+print("LOOPBACK", conn.recv(4).decode())
+"#;
+
+/// Tests may serve and connect on the sandbox's own loopback, by the name `localhost`.
+async fn own_loopback(sb: &impl Sandbox, backend: &str) -> Result<()> {
+    let dir = empty_project()?;
+    let r = sb
+        .run(&spec(dir.path(), &["python3", "-c", LOOPBACK], 30))
+        .await?;
+    report(backend, "its own loopback", &r);
+    ensure!(
+        r.stdout.contains("LOOPBACK ping"),
+        "{backend}: a test cannot use localhost inside the sandbox: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    Ok(())
+}
+
 /// Returns whether the sandbox blocked the connection.
 async fn network(sb: &impl Sandbox, backend: &str) -> Result<bool> {
     let dir = empty_project()?;
@@ -445,6 +470,7 @@ async fn docker_escape_suite() -> Result<()> {
         network(&sb, "docker").await?,
         "docker let a connection through"
     );
+    own_loopback(&sb, "docker").await?;
     patch_escapes("docker").await?;
     assert_no_containers(&sb).await
 }
@@ -475,6 +501,7 @@ async fn local_escape_suite() -> Result<()> {
         );
         eprintln!("[escape] local  network: NOT blocked here (no network namespace allowed)");
     }
+    own_loopback(&sb, "local").await?;
     patch_escapes("local").await
 }
 

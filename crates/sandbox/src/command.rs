@@ -10,7 +10,7 @@ use std::path::Path;
 
 use vocab::Language;
 
-use crate::project::{JUNIT_REPORT, ProjectKind, Runner};
+use crate::project::{JEST_REPORT, JUNIT_REPORT, ProjectKind, Runner};
 
 /// What coval adds to a pytest run for per-test outcomes, whatever the user's flags say.
 fn pytest_report_flags(args: &[String]) -> Vec<String> {
@@ -106,6 +106,7 @@ pub fn user_kind(dir: &Path, cmd: &str, detected: Option<ProjectKind>) -> Projec
         && let Some(k) = pytest_form(dir, &words, &base)
             .or_else(|| go_form(&words, &base))
             .or_else(|| node_test_form(&words, &base))
+            .or_else(|| js_runner_form(&words, &base))
             .or_else(|| npm_form(&words, detected.as_ref(), &base))
     {
         return ProjectKind {
@@ -288,6 +289,90 @@ fn node_test_form(words: &[String], base: &ProjectKind) -> Option<ProjectKind> {
     })
 }
 
+/// `jest ARGS` or `vitest ARGS` (bare, `npx`, or a `node_modules/.bin` path) with the runner's
+/// own per-test report asked for, run as `npm test` would (the project's bins first on PATH).
+fn js_runner_form(words: &[String], base: &ProjectKind) -> Option<ProjectKind> {
+    let (argv, reports) = js_reporter(words)?;
+    Some(ProjectKind {
+        language: if base.language == Language::TypeScript {
+            Language::TypeScript
+        } else {
+            Language::JavaScript
+        },
+        test_cmd: crate::project::node_test_cmd(&shell_words(&argv)),
+        runner: Runner::Npm,
+        reports,
+        origin: "runs with the runner's JSON or JUnit report added".into(),
+        ..base.clone()
+    })
+}
+
+/// The words of a jest or vitest run with the runner's per-test report added, and the report
+/// files it writes: jest's `--json --outputFile` (its own format), vitest's JUnit reporter next
+/// to its default one, in a single run (`vitest run`: never watch mode). `None` for other
+/// commands, and when the user already chose where the runner writes (`--outputFile`, `--json`).
+pub(crate) fn js_reporter(words: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+    let at = usize::from(words.first().is_some_and(|w| w == "npx"));
+    let tool = words.get(at)?;
+    let name = tool.rsplit('/').next().unwrap_or(tool);
+    let rest = &words[at + 1..];
+    if rest
+        .iter()
+        .any(|a| a.starts_with("--outputFile") || a == "--json" || a == "--watch")
+    {
+        return None;
+    }
+    let mut argv = words[..=at].to_vec();
+    match name {
+        "jest" => {
+            argv.extend(
+                ["--ci", "--json", &format!("--outputFile={JEST_REPORT}")].map(String::from),
+            );
+            argv.extend(rest.iter().cloned());
+            Some((argv, vec![JEST_REPORT.to_owned()]))
+        }
+        "vitest" => {
+            // `vitest` alone watches on a terminal; `vitest run` runs once everywhere.
+            let args = match rest.first().map(String::as_str) {
+                Some("run") => &rest[1..],
+                Some("watch" | "dev" | "related" | "bench" | "init" | "list") => return None,
+                _ => rest,
+            };
+            argv.push("run".into());
+            if !args.iter().any(|a| a.starts_with("--reporter")) {
+                argv.push("--reporter=default".into());
+            }
+            argv.extend(
+                [
+                    "--reporter=junit".to_owned(),
+                    format!("--outputFile.junit={JUNIT_REPORT}"),
+                ]
+                .into_iter()
+                .chain(args.iter().cloned()),
+            );
+            Some((argv, vec![JUNIT_REPORT.to_owned()]))
+        }
+        _ => None,
+    }
+}
+
+/// A command line a shell reads back as the same words.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `npm test` (`npm t`, `npm run test`) is the package's test script, which the detected
 /// command runs the way npm would.
 fn npm_form(
@@ -300,13 +385,9 @@ fn npm_form(
     let d =
         detected.filter(|d| is_npm_test && matches!(d.runner, Runner::NodeTest | Runner::Npm))?;
     Some(ProjectKind {
+        framework: base.framework.clone(),
         origin: "runs the package's test script as npm would".into(),
         ..d.clone()
-    })
-    .map(|k| ProjectKind {
-        language: k.language,
-        framework: base.framework.clone(),
-        ..k
     })
 }
 
@@ -505,6 +586,63 @@ mod tests {
         // The cache options keep the cache plugin.
         let k = user_kind(root.path(), "pytest --lf", None);
         assert!(!k.test_cmd.contains(&"no:cacheprovider".to_owned()));
+    }
+
+    #[test]
+    fn jest_and_vitest_runs_ask_the_runner_for_its_report() {
+        let root = project(&["package.json"]);
+        let script = |k: &ProjectKind| k.test_cmd[2].clone();
+        for (cmd, want, report) in [
+            (
+                "npx jest tests/cart.test.js",
+                "npx jest --ci --json --outputFile=.coval-jest.json tests/cart.test.js",
+                JEST_REPORT,
+            ),
+            (
+                "jest -t 'adds two'",
+                "jest --ci --json --outputFile=.coval-jest.json -t 'adds two'",
+                JEST_REPORT,
+            ),
+            (
+                "sh -c 'node_modules/.bin/vitest run src'",
+                "node_modules/.bin/vitest run --reporter=default --reporter=junit \
+                 --outputFile.junit=.coval-report/junit.xml src",
+                JUNIT_REPORT,
+            ),
+            (
+                "vitest --reporter=verbose",
+                "vitest run --reporter=junit --outputFile.junit=.coval-report/junit.xml \
+                 --reporter=verbose",
+                JUNIT_REPORT,
+            ),
+        ] {
+            let k = user_kind(root.path(), cmd, None);
+            assert_eq!(k.runner, Runner::Npm, "{cmd}");
+            assert_eq!(k.reports, [report], "{cmd}");
+            assert!(script(&k).ends_with(want), "{cmd}: {}", script(&k));
+            assert!(script(&k).starts_with("PATH=\"$PWD/node_modules/.bin:$PATH\""));
+        }
+        // Where the user already chose the report, or asked to watch, it runs as written.
+        for cmd in [
+            "jest --json --outputFile=out.json",
+            "vitest watch",
+            "jest --watch",
+        ] {
+            let k = crate::detect_project_with(root.path(), Some(cmd)).unwrap();
+            assert_eq!(k.test_cmd[..2], s(&["sh", "-c"]), "{cmd}");
+            assert_eq!(k.language, Language::JavaScript, "{cmd}");
+            assert!(k.reports.is_empty(), "{cmd}");
+        }
+        // The same for a package's test script, which `npm test` runs.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("package.json"),
+            r#"{"scripts":{"test":"jest --silent"}}"#,
+        )
+        .unwrap();
+        let k = crate::detect_project_with(d.path(), Some("npm test")).unwrap();
+        assert_eq!(k.reports, [JEST_REPORT]);
+        assert!(script(&k).ends_with("jest --ci --json --outputFile=.coval-jest.json --silent"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Per-test outcomes from what a test run left behind: JUnit XML reports (pytest, PHPUnit,
-//! Surefire), `go test -json` events, TAP (`node --test`), cargo test, unittest and pytest
+//! Surefire, vitest), jest's JSON results, `go test -json` events, TAP (`node --test`), cargo test, unittest and pytest
 //! text output; when none of those is there, one outcome from the exit status. Every parser
 //! takes arbitrary text (the sandboxed process wrote it) and never panics.
 
@@ -11,11 +11,15 @@ use super::project::{ProjectKind, Runner};
 /// The per-test outcomes of `result`, a run of `kind.test_cmd`.
 pub fn parse_outcomes(kind: &ProjectKind, result: &RunResult) -> Vec<TestOutcome> {
     for (path, text) in &result.collected {
-        if path.ends_with(".xml") {
-            let t = parse_junit(text);
-            if !t.is_empty() {
-                return t;
-            }
+        let t = if path.ends_with(".xml") {
+            parse_junit(text)
+        } else if path.ends_with(".json") {
+            parse_jest_json(text)
+        } else {
+            vec![]
+        };
+        if !t.is_empty() {
+            return t;
         }
     }
     let out = &result.stdout;
@@ -309,6 +313,90 @@ fn junit_name(attrs: &[(&str, String)]) -> String {
         Some(c) => format!("{c}::{name}"),
         None => name.to_owned(),
     }
+}
+
+// ---------------------------------------------------------------- jest --json
+
+#[derive(serde::Deserialize)]
+struct JestResults {
+    #[serde(rename = "testResults", default)]
+    files: Vec<JestFile>,
+}
+
+#[derive(serde::Deserialize)]
+struct JestFile {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    status: String,
+    #[serde(rename = "assertionResults", default)]
+    tests: Vec<JestTest>,
+}
+
+#[derive(serde::Deserialize)]
+struct JestTest {
+    #[serde(rename = "ancestorTitles", default)]
+    ancestors: Vec<String>,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    status: String,
+}
+
+/// Outcomes from jest's `--json` results: `file::describe > test`, the file relative to the
+/// test files' common directory (jest writes absolute paths, which differ between sandboxes),
+/// named as vitest's JUnit report names them. A test file that failed without running any test
+/// (a syntax or import error) is one `Error` outcome named after the file. Empty when the text
+/// is not jest's results (truncated, or another tool's JSON).
+pub fn parse_jest_json(text: &str) -> Vec<TestOutcome> {
+    let Ok(results) = serde_json::from_str::<JestResults>(text) else {
+        return vec![];
+    };
+    // The common directory, component by component.
+    let mut common: Option<Vec<&str>> = None;
+    for f in &results.files {
+        let dir: Vec<&str> = f
+            .name
+            .rsplit_once('/')
+            .map_or("", |(d, _)| d)
+            .split('/')
+            .collect();
+        common = Some(match common {
+            None => dir,
+            Some(c) => c
+                .iter()
+                .zip(&dir)
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| *a)
+                .collect(),
+        });
+    }
+    let common = common.unwrap_or_default().join("/");
+    let mut out = vec![];
+    for f in &results.files {
+        let file = f
+            .name
+            .strip_prefix(common.as_str())
+            .unwrap_or(&f.name)
+            .trim_start_matches('/');
+        if f.tests.is_empty() {
+            if f.status == "failed" {
+                out.push(outcome(file, TestStatus::Error));
+            }
+            continue;
+        }
+        for t in &f.tests {
+            let status = match t.status.as_str() {
+                "passed" => TestStatus::Passed,
+                "failed" => TestStatus::Failed,
+                _ => TestStatus::Skipped, // pending, skipped, todo, disabled, focused-out
+            };
+            let mut path = t.ancestors.clone();
+            path.push(t.title.clone());
+            out.push(outcome(format!("{file}::{}", path.join(" > ")), status));
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------- go test -json
@@ -636,6 +724,30 @@ not ok 3 - file failed to load
                 outcome("file failed to load", TestStatus::Failed),
             ]
         );
+    }
+
+    #[test]
+    fn jest_results_from_a_real_run() {
+        // jest 29.7 `--ci --json` on three files: a failing and passing describe, skipped and
+        // todo tests, nested describes, a file that does not parse (failure messages cut).
+        let text = include_str!("testdata/jest-results.json");
+        let t = parse_jest_json(text);
+        assert_eq!(
+            t,
+            [
+                outcome("sum.test.js::sum > adds", TestStatus::Failed),
+                outcome("sum.test.js::sum > zero", TestStatus::Passed),
+                outcome("sum.test.js::top level", TestStatus::Passed),
+                outcome("src/more.test.js::skipped one", TestStatus::Skipped),
+                outcome("src/more.test.js::later", TestStatus::Skipped),
+                outcome("src/more.test.js::outer > inner > deep", TestStatus::Passed),
+                outcome("src/broken.test.js", TestStatus::Error),
+            ]
+        );
+        // Truncated, or some other tool's JSON: nothing, so the other readers get their turn.
+        assert!(parse_jest_json(&text[..text.len() / 2]).is_empty());
+        assert!(parse_jest_json("{\"a\": [1, 2]}").is_empty());
+        assert!(parse_jest_json("[1,2]").is_empty());
     }
 
     #[test]

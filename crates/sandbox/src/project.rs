@@ -9,6 +9,8 @@ use vocab::Language;
 
 /// Where a JUnit report is written, relative to the work dir (collected after the run).
 pub const JUNIT_REPORT: &str = ".coval-report/junit.xml";
+/// Where jest writes its JSON results (at the root: jest does not create directories).
+pub const JEST_REPORT: &str = ".coval-jest.json";
 
 /// Whose output the per-test parser should expect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,6 +401,19 @@ fn node(package_json: &str) -> ProjectKind {
         .filter(|s| !s.is_empty() && !s.contains(NPM_PLACEHOLDER));
     match script {
         Some(s) => {
+            // A plain `jest`/`vitest` script runs with the runner's own report added.
+            if let Some((argv, reports)) =
+                crate::command::split_plain(s).and_then(|w| crate::command::js_reporter(&w))
+            {
+                let mut k = kind(
+                    Language::JavaScript,
+                    fw,
+                    node_test_cmd(&crate::command::shell_words(&argv)),
+                    Runner::Npm,
+                );
+                k.reports = reports;
+                return k;
+            }
             let runner = if s.contains("node --test") {
                 Runner::NodeTest
             } else {

@@ -42,7 +42,7 @@ pub(crate) struct ChildSetup {
 pub(crate) fn install(cmd: &mut std::process::Command, setup: ChildSetup) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
-    // allowed. It calls unshare, setrlimit, setgroups, setgid and setuid (all plain system
+    // allowed. It calls unshare, socket/ioctl/close (`loopback_up`), setrlimit, setgroups, setgid and setuid (all plain system
     // calls) on data moved in before the fork, allocates nothing, takes no locks, and reports
     // failures with `from_raw_os_error`, which does not allocate.
     unsafe {
@@ -54,6 +54,11 @@ pub(crate) fn install(cmd: &mut std::process::Command, setup: ChildSetup) {
             };
             if flags != 0 && libc::unshare(flags) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if flags != 0 {
+                // A new namespace's loopback starts down: tests that serve on localhost need
+                // it up. Where that fails, the run goes on without it.
+                loopback_up();
             }
             for &(res, v) in &setup.rlimits {
                 let lim = libc::rlimit {
@@ -73,6 +78,29 @@ pub(crate) fn install(cmd: &mut std::process::Command, setup: ChildSetup) {
             }
             Ok(())
         });
+    }
+}
+
+/// Sets the current network namespace's `lo` up (socket, two ioctls, close: plain system
+/// calls, safe between fork and exec). Errors are ignored: without it only loopback fails.
+#[allow(unsafe_code)]
+fn loopback_up() {
+    // SAFETY: `ifreq` is plain data zeroed before use; the name fits its 16 bytes with the
+    // terminating NUL; the descriptor is closed on every path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        libc::close(fd);
     }
 }
 

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use proto::messages::TriageReport;
 
+pub use sandbox::command::shell_words;
+
 /// Manifests and configuration a test run may need, wherever they sit in the tree.
 const CONFIG_FILES: &[&str] = &[
     "pyproject.toml",
@@ -132,23 +134,6 @@ pub fn write(
         readme.push_str(&format!("- `{f}`\n"));
     }
     std::fs::write(dst.join("README.md"), readme)
-}
-
-/// A command line a shell reads back as the same words.
-pub fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

@@ -57,7 +57,12 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
             .iter()
             .any(|t| failing.iter().any(|f| same_test(t, f)));
     let error = triage.error_type.rsplit('.').next().unwrap_or("");
-    let same_error = error.len() < 4 || run.output().contains(error);
+    let output = run.output();
+    // The error as printed, or as the log reader names it (jest prints no `AssertionError`
+    // for a failed `expect`, yet the log and the run say the same).
+    let same_error = error.len() < 4
+        || output.contains(error)
+        || logparse::parse(&output).error_type.rsplit('.').next() == Some(error);
     let named_something = !triage.failing_tests.is_empty() || error.len() >= 4;
     named_something && same_tests && same_error
 }
@@ -178,6 +183,57 @@ mod tests {
         );
         assert!(!reproduces(&t, &passing));
         assert!(!reproduces(&triage("Err", &[]), &zero_div));
+    }
+
+    #[test]
+    fn a_jest_failure_reproduces_though_jest_prints_no_error_class() {
+        use TestStatus::*;
+        // What jest prints for a failed `expect` (the user's log and the sandbox's run alike).
+        let jest = "FAIL test/invoice.test.js
+  subtotal
+    \u{2715} adds quantity times price (28 ms)
+
+  \u{25cf} subtotal \u{203a} adds quantity times price
+
+    expect(received).toBe(expected) // Object.is equality
+
+    Expected: 399
+    Received: 252
+
+      at Object.toBe (test/invoice.test.js:6:71)
+";
+        let log = logparse::parse(jest);
+        assert_eq!(
+            log.failing_tests,
+            ["subtotal \u{203a} adds quantity times price"]
+        );
+        let t = triage(
+            &log.error_type,
+            &["subtotal \u{203a} adds quantity times price"],
+        );
+        assert!(t.error_type.len() >= 4, "{}", t.error_type);
+        let run = test_run(
+            1,
+            jest,
+            &[
+                (
+                    "invoice.test.js::subtotal > adds quantity times price",
+                    Failed,
+                ),
+                ("invoice.test.js::subtotal > is zero for no lines", Passed),
+            ],
+        );
+        assert!(reproduces(&t, &run));
+        // Another error in the same test does not.
+        let other = test_run(
+            1,
+            "TypeError: subtotal is not a function\n    at Object.<anonymous> (test/invoice.test.js:6:12)",
+            &[(
+                "invoice.test.js::subtotal > adds quantity times price",
+                Failed,
+            )],
+        );
+        assert!(!reproduces(&t, &other));
     }
 
     #[test]

@@ -80,7 +80,9 @@ impl DockerSandbox {
             env: Some(vec![]),
             working_dir: Some("/".into()),
             hostname: Some("sandbox".into()),
-            network_disabled: Some(true),
+            // Not `network_disabled`: that also drops the container's /etc/hosts, and test
+            // suites that serve on `localhost` (vitest does, to itself) fail to resolve it.
+            // Network `none` already leaves only the loopback interface.
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
