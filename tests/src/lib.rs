@@ -182,6 +182,7 @@ pub fn advance(stage: Stage, input: &Message) -> Option<Message> {
                 changed_lines: 0,
                 reason: None,
                 duration_ms: 0,
+                path: String::new(),
             },
             patch: String::new(),
             why: String::new(),

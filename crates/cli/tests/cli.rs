@@ -777,6 +777,32 @@ fn the_users_test_command_in_any_usual_form_gives_the_same_fix() {
                 !wrapped,
                 "{name} with `{shown}`: {paths}"
             );
+            // Each candidate says how its runs were served; together they are the attempt's.
+            let each: Vec<String> = report["attempts"][0]["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["path"].as_str().unwrap_or("").to_owned())
+                .collect();
+            let count = |w: &str| {
+                each.iter()
+                    .map(|p| p.matches(w).count() as u64)
+                    .sum::<u64>()
+            };
+            assert_eq!(
+                count("warm server") + count("collected session"),
+                paths["warm"].as_u64().unwrap(),
+                "{name} with `{shown}`: {each:?} against {paths}"
+            );
+            assert_eq!(
+                count("collected session"),
+                paths["collected"].as_u64().unwrap()
+            );
+            assert_eq!(
+                count(": "),
+                paths["runs"].as_u64().unwrap(),
+                "{name} with `{shown}`: {each:?} against {paths}"
+            );
             let verdicts = (
                 report["mre"]["passing_tests"].clone(),
                 report["mre"]["failing_tests"].clone(),
@@ -794,6 +820,68 @@ fn the_users_test_command_in_any_usual_form_gives_the_same_fix() {
                 "{name}: `{shown}` and the detected command disagree"
             );
         }
+    }
+}
+
+#[test]
+fn a_test_command_run_in_a_subdirectory_is_served_warm() {
+    coval_tests::ensure_host_pytest().expect("pytest for the host's python3");
+    let env = [
+        ("COVAL_SANDBOX__BACKEND", "local"),
+        ("COVAL_LLM_URL", "http://127.0.0.1:9"),
+        ("COVAL_COST_CALCULATION__REBUILD_THRESHOLD", "100"),
+    ];
+    // The program and its tests live in `backend/`; CI runs `cd backend && ...`, and its log
+    // names the files as seen from there.
+    let (name, program, tests, failing) = SMALL_BUGS[0];
+    let test_file = failing.split("::").next().unwrap();
+    let log = format!(
+        "=================================== FAILURES ===================================\n\
+         _________________________________ test_common __________________________________\n\n    \
+         def test_common():\n>       assert gcd(12, 18) == 6\nE       assert 18 == 6\n\
+         E        +  where 18 = gcd(12, 18)\n\n{test_file}:9: AssertionError\n\
+         =========================== short test summary info ============================\n\
+         FAILED {failing} - assert 18 == 6\n"
+    );
+    let (_t, src) = git_project(&[
+        (&format!("backend/{name}.py"), program),
+        (&format!("backend/{test_file}"), tests),
+        ("README.md", "Tests: `cd backend && python -m pytest -q`\n"),
+        ("error.log", &log),
+    ]);
+    for form in [
+        "cd backend && python -m pytest -q",
+        "sh -c 'cd backend && pytest -q'",
+    ] {
+        let out = coval(
+            &src,
+            &["repair", "-e", "error.log", "--json", "--test-cmd", form],
+            &env,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "`{form}`: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["outcome"], "fixed", "`{form}`: {report}");
+        let patch = report["patch"].as_str().unwrap_or("");
+        assert!(
+            patch.contains(&format!("+++ b/backend/{name}.py")),
+            "{patch}"
+        );
+        // Per-test outcomes (the JUnit report under backend/), and the warm server served.
+        assert!(
+            !report["mre"]["passing_tests"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "`{form}`: {report}"
+        );
+        let paths = &report["attempts"][0]["paths"];
+        assert!(paths["warm"].as_u64().unwrap() > 0, "`{form}`: {paths}");
     }
 }
 

@@ -102,12 +102,10 @@ pub fn user_kind(dir: &Path, cmd: &str, detected: Option<ProjectKind>) -> Projec
         env: vec![],
         origin: String::new(),
     };
-    if let Some(words) = split_plain(cmd).map(unwrap_shell)
-        && let Some(k) = pytest_form(dir, &words, &base)
-            .or_else(|| go_form(&words, &base))
-            .or_else(|| node_test_form(&words, &base))
-            .or_else(|| js_runner_form(&words, &base))
-            .or_else(|| npm_form(&words, detected.as_ref(), &base))
+    if let Some(k) = split_plain(cmd)
+        .map(unwrap_shell)
+        .and_then(|words| form(dir, &words, detected.as_ref(), &base))
+        .or_else(|| cd_form(dir, cmd, &base))
     {
         return ProjectKind {
             origin: format!("`{cmd}` {}", k.origin),
@@ -130,6 +128,46 @@ pub fn user_kind(dir: &Path, cmd: &str, detected: Option<ProjectKind>) -> Projec
             .push_str("; pytest reports each test through PYTEST_ADDOPTS");
     }
     k
+}
+
+/// The command a plain command line `words` runs, read as the tool it is, or `None`.
+fn form(
+    dir: &Path,
+    words: &[String],
+    detected: Option<&ProjectKind>,
+    base: &ProjectKind,
+) -> Option<ProjectKind> {
+    pytest_form(dir, words, base)
+        .or_else(|| go_form(words, base))
+        .or_else(|| node_test_form(words, base))
+        .or_else(|| js_runner_form(words, base))
+        .or_else(|| npm_form(words, detected, base))
+}
+
+/// `cd DIR && LINE` (also inside `sh -c`): LINE read as [`form`] reads it, in DIR (a plain
+/// subdirectory of the project), run through the shell line the warm server recognises
+/// ([`crate::warm::CD_EXEC`]), its reports under DIR.
+fn cd_form(dir: &Path, cmd: &str, base: &ProjectKind) -> Option<ProjectKind> {
+    let line = match split_plain(cmd).as_deref() {
+        Some([sh, c, line]) if (sh == "sh" || sh == "bash") && c == "-c" => line.clone(),
+        _ => cmd.to_owned(),
+    };
+    let (sub, rest) = line.trim().strip_prefix("cd ")?.split_once("&&")?;
+    let sub = crate::warm::plain_subdir(sub.trim())?;
+    let inner = dir.join(sub);
+    if !inner.is_dir() {
+        return None;
+    }
+    let detected = crate::detect_project(&inner);
+    let k = form(&inner, &split_plain(rest)?, detected.as_ref(), base)?;
+    let mut argv = vec!["sh".into(), "-c".into(), crate::warm::cd_exec_line(sub)];
+    argv.extend(k.test_cmd.iter().cloned());
+    Some(ProjectKind {
+        test_cmd: argv,
+        reports: k.reports.iter().map(|r| format!("{sub}/{r}")).collect(),
+        origin: format!("{} in `{sub}`", k.origin),
+        ..k
+    })
 }
 
 /// `sh -c 'LINE'` (or bash) around a plain line: the line's words.
@@ -643,6 +681,60 @@ mod tests {
         let k = crate::detect_project_with(d.path(), Some("npm test")).unwrap();
         assert_eq!(k.reports, [JEST_REPORT]);
         assert!(script(&k).ends_with("jest --ci --json --outputFile=.coval-jest.json --silent"));
+    }
+
+    #[test]
+    fn a_command_in_a_subdirectory_is_still_the_served_one() {
+        let root = project(&[
+            "backend/conftest.py",
+            "backend/app/calc.py",
+            "web/package.json",
+        ]);
+        for cmd in [
+            "cd backend && python3 -m pytest -q",
+            "cd backend/ && pytest -q",
+            "sh -c 'cd backend && python3 -m pytest -q'",
+        ] {
+            let k = user_kind(root.path(), cmd, None);
+            assert_eq!(
+                k.test_cmd[..5],
+                s(&[
+                    "sh",
+                    "-c",
+                    &crate::warm::cd_exec_line("backend"),
+                    "python3",
+                    "-m"
+                ]),
+                "{cmd}"
+            );
+            assert_eq!(k.runner, Runner::Pytest);
+            assert_eq!(k.reports, [format!("backend/{JUNIT_REPORT}")]);
+            assert!(crate::is_pytest_module_run(&k.test_cmd), "{cmd}");
+            assert!(k.origin.contains("in `backend`"), "{}", k.origin);
+        }
+        // The package's own script, in its directory.
+        std::fs::write(
+            root.path().join("web/package.json"),
+            r#"{"scripts":{"test":"jest"}}"#,
+        )
+        .unwrap();
+        let k = user_kind(root.path(), "cd web && npm test", None);
+        assert_eq!(k.reports, [format!("web/{JEST_REPORT}")]);
+        assert!(
+            k.test_cmd[3..].join(" ").contains("jest --ci --json"),
+            "{:?}",
+            k.test_cmd
+        );
+        // A directory that is not there, or leaves the project, runs as written.
+        for cmd in [
+            "cd nowhere && pytest -q",
+            "cd .. && pytest -q",
+            "cd /tmp && pytest",
+        ] {
+            let k = user_kind(root.path(), cmd, None);
+            assert_eq!(k.test_cmd, s(&["sh", "-c", cmd]), "{cmd}");
+            assert!(!crate::is_pytest_module_run(&k.test_cmd), "{cmd}");
+        }
     }
 
     #[test]

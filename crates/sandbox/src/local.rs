@@ -289,7 +289,7 @@ impl LocalSession {
         spec.timeout = timeout;
         spec.validate()?;
         if self.warm.usable()
-            && let Some((interpreter, args)) = warm::pytest_invocation(&spec.argv)
+            && let Some((interpreter, args, cwd)) = warm::pytest_invocation(&spec.argv)
         {
             if env_names_work(&spec) {
                 // A fresh run maps /work to its own copy; one server cannot do that per candidate.
@@ -301,7 +301,11 @@ impl LocalSession {
                 let started = Instant::now();
                 self.counter += 1;
                 let cid = format!("c{}", self.counter);
-                let served = warm::Served::Pytest { interpreter, args };
+                let served = warm::Served::Pytest {
+                    interpreter,
+                    args,
+                    cwd,
+                };
                 let candidate = Candidate {
                     id: &cid,
                     served: &served,
@@ -325,13 +329,17 @@ impl LocalSession {
     /// Starts the warm server for the template's command, when it is one the server serves.
     async fn prestart(&mut self) {
         let template = self.host.template.clone();
-        let Some((interpreter, args)) = warm::pytest_invocation(&template.argv) else {
+        let Some((interpreter, args, cwd)) = warm::pytest_invocation(&template.argv) else {
             return;
         };
         if env_names_work(&template) {
             return;
         }
-        let served = warm::Served::Pytest { interpreter, args };
+        let served = warm::Served::Pytest {
+            interpreter,
+            args,
+            cwd,
+        };
         self.warm.prestart(&mut self.host, &served, &template).await;
     }
 

@@ -56,10 +56,12 @@ const MAX_HEADER: usize = 64 << 10;
 /// What a session's warm server serves, read off a candidate's command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Served<'a> {
-    /// `python3 -m pytest ARGS`: the interpreter and pytest's arguments.
+    /// `python3 -m pytest ARGS`: the interpreter and pytest's arguments, run in `cwd` (a
+    /// relative dir of the project, empty for its root: [`CD_EXEC`]).
     Pytest {
         interpreter: &'a str,
         args: &'a [String],
+        cwd: &'a str,
     },
     /// `node --test --test-reporter=tap PATHS`, run directly or as the shell line of
     /// [`super::project::node_test_cmd`] (`shell`): the paths.
@@ -81,8 +83,12 @@ impl Served<'_> {
 
 /// The command as one the warm servers reproduce exactly, or `None` (a fresh process).
 pub(crate) fn served(argv: &[String]) -> Option<Served<'_>> {
-    if let Some((interpreter, args)) = pytest_invocation(argv) {
-        return Some(Served::Pytest { interpreter, args });
+    if let Some((interpreter, args, cwd)) = pytest_invocation(argv) {
+        return Some(Served::Pytest {
+            interpreter,
+            args,
+            cwd,
+        });
     }
     if let Some((paths, shell)) = node_test_invocation(argv) {
         return Some(Served::NodeTest { paths, shell });
@@ -136,10 +142,46 @@ pub(crate) fn node_test_invocation(argv: &[String]) -> Option<(Vec<String>, bool
     (test == 1 && tap == 1).then_some((paths, shell))
 }
 
-/// `(interpreter, pytest arguments)` when `argv` is `python3 -m pytest ARGS...` (or
-/// `python -m pytest`, or a path to either): the one shape the pytest server reproduces
-/// exactly. Anything else (a shell command, interpreter options, another tool) is not its.
-pub(crate) fn pytest_invocation(argv: &[String]) -> Option<(&str, &[String])> {
+/// The shell line that runs its arguments in a subdirectory: `sh -c CD_EXEC_LINE CMD ARGS...`,
+/// with `DIR` in place, is `cd DIR && CMD ARGS...` (the form of a user's `cd sub && ...`).
+pub const CD_EXEC: &str = "cd DIR && exec \"$0\" \"$@\"";
+
+/// The `sh -c` line of [`CD_EXEC`] for `dir` (a plain relative path: see [`plain_subdir`]).
+pub fn cd_exec_line(dir: &str) -> String {
+    CD_EXEC.replacen("DIR", dir, 1)
+}
+
+/// `dir` when it is a plain relative path inside the project (letters, digits, `._-/`, no
+/// `..`, not absolute): a shell reads it as itself, and it cannot leave the project.
+pub fn plain_subdir(dir: &str) -> Option<&str> {
+    let dir = dir.trim_end_matches('/');
+    let plain = !dir.is_empty()
+        && !dir.starts_with('/')
+        && dir
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))
+        && dir
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..");
+    plain.then_some(dir)
+}
+
+/// `(interpreter, pytest arguments, dir)` when `argv` is `python3 -m pytest ARGS...` (or
+/// `python -m pytest`, or a path to either), run in the project's root (dir empty) or, through
+/// [`CD_EXEC`], in one of its subdirectories: the shapes the pytest server reproduces exactly.
+/// Anything else (another shell line, interpreter options, another tool) is not its.
+pub(crate) fn pytest_invocation(argv: &[String]) -> Option<(&str, &[String], &str)> {
+    if let [sh, c, line, rest @ ..] = argv
+        && sh == "sh"
+        && c == "-c"
+    {
+        let dir = line
+            .strip_prefix("cd ")?
+            .strip_suffix(&CD_EXEC["cd DIR".len()..])?;
+        let dir = plain_subdir(dir).filter(|d| *d == dir)?;
+        let (interp, args, _) = pytest_invocation(rest).filter(|(_, _, d)| d.is_empty())?;
+        return Some((interp, args, dir));
+    }
     let (interp, rest) = argv.split_first()?;
     let name = interp.rsplit('/').next().unwrap_or(interp);
     let is_python = name == "python"
@@ -151,7 +193,7 @@ pub(crate) fn pytest_invocation(argv: &[String]) -> Option<(&str, &[String])> {
         return None;
     }
     match rest {
-        [m, pytest, args @ ..] if m == "-m" && pytest == "pytest" => Some((interp, args)),
+        [m, pytest, args @ ..] if m == "-m" && pytest == "pytest" => Some((interp, args, "")),
         _ => None,
     }
 }
@@ -269,6 +311,9 @@ pub(crate) struct Request<'a> {
     pub work: &'a str,
     /// pytest's arguments.
     pub args: &'a [String],
+    /// The dir of `work` the child runs in (relative; absent: `work` itself).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub cwd: &'a str,
     /// Wall-clock seconds from fork to kill.
     pub timeout: f64,
     /// stdout + stderr kept.
@@ -684,8 +729,20 @@ mod tests {
     #[test]
     fn only_plain_pytest_module_runs_are_served() {
         let a = argv(&["python3", "-m", "pytest", "-q", "--junitxml=r.xml"]);
-        let (i, args) = pytest_invocation(&a).unwrap();
-        assert_eq!((i, args), ("python3", &a[3..]));
+        let (i, args, cwd) = pytest_invocation(&a).unwrap();
+        assert_eq!((i, args, cwd), ("python3", &a[3..], ""));
+        // `cd sub && python3 -m pytest ARGS`, as a user's command becomes.
+        let mut sub = argv(&["sh", "-c", &cd_exec_line("backend/api")]);
+        sub.extend(a.iter().cloned());
+        assert_eq!(
+            pytest_invocation(&sub),
+            Some(("python3", &a[3..], "backend/api"))
+        );
+        for dir in ["../up", "/abs", "a b", "a/../b", "$HOME", ""] {
+            let mut v = argv(&["sh", "-c", &cd_exec_line(dir)]);
+            v.extend(a.iter().cloned());
+            assert!(pytest_invocation(&v).is_none(), "{dir}");
+        }
         assert!(pytest_invocation(&argv(&["/usr/bin/python3.11", "-m", "pytest"])).is_some());
         for no in [
             &["sh", "-c", "python3 -m pytest"][..],
@@ -893,6 +950,7 @@ mod tests {
             let pytest_args = argv(&["-q", "-p", "no:cacheprovider", "--junitxml=report.xml"]);
             let q = argv(&["-q"]);
             let report = argv(&["report.xml"]);
+            let sub_report = argv(&["backend/api/report.xml"]);
             let changed = argv(&["src/calc.py"]);
             let paths = argv(&["test/", "spec/a.test.js"]);
             let spawned = argv(&["node", "--test-reporter=tap", "test/a.test.js"]);
@@ -905,6 +963,7 @@ mod tests {
                 cap,
                 kill_at,
                 collect,
+                cwd: "",
                 fcap: 4 << 20,
                 shell: false,
                 spawn: false,
@@ -933,6 +992,22 @@ mod tests {
                             changed: &changed,
                         }),
                         ..req("c4", "/cands/c4", "/work/c4", &q, 12.5, 65536, 69632, &[])
+                    },
+                ),
+                (
+                    "pytest-in-subdir",
+                    Request {
+                        cwd: "backend/api",
+                        ..req(
+                            "c5",
+                            "/cands/c5",
+                            "/work/c5",
+                            &q,
+                            60.0,
+                            1 << 20,
+                            5247488,
+                            &sub_report,
+                        )
                     },
                 ),
                 (
@@ -1072,6 +1147,7 @@ mod tests {
                 src: Some("/cands/c1"),
                 work: "/work/c1",
                 args: &args,
+                cwd: "",
                 timeout: 60.0,
                 cap: 1 << 20,
                 kill_at: 1 << 20,

@@ -476,6 +476,12 @@ def invalid(req):
         ("work", isinstance(req.get("work"), str) and req.get("work", "").startswith("/")),
         ("src", req.get("src") is None or isinstance(req.get("src"), str)),
         ("args", strs(req.get("args"))),
+        # A relative dir of the work dir, never outside it; a collected session runs at the root.
+        ("cwd", req.get("cwd") is None or (
+            isinstance(req.get("cwd"), str)
+            and not req["cwd"].startswith("/")
+            and all(p not in ("", ".", "..") for p in req["cwd"].split("/"))
+            and req.get("fast") is None)),
         ("collect", strs(req.get("collect", []))),
         ("timeout", num(req.get("timeout"))),
         ("cap", num(req.get("cap"))),
@@ -1102,7 +1108,7 @@ def child_main(c):
     try:
         if src:
             shutil.copytree(src, work, symlinks=True)
-        os.chdir(work)
+        os.chdir(os.path.join(work, req.get("cwd") or ""))
     except OSError as e:
         os.write(2, f"coval-sandbox: cannot copy the project into the work area ({e})\n".encode())
         os._exit(125)

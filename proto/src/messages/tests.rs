@@ -120,6 +120,7 @@ fn attempt() -> AttemptRecord {
             changed_lines: 1,
             reason: None,
             duration_ms: 180,
+            path: String::new(),
         }],
         usage: Usage::default(),
         // Zero, as in the committed snapshots written before these fields existed.

@@ -407,6 +407,10 @@ pub struct CandidateResult {
     #[serde(default)]
     pub reason: Option<String>,
     pub duration_ms: u64,
+    /// How its test runs were served, in order (`first: warm server`, `suite: fresh
+    /// process`, ...); empty when none ran.
+    #[serde(default)]
+    pub path: String,
 }
 
 /// What happened in one earlier attempt, fed back into the next.

@@ -263,9 +263,14 @@ pub fn markdown(f: &Facts) -> String {
                 } else {
                     r.reason.clone().unwrap_or_else(|| "failed".into())
                 };
+                let path = if r.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", r.path)
+                };
                 let _ = writeln!(
                     s,
-                    "- `{}` {what}: {verdict} ({} ms)",
+                    "- `{}` {what}: {verdict} ({} ms{path})",
                     r.candidate_id, r.duration_ms
                 );
             }
@@ -414,6 +419,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
                     "changed_lines": r.changed_lines,
                     "regressions": r.regressions,
                     "duration_ms": r.duration_ms,
+                    "path": r.path,
                     "tests": r.tests.iter().map(|o| serde_json::json!({"name": o.name, "status": o.status})).collect::<Vec<_>>(),
                 })
             }).collect::<Vec<_>>(),

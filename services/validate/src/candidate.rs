@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use patch::Applied;
 use proto::messages::{Candidate, CandidateResult, FixProposed, TestOutcome};
-use sandbox::{ProjectKind, Session};
+use sandbox::{ProjectKind, Session, WarmStats};
 
 use crate::handler::ValidateStage;
 use crate::policy::Tried;
@@ -50,6 +50,7 @@ fn failed(c: &Candidate, reason: String, started: Instant) -> Tried {
             changed_lines: 0,
             reason: Some(reason),
             duration_ms: started.elapsed().as_millis() as u64,
+            path: String::new(),
         },
         diff: None,
         output: String::new(),
@@ -69,15 +70,32 @@ pub async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usi
         t.looped_ms.load(Ordering::Relaxed),
         t.stage.settings.attempt_budget,
     );
+    let mut paths = vec![];
     if let Some(first) = &t.first {
-        let rejected = run_failing_first(t, session, c, n, first, &applied, timeout).await;
+        let (rejected, path) = run_failing_first(t, session, c, n, first, &applied, timeout).await;
+        paths.extend(path.map(|p| format!("first: {p}")));
         if let Some(mut tried) = rejected {
             let _ = std::fs::remove_dir_all(&applied.copy);
             tried.result.duration_ms = started.elapsed().as_millis() as u64;
+            tried.result.path = paths.join(", ");
             return tried;
         }
     }
-    run_suite(t, session, c, applied, timeout, started).await
+    let mut tried = run_suite(t, session, c, applied, timeout, started, &mut paths).await;
+    tried.result.path = paths.join(", ");
+    tried
+}
+
+/// How `session` served its last run, `before` being its warm statistics before that run.
+fn served(session: &Session, before: &WarmStats) -> &'static str {
+    let now = session.warm_stats();
+    if now.collected > before.collected {
+        "collected session"
+    } else if now.served > before.served {
+        "warm server"
+    } else {
+        "fresh process"
+    }
 }
 
 /// A candidate applied to its own copy of the project.
@@ -110,7 +128,7 @@ fn apply(t: &Trial<'_>, c: &Candidate, n: usize) -> Result<AppliedCopy, String> 
 }
 
 /// Runs the baseline's failing tests alone on the applied candidate; `Some` when that run
-/// already rejects it (its duration is the caller's to set).
+/// already rejects it (its duration is the caller's to set), and how the run was served.
 async fn run_failing_first(
     t: &Trial<'_>,
     session: &mut Session,
@@ -119,11 +137,12 @@ async fn run_failing_first(
     first: &[String],
     AppliedCopy { copy, applied }: &AppliedCopy,
     timeout: Duration,
-) -> Option<Tried> {
+) -> (Option<Tried>, Option<&'static str>) {
     let slowest = t.slowest_first_ms.load(Ordering::Relaxed);
     let first_timeout = first_run_timeout(timeout, t.f.mre.baseline_ms, slowest);
     let changed: Vec<String> = applied.files.iter().map(|a| a.path.clone()).collect();
     t.runs.fetch_add(1, Ordering::Relaxed);
+    let before = session.warm_stats().clone();
     let run = match t.base.as_ref().filter(|_| n >= t.collect_from) {
         Some(base) => {
             let changed = sandbox::Changed {
@@ -140,9 +159,10 @@ async fn run_failing_first(
         Ok(run) => run,
         Err(e) => {
             tracing::debug!(candidate = %c.id, error = %e, "the failing tests alone did not run; running the whole suite");
-            return None;
+            return (None, None);
         }
     };
+    let path = Some(served(session, &before));
     if !run.timed_out {
         t.slowest_first_ms
             .fetch_max(run.duration.as_millis() as u64, Ordering::Relaxed);
@@ -151,8 +171,10 @@ async fn run_failing_first(
             .fetch_add(run.duration.as_millis() as u64, Ordering::Relaxed);
     }
     let tests = sandbox::parse_outcomes(t.kind, &run);
-    let reason = early_rejection(&t.f.mre.failing_tests, &run, &tests)?;
-    Some(Tried {
+    let Some(reason) = early_rejection(&t.f.mre.failing_tests, &run, &tests) else {
+        return (None, path);
+    };
+    let tried = Tried {
         result: CandidateResult {
             candidate_id: c.id.clone(),
             passed: false,
@@ -161,10 +183,12 @@ async fn run_failing_first(
             changed_lines: applied.changed_lines,
             reason: Some(reason),
             duration_ms: 0,
+            path: String::new(),
         },
         diff: Some(applied.diff.clone()),
         output: format!("{}{}", run.stdout, run.stderr),
-    })
+    };
+    (Some(tried), path)
 }
 
 /// Runs the whole suite on the applied candidate (its copy removed after), whose run decides.
@@ -175,9 +199,14 @@ async fn run_suite(
     AppliedCopy { copy, applied }: AppliedCopy,
     timeout: Duration,
     started: Instant,
+    paths: &mut Vec<String>,
 ) -> Tried {
     t.runs.fetch_add(1, Ordering::Relaxed);
+    let before = session.warm_stats().clone();
     let run = session.run(&copy, &t.kind.test_cmd, timeout).await;
+    if run.is_ok() {
+        paths.push(format!("suite: {}", served(session, &before)));
+    }
     if let Ok(r) = &run
         && r.timed_out
     {
@@ -196,7 +225,7 @@ async fn run_suite(
     let mut verdict = suite_verdict(&run, &tests, &mre.passing_tests, &mre.failing_tests);
     if verdict.passed {
         // The command was narrow: the tests around it must still pass too.
-        let (wider, around) = run_wider(t, session, &copy, timeout).await;
+        let (wider, around) = run_wider(t, session, &copy, timeout, paths).await;
         tests.extend(around);
         if let Some(wider) = wider {
             verdict = wider;
@@ -212,6 +241,7 @@ async fn run_suite(
             changed_lines: applied.changed_lines,
             reason: verdict.reason,
             duration_ms: started.elapsed().as_millis() as u64,
+            path: String::new(),
         },
         diff: Some(applied.diff),
         output: format!("{}{}", run.stdout, run.stderr),
@@ -227,13 +257,18 @@ async fn run_wider(
     session: &mut Session,
     copy: &Path,
     timeout: Duration,
+    paths: &mut Vec<String>,
 ) -> (Option<SuiteVerdict>, Vec<TestOutcome>) {
     let mre = &t.f.mre;
     let mut outcomes = vec![];
     for level in &mre.wider {
         t.runs.fetch_add(1, Ordering::Relaxed);
+        let before = session.warm_stats().clone();
         let run = match session.run(copy, level, timeout).await {
-            Ok(r) => r,
+            Ok(r) => {
+                paths.push(format!("around: {}", served(session, &before)));
+                r
+            }
             Err(e) => {
                 let reason = format!("the tests around the command could not run: {e}");
                 let v = SuiteVerdict {

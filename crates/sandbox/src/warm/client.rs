@@ -182,15 +182,15 @@ impl WarmClient {
                 channel,
             });
         }
-        let (args, shell, spawn) = match c.served {
-            Served::Pytest { args, .. } => (*args, false, false),
-            Served::NodeTest { paths, shell } => (paths.as_slice(), *shell, false),
-            Served::NodeSpawn { argv } => (*argv, false, true),
+        let (args, cwd, shell, spawn) = match c.served {
+            Served::Pytest { args, cwd, .. } => (*args, *cwd, false, false),
+            Served::NodeTest { paths, shell } => (paths.as_slice(), "", *shell, false),
+            Served::NodeSpawn { argv } => (*argv, "", false, true),
         };
-        // Only pytest's collected sessions use a base.
+        // Only pytest's collected sessions use a base, collected in the project's root.
         let changed = c
             .changed
-            .filter(|_| matches!(c.served, Served::Pytest { .. }));
+            .filter(|_| matches!(c.served, Served::Pytest { cwd: "", .. }));
         let staged = t.stage(c.id, c.spec, changed).await?;
         let Some(server) = self.server.as_mut() else {
             return Err(WarmFailure("no server".into()));
@@ -201,6 +201,7 @@ impl WarmClient {
             src: Some(&staged.src),
             work: &staged.work,
             args,
+            cwd,
             timeout: spec.timeout.as_secs_f64(),
             cap: spec.limits.output_bytes,
             kill_at: t.kill_at(spec),

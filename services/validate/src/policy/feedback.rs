@@ -71,6 +71,7 @@ mod tests {
                 changed_lines: 0,
                 reason: Some(reason.into()),
                 duration_ms: 0,
+                path: String::new(),
             },
             diff: applied.then(String::new),
             output: output.into(),

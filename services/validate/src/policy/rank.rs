@@ -141,6 +141,7 @@ mod tests {
                 changed_lines,
                 reason: None,
                 duration_ms: 0,
+                path: String::new(),
             },
             diff: Some(String::new()),
             output: String::new(),
