@@ -133,6 +133,7 @@ pub fn request(repair_id: RepairId) -> RepairRequested {
         analyze_only: false,
         requested_at_ms: vocab::now_ms(),
         no_rebuild: false,
+        origin: None,
     }
 }
 
