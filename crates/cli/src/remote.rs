@@ -100,6 +100,9 @@ fn record_bytes(r: &SubmissionRecord) -> bytes::Bytes {
     serde_json::to_vec(r).unwrap_or_default().into()
 }
 
+/// `ci_key`: whether the CI's own run and job may be the de-duplication key (`coval submit`);
+/// `coval repair --nats` de-duplicates only on an explicit `--dedup-key`, since one CI job
+/// may well run several repairs.
 async fn submit_request(
     bus: &JetStreamBus,
     args: &RepairArgs,
@@ -107,6 +110,7 @@ async fn submit_request(
     log: String,
     source: &Path,
     workspace: &Path,
+    ci_key: bool,
 ) -> Result<Submitted, Failure> {
     let limit = cfg.settings.bus.snapshot_max_bytes;
     let src = source.to_owned();
@@ -116,7 +120,10 @@ async fn submit_request(
             .await
             .map_err(|e| Failure::internal(format!("snapshot task failed: {e}")))?
             .map_err(project_failure)?;
-    let origin = crate::ci::origin(&args.origin);
+    let mut origin = crate::ci::origin(&args.origin);
+    if !ci_key && args.origin.dedup_key.is_none() {
+        origin.dedup_key = None;
+    }
     // A retried CI job submits the same key: the first submission's repair is the answer.
     // The record outlives JetStream's duplicate window (bus.dead_letter_max_age_hours).
     let mut claim = None;
@@ -185,7 +192,8 @@ async fn submit_request(
         EngineArg::Search => EngineChoice::Search,
     };
     // Iteration ids are the local workspace's; the workers' ledger has its own.
-    let request = crate::repair::request(args, cfg, repair_id, project, log, None, engine);
+    let mut request = crate::repair::request(args, cfg, repair_id, project, log, None, engine);
+    request.origin = Some(origin).filter(|o| !o.is_empty());
     warn_if_no_workers(bus).await;
     let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
     envelope.message_id = message_id;
@@ -363,7 +371,7 @@ pub async fn repair(
     source: PathBuf,
 ) -> Result<u8, Failure> {
     let bus = connect(url, &args.auth, cfg).await?;
-    let submitted = submit_request(&bus, &args, cfg, log, &source, workspace).await?;
+    let submitted = submit_request(&bus, &args, cfg, log, &source, workspace, false).await?;
     let repair = submitted.repair_id;
     eprintln!("submitted {repair} to {url}");
     let done = follow(&bus, repair, true, args.json, false, None).await?;
@@ -401,7 +409,16 @@ pub async fn submit(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<
     }
     let inputs = crate::repair::inputs(&args, cfg, workspace)?;
     let bus = connect(&url, &args.auth, cfg).await?;
-    let s = submit_request(&bus, &args, cfg, inputs.log, &inputs.source, workspace).await?;
+    let s = submit_request(
+        &bus,
+        &args,
+        cfg,
+        inputs.log,
+        &inputs.source,
+        workspace,
+        true,
+    )
+    .await?;
     if args.json {
         println!(
             "{}",

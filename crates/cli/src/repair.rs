@@ -257,7 +257,12 @@ pub(crate) fn request(
         analyze_only: args.analyze,
         requested_at_ms: vocab::now_ms(),
         no_rebuild: args.no_rebuild,
-        origin: Some(crate::ci::origin(&args.origin)).filter(|o| !o.is_empty()),
+        // Embedded repairs are never de-duplicated; `remote` sets the key it used.
+        origin: Some(proto::messages::Origin {
+            dedup_key: None,
+            ..crate::ci::origin(&args.origin)
+        })
+        .filter(|o| !o.is_empty()),
     }
 }
 
