@@ -21,9 +21,10 @@ pub struct OriginArgs {
     #[arg(long, value_name = "URL")]
     pub job_url: Option<String>,
     /// Submit at most one repair per KEY: a second submit with the same key (a retried CI
-    /// job) prints the first one's repair id and starts nothing (default in GitHub Actions:
-    /// repository, run id and job; in GitLab CI: project, pipeline id and job name; elsewhere
-    /// none). Give a matrix job's legs keys of their own.
+    /// job) prints the first one's repair id and starts nothing. `coval submit` defaults to
+    /// the CI's run: in GitHub Actions repository, run id and job, in GitLab CI project,
+    /// pipeline id and job name (give a matrix job's legs keys of their own); `repair --nats`
+    /// de-duplicates only with this flag
     #[arg(long, value_name = "KEY")]
     pub dedup_key: Option<String>,
     /// Do not de-duplicate, even in CI: every submit starts a repair
