@@ -368,3 +368,94 @@ fn one_trace_per_repair_across_six_worker_processes_reaches_an_otlp_receiver() -
     );
     Ok(())
 }
+
+/// The fix stage, failing its first delivery of each input with a retry.
+struct FlakyFix {
+    calls: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl runtime::Handler for FlakyFix {
+    fn stage(&self) -> Stage {
+        Stage::Fix
+    }
+    async fn handle(&self, _: Input) -> runtime::Outcome {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return runtime::Outcome::Retry {
+                after: Some(Duration::from_millis(10)),
+                reason: "flaky".into(),
+            };
+        }
+        runtime::Outcome::Skip("done".into())
+    }
+}
+
+/// A retried input counts as failed (reason `retry`) and its next delivery as redelivered, in
+/// what the OTLP receiver gets. This process's global meter provider is shared with the other
+/// tests running beside it, so only the fix stage is asserted: no other test retries fix.
+#[test]
+fn a_retry_counts_as_failed_and_the_next_delivery_as_redelivered() -> Result<()> {
+    use coval_tests::otlp::Receiver;
+    let rx = Receiver::start()?;
+    let meters = telemetry::meter_provider_to(
+        "coval-metrics-test",
+        &rx.endpoint,
+        Duration::from_secs(3600),
+    )?;
+    opentelemetry::global::set_meter_provider(meters.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    rt.block_on(async {
+        let bus = bus::memory::MemoryBus::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(runtime::run(
+            bus.clone(),
+            Arc::new(FlakyFix {
+                calls: calls.clone(),
+            }),
+            Arc::new(runtime::NoLedger),
+            test_bus_config(),
+            Arc::new(Stats::default()),
+            stop.clone(),
+        ));
+        let repair = RepairId::new();
+        let mut m = Message::RepairRequested(request(repair));
+        for s in [Stage::Triage, Stage::Decision, Stage::Mre] {
+            m = coval_tests::advance(s, &m).context("advance")?;
+        }
+        bus.publish(&Envelope::origin(m.kind(), repair), m).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while calls.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no redelivery");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await??;
+        anyhow::Ok(())
+    })?;
+    meters.force_flush()?;
+    let points = rx.points();
+    let fix = |metric: &str, extra: Option<(&str, &str)>| {
+        points
+            .iter()
+            .filter(|p| {
+                p.metric == metric
+                    && p.attributes.get("stage").map(String::as_str) == Some("fix")
+                    && extra.is_none_or(|(k, v)| p.attributes.get(k).map(String::as_str) == Some(v))
+            })
+            .map(|p| p.value)
+            .fold(0.0, f64::max)
+    };
+    anyhow::ensure!(
+        fix("coval.stage.failed", Some(("reason", "retry"))) >= 1.0,
+        "retry not counted: {points:#?}"
+    );
+    anyhow::ensure!(
+        fix("coval.stage.redelivered", None) >= 1.0,
+        "redelivery not counted"
+    );
+    anyhow::ensure!(fix("coval.stage.handled", Some(("outcome", "retry"))) >= 1.0);
+    anyhow::ensure!(fix("coval.stage.handled", Some(("outcome", "skip"))) >= 1.0);
+    Ok(())
+}
