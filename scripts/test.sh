@@ -59,6 +59,7 @@ node --check crates/sandbox/src/warm_node.js
 # wrapper.sh has no shebang: its bytes are exactly the script the sandbox runs with `sh -c`.
 shellcheck --shell=sh crates/sandbox/src/docker/wrapper.sh
 shellcheck scripts/*.sh
+shellcheck --shell=sh deploy/ci/coval-ci.sh
 /usr/bin/python3 -m pytest -q -p no:cacheprovider crates/sandbox/tests/test_protocol.py
 node --test crates/sandbox/tests/protocol.test.js
 

@@ -117,6 +117,12 @@ impl Namespace {
         format!("{}-reports", self.0)
     }
 
+    /// The key-value bucket recording CI submissions by de-duplication key (`coval submit
+    /// --dedup-key`, or the CI run's id), so a retried job does not start a second repair.
+    pub fn submission_bucket(&self) -> String {
+        format!("{}-submissions", self.0)
+    }
+
     /// Request-reply subject the ledger's owner (the integration worker) answers status on.
     pub fn status_subject(&self) -> String {
         format!("{}.ledger.status", self.0)

@@ -3,6 +3,7 @@
 
 mod architecture;
 mod bus;
+mod ci;
 mod crash;
 mod mre;
 mod patch;

@@ -55,6 +55,7 @@ async fn mre_for(
         analyze_only: false,
         requested_at_ms: 0,
         no_rebuild: false,
+        origin: None,
     };
     let ws = tempfile::tempdir()?;
     let stage = mre::handler::MreStage {

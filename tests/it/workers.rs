@@ -11,26 +11,26 @@ use anyhow::{Context, Result, bail, ensure};
 use coval_tests::{NatsServer, SyncMode, ensure_host_pytest, repo_root, workspace_binary};
 use futures::StreamExt;
 
-const STAGES: [&str; 6] = ["triage", "decision", "mre", "fix", "validate", "integrate"];
+pub(crate) const STAGES: [&str; 6] = ["triage", "decision", "mre", "fix", "validate", "integrate"];
 
 /// One worker process; its stderr goes to a log file the test reads.
-struct WorkerProc {
-    name: String,
-    child: Child,
+pub(crate) struct WorkerProc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl WorkerProc {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then the exit status (a worker drains and exits 0).
-    fn stop(mut self) -> Result<std::process::ExitStatus> {
+    pub(crate) fn stop(mut self) -> Result<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -56,16 +56,16 @@ impl Drop for WorkerProc {
 }
 
 /// A distributed deployment for one test: its namespace, its NATS, its workers' workspaces.
-struct Cluster {
-    nats: NatsServer,
-    ns: String,
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    workers: Vec<WorkerProc>,
+pub(crate) struct Cluster {
+    pub(crate) nats: NatsServer,
+    pub(crate) ns: String,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) workers: Vec<WorkerProc>,
 }
 
 impl Cluster {
-    fn new(ns: &str, extra_env: &[(&str, &str)]) -> Result<Cluster> {
+    pub(crate) fn new(ns: &str, extra_env: &[(&str, &str)]) -> Result<Cluster> {
         ensure_host_pytest()?;
         let nats = NatsServer::start(SyncMode::Default)?;
         let mut env: Vec<(String, String)> = vec![
@@ -92,7 +92,7 @@ impl Cluster {
 
     /// Starts `coval-<stage>` with its own workspace (`workers/<stage>` unless `workspace`
     /// names a shared one) and waits until it says it is ready.
-    fn start(&mut self, stage: &str, copy: usize) -> Result<()> {
+    pub(crate) fn start(&mut self, stage: &str, copy: usize) -> Result<()> {
         let name = format!("{stage}-{copy}");
         let bin = workspace_binary(&format!("coval-{stage}"))?;
         let ws = self.dir.path().join("ws").join(stage);
@@ -118,9 +118,12 @@ impl Cluster {
         Ok(())
     }
 
-    fn coval(&self) -> Result<Command> {
+    pub(crate) fn coval(&self) -> Result<Command> {
         let mut c = Command::new(workspace_binary("coval")?);
+        // Run in a CI of its own, a test's submissions must not be taken for a retried job.
         c.current_dir(self.dir.path())
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITLAB_CI")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--workspace")
             .arg(self.dir.path().join("client"));
@@ -128,7 +131,7 @@ impl Cluster {
     }
 
     /// The integration worker's ledger, through `coval status --nats --json`.
-    fn ledger(&self) -> Result<serde_json::Value> {
+    pub(crate) fn ledger(&self) -> Result<serde_json::Value> {
         let out = self
             .coval()?
             .args(["status", "--json", "--nats", &self.nats.url])
@@ -142,7 +145,7 @@ impl Cluster {
     }
 
     /// Waits until the ledger has `n` completed repairs.
-    fn wait_completed(&self, n: usize, within: Duration) -> Result<serde_json::Value> {
+    pub(crate) fn wait_completed(&self, n: usize, within: Duration) -> Result<serde_json::Value> {
         let deadline = Instant::now() + within;
         loop {
             let l = self.ledger()?;
@@ -164,7 +167,7 @@ impl Cluster {
     }
 
     /// The last lines of each worker's log, for a failure message.
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.workers
             .iter()
             .map(|w| format!("--- {}\n{}", w.name, tail(&w.log_text(), 30)))
@@ -173,7 +176,7 @@ impl Cluster {
     }
 
     /// How many `repair_completed` events each repair has in the event stream.
-    fn completions(&self) -> Result<HashMap<String, usize>> {
+    pub(crate) fn completions(&self) -> Result<HashMap<String, usize>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -204,7 +207,7 @@ fn tail(s: &str, n: usize) -> String {
 
 /// A copy of the example project shipped in `examples/inventory` (a real multi-file Python
 /// project with a one-line bug), optionally slowed down so each test run takes longer.
-fn project(dir: &Path, slow_secs: Option<f64>) -> Result<PathBuf> {
+pub(crate) fn project(dir: &Path, slow_secs: Option<f64>) -> Result<PathBuf> {
     let dst = dir.join("inventory");
     let src = repo_root().join("examples/inventory");
     let status = Command::new("cp").arg("-r").arg(&src).arg(&dst).status()?;
@@ -218,7 +221,7 @@ fn project(dir: &Path, slow_secs: Option<f64>) -> Result<PathBuf> {
     Ok(dst)
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status.code(),

@@ -2,6 +2,7 @@
 //! benchmarks: a real nats-server per test (killed on drop), and no-op stage handlers that
 //! advance a repair through all six stages with the real message types.
 
+pub mod otlp;
 pub mod real;
 
 use std::net::TcpListener;
@@ -51,15 +52,32 @@ pub fn free_port() -> Result<u16> {
 
 impl NatsServer {
     pub fn start(sync: SyncMode) -> Result<NatsServer> {
-        let dir = tempfile::tempdir()?;
+        Self::start_with(sync, "", "nats")
+    }
+
+    /// A server whose configuration also has `extra` (an `authorization` or `tls` block,
+    /// say); `scheme` is the URL's (`nats` or `tls`). `{dir}` in `extra` is the server's
+    /// own directory (certificates a test put there with [`NatsServer::start_in`]).
+    pub fn start_with(sync: SyncMode, extra: &str, scheme: &str) -> Result<NatsServer> {
+        Self::start_in(tempfile::tempdir()?, sync, extra, scheme)
+    }
+
+    /// [`start_with`](Self::start_with) in a directory the caller prepared.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        sync: SyncMode,
+        extra: &str,
+        scheme: &str,
+    ) -> Result<NatsServer> {
         let port = free_port()?;
         let sync_line = match sync {
             SyncMode::Default => String::new(),
             SyncMode::Always => "  sync_interval: always\n".into(),
         };
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: coval-test-{port}\njetstream {{\n  store_dir: \"{}\"\n{sync_line}}}\n",
-            dir.path().join("js").display()
+            "listen: 127.0.0.1:{port}\nserver_name: coval-test-{port}\njetstream {{\n  store_dir: \"{}\"\n{sync_line}}}\n{}\n",
+            dir.path().join("js").display(),
+            extra.replace("{dir}", &dir.path().display().to_string())
         );
         let conf_path = dir.path().join("nats.conf");
         std::fs::write(&conf_path, conf)?;
@@ -74,7 +92,7 @@ impl NatsServer {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let server = NatsServer {
             child,
-            url: format!("nats://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             _dir: dir,
         };
@@ -133,6 +151,7 @@ pub fn request(repair_id: RepairId) -> RepairRequested {
         analyze_only: false,
         requested_at_ms: vocab::now_ms(),
         no_rebuild: false,
+        origin: None,
     }
 }
 

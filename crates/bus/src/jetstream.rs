@@ -15,6 +15,137 @@ use proto::{Envelope, Message, Stage};
 use crate::{Bus, BusError, Delivery, Poison, Published, Subscription};
 use settings::BusConfig;
 
+/// How to prove who we are to NATS, and how to trust the server: flags, or the environment
+/// variables the `nats` command-line tool reads. A URL may also carry `user:password@`.
+/// One way of authenticating at a time; TLS combines with any of them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NatsAuth {
+    /// NATS user name (with --nats-password)
+    #[arg(long = "nats-user", env = "NATS_USER", value_name = "USER")]
+    pub user: Option<String>,
+    /// NATS password of --nats-user
+    #[arg(
+        long = "nats-password",
+        env = "NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// NATS authentication token
+    #[arg(
+        long = "nats-token",
+        env = "NATS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// NATS credentials file (a user JWT and its nkey seed, as `nsc` writes them)
+    #[arg(long = "nats-creds", env = "NATS_CREDS", value_name = "FILE")]
+    pub creds: Option<std::path::PathBuf>,
+    /// File holding a NATS user nkey seed (`SU…`)
+    #[arg(long = "nats-nkey", env = "NATS_NKEY", value_name = "FILE")]
+    pub nkey: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) to trust the NATS server's TLS certificate with; requires TLS
+    #[arg(long = "nats-ca", env = "NATS_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication (with --nats-key)
+    #[arg(long = "nats-cert", env = "NATS_CERT", value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --nats-cert
+    #[arg(long = "nats-key", env = "NATS_KEY", value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl NatsAuth {
+    /// `options` with these credentials; an error (bad input: a missing file, a password
+    /// without a user, two ways of authenticating) says which flag to fix.
+    pub async fn apply(
+        &self,
+        mut o: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, String> {
+        let ways: Vec<&str> = [
+            (self.user.is_some(), "--nats-user"),
+            (self.token.is_some(), "--nats-token"),
+            (self.creds.is_some(), "--nats-creds"),
+            (self.nkey.is_some(), "--nats-nkey"),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name)
+        .collect();
+        if ways.len() > 1 {
+            return Err(format!(
+                "{} are given (as flags or NATS_* variables): pass one way of authenticating",
+                ways.join(" and ")
+            ));
+        }
+        let readable = |p: &std::path::Path, flag: &str| -> Result<(), String> {
+            std::fs::metadata(p)
+                .map(|_| ())
+                .map_err(|e| format!("{flag} {}: {e}", p.display()))
+        };
+        match (&self.user, &self.password) {
+            (Some(u), p) => {
+                o = o.user_and_password(u.clone(), p.clone().unwrap_or_default());
+            }
+            (None, Some(_)) => {
+                return Err("--nats-password (NATS_PASSWORD) needs --nats-user (NATS_USER)".into());
+            }
+            (None, None) => {}
+        }
+        if let Some(t) = &self.token {
+            o = o.token(t.clone());
+        }
+        if let Some(c) = &self.creds {
+            readable(c, "--nats-creds")?;
+            o = o
+                .credentials_file(c)
+                .await
+                .map_err(|e| format!("--nats-creds {}: {e}", c.display()))?;
+        }
+        if let Some(k) = &self.nkey {
+            let seed = std::fs::read_to_string(k)
+                .map_err(|e| format!("--nats-nkey {}: {e}", k.display()))?;
+            let seed = seed
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("SU"))
+                .ok_or_else(|| {
+                    format!(
+                        "--nats-nkey {}: no user nkey seed (a line starting with SU) in it",
+                        k.display()
+                    )
+                })?;
+            o = o.nkey(seed.to_owned());
+        }
+        if let Some(ca) = &self.ca {
+            readable(ca, "--nats-ca")?;
+            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                readable(c, "--nats-cert")?;
+                readable(k, "--nats-key")?;
+                o = o
+                    .add_client_certificate(c.clone(), k.clone())
+                    .require_tls(true);
+            }
+            (None, None) => {}
+            _ => return Err("--nats-cert and --nats-key (NATS_CERT, NATS_KEY) go together".into()),
+        }
+        Ok(o)
+    }
+}
+
+/// Who connects: a worker makes sure the streams exist with the configured settings; a
+/// client (`submit`, `watch`, `status`) creates them only when they are missing, so a
+/// publish-only identity that may not change streams can submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Worker,
+    Client,
+}
+
 /// Connection and stream settings, from the `bus` section of the configuration.
 #[derive(Clone)]
 pub struct JetStreamBus {
@@ -42,7 +173,37 @@ impl JetStreamBus {
     }
 
     pub async fn connect(url: &str, ns: Namespace, cfg: BusConfig) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        Self::connect_with(url, ns, cfg, &NatsAuth::default(), Role::Worker).await
+    }
+
+    /// [`connect`](Self::connect) with credentials, as a worker or as a client.
+    pub async fn connect_with(
+        url: &str,
+        ns: Namespace,
+        cfg: BusConfig,
+        auth: &NatsAuth,
+        role: Role,
+    ) -> Result<Self, BusError> {
+        // The server's last complaint (a refused password, a TLS failure), so a connection
+        // that never comes up says why instead of only timing out.
+        let complaint: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let heard = complaint.clone();
+        let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+            let heard = heard.clone();
+            async move {
+                match event {
+                    async_nats::Event::ServerError(e) => {
+                        *heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    }
+                    async_nats::Event::ClientError(e) => {
+                        *heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let options = auth.apply(options).await.map_err(BusError::Auth)?;
+        let client = options
             .name("coval")
             .connection_timeout(Duration::from_secs(5))
             .retry_on_initial_connect()
@@ -60,7 +221,13 @@ impl JetStreamBus {
         .await
         .map_err(|_| BusError::Connect {
             url: url.to_owned(),
-            reason: format!("no answer within {} s", cfg.connect_timeout_secs),
+            reason: match complaint.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(c) => format!(
+                    "not connected within {} s; the server said: {c}",
+                    cfg.connect_timeout_secs
+                ),
+                None => format!("no answer within {} s", cfg.connect_timeout_secs),
+            },
         })?
         .map_err(|e| BusError::Connect {
             url: url.to_owned(),
@@ -74,7 +241,12 @@ impl JetStreamBus {
             ns,
             cfg,
         };
-        bus.ensure_streams().await?;
+        let present = role == Role::Client
+            && bus.js.get_stream(bus.ns.work_stream()).await.is_ok()
+            && bus.js.get_stream(bus.ns.event_stream()).await.is_ok();
+        if !present {
+            bus.ensure_streams().await?;
+        }
         Ok(bus)
     }
 
@@ -183,6 +355,67 @@ impl JetStreamBus {
         s.get_or_create_consumer(&name, config)
             .await
             .map_err(|e| err(e.to_string()))
+    }
+}
+
+/// What a stage's consumer holds, as the server counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerLoad {
+    /// Messages in the queue not yet delivered to any worker.
+    pub pending: u64,
+    /// Messages delivered to a worker and not yet acknowledged (in hand, or of a worker that
+    /// died and whose ack wait has not run out).
+    pub ack_pending: u64,
+    /// Pull requests waiting for messages: idle workers.
+    pub waiting: u64,
+}
+
+impl ConsumerLoad {
+    /// Some worker is bound to the stage: one waits for work (a pull request is open) or
+    /// holds messages. A busy worker has no pull open while all its slots are taken, so
+    /// waiting pulls alone would call it absent.
+    pub fn has_workers(&self) -> bool {
+        self.waiting > 0 || self.ack_pending > 0
+    }
+}
+
+impl JetStreamBus {
+    /// The load of `stage`'s consumer; `None` when the stream or the consumer does not exist
+    /// (no worker of the stage ever started) or the server does not answer.
+    pub async fn consumer_load(&self, stage: Stage) -> Option<ConsumerLoad> {
+        let stream = self.js.get_stream(self.ns.work_stream()).await.ok()?;
+        let info = stream.consumer_info(self.ns.consumer(stage)).await.ok()?;
+        Some(ConsumerLoad {
+            pending: info.num_pending,
+            ack_pending: u64::try_from(info.num_ack_pending).unwrap_or(0),
+            waiting: u64::try_from(info.num_waiting).unwrap_or(0),
+        })
+    }
+}
+
+impl JetStreamBus {
+    /// The key-value bucket of CI submissions (see [`Namespace::submission_bucket`]),
+    /// created when missing; records live as long as dead letters
+    /// (`bus.dead_letter_max_age_hours`), long past any duplicate window.
+    pub async fn submissions(&self) -> Result<jetstream::kv::Store, BusError> {
+        let name = self.ns.submission_bucket();
+        if let Ok(kv) = self.js.get_key_value(&name).await {
+            return Ok(kv);
+        }
+        self.js
+            .create_key_value(jetstream::kv::Config {
+                bucket: name.clone(),
+                description: "coval submissions by de-duplication key".into(),
+                history: 1,
+                max_age: Duration::from_secs(self.cfg.dead_letter_max_age_hours * 3600),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Setup {
+                what: format!("bucket {name}"),
+                reason: e.to_string(),
+            })
     }
 }
 

@@ -25,6 +25,8 @@ pub enum BusError {
         "cannot reach NATS at {url}: {reason}; start it with `scripts/dev-services.sh up` or pass --nats URL"
     )]
     Connect { url: String, reason: String },
+    #[error("NATS credentials: {0}")]
+    Auth(String),
     #[error("JetStream setup failed for {what}: {reason}")]
     Setup { what: String, reason: String },
     #[error("publish to `{subject}` failed: {reason}")]
@@ -42,7 +44,10 @@ pub enum BusError {
 impl BusError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, BusError::Encode(_) | BusError::Closed)
+        !matches!(
+            self,
+            BusError::Encode(_) | BusError::Closed | BusError::Auth(_)
+        )
     }
 }
 

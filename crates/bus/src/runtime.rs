@@ -110,6 +110,57 @@ impl Ledger for NoLedger {
     }
 }
 
+/// The stage metrics exported over OTLP (through the global meter provider, which
+/// `telemetry` sets only when an exporter is configured; otherwise recording is a no-op).
+/// Every point carries the `stage` attribute.
+struct Meters {
+    /// Inputs the handler ran on (attribute `outcome`: publish, skip, retry, reject).
+    handled: opentelemetry::metrics::Counter<u64>,
+    /// Inputs that were retried or dead-lettered (attribute `reason`).
+    failed: opentelemetry::metrics::Counter<u64>,
+    /// Deliveries after the first (a worker died, an ack was lost, a retry).
+    redelivered: opentelemetry::metrics::Counter<u64>,
+    /// How long the handler ran, in seconds.
+    duration: opentelemetry::metrics::Histogram<f64>,
+    stage: opentelemetry::KeyValue,
+}
+
+impl Meters {
+    fn new(stage: Stage) -> Meters {
+        let m = opentelemetry::global::meter("coval");
+        Meters {
+            handled: m
+                .u64_counter("coval.stage.handled")
+                .with_description("inputs a stage's handler ran on")
+                .build(),
+            failed: m
+                .u64_counter("coval.stage.failed")
+                .with_description("inputs retried or dead-lettered")
+                .build(),
+            redelivered: m
+                .u64_counter("coval.stage.redelivered")
+                .with_description("deliveries after the first")
+                .build(),
+            duration: m
+                .f64_histogram("coval.stage.handler.duration")
+                .with_unit("s")
+                .with_description("time a stage's handler took per input")
+                .build(),
+            stage: opentelemetry::KeyValue::new("stage", stage.as_str()),
+        }
+    }
+
+    fn failed(&self, reason: &'static str) {
+        self.failed.add(
+            1,
+            &[
+                self.stage.clone(),
+                opentelemetry::KeyValue::new("reason", reason),
+            ],
+        );
+    }
+}
+
 /// Counters of one stage runtime.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -126,6 +177,7 @@ struct Shared<B, H> {
     ledger: Arc<dyn Ledger>,
     cfg: BusConfig,
     stats: Arc<Stats>,
+    meters: Meters,
 }
 
 /// Run `handler` on `bus` until `shutdown` is cancelled or the subscription ends.
@@ -145,6 +197,7 @@ pub async fn run<B: Bus, H: Handler>(
         ledger,
         cfg,
         stats,
+        meters: Meters::new(stage),
     });
     let slots = Arc::new(Semaphore::new(shared.cfg.concurrency.max(1)));
     let mut tasks = JoinSet::new();
@@ -184,6 +237,11 @@ pub async fn run<B: Bus, H: Handler>(
 async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     let stage = s.handler.stage();
     let delivered = d.delivered();
+    if delivered > 1 {
+        s.meters
+            .redelivered
+            .add(1, std::slice::from_ref(&s.meters.stage));
+    }
     let (envelope, message) = match d.open() {
         Ok(x) => x,
         Err(p) => {
@@ -224,9 +282,15 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         repair = %envelope.repair_id,
         message = %envelope.message_id,
         delivered,
+        trace_id = tracing::field::Empty,
     );
     let parent = TraceContextPropagator::new().extract(&EnvelopeHeaders(&envelope));
     let _ = span.set_parent(parent);
+    // The trace id in the span's fields, so JSON log lines name it beside the repair id.
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
 
     let input = Input {
         envelope: envelope.clone(),
@@ -234,6 +298,7 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         delivered,
     };
     // A panicking handler is a failed attempt, not a dead worker.
+    let started = std::time::Instant::now();
     let task = std::panic::AssertUnwindSafe(s.handler.handle(input).instrument(span.clone()))
         .catch_unwind();
     tokio::pin!(task);
@@ -264,6 +329,26 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         }
     };
     s.stats.handled.fetch_add(1, Ordering::Relaxed);
+    let took = started.elapsed();
+    let label = match &outcome {
+        Outcome::Publish(_) => "publish",
+        Outcome::Skip(_) => "skip",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Reject(_) => "reject",
+    };
+    s.meters
+        .duration
+        .record(took.as_secs_f64(), std::slice::from_ref(&s.meters.stage));
+    s.meters.handled.add(
+        1,
+        &[
+            s.meters.stage.clone(),
+            opentelemetry::KeyValue::new("outcome", label),
+        ],
+    );
+    span.in_scope(
+        || tracing::info!(%stage, outcome = label, elapsed_ms = took.as_millis() as u64, "handled"),
+    );
 
     match outcome {
         Outcome::Publish(messages) => {
@@ -347,6 +432,7 @@ async fn retry<B: Bus, H: Handler>(
         return;
     }
     s.stats.retried.fetch_add(1, Ordering::Relaxed);
+    s.meters.failed("retry");
     let delay = after.unwrap_or_else(|| s.cfg.backoff(delivered));
     tracing::warn!(%stage, message = %env.message_id, delivered, delay_ms = delay.as_millis() as u64, %reason, "will retry");
     if let Err(e) = d.nak(delay).await {
@@ -401,6 +487,7 @@ async fn dead_letter<B: Bus, H: Handler>(
     match s.bus.publish(&dl_env, Message::DeadLetter(record)).await {
         Ok(_) => {
             s.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            s.meters.failed("dead_letter");
             if let Err(e) = d.term().await {
                 tracing::warn!(%stage, error = %e, "term failed");
             }
@@ -450,6 +537,14 @@ fn inject_trace(span: &Span, input: &Envelope, out: &mut Envelope) {
     } else {
         out.traceparent = input.traceparent.clone();
         out.tracestate = input.tracestate.clone();
+    }
+}
+
+/// Start a repair's trace from an OpenTelemetry context (a client's span) made without
+/// `tracing`.
+pub fn inject_context(cx: &opentelemetry::Context, env: &mut Envelope) {
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(cx, &mut EnvelopeHeadersMut(env));
     }
 }
 

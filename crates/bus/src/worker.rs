@@ -44,6 +44,8 @@ pub struct WorkerArgs {
     /// Subject prefix (default: bus.namespace from the configuration)
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+    #[command(flatten)]
+    pub auth: crate::jetstream::NatsAuth,
 }
 
 /// The command line of a `coval-<stage>` binary.
@@ -134,13 +136,24 @@ impl Worker {
                 args.nats
             ))
         })?;
-        let bus = JetStreamBus::connect(&args.nats, ns.clone(), config.settings.bus.clone())
+        let bus = JetStreamBus::connect_with(
+            &args.nats,
+            ns.clone(),
+            config.settings.bus.clone(),
+            &args.auth,
+            crate::jetstream::Role::Worker,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::BusError::Auth(_) => WorkerError::Config(e.to_string()),
+            e => WorkerError::Unreachable(format!(
+                "{e}; start a nats-server with JetStream (scripts/dev-services.sh up) or pass --nats URL"
+            )),
+        })?;
+        // Made here, so a CI identity that may not create buckets finds it.
+        bus.submissions()
             .await
-            .map_err(|e| {
-                WorkerError::Unreachable(format!(
-                    "{e}; start a nats-server with JetStream (scripts/dev-services.sh up) or pass --nats URL"
-                ))
-            })?;
+            .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
         let snapshots = Bucket::open(bus.context(), &ns.snapshot_bucket())
             .await
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
@@ -222,6 +235,13 @@ impl Worker {
             }
             Ok(())
         }));
+        if telemetry::metrics_enabled() {
+            let (bus, stop, stage) = (self.bus.clone(), self.stop.clone(), handler.stage());
+            self.tasks.push(tokio::spawn(async move {
+                report_lag(bus, stage, stop).await;
+                Ok(())
+            }));
+        }
         let h = Announce::new(handler, Some(self.name.clone())).with_interim(interim);
         self.tasks.push(tokio::spawn(async move {
             runtime::run(
@@ -283,6 +303,34 @@ impl Worker {
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// How often the consumer lag is sampled for the `coval.stage.consumer.lag` gauge.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// Samples the stage's consumer: messages waiting for any copy of the stage (`lag`) and
+/// messages delivered but not yet acknowledged (`coval.stage.in_flight`), as gauges.
+async fn report_lag(bus: JetStreamBus, stage: Stage, stop: CancellationToken) {
+    let meter = opentelemetry::global::meter("coval");
+    let lag = meter
+        .u64_gauge("coval.stage.consumer.lag")
+        .with_description("messages in the stage's queue not yet delivered to any worker")
+        .build();
+    let in_flight = meter
+        .u64_gauge("coval.stage.in_flight")
+        .with_description("messages delivered to the stage's workers and not yet acknowledged")
+        .build();
+    let attrs = [opentelemetry::KeyValue::new("stage", stage.as_str())];
+    loop {
+        if let Some(load) = bus.consumer_load(stage).await {
+            lag.record(load.pending, &attrs);
+            in_flight.record(load.ack_pending, &attrs);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(LAG_EVERY) => {}
         }
     }
 }

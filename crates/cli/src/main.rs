@@ -11,6 +11,7 @@ use settings::LoadOptions;
 use telemetry::LogFormat;
 
 mod apply;
+mod ci;
 mod deploy;
 mod env;
 mod generate;
@@ -126,6 +127,8 @@ enum Command {
         /// Ask the integration worker on this NATS server for its ledger instead
         #[arg(long, value_name = "URL")]
         nats: Option<String>,
+        #[command(flatten)]
+        auth: bus::jetstream::NatsAuth,
     },
     /// Remove all but the newest N iterations (asks first on a terminal)
     Cleanup {
@@ -188,8 +191,11 @@ fn main() -> ExitCode {
         Command::Status {
             json,
             nats: Some(url),
-        } => block_on(remote::status(&url, &cfg, json)),
-        Command::Status { json, nats: None } => done(status::status(
+            auth,
+        } => block_on(remote::status(&url, &auth, &cfg, json)),
+        Command::Status {
+            json, nats: None, ..
+        } => done(status::status(
             &cli.global.workspace,
             cli.global.verbose > 0,
             json,

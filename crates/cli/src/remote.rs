@@ -20,7 +20,11 @@ use store::projects::{self, Bucket, ProjectError};
 use crate::exit::{self, Failure};
 use crate::repair::{EngineArg, RepairArgs};
 
-async fn connect(url: &str, cfg: &Config) -> Result<JetStreamBus, Failure> {
+async fn connect(
+    url: &str,
+    auth: &bus::jetstream::NatsAuth,
+    cfg: &Config,
+) -> Result<JetStreamBus, Failure> {
     JetStreamBus::check_url(url).map_err(|e| {
         Failure::input(format!(
             "--nats {url:?} is not a NATS server URL: {e}; write it as nats://HOST:PORT"
@@ -28,13 +32,20 @@ async fn connect(url: &str, cfg: &Config) -> Result<JetStreamBus, Failure> {
     })?;
     let ns = Namespace::new(&cfg.settings.bus.namespace)
         .map_err(|e| Failure::input(format!("bus.namespace: {e}")))?;
-    JetStreamBus::connect(url, ns, cfg.settings.bus.clone())
-        .await
-        .map_err(|e| {
-            Failure::unreachable(format!(
-                "{e}; start the workers' nats-server (scripts/dev-services.sh up) or run without --nats to repair embedded"
-            ))
-        })
+    JetStreamBus::connect_with(
+        url,
+        ns,
+        cfg.settings.bus.clone(),
+        auth,
+        bus::jetstream::Role::Client,
+    )
+    .await
+    .map_err(|e| match e {
+        bus::BusError::Auth(_) => Failure::input(e.to_string()),
+        e => Failure::unreachable(format!(
+            "{e}; start the workers' nats-server (scripts/dev-services.sh up) or run without --nats to repair embedded"
+        )),
+    })
 }
 
 fn project_failure(e: ProjectError) -> Failure {
@@ -49,8 +60,49 @@ fn project_failure(e: ProjectError) -> Failure {
 struct Submitted {
     repair_id: RepairId,
     snapshot: Vec<u8>,
+    /// The de-duplication key had been submitted before: nothing new was started.
+    duplicate: bool,
 }
 
+/// What the submissions bucket remembers of one de-duplication key. `published` is set
+/// once the request is stored in the work stream; a submit that finds it unset (the first
+/// one died in between) publishes the same request again, with the same ids.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SubmissionRecord {
+    repair_id: RepairId,
+    message_id: proto::MessageId,
+    published: bool,
+    submitted_at_ms: u64,
+}
+
+/// The bucket key of a de-duplication key: its SHA-256 (keys allow only a few characters).
+fn submission_key(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The record of `key`, if any.
+async fn submission(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &str,
+) -> Result<Option<SubmissionRecord>, Failure> {
+    let entry = kv
+        .entry(key)
+        .await
+        .map_err(|e| Failure::unreachable(format!("cannot read the submissions bucket: {e}")))?;
+    Ok(entry
+        .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+        .and_then(|e| serde_json::from_slice(&e.value).ok()))
+}
+
+fn record_bytes(r: &SubmissionRecord) -> bytes::Bytes {
+    serde_json::to_vec(r).unwrap_or_default().into()
+}
+
+/// `ci_key`: whether the CI's own run and job may be the de-duplication key (`coval submit`);
+/// `coval repair --nats` de-duplicates only on an explicit `--dedup-key`, since one CI job
+/// may well run several repairs.
 async fn submit_request(
     bus: &JetStreamBus,
     args: &RepairArgs,
@@ -58,6 +110,7 @@ async fn submit_request(
     log: String,
     source: &Path,
     workspace: &Path,
+    ci_key: bool,
 ) -> Result<Submitted, Failure> {
     let limit = cfg.settings.bus.snapshot_max_bytes;
     let src = source.to_owned();
@@ -67,10 +120,68 @@ async fn submit_request(
             .await
             .map_err(|e| Failure::internal(format!("snapshot task failed: {e}")))?
             .map_err(project_failure)?;
+    let mut origin = crate::ci::origin(&args.origin);
+    if !ci_key && args.origin.dedup_key.is_none() {
+        origin.dedup_key = None;
+    }
+    // A retried CI job submits the same key: the first submission's repair is the answer.
+    // The record outlives JetStream's duplicate window (bus.dead_letter_max_age_hours).
+    let mut claim = None;
+    let (repair_id, message_id) = match &origin.dedup_key {
+        None => (RepairId::new(), proto::MessageId::new()),
+        Some(key) => {
+            let kv = bus.submissions().await.map_err(|e| {
+                Failure::unreachable(format!("{e}; a worker creates it when it starts"))
+            })?;
+            let k = submission_key(key);
+            let mut found = submission(&kv, &k).await?;
+            if found.is_none() {
+                let fresh = SubmissionRecord {
+                    repair_id: RepairId::new(),
+                    message_id: proto::MessageId::new(),
+                    published: false,
+                    submitted_at_ms: vocab::now_ms(),
+                };
+                match kv.create(&k, record_bytes(&fresh)).await {
+                    Ok(_) => found = Some(fresh),
+                    // Another submit with this key got there first: take its record.
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists =>
+                    {
+                        found = submission(&kv, &k).await?;
+                    }
+                    Err(e) => {
+                        return Err(Failure::unreachable(format!(
+                            "cannot record the submission: {e}"
+                        )));
+                    }
+                }
+            }
+            let record = found.ok_or_else(|| {
+                Failure::unreachable(format!(
+                    "the submission of {key:?} is recorded but unreadable; pass --dedup-key with another key"
+                ))
+            })?;
+            if record.published {
+                eprintln!(
+                    "note: {key:?} was submitted before as {}; not starting another repair (--no-dedup starts one)",
+                    record.repair_id
+                );
+                return Ok(Submitted {
+                    repair_id: record.repair_id,
+                    snapshot,
+                    duplicate: true,
+                });
+            }
+            let ids = (record.repair_id, record.message_id);
+            claim = Some((kv, k, record));
+            ids
+        }
+    };
     let bucket = Bucket::open(bus.context(), &bus.namespace().snapshot_bucket())
         .await
         .map_err(project_failure)?;
-    let repair_id = RepairId::new();
     let project = bucket
         .put_snapshot(&repair_id, &snapshot)
         .await
@@ -81,30 +192,58 @@ async fn submit_request(
         EngineArg::Search => EngineChoice::Search,
     };
     // Iteration ids are the local workspace's; the workers' ledger has its own.
-    let request = crate::repair::request(args, cfg, repair_id, project, log, None, engine);
+    let mut request = crate::repair::request(args, cfg, repair_id, project, log, None, engine);
+    request.origin = Some(origin).filter(|o| !o.is_empty());
     warn_if_no_workers(bus).await;
     let mut envelope = Envelope::origin(Kind::RepairRequested, repair_id);
-    bus::runtime::inject_current_trace(&mut envelope);
-    bus.publish(&envelope, Message::RepairRequested(request))
+    envelope.message_id = message_id;
+    // The repair's trace starts here: the client's span is the triage span's parent. It is
+    // made with the OpenTelemetry API, not `tracing`, so a person's log filter (warnings
+    // only) does not switch it off.
+    let span = {
+        use opentelemetry::trace::{Tracer, TracerProvider};
+        opentelemetry::global::tracer_provider()
+            .tracer("coval")
+            .start(format!("submit {repair_id}"))
+    };
+    let cx = {
+        use opentelemetry::trace::TraceContextExt;
+        opentelemetry::Context::current_with_span(span)
+    };
+    bus::runtime::inject_context(&cx, &mut envelope);
+    let published = bus
+        .publish(&envelope, Message::RepairRequested(request))
         .await
-        .map_err(|e| Failure::unreachable(format!("cannot publish the repair: {e}")))?;
+        .map_err(|e| Failure::unreachable(format!("cannot publish the repair: {e}")));
+    {
+        use opentelemetry::trace::TraceContextExt;
+        cx.span().end();
+    }
+    published?;
+    if let Some((kv, k, mut record)) = claim {
+        record.published = true;
+        if let Err(e) = kv.put(&k, record_bytes(&record)).await {
+            // The request is stored; a retry would publish it again with the same ids, which
+            // the duplicate window or the workers' ledgers drop.
+            eprintln!("coval: warning: the submission is not marked as published: {e}");
+        }
+    }
     Ok(Submitted {
         repair_id,
         snapshot,
+        duplicate: false,
     })
 }
 
-/// A request waits in the stream until a worker pulls it; say so when nobody is pulling.
+/// A request waits in the stream until a worker pulls it; say so when no triage worker is
+/// bound (none waits for work and none holds any): busy workers are workers.
 async fn warn_if_no_workers(bus: &JetStreamBus) {
     let ns = bus.namespace();
-    let Ok(stream) = bus.context().get_stream(ns.work_stream()).await else {
-        return;
-    };
-    let waiting = match stream.consumer_info(ns.consumer(Stage::Triage)).await {
-        Ok(info) => info.num_waiting,
-        Err(_) => 0,
-    };
-    if waiting == 0 {
+    let bound = bus
+        .consumer_load(Stage::Triage)
+        .await
+        .is_some_and(|l| l.has_workers());
+    if !bound {
         eprintln!(
             "note: no triage worker is pulling work in namespace `{}` right now; the repair waits in the queue until one starts (`coval worker all --nats URL`)",
             ns.as_str()
@@ -118,6 +257,7 @@ async fn follow(
     repair: RepairId,
     from_start: bool,
     json: bool,
+    lines: bool,
     timeout: Option<Duration>,
 ) -> Result<RepairCompleted, Failure> {
     let mut events = bus
@@ -145,9 +285,25 @@ async fn follow(
                     "the connection to NATS ended while following the repair".into(),
                 ));
             }
-            Some(Message::StageProgress(p)) => progress.stage(&p),
+            Some(Message::StageProgress(p)) => {
+                if lines {
+                    print_event("stage_progress", serde_json::to_value(&p).ok());
+                }
+                progress.stage(&p)
+            }
             Some(Message::RepairCompleted(c)) => break Ok(c),
             Some(Message::DeadLetter(d)) => {
+                if lines {
+                    print_event(
+                        "dead_letter",
+                        Some(serde_json::json!({
+                            "repair_id": repair.to_string(),
+                            "stage": d.stage,
+                            "reason": d.reason,
+                            "deliveries": d.deliveries,
+                        })),
+                    );
+                }
                 break Err(Failure::input(format!(
                     "the {} stage gave up on {repair}: {}",
                     d.stage, d.reason
@@ -158,6 +314,17 @@ async fn follow(
     };
     progress.finish();
     end
+}
+
+/// One event as one line of JSON on stdout: `{"event": KIND, ...fields}`.
+fn print_event(kind: &str, fields: Option<serde_json::Value>) {
+    let mut line = serde_json::json!({ "event": kind });
+    if let (Some(serde_json::Value::Object(fields)), Some(out)) = (fields, line.as_object_mut()) {
+        for (k, v) in fields {
+            out.entry(k).or_insert(v);
+        }
+    }
+    println!("{line}");
 }
 
 /// Copies the report files the integration worker left in the object store into
@@ -203,11 +370,11 @@ pub async fn repair(
     log: String,
     source: PathBuf,
 ) -> Result<u8, Failure> {
-    let bus = connect(url, cfg).await?;
-    let submitted = submit_request(&bus, &args, cfg, log, &source, workspace).await?;
+    let bus = connect(url, &args.auth, cfg).await?;
+    let submitted = submit_request(&bus, &args, cfg, log, &source, workspace, false).await?;
     let repair = submitted.repair_id;
     eprintln!("submitted {repair} to {url}");
-    let done = follow(&bus, repair, true, args.json, None).await?;
+    let done = follow(&bus, repair, true, args.json, false, None).await?;
     let dir = fetch_reports(&bus, workspace, &done).await?;
     let local = RepairCompleted {
         report_dir: Some(
@@ -241,12 +408,21 @@ pub async fn submit(args: RepairArgs, cfg: &Config, workspace: &Path) -> Result<
         ));
     }
     let inputs = crate::repair::inputs(&args, cfg, workspace)?;
-    let bus = connect(&url, cfg).await?;
-    let s = submit_request(&bus, &args, cfg, inputs.log, &inputs.source, workspace).await?;
+    let bus = connect(&url, &args.auth, cfg).await?;
+    let s = submit_request(
+        &bus,
+        &args,
+        cfg,
+        inputs.log,
+        &inputs.source,
+        workspace,
+        true,
+    )
+    .await?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "repair_id": s.repair_id.to_string() })
+            serde_json::json!({ "repair_id": s.repair_id.to_string(), "duplicate": s.duplicate })
         );
     } else {
         println!("{}", s.repair_id);
@@ -265,9 +441,13 @@ pub struct WatchArgs {
     /// Give up after this many seconds (default: wait for the end)
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
-    /// Print the report as JSON on stdout
+    /// Print one JSON object per line on stdout for each event (`stage_progress`,
+    /// `dead_letter`), the last one `repair_completed` with the report; the exit code is the
+    /// repair's, as for `coval repair`
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    auth: bus::jetstream::NatsAuth,
 }
 
 /// `coval watch REPAIR_ID`: its progress so far and to the end; exit code as for `repair`.
@@ -276,7 +456,7 @@ pub async fn watch(args: WatchArgs, cfg: &Config, workspace: &Path) -> Result<u8
         .repair
         .parse()
         .map_err(|e| Failure::input(format!("{e}: pass the id `coval submit` printed")))?;
-    let bus = connect(&args.nats, cfg).await?;
+    let bus = connect(&args.nats, &args.auth, cfg).await?;
     if !has_events(&bus, &repair).await {
         eprintln!(
             "note: no events for {repair} in namespace `{}` yet (not started, or older than bus.event_max_age_hours); waiting",
@@ -287,6 +467,7 @@ pub async fn watch(args: WatchArgs, cfg: &Config, workspace: &Path) -> Result<u8
         &bus,
         repair,
         true,
+        args.json,
         args.json,
         args.timeout.map(Duration::from_secs),
     )
@@ -301,6 +482,24 @@ pub async fn watch(args: WatchArgs, cfg: &Config, workspace: &Path) -> Result<u8
         ),
         ..done
     };
+    if args.json {
+        let report = local
+            .report
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok());
+        print_event(
+            "repair_completed",
+            Some(serde_json::json!({
+                "repair_id": local.repair_id.to_string(),
+                "outcome": proto::summary::outcome_label(local.outcome),
+                "summary": local.summary,
+                "new_iteration": local.new_iteration.map(|i| i.to_string()),
+                "report_dir": dir.display().to_string(),
+                "report": report,
+            })),
+        );
+        return Ok(vocab::exit::of_repair(&local));
+    }
     Ok(crate::report::print_completion(
         &local, workspace, args.json, false, false,
     ))
@@ -319,8 +518,13 @@ async fn has_events(bus: &JetStreamBus, repair: &RepairId) -> bool {
 }
 
 /// `coval status --nats URL`: the integration worker's ledger.
-pub async fn status(url: &str, cfg: &Config, json: bool) -> Result<u8, Failure> {
-    let bus = connect(url, cfg).await?;
+pub async fn status(
+    url: &str,
+    auth: &bus::jetstream::NatsAuth,
+    cfg: &Config,
+    json: bool,
+) -> Result<u8, Failure> {
+    let bus = connect(url, auth, cfg).await?;
     let subject = bus.namespace().status_subject();
     let reply = tokio::time::timeout(
         Duration::from_secs(5),

@@ -64,6 +64,10 @@ pub struct RepairArgs {
     /// Submit to NATS workers instead of running embedded
     #[arg(long, value_name = "URL")]
     pub(crate) nats: Option<String>,
+    #[command(flatten)]
+    pub(crate) auth: bus::jetstream::NatsAuth,
+    #[command(flatten)]
+    pub(crate) origin: crate::ci::OriginArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -253,10 +257,21 @@ pub(crate) fn request(
         analyze_only: args.analyze,
         requested_at_ms: vocab::now_ms(),
         no_rebuild: args.no_rebuild,
+        // Embedded repairs are never de-duplicated; `remote` sets the key it used.
+        origin: Some(proto::messages::Origin {
+            dedup_key: None,
+            ..crate::ci::origin(&args.origin)
+        })
+        .filter(|o| !o.is_empty()),
     }
 }
 
 fn check_flags(args: &RepairArgs) -> Result<(), Failure> {
+    if args.origin.dedup_key.is_some() && args.nats.is_none() {
+        return Err(Failure::input(
+            "--dedup-key de-duplicates submissions to NATS workers: use it with `coval submit` or `coval repair --nats URL`".to_owned(),
+        ));
+    }
     if args.analyze && (args.apply || args.deploy) {
         return Err(Failure::input(
             "--analyze changes nothing, so it cannot be combined with --apply or --deploy"

@@ -1,7 +1,7 @@
 //! Logs and traces. Logs go to stderr as text or JSON lines (stdout is for `--json` output).
 //! A tracer provider is always installed so every repair has a trace id that travels in
-//! message headers; spans are exported over OTLP/HTTP only when `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! is set.
+//! message headers; spans and metrics are exported over OTLP/HTTP (protobuf) only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //!
 //! It must never import another coval crate: every binary can set up its logs first.
 
@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -44,9 +45,10 @@ pub enum TelemetryError {
     AlreadyInitialised,
 }
 
-/// Flushes exported spans when dropped.
+/// Flushes exported spans and metrics when dropped.
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -59,6 +61,10 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         let _ = self.provider.force_flush();
         let _ = self.provider.shutdown();
+        if let Some(m) = &self.meters {
+            let _ = m.force_flush();
+            let _ = m.shutdown();
+        }
     }
 }
 
@@ -206,28 +212,101 @@ where
     }
 }
 
+/// Whether [`init_for`] installed an exporting meter provider (so sampling a gauge is worth
+/// the work).
+static METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether metrics are exported by this process.
+pub fn metrics_enabled() -> bool {
+    METRICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, when set and not empty.
+fn otlp_endpoint() -> Option<String> {
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+}
+
+/// The exporters' HTTP client is reqwest on rustls with the ring provider and no default
+/// provider compiled in: the process-wide provider must be installed before the client is
+/// built (on the exporter's own thread), or that thread panics and nothing is exported.
+fn install_crypto_provider() {
+    // Err only means a provider is installed already (the model client's, say): fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn resource(service: &str) -> Resource {
+    Resource::builder()
+        .with_service_name(service.to_owned())
+        .build()
+}
+
 /// A tracer provider with the OTLP exporter when the endpoint variable is set.
 pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider, TelemetryError> {
-    let resource = Resource::builder()
-        .with_service_name(service.to_owned())
-        .build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        && !endpoint.is_empty()
-    {
-        use opentelemetry_otlp::WithExportConfig;
-        let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(traces)
-            .build()
-            .map_err(|e| TelemetryError::Exporter {
-                endpoint: endpoint.clone(),
-                reason: e.to_string(),
-            })?;
-        builder = builder.with_batch_exporter(exporter);
+    match otlp_endpoint() {
+        Some(endpoint) => tracer_provider_to(service, &endpoint),
+        None => Ok(SdkTracerProvider::builder()
+            .with_resource(resource(service))
+            .build()),
     }
-    Ok(builder.build())
+}
+
+/// A tracer provider exporting over OTLP/HTTP (protobuf) to `endpoint` (`/v1/traces` is
+/// appended), in batches.
+pub fn tracer_provider_to(
+    service: &str,
+    endpoint: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    install_crypto_provider();
+    let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(traces)
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: endpoint.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource(service))
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// A meter provider exporting over OTLP/HTTP to `endpoint` (`/v1/metrics` appended) every
+/// `interval` (`OTEL_METRIC_EXPORT_INTERVAL` in milliseconds overrides it, as the
+/// specification says), and on shutdown.
+pub fn meter_provider_to(
+    service: &str,
+    endpoint: &str,
+    interval: std::time::Duration,
+) -> Result<SdkMeterProvider, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    install_crypto_provider();
+    let metrics = format!("{}/v1/metrics", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_endpoint(metrics)
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: endpoint.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(interval);
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(interval)
+        .build();
+    Ok(SdkMeterProvider::builder()
+        .with_resource(resource(service))
+        .with_reader(reader)
+        .build())
 }
 
 /// Set up logging and tracing for a process named `service`, logging as a service does.
@@ -250,6 +329,17 @@ pub fn init_for(
     let provider = tracer_provider(service)?;
     let tracer = provider.tracer(service.to_owned());
     opentelemetry::global::set_tracer_provider(provider.clone());
+    // Metrics only where they go somewhere: without an endpoint the global meter stays the
+    // no-op one and recording costs nothing.
+    let meters = match otlp_endpoint() {
+        Some(endpoint) => {
+            let m = meter_provider_to(service, &endpoint, std::time::Duration::from_secs(10))?;
+            opentelemetry::global::set_meter_provider(m.clone());
+            METRICS.store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(m)
+        }
+        None => None,
+    };
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = match format {
@@ -279,7 +369,7 @@ pub fn init_for(
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry { provider, meters })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ fn request() -> RepairRequested {
         analyze_only: false,
         requested_at_ms: 1_764_000_000_000,
         no_rebuild: false,
+        origin: None,
     }
 }
 

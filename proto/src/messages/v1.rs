@@ -59,6 +59,39 @@ pub struct RepairRequested {
     /// Repair even when the cost model recommends a rebuild (`--no-rebuild`).
     #[serde(default)]
     pub no_rebuild: bool,
+    /// Where the failure comes from (a CI job's repository, commit, branch and URL), shown
+    /// in the report; `None` when nothing was said.
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+/// What a CI job says about itself when it submits a repair (`coval submit` reads the CI's
+/// standard variables, or flags). Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// `github`, `gitlab`, or empty when given by flags alone.
+    #[serde(default)]
+    pub ci: Option<String>,
+    /// `owner/name`, or the project path.
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub commit: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The failing job's page.
+    #[serde(default)]
+    pub job_url: Option<String>,
+    /// The key that made this submission unique (a retried job sends the same one).
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+}
+
+impl Origin {
+    /// Whether nothing at all is known.
+    pub fn is_empty(&self) -> bool {
+        self == &Origin::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use super::v1;
 pub use super::v1::{
     Blocked, BlockedReason, Candidate, CandidateResult, CandidateSource, Category, DeadLetter,
     Decided, Decision, EngineChoice, Frame, FrameKind, Language, Metrics, MreReady, MreSummary,
-    ProjectRef, RepairCompleted, RepairOutcome, RepairRequested, StageProgress, Suspect,
+    Origin, ProjectRef, RepairCompleted, RepairOutcome, RepairRequested, StageProgress, Suspect,
     TestOutcome, TestStatus, TriageReport, Triaged, Usage, Verdict, serde_bytes_compat,
 };
 

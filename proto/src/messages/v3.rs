@@ -8,9 +8,9 @@ use super::v1;
 pub use super::v2::{
     AttemptRecord, Blocked, BlockedReason, Candidate, CandidateResult, CandidateSource, Category,
     DeadLetter, Decided, Decision, Engine, EngineChoice, FixProposed, Frame, FrameKind, Language,
-    Metrics, MreReady, MreSummary, ProjectRef, RepairRequested, RunPaths, StageProgress, Suspect,
-    TestOutcome, TestStatus, TriageReport, Triaged, Usage, ValidationFailed, ValidationPassed,
-    Verdict, serde_bytes_compat,
+    Metrics, MreReady, MreSummary, Origin, ProjectRef, RepairRequested, RunPaths, StageProgress,
+    Suspect, TestOutcome, TestStatus, TriageReport, Triaged, Usage, ValidationFailed,
+    ValidationPassed, Verdict, serde_bytes_compat,
 };
 use crate::{IterationId, RepairId};
 

@@ -275,6 +275,7 @@ mod tests {
             analyze_only: false,
             requested_at_ms: 0,
             no_rebuild: false,
+            origin: None,
         };
         assert_eq!(rebuild_overruled(&req, false), None, "a model can rebuild");
         assert!(rebuild_overruled(&req, true).is_some_and(|w| w.contains("global.no_rebuild")));

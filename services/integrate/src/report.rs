@@ -139,6 +139,13 @@ pub fn markdown(f: &Facts) -> String {
         outcome_str(f.outcome),
         summary(f)
     );
+    if let Some(o) = f.request.origin.as_ref().filter(|o| !o.is_empty()) {
+        let _ = writeln!(s, "## Where it failed\n");
+        for (name, value) in origin_lines(o) {
+            let _ = writeln!(s, "- {name}: {value}");
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "## What failed\n");
     let _ = writeln!(
         s,
@@ -379,6 +386,24 @@ pub fn markdown(f: &Facts) -> String {
     s
 }
 
+/// The origin's known fields, in the words of the report.
+fn origin_lines(o: &proto::messages::Origin) -> Vec<(&'static str, String)> {
+    [
+        ("CI", &o.ci),
+        ("repository", &o.repository),
+        ("commit", &o.commit),
+        ("branch", &o.branch),
+        ("job", &o.job_url),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| {
+        v.as_ref()
+            .filter(|v| !v.is_empty())
+            .map(|v| (n, format!("`{v}`")))
+    })
+    .collect()
+}
+
 pub fn json(f: &Facts) -> serde_json::Value {
     let t = f.triage;
     let m = &t.metrics;
@@ -388,6 +413,10 @@ pub fn json(f: &Facts) -> serde_json::Value {
         "repair_id": f.request.repair_id.to_string(),
         "outcome": outcome_str(f.outcome),
         "summary": summary(f),
+        "origin": f.request.origin.as_ref().filter(|o| !o.is_empty()).map(|o| serde_json::json!({
+            "ci": o.ci, "repository": o.repository, "commit": o.commit, "branch": o.branch,
+            "job_url": o.job_url, "dedup_key": o.dedup_key,
+        })),
         "triage": {
             "language": t.language,
             "error_type": t.error_type,
