@@ -326,6 +326,9 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             for p in ["cli", "stages"] {
                 cmd.args(["-p", p]);
             }
+            // The features `cargo test --workspace` resolves (cli's tests enable llm's
+            // protocol test server): else every crate above llm builds a second time.
+            cmd.args(["--features", "llm/testing"]);
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
