@@ -23,23 +23,7 @@ async fn mre_for(
         env: vec![("COVAL_SANDBOX__BACKEND".into(), "local".into())],
         ..Default::default()
     })?;
-    let parsed = logparse::parse(log);
-    let tri = triage::analysis::triage(
-        &triage::analysis::TriageConfig {
-            llm: cfg.llm.clone(),
-            cost: cfg.settings.cost_calculation.clone(),
-            adaptive: cfg.settings.global.adaptive_evaluation.clone(),
-        },
-        &parsed,
-        &triage::project::Project::scan(project)?,
-        &triage::analysis::Engine {
-            name: "search".into(),
-            is_model: false,
-            explicit: true,
-        },
-        &[],
-        None,
-    );
+    let tri = crate::triage::triage_of(log, project)?;
     let repair_id = RepairId::new();
     let request = RepairRequested {
         repair_id,

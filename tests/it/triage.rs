@@ -3,7 +3,11 @@
 
 use anyhow::Result;
 
-fn triage_of(log: &str, project: &std::path::Path) -> Result<proto::messages::TriageReport> {
+/// The triage of `log` on `project` with the default settings and the search engine.
+pub(crate) fn triage_of(
+    log: &str,
+    project: &std::path::Path,
+) -> Result<proto::messages::TriageReport> {
     let cfg = settings::load(&settings::LoadOptions {
         cwd: std::env::temp_dir().join("coval-no-config"),
         ..Default::default()

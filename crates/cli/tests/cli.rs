@@ -504,23 +504,7 @@ fn repairs_the_example_in_the_local_sandbox_and_applies_it() {
 #[test]
 fn repairs_from_inside_the_project_with_the_default_workspace() {
     let (_t, src, _ws) = example();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .current_dir(&src)
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let git = |args: &[&str]| git(&src, args);
     // A link back up the tree would make pytest collect the project again through it.
     std::os::unix::fs::symlink("..", src.join("up")).unwrap();
     git(&["init", "-q"]);
@@ -591,27 +575,29 @@ fn git_project(files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
     }
-    for args in [
-        &["init", "-q"][..],
-        &["add", "-A"],
-        &[
+    git(&src, &["init", "-q"]);
+    git(&src, &["add", "-A"]);
+    git(&src, &["commit", "-qm", "broken"]);
+    (t, src)
+}
+
+/// `git ARGS` in `dir` as a test user, on branch main; its stdout.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
             "-c",
             "user.name=t",
             "-c",
             "user.email=t@t",
-            "commit",
-            "-qm",
-            "broken",
-        ],
-    ] {
-        let st = Command::new("git")
-            .current_dir(&src)
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "git {args:?}");
-    }
-    (t, src)
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
 }
 
 #[test]
