@@ -299,6 +299,10 @@ pub struct MreSummary {
     /// proportion to what the tests normally take.
     #[serde(default)]
     pub baseline_ms: u64,
+    /// The baseline run was cut by its time limit (a test loops): `baseline_ms` is the limit,
+    /// not what the tests take, so candidates' timeouts follow the runs that end instead.
+    #[serde(default)]
+    pub baseline_timed_out: bool,
     /// Set when the tests cannot run at all, for a reason other than the bug (a missing runner,
     /// interpreter or package): the repair stops there instead of validating candidates that
     /// cannot pass.

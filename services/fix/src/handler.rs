@@ -191,8 +191,18 @@ impl Handler for FixStage {
                 .iter()
                 .flat_map(|a| a.candidates.iter().map(|c| c.id.clone()))
                 .collect();
-            let (root2, suspects, settings) =
-                (root.clone(), triage.suspects.clone(), self.search.clone());
+            let mut suspects = triage.suspects.clone();
+            // Nothing localised (a log that only says the job was cut by a time limit): the
+            // functions the failing tests are named after, else the project's source files.
+            if !suspects
+                .iter()
+                .any(|x| !vocab::is_test_path(&x.file) && language(&x.file).is_some())
+            {
+                suspects = crate::unlocated::suspects(&root, &mre.failing_tests, &|f| {
+                    language(f).is_some()
+                });
+            }
+            let (root2, settings) = (root.clone(), self.search.clone());
             // Operators that fixed this category of failure before rank higher; a history
             // that cannot be read leaves the configured priors.
             let history = self.history.outcomes(triage.category).unwrap_or_default();

@@ -67,23 +67,7 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
 /// configured limit: the loop reproduces as a timeout, and a repair does not wait minutes to
 /// learn what the log already says.
 pub fn reproduction_timeout(limit_secs: u64, error_log: &str) -> u64 {
-    let tail: String = error_log
-        .lines()
-        .rev()
-        .take(20)
-        .collect::<Vec<_>>()
-        .join("\n")
-        .to_lowercase();
-    let looped = [
-        "time limit",
-        "timed out",
-        "timeout",
-        "exceeded the maximum execution time",
-        "panic: test timed out",
-    ]
-    .iter()
-    .any(|w| tail.contains(w));
-    if looped {
+    if sandbox::outcomes::cut_by_time_limit(error_log) {
         limit_secs.min(REPRODUCE_LOOP_SECS)
     } else {
         limit_secs

@@ -188,6 +188,7 @@ impl ValidateStage {
             f,
             first,
             slowest_first_ms: Default::default(),
+            slowest_ended_ms: Default::default(),
             looped_ms: Default::default(),
             base,
             collect_from: collect_from(lanes_used),

@@ -29,13 +29,36 @@ pub fn first_run_timeout(full: Duration, baseline_ms: u64, slowest_first_ms: u64
         .min(full)
 }
 
+/// The timeout of a candidate's runs when the baseline run was cut by its limit (a test
+/// loops): its duration is the limit, not what the tests take, so the timeout follows the runs
+/// of this attempt that ended: four times the slowest plus a second, as for a baseline; before
+/// any has ended, at most [`LOOP_PROBE`].
+pub fn looping_baseline_timeout(full: Duration, slowest_ended_ms: u64) -> Duration {
+    if slowest_ended_ms == 0 {
+        return full.min(LOOP_PROBE);
+    }
+    candidate_timeout(full.as_secs(), slowest_ended_ms)
+}
+
+/// How long a candidate may run when the baseline looped and no candidate's run has ended yet.
+pub const LOOP_PROBE: Duration = Duration::from_secs(10);
+
 /// Candidates that loop must not take most of an attempt: once the runs stopped by their
-/// timeout have used a quarter of the attempt's budget, every further run gets at most a
-/// second (a mutant that loops forever then costs a second, one that merely runs slowly
-/// still finishes within the scaled timeout before that).
-pub fn loop_capped(timeout: Duration, looped_ms: u64, budget: Duration) -> Duration {
+/// timeout have used a quarter of the attempt's budget, every further run gets at most twice
+/// the slowest run of the attempt that ended, and at least a second (a mutant that loops
+/// forever then costs about what a run that ends takes; one that merely runs slowly still
+/// finishes within the scaled timeout before that, and a compiled language's candidates,
+/// whose runs build first, are not all cut).
+pub fn loop_capped(
+    timeout: Duration,
+    looped_ms: u64,
+    budget: Duration,
+    slowest_ended_ms: u64,
+) -> Duration {
     if Duration::from_millis(looped_ms).saturating_mul(4) >= budget {
-        timeout.min(Duration::from_secs(1))
+        let cap =
+            Duration::from_millis(slowest_ended_ms.saturating_mul(2)).max(Duration::from_secs(1));
+        timeout.min(cap)
     } else {
         timeout
     }
@@ -58,11 +81,32 @@ mod tests {
     fn loops_are_capped_after_a_quarter_of_the_budget() {
         let budget = Duration::from_secs(300);
         let t = Duration::from_secs(5);
-        assert_eq!(loop_capped(t, 0, budget), t);
-        assert_eq!(loop_capped(t, 74_999, budget), t);
-        assert_eq!(loop_capped(t, 75_000, budget), Duration::from_secs(1));
+        assert_eq!(loop_capped(t, 0, budget, 0), t);
+        assert_eq!(loop_capped(t, 74_999, budget, 0), t);
+        assert_eq!(loop_capped(t, 75_000, budget, 0), Duration::from_secs(1));
         let short = Duration::from_millis(400);
-        assert_eq!(loop_capped(short, 100_000, budget), short);
+        assert_eq!(loop_capped(short, 100_000, budget, 0), short);
+        // Runs that build first (Go) take seconds: the cap follows the slowest that ended.
+        assert_eq!(
+            loop_capped(t, 75_000, budget, 2_000),
+            Duration::from_secs(4)
+        );
+    }
+
+    #[test]
+    fn a_looping_baseline_scales_candidates_to_the_runs_that_end() {
+        let full = Duration::from_secs(300);
+        // Nothing ended yet: a probe, never the sandbox's whole limit.
+        assert_eq!(looping_baseline_timeout(full, 0), LOOP_PROBE);
+        assert_eq!(
+            looping_baseline_timeout(Duration::from_secs(3), 0),
+            Duration::from_secs(3)
+        );
+        // Then four times the slowest run that ended, plus a second.
+        assert_eq!(
+            looping_baseline_timeout(full, 1_500),
+            Duration::from_secs(7)
+        );
     }
 
     #[test]
