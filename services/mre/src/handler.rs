@@ -149,11 +149,36 @@ impl Handler for MreStage {
         // so the whole project is the example, and the tests around the command (which run
         // the looping test too) are not run.
         let looped = whole.result.timed_out;
+        let mut baseline_ms = whole.result.duration.as_millis() as u64;
         let minimal = if looped {
             notes.push(format!(
                 "the baseline run was cut by its {} s limit (a test loops): the whole project is the example",
                 repro.timeout_secs
             ));
+            // What candidates are scaled to: the tests that ended, run alone.
+            baseline_ms = 0;
+            if let Some(cmd) = run::ended_tests_cmd(&kind, &whole.passing()) {
+                let ended_kind = sandbox::ProjectKind {
+                    test_cmd: cmd.clone(),
+                    ..kind.clone()
+                };
+                match run::run_tests(sb, &repro, env, &ended_kind, &root).await {
+                    Ok(r) if !r.result.timed_out => {
+                        baseline_ms = r.result.duration.as_millis() as u64;
+                        notes.push(format!(
+                            "baseline time from the tests that ended: `{}` in {:.1} s",
+                            build::shell_words(&cmd),
+                            r.result.duration.as_secs_f64()
+                        ));
+                    }
+                    Ok(r) => notes.push(format!(
+                        "the tests that ended did not end alone: `{}` {}",
+                        build::shell_words(&cmd),
+                        r.result.verdict()
+                    )),
+                    Err(e) => notes.push(format!("the tests that ended could not run alone: {e}")),
+                }
+            }
             None
         } else {
             match run::run_tests(sb, &repro, env, &kind, &dir).await {
@@ -223,7 +248,7 @@ impl Handler for MreStage {
             passing_tests: passing,
             sandbox: sb.name().to_owned(),
             notes,
-            baseline_ms: whole.result.duration.as_millis() as u64,
+            baseline_ms,
             baseline_timed_out: looped,
             blocked: None,
             wider,

@@ -68,15 +68,23 @@ pub async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usi
         Err(reason) => return failed(c, reason, started),
     };
     tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
+    let mre = &t.f.mre;
+    // A looping baseline's measure is the tests that ended in it, run alone: a run that ends.
+    let measured = if mre.baseline_timed_out {
+        mre.baseline_ms
+    } else {
+        0
+    };
     let ended = t
         .slowest_ended_ms
         .load(Ordering::Relaxed)
-        .max(t.slowest_first_ms.load(Ordering::Relaxed));
+        .max(t.slowest_first_ms.load(Ordering::Relaxed))
+        .max(measured);
     let limit = t.stage.sandbox.timeout_secs;
     let scaled = if t.f.mre.baseline_timed_out {
         looping_baseline_timeout(Duration::from_secs(limit.max(1)), ended)
     } else {
-        candidate_timeout(limit, t.f.mre.baseline_ms)
+        candidate_timeout(limit, mre.baseline_ms)
     };
     let timeout = loop_capped(
         scaled,
@@ -136,14 +144,7 @@ async fn run_failing_first(
     timeout: Duration,
 ) -> Option<Tried> {
     let slowest = t.slowest_first_ms.load(Ordering::Relaxed);
-    // A baseline cut by its limit is no measure of the tests: `timeout` already follows the
-    // runs that ended.
-    let baseline = if t.f.mre.baseline_timed_out {
-        0
-    } else {
-        t.f.mre.baseline_ms
-    };
-    let first_timeout = first_run_timeout(timeout, baseline, slowest);
+    let first_timeout = first_run_timeout(timeout, t.f.mre.baseline_ms, slowest);
     let changed: Vec<String> = applied.files.iter().map(|a| a.path.clone()).collect();
     t.runs.fetch_add(1, Ordering::Relaxed);
     let run = match t.base.as_ref().filter(|_| n >= t.collect_from) {

@@ -31,21 +31,24 @@ pub fn first_run_timeout(full: Duration, baseline_ms: u64, slowest_first_ms: u64
 
 /// The timeout of a candidate's runs when the baseline run was cut by its limit (a test
 /// loops): its duration is the limit, not what the tests take, so the timeout follows the runs
-/// of this attempt that ended: four times the slowest plus a second, as for a baseline; before
-/// any has ended, at most [`LOOP_PROBE`].
+/// that ended (the tests that ended in the baseline, run alone, and this attempt's candidates):
+/// twice the slowest plus a second, within the limit; before any has ended, at most
+/// [`LOOP_PROBE`]. Twice, not the four times of [`candidate_timeout`]: here most candidates
+/// loop (only a fix ends the loop), so each one's allowance is paid in full, and those runs
+/// are already of the same kind as the candidates'.
 pub fn looping_baseline_timeout(full: Duration, slowest_ended_ms: u64) -> Duration {
     if slowest_ended_ms == 0 {
         return full.min(LOOP_PROBE);
     }
-    candidate_timeout(full.as_secs(), slowest_ended_ms)
+    (Duration::from_millis(slowest_ended_ms.saturating_mul(2)) + Duration::from_secs(1)).min(full)
 }
 
 /// How long a candidate may run when the baseline looped and no candidate's run has ended yet.
 pub const LOOP_PROBE: Duration = Duration::from_secs(10);
 
 /// Candidates that loop must not take most of an attempt: once the runs stopped by their
-/// timeout have used a quarter of the attempt's budget, every further run gets at most twice
-/// the slowest run of the attempt that ended, and at least a second (a mutant that loops
+/// timeout have used a quarter of the attempt's budget, every further run gets at most one
+/// and a half times the slowest run that ended, and at least a second (a mutant that loops
 /// forever then costs about what a run that ends takes; one that merely runs slowly still
 /// finishes within the scaled timeout before that, and a compiled language's candidates,
 /// whose runs build first, are not all cut).
@@ -56,8 +59,8 @@ pub fn loop_capped(
     slowest_ended_ms: u64,
 ) -> Duration {
     if Duration::from_millis(looped_ms).saturating_mul(4) >= budget {
-        let cap =
-            Duration::from_millis(slowest_ended_ms.saturating_mul(2)).max(Duration::from_secs(1));
+        let cap = Duration::from_millis(slowest_ended_ms.saturating_mul(3) / 2)
+            .max(Duration::from_secs(1));
         timeout.min(cap)
     } else {
         timeout
@@ -89,7 +92,7 @@ mod tests {
         // Runs that build first (Go) take seconds: the cap follows the slowest that ended.
         assert_eq!(
             loop_capped(t, 75_000, budget, 2_000),
-            Duration::from_secs(4)
+            Duration::from_secs(3)
         );
     }
 
@@ -102,10 +105,10 @@ mod tests {
             looping_baseline_timeout(Duration::from_secs(3), 0),
             Duration::from_secs(3)
         );
-        // Then four times the slowest run that ended, plus a second.
+        // Then twice the slowest run that ended, plus a second.
         assert_eq!(
             looping_baseline_timeout(full, 1_500),
-            Duration::from_secs(7)
+            Duration::from_secs(4)
         );
     }
 
