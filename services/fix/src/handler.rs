@@ -68,6 +68,7 @@ pub fn search_candidates(
     tried: &HashSet<String>,
     s: &SearchSettings,
     learned: &std::collections::HashMap<String, f64>,
+    raises: &[String],
 ) -> Vec<Candidate> {
     let mut by_file: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
     for x in suspects
@@ -93,7 +94,7 @@ pub fn search_candidates(
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for m in search::mutants_with(lang, file, &text, &targets, s.per_file, learned) {
+        for m in search::mutants_guided(lang, file, &text, &targets, s.per_file, learned, raises) {
             if let Some(d) = diff::unified(file, &text, &m.new_text) {
                 all.push((m, d));
             }
@@ -203,6 +204,7 @@ impl Handler for FixStage {
                 });
             }
             let (root2, settings) = (root.clone(), self.search.clone());
+            let raises = search::expected_exceptions(&request.error_log);
             // Operators that fixed this category of failure before rank higher; a history
             // that cannot be read leaves the configured priors.
             let history = self.history.outcomes(triage.category).unwrap_or_default();
@@ -213,7 +215,7 @@ impl Handler for FixStage {
                     .filter_map(|h| h.operator.as_deref()),
             );
             match tokio::task::spawn_blocking(move || {
-                search_candidates(&root2, &suspects, &tried, &settings, &learned)
+                search_candidates(&root2, &suspects, &tried, &settings, &learned, &raises)
             })
             .await
             {

@@ -78,6 +78,9 @@ fn prior(op: &str) -> f64 {
         "loop-update" => 0.6,
         "swapped-statements" => 0.55,
         "missing-line" => 0.4,
+        // Generated only when the log says the tests expected an exception that was not
+        // raised: then it is the likeliest fix.
+        "missing-raise" => 0.9,
         _ => 0.5,
     }
 }
@@ -92,6 +95,8 @@ struct Ctx<'a> {
     lang: Language,
     /// Multipliers of the operators' priors learned from the repair history.
     learned: &'a HashMap<String, f64>,
+    /// Exceptions the tests expected and that were not raised ([`expected_exceptions`]).
+    raises: &'a [String],
     file: &'a str,
     src: &'a str,
     parser: Parser,
@@ -234,6 +239,31 @@ pub fn learned_priors<'h>(operators: impl Iterator<Item = &'h str>) -> HashMap<S
         .collect()
 }
 
+/// The exceptions a test log says were expected and not raised: pytest's
+/// `DID NOT RAISE <class 'ValueError'>`, node's `Missing expected exception (RangeError)`.
+pub fn expected_exceptions(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for (marker, end) in [
+        ("DID NOT RAISE <class '", '\''),
+        ("Missing expected exception (", ')'),
+    ] {
+        for (i, _) in log.match_indices(marker) {
+            let rest = &log[i + marker.len()..];
+            let name = rest.split(end).next().unwrap_or("");
+            // `builtins.ValueError` or a module path: the last part is the name.
+            let name = name.rsplit('.').next().unwrap_or(name);
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.starts_with(|c: char| c.is_ascii_uppercase());
+            if plain && !out.iter().any(|o| o == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// [`mutants`] with operator priors learned from the repair history ([`learned_priors`]).
 pub fn mutants_with(
     lang: Language,
@@ -242,6 +272,20 @@ pub fn mutants_with(
     targets: &[Target],
     limit: usize,
     learned: &HashMap<String, f64>,
+) -> Vec<Mutant> {
+    mutants_guided(lang, path, src, targets, limit, learned, &[])
+}
+
+/// [`mutants_with`], also told the exceptions the tests expected ([`expected_exceptions`]),
+/// which a missing raise may be.
+pub fn mutants_guided(
+    lang: Language,
+    path: &str,
+    src: &str,
+    targets: &[Target],
+    limit: usize,
+    learned: &HashMap<String, f64>,
+    raises: &[String],
 ) -> Vec<Mutant> {
     let Some(language) = language(lang, path) else {
         return vec![];
@@ -256,6 +300,7 @@ pub fn mutants_with(
     let mut ctx = Ctx {
         lang,
         learned,
+        raises,
         file: path,
         src,
         parser,
@@ -301,20 +346,25 @@ pub fn mutants_with(
     out
 }
 
+/// Whether a node of this kind is a function, in any of the grammars.
+fn is_function_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "function_definition"
+            | "function_declaration"
+            | "method_definition"
+            | "method_declaration"
+            | "func_literal"
+            | "arrow_function"
+            | "function_expression"
+    )
+}
+
 fn functions<'t>(tree: &'t Tree) -> Vec<Node<'t>> {
     let mut v = vec![];
     let mut stack = vec![tree.root_node()];
     while let Some(n) = stack.pop() {
-        if matches!(
-            n.kind(),
-            "function_definition"
-                | "function_declaration"
-                | "method_definition"
-                | "method_declaration"
-                | "func_literal"
-                | "arrow_function"
-                | "function_expression"
-        ) {
+        if is_function_kind(n.kind()) {
             v.push(n);
         }
         let mut c = n.walk();
@@ -1362,58 +1412,6 @@ mod tests {
             }],
             50,
         );
-    }
-
-    /// Where the reference fix of each tuned bug of the classes corpus ranks among the
-    /// candidates when the buggy line is the only suspect (localisation taken as perfect):
-    /// a tuning aid, never run on the held-back split.
-    /// `cargo test -p fix --lib rank_of_reference -- --ignored --nocapture`
-    #[test]
-    #[ignore = "tuning aid over the classes corpus"]
-    fn rank_of_reference() {
-        let root =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classes");
-        let index: Vec<serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(root.join("index.json")).unwrap())
-                .unwrap();
-        let (mut found, mut top60, mut total) = (0, 0, 0);
-        for b in index.iter().filter(|b| b["split"] == "tuned") {
-            let s = |k: &str| b[k].as_str().unwrap_or("").to_owned();
-            let lang = match s("language").as_str() {
-                "javascript" => Language::JavaScript,
-                "go" => Language::Go,
-                _ => Language::Python,
-            };
-            let reference =
-                std::fs::read_to_string(root.join("programs").join(s("program")).join(s("file")))
-                    .unwrap();
-            let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
-            let line = u32::try_from(b["line"].as_u64().unwrap()).unwrap();
-            let t = [Target {
-                line: Some(line),
-                score: 1.0,
-            }];
-            let ms = mutants(lang, &s("file"), &buggy, &t, 2000);
-            let rank = ms
-                .iter()
-                .position(|m| same_ast(lang, &s("file"), &m.new_text, &reference) == Some(true));
-            total += 1;
-            if let Some(r) = rank {
-                found += 1;
-                if r < 60 {
-                    top60 += 1;
-                }
-            }
-            println!(
-                "{:<26} {:<34} {:>5} of {:>5} {}",
-                s("id"),
-                s("class"),
-                rank.map(|r| r.to_string()).unwrap_or("-".into()),
-                ms.len(),
-                rank.map(|r| ms[r].operator).unwrap_or("")
-            );
-        }
-        println!("reference among candidates: {found}/{total}, in the first 60: {top60}");
     }
 
     #[test]
