@@ -288,7 +288,10 @@ fn ranks(bugs: &[Value]) {
         });
         if std::env::var("CLASSES_SHOW").is_ok_and(|v| v == s("id")) {
             for (i, m) in ms.iter().enumerate().take(400) {
-                println!("  {i:>4} {:.3} {:<20} {}", m.score, m.operator, m.description);
+                println!(
+                    "  {i:>4} {:.3} {:<20} {}",
+                    m.score, m.operator, m.description
+                );
             }
         }
         total += 1;

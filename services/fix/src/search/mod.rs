@@ -346,6 +346,112 @@ pub fn mutants_guided(
     out
 }
 
+/// The byte range of `src` that `new` replaces, and its replacement: what is left between the
+/// longest common prefix and suffix. `None` when they are equal or the range would split a
+/// character.
+fn changed_range<'n>(src: &str, new: &'n str) -> Option<(usize, usize, &'n str)> {
+    let (a, b) = (src.as_bytes(), new.as_bytes());
+    let p = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let room = a.len().min(b.len()) - p;
+    let q = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(room)
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (end, new_end) = (a.len() - q, b.len() - q);
+    let ok = [src.is_char_boundary(p), src.is_char_boundary(end)]
+        .iter()
+        .chain(&[new.is_char_boundary(p), new.is_char_boundary(new_end)])
+        .all(|x| *x);
+    let changed = end > p || new_end > p;
+    (ok && changed).then(|| (p, end, &new[p..new_end]))
+}
+
+/// Two single edits at once, for the bugs no single edit fixes (combined only when the single
+/// edits are exhausted: the caller's choice). `singles` are candidates for `src`, the best
+/// first. Two kinds of pairs, bounded:
+/// - any two of the first `k` (their number grows with the square: 10 make at most 45);
+/// - siblings: the same change at two places among all of `singles` (`n` → `n + 1` and
+///   `m` → `m + 1`): one slip repeated is the commonest multi-place bug, and such pairs rank
+///   first, at most [`SIBLINGS`] edits of one change.
+///
+/// A pair whose changes overlap, or whose result does not parse, is left out. Scored by the
+/// product of the two scores, a sibling pair twice that.
+pub fn pairs(lang: Language, path: &str, src: &str, singles: &[Mutant], k: usize) -> Vec<Mutant> {
+    let Some(language) = language(lang, path) else {
+        return vec![];
+    };
+    let mut parser = Parser::new();
+    if parser.set_language(&language).is_err() {
+        return vec![];
+    }
+    let ranges: Vec<_> = singles
+        .iter()
+        .map(|m| changed_range(src, &m.new_text))
+        .collect();
+    // The same change: what is removed and what is put in its place.
+    let change = |i: usize| ranges[i].map(|(s0, e0, t)| (&src[s0..e0], t));
+    let mut wanted: Vec<(usize, usize, f64)> = vec![];
+    for i in 0..singles.len() {
+        for j in i + 1..singles.len() {
+            if i < k && j < k {
+                wanted.push((i, j, 1.0));
+            } else if change(i).is_some() && change(i) == change(j) {
+                let group = (0..i).filter(|x| change(*x) == change(i)).count();
+                if group < SIBLINGS && (0..j).filter(|x| change(*x) == change(i)).count() < SIBLINGS
+                {
+                    wanted.push((i, j, 2.0));
+                }
+            }
+        }
+    }
+    let mut out = vec![];
+    let mut seen = HashSet::new();
+    for (i, j, bonus) in wanted {
+        let (a, b) = (&singles[i], &singles[j]);
+        let (Some(ra), Some(rb)) = (ranges[i], ranges[j]) else {
+            continue;
+        };
+        // In file order, not overlapping (two insertions at one place are ambiguous).
+        let ((s1, e1, t1), (s2, e2, t2), first, second) = if ra.0 <= rb.0 {
+            (ra, rb, a, b)
+        } else {
+            (rb, ra, b, a)
+        };
+        if e1 > s2 || s1 == s2 {
+            continue;
+        }
+        let text = format!("{}{t1}{}{t2}{}", &src[..s1], &src[e1..s2], &src[e2..]);
+        if !seen.insert(text.clone()) {
+            continue;
+        }
+        match parser.parse(&text, None) {
+            Some(t) if !t.root_node().has_error() => {}
+            _ => continue,
+        }
+        out.push(Mutant {
+            file: path.to_owned(),
+            line: first.line.min(second.line),
+            operator: "two-edits",
+            description: format!("{}; and {}", first.description, second.description),
+            new_text: text,
+            score: a.score * b.score * bonus,
+            edit_size: a.edit_size + b.edit_size,
+        });
+    }
+    out.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.edit_size.cmp(&b.edit_size))
+    });
+    out
+}
+
+/// At most this many places of one repeated change are paired ([`pairs`]).
+pub const SIBLINGS: usize = 6;
+
 /// Whether a node of this kind is a function, in any of the grammars.
 fn is_function_kind(kind: &str) -> bool {
     matches!(
