@@ -167,6 +167,26 @@ impl Ctx<'_> {
         });
     }
 
+    /// One edit: bytes `range` of the file become `with`.
+    fn edit(
+        &mut self,
+        at: &Node,
+        operator: &'static str,
+        description: String,
+        (start, end): (usize, usize),
+        with: impl Into<String>,
+        score: f64,
+    ) {
+        let text = with.into();
+        self.emit(
+            at,
+            operator,
+            description,
+            vec![Edit { start, end, text }],
+            score,
+        );
+    }
+
     fn replace(&mut self, node: &Node, with: &str, operator: &'static str, score: f64) {
         let old = text(node, self.src).to_owned();
         let desc = format!("line {}: `{}` → `{}`", line(node), old, with);
@@ -633,11 +653,7 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
                 (compare, "comparison"),
                 (logic, "boolean"),
             ] {
-                if class.contains(&o.as_str()) {
-                    for alt in class.iter().filter(|a| **a != o) {
-                        ctx.replace(&op, alt, comparison_kind(name, &o, alt), score);
-                    }
-                }
+                other_operators(ctx, &op, class, name, score);
             }
             if matches!(o.as_str(), "-" | "/" | "//" | "%" | "<" | ">" | "<=" | ">=") {
                 swap_operands(ctx, n, score);
@@ -648,12 +664,7 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
             let mut c = n.walk();
             let ops: Vec<Node> = n.children(&mut c).filter(|k| !k.is_named()).collect();
             for op in &ops {
-                let o = text(op, ctx.src).to_owned();
-                if COMPARE.contains(&o.as_str()) {
-                    for alt in COMPARE.iter().filter(|a| **a != o) {
-                        ctx.replace(op, alt, comparison_kind("comparison", &o, alt), score);
-                    }
-                }
+                other_operators(ctx, op, COMPARE, "comparison", score);
             }
             if ops.len() == 1 {
                 swap_operands(ctx, n, score);
@@ -710,22 +721,32 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
             };
             ctx.replace(n, alt, "boolean-literal", score);
         }
-        "not_operator" if python => {
-            if let Some(arg) = n.child_by_field_name("argument") {
-                let inner = text(&arg, ctx.src).to_owned();
-                ctx.replace(n, &inner, "negation", score);
-            }
-        }
-        "unary_expression" if !python => {
-            if let Some(arg) = n.child_by_field_name("argument")
-                && text(n, ctx.src).starts_with('!')
-            {
-                let inner = text(&arg, ctx.src).to_owned();
-                ctx.replace(n, &inner, "negation", score);
-            }
+        "not_operator" if python => drop_negation(ctx, n, score),
+        "unary_expression" if !python && text(n, ctx.src).starts_with('!') => {
+            drop_negation(ctx, n, score);
         }
         _ if python => python_only(ctx, n, score),
         _ => {}
+    }
+}
+
+/// Operator token `op` replaced by each other operator of its class (`class`, of kind `name`),
+/// when it is one of them.
+fn other_operators(ctx: &mut Ctx, op: &Node, class: &[&str], name: &'static str, score: f64) {
+    let o = text(op, ctx.src).to_owned();
+    if !class.contains(&o.as_str()) {
+        return;
+    }
+    for alt in class.iter().filter(|a| **a != o) {
+        ctx.replace(op, alt, comparison_kind(name, &o, alt), score);
+    }
+}
+
+/// `not x` / `!x` → `x`.
+fn drop_negation(ctx: &mut Ctx, n: &Node, score: f64) {
+    if let Some(arg) = n.child_by_field_name("argument") {
+        let inner = text(&arg, ctx.src).to_owned();
+        ctx.replace(n, &inner, "negation", score);
     }
 }
 
@@ -866,17 +887,7 @@ fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
             } else {
                 (n.start_byte(), n.end_byte())
             };
-            ctx.emit(
-                n,
-                "delete-statement",
-                desc,
-                vec![Edit {
-                    start,
-                    end,
-                    text: with.into(),
-                }],
-                score,
-            );
+            ctx.edit(n, "delete-statement", desc, (start, end), with, score);
         }
         _ => {}
     }
@@ -1092,15 +1103,12 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
             let at = body.end_byte();
             for b in built {
                 let desc = format!("line {end}: return `{b}` at the end of `{name}`");
-                ctx.emit(
+                ctx.edit(
                     &body,
                     "missing-return",
                     desc,
-                    vec![Edit {
-                        start: at,
-                        end: at,
-                        text: format!("\n{indent}return {b}"),
-                    }],
+                    (at, at),
+                    format!("\n{indent}return {b}"),
                     score,
                 );
             }
@@ -1126,28 +1134,22 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
                     line(&last)
                 );
                 let at = last.end_byte();
-                ctx.emit(
+                ctx.edit(
                     &last,
                     "missing-return",
                     desc,
-                    vec![Edit {
-                        start: at,
-                        end: at,
-                        text: format!("\n{indent}return {value}"),
-                    }],
+                    (at, at),
+                    format!("\n{indent}return {value}"),
                     score,
                 );
             } else {
                 let desc = format!("line {}: return `{expr}`", line(&last));
-                ctx.emit(
+                ctx.edit(
                     &last,
                     "missing-return",
                     desc,
-                    vec![Edit {
-                        start: last.start_byte(),
-                        end: last.end_byte(),
-                        text: format!("return {expr}"),
-                    }],
+                    (last.start_byte(), last.end_byte()),
+                    format!("return {expr}"),
                     score,
                 );
             }
@@ -1171,15 +1173,12 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
                     line(&first)
                 );
                 let text = format!("{indent}if {cond}:\n{indent}    return {ret}\n");
-                ctx.emit(
+                ctx.edit(
                     &first,
                     "base-case",
                     desc,
-                    vec![Edit {
-                        start: line_start,
-                        end: line_start,
-                        text,
-                    }],
+                    (line_start, line_start),
+                    text,
                     score,
                 );
             }
@@ -1196,17 +1195,7 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
                         line(&first)
                     );
                     let text = format!("{indent}if not {p}:\n{indent}    return {ret}\n");
-                    ctx.emit(
-                        &first,
-                        "guard",
-                        desc,
-                        vec![Edit {
-                            start: line_start,
-                            end: line_start,
-                            text,
-                        }],
-                        score,
-                    );
+                    ctx.edit(&first, "guard", desc, (line_start, line_start), text, score);
                 }
             }
         }
