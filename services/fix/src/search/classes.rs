@@ -1146,6 +1146,78 @@ impl Scope {
     }
 }
 
+/// A missing raise (PySStuBs' "missing throw"): the tests expected an exception the log names
+/// (`DID NOT RAISE <class 'ValueError'>`, `Missing expected exception (RangeError)`), so
+/// before a return, or before the first statement of a function, `if COND: raise E` with
+/// COND a comparison written elsewhere in the file, or a guard on a name in scope (`x < 0`,
+/// `not xs`, `len(a) != len(b)`). Only when the log names the exception: without it the
+/// operator would only add candidates no test asks for.
+fn missing_raise(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
+    if ctx.raises.is_empty() || !matches!(ctx.lang, Language::Python | Language::JavaScript) {
+        return;
+    }
+    let first = n.prev_named_sibling().is_none()
+        && n.parent()
+            .and_then(|b| b.parent())
+            .is_some_and(|f| super::is_function_kind(f.kind()));
+    if !(first || n.kind() == "return_statement") {
+        return;
+    }
+    let Some(scope) = ing.scope_of(n) else { return };
+    let python = ctx.lang == Language::Python;
+    let mut conds: Vec<(String, f64)> = ing
+        .similar_conditions(text(n, ctx.src), Some(scope))
+        .into_iter()
+        .map(|(c, sim)| (c, sim * 0.9))
+        .collect();
+    let (seqs, nums) = scope.typed_names();
+    let (eq, ne, not, len) = if python {
+        ("==", "!=", "not ", "len({})")
+    } else {
+        ("===", "!==", "!", "{}.length")
+    };
+    for x in nums.iter().take(4) {
+        conds.push((format!("{x} < 0"), 0.8));
+        conds.push((format!("{x} {eq} 0"), 0.75));
+    }
+    for (i, x) in seqs.iter().take(4).enumerate() {
+        conds.push((format!("{not}{x}"), 0.7));
+        for y in seqs.iter().take(4).skip(i + 1) {
+            let (lx, ly) = (len.replace("{}", x), len.replace("{}", y));
+            conds.push((format!("{lx} {ne} {ly}"), 0.75));
+        }
+    }
+    let indent = " ".repeat(n.start_position().column);
+    let (start, _) = whole_lines(ctx.src, n);
+    let raises = ctx.raises.to_vec();
+    for e in raises.iter().take(2) {
+        for (cond, sim) in &conds {
+            let (stmt, desc) = if python {
+                (
+                    format!("{indent}if {cond}:\n{indent}    raise {e}\n"),
+                    format!("line {}: `if {cond}: raise {e}` before it", line(n)),
+                )
+            } else {
+                (
+                    format!("{indent}if ({cond}) throw new {e}();\n"),
+                    format!("line {}: `if ({cond}) throw new {e}()` before it", line(n)),
+                )
+            };
+            ctx.emit(
+                n,
+                "missing-raise",
+                desc,
+                vec![Edit {
+                    start,
+                    end: start,
+                    text: stmt,
+                }],
+                score * sim,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Target, mutants, same_ast};
@@ -1316,76 +1388,29 @@ mod tests {
             .is_some()
         );
     }
-}
 
-/// A missing raise (PySStuBs' "missing throw"): the tests expected an exception the log names
-/// (`DID NOT RAISE <class 'ValueError'>`, `Missing expected exception (RangeError)`), so
-/// before a return, or before the first statement of a function, `if COND: raise E` with
-/// COND a comparison written elsewhere in the file, or a guard on a name in scope (`x < 0`,
-/// `not xs`, `len(a) != len(b)`). Only when the log names the exception: without it the
-/// operator would only add candidates no test asks for.
-fn missing_raise(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
-    if ctx.raises.is_empty() || !matches!(ctx.lang, Language::Python | Language::JavaScript) {
-        return;
-    }
-    let first = n.prev_named_sibling().is_none()
-        && n.parent()
-            .and_then(|b| b.parent())
-            .is_some_and(|f| super::is_function_kind(f.kind()));
-    if !(first || n.kind() == "return_statement") {
-        return;
-    }
-    let Some(scope) = ing.scope_of(n) else { return };
-    let python = ctx.lang == Language::Python;
-    let mut conds: Vec<(String, f64)> = ing
-        .similar_conditions(text(n, ctx.src), Some(scope))
-        .into_iter()
-        .map(|(c, sim)| (c, sim * 0.9))
-        .collect();
-    let (seqs, nums) = scope.typed_names();
-    let (eq, ne, not, len) = if python {
-        ("==", "!=", "not ", "len({})")
-    } else {
-        ("===", "!==", "!", "{}.length")
-    };
-    for x in nums.iter().take(4) {
-        conds.push((format!("{x} < 0"), 0.8));
-        conds.push((format!("{x} {eq} 0"), 0.75));
-    }
-    for (i, x) in seqs.iter().take(4).enumerate() {
-        conds.push((format!("{not}{x}"), 0.7));
-        for y in seqs.iter().take(4).skip(i + 1) {
-            let (lx, ly) = (len.replace("{}", x), len.replace("{}", y));
-            conds.push((format!("{lx} {ne} {ly}"), 0.75));
-        }
-    }
-    let indent = " ".repeat(n.start_position().column);
-    let (start, _) = whole_lines(ctx.src, n);
-    let raises = ctx.raises.to_vec();
-    for e in raises.iter().take(2) {
-        for (cond, sim) in &conds {
-            let (stmt, desc) = if python {
-                (
-                    format!("{indent}if {cond}:\n{indent}    raise {e}\n"),
-                    format!("line {}: `if {cond}: raise {e}` before it", line(n)),
-                )
-            } else {
-                (
-                    format!("{indent}if ({cond}) throw new {e}();\n"),
-                    format!("line {}: `if ({cond}) throw new {e}()` before it", line(n)),
-                )
-            };
-            ctx.emit(
-                n,
-                "missing-raise",
-                desc,
-                vec![Edit {
-                    start,
-                    end: start,
-                    text: stmt,
-                }],
-                score * sim,
-            );
-        }
+    #[test]
+    fn a_missing_raise_is_synthesised_only_when_the_log_names_the_exception() {
+        let src = "def topo(deg):\n    order = []\n    for u in deg:\n        order.append(deg[u])\n    return order[:len(order)]\n";
+        let t = [super::super::Target {
+            line: Some(5),
+            score: 1.0,
+        }];
+        let learned = Default::default();
+        let with = |raises: &[String]| {
+            super::super::mutants_guided(Language::Python, "t.py", src, &t, 500, &learned, raises)
+        };
+        let raised = with(&["ValueError".to_owned()]);
+        assert!(raised.iter().any(|m| m.operator == "missing-raise"
+            && m.new_text.contains(
+                "    if len(order) != len(deg):\n        raise ValueError\n    return order["
+            )));
+        assert!(!with(&[]).iter().any(|m| m.operator == "missing-raise"));
+        assert_eq!(
+            super::super::expected_exceptions(
+                "E       Failed: DID NOT RAISE <class 'ValueError'>\n  error: 'Missing expected exception (RangeError).'"
+            ),
+            ["ValueError", "RangeError"]
+        );
     }
 }
