@@ -189,7 +189,7 @@ impl ValidateStage {
             first,
             slowest_first_ms: Default::default(),
             slowest_ended_ms: Default::default(),
-            looped_ms: Default::default(),
+            looped_ms: crate::policy::timeouts::looped_before(&f.history).into(),
             base,
             collect_from: collect_from(lanes_used),
             runs: Default::default(),

@@ -67,6 +67,18 @@ pub fn loop_capped(
     }
 }
 
+/// The time earlier attempts of the repair lost to runs stopped by their timeout: loops
+/// count against every attempt, so once they have cost a quarter of a budget, a new attempt's
+/// candidates are capped from its start instead of paying the probes again.
+pub fn looped_before(history: &[proto::messages::AttemptRecord]) -> u64 {
+    history
+        .iter()
+        .flat_map(|a| &a.results)
+        .filter(|r| r.reason.as_deref().is_some_and(|x| x.ends_with(" timeout")))
+        .map(|r| r.duration_ms)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +135,34 @@ mod tests {
         assert_eq!(first_run_timeout(full, 700, 80), Duration::from_secs(1));
         assert_eq!(first_run_timeout(full, 700, 300), Duration::from_secs(3));
         assert_eq!(first_run_timeout(full, 700, 2_000), full);
+    }
+
+    #[test]
+    fn earlier_attempts_loops_count_against_the_next_one() {
+        let result = |reason: &str, ms: u64| proto::messages::CandidateResult {
+            candidate_id: "c".into(),
+            passed: false,
+            tests: vec![],
+            regressions: vec![],
+            changed_lines: 1,
+            reason: Some(reason.into()),
+            duration_ms: ms,
+        };
+        let attempt = proto::messages::AttemptRecord {
+            attempt: 1,
+            engine: proto::messages::Engine::Search,
+            candidates: vec![],
+            results: vec![
+                result("the test run killed after 10 s timeout", 10_400),
+                result("target tests still fail: t", 900),
+                result("the test run killed after 10 s timeout", 10_300),
+            ],
+            usage: Default::default(),
+            validation_ms: 0,
+            lanes: 0,
+            paths: Default::default(),
+        };
+        assert_eq!(looped_before(&[attempt]), 20_700);
+        assert_eq!(looped_before(&[]), 0);
     }
 }
