@@ -8,6 +8,12 @@
 //!       [--split tuned|held_back] [--jobs N] [--bin PATH] [--config FILE] [--save FILE]
 //!       [--against FILE]
 //!
+//!   cargo bench -p cli --bench classes -- --ranks [--split held_back]
+//!
+//! `--ranks` runs no repair: for each bug of the tuned split (the held-back one only when
+//! asked), the rank of the reference fix among the search engine's candidates when the buggy
+//! line is the only suspect (localisation taken as perfect), the tuning aid of the operators
+//! (`CLASSES_SHOW=<bug id>` lists that bug's candidates in order).
 //! `--bin` runs another build of coval (the engine before a change); `--save` writes the
 //! rows as JSON and `--against` prints a saved run's numbers beside this one's, so a change
 //! is measured against its baseline in one table. `--rows F1,F2` runs nothing and prints the
@@ -252,6 +258,59 @@ fn table(title: &str, rows: &[Row], before: &[Row], key: fn(&Row) -> String) {
     println!();
 }
 
+/// The rank of each bug's reference fix among the engine's candidates (see `--ranks`).
+fn ranks(bugs: &[Value]) {
+    let (mut found, mut top60, mut total) = (0, 0, 0);
+    for b in bugs {
+        let s = |k: &str| b[k].as_str().unwrap_or("").to_owned();
+        let lang = language(&s("language"));
+        let program = root().join("programs").join(s("program"));
+        let Ok(reference) = std::fs::read_to_string(program.join(s("file"))) else {
+            continue;
+        };
+        let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
+        let line = b["line"].as_u64().and_then(|l| u32::try_from(l).ok());
+        let targets = [fix::search::Target { line, score: 1.0 }];
+        let log = std::fs::read_to_string(root().join("logs").join(format!("{}.log", s("id"))))
+            .unwrap_or_default();
+        let raises = fix::search::expected_exceptions(&log);
+        let ms = fix::search::mutants_guided(
+            lang,
+            &s("file"),
+            &buggy,
+            &targets,
+            2000,
+            &Default::default(),
+            &raises,
+        );
+        let rank = ms.iter().position(|m| {
+            fix::search::same_ast(lang, &s("file"), &m.new_text, &reference) == Some(true)
+        });
+        if std::env::var("CLASSES_SHOW").is_ok_and(|v| v == s("id")) {
+            for (i, m) in ms.iter().enumerate().take(400) {
+                println!(
+                    "  {i:>4} {:.3} {:<20} {}",
+                    m.score, m.operator, m.description
+                );
+            }
+        }
+        total += 1;
+        if let Some(r) = rank {
+            found += 1;
+            top60 += usize::from(r < 60);
+        }
+        println!(
+            "{:<26} {:<34} {:>5} of {:>5} {}",
+            s("id"),
+            s("class"),
+            rank.map(|r| r.to_string()).unwrap_or("-".into()),
+            ms.len(),
+            rank.map(|r| ms[r].operator).unwrap_or("")
+        );
+    }
+    println!("reference among candidates: {found}/{total}, in the first 60: {top60}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -285,6 +344,15 @@ fn main() {
                 && split.as_deref().is_none_or(|s| b["split"] == s)
         })
         .collect();
+    if args.iter().any(|a| a == "--ranks") {
+        // A tuning aid: the held-back split only when asked for by name.
+        let tuned: Vec<Value> = bugs
+            .into_iter()
+            .filter(|b| split.is_some() || b["split"] == "tuned")
+            .collect();
+        ranks(&tuned);
+        return;
+    }
     let before: Vec<Row> = arg("--against")
         .and_then(|f| std::fs::read_to_string(f).ok())
         .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())

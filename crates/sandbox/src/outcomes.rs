@@ -8,6 +8,27 @@ use proto::messages::{TestOutcome, TestStatus};
 use super::RunResult;
 use super::project::{ProjectKind, Runner};
 
+/// Whether a test log says its run was cut by a time limit (a test that loops): one of the
+/// phrases CI systems and test runners print when they stop a job, in the log's last 20 lines.
+pub fn cut_by_time_limit(log: &str) -> bool {
+    let tail: String = log
+        .lines()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .to_lowercase();
+    [
+        "time limit",
+        "timed out",
+        "timeout",
+        "exceeded the maximum execution time",
+        "panic: test timed out",
+    ]
+    .iter()
+    .any(|w| tail.contains(w))
+}
+
 /// The per-test outcomes of `result`, a run of `kind.test_cmd`.
 pub fn parse_outcomes(kind: &ProjectKind, result: &RunResult) -> Vec<TestOutcome> {
     for (path, text) in &result.collected {
@@ -416,6 +437,9 @@ struct GoEvent {
 pub fn parse_go_json(text: &str) -> Vec<TestOutcome> {
     let mut out: Vec<TestOutcome> = vec![];
     let mut failed_pkgs: Vec<String> = vec![];
+    // Tests that started: one that never ended was running when the run stopped (a test
+    // that loops, cut by the time limit) and did not pass.
+    let mut started: Vec<String> = vec![];
     for line in text.lines() {
         let line = line.trim();
         if !line.starts_with('{') {
@@ -428,12 +452,23 @@ pub fn parse_go_json(text: &str) -> Vec<TestOutcome> {
             "pass" => TestStatus::Passed,
             "fail" => TestStatus::Failed,
             "skip" => TestStatus::Skipped,
+            "run" => {
+                if let Some(t) = &ev.test {
+                    started.push(format!("{}::{t}", ev.package));
+                }
+                continue;
+            }
             _ => continue,
         };
         match ev.test {
             Some(t) => out.push(outcome(format!("{}::{t}", ev.package), status)),
             None if status == TestStatus::Failed => failed_pkgs.push(ev.package),
             None => {}
+        }
+    }
+    for name in started {
+        if !out.iter().any(|o| o.name == name) {
+            out.push(outcome(name, TestStatus::Failed));
         }
     }
     for pkg in failed_pkgs {
@@ -685,6 +720,38 @@ broken/x.go:3:1: syntax error
                 outcome("example.com/broken", TestStatus::Error),
             ]
         );
+    }
+
+    /// `go test -json` killed by the sandbox's limit while `TestReverse` looped (the run of
+    /// the corpus bug go_fizz-2 in the Docker sandbox).
+    #[test]
+    fn go_json_cut_by_the_limit_fails_the_test_that_was_running() {
+        let text = r#"{"Time":"2026-12-02T08:08:14.120235858Z","Action":"run","Package":"example.com/fizz","Test":"TestFizzBuzz"}
+{"Time":"2026-12-02T08:08:14.120399853Z","Action":"output","Package":"example.com/fizz","Test":"TestFizzBuzz","Output":"=== RUN   TestFizzBuzz\n"}
+{"Time":"2026-12-02T08:08:14.120470849Z","Action":"output","Package":"example.com/fizz","Test":"TestFizzBuzz","Output":"--- PASS: TestFizzBuzz (0.00s)\n"}
+{"Time":"2026-12-02T08:08:14.121126327Z","Action":"pass","Package":"example.com/fizz","Test":"TestFizzBuzz","Elapsed":0}
+{"Time":"2026-12-02T08:08:14.121358644Z","Action":"run","Package":"example.com/fizz","Test":"TestReverse"}
+{"Time":"2026-12-02T08:08:14.121478883Z","Action":"output","Package":"example.com/fizz","Test":"TestReverse","Output":"=== RUN   TestReverse\n"}
+Killed
+"#;
+        assert_eq!(
+            parse_go_json(text),
+            [
+                outcome("example.com/fizz::TestFizzBuzz", TestStatus::Passed),
+                outcome("example.com/fizz::TestReverse", TestStatus::Failed),
+            ]
+        );
+    }
+
+    #[test]
+    fn cut_by_time_limit_reads_the_end_of_the_log() {
+        assert!(cut_by_time_limit(
+            "ok 1\nError: the test job exceeded its time limit (20 s) and was cancelled\n"
+        ));
+        assert!(cut_by_time_limit("panic: test timed out after 10m0s\n"));
+        assert!(!cut_by_time_limit(
+            "FAILED test_x.py::test_y - AssertionError\n"
+        ));
     }
 
     #[test]

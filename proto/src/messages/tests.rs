@@ -91,6 +91,7 @@ fn mre() -> MreSummary {
         sandbox: "docker".into(),
         notes: vec![],
         baseline_ms: 0,
+        baseline_timed_out: false,
         blocked: None,
         wider: vec![],
     }

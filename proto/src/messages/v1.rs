@@ -332,6 +332,11 @@ pub struct MreSummary {
     /// proportion to what the tests normally take.
     #[serde(default)]
     pub baseline_ms: u64,
+    /// The baseline run was cut by its time limit (a test loops): `baseline_ms` is then the
+    /// time of the tests that ended in it, run alone (0 when that could not be measured), and
+    /// candidates' timeouts also follow their own runs that end.
+    #[serde(default)]
+    pub baseline_timed_out: bool,
     /// Set when the tests cannot run at all, for a reason other than the bug (a missing runner,
     /// interpreter or package): the repair stops there instead of validating candidates that
     /// cannot pass.

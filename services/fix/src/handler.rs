@@ -20,13 +20,21 @@ pub struct SearchSettings {
     pub batch: usize,
     /// Candidates generated per file before ranking.
     pub per_file: usize,
+    /// Once the single edits are exhausted, pairs of this many of the best single edits of a
+    /// file are tried (their number grows with the square: 10 make at most 45), besides the
+    /// same change repeated at two places ([`search::pairs`]).
+    pub pair_from: usize,
 }
+
+/// The single edits of a file whose repeated changes are paired ([`search::pairs`]).
+const PAIRED: usize = 300;
 
 impl Default for SearchSettings {
     fn default() -> Self {
         SearchSettings {
             batch: 60,
             per_file: 600,
+            pair_from: 10,
         }
     }
 }
@@ -68,6 +76,7 @@ pub fn search_candidates(
     tried: &HashSet<String>,
     s: &SearchSettings,
     learned: &std::collections::HashMap<String, f64>,
+    raises: &[String],
 ) -> Vec<Candidate> {
     let mut by_file: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
     for x in suspects
@@ -80,6 +89,7 @@ pub fn search_candidates(
         });
     }
     let mut all = vec![];
+    let mut texts: Vec<(&str, Language, String)> = vec![];
     for (file, targets) in by_file {
         let Some(lang) = language(file) else { continue };
         // Only regular files inside the project: never follow a suspect path out of it.
@@ -93,17 +103,42 @@ pub fn search_candidates(
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for m in search::mutants_with(lang, file, &text, &targets, s.per_file, learned) {
+        for m in search::mutants_guided(lang, file, &text, &targets, s.per_file, learned, raises) {
             if let Some(d) = diff::unified(file, &text, &m.new_text) {
                 all.push((m, d));
             }
         }
+        texts.push((file, lang, text));
     }
     all.sort_by(|(a, _), (b, _)| {
         b.score
             .total_cmp(&a.score)
             .then(a.edit_size.cmp(&b.edit_size))
     });
+    // Single edits exhausted (fewer left than a batch): pairs of the best single edits of
+    // each file, at most `pair_from` of them, after every single one.
+    let fresh = all
+        .iter()
+        .filter(|(_, d)| !tried.contains(&candidate_id(d)))
+        .count();
+    if fresh < s.batch {
+        let mut pairs = vec![];
+        for (file, lang, text) in &texts {
+            let best: Vec<search::Mutant> = all
+                .iter()
+                .filter(|(m, _)| m.file == *file)
+                .take(PAIRED)
+                .map(|(m, _)| m.clone())
+                .collect();
+            for m in search::pairs(*lang, file, text, &best, s.pair_from) {
+                if let Some(d) = diff::unified(file, text, &m.new_text) {
+                    pairs.push((m, d));
+                }
+            }
+        }
+        pairs.sort_by(|(a, _), (b, _)| b.score.total_cmp(&a.score));
+        all.extend(pairs);
+    }
     let mut seen = HashSet::new();
     all.into_iter()
         .filter_map(|(m, d)| {
@@ -191,8 +226,19 @@ impl Handler for FixStage {
                 .iter()
                 .flat_map(|a| a.candidates.iter().map(|c| c.id.clone()))
                 .collect();
-            let (root2, suspects, settings) =
-                (root.clone(), triage.suspects.clone(), self.search.clone());
+            let mut suspects = triage.suspects.clone();
+            // Nothing localised (a log that only says the job was cut by a time limit): the
+            // functions the failing tests are named after, else the project's source files.
+            if !suspects
+                .iter()
+                .any(|x| !vocab::is_test_path(&x.file) && language(&x.file).is_some())
+            {
+                suspects = crate::unlocated::suspects(&root, &mre.failing_tests, &|f| {
+                    language(f).is_some()
+                });
+            }
+            let (root2, settings) = (root.clone(), self.search.clone());
+            let raises = search::expected_exceptions(&request.error_log);
             // Operators that fixed this category of failure before rank higher; a history
             // that cannot be read leaves the configured priors.
             let history = self.history.outcomes(triage.category).unwrap_or_default();
@@ -203,7 +249,7 @@ impl Handler for FixStage {
                     .filter_map(|h| h.operator.as_deref()),
             );
             match tokio::task::spawn_blocking(move || {
-                search_candidates(&root2, &suspects, &tried, &settings, &learned)
+                search_candidates(&root2, &suspects, &tried, &settings, &learned, &raises)
             })
             .await
             {
@@ -239,5 +285,88 @@ impl FixStage {
             projects: ctx.projects.clone(),
             history: ctx.history.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The corpus bug py_primes-4 (tests/fixtures/classes): both ranges of the sieve stop one
+    /// short, and neither fix alone passes the tests. Pairs of edits come only once the single
+    /// edits are exhausted, and then the two fixes together are among them.
+    #[test]
+    fn two_edits_are_combined_once_the_single_edits_are_exhausted() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classes");
+        let index: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(corpus.join("index.json")).unwrap())
+                .unwrap();
+        let bug = index.iter().find(|b| b["id"] == "py_primes-4").unwrap();
+        let s = |k: &str| bug[k].as_str().unwrap().to_owned();
+        let reference =
+            std::fs::read_to_string(corpus.join("programs/py_primes/arith.py")).unwrap();
+        let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("arith.py"), &buggy).unwrap();
+        let suspects = [Suspect {
+            file: "arith.py".into(),
+            line: Some(22),
+            score: 1.0,
+            reason: String::new(),
+        }];
+        let settings = SearchSettings::default();
+        let learned = Default::default();
+        let mut tried = HashSet::new();
+        let mut batches = 0;
+        let pairs = loop {
+            let batch = search_candidates(dir.path(), &suspects, &tried, &settings, &learned, &[]);
+            assert!(
+                !batch.is_empty() && batches < 30,
+                "no pair was ever proposed"
+            );
+            let (pairs, singles): (Vec<_>, Vec<_>) = batch.into_iter().partition(|c| {
+                matches!(&c.source, CandidateSource::Search { operator } if operator == "two-edits")
+            });
+            if !pairs.is_empty() {
+                // Pairs come after the last single edit, in the batch that exhausts them.
+                assert!(batches > 0, "pairs before any single edit was tried");
+                break pairs;
+            }
+            tried.extend(singles.into_iter().map(|c| c.id));
+            batches += 1;
+        };
+        let both = pairs.iter().find(|c| {
+            c.description
+                .contains("`int(n ** 0.5)` → `int(n ** 0.5) + 1`")
+                && c.description.contains("`n` → `n + 1`")
+        });
+        assert!(
+            both.is_some(),
+            "the two fixes are not combined: {:#?}",
+            pairs.iter().map(|c| &c.description).collect::<Vec<_>>()
+        );
+        // And that pair is the program as written.
+        let t = [Target {
+            line: Some(22),
+            score: 1.0,
+        }];
+        let singles = search::mutants(Language::Python, "arith.py", &buggy, &t, 600);
+        let best: Vec<_> = singles.into_iter().take(PAIRED).collect();
+        assert!(
+            search::pairs(
+                Language::Python,
+                "arith.py",
+                &buggy,
+                &best,
+                settings.pair_from
+            )
+            .iter()
+            .any(|m| search::same_ast(
+                Language::Python,
+                "arith.py",
+                &m.new_text,
+                &reference
+            ) == Some(true))
+        );
     }
 }

@@ -5,3 +5,4 @@ pub mod diff;
 pub mod handler;
 pub mod model;
 pub mod search;
+pub mod unlocated;

@@ -93,7 +93,11 @@ impl Handler for MreStage {
             Err(e) => return Outcome::Reject(format!("the test command could not run: {e}")),
         };
         // Tests that cannot run at all stop here, with what is missing: no candidate could pass.
-        if !reproduces(&d.triage, &whole)
+        // A log that says the run was cut by a time limit reproduces as a run cut by its own
+        // (the loop), whatever the log named.
+        let looping_log = sandbox::outcomes::cut_by_time_limit(&d.request.error_log);
+        let same = |r: &run::TestRun| reproduces(&d.triage, r) || looping_log && r.result.timed_out;
+        if !same(&whole)
             && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
         {
             notes.push(format!(
@@ -141,18 +145,57 @@ impl Handler for MreStage {
                 reason: format!("cannot write the MRE to {}: {e}", dir.display()),
             };
         }
-        let minimal = match run::run_tests(sb, &repro, env, &kind, &dir).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                notes.push(format!("the minimal example could not run: {e}"));
-                None
+        // A baseline cut by its limit (a test loops): the minimal example would loop as long,
+        // so the whole project is the example, and the tests around the command (which run
+        // the looping test too) are not run.
+        let looped = whole.result.timed_out;
+        let mut baseline_ms = whole.result.duration.as_millis() as u64;
+        let minimal = if looped {
+            notes.push(format!(
+                "the baseline run was cut by its {} s limit (a test loops): the whole project is the example",
+                repro.timeout_secs
+            ));
+            // What candidates are scaled to: the tests that ended, run alone.
+            baseline_ms = 0;
+            if let Some(cmd) = run::ended_tests_cmd(&kind, &whole.passing()) {
+                let ended_kind = sandbox::ProjectKind {
+                    test_cmd: cmd.clone(),
+                    ..kind.clone()
+                };
+                match run::run_tests(sb, &repro, env, &ended_kind, &root).await {
+                    Ok(r) if !r.result.timed_out => {
+                        baseline_ms = r.result.duration.as_millis() as u64;
+                        notes.push(format!(
+                            "baseline time from the tests that ended: `{}` in {:.1} s",
+                            build::shell_words(&cmd),
+                            r.result.duration.as_secs_f64()
+                        ));
+                    }
+                    Ok(r) => notes.push(format!(
+                        "the tests that ended did not end alone: `{}` {}",
+                        build::shell_words(&cmd),
+                        r.result.verdict()
+                    )),
+                    Err(e) => notes.push(format!("the tests that ended could not run alone: {e}")),
+                }
+            }
+            None
+        } else {
+            match run::run_tests(sb, &repro, env, &kind, &dir).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    notes.push(format!("the minimal example could not run: {e}"));
+                    None
+                }
             }
         };
         let (reproduced, whole_project) = match &minimal {
-            Some(m) if reproduces(&d.triage, m) => (true, false),
+            Some(m) if same(m) => (true, false),
             _ => {
-                notes.push("the minimal example does not reproduce the failure: the whole project is the example".into());
-                (reproduces(&d.triage, &whole), true)
+                if !looped {
+                    notes.push("the minimal example does not reproduce the failure: the whole project is the example".into());
+                }
+                (same(&whole), true)
             }
         };
         if !reproduced {
@@ -165,7 +208,7 @@ impl Handler for MreStage {
         // must pass after a fix too.
         let mut passing = whole.passing();
         let mut wider = vec![];
-        for level in sandbox::widen(&kind) {
+        for level in sandbox::widen(&kind).into_iter().filter(|_| !looped) {
             let level_kind = sandbox::ProjectKind {
                 test_cmd: level.clone(),
                 ..kind.clone()
@@ -205,7 +248,8 @@ impl Handler for MreStage {
             passing_tests: passing,
             sandbox: sb.name().to_owned(),
             notes,
-            baseline_ms: whole.result.duration.as_millis() as u64,
+            baseline_ms,
+            baseline_timed_out: looped,
             blocked: None,
             wider,
         };

@@ -72,26 +72,50 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
 /// configured limit: the loop reproduces as a timeout, and a repair does not wait minutes to
 /// learn what the log already says.
 pub fn reproduction_timeout(limit_secs: u64, error_log: &str) -> u64 {
-    let tail: String = error_log
-        .lines()
-        .rev()
-        .take(20)
-        .collect::<Vec<_>>()
-        .join("\n")
-        .to_lowercase();
-    let looped = [
-        "time limit",
-        "timed out",
-        "timeout",
-        "exceeded the maximum execution time",
-        "panic: test timed out",
-    ]
-    .iter()
-    .any(|w| tail.contains(w));
-    if looped {
+    if sandbox::outcomes::cut_by_time_limit(error_log) {
         limit_secs.min(REPRODUCE_LOOP_SECS)
     } else {
         limit_secs
+    }
+}
+
+/// When the baseline looped: the command that runs only the tests that ended in it, whose
+/// time is the baseline candidates are scaled to (the looping run's time is only the limit).
+/// `go test` with `-run` over those tests' top-level names; `python -m pytest` with their node
+/// ids; none for other runners, or when a name could be taken for something else.
+pub fn ended_tests_cmd(kind: &ProjectKind, ended: &[String]) -> Option<Vec<String>> {
+    if ended.is_empty() {
+        return None;
+    }
+    match kind.runner {
+        sandbox::Runner::GoTest => {
+            let mut names: Vec<&str> = ended
+                .iter()
+                .map(|t| t.rsplit("::").next().unwrap_or(t))
+                .map(|t| t.split('/').next().unwrap_or(t))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let plain = |n: &&str| {
+                !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            };
+            if !names.iter().all(plain) {
+                return None;
+            }
+            let mut cmd = kind.test_cmd.clone();
+            cmd.extend(["-run".to_owned(), format!("^({})$", names.join("|"))]);
+            Some(cmd)
+        }
+        sandbox::Runner::Pytest if sandbox::is_pytest_module_run(&kind.test_cmd) => {
+            let node_id = |t: &String| t.contains("::") && !t.starts_with('-') && !t.contains('\0');
+            if !ended.iter().all(node_id) {
+                return None;
+            }
+            let mut cmd = kind.test_cmd.clone();
+            cmd.extend(ended.iter().cloned());
+            Some(cmd)
+        }
+        _ => None,
     }
 }
 
@@ -255,5 +279,28 @@ mod tests {
         assert_eq!(reproduction_timeout(300, go), REPRODUCE_LOOP_SECS);
         let plain = "FAILED tests/test_a.py::test_x - AssertionError\n1 failed in 0.1s\n";
         assert_eq!(reproduction_timeout(300, plain), 300);
+    }
+
+    #[test]
+    fn the_tests_that_ended_run_alone() {
+        let go = sandbox::ProjectKind {
+            language: proto::messages::Language::Go,
+            framework: String::new(),
+            test_cmd: vec!["go".into(), "test".into(), "-json".into(), "./...".into()],
+            runner: sandbox::Runner::GoTest,
+            reports: vec![],
+            env: vec![],
+            origin: String::new(),
+        };
+        let ended = vec![
+            "example.com/fizz::TestFizzBuzz".to_owned(),
+            "example.com/fizz::TestSplit/empty".to_owned(),
+        ];
+        assert_eq!(
+            ended_tests_cmd(&go, &ended).unwrap()[4..],
+            ["-run", "^(TestFizzBuzz|TestSplit)$"]
+        );
+        assert_eq!(ended_tests_cmd(&go, &[]), None);
+        assert_eq!(ended_tests_cmd(&go, &["p::Test$(x)".into()]), None);
     }
 }

@@ -50,6 +50,14 @@ impl Handler for TriageStage {
             Err(_) => vec![],
         };
         let spectrum = match &self.coverage_sandbox {
+            // A test that loops: coverage.py, `go test -cover` and node's coverage write their
+            // report when the run ends, so a run cut by the limit measures nothing and would
+            // only wait the whole sandbox limit.
+            Some(_) if sandbox::outcomes::cut_by_time_limit(&rq.error_log) => {
+                Some(crate::spectrum::note(
+                    "coverage not measured: the log says the tests were cut by a time limit (a test loops), and a coverage run reports only when the tests end".into(),
+                ))
+            }
             Some(sb) if project.test_files().next().is_some() => match project.main_language() {
                 Language::Python => Some(crate::spectrum::python(sb, &root).await),
                 Language::Go => Some(crate::spectrum::tool_coverage(sb, &root, Language::Go).await),

@@ -194,7 +194,7 @@ pub fn node_cover(out: &str) -> Option<f64> {
     (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64 / 100.0).clamp(0.0, 1.0))
 }
 
-fn note(n: String) -> Spectrum {
+pub(crate) fn note(n: String) -> Spectrum {
     Spectrum {
         notes: vec![n],
         ..Default::default()

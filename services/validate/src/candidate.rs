@@ -12,7 +12,9 @@ use sandbox::{ProjectKind, Session, WarmStats};
 use crate::handler::ValidateStage;
 use crate::policy::Tried;
 use crate::policy::failing_first::early_rejection;
-use crate::policy::timeouts::{candidate_timeout, first_run_timeout, loop_capped};
+use crate::policy::timeouts::{
+    candidate_timeout, first_run_timeout, loop_capped, looping_baseline_timeout,
+};
 use crate::policy::verdict::{SuiteVerdict, suite_verdict, test_edit_rejection, wider_verdict};
 
 /// What every candidate of one attempt shares.
@@ -27,6 +29,8 @@ pub struct Trial<'a> {
     pub first: Option<Vec<String>>,
     /// The slowest failing-tests-first run of this attempt that finished in time, in ms.
     pub slowest_first_ms: AtomicU64,
+    /// The slowest whole-suite run of this attempt that ended in time, in ms.
+    pub slowest_ended_ms: AtomicU64,
     /// Time this attempt's runs stopped by their timeout took, in ms (loops are capped).
     pub looped_ms: AtomicU64,
     /// A copy of the project as candidates are made from it (pytest failing-first runs only):
@@ -65,10 +69,29 @@ pub async fn try_one(t: &Trial<'_>, session: &mut Session, c: &Candidate, n: usi
         Err(reason) => return failed(c, reason, started),
     };
     tracing::debug!(candidate = %c.id, applied_secs = started.elapsed().as_secs_f64(), "candidate applied");
+    let mre = &t.f.mre;
+    // A looping baseline's measure is the tests that ended in it, run alone: a run that ends.
+    let measured = if mre.baseline_timed_out {
+        mre.baseline_ms
+    } else {
+        0
+    };
+    let ended = t
+        .slowest_ended_ms
+        .load(Ordering::Relaxed)
+        .max(t.slowest_first_ms.load(Ordering::Relaxed))
+        .max(measured);
+    let limit = t.stage.sandbox.timeout_secs;
+    let scaled = if t.f.mre.baseline_timed_out {
+        looping_baseline_timeout(Duration::from_secs(limit.max(1)), ended)
+    } else {
+        candidate_timeout(limit, mre.baseline_ms)
+    };
     let timeout = loop_capped(
-        candidate_timeout(t.stage.sandbox.timeout_secs, t.f.mre.baseline_ms),
+        scaled,
         t.looped_ms.load(Ordering::Relaxed),
         t.stage.settings.attempt_budget,
+        ended,
     );
     let mut paths = vec![];
     if let Some(first) = &t.first {
@@ -207,11 +230,13 @@ async fn run_suite(
     if run.is_ok() {
         paths.push(format!("suite: {}", served(session, &before)));
     }
-    if let Ok(r) = &run
-        && r.timed_out
-    {
-        t.looped_ms
-            .fetch_add(r.duration.as_millis() as u64, Ordering::Relaxed);
+    if let Ok(r) = &run {
+        let ms = r.duration.as_millis() as u64;
+        if r.timed_out {
+            t.looped_ms.fetch_add(ms, Ordering::Relaxed);
+        } else {
+            t.slowest_ended_ms.fetch_max(ms, Ordering::Relaxed);
+        }
     }
     let run = match run {
         Ok(r) => r,

@@ -249,6 +249,7 @@ pub(super) fn mutate(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     }
     if is_statement(n, &k) {
         statements(ctx, n, score, ing, &k);
+        missing_raise(ctx, n, score, ing);
     }
     if ctx.lang != Language::Python {
         off_by_one_positions(ctx, n, score, &k);
@@ -901,6 +902,10 @@ fn literal_to_variable(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     }
 }
 
+/// How much likelier a missing line is when the statement is one the loop just before it
+/// runs (the flush after the loop).
+const LOOP_FLUSH: f64 = 2.0;
+
 /// Statements: swapped with the next one, a statement of the file inserted after this one,
 /// a loop that never updates its condition's variable given the update.
 fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds) {
@@ -926,7 +931,22 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
         indent.clone()
     };
     let (_, end) = whole_lines(ctx.src, n);
+    // After a loop, a statement its body runs on some iterations (`out.append(run)` when a
+    // run ends): the last iteration's is the classic line to forget.
+    let body = matches!(
+        n.kind(),
+        "for_statement" | "while_statement" | "for_in_statement"
+    )
+    .then(|| n.child_by_field_name("body"))
+    .flatten()
+    .map(|b| text(&b, ctx.src))
+    .unwrap_or("");
     for (stmt, sim) in ing.similar_statements(n, ctx.src) {
+        let sim = if body.contains(stmt.as_str()) {
+            sim * LOOP_FLUSH
+        } else {
+            sim
+        };
         let line_text = format!("{tab}{stmt}\n");
         let desc = format!("line {}: insert `{stmt}` after it", line(n));
         ctx.emit(
@@ -1126,6 +1146,78 @@ impl Scope {
     }
 }
 
+/// A missing raise (PySStuBs' "missing throw"): the tests expected an exception the log names
+/// (`DID NOT RAISE <class 'ValueError'>`, `Missing expected exception (RangeError)`), so
+/// before a return, or before the first statement of a function, `if COND: raise E` with
+/// COND a comparison written elsewhere in the file, or a guard on a name in scope (`x < 0`,
+/// `not xs`, `len(a) != len(b)`). Only when the log names the exception: without it the
+/// operator would only add candidates no test asks for.
+fn missing_raise(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
+    if ctx.raises.is_empty() || !matches!(ctx.lang, Language::Python | Language::JavaScript) {
+        return;
+    }
+    let first = n.prev_named_sibling().is_none()
+        && n.parent()
+            .and_then(|b| b.parent())
+            .is_some_and(|f| super::is_function_kind(f.kind()));
+    if !(first || n.kind() == "return_statement") {
+        return;
+    }
+    let Some(scope) = ing.scope_of(n) else { return };
+    let python = ctx.lang == Language::Python;
+    let mut conds: Vec<(String, f64)> = ing
+        .similar_conditions(text(n, ctx.src), Some(scope))
+        .into_iter()
+        .map(|(c, sim)| (c, sim * 0.9))
+        .collect();
+    let (seqs, nums) = scope.typed_names();
+    let (eq, ne, not, len) = if python {
+        ("==", "!=", "not ", "len({})")
+    } else {
+        ("===", "!==", "!", "{}.length")
+    };
+    for x in nums.iter().take(4) {
+        conds.push((format!("{x} < 0"), 0.8));
+        conds.push((format!("{x} {eq} 0"), 0.75));
+    }
+    for (i, x) in seqs.iter().take(4).enumerate() {
+        conds.push((format!("{not}{x}"), 0.7));
+        for y in seqs.iter().take(4).skip(i + 1) {
+            let (lx, ly) = (len.replace("{}", x), len.replace("{}", y));
+            conds.push((format!("{lx} {ne} {ly}"), 0.75));
+        }
+    }
+    let indent = " ".repeat(n.start_position().column);
+    let (start, _) = whole_lines(ctx.src, n);
+    let raises = ctx.raises.to_vec();
+    for e in raises.iter().take(2) {
+        for (cond, sim) in &conds {
+            let (stmt, desc) = if python {
+                (
+                    format!("{indent}if {cond}:\n{indent}    raise {e}\n"),
+                    format!("line {}: `if {cond}: raise {e}` before it", line(n)),
+                )
+            } else {
+                (
+                    format!("{indent}if ({cond}) throw new {e}();\n"),
+                    format!("line {}: `if ({cond}) throw new {e}()` before it", line(n)),
+                )
+            };
+            ctx.emit(
+                n,
+                "missing-raise",
+                desc,
+                vec![Edit {
+                    start,
+                    end: start,
+                    text: stmt,
+                }],
+                score * sim,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Target, mutants, same_ast};
@@ -1294,6 +1386,31 @@ mod tests {
                 4
             )
             .is_some()
+        );
+    }
+
+    #[test]
+    fn a_missing_raise_is_synthesised_only_when_the_log_names_the_exception() {
+        let src = "def topo(deg):\n    order = []\n    for u in deg:\n        order.append(deg[u])\n    return order[:len(order)]\n";
+        let t = [super::super::Target {
+            line: Some(5),
+            score: 1.0,
+        }];
+        let learned = Default::default();
+        let with = |raises: &[String]| {
+            super::super::mutants_guided(Language::Python, "t.py", src, &t, 500, &learned, raises)
+        };
+        let raised = with(&["ValueError".to_owned()]);
+        assert!(raised.iter().any(|m| m.operator == "missing-raise"
+            && m.new_text.contains(
+                "    if len(order) != len(deg):\n        raise ValueError\n    return order["
+            )));
+        assert!(!with(&[]).iter().any(|m| m.operator == "missing-raise"));
+        assert_eq!(
+            super::super::expected_exceptions(
+                "E       Failed: DID NOT RAISE <class 'ValueError'>\n  error: 'Missing expected exception (RangeError).'"
+            ),
+            ["ValueError", "RangeError"]
         );
     }
 }

@@ -16,6 +16,26 @@ const SEQ: u8 = 1;
 /// Used as a number: in arithmetic, as an index, compared with a number.
 const NUM: u8 = 2;
 
+impl Scope {
+    /// The names used as sequences and those used as numbers (and not as sequences), in
+    /// first-seen order.
+    pub fn typed_names(&self) -> (Vec<&str>, Vec<&str>) {
+        let seqs = self
+            .names
+            .iter()
+            .filter(|(_, f)| f & SEQ != 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let nums = self
+            .names
+            .iter()
+            .filter(|(_, f)| f & NUM != 0 && f & SEQ == 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        (seqs, nums)
+    }
+}
+
 /// The names of one function and how each is used.
 #[derive(Debug, Default)]
 pub struct Scope {
@@ -55,11 +75,19 @@ fn is_function(kind: &str) -> bool {
     )
 }
 
+/// The names of values `n` reads or binds: identifiers, not the fields or methods after a dot
+/// (`append` of `out.append(x)`) nor called functions, which are not names in a scope.
 fn identifiers(n: &Node, src: &str) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     let mut stack = vec![*n];
     while let Some(x) = stack.pop() {
-        if x.kind() == "identifier" {
+        let named_by_parent = x.parent().is_some_and(|p| {
+            ["attribute", "property", "field", "function"]
+                .iter()
+                .any(|f| p.child_by_field_name(f).is_some_and(|c| c.id() == x.id()))
+                && p.kind() != "function_definition"
+        });
+        if x.kind() == "identifier" && !named_by_parent {
             let t = text(&x, src).to_owned();
             if !out.contains(&t) {
                 out.push(t);

@@ -78,6 +78,9 @@ fn prior(op: &str) -> f64 {
         "loop-update" => 0.6,
         "swapped-statements" => 0.55,
         "missing-line" => 0.4,
+        // Generated only when the log says the tests expected an exception that was not
+        // raised: then it is the likeliest fix.
+        "missing-raise" => 0.9,
         _ => 0.5,
     }
 }
@@ -92,6 +95,8 @@ struct Ctx<'a> {
     lang: Language,
     /// Multipliers of the operators' priors learned from the repair history.
     learned: &'a HashMap<String, f64>,
+    /// Exceptions the tests expected and that were not raised ([`expected_exceptions`]).
+    raises: &'a [String],
     file: &'a str,
     src: &'a str,
     parser: Parser,
@@ -160,6 +165,26 @@ impl Ctx<'_> {
             score: score * prior(operator) * self.learned.get(operator).copied().unwrap_or(1.0),
             edit_size: size,
         });
+    }
+
+    /// One edit: bytes `range` of the file become `with`.
+    fn edit(
+        &mut self,
+        at: &Node,
+        operator: &'static str,
+        description: String,
+        (start, end): (usize, usize),
+        with: impl Into<String>,
+        score: f64,
+    ) {
+        let text = with.into();
+        self.emit(
+            at,
+            operator,
+            description,
+            vec![Edit { start, end, text }],
+            score,
+        );
     }
 
     fn replace(&mut self, node: &Node, with: &str, operator: &'static str, score: f64) {
@@ -234,6 +259,31 @@ pub fn learned_priors<'h>(operators: impl Iterator<Item = &'h str>) -> HashMap<S
         .collect()
 }
 
+/// The exceptions a test log says were expected and not raised: pytest's
+/// `DID NOT RAISE <class 'ValueError'>`, node's `Missing expected exception (RangeError)`.
+pub fn expected_exceptions(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for (marker, end) in [
+        ("DID NOT RAISE <class '", '\''),
+        ("Missing expected exception (", ')'),
+    ] {
+        for (i, _) in log.match_indices(marker) {
+            let rest = &log[i + marker.len()..];
+            let name = rest.split(end).next().unwrap_or("");
+            // `builtins.ValueError` or a module path: the last part is the name.
+            let name = name.rsplit('.').next().unwrap_or(name);
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.starts_with(|c: char| c.is_ascii_uppercase());
+            if plain && !out.iter().any(|o| o == name) {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// [`mutants`] with operator priors learned from the repair history ([`learned_priors`]).
 pub fn mutants_with(
     lang: Language,
@@ -242,6 +292,20 @@ pub fn mutants_with(
     targets: &[Target],
     limit: usize,
     learned: &HashMap<String, f64>,
+) -> Vec<Mutant> {
+    mutants_guided(lang, path, src, targets, limit, learned, &[])
+}
+
+/// [`mutants_with`], also told the exceptions the tests expected ([`expected_exceptions`]),
+/// which a missing raise may be.
+pub fn mutants_guided(
+    lang: Language,
+    path: &str,
+    src: &str,
+    targets: &[Target],
+    limit: usize,
+    learned: &HashMap<String, f64>,
+    raises: &[String],
 ) -> Vec<Mutant> {
     let Some(language) = language(lang, path) else {
         return vec![];
@@ -256,6 +320,7 @@ pub fn mutants_with(
     let mut ctx = Ctx {
         lang,
         learned,
+        raises,
         file: path,
         src,
         parser,
@@ -301,20 +366,131 @@ pub fn mutants_with(
     out
 }
 
+/// The byte range of `src` that `new` replaces, and its replacement: what is left between the
+/// longest common prefix and suffix. `None` when they are equal or the range would split a
+/// character.
+fn changed_range<'n>(src: &str, new: &'n str) -> Option<(usize, usize, &'n str)> {
+    let (a, b) = (src.as_bytes(), new.as_bytes());
+    let p = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let room = a.len().min(b.len()) - p;
+    let q = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(room)
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (end, new_end) = (a.len() - q, b.len() - q);
+    let ok = [src.is_char_boundary(p), src.is_char_boundary(end)]
+        .iter()
+        .chain(&[new.is_char_boundary(p), new.is_char_boundary(new_end)])
+        .all(|x| *x);
+    let changed = end > p || new_end > p;
+    (ok && changed).then(|| (p, end, &new[p..new_end]))
+}
+
+/// Two single edits at once, for the bugs no single edit fixes (combined only when the single
+/// edits are exhausted: the caller's choice). `singles` are candidates for `src`, the best
+/// first. Two kinds of pairs, bounded:
+/// - any two of the first `k` (their number grows with the square: 10 make at most 45);
+/// - siblings: the same change at two places among all of `singles` (`n` → `n + 1` and
+///   `m` → `m + 1`): one slip repeated is the commonest multi-place bug, and such pairs rank
+///   first, at most [`SIBLINGS`] edits of one change.
+///
+/// A pair whose changes overlap, or whose result does not parse, is left out. Scored by the
+/// product of the two scores, a sibling pair twice that.
+pub fn pairs(lang: Language, path: &str, src: &str, singles: &[Mutant], k: usize) -> Vec<Mutant> {
+    let Some(language) = language(lang, path) else {
+        return vec![];
+    };
+    let mut parser = Parser::new();
+    if parser.set_language(&language).is_err() {
+        return vec![];
+    }
+    let ranges: Vec<_> = singles
+        .iter()
+        .map(|m| changed_range(src, &m.new_text))
+        .collect();
+    // The same change: what is removed and what is put in its place.
+    let change = |i: usize| ranges[i].map(|(s0, e0, t)| (&src[s0..e0], t));
+    let mut wanted: Vec<(usize, usize, f64)> = vec![];
+    for i in 0..singles.len() {
+        for j in i + 1..singles.len() {
+            if i < k && j < k {
+                wanted.push((i, j, 1.0));
+            } else if change(i).is_some() && change(i) == change(j) {
+                let group = (0..i).filter(|x| change(*x) == change(i)).count();
+                if group < SIBLINGS && (0..j).filter(|x| change(*x) == change(i)).count() < SIBLINGS
+                {
+                    wanted.push((i, j, 2.0));
+                }
+            }
+        }
+    }
+    let mut out = vec![];
+    let mut seen = HashSet::new();
+    for (i, j, bonus) in wanted {
+        let (a, b) = (&singles[i], &singles[j]);
+        let (Some(ra), Some(rb)) = (ranges[i], ranges[j]) else {
+            continue;
+        };
+        // In file order, not overlapping (two insertions at one place are ambiguous).
+        let ((s1, e1, t1), (s2, e2, t2), first, second) = if ra.0 <= rb.0 {
+            (ra, rb, a, b)
+        } else {
+            (rb, ra, b, a)
+        };
+        if e1 > s2 || s1 == s2 {
+            continue;
+        }
+        let text = format!("{}{t1}{}{t2}{}", &src[..s1], &src[e1..s2], &src[e2..]);
+        if !seen.insert(text.clone()) {
+            continue;
+        }
+        match parser.parse(&text, None) {
+            Some(t) if !t.root_node().has_error() => {}
+            _ => continue,
+        }
+        out.push(Mutant {
+            file: path.to_owned(),
+            line: first.line.min(second.line),
+            operator: "two-edits",
+            description: format!("{}; and {}", first.description, second.description),
+            new_text: text,
+            score: a.score * b.score * bonus,
+            edit_size: a.edit_size + b.edit_size,
+        });
+    }
+    out.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.edit_size.cmp(&b.edit_size))
+    });
+    out
+}
+
+/// At most this many places of one repeated change are paired ([`pairs`]).
+pub const SIBLINGS: usize = 6;
+
+/// Whether a node of this kind is a function, in any of the grammars.
+fn is_function_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "function_definition"
+            | "function_declaration"
+            | "method_definition"
+            | "method_declaration"
+            | "func_literal"
+            | "arrow_function"
+            | "function_expression"
+    )
+}
+
 fn functions<'t>(tree: &'t Tree) -> Vec<Node<'t>> {
     let mut v = vec![];
     let mut stack = vec![tree.root_node()];
     while let Some(n) = stack.pop() {
-        if matches!(
-            n.kind(),
-            "function_definition"
-                | "function_declaration"
-                | "method_definition"
-                | "method_declaration"
-                | "func_literal"
-                | "arrow_function"
-                | "function_expression"
-        ) {
+        if is_function_kind(n.kind()) {
             v.push(n);
         }
         let mut c = n.walk();
@@ -477,11 +653,7 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
                 (compare, "comparison"),
                 (logic, "boolean"),
             ] {
-                if class.contains(&o.as_str()) {
-                    for alt in class.iter().filter(|a| **a != o) {
-                        ctx.replace(&op, alt, comparison_kind(name, &o, alt), score);
-                    }
-                }
+                other_operators(ctx, &op, class, name, score);
             }
             if matches!(o.as_str(), "-" | "/" | "//" | "%" | "<" | ">" | "<=" | ">=") {
                 swap_operands(ctx, n, score);
@@ -492,12 +664,7 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
             let mut c = n.walk();
             let ops: Vec<Node> = n.children(&mut c).filter(|k| !k.is_named()).collect();
             for op in &ops {
-                let o = text(op, ctx.src).to_owned();
-                if COMPARE.contains(&o.as_str()) {
-                    for alt in COMPARE.iter().filter(|a| **a != o) {
-                        ctx.replace(op, alt, comparison_kind("comparison", &o, alt), score);
-                    }
-                }
+                other_operators(ctx, op, COMPARE, "comparison", score);
             }
             if ops.len() == 1 {
                 swap_operands(ctx, n, score);
@@ -554,22 +721,32 @@ fn mutate(ctx: &mut Ctx, n: &Node, score: f64) {
             };
             ctx.replace(n, alt, "boolean-literal", score);
         }
-        "not_operator" if python => {
-            if let Some(arg) = n.child_by_field_name("argument") {
-                let inner = text(&arg, ctx.src).to_owned();
-                ctx.replace(n, &inner, "negation", score);
-            }
-        }
-        "unary_expression" if !python => {
-            if let Some(arg) = n.child_by_field_name("argument")
-                && text(n, ctx.src).starts_with('!')
-            {
-                let inner = text(&arg, ctx.src).to_owned();
-                ctx.replace(n, &inner, "negation", score);
-            }
+        "not_operator" if python => drop_negation(ctx, n, score),
+        "unary_expression" if !python && text(n, ctx.src).starts_with('!') => {
+            drop_negation(ctx, n, score);
         }
         _ if python => python_only(ctx, n, score),
         _ => {}
+    }
+}
+
+/// Operator token `op` replaced by each other operator of its class (`class`, of kind `name`),
+/// when it is one of them.
+fn other_operators(ctx: &mut Ctx, op: &Node, class: &[&str], name: &'static str, score: f64) {
+    let o = text(op, ctx.src).to_owned();
+    if !class.contains(&o.as_str()) {
+        return;
+    }
+    for alt in class.iter().filter(|a| **a != o) {
+        ctx.replace(op, alt, comparison_kind(name, &o, alt), score);
+    }
+}
+
+/// `not x` / `!x` → `x`.
+fn drop_negation(ctx: &mut Ctx, n: &Node, score: f64) {
+    if let Some(arg) = n.child_by_field_name("argument") {
+        let inner = text(&arg, ctx.src).to_owned();
+        ctx.replace(n, &inner, "negation", score);
     }
 }
 
@@ -710,17 +887,7 @@ fn python_only(ctx: &mut Ctx, n: &Node, score: f64) {
             } else {
                 (n.start_byte(), n.end_byte())
             };
-            ctx.emit(
-                n,
-                "delete-statement",
-                desc,
-                vec![Edit {
-                    start,
-                    end,
-                    text: with.into(),
-                }],
-                score,
-            );
+            ctx.edit(n, "delete-statement", desc, (start, end), with, score);
         }
         _ => {}
     }
@@ -936,15 +1103,12 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
             let at = body.end_byte();
             for b in built {
                 let desc = format!("line {end}: return `{b}` at the end of `{name}`");
-                ctx.emit(
+                ctx.edit(
                     &body,
                     "missing-return",
                     desc,
-                    vec![Edit {
-                        start: at,
-                        end: at,
-                        text: format!("\n{indent}return {b}"),
-                    }],
+                    (at, at),
+                    format!("\n{indent}return {b}"),
                     score,
                 );
             }
@@ -970,28 +1134,22 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
                     line(&last)
                 );
                 let at = last.end_byte();
-                ctx.emit(
+                ctx.edit(
                     &last,
                     "missing-return",
                     desc,
-                    vec![Edit {
-                        start: at,
-                        end: at,
-                        text: format!("\n{indent}return {value}"),
-                    }],
+                    (at, at),
+                    format!("\n{indent}return {value}"),
                     score,
                 );
             } else {
                 let desc = format!("line {}: return `{expr}`", line(&last));
-                ctx.emit(
+                ctx.edit(
                     &last,
                     "missing-return",
                     desc,
-                    vec![Edit {
-                        start: last.start_byte(),
-                        end: last.end_byte(),
-                        text: format!("return {expr}"),
-                    }],
+                    (last.start_byte(), last.end_byte()),
+                    format!("return {expr}"),
                     score,
                 );
             }
@@ -1015,15 +1173,12 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
                     line(&first)
                 );
                 let text = format!("{indent}if {cond}:\n{indent}    return {ret}\n");
-                ctx.emit(
+                ctx.edit(
                     &first,
                     "base-case",
                     desc,
-                    vec![Edit {
-                        start: line_start,
-                        end: line_start,
-                        text,
-                    }],
+                    (line_start, line_start),
+                    text,
                     score,
                 );
             }
@@ -1040,17 +1195,7 @@ fn templates(ctx: &mut Ctx, tree: &Tree, lines: &std::collections::HashMap<u32, 
                         line(&first)
                     );
                     let text = format!("{indent}if not {p}:\n{indent}    return {ret}\n");
-                    ctx.emit(
-                        &first,
-                        "guard",
-                        desc,
-                        vec![Edit {
-                            start: line_start,
-                            end: line_start,
-                            text,
-                        }],
-                        score,
-                    );
+                    ctx.edit(&first, "guard", desc, (line_start, line_start), text, score);
                 }
             }
         }
@@ -1362,58 +1507,6 @@ mod tests {
             }],
             50,
         );
-    }
-
-    /// Where the reference fix of each tuned bug of the classes corpus ranks among the
-    /// candidates when the buggy line is the only suspect (localisation taken as perfect):
-    /// a tuning aid, never run on the held-back split.
-    /// `cargo test -p fix --lib rank_of_reference -- --ignored --nocapture`
-    #[test]
-    #[ignore = "tuning aid over the classes corpus"]
-    fn rank_of_reference() {
-        let root =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/classes");
-        let index: Vec<serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(root.join("index.json")).unwrap())
-                .unwrap();
-        let (mut found, mut top60, mut total) = (0, 0, 0);
-        for b in index.iter().filter(|b| b["split"] == "tuned") {
-            let s = |k: &str| b[k].as_str().unwrap_or("").to_owned();
-            let lang = match s("language").as_str() {
-                "javascript" => Language::JavaScript,
-                "go" => Language::Go,
-                _ => Language::Python,
-            };
-            let reference =
-                std::fs::read_to_string(root.join("programs").join(s("program")).join(s("file")))
-                    .unwrap();
-            let buggy = reference.replacen(&s("fixed"), &s("buggy"), 1);
-            let line = u32::try_from(b["line"].as_u64().unwrap()).unwrap();
-            let t = [Target {
-                line: Some(line),
-                score: 1.0,
-            }];
-            let ms = mutants(lang, &s("file"), &buggy, &t, 2000);
-            let rank = ms
-                .iter()
-                .position(|m| same_ast(lang, &s("file"), &m.new_text, &reference) == Some(true));
-            total += 1;
-            if let Some(r) = rank {
-                found += 1;
-                if r < 60 {
-                    top60 += 1;
-                }
-            }
-            println!(
-                "{:<26} {:<34} {:>5} of {:>5} {}",
-                s("id"),
-                s("class"),
-                rank.map(|r| r.to_string()).unwrap_or("-".into()),
-                ms.len(),
-                rank.map(|r| ms[r].operator).unwrap_or("")
-            );
-        }
-        println!("reference among candidates: {found}/{total}, in the first 60: {top60}");
     }
 
     #[test]
