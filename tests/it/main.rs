@@ -3,6 +3,7 @@
 
 mod architecture;
 mod bus;
+mod cluster;
 mod crash;
 mod mre;
 mod patch;

@@ -141,7 +141,8 @@ impl Worker {
                     "{e}; start a nats-server with JetStream (scripts/dev-services.sh up) or pass --nats URL"
                 ))
             })?;
-        let snapshots = Bucket::open(bus.context(), &ns.snapshot_bucket())
+        let replicas = config.settings.bus.replicas;
+        let snapshots = Bucket::open_replicated(bus.context(), &ns.snapshot_bucket(), replicas)
             .await
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
         let stop = CancellationToken::new();
@@ -155,7 +156,7 @@ impl Worker {
             );
         }
         let (ledger, reports) = if stages.contains(&Stage::Integrate) {
-            let reports = Bucket::open(bus.context(), &ns.report_bucket())
+            let reports = Bucket::open_replicated(bus.context(), &ns.report_bucket(), replicas)
                 .await
                 .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
             (
