@@ -5,6 +5,7 @@ mod architecture;
 mod bus;
 mod cluster;
 mod crash;
+mod faults;
 mod mre;
 mod patch;
 mod real;

@@ -2,6 +2,7 @@
 //! benchmarks: a real nats-server per test (killed on drop), and no-op stage handlers that
 //! advance a repair through all six stages with the real message types.
 
+pub mod faults;
 pub mod fleet;
 pub mod real;
 
@@ -242,7 +243,6 @@ impl NatsCluster {
     /// Waits until JetStream answers through the cluster (a meta leader is elected).
     pub async fn wait_jetstream(&self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
-        let mut last = String::new();
         loop {
             let ok = async {
                 let addrs = bus::jetstream::JetStreamBus::server_addrs(&self.url)
@@ -252,11 +252,11 @@ impl NatsCluster {
                 js.query_account().await?;
                 anyhow::Ok(())
             };
-            match tokio::time::timeout(Duration::from_secs(3), ok).await {
+            let last = match tokio::time::timeout(Duration::from_secs(3), ok).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "no answer within 3 s".into(),
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 3 s".to_owned(),
+            };
             if Instant::now() > deadline {
                 bail!(
                     "the cluster's JetStream did not answer within {within:?} ({last})\n{}",
