@@ -48,6 +48,15 @@ fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
 
+/// `--only in-process|jetstream|cluster|rss` runs one part (for profiling); default all.
+fn part(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args.get(i + 1).is_some_and(|v| v == name),
+        None => true,
+    }
+}
+
 fn bench_config() -> BusConfig {
     BusConfig {
         concurrency: 64,
@@ -400,9 +409,37 @@ async fn main() -> Result<()> {
     let mut rows = vec![];
 
     for copies in [1, 2, 4] {
-        rows.push(in_process(copies, chains, latency_chains).await?);
+        if part("in-process") {
+            rows.push(in_process(copies, chains, latency_chains).await?);
+        }
     }
+    if part("jetstream") {
+        jetstream_rows(&mut rows, js_chains, always_chains, latency_chains).await?;
+    }
+    if part("cluster") {
+        cluster_rows(&mut rows, always_chains, latency_chains).await?;
+    }
+    let rss = if flag("--no-rss") || !part("rss") {
+        vec![]
+    } else {
+        let nats = NatsServer::start(SyncMode::Default)?;
+        idle_rss(&nats.url).await?
+    };
+    print_rows(
+        &rows,
+        &rss,
+        &load_before,
+        [chains, js_chains, always_chains, latency_chains],
+    );
+    Ok(())
+}
 
+async fn jetstream_rows(
+    rows: &mut Vec<Row>,
+    js_chains: usize,
+    always_chains: usize,
+    latency_chains: usize,
+) -> Result<()> {
     let default = NatsServer::start(SyncMode::Default)?;
     let always = NatsServer::start(SyncMode::Always)?;
     let js = |name, url, copies, flush, chains| JsRow {
@@ -469,7 +506,14 @@ async fn main() -> Result<()> {
         .await?,
     );
     drop((default, always));
+    Ok(())
+}
 
+async fn cluster_rows(
+    rows: &mut Vec<Row>,
+    always_chains: usize,
+    latency_chains: usize,
+) -> Result<()> {
     let cluster = NatsCluster::start(SyncMode::Always)?;
     cluster.wait_jetstream(Duration::from_secs(60)).await?;
     for (name, replicas) in [
@@ -490,14 +534,11 @@ async fn main() -> Result<()> {
         );
     }
     drop(cluster);
+    Ok(())
+}
 
-    let rss = if flag("--no-rss") {
-        vec![]
-    } else {
-        let nats = NatsServer::start(SyncMode::Default)?;
-        idle_rss(&nats.url).await?
-    };
-
+fn print_rows(rows: &[Row], rss: &[(String, u64)], load_before: &str, counts: [usize; 4]) {
+    let [chains, js_chains, always_chains, latency_chains] = counts;
     println!(
         "six no-op stages; {chains} in-process chains, {js_chains} JetStream chains at the default sync, {always_chains} with sync always (a sled ledger per stage copy), {latency_chains} sequential chains for latency"
     );
@@ -517,13 +558,16 @@ async fn main() -> Result<()> {
         "vs in-proc",
         "vs default"
     );
-    let base = rows[0].chains_per_s;
+    let base = rows
+        .iter()
+        .find(|r| r.name == "in-process")
+        .map_or(f64::NAN, |r| r.chains_per_s);
     let default_of = |copies: usize| {
         rows.iter()
             .find(|r| r.name == "jetstream default sync" && r.copies == copies)
             .map(|r| r.chains_per_s)
     };
-    for r in &rows {
+    for r in rows {
         let vs_default = if r.name == "in-process" {
             "-".to_owned()
         } else {
@@ -545,8 +589,7 @@ async fn main() -> Result<()> {
             vs_default,
         );
     }
-    for (name, kb) in &rss {
+    for (name, kb) in rss {
         println!("idle RSS {name}: {:.1} MB", *kb as f64 / 1024.0);
     }
-    Ok(())
 }

@@ -71,18 +71,24 @@ pub struct Report {
     pub redeliveries: usize,
     /// Handler runs in all (a chain without faults is 6 per repair).
     pub handler_runs: usize,
+    /// Single kills and stops whose victim held a message that was then redelivered (the
+    /// fault caught work in hand, not an idle worker).
+    pub kills_in_flight: usize,
+    pub stops_in_flight: usize,
     pub elapsed: Duration,
 }
 
 impl Report {
     pub fn summary(&self) -> String {
         format!(
-            "seed {}: {} repairs, each completed exactly once, in {:.1} s; faults injected and survived: {} SIGKILLs of one worker, {} SIGSTOPs beyond the ack wait, {} nats-server restarts, {} restarts of every worker ({} worker processes SIGKILLed in all); {} redeliveries, {} handler runs",
+            "seed {}: {} repairs, each completed exactly once, in {:.1} s; faults injected and survived: {} SIGKILLs of one worker ({} with a message in hand), {} SIGSTOPs beyond the ack wait ({} with a message in hand), {} nats-server restarts, {} restarts of every worker ({} worker processes SIGKILLed in all); {} redeliveries, {} handler runs",
             self.seed,
             self.repairs,
             self.elapsed.as_secs_f64(),
             self.kills,
+            self.kills_in_flight,
             self.stops,
+            self.stops_in_flight,
             self.server_restarts,
             self.full_restarts,
             self.processes_killed,
@@ -115,7 +121,9 @@ async fn run_inner(o: &Options, t0: Instant) -> Result<Report> {
     let bus = JetStreamBus::connect(&nats.url, Namespace::new(ns_name)?, cfg).await?;
     let mut fleet = Fleet::new(&o.testkit)?;
     // Enough deliveries that faults alone never dead-letter a message.
-    let extra = ["--max-deliver", "100", "--slow-ms", "5"];
+    // Handlers take 20 ms, so a wave of repairs keeps every stage busy for a while and a
+    // fault lands on messages in hand.
+    let extra = ["--max-deliver", "100", "--slow-ms", "20"];
     let mut integrate = None;
     for stage in Stage::WORKERS {
         let copies = if stage == Stage::Integrate {
@@ -150,17 +158,40 @@ async fn run_inner(o: &Options, t0: Instant) -> Result<Report> {
         ..Default::default()
     };
     let mut chunks = repairs.chunks(per_wave.max(1));
+    // Where each slot's `handling` lines of its current process start, and what each single
+    // kill or stop caught: (is a kill, the victim's stage, the repairs it had taken).
+    let mut started_at = vec![0usize; fleet.slots.len()];
+    let mut caught: Vec<(bool, Stage, Vec<RepairId>)> = vec![];
+    let taken = |fleet: &Fleet, slot: usize, from: usize| -> Vec<RepairId> {
+        let h = fleet.heard.lock().unwrap_or_else(|e| e.into_inner());
+        h.handling[from.min(h.handling.len())..]
+            .iter()
+            .filter(|(s, _, _)| *s == slot)
+            .map(|(_, r, _)| *r)
+            .collect()
+    };
+    let heard_len = |fleet: &Fleet| {
+        fleet
+            .heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handling
+            .len()
+    };
     for (i, fault) in schedule.iter().enumerate() {
         if let Some(chunk) = chunks.next() {
             submit(&bus, chunk).await?;
         }
         // A random moment into the wave's work.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(20..400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
         let what = format!("fault {} of {} ({fault:?})", i + 1, schedule.len());
         match fault {
             Fault::Kill => {
                 let victim = rng.random_range(0..fleet.slots.len());
                 fleet.kill9(victim).await.context(what.clone())?;
+                let held = taken(&fleet, victim, started_at[victim]);
+                caught.push((true, fleet.slots[victim].stage, held));
+                started_at[victim] = heard_len(&fleet);
                 fleet.start(victim)?;
                 report.kills += 1;
                 report.processes_killed += 1;
@@ -169,6 +200,8 @@ async fn run_inner(o: &Options, t0: Instant) -> Result<Report> {
                 let victim = rng.random_range(0..fleet.slots.len());
                 let pid = fleet.pid(victim).context("victim not running")?;
                 fleet::signal(pid, libc::SIGSTOP)?;
+                let held = taken(&fleet, victim, started_at[victim]);
+                caught.push((false, fleet.slots[victim].stage, held));
                 let stopped_at = Instant::now();
                 wait_state(pid, |s| s == 'T', "stopped")
                     .await
@@ -194,7 +227,9 @@ async fn run_inner(o: &Options, t0: Instant) -> Result<Report> {
                 for s in 0..fleet.slots.len() {
                     fleet.kill9(s).await.context(what.clone())?;
                 }
+                let now = heard_len(&fleet);
                 for s in 0..fleet.slots.len() {
+                    started_at[s] = now;
                     fleet.start(s)?;
                 }
                 report.full_restarts += 1;
@@ -226,12 +261,26 @@ async fn run_inner(o: &Options, t0: Instant) -> Result<Report> {
         let heard = fleet.heard.lock().unwrap_or_else(|e| e.into_inner());
         report.handler_runs = heard.handling.len();
         report.redeliveries = heard.handling.iter().filter(|(_, _, d)| *d > 1).count();
+        for (kill, stage, held) in &caught {
+            let redelivered = heard
+                .handling
+                .iter()
+                .any(|(s, r, d)| *d > 1 && fleet.slots[*s].stage == *stage && held.contains(r));
+            if redelivered {
+                if *kill {
+                    report.kills_in_flight += 1;
+                } else {
+                    report.stops_in_flight += 1;
+                }
+            }
+        }
     }
     report.elapsed = t0.elapsed();
     // The faults hit work in flight: some messages were delivered again.
     ensure!(
-        report.redeliveries > 0 || schedule.is_empty(),
-        "no message was ever redelivered: the faults missed the work ({})",
+        schedule.is_empty()
+            || (report.redeliveries > 0 && report.kills_in_flight + report.stops_in_flight > 0),
+        "no kill or stop caught a message in hand: the faults missed the work ({})",
         report.summary()
     );
     Ok(report)

@@ -256,6 +256,8 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let joined = loop {
         tokio::select! {
+            // The handler first: one that finishes at once never arms the progress timer.
+            biased;
             r = &mut task => break r,
             _ = tick.tick() => {
                 if let Err(e) = d.progress().await {
