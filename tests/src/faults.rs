@@ -228,8 +228,8 @@ async fn run_inner(o: &Options, t0: Instant) -> Result<Report> {
                     fleet.kill9(s).await.context(what.clone())?;
                 }
                 let now = heard_len(&fleet);
+                started_at.fill(now);
                 for s in 0..fleet.slots.len() {
-                    started_at[s] = now;
                     fleet.start(s)?;
                 }
                 report.full_restarts += 1;
