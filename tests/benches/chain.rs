@@ -1,14 +1,21 @@
-//! Chains per second and per-hop latency through six no-op stages, on the in-process bus and
-//! on JetStream with the default sync setting and with `sync_interval: always`, side by side
-//! in one run.
+//! Chains per second and per-hop latency through six no-op stages, side by side in one run:
+//! in-process, JetStream at the default sync and with `sync_interval: always`, with 1, 2 and 4
+//! copies per stage; the ledger's flush strategies (grouped, one flush per message, none);
+//! a three-node cluster with R1 and R3 streams; and the idle memory of the stage binaries.
 //!
-//!   cargo bench -p coval-tests --bench chain [-- --chains N --js-chains N --latency-chains N]
+//!   cargo bench -p coval-tests --bench chain [-- --chains N --js-chains N --always-chains N
+//!       --latency-chains N --no-rss --per-message --only in-process|jetstream|cluster|rss]
 //!
 //! Throughput: N chains submitted at once, chains/s = N / time to the last completion.
 //! Latency: chains one at a time; a hop is the time from a stage publishing a message (or the
 //! client, for the first hop) to the next stage's handler starting on it.
+//! On JetStream every copy of a stage has its own connection and its own sled ledger, as a
+//! worker process does; "records/flush" is how many handled messages shared one ledger flush.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,12 +24,13 @@ use bus::Bus;
 use bus::jetstream::JetStreamBus;
 use bus::memory::MemoryBus;
 use bus::runtime::{self, Input, Ledger, NoLedger, Stats};
-use coval_tests::{NatsServer, NoopStage, SyncMode, request, test_bus_config};
+use coval_tests::{NatsCluster, NatsServer, NoopStage, SyncMode, request, test_bus_config};
 use futures::StreamExt;
 use proto::subjects::Namespace;
-use proto::{Envelope, Kind, Message, RepairId, Stage};
+use proto::{Envelope, Kind, Message, MessageId, RepairId, Stage};
 use settings::BusConfig;
-use store::Store;
+use store::{Store, StoreError};
+use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
 type Starts = Arc<Mutex<HashMap<RepairId, Vec<Instant>>>>;
@@ -36,12 +44,80 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// `--only in-process|jetstream|cluster|rss` runs one part (for profiling); default all.
+fn part(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        Some(i) => args.get(i + 1).is_some_and(|v| v == name),
+        None => true,
+    }
+}
+
 fn bench_config() -> BusConfig {
     BusConfig {
         concurrency: 64,
         ack_wait_secs: 30,
         progress_interval_secs: 10,
+        max_reconnects: 100,
         ..test_bus_config()
+    }
+}
+
+/// How a JetStream row's ledgers make their records durable before the ack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// The runtime's group commit (`Store::flush_grouped`): what workers do.
+    Grouped,
+    /// One flush of its own per message (what grouping replaces).
+    PerMessage,
+    /// No flush before the ack (the runtime before the group commit).
+    None,
+}
+
+/// A worker's sled ledger with the row's flush strategy.
+struct BenchLedger {
+    store: Store,
+    flush: Flush,
+    per_message: AtomicU64,
+}
+
+impl Ledger for BenchLedger {
+    fn outputs(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+    ) -> Result<Option<Vec<(Envelope, Message)>>, StoreError> {
+        self.store.processed(stage, id)
+    }
+
+    fn record(
+        &self,
+        stage: Stage,
+        id: &MessageId,
+        outputs: &[(Envelope, Message)],
+    ) -> Result<(), StoreError> {
+        self.store.record_processed(stage, id, outputs)
+    }
+
+    fn durable(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
+        match self.flush {
+            Flush::Grouped => Box::pin(self.store.flush_grouped()),
+            Flush::PerMessage => Box::pin(async {
+                self.per_message.fetch_add(1, Ordering::Relaxed);
+                self.store.flush().await
+            }),
+            Flush::None => Box::pin(std::future::ready(Ok(()))),
+        }
+    }
+}
+
+impl BenchLedger {
+    fn flushes(&self) -> u64 {
+        self.store.grouped_flushes() + self.per_message.load(Ordering::Relaxed)
     }
 }
 
@@ -72,23 +148,30 @@ impl Completions for JsCompletions {
 
 struct Row {
     name: String,
+    copies: usize,
     chains_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Handled messages per ledger flush (JetStream rows that flush).
+    per_flush: Option<f64>,
 }
+
+/// One stage runtime to start: its bus (a connection of its own on JetStream), stage, ledger.
+type Worker<B> = (B, Stage, Arc<dyn Ledger>);
 
 async fn measure<B: Bus>(
     name: &str,
-    bus: B,
+    client: B,
+    workers: Vec<Worker<B>>,
     mut done: impl Completions,
-    ledgers: Vec<Arc<dyn Ledger>>,
     chains: usize,
     latency_chains: usize,
 ) -> Result<Row> {
+    let copies = workers.len() / Stage::WORKERS.len();
     let starts: Starts = Arc::default();
     let stop = CancellationToken::new();
     let mut tasks = vec![];
-    for (stage, ledger) in Stage::WORKERS.into_iter().zip(ledgers) {
+    for (bus, stage, ledger) in workers {
         let s = starts.clone();
         let h = NoopStage {
             stage,
@@ -98,7 +181,7 @@ async fn measure<B: Bus>(
                 }
             },
         };
-        let (bus, stop) = (bus.clone(), stop.clone());
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             runtime::run(
                 bus,
@@ -124,7 +207,7 @@ async fn measure<B: Bus>(
         .collect();
     let t0 = Instant::now();
     let publisher = {
-        let bus = bus.clone();
+        let bus = client.clone();
         tokio::spawn(async move {
             futures::stream::iter(requests)
                 .map(|(e, m)| {
@@ -139,9 +222,9 @@ async fn measure<B: Bus>(
         })
     };
     for _ in 0..chains {
-        tokio::time::timeout(Duration::from_secs(120), done.next())
+        tokio::time::timeout(Duration::from_secs(300), done.next())
             .await
-            .context("throughput run stalled")??;
+            .with_context(|| format!("{name}: throughput run stalled"))??;
     }
     let elapsed = t0.elapsed();
     publisher.await?;
@@ -152,14 +235,15 @@ async fn measure<B: Bus>(
         let r = RepairId::new();
         let sent = Instant::now();
         starts.lock().unwrap().insert(r, vec![sent]);
-        bus.publish(
-            &Envelope::origin(Kind::RepairRequested, r),
-            Message::RepairRequested(request(r)),
-        )
-        .await?;
+        client
+            .publish(
+                &Envelope::origin(Kind::RepairRequested, r),
+                Message::RepairRequested(request(r)),
+            )
+            .await?;
         let got = tokio::time::timeout(Duration::from_secs(30), done.next())
             .await
-            .context("latency run stalled")??;
+            .with_context(|| format!("{name}: latency run stalled"))??;
         anyhow::ensure!(got == r, "completion of another chain");
         let times = starts.lock().unwrap().remove(&r).context("times")?;
         anyhow::ensure!(
@@ -170,35 +254,71 @@ async fn measure<B: Bus>(
         hops.extend(times.windows(2).map(|w| w[1] - w[0]));
     }
     hops.sort();
-    let pct =
-        |p: f64| hops[((hops.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
+    let pct = |p: f64| {
+        hops.get(((hops.len() as f64 - 1.0) * p).round() as usize)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
     stop.cancel();
     for t in tasks {
         t.await??;
     }
+    eprintln!(
+        "{name}, {copies} per stage: {:.0} chains/s",
+        chains as f64 / elapsed.as_secs_f64()
+    );
     Ok(Row {
         name: name.to_owned(),
+        copies,
         chains_per_s: chains as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        per_flush: None,
     })
 }
 
-async fn jetstream(
-    name: &str,
-    sync: SyncMode,
+async fn in_process(copies: usize, chains: usize, latency_chains: usize) -> Result<Row> {
+    let bus = MemoryBus::default();
+    let workers = Stage::WORKERS
+        .into_iter()
+        .flat_map(|s| (0..copies).map(move |_| s))
+        .map(|s| (bus.clone(), s, Arc::new(NoLedger) as Arc<dyn Ledger>))
+        .collect();
+    measure(
+        "in-process",
+        bus.clone(),
+        workers,
+        MemCompletions(bus),
+        chains,
+        latency_chains,
+    )
+    .await
+}
+
+struct JsRow<'a> {
+    name: &'a str,
+    url: &'a str,
+    copies: usize,
+    flush: Flush,
+    replicas: usize,
     chains: usize,
     latency_chains: usize,
-    dirs: &[tempfile::TempDir],
-) -> Result<Row> {
-    let nats = NatsServer::start(sync)?;
-    let bus = JetStreamBus::connect(&nats.url, Namespace::new("bench")?, bench_config()).await?;
-    let consumer = bus
+}
+
+async fn jetstream(r: JsRow<'_>) -> Result<Row> {
+    let cfg = BusConfig {
+        replicas: r.replicas,
+        ..bench_config()
+    };
+    // A namespace per row, so rows on one server never share streams.
+    static ROW: AtomicU64 = AtomicU64::new(0);
+    let ns = Namespace::new(&format!("bench{}", ROW.fetch_add(1, Ordering::Relaxed)))?;
+    let client = JetStreamBus::connect(r.url, ns.clone(), cfg.clone()).await?;
+    let consumer = client
         .context()
-        .get_stream(bus.namespace().event_stream())
+        .get_stream(client.namespace().event_stream())
         .await?
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: bus.namespace().event_subjects(),
+            filter_subject: client.namespace().event_subjects(),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
@@ -210,63 +330,296 @@ async fn jetstream(
             .messages()
             .await?,
     );
-    let ledgers = dirs
-        .iter()
-        .map(|d| Ok(Arc::new(Store::open(d.path())?) as Arc<dyn Ledger>))
-        .collect::<Result<Vec<_>>>()?;
-    measure(name, bus, done, ledgers, chains, latency_chains).await
+    let mut dirs = vec![];
+    let mut ledgers = vec![];
+    let mut workers = vec![];
+    for stage in Stage::WORKERS {
+        for _ in 0..r.copies {
+            let dir = tempfile::tempdir()?;
+            let ledger = Arc::new(BenchLedger {
+                store: Store::open(dir.path())?,
+                flush: r.flush,
+                per_message: AtomicU64::new(0),
+            });
+            dirs.push(dir);
+            ledgers.push(ledger.clone());
+            let bus = JetStreamBus::connect(r.url, ns.clone(), cfg.clone()).await?;
+            workers.push((bus, stage, ledger as Arc<dyn Ledger>));
+        }
+    }
+    let mut row = measure(r.name, client, workers, done, r.chains, r.latency_chains).await?;
+    let flushes: u64 = ledgers.iter().map(|l| l.flushes()).sum();
+    if r.flush != Flush::None && flushes > 0 {
+        let handled = (r.chains + r.latency_chains) * Stage::WORKERS.len();
+        row.per_flush = Some(handled as f64 / flushes as f64);
+    }
+    Ok(row)
+}
+
+/// VmRSS (and its anonymous part: heap and stacks, not mapped code) of each stage binary at
+/// rest: started against a server, ready, idle for 2 s.
+async fn idle_rss(url: &str) -> Result<Vec<(String, u64, u64)>> {
+    let mut out = vec![];
+    for stage in Stage::WORKERS {
+        let name = format!("coval-{stage}");
+        let bin = coval_tests::workspace_binary(&name)?;
+        let ws = tempfile::tempdir()?;
+        let mut child = tokio::process::Command::new(&bin)
+            .args(["--nats", url, "--namespace", "rss", "--workspace"])
+            .arg(ws.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = lines.next_line().await? {
+                if l.contains(": ready") {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("{name} ended before it was ready")
+        })
+        .await
+        .with_context(|| format!("{name} not ready within 30 s"))??;
+        // Keep reading its stderr so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pid = child.id().context("pid")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |f: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(f))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .with_context(|| format!("no {f}"))
+        };
+        out.push((name, field("VmRSS:")?, field("RssAnon:")?));
+        child.kill().await?;
+    }
+    Ok(out)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() {
+    // Say what failed at once and exit: dropping a run's sled ledgers after its servers went
+    // away can block the runtime's shutdown.
+    if let Err(e) = run().await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
     let chains = arg("--chains", 100_000);
     let js_chains = arg("--js-chains", 5_000);
-    let latency_chains = arg("--latency-chains", 300);
+    let always_chains = arg("--always-chains", 1_500);
+    let latency_chains = arg("--latency-chains", 200);
+    let load_before = load_average();
     let mut rows = vec![];
 
-    let bus = MemoryBus::default();
-    let ledgers = (0..6)
-        .map(|_| Arc::new(NoLedger) as Arc<dyn Ledger>)
-        .collect();
+    for copies in [1, 2, 4] {
+        if part("in-process") {
+            rows.push(in_process(copies, chains, latency_chains).await?);
+        }
+    }
+    if part("jetstream") {
+        jetstream_rows(&mut rows, js_chains, always_chains, latency_chains).await?;
+    }
+    if part("cluster") {
+        cluster_rows(&mut rows, always_chains, latency_chains).await?;
+    }
+    let rss = if flag("--no-rss") || !part("rss") {
+        vec![]
+    } else {
+        let nats = NatsServer::start(SyncMode::Default)?;
+        idle_rss(&nats.url).await?
+    };
+    print_rows(
+        &rows,
+        &rss,
+        &load_before,
+        [chains, js_chains, always_chains, latency_chains],
+    );
+    Ok(())
+}
+
+async fn jetstream_rows(
+    rows: &mut Vec<Row>,
+    js_chains: usize,
+    always_chains: usize,
+    latency_chains: usize,
+) -> Result<()> {
+    let default = NatsServer::start(SyncMode::Default)?;
+    let always = NatsServer::start(SyncMode::Always)?;
+    let js = |name, url, copies, flush, chains| JsRow {
+        name,
+        url,
+        copies,
+        flush,
+        replicas: 1,
+        chains,
+        latency_chains,
+    };
+    for copies in [1, 2, 4] {
+        rows.push(
+            jetstream(js(
+                "jetstream default sync",
+                &default.url,
+                copies,
+                Flush::Grouped,
+                js_chains,
+            ))
+            .await?,
+        );
+    }
+    for copies in [1, 2, 4] {
+        rows.push(
+            jetstream(js(
+                "jetstream sync always",
+                &always.url,
+                copies,
+                Flush::Grouped,
+                always_chains,
+            ))
+            .await?,
+        );
+    }
     rows.push(
-        measure(
-            "in-process",
-            bus.clone(),
-            MemCompletions(bus),
-            ledgers,
-            chains,
-            latency_chains,
-        )
+        jetstream(js(
+            "default sync, ledger not flushed",
+            &default.url,
+            1,
+            Flush::None,
+            js_chains,
+        ))
         .await?,
     );
-
-    for (name, sync) in [
-        ("jetstream, default sync", SyncMode::Default),
-        ("jetstream, sync_interval always", SyncMode::Always),
-    ] {
-        let dirs: Vec<_> = (0..6)
-            .map(|_| tempfile::tempdir())
-            .collect::<Result<_, _>>()?;
-        rows.push(jetstream(name, sync, js_chains, latency_chains, &dirs).await?);
+    rows.push(
+        jetstream(js(
+            "sync always, ledger not flushed",
+            &always.url,
+            1,
+            Flush::None,
+            always_chains,
+        ))
+        .await?,
+    );
+    // sled's own flush per message (`flush_async`, what the integration stage did before the
+    // group commit) stalled here under load (one sequential chain > 30 s): on request only.
+    if flag("--per-message") {
+        rows.push(
+            jetstream(js(
+                "sync always, a flush per message",
+                &always.url,
+                1,
+                Flush::PerMessage,
+                // Slow (each handler waits for a flush of its own): a few chains.
+                (always_chains / 50).max(20),
+            ))
+            .await?,
+        );
     }
+    drop((default, always));
+    Ok(())
+}
 
+async fn cluster_rows(
+    rows: &mut Vec<Row>,
+    always_chains: usize,
+    latency_chains: usize,
+) -> Result<()> {
+    let cluster = NatsCluster::start(SyncMode::Always)?;
+    cluster.wait_jetstream(Duration::from_secs(60)).await?;
+    for (name, replicas) in [
+        ("cluster of 3, R1, sync always", 1),
+        ("cluster of 3, R3, sync always", 3),
+    ] {
+        rows.push(
+            jetstream(JsRow {
+                name,
+                url: &cluster.url,
+                copies: 1,
+                flush: Flush::Grouped,
+                replicas,
+                chains: always_chains,
+                latency_chains,
+            })
+            .await?,
+        );
+    }
+    drop(cluster);
+    Ok(())
+}
+
+fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, counts: [usize; 4]) {
+    let [chains, js_chains, always_chains, latency_chains] = counts;
     println!(
-        "six no-op stages; {chains} in-process chains, {js_chains} JetStream chains (sled ledger per stage), {latency_chains} sequential chains for latency"
+        "six no-op stages; {chains} in-process chains, {js_chains} JetStream chains at the default sync, {always_chains} with sync always (a fiftieth with `--per-message`; a sled ledger per stage copy), {latency_chains} sequential chains for latency"
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>12} {:>10}",
-        "bus", "chains/s", "hop p50 ms", "hop p99 ms", "vs in-proc"
+        "load average before: {load_before}, after: {} ({} cores)",
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let base = rows[0].chains_per_s;
-    for r in &rows {
+    println!(
+        "{:<34} {:>6} {:>10} {:>11} {:>11} {:>13} {:>10} {:>10}",
+        "bus",
+        "copies",
+        "chains/s",
+        "hop p50 ms",
+        "hop p99 ms",
+        "records/flush",
+        "vs in-proc",
+        "vs default"
+    );
+    let base = rows
+        .iter()
+        .find(|r| r.name == "in-process")
+        .map_or(f64::NAN, |r| r.chains_per_s);
+    let default_of = |copies: usize| {
+        rows.iter()
+            .find(|r| r.name == "jetstream default sync" && r.copies == copies)
+            .map(|r| r.chains_per_s)
+    };
+    for r in rows {
+        let vs_default = if r.name == "in-process" {
+            "-".to_owned()
+        } else {
+            default_of(r.copies)
+                .map(|d| format!("{:.3}", r.chains_per_s / d))
+                .unwrap_or_else(|| "-".into())
+        };
         println!(
-            "{:<34} {:>12.0} {:>12.3} {:>12.3} {:>10.4}",
+            "{:<34} {:>6} {:>10.0} {:>11.3} {:>11.3} {:>13} {:>10.4} {:>10}",
             r.name,
+            r.copies,
             r.chains_per_s,
             r.p50_ms,
             r.p99_ms,
-            r.chains_per_s / base
+            r.per_flush
+                .map(|f| format!("{f:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            r.chains_per_s / base,
+            vs_default,
         );
     }
-    Ok(())
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    for (name, kb, anon) in rss {
+        println!(
+            "idle RSS {name} ({profile} build): {:.1} MB, of which anonymous {:.1} MB",
+            *kb as f64 / 1024.0,
+            *anon as f64 / 1024.0
+        );
+    }
 }

@@ -4,7 +4,9 @@
 mod architecture;
 mod bus;
 mod ci;
+mod cluster;
 mod crash;
+mod faults;
 mod mre;
 mod patch;
 mod real;

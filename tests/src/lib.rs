@@ -2,6 +2,8 @@
 //! benchmarks: a real nats-server per test (killed on drop), and no-op stage handlers that
 //! advance a repair through all six stages with the real message types.
 
+pub mod faults;
+pub mod fleet;
 pub mod otlp;
 pub mod real;
 
@@ -50,6 +52,34 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+fn spawn_server(conf: &Path, log: &Path, envs: &[(&str, &str)]) -> Result<Child> {
+    let bin = nats_server_bin()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(&bin)
+        .arg("-c")
+        .arg(conf)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+fn wait_listening(port: u16) -> Result<()> {
+    // Generous: on a loaded machine a server can take seconds to listen.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nats-server on port {port} did not start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 impl NatsServer {
     pub fn start(sync: SyncMode) -> Result<NatsServer> {
         Self::start_with(sync, "", "nats")
@@ -81,29 +111,28 @@ impl NatsServer {
         );
         let conf_path = dir.path().join("nats.conf");
         std::fs::write(&conf_path, conf)?;
-        let bin = nats_server_bin()?;
-        let log = std::fs::File::create(dir.path().join("nats.log"))?;
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let child = spawn_server(&conf_path, &dir.path().join("nats.log"), &[])?;
         let server = NatsServer {
             child,
             url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server on port {port} did not start within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port)?;
         Ok(server)
+    }
+
+    /// SIGKILL the server, then start it again on the same port and store (what it had
+    /// synced survives).
+    pub fn restart(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.child = spawn_server(
+            &self._dir.path().join("nats.conf"),
+            &self._dir.path().join("nats.log"),
+            &[],
+        )?;
+        wait_listening(self.port)
     }
 }
 
@@ -111,6 +140,177 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One node of a [`NatsCluster`].
+struct Node {
+    name: String,
+    child: Option<Child>,
+    port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+/// Three nats-servers forming a JetStream cluster on loopback ports, each started from the
+/// shipped `deploy/nats/cluster.conf` with only its addresses and store moved (so the test
+/// proves the deployed file), killed when dropped.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    /// Every node, comma-separated: what clients connect to.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    pub fn start(sync: SyncMode) -> Result<NatsCluster> {
+        let shipped = std::fs::read_to_string(repo_root().join("deploy/nats/cluster.conf"))
+            .context("deploy/nats/cluster.conf")?;
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let mut nodes = vec![];
+        for (i, (client, route, http)) in ports.iter().enumerate() {
+            let name = format!("nats-{}", i + 1);
+            let mut conf = shipped
+                .replace("0.0.0.0:4222", &format!("127.0.0.1:{client}"))
+                .replace("0.0.0.0:8222", &format!("127.0.0.1:{http}"))
+                .replace("0.0.0.0:6222", &format!("127.0.0.1:{route}"))
+                .replace(
+                    "/data/jetstream",
+                    &dir.path().join(&name).join("js").display().to_string(),
+                );
+            for (j, (_, r, _)) in ports.iter().enumerate() {
+                conf = conf.replace(
+                    &format!("nats-route://nats-{}:6222", j + 1),
+                    &format!("nats-route://127.0.0.1:{r}"),
+                );
+            }
+            if sync == SyncMode::Default {
+                conf = conf.replace("sync_interval: always", "");
+            }
+            ensure_conf(&conf, &name)?;
+            let conf_path = dir.path().join(format!("{name}.conf"));
+            std::fs::write(&conf_path, conf)?;
+            nodes.push(Node {
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                child: None,
+                port: *client,
+                conf: conf_path,
+            });
+        }
+        let url = ports
+            .iter()
+            .map(|(c, _, _)| format!("nats://127.0.0.1:{c}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = NatsCluster { nodes, url, dir };
+        for i in 0..3 {
+            cluster.start_node(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn start_node(&mut self, i: usize) -> Result<()> {
+        let n = &mut self.nodes[i];
+        n.child = Some(spawn_server(
+            &n.conf,
+            &n.log,
+            &[("NATS_SERVER_NAME", n.name.as_str())],
+        )?);
+        wait_listening(n.port)
+    }
+
+    /// SIGKILL node `i` (0, 1 or 2).
+    pub fn kill(&mut self, i: usize) -> Result<()> {
+        let mut c = self.nodes[i].child.take().context("node is not running")?;
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// Start node `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.start_node(i)
+    }
+
+    /// The URL of node `i` alone.
+    pub fn node_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// The nodes' logs, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let _ = &self.dir;
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                format!(
+                    "--- {} ---\n{}",
+                    n.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until JetStream answers through the cluster (a meta leader is elected).
+    pub async fn wait_jetstream(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = async {
+                let addrs = bus::jetstream::JetStreamBus::server_addrs(&self.url)
+                    .map_err(anyhow::Error::msg)?;
+                let c = async_nats::connect(addrs).await?;
+                let js = async_nats::jetstream::new(c);
+                js.query_account().await?;
+                anyhow::Ok(())
+            };
+            let last = match tokio::time::timeout(Duration::from_secs(3), ok).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 3 s".to_owned(),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "the cluster's JetStream did not answer within {within:?} ({last})\n{}",
+                    self.logs()
+                )
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The rewritten config must not still name a container address or path.
+fn ensure_conf(conf: &str, name: &str) -> Result<()> {
+    let live: String = conf
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    for left in ["0.0.0.0", "nats-1:", "nats-2:", "nats-3:", "/data/"] {
+        if live.contains(left) {
+            bail!(
+                "{name}: deploy/nats/cluster.conf changed shape: `{left}` was not moved to loopback"
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 }
 
@@ -133,6 +333,7 @@ pub fn test_bus_config() -> BusConfig {
         publish_timeout_secs: 10,
         max_reconnects: 10,
         snapshot_max_bytes: store::projects::DEFAULT_SNAPSHOT_MAX_BYTES,
+        replicas: 1,
     }
 }
 

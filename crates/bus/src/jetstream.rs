@@ -172,6 +172,14 @@ impl JetStreamBus {
         Ok(())
     }
 
+    /// The servers `url` names (one, or several separated by commas: a cluster's nodes).
+    pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+        Self::check_url(url)?;
+        url.split(',')
+            .map(|s| s.trim().parse().map_err(|e| format!("`{}`: {e}", s.trim())))
+            .collect()
+    }
+
     pub async fn connect(url: &str, ns: Namespace, cfg: BusConfig) -> Result<Self, BusError> {
         Self::connect_with(url, ns, cfg, &NatsAuth::default(), Role::Worker).await
     }
@@ -203,12 +211,16 @@ impl JetStreamBus {
             }
         });
         let options = auth.apply(options).await.map_err(BusError::Auth)?;
+        let addrs = Self::server_addrs(url).map_err(|e| BusError::Connect {
+            url: url.to_owned(),
+            reason: e,
+        })?;
         let client = options
             .name("coval")
             .connection_timeout(Duration::from_secs(5))
             .retry_on_initial_connect()
             .max_reconnects(Some(cfg.max_reconnects))
-            .connect(url);
+            .connect(addrs);
         // retry_on_initial_connect returns at once and connects in the background; insist on a
         // first connection within the timeout so an unreachable server is a clear error.
         let client = tokio::time::timeout(Duration::from_secs(cfg.connect_timeout_secs), async {
@@ -258,6 +270,11 @@ impl JetStreamBus {
         &self.js
     }
 
+    /// Copies kept of each stream and bucket (`bus.replicas`).
+    pub fn replicas(&self) -> usize {
+        self.cfg.replicas
+    }
+
     pub fn namespace(&self) -> &Namespace {
         &self.ns
     }
@@ -281,6 +298,7 @@ impl JetStreamBus {
             discard: stream::DiscardPolicy::New,
             max_bytes: self.cfg.work_max_bytes,
             duplicate_window: self.cfg.duplicate_window(),
+            num_replicas: self.cfg.replicas,
             ..Default::default()
         };
         self.create_or_update(work)
@@ -293,6 +311,7 @@ impl JetStreamBus {
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(self.cfg.dead_letter_max_age_hours * 3600),
             duplicate_window: self.cfg.duplicate_window(),
+            num_replicas: self.cfg.replicas,
             ..Default::default()
         };
         self.create_or_update(dlq)
@@ -305,6 +324,7 @@ impl JetStreamBus {
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(self.cfg.event_max_age_hours * 3600),
             duplicate_window: self.cfg.duplicate_window(),
+            num_replicas: self.cfg.replicas,
             ..Default::default()
         };
         self.create_or_update(events)
@@ -409,6 +429,7 @@ impl JetStreamBus {
                 history: 1,
                 max_age: Duration::from_secs(self.cfg.dead_letter_max_age_hours * 3600),
                 storage: stream::StorageType::File,
+                num_replicas: self.cfg.replicas,
                 ..Default::default()
             })
             .await

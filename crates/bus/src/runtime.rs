@@ -6,6 +6,7 @@
 //! work finish.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -71,6 +72,10 @@ pub trait Ledger: Send + Sync + 'static {
         id: &MessageId,
         outputs: &[(Envelope, Message)],
     ) -> Result<(), StoreError>;
+    /// Resolves once every record made before the call is on disk. The runtime acks an input
+    /// only after this, so an acked message's record survives a crash. Implementations share
+    /// one flush among all who wait at once (a group commit), not one flush per message.
+    fn durable(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
 }
 
 impl Ledger for Store {
@@ -90,6 +95,10 @@ impl Ledger for Store {
     ) -> Result<(), StoreError> {
         self.record_processed(stage, id, outputs)
     }
+
+    fn durable(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
+        Box::pin(self.flush_grouped())
+    }
 }
 
 /// For the in-process bus: nothing is redelivered after a crash (the process is the unit of
@@ -107,6 +116,10 @@ impl Ledger for NoLedger {
 
     fn record(&self, _: Stage, _: &MessageId, _: &[(Envelope, Message)]) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn durable(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -264,7 +277,9 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         Ok(Some(outputs)) => {
             s.stats.republished.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%stage, message = %envelope.message_id, "already handled; republishing its outputs");
-            settle_publish(s, d, &envelope, outputs).await;
+            // The record may be this process's own, not yet on disk (a redelivery while its
+            // first handling waits for the flush).
+            settle_publish(s, d, &envelope, outputs, true).await;
             return;
         }
         Ok(None) => {}
@@ -306,6 +321,8 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let joined = loop {
         tokio::select! {
+            // The handler first: one that finishes at once never arms the progress timer.
+            biased;
             r = &mut task => break r,
             _ = tick.tick() => {
                 if let Err(e) = d.progress().await {
@@ -368,17 +385,27 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
                     (env, m)
                 })
                 .collect();
-            if let Err(e) = s.ledger.record(stage, &envelope.message_id, &outputs) {
-                // Outputs have deterministic ids, so publishing without the record is still
-                // safe: a redelivery would produce the same ids and be de-duplicated.
-                tracing::warn!(%stage, error = %e, "cannot record the handled message");
-            }
-            settle_publish(s, d, &envelope, outputs).await;
+            let recorded = match s.ledger.record(stage, &envelope.message_id, &outputs) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Outputs have deterministic ids, so publishing without the record is
+                    // still safe: a redelivery would produce the same ids and be
+                    // de-duplicated (but the handler would run again).
+                    tracing::warn!(%stage, error = %e, "cannot record the handled message");
+                    false
+                }
+            };
+            settle_publish(s, d, &envelope, outputs, recorded).await;
         }
         Outcome::Skip(reason) => {
             s.stats.skipped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%stage, %reason, "skipped");
-            let _ = s.ledger.record(stage, &envelope.message_id, &[]);
+            if s.ledger.record(stage, &envelope.message_id, &[]).is_ok()
+                && let Err(e) = s.ledger.durable().await
+            {
+                retry(s, d, &envelope, None, format!("ledger flush failed: {e}")).await;
+                return;
+            }
             ack(d, stage).await;
         }
         Outcome::Retry { after, reason } => retry(s, d, &envelope, after, reason).await,
@@ -386,28 +413,43 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     }
 }
 
+/// Publish the outputs and, when the input was recorded, wait for the record to be durable
+/// at the same time (a grouped flush: the publishes hide its latency); ack only after both.
 async fn settle_publish<B: Bus, H: Handler>(
     s: &Shared<B, H>,
     d: B::Delivery,
     input: &Envelope,
     outputs: Vec<(Envelope, Message)>,
+    recorded: bool,
 ) {
     let stage = s.handler.stage();
-    for (env, msg) in outputs {
-        let kind = msg.kind();
-        match s.bus.publish(&env, msg).await {
-            Ok(p) if p.duplicate => {
-                tracing::debug!(%stage, message = %env.message_id, "output was already published")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let reason = format!("publishing `{kind}` failed: {e}");
-                retry(s, d, input, None, reason).await;
-                return;
+    let publish = async {
+        for (env, msg) in outputs {
+            let kind = msg.kind();
+            match s.bus.publish(&env, msg).await {
+                Ok(p) if p.duplicate => {
+                    tracing::debug!(%stage, message = %env.message_id, "output was already published")
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("publishing `{kind}` failed: {e}")),
             }
         }
+        Ok(())
+    };
+    let durable = async {
+        if recorded {
+            s.ledger
+                .durable()
+                .await
+                .map_err(|e| format!("ledger flush failed: {e}"))
+        } else {
+            Ok(())
+        }
+    };
+    match tokio::join!(publish, durable) {
+        (Ok(()), Ok(())) => ack(d, stage).await,
+        (Err(reason), _) | (_, Err(reason)) => retry(s, d, input, None, reason).await,
     }
-    ack(d, stage).await;
 }
 
 async fn ack<D: Delivery>(d: D, stage: Stage) {

@@ -154,7 +154,8 @@ impl Worker {
         bus.submissions()
             .await
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
-        let snapshots = Bucket::open(bus.context(), &ns.snapshot_bucket())
+        let replicas = config.settings.bus.replicas;
+        let snapshots = Bucket::open_replicated(bus.context(), &ns.snapshot_bucket(), replicas)
             .await
             .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
         let stop = CancellationToken::new();
@@ -168,7 +169,7 @@ impl Worker {
             );
         }
         let (ledger, reports) = if stages.contains(&Stage::Integrate) {
-            let reports = Bucket::open(bus.context(), &ns.report_bucket())
+            let reports = Bucket::open_replicated(bus.context(), &ns.report_bucket(), replicas)
                 .await
                 .map_err(|e| WorkerError::Unreachable(e.to_string()))?;
             (

@@ -179,9 +179,13 @@ async fn submit_request(
             ids
         }
     };
-    let bucket = Bucket::open(bus.context(), &bus.namespace().snapshot_bucket())
-        .await
-        .map_err(project_failure)?;
+    let bucket = Bucket::open_replicated(
+        bus.context(),
+        &bus.namespace().snapshot_bucket(),
+        bus.replicas(),
+    )
+    .await
+    .map_err(project_failure)?;
     let project = bucket
         .put_snapshot(&repair_id, &snapshot)
         .await
@@ -337,9 +341,13 @@ async fn fetch_reports(
     let dir = vocab::Workspace::new(workspace).repair_dir(done.repair_id);
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::input(format!("cannot create {}: {e}", dir.display())))?;
-    let bucket = Bucket::open(bus.context(), &bus.namespace().report_bucket())
-        .await
-        .map_err(project_failure)?;
+    let bucket = Bucket::open_replicated(
+        bus.context(),
+        &bus.namespace().report_bucket(),
+        bus.replicas(),
+    )
+    .await
+    .map_err(project_failure)?;
     for name in integrate::handler::REPORT_FILES {
         match bucket
             .get(

@@ -225,10 +225,18 @@ pub struct BusConfig {
     /// The largest project snapshot (bytes of file contents) sent through the object store.
     #[serde(default = "default_snapshot_max_bytes")]
     pub snapshot_max_bytes: u64,
+    /// Copies of every stream and bucket coval creates (JetStream `num_replicas`): 1 on one
+    /// server, 3 on a three-node cluster (`deploy/nats/cluster/`).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
 }
 
 fn default_snapshot_max_bytes() -> u64 {
     vocab::DEFAULT_SNAPSHOT_MAX_BYTES
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 impl BusConfig {
@@ -945,6 +953,14 @@ fn validate_settings(s: &Settings, layers: &[Layer]) -> Result<(), ConfigError> 
                 b.progress_interval_secs, b.ack_wait_secs
             ),
             "make it about a third of bus.ack_wait_secs so in-progress acks arrive before redelivery",
+        ));
+    }
+    if !(1..=5).contains(&b.replicas) {
+        return Err(bad(
+            layers,
+            "bus.replicas",
+            format!("{} is not a JetStream replica count", b.replicas),
+            "use 1 on one server, or 3 (at most 5, the cluster's size at most) on a cluster",
         ));
     }
     let span = b.longest_retry_span().as_secs();

@@ -16,6 +16,7 @@
 pub mod projects;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use proto::messages::{Category, RepairOutcome};
 use proto::{Envelope, IterationId, Message, MessageId, RepairId, Stage};
@@ -54,11 +55,13 @@ pub enum StoreError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("iteration {0} does not exist")]
     NoIteration(IterationId),
+    #[error("store flush failed: {0}")]
+    Flush(String),
 }
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Io(_))
+        matches!(self, StoreError::Io(_) | StoreError::Flush(_))
     }
 }
 
@@ -170,6 +173,7 @@ mod bytes_as_bin {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    group: Arc<GroupFlush>,
     repairs: sled::Tree,
     iterations: sled::Tree,
     history: sled::Tree,
@@ -203,6 +207,52 @@ fn abort<E: std::fmt::Display>(e: E) -> ConflictableTransactionError<String> {
     ConflictableTransactionError::Abort(e.to_string())
 }
 
+/// The state of [`Store::flush_grouped`]: flushes are numbered (epochs); `done` carries the
+/// last finished one and its result (a later success covers an earlier failure: flushes are
+/// cumulative).
+struct GroupFlush {
+    state: Mutex<GroupState>,
+    done: tokio::sync::watch::Sender<(u64, Result<(), String>)>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// The epoch of the last flush started.
+    started: u64,
+    /// The highest epoch a caller waits for.
+    wanted: u64,
+    /// Whether a flusher thread runs.
+    running: bool,
+}
+
+impl Default for GroupFlush {
+    fn default() -> Self {
+        GroupFlush {
+            state: Mutex::default(),
+            done: tokio::sync::watch::Sender::new((0, Ok(()))),
+        }
+    }
+}
+
+impl GroupFlush {
+    /// The flusher thread: flushes until no caller waits for a later epoch.
+    fn flush_while_wanted(&self, db: &sled::Db) {
+        loop {
+            let epoch = {
+                let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if g.wanted <= g.started {
+                    g.running = false;
+                    return;
+                }
+                g.started += 1;
+                g.started
+            };
+            let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
+            let _previous = self.done.send_replace((epoch, r));
+        }
+    }
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
@@ -214,6 +264,7 @@ impl Store {
                 reason: e.to_string(),
             })?;
         let store = Store {
+            group: Arc::default(),
             repairs: db.open_tree("repairs")?,
             iterations: db.open_tree("iterations")?,
             history: db.open_tree("history")?,
@@ -243,10 +294,54 @@ impl Store {
         Ok(store)
     }
 
-    /// Wait until everything written so far is on disk.
+    /// Wait until everything written so far is on disk (one flush of its own).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// How many grouped flushes have started (for benches and tests: records per flush).
+    pub fn grouped_flushes(&self) -> u64 {
+        self.group
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .started
+    }
+
+    /// Wait until everything written so far is on disk, sharing flushes with every other
+    /// caller (a group commit): at most one flush runs at a time, and all who ask while it
+    /// runs are served together by the next one, which starts after their writes. Many
+    /// handlers' records thus cost one fsync, however many messages are in flight.
+    pub async fn flush_grouped(&self) -> Result<(), StoreError> {
+        let mut done = self.group.done.subscribe();
+        let ticket = {
+            let mut g = self.group.state.lock().unwrap_or_else(|e| e.into_inner());
+            // A flush already running may have started before this caller's writes: only
+            // the next one to start is sure to cover them.
+            let ticket = g.started + 1;
+            g.wanted = g.wanted.max(ticket);
+            if !g.running {
+                g.running = true;
+                let (db, group) = (self.db.clone(), self.group.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("store-flush".into())
+                    .spawn(move || group.flush_while_wanted(&db));
+                if let Err(e) = spawned {
+                    g.running = false;
+                    return Err(StoreError::Flush(format!("cannot start the flusher: {e}")));
+                }
+            }
+            ticket
+        };
+        let seen = done
+            .wait_for(|(epoch, _)| *epoch >= ticket)
+            .await
+            .map_err(|_| StoreError::Flush("the flusher went away".into()))?;
+        match &seen.1 {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Flush(e.clone())),
+        }
     }
 
     // ---- processed messages -------------------------------------------------------------
@@ -673,5 +768,33 @@ mod tests {
         // Newest two (6, 5) kept; 1 protected; 2 deployed; 4 and 3 go, newest first.
         assert_eq!(plan, vec![ids[3], ids[2]]);
         assert!(store.retention_plan(10, &[]).unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_flushes_serve_many_writers_with_few_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writers = 200;
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let id = MessageId::new();
+                    store.record_processed(Stage::Fix, &id, &[]).unwrap();
+                    store.flush_grouped().await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let flushes = store.grouped_flushes();
+        assert!(
+            (1..writers / 2).contains(&(flushes as usize)),
+            "{flushes} flushes for {writers} writers"
+        );
+        // A lone caller after the burst still gets a flush of its own.
+        store.flush_grouped().await.unwrap();
+        assert_eq!(store.grouped_flushes(), flushes + 1);
     }
 }

@@ -309,14 +309,24 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// Opens `name`, creating it when missing.
+    /// Opens `name`, creating it (one replica) when missing.
     pub async fn open(js: &jetstream::Context, name: &str) -> Result<Bucket, ProjectError> {
+        Bucket::open_replicated(js, name, 1).await
+    }
+
+    /// Opens `name`, creating it with `replicas` copies when missing (`bus.replicas`).
+    pub async fn open_replicated(
+        js: &jetstream::Context,
+        name: &str,
+        replicas: usize,
+    ) -> Result<Bucket, ProjectError> {
         let store = match js.get_object_store(name).await {
             Ok(s) => s,
             Err(_) => js
                 .create_object_store(object_store::Config {
                     bucket: name.to_owned(),
                     description: Some("coval project snapshots and reports".into()),
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

@@ -217,7 +217,7 @@ impl IntegrateStage {
                 };
             }
         }
-        if let Err(e) = self.store.flush().await {
+        if let Err(e) = self.store.flush_grouped().await {
             return Outcome::Retry {
                 after: None,
                 reason: e.to_string(),

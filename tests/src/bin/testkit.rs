@@ -1,6 +1,7 @@
 //! Helper processes for the integration tests, run as real child processes so tests can
 //! kill them with SIGKILL:
-//!   testkit worker --nats URL --stage STAGE --store DIR [--slow-ms N]
+//!   testkit worker --nats URL --stage STAGE --store DIR [--slow-ms N] [--replicas N]
+//!                  [--max-deliver N]
 //!       a no-op stage on JetStream with a sled ledger; `integrate` records each completion
 //!       in its store; prints `ready` and `handling <repair> <delivered>` lines
 //!   testkit store-writer DIR
@@ -19,6 +20,7 @@ use coval_tests::{NoopStage, advance, test_bus_config};
 use proto::messages::{Category, RepairOutcome};
 use proto::subjects::Namespace;
 use proto::{RepairId, Stage};
+use settings::BusConfig;
 use store::{Completion, HistoryRecord, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +77,9 @@ impl Handler for Ledgering {
             repair: input.envelope.repair_id,
             outcome: RepairOutcome::Fixed,
             summary: "no-op chain".into(),
-            new_iteration_parent: None,
+            // An iteration per completion: a second completion of one repair would make a
+            // second iteration, which the fault tests would see.
+            new_iteration_parent: Some(None),
             history: Some(HistoryRecord {
                 repair: input.envelope.repair_id,
                 category: Category::Runtime,
@@ -92,7 +96,7 @@ impl Handler for Ledgering {
                 reason: e.to_string(),
             };
         }
-        if let Err(e) = self.store.flush().await {
+        if let Err(e) = self.store.flush_grouped().await {
             return Outcome::Retry {
                 after: None,
                 reason: e.to_string(),
@@ -102,7 +106,7 @@ impl Handler for Ledgering {
     }
 }
 
-async fn serve<B: Bus, H: Handler>(bus: B, h: H, store: Store) -> Result<()> {
+async fn serve<B: Bus, H: Handler>(bus: B, h: H, store: Store, cfg: BusConfig) -> Result<()> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
@@ -116,7 +120,7 @@ async fn serve<B: Bus, H: Handler>(bus: B, h: H, store: Store) -> Result<()> {
         bus,
         Arc::new(h),
         Arc::new(store),
-        test_bus_config(),
+        cfg,
         Arc::new(Stats::default()),
         shutdown,
     )
@@ -136,8 +140,18 @@ async fn worker(args: &[String]) -> Result<()> {
         .map(|s| s.parse::<u64>())
         .transpose()?
         .unwrap_or(0);
+    let num = |name: &str| arg(args, name).map(|s| s.parse::<usize>()).transpose();
+    let mut cfg = test_bus_config();
+    if let Some(n) = num("--replicas")? {
+        cfg.replicas = n;
+    }
+    if let Some(n) = num("--max-deliver")? {
+        cfg.max_deliver = u32::try_from(n)?;
+    }
+    // Long enough to ride out a restarted server or a cluster's leader election.
+    cfg.max_reconnects = 1000;
     let store = Store::open(&store_dir)?;
-    let bus = JetStreamBus::connect(&url, ns, test_bus_config()).await?;
+    let bus = JetStreamBus::connect(&url, ns, cfg.clone()).await?;
     if stage == Stage::Integrate {
         serve(
             bus,
@@ -145,6 +159,7 @@ async fn worker(args: &[String]) -> Result<()> {
                 store: store.clone(),
             },
             store,
+            cfg,
         )
         .await
     } else {
@@ -152,7 +167,7 @@ async fn worker(args: &[String]) -> Result<()> {
             inner: NoopStage::new(stage),
             delay: Duration::from_millis(slow),
         };
-        serve(bus, h, store).await
+        serve(bus, h, store, cfg).await
     }
 }
 
