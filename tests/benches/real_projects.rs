@@ -52,7 +52,7 @@ fn main() -> Result<()> {
             backend: "local",
             cache: cache.clone(),
             workspace: root.path().join("ws-probe"),
-            env: vec![],
+            env: real::user_env(&r, &cache.join("downloads")),
         };
         let env = probe.build()?;
         let (ok, out) = probe.tests(&env)?;
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
                 backend,
                 cache: cache.clone(),
                 workspace: root.path().join(format!("ws-{}-{backend}", r.name)),
-                env: vec![],
+                env: real::user_env(&r, &cache.join("downloads")),
             };
             let cold = run.build_cold()?;
             let t = std::time::Instant::now();
@@ -92,7 +92,7 @@ fn main() -> Result<()> {
                     backend,
                     cache: cache.clone(),
                     workspace: run.workspace.clone(),
-                    env: vec![],
+                    env: real::user_env(&r, &cache.join("downloads")),
                 }
             };
             let log = local.error_log(&local.build()?)?;

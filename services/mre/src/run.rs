@@ -57,8 +57,11 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
             .iter()
             .any(|t| failing.iter().any(|f| same_test(t, f)));
     let error = triage.error_type.rsplit('.').next().unwrap_or("");
-    let same_error = error.len() < 4 || run.output().contains(error);
-    let named_something = !triage.failing_tests.is_empty() || error.len() >= 4;
+    // Only an error's name is looked for in the output: a category the parser gave a log
+    // without one ("test failure" for `go test`, `cargo test`) is words no run prints.
+    let named = error.len() >= 4 && !error.contains(' ');
+    let same_error = !named || run.output().contains(error);
+    let named_something = !triage.failing_tests.is_empty() || named;
     named_something && same_tests && same_error
 }
 
@@ -178,6 +181,18 @@ mod tests {
         );
         assert!(!reproduces(&t, &passing));
         assert!(!reproduces(&triage("Err", &[]), &zero_div));
+        // `go test`'s failure has no error name: the same failing test decides.
+        let go = test_run(
+            1,
+            "--- FAIL: TestLargest (0.00s)\n    usage_test.go:22: Largest (-want +got):\nFAIL\n",
+            &[
+                ("example.com/diskusage::TestLargest", Failed),
+                ("example.com/diskusage::TestTotal", Passed),
+            ],
+        );
+        assert!(reproduces(&triage("test failure", &["TestLargest"]), &go));
+        assert!(!reproduces(&triage("test failure", &["TestTotal"]), &go));
+        assert!(!reproduces(&triage("test failure", &[]), &go));
     }
 
     #[test]

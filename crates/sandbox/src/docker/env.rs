@@ -63,6 +63,7 @@ fn environment(plan: &Plan, key: &str, image: String, description: String) -> En
         }
         vocab::Language::Go => {
             vars.push(("GOMODCACHE".into(), format!("{DOCKER_ENV_DIR}/gomod")));
+            vars.push(("GOCACHE".into(), format!("{DOCKER_ENV_DIR}/gocache")));
         }
         vocab::Language::Rust => {
             vars.push(("CARGO_HOME".into(), format!("{DOCKER_ENV_DIR}/cargo")));
@@ -177,6 +178,17 @@ async fn build(
         if k != "SSL_CERT_FILE" {
             envs.push(format!("{k}={v}"));
         }
+    }
+    // A registry on disk (`GOPROXY=file:///srv/goproxy`, `PIP_FIND_LINKS=/srv/wheels`) is
+    // where the user's variable says, read-only: the install step reads it as on the host.
+    for dir in local_registries(&cfg.host.registry) {
+        mounts.push(Mount {
+            target: Some(dir.clone()),
+            source: Some(dir),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     let ca = cfg
         .host
@@ -357,6 +369,29 @@ async fn build(
     result
 }
 
+/// The host directories the registry variables name (`file://` URLs and absolute paths in
+/// their comma, pipe or space separated lists), existing ones only, without duplicates.
+fn local_registries(vars: &[(String, String)]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for (k, v) in vars {
+        if k == "SSL_CERT_FILE" {
+            continue;
+        }
+        for item in v.split([',', '|', ' ']) {
+            let path = item.strip_prefix("file://").unwrap_or(item).trim();
+            let p = Path::new(path);
+            if p.is_absolute()
+                && p.is_dir()
+                && !p.components().any(|c| c == std::path::Component::ParentDir)
+                && !out.iter().any(|o| o == path)
+            {
+                out.push(path.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// Keeps the last 64 KiB of the installer's output.
 fn keep_tail(out: &mut String, more: &str) {
     out.push_str(more);
@@ -421,4 +456,29 @@ pub async fn prune(d: &DockerSandbox, key: Option<&str>) -> Result<Vec<Listed>, 
         removed.push(l);
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_registries;
+
+    #[test]
+    fn registries_on_disk_are_the_existing_absolute_dirs_the_variables_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        let vars = vec![
+            (
+                "GOPROXY".to_owned(),
+                format!("file://{dir},https://proxy.golang.org|direct"),
+            ),
+            ("PIP_FIND_LINKS".to_owned(), format!("{dir} /no/such/dir")),
+            (
+                "PIP_INDEX_URL".to_owned(),
+                "https://pypi.org/simple".to_owned(),
+            ),
+            ("SSL_CERT_FILE".to_owned(), dir.clone()),
+            ("GOPROXY".to_owned(), format!("file://{dir}/../x")),
+        ];
+        assert_eq!(local_registries(&vars), vec![dir]);
+    }
 }

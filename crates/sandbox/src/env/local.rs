@@ -371,7 +371,10 @@ fn environment(language: Language, dir: &Path, key: &str, description: String) -
         }
         Language::Go => Environment {
             key: key.to_owned(),
-            vars: vec![("GOMODCACHE".into(), dir.join("gomod").display().to_string())],
+            vars: vec![
+                ("GOMODCACHE".into(), dir.join("gomod").display().to_string()),
+                ("GOCACHE".into(), dir.join("gocache").display().to_string()),
+            ],
             description,
             ..Environment::default()
         },
