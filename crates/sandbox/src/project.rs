@@ -271,6 +271,21 @@ fn src_layout(dir: &Path) -> bool {
     })
 }
 
+/// Whether the project's pytest configuration sets `pythonpath` (the ini key, lowercase:
+/// tox's `PYTHONPATH = …` is another tool's variable).
+fn pytest_sets_pythonpath(dir: &Path) -> bool {
+    ["pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini"]
+        .iter()
+        .filter_map(|f| read(dir, f))
+        .any(|t| {
+            t.lines().any(|l| {
+                l.trim_start()
+                    .strip_prefix("pythonpath")
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+        })
+}
+
 fn python_text(dir: &Path) -> String {
     let mut text = String::new();
     for f in [
@@ -363,7 +378,7 @@ fn python(dir: &Path) -> ProjectKind {
         "-o".into(),
         "junit_family=xunit1".into(),
     ];
-    if src_layout(dir) && !text.contains("pythonpath") {
+    if src_layout(dir) && !pytest_sets_pythonpath(dir) {
         // The project is never installed into its environment (an installed or editable
         // copy would be the code under test, not the candidate): its `src/` goes first on
         // `sys.path` (pytest puts it there, in every run and every warm fork).
