@@ -426,3 +426,116 @@ pub fn undoes(r: &Recipe, patch: &str) -> bool {
         .lines()
         .any(|l| l.starts_with('-') && !l.starts_with("---") && l.contains(broken))
 }
+
+/// The Python requirements `dir` declares, as pip arguments (`-r FILE`, or the names from
+/// pyproject.toml's dependencies and test/tests/testing/dev groups), the way a user would
+/// install them by hand.
+fn pip_args(dir: &Path) -> Result<Vec<String>> {
+    const SCRIPT: &str = r#"
+import glob, os, sys, tomllib
+os.chdir(sys.argv[1])
+reqs = sorted(glob.glob("requirements*.txt"))
+if reqs:
+    for r in reqs:
+        print("-r"); print(r)
+elif os.path.exists("pyproject.toml"):
+    p = tomllib.load(open("pyproject.toml", "rb")).get("project", {})
+    for d in p.get("dependencies", []):
+        print(d)
+    for g in ("test", "tests", "testing", "dev"):
+        for d in p.get("optional-dependencies", {}).get(g, []):
+            print(d)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The installer alone, run by hand on `r`'s project `dir` as a user would (the same
+/// installer coval runs: a venv and pip with the runner, `npm ci`, `go mod download`), on
+/// `backend`: locally, or with `docker run` on the base image (host networking, no commit).
+/// Its wall time in seconds.
+pub fn installer_by_hand(r: &Recipe, dir: &Path, backend: &str, downloads: &Path) -> Result<f64> {
+    let scratch = tempfile::tempdir_in("/var/tmp")?;
+    let out = if backend == "docker" {
+        "/tmp/env".to_owned()
+    } else {
+        scratch.path().join("env").display().to_string()
+    };
+    let (script, image) = match r.language.as_str() {
+        "python" => {
+            let args: Vec<String> = pip_args(dir)?.iter().map(|a| quote(a)).collect();
+            (
+                format!(
+                    "python3 -m venv {out}/venv && {out}/venv/bin/pip install -q --disable-pip-version-check {} pytest coverage",
+                    args.join(" ")
+                ),
+                "coval/python:bookworm",
+            )
+        }
+        "javascript" => (
+            format!(
+                "mkdir -p {out} && cp package.json package-lock.json {out}/ && cd {out} && npm ci --no-audit --no-fund --loglevel=error"
+            ),
+            "coval/node:bookworm",
+        ),
+        "go" => (
+            format!("GOMODCACHE={out}/gomod GOFLAGS=-mod=mod go mod download"),
+            "coval/go:bookworm",
+        ),
+        other => bail!("no installer for {other}"),
+    };
+    let t0 = Instant::now();
+    let status = if backend == "docker" {
+        let mut c = Command::new("docker");
+        c.args([
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--tmpfs",
+            "/tmp:exec",
+            "-w",
+            "/src",
+        ])
+        .arg("-v")
+        .arg(format!("{}:/src:ro", dir.display()))
+        .args(["-e", "HOME=/tmp", "-e", "npm_config_cache=/tmp/npm"]);
+        for (k, v) in user_env(r, downloads) {
+            let path = v.trim_start_matches("file://");
+            c.arg("-v").arg(format!("{path}:{path}:ro"));
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        c.args([image, "sh", "-c", &script]).output()?
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]).current_dir(dir);
+        for (k, v) in user_env(r, downloads) {
+            c.env(k, v);
+        }
+        c.output()?
+    };
+    let took = t0.elapsed().as_secs_f64();
+    ensure!(
+        status.status.success(),
+        "{} ({backend}): the installer by hand failed: {}{}",
+        r.name,
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    Ok(took)
+}

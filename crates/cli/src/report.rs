@@ -246,10 +246,7 @@ impl StageTimes {
             out.push_str(&format!("| {s} | {:.1} |\n", *ms as f64 / 1000.0));
         }
         let total: u64 = self.entries.iter().map(|(_, ms)| ms).sum();
-        out.push_str(&format!(
-            "| all stages | {:.1} |\n",
-            total as f64 / 1000.0
-        ));
+        out.push_str(&format!("| all stages | {:.1} |\n", total as f64 / 1000.0));
         out
     }
 
@@ -316,6 +313,9 @@ mod stage_times_tests {
             serde_json::json!([{"stage": "triage", "ms": 1500}, {"stage": "validate", "ms": 9000}])
         );
         let md = t.markdown();
-        assert!(md.contains("| triage | 1.5 |") && md.contains("| all stages | 10.5 |"), "{md}");
+        assert!(
+            md.contains("| triage | 1.5 |") && md.contains("| all stages | 10.5 |"),
+            "{md}"
+        );
     }
 }

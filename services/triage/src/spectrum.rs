@@ -28,7 +28,7 @@ cov.set_option("run:dynamic_context", "test_function")
 cov.set_option("json:show_contexts", True)
 cov.start()
 import pytest
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"])
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"] + sys.argv[1:])
 cov.stop()
 cov.save()
 cov.json_report(outfile=".coval-report/coverage.json")
@@ -45,18 +45,28 @@ pub struct Spectrum {
 
 /// Run the project's tests under coverage in the sandbox. Errors are notes, never failures:
 /// triage goes on with the trace alone.
-pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
+///
+/// `failing`: the failing tests the log names. When they name test files of the project, only
+/// those files run (their passing tests are the contrast Ochiai needs): a large suite's whole
+/// run under coverage would cost minutes before any fix is tried.
+pub async fn python(cfg: &SandboxConfig, root: &Path, failing: &[String]) -> Spectrum {
     let prepared = match prepare(cfg, root, Language::Python).await {
         Ok(p) => p,
         Err(e) => return note(format!("coverage not measured: {e}")),
     };
     let detected = &prepared.detected;
-    let mut spec = prepared.spec(
-        cfg,
-        Language::Python,
-        root,
-        vec!["python3".into(), "-c".into(), SCRIPT.into()],
-    );
+    let mut argv: Vec<String> = vec!["python3".into(), "-c".into(), SCRIPT.into()];
+    // The project's own path settings (a src layout's `-o pythonpath=src`).
+    let test_cmd = sandbox::detect_project(root).map(|k| k.test_cmd).unwrap_or_default();
+    for w in test_cmd.windows(2) {
+        if w[0] == "-o" && w[1].starts_with("pythonpath=") {
+            argv.extend([w[0].clone(), w[1].clone()]);
+        }
+    }
+    let files = test_files_of(root, failing);
+    let narrowed = !files.is_empty();
+    argv.extend(files);
+    let mut spec = prepared.spec(cfg, Language::Python, root, argv);
     spec.collect = vec![
         format!("{REPORT_DIR}/junit.xml"),
         format!("{REPORT_DIR}/coverage.json"),
@@ -80,7 +90,32 @@ pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
             run.verdict()
         ));
     };
-    analyse(xml, json)
+    let mut s = analyse(xml, json);
+    if narrowed {
+        s.notes
+            .push("coverage measured on the failing tests' files only".into());
+    }
+    s
+}
+
+/// The project's test files that hold `failing` tests (`tests/test_a.py::test_x[p]`), in
+/// order, without repeats; nothing when a name has no file of the project.
+fn test_files_of(root: &Path, failing: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for t in failing {
+        let file = t.split("::").next().unwrap_or("");
+        let ok = file.ends_with(".py")
+            && vocab::tree::is_safe_relative(file)
+            && !file.starts_with('-')
+            && root.join(file).is_file();
+        if !ok {
+            return vec![];
+        }
+        if !out.iter().any(|f| f == file) {
+            out.push(file.to_owned());
+        }
+    }
+    out
 }
 
 /// The sandbox and the project's environment (built once per process and key: the MRE and
@@ -331,5 +366,35 @@ mod tests {
         assert_eq!(node_cover(node), Some(0.8));
         assert_eq!(node_cover("ok 1 - x"), None);
         assert_eq!(go_cover("no coverage here"), None);
+    }
+}
+
+#[cfg(test)]
+mod narrowing_tests {
+    use super::test_files_of;
+
+    #[test]
+    fn the_coverage_run_takes_the_failing_tests_files_when_all_are_the_projects() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tests")).unwrap();
+        std::fs::write(d.path().join("tests/test_format.py"), "").unwrap();
+        std::fs::write(d.path().join("tests/test_a.py"), "").unwrap();
+        let f = |v: &[&str]| {
+            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            test_files_of(d.path(), &v)
+        };
+        assert_eq!(
+            f(&[
+                "tests/test_format.py::test_simple_format[numeric_literals]",
+                "tests/test_format.py::test_simple_format[x]",
+                "tests/test_a.py::T::test_b",
+            ]),
+            ["tests/test_format.py", "tests/test_a.py"]
+        );
+        // A name without a file of the project (or outside it): the whole suite.
+        assert!(f(&["test_mean"]).is_empty());
+        assert!(f(&["tests/test_format.py::a", "tests/gone.py::b"]).is_empty());
+        assert!(f(&["../x.py::a"]).is_empty());
+        assert!(f(&[]).is_empty());
     }
 }

@@ -26,6 +26,8 @@ use crate::env::{
 use settings::SandboxConfig;
 use vocab::LanguageExt;
 
+/// Where the shared download cache (`<cache>/downloads`) is mounted during the install step.
+const DOWNLOADS_IN: &str = "/coval-downloads";
 /// Where the host's CA bundle is mounted during the install step.
 const CA_IN: &str = "/coval-ca.crt";
 
@@ -149,13 +151,24 @@ async fn build(
     let _ = std::fs::create_dir_all(&logs);
     let log_path = logs.join(format!("docker-{key}.log"));
 
-    let mut mounts = vec![Mount {
-        target: Some("/coval-src".into()),
-        source: Some(src.display().to_string()),
-        typ: Some(MountType::BIND),
-        read_only: Some(false),
-        ..Default::default()
-    }];
+    let downloads = env::download_cache(cache);
+    let mut mounts = vec![
+        Mount {
+            target: Some("/coval-src".into()),
+            source: Some(src.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        },
+        // The download cache the local builds use too: what one fetched the other reuses.
+        Mount {
+            target: Some(DOWNLOADS_IN.into()),
+            source: Some(downloads.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        },
+    ];
     let mut envs = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
         "HOME=/tmp/coval-home".into(),
@@ -166,10 +179,10 @@ async fn build(
         // A base image without python3-venv (a user's image, or an older coval image) gets it
         // from Debian's archive in this step.
         "COVAL_APT=1".into(),
-        "PIP_CACHE_DIR=/tmp/coval-cache/pip".into(),
+        format!("PIP_CACHE_DIR={DOWNLOADS_IN}/pip"),
         "PIP_NO_INPUT=1".into(),
         "PIP_PROGRESS_BAR=off".into(),
-        "npm_config_cache=/tmp/coval-cache/npm".into(),
+        format!("npm_config_cache={DOWNLOADS_IN}/npm"),
         "npm_config_update_notifier=false".into(),
         "GOPATH=/tmp/coval-cache/go".into(),
         "GOCACHE=/tmp/coval-cache/go-build".into(),
@@ -219,8 +232,11 @@ async fn build(
             envs.push(format!("{k}={CA_IN}"));
         }
     }
+    // The cache's new files go back to the user who runs coval (the step runs as root).
+    let (uid, gid) = (crate::sys::euid(), crate::sys::egid());
     let script = format!(
         "mkdir -p {DOCKER_ENV_DIR} && sh -e /coval-src/.coval-install.sh; rc=$?; \
+         chown -R {uid}:{gid} {DOWNLOADS_IN} 2>/dev/null; \
          [ $rc = 0 ] && chmod -R a+rX {DOCKER_ENV_DIR} {DOCKER_NODE_MODULES} 2>/dev/null; exit $rc"
     );
     let host = HostConfig {

@@ -763,6 +763,17 @@ pub fn cache_dir(cfg: &SandboxConfig) -> PathBuf {
     }
 }
 
+/// The download caches every environment build shares, Docker and local alike
+/// (`<cache>/downloads/{pip,npm}`): a package fetched once is not fetched again by the
+/// other backend or by the next build.
+pub(crate) fn download_cache(cache: &Path) -> PathBuf {
+    let d = cache.join("downloads");
+    for sub in ["pip", "npm"] {
+        let _ = std::fs::create_dir_all(d.join(sub));
+    }
+    d
+}
+
 /// Every existing ancestor of `p` (and `p`) can be searched by any user.
 fn searchable_by_all(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
