@@ -515,6 +515,22 @@ pub fn installer_by_hand(r: &Recipe, dir: &Path, backend: &str, downloads: &Path
         .arg("-v")
         .arg(format!("{}:/src:ro", dir.display()))
         .args(["-e", "HOME=/tmp", "-e", "npm_config_cache=/tmp/npm"]);
+        // The host's CA bundle, as coval's install step has it (a proxy may sign TLS here).
+        let ca = std::env::var("SSL_CERT_FILE")
+            .ok()
+            .filter(|p| Path::new(p).is_file())
+            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+        if Path::new(&ca).is_file() {
+            c.arg("-v").arg(format!("{ca}:/ca.crt:ro"));
+            for k in [
+                "SSL_CERT_FILE",
+                "PIP_CERT",
+                "REQUESTS_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS",
+            ] {
+                c.arg("-e").arg(format!("{k}=/ca.crt"));
+            }
+        }
         for (k, v) in user_env(r, downloads) {
             let path = v.trim_start_matches("file://");
             c.arg("-v").arg(format!("{path}:{path}:ro"));

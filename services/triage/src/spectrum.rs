@@ -15,6 +15,10 @@ use crate::localise::ochiai;
 use vocab::{Language, is_test_path};
 
 const REPORT_DIR: &str = ".coval-report";
+/// Passing tests run under coverage beside the failing ones, when the log names the failing
+/// ones: enough contrast for Ochiai, bounded however large the suite (a formatter's test
+/// file of 176 cases took over 300 s under coverage on a loaded machine).
+const CONTRAST: usize = 30;
 
 /// Runs pytest under coverage with a context per test function and writes a JSON report.
 const SCRIPT: &str = r#"import sys
@@ -27,8 +31,29 @@ cov = coverage.Coverage(data_file=".coval-report/.coverage", config_file=False, 
 cov.set_option("run:dynamic_context", "test_function")
 cov.set_option("json:show_contexts", True)
 cov.start()
+import os
 import pytest
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"] + sys.argv[1:])
+
+
+class Pick:
+    """With COVAL_FAILING (node ids, one a line): those tests and at most COVAL_CONTRAST
+    others, siblings of a failing test (the same function, other parameters) first."""
+
+    def pytest_collection_modifyitems(self, session, config, items):
+        failing = set(os.environ.get("COVAL_FAILING", "").splitlines())
+        keep = [i for i in items if i.nodeid in failing]
+        if not keep:
+            return
+        stems = {f.split("[")[0] for f in failing}
+        rest = [i for i in items if i.nodeid not in failing]
+        rest.sort(key=lambda i: i.nodeid.split("[")[0] not in stems)
+        chosen = keep + rest[: int(os.environ.get("COVAL_CONTRAST", "30"))]
+        ids = {i.nodeid for i in chosen}
+        config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in ids])
+        items[:] = [i for i in items if i.nodeid in ids]
+
+
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"] + sys.argv[1:], plugins=[Pick()])
 cov.stop()
 cov.save()
 cov.json_report(outfile=".coval-report/coverage.json")
@@ -57,7 +82,9 @@ pub async fn python(cfg: &SandboxConfig, root: &Path, failing: &[String]) -> Spe
     let detected = &prepared.detected;
     let mut argv: Vec<String> = vec!["python3".into(), "-c".into(), SCRIPT.into()];
     // The project's own path settings (a src layout's `-o pythonpath=src`).
-    let test_cmd = sandbox::detect_project(root).map(|k| k.test_cmd).unwrap_or_default();
+    let test_cmd = sandbox::detect_project(root)
+        .map(|k| k.test_cmd)
+        .unwrap_or_default();
     for w in test_cmd.windows(2) {
         if w[0] == "-o" && w[1].starts_with("pythonpath=") {
             argv.extend([w[0].clone(), w[1].clone()]);
@@ -67,6 +94,12 @@ pub async fn python(cfg: &SandboxConfig, root: &Path, failing: &[String]) -> Spe
     let narrowed = !files.is_empty();
     argv.extend(files);
     let mut spec = prepared.spec(cfg, Language::Python, root, argv);
+    if narrowed {
+        // The failing tests and a bounded contrast of passing ones (`CONTRAST`).
+        spec.env.push(("COVAL_FAILING".into(), failing.join("\n")));
+        spec.env
+            .push(("COVAL_CONTRAST".into(), CONTRAST.to_string()));
+    }
     spec.collect = vec![
         format!("{REPORT_DIR}/junit.xml"),
         format!("{REPORT_DIR}/coverage.json"),
@@ -93,7 +126,7 @@ pub async fn python(cfg: &SandboxConfig, root: &Path, failing: &[String]) -> Spe
     let mut s = analyse(xml, json);
     if narrowed {
         s.notes
-            .push("coverage measured on the failing tests' files only".into());
+            .push(format!("coverage measured on the failing tests and at most {CONTRAST} passing tests of their files"));
     }
     s
 }
