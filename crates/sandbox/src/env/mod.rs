@@ -221,7 +221,8 @@ pub fn plan(
             if setup.is_empty() {
                 declares = python_declares(&m);
                 if declares {
-                    script.push_str(&format!("python {HELPER} deps\n"));
+                    // The runner with the dependencies: one pip resolution.
+                    script.push_str(&format!("python {HELPER} deps pytest coverage\n"));
                     let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
                     steps.push(format!("pip: {}", names.join(", ")));
                 }
