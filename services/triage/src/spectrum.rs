@@ -28,11 +28,22 @@ except ImportError:
     print("coval: coverage.py is not installed", file=sys.stderr)
     sys.exit(97)
 cov = coverage.Coverage(data_file=".coval-report/.coverage", config_file=False, source=["."])
-cov.set_option("run:dynamic_context", "test_function")
 cov.set_option("json:show_contexts", True)
 cov.start()
+import json
 import os
 import pytest
+
+
+class Ctx:
+    """One coverage context per test item, named by its node id (parameters included: the
+    failing and passing cases of one parametrised test are told apart)."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        cov.switch_context(item.nodeid)
+        yield
+        cov.switch_context("")
 
 
 class Pick:
@@ -53,10 +64,28 @@ class Pick:
         items[:] = [i for i in items if i.nodeid in ids]
 
 
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"] + sys.argv[1:], plugins=[Pick()])
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"] + sys.argv[1:], plugins=[Pick(), Ctx()])
 cov.stop()
 cov.save()
-cov.json_report(outfile=".coval-report/coverage.json")
+cov.json_report(outfile=".coval-report/full.json")
+# Compact: each context named once (`context_names`), lines list their indexes; a large
+# project's report with a node id per line and test is megabytes.
+with open(".coval-report/full.json") as fh:
+    full = json.load(fh)
+names, index = [], {}
+for f in full.get("files", {}).values():
+    f.pop("executed_lines", None)
+    f.pop("missing_lines", None)
+    f.pop("excluded_lines", None)
+    f.pop("functions", None)
+    f.pop("classes", None)
+    ctxs = f.get("contexts") or {}
+    for line, cs in ctxs.items():
+        ctxs[line] = [index.setdefault(c, len(index)) for c in cs if c]
+names = sorted(index, key=index.get)
+full["context_names"] = names
+with open(".coval-report/coverage.json", "w") as fh:
+    json.dump(full, fh, separators=(",", ":"))
 sys.exit(int(rc))
 "#;
 
@@ -278,8 +307,21 @@ pub fn analyse(junit_xml: &str, coverage_json: &str) -> Spectrum {
     let Some(files) = doc.get("files").and_then(|f| f.as_object()) else {
         return note("coverage not measured: the coverage report has no files".into());
     };
-    // `module.test_fn` contexts → whether that test failed.
+    // A compact report names each context once and lists indexes.
+    let names: Vec<&str> = doc
+        .get("context_names")
+        .and_then(|n| n.as_array())
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    // A node id context (`tests/test_a.py::test_x[p]`) is the test's own outcome name;
+    // `module.test_fn` contexts (coverage's `test_function`) match by module and function.
     let failed_by_context = |ctx: &str| -> Option<bool> {
+        if ctx.contains("::") {
+            return outcomes
+                .iter()
+                .find(|o| o.name == ctx)
+                .map(|o| matches!(o.status, TestStatus::Failed | TestStatus::Error));
+        }
         let (module, func) = ctx.rsplit_once('.')?;
         let module = module.rsplit('.').next().unwrap_or(module);
         outcomes
@@ -319,12 +361,12 @@ pub fn analyse(junit_xml: &str, coverage_json: &str) -> Spectrum {
             let Ok(line) = line.parse::<u32>() else {
                 continue;
             };
-            for ctx in ctxs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str())
-            {
+            for ctx in ctxs.as_array().into_iter().flatten().filter_map(|c| {
+                c.as_str().or_else(|| {
+                    c.as_u64()
+                        .and_then(|i| names.get(usize::try_from(i).ok()?).copied())
+                })
+            }) {
                 let Some(failed) = failed_by_context(ctx) else {
                     continue;
                 };
@@ -381,6 +423,25 @@ mod tests {
         assert!((s.suspects[0].score - 1.0).abs() < 1e-9);
         assert_eq!(s.coverage, Some(0.75));
         assert!(analyse("garbage", "{").coverage.is_none());
+    }
+
+    #[test]
+    fn node_id_contexts_tell_the_cases_of_a_parametrised_test_apart() {
+        // The compact shape the coverage script writes: contexts as indexes into
+        // `context_names`, each a node id.
+        let xml = r#"<testsuites><testsuite><testcase classname="tests.test_format" name="test_simple_format[numeric_literals]" file="tests/test_format.py"><failure message="x"/></testcase><testcase classname="tests.test_format" name="test_simple_format[comments]" file="tests/test_format.py"/><testcase classname="tests.test_format" name="test_simple_format[strings]" file="tests/test_format.py"/></testsuite></testsuites>"#;
+        let json = r#"{"context_names": ["tests/test_format.py::test_simple_format[numeric_literals]", "tests/test_format.py::test_simple_format[comments]", "tests/test_format.py::test_simple_format[strings]"],
+                     "files": {"src/black/numerics.py": {"summary": {"covered_lines": 2, "num_statements": 2}, "contexts": {"38": [0, 1], "42": [0]}},
+                               "src/black/linegen.py": {"summary": {"covered_lines": 1, "num_statements": 1}, "contexts": {"10": [0, 1, 2]}}}}"#;
+        let s = analyse(xml, json);
+        assert_eq!(s.suspects[0].file, "src/black/numerics.py");
+        assert_eq!(s.suspects[0].line, Some(42));
+        assert!((s.suspects[0].score - 1.0).abs() < 1e-9);
+        assert!(
+            s.suspects
+                .iter()
+                .all(|x| x.line != Some(42) || x.file.ends_with("numerics.py"))
+        );
     }
 
     #[test]
