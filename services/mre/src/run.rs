@@ -65,6 +65,31 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
     named_something && same_tests && same_error
 }
 
+/// The tests a fix must make pass: of the baseline's `failing` tests, those the log names,
+/// when the failure reproduced and the log names some of them; else all of them. Tests that
+/// already fail here for reasons the log does not show (an environment older or newer than
+/// the user's) would otherwise be targets no fix of this bug can reach.
+pub fn targets(triage: &TriageReport, failing: &[String], reproduced: bool) -> Vec<String> {
+    if !reproduced || triage.failing_tests.is_empty() {
+        return failing.to_vec();
+    }
+    let named: Vec<String> = failing
+        .iter()
+        .filter(|f| {
+            triage
+                .failing_tests
+                .iter()
+                .any(|t| sandbox::outcomes::same_test(t, f))
+        })
+        .cloned()
+        .collect();
+    if named.is_empty() {
+        failing.to_vec()
+    } else {
+        named
+    }
+}
+
 /// The sandbox settings of the reproduction runs: when the log says the failing run was cut by
 /// a time limit (a test that loops), the reproduction is cut after at most 30 s instead of the
 /// configured limit: the loop reproduces as a timeout, and a repair does not wait minutes to
@@ -193,6 +218,30 @@ mod tests {
         assert!(reproduces(&triage("test failure", &["TestLargest"]), &go));
         assert!(!reproduces(&triage("test failure", &["TestTotal"]), &go));
         assert!(!reproduces(&triage("test failure", &[]), &go));
+    }
+
+    #[test]
+    fn the_targets_are_the_failing_tests_the_log_names() {
+        let failing: Vec<String> = [
+            "tests/test_format.py::test_simple_format[numeric_literals]",
+            "tests/test_black.py::BlackTestCase::test_async_as_identifier",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let t = triage(
+            "AssertionError",
+            &["tests/test_format.py::test_simple_format[numeric_literals]"],
+        );
+        assert_eq!(targets(&t, &failing, true), failing[..1]);
+        // Not reproduced, nothing named, or none of the named failing here: all of them.
+        assert_eq!(targets(&t, &failing, false), failing);
+        assert_eq!(
+            targets(&triage("AssertionError", &[]), &failing, true),
+            failing
+        );
+        let other = triage("", &["tests/test_x.py::test_y"]);
+        assert_eq!(targets(&other, &failing, true), failing);
     }
 
     #[test]
