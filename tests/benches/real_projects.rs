@@ -1,5 +1,7 @@
 //! The real-projects corpus (tests/fixtures/real/corpus.json), all of it, side by side for
-//! Docker and the local sandbox: the environment built cold, found warm, its size, and the
+//! Docker and the local sandbox: the environment built cold beside the same installer run by
+//! hand right after it (a venv and pip, `npm ci`, `go mod download`: locally, or with
+//! `docker run` on the base image; the goal is cold <= installer + 10%), found warm, its size, and the
 //! wall time of a repair and of a second repair of the same project (which builds nothing).
 //! Each project is first checked to pass its own tests unbroken (in its local environment),
 //! and broken to fail them: the error log is that failing run.
@@ -20,6 +22,7 @@ struct Row {
     name: String,
     backend: &'static str,
     cold: f64,
+    by_hand: f64,
     warm_process: f64,
     warm_inside: f64,
     mib: f64,
@@ -52,7 +55,7 @@ fn main() -> Result<()> {
             backend: "local",
             cache: cache.clone(),
             workspace: root.path().join("ws-probe"),
-            env: vec![],
+            env: real::user_env(&r, &cache.join("downloads")),
         };
         let env = probe.build()?;
         let (ok, out) = probe.tests(&env)?;
@@ -70,9 +73,11 @@ fn main() -> Result<()> {
                 backend,
                 cache: cache.clone(),
                 workspace: root.path().join(format!("ws-{}-{backend}", r.name)),
-                env: vec![],
+                env: real::user_env(&r, &cache.join("downloads")),
             };
             let cold = run.build_cold()?;
+            // The same installer by hand, right after (the same caches, the same load).
+            let by_hand = real::installer_by_hand(&r, &run.dir, backend, &cache.join("downloads"))?;
             let t = std::time::Instant::now();
             let warm = run.build()?;
             let warm_process = t.elapsed().as_secs_f64();
@@ -92,7 +97,7 @@ fn main() -> Result<()> {
                     backend,
                     cache: cache.clone(),
                     workspace: run.workspace.clone(),
-                    env: vec![],
+                    env: real::user_env(&r, &cache.join("downloads")),
                 }
             };
             let log = local.error_log(&local.build()?)?;
@@ -120,6 +125,7 @@ fn main() -> Result<()> {
                 name: r.name.clone(),
                 backend,
                 cold: cold.seconds,
+                by_hand,
                 warm_process,
                 warm_inside: warm.seconds,
                 mib,
@@ -134,15 +140,26 @@ fn main() -> Result<()> {
         }
     }
     println!(
-        "\n{:<24} {:<7} {:>9} {:>12} {:>11} {:>9} {:>9} {:>9}  outcome",
-        "project", "sandbox", "cold s", "warm env s", "warm find s", "MiB", "repair s", "again s"
+        "\n{:<24} {:<7} {:>9} {:>11} {:>9} {:>12} {:>11} {:>9} {:>9} {:>9}  outcome",
+        "project",
+        "sandbox",
+        "cold s",
+        "installer s",
+        "cold/inst",
+        "warm env s",
+        "warm find s",
+        "MiB",
+        "repair s",
+        "again s"
     );
     for r in &rows {
         println!(
-            "{:<24} {:<7} {:>9.1} {:>12.2} {:>11.3} {:>9.1} {:>9.1} {:>9.1}  {}",
+            "{:<24} {:<7} {:>9.1} {:>11.1} {:>9.2} {:>12.2} {:>11.3} {:>9.1} {:>9.1} {:>9.1}  {}",
             r.name,
             r.backend,
             r.cold,
+            r.by_hand,
+            r.cold / r.by_hand.max(0.001),
             r.warm_process,
             r.warm_inside,
             r.mib,

@@ -22,7 +22,7 @@ fn run_one(r: &real::Recipe, backend: &'static str, root: &std::path::Path) -> R
         backend: "local",
         cache: cache(),
         workspace: root.join(format!("ws-{}-{backend}", r.name)),
-        env: vec![],
+        env: real::user_env(r, &cache().join("downloads")),
     };
     // The error log, as the project's CI prints it: its tests in its local environment.
     let log = local.error_log(&local.build()?)?;
@@ -174,6 +174,7 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
         },
         ci: true,
         note: String::new(),
+        go_modules: vec![],
     };
     let mut run = Run {
         recipe: &recipe,

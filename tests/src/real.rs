@@ -36,6 +36,21 @@ pub struct Recipe {
     pub ci: bool,
     #[serde(default)]
     pub note: String,
+    /// Go modules the project requires, served to it from a module proxy on disk
+    /// (`GOPROXY=file://…`, the user's Go environment) that the recipe builds from Debian's
+    /// packages of their sources (proxy.golang.org cannot be reached here).
+    #[serde(default)]
+    pub go_modules: Vec<GoModule>,
+}
+
+/// One Go module of a recipe, and the Debian package that carries its source.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GoModule {
+    /// The Debian package (`golang-github-google-go-cmp-dev`).
+    pub deb: String,
+    pub module: String,
+    /// The version the proxy serves (the package's upstream version).
+    pub version: String,
 }
 
 pub fn fixtures() -> PathBuf {
@@ -116,6 +131,11 @@ pub fn make_as(r: &Recipe, dest: &Path, downloads: &Path, broken: bool) -> Resul
     } else {
         bail!("unknown source {}", r.source);
     }
+    if !r.go_modules.is_empty() {
+        // What the developer committed beside go.mod: the sums of what their proxy serves.
+        let sums = go_proxy(r, downloads)?;
+        std::fs::write(dest.join("go.sum"), sums)?;
+    }
     let file = dest.join(&r.bug.file);
     if !broken {
         return Ok(());
@@ -130,6 +150,109 @@ pub fn make_as(r: &Recipe, dest: &Path, downloads: &Path, broken: bool) -> Resul
     );
     std::fs::write(&file, text.replacen(&r.bug.find, &r.bug.replace, 1))?;
     Ok(())
+}
+
+/// Where `r`'s Go module proxy is built (under `downloads`).
+pub fn go_proxy_dir(downloads: &Path) -> PathBuf {
+    downloads.join("goproxy")
+}
+
+/// The user's Go environment for `r`: its module proxy on disk (nothing for other recipes).
+pub fn user_env(r: &Recipe, downloads: &Path) -> Vec<(String, String)> {
+    if r.go_modules.is_empty() {
+        return vec![];
+    }
+    vec![(
+        "GOPROXY".into(),
+        format!("file://{}", go_proxy_dir(downloads).display()),
+    )]
+}
+
+/// Builds the module proxy of `r`'s Go modules under `downloads` (the layout `go` reads
+/// from `GOPROXY=file://…`: `@v/list`, `.info`, `.mod`, `.zip`) from their Debian packages,
+/// downloaded with `apt-get download` (or, when apt cannot, the installed package's
+/// `/usr/share/gocode/src`), and returns the go.sum lines of what it serves.
+pub fn go_proxy(r: &Recipe, downloads: &Path) -> Result<String> {
+    let debs = downloads.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let root = downloads.join("deb-root");
+    for m in &r.go_modules {
+        let have = std::fs::read_dir(&debs)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}_", m.deb))
+            });
+        let deb = match have {
+            Some(d) => Some(d),
+            None => {
+                let out = Command::new("apt-get")
+                    .args(["download", "-q", &m.deb])
+                    .current_dir(&debs)
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => std::fs::read_dir(&debs)?
+                        .flatten()
+                        .map(|e| e.path())
+                        .find(|p| {
+                            p.file_name()
+                                .unwrap_or_default()
+                                .to_string_lossy()
+                                .starts_with(&format!("{}_", m.deb))
+                        }),
+                    _ => None,
+                }
+            }
+        };
+        match deb {
+            Some(deb) => {
+                let out = Command::new("dpkg-deb")
+                    .arg("-x")
+                    .arg(&deb)
+                    .arg(&root)
+                    .output()?;
+                ensure!(
+                    out.status.success(),
+                    "dpkg-deb -x {} failed: {}",
+                    deb.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => {
+                let installed = Path::new("/usr/share/gocode/src").join(&m.module);
+                ensure!(
+                    installed.is_dir(),
+                    "{}: neither `apt-get download {}` nor its installed sources ({}) could be had: apt-get install {}",
+                    r.name,
+                    m.deb,
+                    installed.display(),
+                    m.deb
+                );
+                let to = root.join("usr/share/gocode/src").join(&m.module);
+                if !to.is_dir() {
+                    vocab::tree::copy_tree(&installed, &to, vocab::tree::Perms::Keep)?;
+                }
+            }
+        }
+    }
+    let mut c = Command::new("python3");
+    c.arg(fixtures().join("goproxy.py"))
+        .arg(go_proxy_dir(downloads))
+        .arg(root.join("usr/share/gocode/src"));
+    for m in &r.go_modules {
+        c.arg(format!("{}@{}", m.module, m.version));
+    }
+    let out = c.output()?;
+    ensure!(
+        out.status.success(),
+        "{}: goproxy.py failed: {}",
+        r.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// One project on one backend, through the real `coval` binary.
@@ -249,10 +372,12 @@ impl Run<'_> {
     /// passed, and its output.
     pub fn tests(&self, env: &Built) -> Result<(bool, String)> {
         let kind = sandbox::detect_project(&self.dir).context("no test command")?;
+        // CI prints `go test ./...`, not its JSON events.
+        let argv: Vec<&String> = kind.test_cmd.iter().filter(|a| *a != "-json").collect();
         let mut path = env.path.join(":");
         path.push_str(":/usr/local/bin:/usr/bin:/bin");
-        let mut c = Command::new(&kind.test_cmd[0]);
-        c.args(&kind.test_cmd[1..])
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..])
             .current_dir(&self.dir)
             .env_clear()
             .env("PATH", path)
@@ -261,6 +386,9 @@ impl Run<'_> {
             .env("PYTHONDONTWRITEBYTECODE", "1");
         for nv in &env.vars {
             c.env(&nv.name, &nv.value);
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
         }
         let out = c.output()?;
         let log = format!(
@@ -297,4 +425,133 @@ pub fn undoes(r: &Recipe, patch: &str) -> bool {
     patch
         .lines()
         .any(|l| l.starts_with('-') && !l.starts_with("---") && l.contains(broken))
+}
+
+/// The Python requirements `dir` declares, as pip arguments (`-r FILE`, or the names from
+/// pyproject.toml's dependencies and test/tests/testing/dev groups), the way a user would
+/// install them by hand.
+fn pip_args(dir: &Path) -> Result<Vec<String>> {
+    const SCRIPT: &str = r#"
+import glob, os, sys, tomllib
+os.chdir(sys.argv[1])
+reqs = sorted(glob.glob("requirements*.txt"))
+if reqs:
+    for r in reqs:
+        print("-r"); print(r)
+elif os.path.exists("pyproject.toml"):
+    p = tomllib.load(open("pyproject.toml", "rb")).get("project", {})
+    for d in p.get("dependencies", []):
+        print(d)
+    for g in ("test", "tests", "testing", "dev"):
+        for d in p.get("optional-dependencies", {}).get(g, []):
+            print(d)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The installer alone, run by hand on `r`'s project `dir` as a user would (the same
+/// installer coval runs: a venv and pip with the runner, `npm ci`, `go mod download`), on
+/// `backend`: locally, or with `docker run` on the base image (host networking, no commit).
+/// Its wall time in seconds.
+pub fn installer_by_hand(r: &Recipe, dir: &Path, backend: &str, downloads: &Path) -> Result<f64> {
+    let scratch = tempfile::tempdir_in("/var/tmp")?;
+    let out = if backend == "docker" {
+        "/tmp/env".to_owned()
+    } else {
+        scratch.path().join("env").display().to_string()
+    };
+    let (script, image) = match r.language.as_str() {
+        "python" => {
+            let args: Vec<String> = pip_args(dir)?.iter().map(|a| quote(a)).collect();
+            (
+                format!(
+                    "python3 -m venv {out}/venv && {out}/venv/bin/pip install -q --disable-pip-version-check {} pytest coverage",
+                    args.join(" ")
+                ),
+                "coval/python:bookworm",
+            )
+        }
+        "javascript" => (
+            format!(
+                "mkdir -p {out} && cp package.json package-lock.json {out}/ && cd {out} && npm ci --no-audit --no-fund --loglevel=error"
+            ),
+            "coval/node:bookworm",
+        ),
+        "go" => (
+            format!("GOMODCACHE={out}/gomod GOFLAGS=-mod=mod go mod download"),
+            "coval/go:bookworm",
+        ),
+        other => bail!("no installer for {other}"),
+    };
+    let t0 = Instant::now();
+    let status = if backend == "docker" {
+        let mut c = Command::new("docker");
+        c.args([
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--tmpfs",
+            "/tmp:exec",
+            "-w",
+            "/src",
+        ])
+        .arg("-v")
+        .arg(format!("{}:/src:ro", dir.display()))
+        .args(["-e", "HOME=/tmp", "-e", "npm_config_cache=/tmp/npm"]);
+        // The host's CA bundle, as coval's install step has it (a proxy may sign TLS here).
+        let ca = std::env::var("SSL_CERT_FILE")
+            .ok()
+            .filter(|p| Path::new(p).is_file())
+            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+        if Path::new(&ca).is_file() {
+            c.arg("-v").arg(format!("{ca}:/ca.crt:ro"));
+            for k in [
+                "SSL_CERT_FILE",
+                "PIP_CERT",
+                "REQUESTS_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS",
+            ] {
+                c.arg("-e").arg(format!("{k}=/ca.crt"));
+            }
+        }
+        for (k, v) in user_env(r, downloads) {
+            let path = v.trim_start_matches("file://");
+            c.arg("-v").arg(format!("{path}:{path}:ro"));
+            c.arg("-e").arg(format!("{k}={v}"));
+        }
+        c.args([image, "sh", "-c", &script]).output()?
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]).current_dir(dir);
+        for (k, v) in user_env(r, downloads) {
+            c.env(k, v);
+        }
+        c.output()?
+    };
+    let took = t0.elapsed().as_secs_f64();
+    ensure!(
+        status.status.success(),
+        "{} ({backend}): the installer by hand failed: {}{}",
+        r.name,
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    Ok(took)
 }

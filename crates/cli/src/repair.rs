@@ -386,6 +386,8 @@ struct Embedded {
     /// An analysis ends with the decision, taken where the integration stage would be.
     analysis: bool,
     decided: mpsc::UnboundedReceiver<Decided>,
+    /// Where the repair's report is written (the stage times join it).
+    workspace: std::path::PathBuf,
 }
 
 impl Embedded {
@@ -401,6 +403,7 @@ impl Embedded {
             progress,
             analysis: request.analyze_only,
             decided,
+            workspace: ctx.workspace.root().to_path_buf(),
         };
         let analysis = [Stage::Triage, Stage::Decision];
         for entry in stages::STAGES {
@@ -463,10 +466,14 @@ impl Embedded {
             .map_err(|e| Failure::internal(format!("cannot start the repair: {e}")))?;
         let stopped = || Failure::internal("the pipeline stopped".to_owned());
         let progress = crate::progress::Progress::new(json);
+        let mut times = crate::report::StageTimes::default();
         let end = loop {
             tokio::select! {
                 p = self.progress.recv() => match p {
-                    Some(p) => progress.stage(&p),
+                    Some(p) => {
+                        times.add(&p);
+                        progress.stage(&p)
+                    }
                     None => break Err(stopped()),
                 },
                 d = self.decided.recv(), if self.analysis => match d {
@@ -486,6 +493,7 @@ impl Embedded {
         // A stage's progress is queued before the message it announces is published, so the
         // last stage's line may still wait here when the completion wins the race above.
         while let Ok(p) = self.progress.try_recv() {
+            times.add(&p);
             progress.stage(&p);
         }
         progress.finish();
@@ -493,7 +501,13 @@ impl Embedded {
         for t in self.tasks {
             let _ = t.await;
         }
-        end
+        match end {
+            Ok(End::Completed(mut c)) => {
+                times.record(&mut c, &self.workspace);
+                Ok(End::Completed(c))
+            }
+            other => other,
+        }
     }
 }
 

@@ -214,3 +214,108 @@ mod tests {
         assert_eq!(next_step(RepairOutcome::CannotRun, dir, false), None);
     }
 }
+
+/// The time each stage took, as its progress events said (one entry per handled message:
+/// the fix and validation stages once per attempt), added by the command line that watched
+/// the repair to `report.json` (`stages`) and `repair_report.md` ("Time per stage").
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StageTimes {
+    pub entries: Vec<(proto::Stage, u64)>,
+}
+
+impl StageTimes {
+    /// A stage's final event (not an interim one) adds its time.
+    pub fn add(&mut self, p: &proto::messages::StageProgress) {
+        if p.interim.is_none() {
+            self.entries.push((p.stage, p.elapsed_ms));
+        }
+    }
+
+    /// The entries as report.json's `stages`: `[{"stage": "triage", "ms": 1240}, ...]`.
+    pub fn json(&self) -> serde_json::Value {
+        self.entries
+            .iter()
+            .map(|(s, ms)| serde_json::json!({"stage": s.to_string(), "ms": ms}))
+            .collect()
+    }
+
+    /// The markdown section: one row per entry, then the total per stage.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("\n## Time per stage\n\n| stage | seconds |\n|---|---|\n");
+        for (s, ms) in &self.entries {
+            out.push_str(&format!("| {s} | {:.1} |\n", *ms as f64 / 1000.0));
+        }
+        let total: u64 = self.entries.iter().map(|(_, ms)| ms).sum();
+        out.push_str(&format!("| all stages | {:.1} |\n", total as f64 / 1000.0));
+        out
+    }
+
+    /// Adds the times to the completion's report and to the report files in `workspace`
+    /// (each rewritten whole, by rename). A report that cannot be read is left as it is.
+    pub fn record(&self, c: &mut proto::messages::RepairCompleted, workspace: &std::path::Path) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let Some(mut report) = c
+            .report
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        else {
+            return;
+        };
+        if let Some(o) = report.as_object_mut() {
+            o.insert("stages".into(), self.json());
+        }
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        c.report = Some(text.clone());
+        let Some(dir) = c.report_dir.as_deref().map(|d| workspace.join(d)) else {
+            return;
+        };
+        let write = |name: &str, body: &str| {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let _ = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+        };
+        if dir.join("report.json").exists() {
+            write("report.json", &text);
+        }
+        if let Ok(md) = std::fs::read_to_string(dir.join("repair_report.md")) {
+            write("repair_report.md", &format!("{md}{}", self.markdown()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod stage_times_tests {
+    use super::StageTimes;
+    use proto::Stage;
+    use proto::messages::StageProgress;
+
+    fn ev(stage: Stage, ms: u64, interim: Option<(u32, u32)>) -> StageProgress {
+        StageProgress {
+            repair_id: proto::ids::RepairId::new(),
+            stage,
+            summary: String::new(),
+            elapsed_ms: ms,
+            at_ms: 0,
+            worker: None,
+            interim,
+        }
+    }
+
+    #[test]
+    fn each_stage_final_event_is_a_row_and_interim_ones_are_not() {
+        let mut t = StageTimes::default();
+        t.add(&ev(Stage::Triage, 1_500, None));
+        t.add(&ev(Stage::Validate, 4_000, Some((1, 9))));
+        t.add(&ev(Stage::Validate, 9_000, None));
+        assert_eq!(
+            t.json(),
+            serde_json::json!([{"stage": "triage", "ms": 1500}, {"stage": "validate", "ms": 9000}])
+        );
+        let md = t.markdown();
+        assert!(
+            md.contains("| triage | 1.5 |") && md.contains("| all stages | 10.5 |"),
+            "{md}"
+        );
+    }
+}

@@ -261,6 +261,33 @@ fn has_python_tests(dir: &Path, depth: u32) -> bool {
 }
 
 /// Text of the project's Python manifests and test files (bounded), to look for names in.
+/// A src layout: `src/` holds a package (`src/<name>/__init__.py`) and there is none of that
+/// name at the root.
+fn src_layout(dir: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir.join("src")) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        p.join("__init__.py").is_file() && !dir.join(e.file_name()).exists()
+    })
+}
+
+/// Whether the project's pytest configuration sets `pythonpath` (the ini key, lowercase:
+/// tox's `PYTHONPATH = …` is another tool's variable).
+fn pytest_sets_pythonpath(dir: &Path) -> bool {
+    ["pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini"]
+        .iter()
+        .filter_map(|f| read(dir, f))
+        .any(|t| {
+            t.lines().any(|l| {
+                l.trim_start()
+                    .strip_prefix("pythonpath")
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+        })
+}
+
 fn python_text(dir: &Path) -> String {
     let mut text = String::new();
     for f in [
@@ -342,23 +369,25 @@ fn python(dir: &Path) -> ProjectKind {
             Runner::Unittest,
         );
     }
-    let mut k = kind(
-        Language::Python,
-        fw,
-        vec![
-            "python3".into(),
-            "-m".into(),
-            "pytest".into(),
-            "-q".into(),
-            "-rA".into(),
-            "-p".into(),
-            "no:cacheprovider".into(),
-            "-o".into(),
-            "junit_family=xunit1".into(),
-            format!("--junitxml={JUNIT_REPORT}"),
-        ],
-        Runner::Pytest,
-    );
+    let mut argv: Vec<String> = vec![
+        "python3".into(),
+        "-m".into(),
+        "pytest".into(),
+        "-q".into(),
+        "-rA".into(),
+        "-p".into(),
+        "no:cacheprovider".into(),
+        "-o".into(),
+        "junit_family=xunit1".into(),
+    ];
+    if src_layout(dir) && !pytest_sets_pythonpath(dir) {
+        // The project is never installed into its environment (an installed or editable
+        // copy would be the code under test, not the candidate): its `src/` goes first on
+        // `sys.path` (pytest puts it there, in every run and every warm fork).
+        argv.extend(["-o".into(), "pythonpath=src".into()]);
+    }
+    argv.push(format!("--junitxml={JUNIT_REPORT}"));
+    let mut k = kind(Language::Python, fw, argv, Runner::Pytest);
     k.reports = vec![JUNIT_REPORT.into()];
     k
 }
@@ -467,6 +496,31 @@ mod tests {
 
         let d = project(&[("pkg/calc_test.py", "def test_a(): pass\n")]);
         assert_eq!(detect_project(d.path()).unwrap().runner, Runner::Pytest);
+        // A src layout puts `src` on the tests' path, unless the project's pytest does.
+        let src = [
+            ("pyproject.toml", "[project]\nname = \"calc\"\n"),
+            ("src/calc/__init__.py", ""),
+            ("tests/test_calc.py", "import calc\ndef test_a(): pass\n"),
+        ];
+        let k = detect_project(project(&src).path()).unwrap();
+        let w = k.test_cmd.windows(2).any(|w| w == ["-o", "pythonpath=src"]);
+        assert!(w, "{:?}", k.test_cmd);
+        let own = [
+            (
+                "pyproject.toml",
+                "[tool.pytest.ini_options]\npythonpath = [\"src\", \".\"]\n",
+            ),
+            ("src/calc/__init__.py", ""),
+            ("tests/test_calc.py", "def test_a(): pass\n"),
+        ];
+        let k = detect_project(project(&own).path()).unwrap();
+        assert!(!k.test_cmd.iter().any(|a| a == "pythonpath=src"));
+        let flat = [
+            ("calc/__init__.py", ""),
+            ("tests/test_calc.py", "def test_a(): pass\n"),
+        ];
+        let k = detect_project(project(&flat).path()).unwrap();
+        assert!(!k.test_cmd.iter().any(|a| a == "pythonpath=src"));
     }
 
     #[test]

@@ -111,6 +111,13 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The effective group id of this process.
+#[allow(unsafe_code)]
+pub(crate) fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
 /// Waits for an exclusive `flock` on `f` (released when the file is closed).
 #[allow(unsafe_code)]
 pub(crate) fn flock_exclusive(f: &std::fs::File) -> io::Result<()> {

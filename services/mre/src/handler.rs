@@ -239,12 +239,19 @@ impl Handler for MreStage {
         }
         passing.sort();
         passing.dedup();
+        let failing_tests = run::targets(&d.triage, &whole.failing(), reproduced);
+        let others = whole.failing().len() - failing_tests.len();
+        if others > 0 {
+            notes.push(format!(
+                "{others} other test(s) fail here before any fix, and the log does not name them: they are neither the target nor regressions"
+            ));
+        }
         let summary = MreSummary {
             reproduced,
             whole_project,
             files: files.into_iter().collect(),
             test_cmd: build::shell_words(&kind.test_cmd),
-            failing_tests: whole.failing(),
+            failing_tests,
             passing_tests: passing,
             sandbox: sb.name().to_owned(),
             notes,

@@ -58,13 +58,41 @@ pub fn reproduces(triage: &TriageReport, run: &TestRun) -> bool {
             .any(|t| failing.iter().any(|f| same_test(t, f)));
     let error = triage.error_type.rsplit('.').next().unwrap_or("");
     let output = run.output();
-    // The error as printed, or as the log reader names it (jest prints no `AssertionError`
-    // for a failed `expect`, yet the log and the run say the same).
-    let same_error = error.len() < 4
+    // Only an error's name is looked for: a category the parser gave a log without one ("test
+    // failure" for `go test`, `cargo test`) is words no run prints. The name as printed, or as
+    // the log reader names the run's output (jest prints no `AssertionError` for a failed
+    // `expect`, yet the log and the run say the same).
+    let named = error.len() >= 4 && !error.contains(' ');
+    let same_error = !named
         || output.contains(error)
         || logparse::parse(&output).error_type.rsplit('.').next() == Some(error);
-    let named_something = !triage.failing_tests.is_empty() || error.len() >= 4;
+    let named_something = !triage.failing_tests.is_empty() || named;
     named_something && same_tests && same_error
+}
+
+/// The tests a fix must make pass: of the baseline's `failing` tests, those the log names,
+/// when the failure reproduced and the log names some of them; else all of them. Tests that
+/// already fail here for reasons the log does not show (an environment older or newer than
+/// the user's) would otherwise be targets no fix of this bug can reach.
+pub fn targets(triage: &TriageReport, failing: &[String], reproduced: bool) -> Vec<String> {
+    if !reproduced || triage.failing_tests.is_empty() {
+        return failing.to_vec();
+    }
+    let named: Vec<String> = failing
+        .iter()
+        .filter(|f| {
+            triage
+                .failing_tests
+                .iter()
+                .any(|t| sandbox::outcomes::same_test(t, f))
+        })
+        .cloned()
+        .collect();
+    if named.is_empty() {
+        failing.to_vec()
+    } else {
+        named
+    }
 }
 
 /// The sandbox settings of the reproduction runs: when the log says the failing run was cut by
@@ -207,6 +235,42 @@ mod tests {
         );
         assert!(!reproduces(&t, &passing));
         assert!(!reproduces(&triage("Err", &[]), &zero_div));
+        // `go test`'s failure has no error name: the same failing test decides.
+        let go = test_run(
+            1,
+            "--- FAIL: TestLargest (0.00s)\n    usage_test.go:22: Largest (-want +got):\nFAIL\n",
+            &[
+                ("example.com/diskusage::TestLargest", Failed),
+                ("example.com/diskusage::TestTotal", Passed),
+            ],
+        );
+        assert!(reproduces(&triage("test failure", &["TestLargest"]), &go));
+        assert!(!reproduces(&triage("test failure", &["TestTotal"]), &go));
+        assert!(!reproduces(&triage("test failure", &[]), &go));
+    }
+
+    #[test]
+    fn the_targets_are_the_failing_tests_the_log_names() {
+        let failing: Vec<String> = [
+            "tests/test_format.py::test_simple_format[numeric_literals]",
+            "tests/test_black.py::BlackTestCase::test_async_as_identifier",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let t = triage(
+            "AssertionError",
+            &["tests/test_format.py::test_simple_format[numeric_literals]"],
+        );
+        assert_eq!(targets(&t, &failing, true), failing[..1]);
+        // Not reproduced, nothing named, or none of the named failing here: all of them.
+        assert_eq!(targets(&t, &failing, false), failing);
+        assert_eq!(
+            targets(&triage("AssertionError", &[]), &failing, true),
+            failing
+        );
+        let other = triage("", &["tests/test_x.py::test_y"]);
+        assert_eq!(targets(&other, &failing, true), failing);
     }
 
     #[test]

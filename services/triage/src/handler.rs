@@ -59,7 +59,9 @@ impl Handler for TriageStage {
                 ))
             }
             Some(sb) if project.test_files().next().is_some() => match project.main_language() {
-                Language::Python => Some(crate::spectrum::python(sb, &root).await),
+                Language::Python => {
+                    Some(crate::spectrum::python(sb, &root, &parsed.failing_tests).await)
+                }
                 Language::Go => Some(crate::spectrum::tool_coverage(sb, &root, Language::Go).await),
                 // TypeScript runs on node: node's own coverage, in the node image.
                 Language::JavaScript | Language::TypeScript => {

@@ -15,6 +15,10 @@ use crate::localise::ochiai;
 use vocab::{Language, is_test_path};
 
 const REPORT_DIR: &str = ".coval-report";
+/// Passing tests run under coverage beside the failing ones, when the log names the failing
+/// ones: enough contrast for Ochiai, bounded however large the suite (a formatter's test
+/// file of 176 cases took over 300 s under coverage on a loaded machine).
+const CONTRAST: usize = 30;
 
 /// Runs pytest under coverage with a context per test function and writes a JSON report.
 const SCRIPT: &str = r#"import sys
@@ -24,14 +28,64 @@ except ImportError:
     print("coval: coverage.py is not installed", file=sys.stderr)
     sys.exit(97)
 cov = coverage.Coverage(data_file=".coval-report/.coverage", config_file=False, source=["."])
-cov.set_option("run:dynamic_context", "test_function")
 cov.set_option("json:show_contexts", True)
 cov.start()
+import json
+import os
 import pytest
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"])
+
+
+class Ctx:
+    """One coverage context per test item, named by its node id (parameters included: the
+    failing and passing cases of one parametrised test are told apart)."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        cov.switch_context(item.nodeid)
+        yield
+        cov.switch_context("")
+
+
+class Pick:
+    """With COVAL_FAILING (node ids, one a line): those tests and at most COVAL_CONTRAST
+    others, siblings of a failing test (the same function, other parameters) first."""
+
+    def pytest_collection_modifyitems(self, session, config, items):
+        failing = set(os.environ.get("COVAL_FAILING", "").splitlines())
+        keep = [i for i in items if i.nodeid in failing]
+        if not keep:
+            return
+        stems = {f.split("[")[0] for f in failing}
+        rest = [i for i in items if i.nodeid not in failing]
+        rest.sort(key=lambda i: i.nodeid.split("[")[0] not in stems)
+        chosen = keep + rest[: int(os.environ.get("COVAL_CONTRAST", "30"))]
+        ids = {i.nodeid for i in chosen}
+        config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in ids])
+        items[:] = [i for i in items if i.nodeid in ids]
+
+
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1", "--junitxml=.coval-report/junit.xml"] + sys.argv[1:], plugins=[Pick(), Ctx()])
 cov.stop()
 cov.save()
-cov.json_report(outfile=".coval-report/coverage.json")
+cov.json_report(outfile=".coval-report/full.json")
+# Compact: each context named once (`context_names`), lines list their indexes; a large
+# project's report with a node id per line and test is megabytes.
+with open(".coval-report/full.json") as fh:
+    full = json.load(fh)
+names, index = [], {}
+for f in full.get("files", {}).values():
+    f.pop("executed_lines", None)
+    f.pop("missing_lines", None)
+    f.pop("excluded_lines", None)
+    f.pop("functions", None)
+    f.pop("classes", None)
+    ctxs = f.get("contexts") or {}
+    for line, cs in ctxs.items():
+        ctxs[line] = [index.setdefault(c, len(index)) for c in cs if c]
+names = sorted(index, key=index.get)
+full["context_names"] = names
+with open(".coval-report/coverage.json", "w") as fh:
+    json.dump(full, fh, separators=(",", ":"))
 sys.exit(int(rc))
 "#;
 
@@ -45,18 +99,36 @@ pub struct Spectrum {
 
 /// Run the project's tests under coverage in the sandbox. Errors are notes, never failures:
 /// triage goes on with the trace alone.
-pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
+///
+/// `failing`: the failing tests the log names. When they name test files of the project, only
+/// those files run (their passing tests are the contrast Ochiai needs): a large suite's whole
+/// run under coverage would cost minutes before any fix is tried.
+pub async fn python(cfg: &SandboxConfig, root: &Path, failing: &[String]) -> Spectrum {
     let prepared = match prepare(cfg, root, Language::Python).await {
         Ok(p) => p,
         Err(e) => return note(format!("coverage not measured: {e}")),
     };
     let detected = &prepared.detected;
-    let mut spec = prepared.spec(
-        cfg,
-        Language::Python,
-        root,
-        vec!["python3".into(), "-c".into(), SCRIPT.into()],
-    );
+    let mut argv: Vec<String> = vec!["python3".into(), "-c".into(), SCRIPT.into()];
+    // The project's own path settings (a src layout's `-o pythonpath=src`).
+    let test_cmd = sandbox::detect_project(root)
+        .map(|k| k.test_cmd)
+        .unwrap_or_default();
+    for w in test_cmd.windows(2) {
+        if w[0] == "-o" && w[1].starts_with("pythonpath=") {
+            argv.extend([w[0].clone(), w[1].clone()]);
+        }
+    }
+    let files = test_files_of(root, failing);
+    let narrowed = !files.is_empty();
+    argv.extend(files);
+    let mut spec = prepared.spec(cfg, Language::Python, root, argv);
+    if narrowed {
+        // The failing tests and a bounded contrast of passing ones (`CONTRAST`).
+        spec.env.push(("COVAL_FAILING".into(), failing.join("\n")));
+        spec.env
+            .push(("COVAL_CONTRAST".into(), CONTRAST.to_string()));
+    }
     spec.collect = vec![
         format!("{REPORT_DIR}/junit.xml"),
         format!("{REPORT_DIR}/coverage.json"),
@@ -80,7 +152,32 @@ pub async fn python(cfg: &SandboxConfig, root: &Path) -> Spectrum {
             run.verdict()
         ));
     };
-    analyse(xml, json)
+    let mut s = analyse(xml, json);
+    if narrowed {
+        s.notes
+            .push(format!("coverage measured on the failing tests and at most {CONTRAST} passing tests of their files"));
+    }
+    s
+}
+
+/// The project's test files that hold `failing` tests (`tests/test_a.py::test_x[p]`), in
+/// order, without repeats; nothing when a name has no file of the project.
+fn test_files_of(root: &Path, failing: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for t in failing {
+        let file = t.split("::").next().unwrap_or("");
+        let ok = file.ends_with(".py")
+            && vocab::tree::is_safe_relative(file)
+            && !file.starts_with('-')
+            && root.join(file).is_file();
+        if !ok {
+            return vec![];
+        }
+        if !out.iter().any(|f| f == file) {
+            out.push(file.to_owned());
+        }
+    }
+    out
 }
 
 /// The sandbox and the project's environment (built once per process and key: the MRE and
@@ -210,8 +307,21 @@ pub fn analyse(junit_xml: &str, coverage_json: &str) -> Spectrum {
     let Some(files) = doc.get("files").and_then(|f| f.as_object()) else {
         return note("coverage not measured: the coverage report has no files".into());
     };
-    // `module.test_fn` contexts → whether that test failed.
+    // A compact report names each context once and lists indexes.
+    let names: Vec<&str> = doc
+        .get("context_names")
+        .and_then(|n| n.as_array())
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    // A node id context (`tests/test_a.py::test_x[p]`) is the test's own outcome name;
+    // `module.test_fn` contexts (coverage's `test_function`) match by module and function.
     let failed_by_context = |ctx: &str| -> Option<bool> {
+        if ctx.contains("::") {
+            return outcomes
+                .iter()
+                .find(|o| o.name == ctx)
+                .map(|o| matches!(o.status, TestStatus::Failed | TestStatus::Error));
+        }
         let (module, func) = ctx.rsplit_once('.')?;
         let module = module.rsplit('.').next().unwrap_or(module);
         outcomes
@@ -251,12 +361,12 @@ pub fn analyse(junit_xml: &str, coverage_json: &str) -> Spectrum {
             let Ok(line) = line.parse::<u32>() else {
                 continue;
             };
-            for ctx in ctxs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str())
-            {
+            for ctx in ctxs.as_array().into_iter().flatten().filter_map(|c| {
+                c.as_str().or_else(|| {
+                    c.as_u64()
+                        .and_then(|i| names.get(usize::try_from(i).ok()?).copied())
+                })
+            }) {
                 let Some(failed) = failed_by_context(ctx) else {
                     continue;
                 };
@@ -316,6 +426,25 @@ mod tests {
     }
 
     #[test]
+    fn node_id_contexts_tell_the_cases_of_a_parametrised_test_apart() {
+        // The compact shape the coverage script writes: contexts as indexes into
+        // `context_names`, each a node id.
+        let xml = r#"<testsuites><testsuite><testcase classname="tests.test_format" name="test_simple_format[numeric_literals]" file="tests/test_format.py"><failure message="x"/></testcase><testcase classname="tests.test_format" name="test_simple_format[comments]" file="tests/test_format.py"/><testcase classname="tests.test_format" name="test_simple_format[strings]" file="tests/test_format.py"/></testsuite></testsuites>"#;
+        let json = r#"{"context_names": ["tests/test_format.py::test_simple_format[numeric_literals]", "tests/test_format.py::test_simple_format[comments]", "tests/test_format.py::test_simple_format[strings]"],
+                     "files": {"src/black/numerics.py": {"summary": {"covered_lines": 2, "num_statements": 2}, "contexts": {"38": [0, 1], "42": [0]}},
+                               "src/black/linegen.py": {"summary": {"covered_lines": 1, "num_statements": 1}, "contexts": {"10": [0, 1, 2]}}}}"#;
+        let s = analyse(xml, json);
+        assert_eq!(s.suspects[0].file, "src/black/numerics.py");
+        assert_eq!(s.suspects[0].line, Some(42));
+        assert!((s.suspects[0].score - 1.0).abs() < 1e-9);
+        assert!(
+            s.suspects
+                .iter()
+                .all(|x| x.line != Some(42) || x.file.ends_with("numerics.py"))
+        );
+    }
+
+    #[test]
     fn go_and_node_coverage_from_their_real_output() {
         // `go test -cover ./...` (go 1.19) with a failing test.
         let go = "--- FAIL: TestDiv (0.00s)\n    calc_test.go:13: Div(6, 3) = 18, want 2\nFAIL\ncoverage: 100.0% of statements\nFAIL\texample.com/calc\t0.003s\nFAIL\n";
@@ -331,5 +460,35 @@ mod tests {
         assert_eq!(node_cover(node), Some(0.8));
         assert_eq!(node_cover("ok 1 - x"), None);
         assert_eq!(go_cover("no coverage here"), None);
+    }
+}
+
+#[cfg(test)]
+mod narrowing_tests {
+    use super::test_files_of;
+
+    #[test]
+    fn the_coverage_run_takes_the_failing_tests_files_when_all_are_the_projects() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tests")).unwrap();
+        std::fs::write(d.path().join("tests/test_format.py"), "").unwrap();
+        std::fs::write(d.path().join("tests/test_a.py"), "").unwrap();
+        let f = |v: &[&str]| {
+            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            test_files_of(d.path(), &v)
+        };
+        assert_eq!(
+            f(&[
+                "tests/test_format.py::test_simple_format[numeric_literals]",
+                "tests/test_format.py::test_simple_format[x]",
+                "tests/test_a.py::T::test_b",
+            ]),
+            ["tests/test_format.py", "tests/test_a.py"]
+        );
+        // A name without a file of the project (or outside it): the whole suite.
+        assert!(f(&["test_mean"]).is_empty());
+        assert!(f(&["tests/test_format.py::a", "tests/gone.py::b"]).is_empty());
+        assert!(f(&["../x.py::a"]).is_empty());
+        assert!(f(&[]).is_empty());
     }
 }

@@ -26,6 +26,8 @@ use crate::env::{
 use settings::SandboxConfig;
 use vocab::LanguageExt;
 
+/// Where the shared download cache (`<cache>/downloads`) is mounted during the install step.
+const DOWNLOADS_IN: &str = "/coval-downloads";
 /// Where the host's CA bundle is mounted during the install step.
 const CA_IN: &str = "/coval-ca.crt";
 
@@ -63,6 +65,7 @@ fn environment(plan: &Plan, key: &str, image: String, description: String) -> En
         }
         vocab::Language::Go => {
             vars.push(("GOMODCACHE".into(), format!("{DOCKER_ENV_DIR}/gomod")));
+            vars.push(("GOCACHE".into(), format!("{DOCKER_ENV_DIR}/gocache")));
         }
         vocab::Language::Rust => {
             vars.push(("CARGO_HOME".into(), format!("{DOCKER_ENV_DIR}/cargo")));
@@ -148,13 +151,24 @@ async fn build(
     let _ = std::fs::create_dir_all(&logs);
     let log_path = logs.join(format!("docker-{key}.log"));
 
-    let mut mounts = vec![Mount {
-        target: Some("/coval-src".into()),
-        source: Some(src.display().to_string()),
-        typ: Some(MountType::BIND),
-        read_only: Some(false),
-        ..Default::default()
-    }];
+    let downloads = env::download_cache(cache);
+    let mut mounts = vec![
+        Mount {
+            target: Some("/coval-src".into()),
+            source: Some(src.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        },
+        // The download cache the local builds use too: what one fetched the other reuses.
+        Mount {
+            target: Some(DOWNLOADS_IN.into()),
+            source: Some(downloads.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        },
+    ];
     let mut envs = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
         "HOME=/tmp/coval-home".into(),
@@ -165,10 +179,10 @@ async fn build(
         // A base image without python3-venv (a user's image, or an older coval image) gets it
         // from Debian's archive in this step.
         "COVAL_APT=1".into(),
-        "PIP_CACHE_DIR=/tmp/coval-cache/pip".into(),
+        format!("PIP_CACHE_DIR={DOWNLOADS_IN}/pip"),
         "PIP_NO_INPUT=1".into(),
         "PIP_PROGRESS_BAR=off".into(),
-        "npm_config_cache=/tmp/coval-cache/npm".into(),
+        format!("npm_config_cache={DOWNLOADS_IN}/npm"),
         "npm_config_update_notifier=false".into(),
         "GOPATH=/tmp/coval-cache/go".into(),
         "GOCACHE=/tmp/coval-cache/go-build".into(),
@@ -177,6 +191,17 @@ async fn build(
         if k != "SSL_CERT_FILE" {
             envs.push(format!("{k}={v}"));
         }
+    }
+    // A registry on disk (`GOPROXY=file:///srv/goproxy`, `PIP_FIND_LINKS=/srv/wheels`) is
+    // where the user's variable says, read-only: the install step reads it as on the host.
+    for dir in local_registries(&cfg.host.registry) {
+        mounts.push(Mount {
+            target: Some(dir.clone()),
+            source: Some(dir),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     let ca = cfg
         .host
@@ -207,8 +232,11 @@ async fn build(
             envs.push(format!("{k}={CA_IN}"));
         }
     }
+    // The cache's new files go back to the user who runs coval (the step runs as root).
+    let (uid, gid) = (crate::sys::euid(), crate::sys::egid());
     let script = format!(
         "mkdir -p {DOCKER_ENV_DIR} && sh -e /coval-src/.coval-install.sh; rc=$?; \
+         chown -R {uid}:{gid} {DOWNLOADS_IN} 2>/dev/null; \
          [ $rc = 0 ] && chmod -R a+rX {DOCKER_ENV_DIR} {DOCKER_NODE_MODULES} 2>/dev/null; exit $rc"
     );
     let host = HostConfig {
@@ -357,6 +385,29 @@ async fn build(
     result
 }
 
+/// The host directories the registry variables name (`file://` URLs and absolute paths in
+/// their comma, pipe or space separated lists), existing ones only, without duplicates.
+fn local_registries(vars: &[(String, String)]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for (k, v) in vars {
+        if k == "SSL_CERT_FILE" {
+            continue;
+        }
+        for item in v.split([',', '|', ' ']) {
+            let path = item.strip_prefix("file://").unwrap_or(item).trim();
+            let p = Path::new(path);
+            if p.is_absolute()
+                && p.is_dir()
+                && !p.components().any(|c| c == std::path::Component::ParentDir)
+                && !out.iter().any(|o| o == path)
+            {
+                out.push(path.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// Keeps the last 64 KiB of the installer's output.
 fn keep_tail(out: &mut String, more: &str) {
     out.push_str(more);
@@ -421,4 +472,29 @@ pub async fn prune(d: &DockerSandbox, key: Option<&str>) -> Result<Vec<Listed>, 
         removed.push(l);
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_registries;
+
+    #[test]
+    fn registries_on_disk_are_the_existing_absolute_dirs_the_variables_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        let vars = vec![
+            (
+                "GOPROXY".to_owned(),
+                format!("file://{dir},https://proxy.golang.org|direct"),
+            ),
+            ("PIP_FIND_LINKS".to_owned(), format!("{dir} /no/such/dir")),
+            (
+                "PIP_INDEX_URL".to_owned(),
+                "https://pypi.org/simple".to_owned(),
+            ),
+            ("SSL_CERT_FILE".to_owned(), dir.clone()),
+            ("GOPROXY".to_owned(), format!("file://{dir}/../x")),
+        ];
+        assert_eq!(local_registries(&vars), vec![dir]);
+    }
 }

@@ -6,7 +6,7 @@
 # candidates are copies of the project, and an installed copy would shadow them.
 #
 #   python3 install.py venv DIR          make the virtualenv DIR (exit 90: cannot)
-#   DIR/bin/python install.py deps       install the declared dependencies
+#   DIR/bin/python install.py deps [M..] install the declared dependencies (and M.. with them)
 #   DIR/bin/python install.py runner M.. install modules M (pytest, coverage) when missing
 #   PY install.py check M..              exit 0 when M.. and every declared dependency import
 #
@@ -225,7 +225,9 @@ def metadata_deps(targets):
     return out
 
 
-def deps():
+def deps(runner_modules=()):
+    """Installs what the project declares, and with it (one pip resolution, not two) the
+    runner modules it does not bring itself."""
     lines, files, targets = declared()
     if targets:
         lines += metadata_deps(targets)
@@ -241,7 +243,8 @@ def deps():
             fh.write("\n".join(lines) + "\n")
         args += ["-r", path]
         say("declared: " + ", ".join(lines))
-    run(PIP + ["install"] + args)
+    extra = [m for m in runner_modules if not importable(m)]
+    run(PIP + ["install"] + args + extra)
 
 
 def importable(module):
@@ -361,7 +364,7 @@ def main(argv):
     if cmd == "venv":
         make_venv(argv[2])
     elif cmd == "deps":
-        deps()
+        deps(argv[2:])
     elif cmd == "runner":
         runner(argv[2:])
     elif cmd == "check":

@@ -371,7 +371,10 @@ fn environment(language: Language, dir: &Path, key: &str, description: String) -
         }
         Language::Go => Environment {
             key: key.to_owned(),
-            vars: vec![("GOMODCACHE".into(), dir.join("gomod").display().to_string())],
+            vars: vec![
+                ("GOMODCACHE".into(), dir.join("gomod").display().to_string()),
+                ("GOCACHE".into(), dir.join("gocache").display().to_string()),
+            ],
             description,
             ..Environment::default()
         },
@@ -482,6 +485,7 @@ async fn build(
     std::fs::write(src.join(HELPER), INSTALL_PY)
         .and_then(|()| std::fs::write(src.join(".coval-install.sh"), &plan.script))
         .map_err(|e| EnvError::io("cannot write the install script", e))?;
+    let downloads = super::download_cache(dir.parent().and_then(Path::parent).unwrap_or(dir));
     let log_path = dir.join("install.log");
     let mut log = std::fs::File::create(&log_path).ok();
     let mut cmd = std::process::Command::new("sh");
@@ -493,6 +497,8 @@ async fn build(
     .env("COVAL_ENV", dir)
     .env("COVAL_NODE_MODULES", dir.join("node_modules"))
     .env("COVAL_PY", python.unwrap_or("python3"))
+    .env("PIP_CACHE_DIR", downloads.join("pip"))
+    .env("npm_config_cache", downloads.join("npm"))
     .env("PIP_NO_INPUT", "1")
     .env("PIP_PROGRESS_BAR", "off")
     .env_remove("VIRTUAL_ENV")

@@ -221,7 +221,8 @@ pub fn plan(
             if setup.is_empty() {
                 declares = python_declares(&m);
                 if declares {
-                    script.push_str(&format!("python {HELPER} deps\n"));
+                    // The runner with the dependencies: one pip resolution.
+                    script.push_str(&format!("python {HELPER} deps pytest coverage\n"));
                     let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
                     steps.push(format!("pip: {}", names.join(", ")));
                 }
@@ -290,7 +291,14 @@ pub fn plan(
                 script.push('\n');
                 steps.push(format!("sandbox.setup: {}", one_line(setup)));
             }
-            script.push_str("chmod -R a+rX \"$COVAL_ENV\" 2>/dev/null || true\n");
+            // The dependencies compiled once into a build cache the runs read (go reads a
+            // cache it cannot write): a candidate then compiles only the project's packages.
+            // `-exec true`: the test binaries are built, never run (this step has network).
+            script.push_str(
+                "GOCACHE=\"$COVAL_ENV/gocache\" go test -count=1 -run '^$' -exec true ./... >/dev/null 2>&1 || true\n\
+                 chmod -R a+rX \"$COVAL_ENV\" 2>/dev/null || true\n",
+            );
+            steps.push("dependencies compiled (GOCACHE)".into());
         }
         Language::Rust => {
             if setup.is_empty() {
@@ -754,6 +762,17 @@ pub fn cache_dir(cfg: &SandboxConfig) -> PathBuf {
         "" => PathBuf::from("/var/tmp/coval-cache"),
         h => PathBuf::from(h).join(".cache").join("coval"),
     }
+}
+
+/// The download caches every environment build shares, Docker and local alike
+/// (`<cache>/downloads/{pip,npm}`): a package fetched once is not fetched again by the
+/// other backend or by the next build.
+pub(crate) fn download_cache(cache: &Path) -> PathBuf {
+    let d = cache.join("downloads");
+    for sub in ["pip", "npm"] {
+        let _ = std::fs::create_dir_all(d.join(sub));
+    }
+    d
 }
 
 /// Every existing ancestor of `p` (and `p`) can be searched by any user.
