@@ -32,11 +32,17 @@ pub fn describe(m: &crate::Message) -> String {
             d.decision.p_success * 100.0
         )
         .to_lowercase(),
-        Message::MreReady(m) if m.mre.blocked.is_some() => format!(
-            "the tests cannot run ({} sandbox): {} is missing",
-            m.mre.sandbox,
-            m.mre.blocked.as_ref().map_or("", |b| b.what.as_str())
-        ),
+        Message::MreReady(m) if let Some(b) = &m.mre.blocked => {
+            if m.mre.sandbox.is_empty() {
+                format!("the tests cannot run: {}", b.problem())
+            } else {
+                format!(
+                    "the tests cannot run ({} sandbox): {}",
+                    m.mre.sandbox,
+                    b.problem()
+                )
+            }
+        }
         Message::MreReady(m) => format!(
             "{} in the {} ({} sandbox), {} failing / {} passing tests",
             if m.mre.reproduced {

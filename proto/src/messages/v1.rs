@@ -362,6 +362,24 @@ pub struct Blocked {
     pub output_tail: String,
 }
 
+impl Blocked {
+    /// What stops the tests, in a clause: "the package `pytest` (pip) is missing", "... cannot
+    /// be fetched: the package registry cannot be reached".
+    pub fn problem(&self) -> String {
+        match self.reason {
+            BlockedReason::Runner | BlockedReason::Interpreter | BlockedReason::Dependency => {
+                format!("{} is missing", self.what)
+            }
+            BlockedReason::Registry => format!(
+                "{} cannot be fetched: the package registry cannot be reached",
+                self.what
+            ),
+            BlockedReason::Manifest => format!("{} is refused by the installer", self.what),
+            BlockedReason::Install => format!("{} could not be installed", self.what),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockedReason {

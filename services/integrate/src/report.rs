@@ -118,11 +118,10 @@ pub fn summary(f: &Facts) -> String {
         RepairOutcome::Analyzed => "analysis only".into(),
         RepairOutcome::Failed => "the repair could not run".into(),
         RepairOutcome::CannotRun => match f.mre.and_then(|m| m.blocked.as_ref()) {
-            Some(b) => format!(
-                "{} is missing in the {} sandbox",
-                b.what,
-                f.mre.map_or("", |m| m.sandbox.as_str())
-            ),
+            Some(b) => match f.mre.map_or("", |m| m.sandbox.as_str()) {
+                "" => b.problem(),
+                sandbox => format!("{} in the {sandbox} sandbox", b.problem()),
+            },
             None => "the tests cannot run in the sandbox".into(),
         },
     }
