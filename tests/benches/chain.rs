@@ -24,6 +24,7 @@ use bus::Bus;
 use bus::jetstream::JetStreamBus;
 use bus::memory::MemoryBus;
 use bus::runtime::{self, Input, Ledger, NoLedger, Stats};
+use coval_tests::bench_arg as arg;
 use coval_tests::{NatsCluster, NatsServer, NoopStage, SyncMode, request, test_bus_config};
 use futures::StreamExt;
 use proto::subjects::Namespace;
@@ -34,15 +35,6 @@ use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
 type Starts = Arc<Mutex<HashMap<RepairId, Vec<Instant>>>>;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)

@@ -9,16 +9,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use coval_tests::bench_arg as arg;
 use coval_tests::faults::{self, Options};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main]
 async fn main() -> Result<()> {

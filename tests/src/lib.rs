@@ -587,3 +587,13 @@ pub fn ensure_base_image(variant: &str) -> Result<()> {
     built.push((variant.to_owned(), r.clone()));
     r.map_err(anyhow::Error::msg)
 }
+
+/// The number after `name` on a bench's command line, else `default`.
+pub fn bench_arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -177,16 +177,20 @@ pub fn go_proxy(r: &Recipe, downloads: &Path) -> Result<String> {
     std::fs::create_dir_all(&debs)?;
     let root = downloads.join("deb-root");
     for m in &r.go_modules {
-        let have = std::fs::read_dir(&debs)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .starts_with(&format!("{}_", m.deb))
-            });
-        let deb = match have {
+        // The package's .deb in `debs`, downloaded now if it is not there yet.
+        let find = || -> Result<Option<PathBuf>> {
+            let prefix = format!("{}_", m.deb);
+            Ok(std::fs::read_dir(&debs)?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .starts_with(&prefix)
+                }))
+        };
+        let deb = match find()? {
             Some(d) => Some(d),
             None => {
                 let out = Command::new("apt-get")
@@ -194,15 +198,7 @@ pub fn go_proxy(r: &Recipe, downloads: &Path) -> Result<String> {
                     .current_dir(&debs)
                     .output();
                 match out {
-                    Ok(o) if o.status.success() => std::fs::read_dir(&debs)?
-                        .flatten()
-                        .map(|e| e.path())
-                        .find(|p| {
-                            p.file_name()
-                                .unwrap_or_default()
-                                .to_string_lossy()
-                                .starts_with(&format!("{}_", m.deb))
-                        }),
+                    Ok(o) if o.status.success() => find()?,
                     _ => None,
                 }
             }
