@@ -62,6 +62,10 @@ fn spawn_server(conf: &Path, log: &Path, envs: &[(&str, &str)]) -> Result<Child>
         .arg("-c")
         .arg(conf)
         .envs(envs.iter().copied())
+        // Observed, not understood: with CI=true in its environment (the README test command
+        // under CI), a three-node cluster completes none of the cluster test's repairs;
+        // without it, all 40 (`it::cluster`). The servers get the variable no meaning here.
+        .env_remove("CI")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
