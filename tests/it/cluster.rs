@@ -1,6 +1,7 @@
 //! A three-node JetStream cluster from `deploy/nats/cluster.conf` on loopback ports: streams
-//! and buckets get the configured replicas, and repairs complete while the work stream's
-//! leader is killed and restarted.
+//! and buckets get the configured replicas, repairs complete while the work stream's leader
+//! is killed and restarted, and workers started while the cluster has no quorum wait for it
+//! instead of exiting.
 
 use std::time::Duration;
 
@@ -111,11 +112,12 @@ async fn repairs_complete_while_the_work_streams_leader_is_killed_and_restarted(
     // work (image builds, compiles) a disk's fsyncs can take a second each.
     let events = fleet::completion_events(&bus, &repairs, Duration::from_secs(240)).await?;
     let done = events.len();
+    let exited = fleet.exited();
     fleet.stop_all().await?;
     fleet::check_exactly_once(&events, &fleet.slots[integrate].store, &repairs).with_context(
         || {
             format!(
-                "{done} of {} completed; killed {leader}\n{}",
+                "{done} of {} completed; killed {leader}\n{exited}\n{}",
                 repairs.len(),
                 cluster.logs()
             )
@@ -131,4 +133,60 @@ async fn repairs_complete_while_the_work_streams_leader_is_killed_and_restarted(
         "{leader} is not back in the stream's replica set"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn workers_started_while_the_cluster_has_no_quorum_wait_and_then_serve() -> Result<()> {
+    let mut cluster = NatsCluster::start(SyncMode::Always)?;
+    cluster.wait_jetstream(Duration::from_secs(30)).await?;
+    let ns_name = "quo";
+    let ns = Namespace::new(ns_name)?;
+    let bus = JetStreamBus::connect(&cluster.url, ns.clone(), r3()).await?;
+    // One node of three: no meta leader, no stream quorum; stream and consumer requests
+    // time out or are refused as "cluster not available".
+    cluster.kill(1)?;
+    cluster.kill(2)?;
+    let mut fleet = Fleet::new(env!("CARGO_BIN_EXE_testkit").as_ref())?;
+    let mut integrate = 0;
+    for stage in Stage::WORKERS {
+        let slot = fleet.add(stage, &cluster.url, ns_name, &["--replicas", "3"])?;
+        if stage == Stage::Integrate {
+            integrate = slot;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let exited = fleet.exited();
+    ensure!(
+        exited.is_empty(),
+        "workers gave up without quorum:\n{exited}"
+    );
+    let early: usize = fleet
+        .heard
+        .lock()
+        .map(|h| h.ready.values().sum())
+        .unwrap_or(0);
+    ensure!(
+        early == 0,
+        "{early} workers said ready before their consumer could exist"
+    );
+    cluster.restart(1)?;
+    cluster.restart(2)?;
+    if let Err(e) = fleet.wait_ready(Duration::from_secs(50)).await {
+        return Err(e.context(format!("{}\n{}", fleet.exited(), cluster.logs())));
+    }
+
+    let repairs: Vec<RepairId> = (0..5).map(|_| RepairId::new()).collect();
+    for r in &repairs {
+        fleet::publish_retrying(
+            &bus,
+            &Envelope::origin(Kind::RepairRequested, *r),
+            Message::RepairRequested(request(*r)),
+        )
+        .await?;
+    }
+    let events = fleet::completion_events(&bus, &repairs, Duration::from_secs(60)).await?;
+    let exited = fleet.exited();
+    fleet.stop_all().await?;
+    fleet::check_exactly_once(&events, &fleet.slots[integrate].store, &repairs)
+        .with_context(|| format!("{exited}\n{}", cluster.logs()))
 }

@@ -211,6 +211,26 @@ impl Fleet {
         Ok(())
     }
 
+    /// Workers that ended on their own, each with its status and first line of stderr (the
+    /// error it stopped on), for a failing test's message; empty when all still run.
+    pub fn exited(&mut self) -> String {
+        let mut out = vec![];
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(c) = slot.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = c.try_wait() {
+                let err = std::fs::read_to_string(&slot.stderr).unwrap_or_default();
+                let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                out.push(format!(
+                    "worker {i} ({}) exited {status}: {first}",
+                    slot.stage
+                ));
+            }
+        }
+        out.join("\n")
+    }
+
     pub fn stderr_tail(&self, i: usize) -> String {
         let t = std::fs::read_to_string(&self.slots[i].stderr).unwrap_or_default();
         let tail: Vec<&str> = t.lines().rev().take(10).collect();

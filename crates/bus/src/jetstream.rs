@@ -257,7 +257,16 @@ impl JetStreamBus {
             && bus.js.get_stream(bus.ns.work_stream()).await.is_ok()
             && bus.js.get_stream(bus.ns.event_stream()).await.is_ok();
         if !present {
-            bus.ensure_streams().await?;
+            match role {
+                // A worker waits out a cluster that cannot create streams yet (no quorum, a
+                // leader election); a command line fails at once and says why.
+                Role::Worker => {
+                    let never = tokio_util::sync::CancellationToken::new();
+                    crate::retry_setup(&bus.cfg, &never, "the streams", || bus.ensure_streams())
+                        .await?;
+                }
+                Role::Client => bus.ensure_streams().await?,
+            }
         }
         Ok(bus)
     }
@@ -280,12 +289,7 @@ impl JetStreamBus {
     }
 
     async fn ensure_streams(&self) -> Result<(), BusError> {
-        let setup = |what: String| {
-            move |e: String| BusError::Setup {
-                what: what.clone(),
-                reason: e,
-            }
-        };
+        let setup = |what: String| move |e: Failed| e.setup(&what);
         let ns = &self.ns;
         // Work: each message is removed once its stage acks it. Unlimited size with discard
         // "new": when a limit is ever set, a full stream refuses work instead of silently
@@ -333,33 +337,22 @@ impl JetStreamBus {
         Ok(())
     }
 
-    async fn create_or_update(&self, cfg: stream::Config) -> Result<(), String> {
+    async fn create_or_update(&self, cfg: stream::Config) -> Result<(), Failed> {
         match self.js.get_stream(&cfg.name).await {
-            Ok(_) => self
-                .js
-                .update_stream(cfg)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(_) => self
-                .js
-                .create_stream(cfg)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Ok(_) => self.js.update_stream(cfg).await.map(|_| ()).map_err(failed),
+            // Not there, or the server did not say: creating says which.
+            Err(_) => self.js.create_stream(cfg).await.map(|_| ()).map_err(failed),
         }
     }
 
     async fn consumer(&self, stage: Stage) -> Result<consumer::PullConsumer, BusError> {
-        let err = |e: String| BusError::Setup {
-            what: format!("consumer `{}`", self.ns.consumer(stage)),
-            reason: e,
-        };
+        let what = format!("consumer `{}`", self.ns.consumer(stage));
+        let err = |e: Failed| e.setup(&what);
         let s = self
             .js
             .get_stream(self.ns.work_stream())
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(failed(e)))?;
         let name = self.ns.consumer(stage);
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
@@ -374,7 +367,83 @@ impl JetStreamBus {
         };
         s.get_or_create_consumer(&name, config)
             .await
-            .map_err(|e| err(e.to_string()))
+            .map_err(|e| err(failed(e)))
+    }
+}
+
+/// A failed JetStream API request: what went wrong, and whether it may pass on its own.
+struct Failed {
+    reason: String,
+    transient: bool,
+}
+
+impl Failed {
+    fn setup(self, what: &str) -> BusError {
+        BusError::Setup {
+            what: what.to_owned(),
+            reason: self.reason,
+            transient: self.transient,
+        }
+    }
+}
+
+fn failed<E: MayPass + std::fmt::Display>(e: E) -> Failed {
+    Failed {
+        transient: e.may_pass(),
+        reason: e.to_string(),
+    }
+}
+
+/// Errors of the JetStream API that may pass when asked again: no answer in time, or a
+/// cluster electing a leader or short of the peers the replicas need (a node restarting).
+trait MayPass {
+    fn may_pass(&self) -> bool;
+}
+
+fn cluster_busy(e: &jetstream::Error) -> bool {
+    use jetstream::ErrorCode as C;
+    [
+        C::CLUSTER_INCOMPLETE,
+        C::CLUSTER_NO_PEERS,
+        C::CLUSTER_NOT_ACTIVE,
+        C::CLUSTER_NOT_ASSIGNED,
+        C::CLUSTER_NOT_AVAILABLE,
+        C::CLUSTER_NOT_LEADER,
+        C::INSUFFICIENT_RESOURCES,
+    ]
+    .contains(&e.error_code())
+}
+
+impl MayPass for jetstream::context::GetStreamError {
+    fn may_pass(&self) -> bool {
+        use jetstream::context::GetStreamErrorKind as K;
+        match self.kind() {
+            K::Request => true,
+            K::JetStream(e) => cluster_busy(&e),
+            _ => false,
+        }
+    }
+}
+
+impl MayPass for jetstream::context::CreateStreamError {
+    fn may_pass(&self) -> bool {
+        use jetstream::context::CreateStreamErrorKind as K;
+        match self.kind() {
+            K::TimedOut | K::JetStreamUnavailable | K::Response => true,
+            K::JetStream(e) => cluster_busy(&e),
+            _ => false,
+        }
+    }
+}
+
+impl MayPass for jetstream::stream::ConsumerError {
+    fn may_pass(&self) -> bool {
+        use jetstream::stream::ConsumerErrorKind as K;
+        match self.kind() {
+            K::TimedOut | K::Request => true,
+            K::JetStream(e) => cluster_busy(&e),
+            _ => false,
+        }
     }
 }
 
@@ -436,6 +505,7 @@ impl JetStreamBus {
             .map_err(|e| BusError::Setup {
                 what: format!("bucket {name}"),
                 reason: e.to_string(),
+                transient: false,
             })
     }
 }
@@ -624,14 +694,9 @@ impl JetStreamBus {
         let open = |stream: String, filter: String, policy: consumer::DeliverPolicy| {
             let js = self.js.clone();
             async move {
-                let err = |e: String| BusError::Setup {
-                    what: format!("following {stream}"),
-                    reason: e,
-                };
-                let s = js
-                    .get_stream(&stream)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
+                let what = format!("following {stream}");
+                let err = |e: Failed| e.setup(&what);
+                let s = js.get_stream(&stream).await.map_err(|e| err(failed(e)))?;
                 let c = s
                     .create_consumer(consumer::pull::OrderedConfig {
                         filter_subject: filter,
@@ -639,8 +704,13 @@ impl JetStreamBus {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| err(e.to_string()))?;
-                c.messages().await.map_err(|e| err(e.to_string()))
+                    .map_err(|e| err(failed(e)))?;
+                c.messages().await.map_err(|e| {
+                    err(Failed {
+                        reason: e.to_string(),
+                        transient: true,
+                    })
+                })
             }
         };
         let events = open(

@@ -27,8 +27,14 @@ pub enum BusError {
     Connect { url: String, reason: String },
     #[error("NATS credentials: {0}")]
     Auth(String),
+    /// `transient`: the server may succeed later (a timeout, no answer, a cluster electing a
+    /// leader or short of peers for the replicas); not a refused or invalid request.
     #[error("JetStream setup failed for {what}: {reason}")]
-    Setup { what: String, reason: String },
+    Setup {
+        what: String,
+        reason: String,
+        transient: bool,
+    },
     #[error("publish to `{subject}` failed: {reason}")]
     Publish { subject: String, reason: String },
     #[error("receiving from `{stage}` failed: {reason}")]
@@ -44,10 +50,47 @@ pub enum BusError {
 impl BusError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            BusError::Encode(_) | BusError::Closed | BusError::Auth(_)
-        )
+        match self {
+            BusError::Setup { transient, .. } => *transient,
+            BusError::Encode(_) | BusError::Closed | BusError::Auth(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Runs a setup step (creating streams, binding a consumer) until it succeeds, trying again
+/// while its error may pass (a cluster electing a leader, a node killed mid-request) for up to
+/// `bus.setup_timeout_secs`, with a backoff from 250 ms to 5 s. `None` when `shutdown` came
+/// first.
+pub async fn retry_setup<T, F, Fut>(
+    cfg: &settings::BusConfig,
+    shutdown: &tokio_util::sync::CancellationToken,
+    what: &str,
+    mut step: F,
+) -> Result<Option<T>, BusError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BusError>>,
+{
+    let deadline = tokio::time::Instant::now() + cfg.setup_timeout();
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let e = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = step() => match r {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) => e,
+            },
+        };
+        if !e.is_retryable() || tokio::time::Instant::now() + wait > deadline {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, retry_in = ?wait, "cannot set up {what} yet; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -105,4 +148,82 @@ pub trait Bus: Clone + Send + Sync + 'static {
         &self,
         stage: Stage,
     ) -> impl Future<Output = Result<Self::Subscription, BusError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn cfg(setup_timeout_secs: u64) -> settings::BusConfig {
+        // The built-in defaults alone: no settings file is found under a missing directory.
+        let opts = settings::LoadOptions {
+            cwd: "/nonexistent".into(),
+            ..Default::default()
+        };
+        let mut c = settings::load(&opts)
+            .expect("built-in settings")
+            .settings
+            .bus;
+        c.setup_timeout_secs = setup_timeout_secs;
+        c
+    }
+
+    fn setup_error(transient: bool) -> BusError {
+        BusError::Setup {
+            what: "consumer `x`".into(),
+            reason: "timed out".into(),
+            transient,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_setup_error_is_retried_until_the_step_succeeds() {
+        let calls = AtomicU32::new(0);
+        let r = retry_setup(&cfg(60), &CancellationToken::new(), "x", || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0..=2 => Err(setup_error(true)),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(r.ok().flatten(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_refused_setup_is_not_retried_and_a_lasting_outage_ends_at_the_timeout() {
+        let calls = AtomicU32::new(0);
+        let r: Result<Option<()>, _> =
+            retry_setup(&cfg(60), &CancellationToken::new(), "x", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(setup_error(false))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let started = std::time::Instant::now();
+        let r: Result<Option<()>, _> =
+            retry_setup(&cfg(1), &CancellationToken::new(), "x", || async {
+                Err(setup_error(true))
+            })
+            .await;
+        assert!(matches!(r, Err(BusError::Setup { .. })));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_retries_without_an_error() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let r: Result<Option<()>, _> =
+            retry_setup(&cfg(60), &stop, "x", || async { Err(setup_error(true)) }).await;
+        assert!(matches!(r, Ok(None)));
+    }
 }

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -182,6 +182,8 @@ pub struct Stats {
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub skipped: AtomicU64,
+    /// The stage's subscription is bound (its consumer exists and pulls): the worker is ready.
+    pub bound: AtomicBool,
 }
 
 struct Shared<B, H> {
@@ -203,7 +205,12 @@ pub async fn run<B: Bus, H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
     let stage = handler.stage();
-    let mut sub = bus.subscribe(stage).await?;
+    let what = format!("the `{stage}` consumer");
+    let Some(mut sub) = crate::retry_setup(&cfg, &shutdown, &what, || bus.subscribe(stage)).await?
+    else {
+        return Ok(());
+    };
+    stats.bound.store(true, Ordering::Release);
     let shared = Arc::new(Shared {
         bus,
         handler,

@@ -109,6 +109,8 @@ pub struct Worker {
     pub stop: CancellationToken,
     name: String,
     tasks: Vec<tokio::task::JoinHandle<Result<(), crate::BusError>>>,
+    /// One per spawned stage runtime: `bound` says its consumer pulls.
+    runtimes: Vec<Arc<Stats>>,
 }
 
 impl Worker {
@@ -211,6 +213,7 @@ impl Worker {
             stop,
             name: format!("{host}/{}", std::process::id()),
             tasks: vec![],
+            runtimes: vec![],
         })
     }
 
@@ -244,16 +247,10 @@ impl Worker {
             }));
         }
         let h = Announce::new(handler, Some(self.name.clone())).with_interim(interim);
+        let stats = Arc::new(Stats::default());
+        self.runtimes.push(stats.clone());
         self.tasks.push(tokio::spawn(async move {
-            runtime::run(
-                bus,
-                Arc::new(h),
-                ledger,
-                cfg,
-                Arc::new(Stats::default()),
-                stop,
-            )
-            .await
+            runtime::run(bus, Arc::new(h), ledger, cfg, stats, stop).await
         }));
     }
 
@@ -269,9 +266,31 @@ impl Worker {
                 Ok(())
             }));
         }
-        tracing::info!(worker = %self.name, namespace = %self.bus.namespace().as_str(), "ready");
-        eprintln!("coval worker {}: ready", self.name);
         let stop = self.stop.clone();
+        // Ready once every stage's consumer is bound: that can take a while when a cluster
+        // is electing a leader (the runtimes retry), and a worker that says "ready" pulls.
+        let runtimes = self.runtimes.clone();
+        let name = self.name.clone();
+        let namespace = self.bus.namespace().as_str().to_owned();
+        let bound = move || {
+            runtimes
+                .iter()
+                .all(|s| s.bound.load(std::sync::atomic::Ordering::Acquire))
+        };
+        let announced = stop.clone();
+        // Like every task here it lives until the worker stops: one that ends stops the rest.
+        self.tasks.push(tokio::spawn(async move {
+            while !bound() {
+                tokio::select! {
+                    _ = announced.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            tracing::info!(worker = %name, %namespace, "ready");
+            eprintln!("coval worker {name}: ready");
+            announced.cancelled().await;
+            Ok(())
+        }));
         let signals = async {
             use tokio::signal::unix::{SignalKind, signal};
             match (
@@ -289,9 +308,14 @@ impl Worker {
             _ = signals => tracing::info!("stopping: finishing the messages in hand"),
             _ = stop.cancelled() => {}
             r = wait_any(&mut self.tasks) => {
-                if let Some(Err(e)) = r {
-                    first_error = Some(WorkerError::Internal(format!("a stage stopped: {e}")));
-                }
+                first_error = match r {
+                    // Still no consumer after `bus.setup_timeout_secs`: NATS is not usable.
+                    Some(Err(e @ (crate::BusError::Setup { .. } | crate::BusError::Connect { .. }))) => {
+                        Some(WorkerError::Unreachable(format!("a stage stopped: {e}")))
+                    }
+                    Some(Err(e)) => Some(WorkerError::Internal(format!("a stage stopped: {e}"))),
+                    _ => None,
+                };
             }
         }
         stop.cancel();

@@ -229,6 +229,10 @@ pub struct BusConfig {
     /// server, 3 on a three-node cluster (`deploy/nats/cluster/`).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// How long a worker keeps trying to bind its stage's consumer (a cluster electing a
+    /// leader, a node restarting) before it gives up with exit code 3.
+    #[serde(default = "default_setup_timeout_secs")]
+    pub setup_timeout_secs: u64,
 }
 
 fn default_snapshot_max_bytes() -> u64 {
@@ -239,9 +243,17 @@ fn default_replicas() -> usize {
     1
 }
 
+fn default_setup_timeout_secs() -> u64 {
+    300
+}
+
 impl BusConfig {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs)
+    }
+
+    pub fn setup_timeout(&self) -> Duration {
+        Duration::from_secs(self.setup_timeout_secs)
     }
 
     pub fn duplicate_window(&self) -> Duration {

@@ -115,16 +115,16 @@ async fn serve<B: Bus, H: Handler>(bus: B, h: H, store: Store, cfg: BusConfig) -
         term.recv().await;
         token.cancel();
     });
-    say("ready");
-    runtime::run(
-        bus,
-        Arc::new(h),
-        Arc::new(store),
-        cfg,
-        Arc::new(Stats::default()),
-        shutdown,
-    )
-    .await?;
+    // "ready" once the consumer is bound, as the stage binaries say it.
+    let stats = Arc::new(Stats::default());
+    let bound = stats.clone();
+    tokio::spawn(async move {
+        while !bound.bound.load(std::sync::atomic::Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        say("ready");
+    });
+    runtime::run(bus, Arc::new(h), Arc::new(store), cfg, stats, shutdown).await?;
     say("stopped");
     Ok(())
 }
