@@ -13,7 +13,17 @@ const LANG: Language = Language::Python;
 pub(crate) fn parse(log: &Log) -> Option<ParsedLog> {
     pytest(log)
         .or_else(|| unittest(log))
-        .or_else(|| traceback_log(log))
+        .or_else(|| {
+            // A traceback pasted with pytest's summary lines: the tests come from those.
+            let mut p = traceback_log(log)?;
+            if p.failing_tests.is_empty()
+                && let Some(s) = summary_lines_only(log)
+            {
+                p.failing_tests = s.failing_tests;
+            }
+            Some(p)
+        })
+        .or_else(|| summary_lines_only(log))
 }
 
 /// One printed traceback: frames outermost first, as Python prints them.
@@ -148,6 +158,35 @@ fn pytest(log: &Log) -> Option<ParsedLog> {
     p.failing_tests = failing_tests(log, summary);
     if p.error_type.is_empty() && p.failing_tests.is_empty() {
         return None;
+    }
+    Some(p)
+}
+
+/// A log pasted as pytest's short-summary lines alone (`FAILED tests/test_x.py::test_y -
+/// assert 1 == 2`), without the FAILURES section or the summary's header: what a CI job's
+/// annotations or an issue quote keep. The failing tests are the lines' ids; the error is
+/// the first line's message: an exception name as printed, or `AssertionError` for the
+/// `assert ...` pytest shows of a failed assert statement.
+fn summary_lines_only(log: &Log) -> Option<ParsedLog> {
+    let line = regex!(r"^(?:FAILED|ERROR) (\S+\.py(?:::\S+)?)(?: - (.*))?$");
+    let mut p = ParsedLog::new(LANG, "pytest-summary");
+    let mut first_message = None;
+    for l in &log.lines {
+        if let Some(c) = line.caps(l) {
+            push_unique(&mut p.failing_tests, cap(&c, 1));
+            if first_message.is_none() {
+                first_message = Some(cap(&c, 2).to_string());
+            }
+        }
+    }
+    let message = first_message?;
+    let named = regex!(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))\b:?\s*(.*)$");
+    if let Some(c) = named.caps(&message) {
+        p.set_error(cap(&c, 1), cap(&c, 2));
+    } else if message.starts_with("assert ") {
+        p.set_error("AssertionError", &message);
+    } else {
+        p.set_error("test failure", &message);
     }
     Some(p)
 }
