@@ -154,8 +154,17 @@ fn pytest(log: &Log) -> Option<ParsedLog> {
             .unwrap_or(log.lines.len());
         let body = log.lines.get(start + 1..end).unwrap_or_default();
         first_failure(body, &mut p);
+    } else if let Some(summary) = summary {
+        // A log cut at its top (a CI viewer's tail, a paste) lost the FAILURES header: the
+        // failures' lines are what comes before the summary.
+        first_failure(log.lines.get(..summary).unwrap_or_default(), &mut p);
     }
     p.failing_tests = failing_tests(log, summary);
+    if p.error_type.is_empty()
+        && let Some(s) = summary_lines_only(log)
+    {
+        p.set_error(&s.error_type, &s.message);
+    }
     if p.error_type.is_empty() && p.failing_tests.is_empty() {
         return None;
     }
@@ -180,13 +189,10 @@ fn summary_lines_only(log: &Log) -> Option<ParsedLog> {
         }
     }
     let message = first_message?;
-    let named = regex!(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))\b:?\s*(.*)$");
-    if let Some(c) = named.caps(&message) {
-        p.set_error(cap(&c, 1), cap(&c, 2));
-    } else if message.starts_with("assert ") {
-        p.set_error("AssertionError", &message);
-    } else {
-        p.set_error("test failure", &message);
+    match exception_line(&message).filter(|(t, _)| looks_like_class(t)) {
+        Some((t, m)) => p.set_error(t, m),
+        None if message.starts_with("assert") => p.set_error("AssertionError", &message),
+        None => p.set_error("test failure", &message),
     }
     Some(p)
 }

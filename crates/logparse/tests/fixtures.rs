@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use logparse::{Frame, Language, ParsedLog, parse, text_from_bytes};
 use serde_json::Value;
 
-const FIXTURE_COUNT: usize = 117;
+const FIXTURE_COUNT: usize = 118;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/logs")
