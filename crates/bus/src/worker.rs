@@ -632,6 +632,10 @@ mod tests {
         let names: std::collections::HashSet<String> =
             (0..3).map(|_| worker_name("vm", 1)).collect();
         assert_eq!(names.len(), 3, "{names:?}");
-        assert!(names.iter().all(|n| n.starts_with("vm/1-") && n.len() == 11));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("vm/1-") && n.len() == 11)
+        );
     }
 }
