@@ -19,7 +19,7 @@
 #
 # Each image's tag is a content hash of what goes into it (the Dockerfile, the binaries, the
 # config, the base image's id): a second run with the same binaries builds nothing. Images
-# of this script older than COVAL_FLEET_KEEP_HOURS (default 6) are removed after a build
+# of this script older than COVAL_FLEET_KEEP_HOURS (default 1) are removed after a build
 # unless a container uses them.
 #
 # Environment: COVAL_FLEET_BIN_DIR, NATS_SERVER_BIN, COVAL_FLEET_BASE (default
@@ -31,7 +31,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEV="${COVAL_DEV_DIR:-$ROOT/.dev}"
 BASE="${COVAL_FLEET_BASE:-coval/python:bookworm}"
 STAGES=(triage decision mre fix validate integrate)
-KEEP_HOURS="${COVAL_FLEET_KEEP_HOURS:-6}"
+KEEP_HOURS="${COVAL_FLEET_KEEP_HOURS:-1}"
 
 log() { printf '[fleet] %s\n' "$*" >&2; }
 die() {

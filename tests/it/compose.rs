@@ -7,7 +7,7 @@
 //! README test command starts one) and docker-compose (scripts/test.sh installs it); skipped
 //! only when no engine answers outside CI, or with COVAL_SKIP_DOCKER=1.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -138,33 +138,52 @@ impl Fleet {
         Ok(out)
     }
 
-    fn logs(&self, service: &str) -> Result<String> {
-        let out = self.compose(&["logs", "--no-color", service])?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    /// The distinct worker names that said "ready", by service, from one `logs` call (each
+    /// call of docker-compose 1.29 costs most of a second). Lines look like
+    /// `validate_2  | coval worker vm/1-3fa9c2: ready` (v2: `validate-2  | ...`).
+    fn ready(&self) -> Result<BTreeMap<String, BTreeSet<String>>> {
+        let mut by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let logs = self.compose(&["logs", "--no-color"])?;
+        for line in String::from_utf8_lossy(&logs.stdout).lines() {
+            let Some((prefix, rest)) = line.split_once('|') else {
+                continue;
+            };
+            let Some(name) = rest
+                .split("coval worker ")
+                .nth(1)
+                .and_then(|r| r.trim_end().strip_suffix(": ready"))
+            else {
+                continue;
+            };
+            let prefix = prefix.trim();
+            let service = prefix
+                .rsplit_once(['_', '-'])
+                .filter(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(prefix, |(s, _)| s);
+            by.entry(service.to_owned())
+                .or_default()
+                .insert(name.to_owned());
+        }
+        Ok(by)
     }
 
-    /// The distinct worker names that said "ready" in `service`'s logs.
-    fn ready(&self, service: &str) -> Result<BTreeSet<String>> {
-        Ok(self
-            .logs(service)?
-            .lines()
-            .filter_map(|l| l.split("coval worker ").nth(1))
-            .filter_map(|l| l.strip_suffix(": ready"))
-            .map(str::to_owned)
-            .collect())
-    }
-
-    fn wait_ready(&self, service: &str, copies: usize, within: Duration) -> Result<()> {
+    /// Waits until each service has at least its number of copies ready.
+    fn wait_ready(&self, want: &[(&str, usize)], within: Duration) -> Result<()> {
         let until = (Instant::now() + within).min(self.deadline);
         loop {
-            let names = self.ready(service)?;
-            if names.len() >= copies {
+            let by = self.ready()?;
+            let missing: Vec<_> = want
+                .iter()
+                .filter(|(s, n)| by.get(*s).map_or(0, BTreeSet::len) < *n)
+                .collect();
+            if missing.is_empty() {
                 return Ok(());
             }
             if Instant::now() > until {
+                let logs = self.compose(&["logs", "--no-color", "--tail", "20"]);
                 bail!(
-                    "{copies} {service} worker(s) not ready (ready: {names:?}); its logs:\n{}",
-                    self.logs(service).unwrap_or_default()
+                    "not ready: {missing:?} (ready: {by:?}); the last logs:\n{}",
+                    logs.map(|o| text(&o)).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -385,9 +404,8 @@ fn the_compose_fleet_repairs_the_example_and_scales_validate_to_three() -> Resul
 
     // Up: nats (healthy first) and one copy of each stage.
     fleet.compose(&["up", "-d"])?;
-    for w in WORKERS {
-        fleet.wait_ready(w, 1, Duration::from_secs(120))?;
-    }
+    let one: Vec<(&str, usize)> = WORKERS.iter().map(|w| (*w, 1)).collect();
+    fleet.wait_ready(&one, Duration::from_secs(120))?;
     eprintln!("compose fleet: up in {:.1} s", t0.elapsed().as_secs_f64());
 
     let dir = tempfile::tempdir()?;
@@ -404,7 +422,7 @@ fn the_compose_fleet_repairs_the_example_and_scales_validate_to_three() -> Resul
 
     // Three copies of validate, each bound to the stage's consumer with a pull of its own.
     fleet.compose(&["up", "-d", "--no-recreate", "--scale", "validate=3"])?;
-    fleet.wait_ready("validate", 3, Duration::from_secs(120))?;
+    fleet.wait_ready(&[("validate", 3)], Duration::from_secs(120))?;
     let until = (Instant::now() + Duration::from_secs(60)).min(deadline);
     loop {
         let waiting = validate_waiting(&fleet.nats_url)?;
