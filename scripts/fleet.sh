@@ -117,8 +117,9 @@ prune() {
             docker image rm "$ref" >/dev/null 2>&1 && log "removed old image $ref"
         fi
     done
-    # The gather stage's image is an untagged intermediate of every worker build.
-    docker image ls -q --filter dangling=true --filter label=coval.fleet.gather | sort -u |
+    # The gather stage's image is an untagged intermediate of every worker build: remove this
+    # build's (another key's may be the intermediate of a build running now).
+    docker image ls -q --filter dangling=true --filter "label=coval.fleet.gather=${WORKER_IMAGE##*:}" | sort -u |
         while read -r id; do docker image rm "$id" >/dev/null 2>&1 || true; done
 }
 
