@@ -398,6 +398,10 @@ fn the_compose_fleet_repairs_the_example_and_scales_validate_to_three() -> Resul
         "nothing may be published or bound beyond loopback:\n{config}"
     );
     ensure!(
+        config.matches("read_only: true").count() == WORKERS.len(),
+        "every worker runs on a read-only root:\n{config}"
+    );
+    ensure!(
         config.contains(&format!("nats://127.0.0.1:{port}")),
         "the workers do not use this fleet's NATS port:\n{config}"
     );
