@@ -25,5 +25,5 @@ test: ## services, fmt check, clippy, all tests (./scripts/test.sh)
 build: ## release build of all binaries
 	$(CARGO) build --workspace --release
 
-docker-build: ## build the coval image from deploy/Dockerfile
-	docker build -f deploy/Dockerfile -t coval:latest .
+docker-build: ## the fleet's worker and NATS images from the built binaries (scripts/fleet.sh images)
+	./scripts/fleet.sh images

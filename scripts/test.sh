@@ -20,6 +20,11 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+# The compose fleet test (it::compose) runs docker-compose.yml: Debian's docker-compose 1.29,
+# unless a compose v2 plugin is there.
+if [[ "${COVAL_SKIP_DOCKER:-}" != 1 ]] && ! docker compose version >/dev/null 2>&1; then
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+fi
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \

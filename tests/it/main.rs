@@ -5,6 +5,7 @@ mod architecture;
 mod bus;
 mod ci;
 mod cluster;
+mod compose;
 mod crash;
 mod faults;
 mod mre;

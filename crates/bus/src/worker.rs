@@ -48,6 +48,24 @@ pub struct WorkerArgs {
     pub auth: crate::jetstream::NatsAuth,
 }
 
+/// How a worker names itself in progress events: `host/pid`. A process that is pid 1 is the
+/// first of its own pid namespace (a container), where every copy of a scaled service is pid 1
+/// and, with host networking, on the same host name: a random suffix tells the copies apart.
+pub fn worker_name(host: &str, pid: u32) -> String {
+    if pid != 1 {
+        return format!("{host}/{pid}");
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{host}/1-{:06x}", h.finish() & 0xff_ffff)
+}
+
 /// The command line of a `coval-<stage>` binary.
 #[derive(clap::Parser, Debug)]
 #[command(
@@ -211,7 +229,7 @@ impl Worker {
             },
             state,
             stop,
-            name: format!("{host}/{}", std::process::id()),
+            name: worker_name(&host, std::process::id()),
             tasks: vec![],
             runtimes: vec![],
         })
@@ -606,5 +624,18 @@ mod tests {
         assert_eq!(repairs[0]["status"], "completed");
         assert_eq!(repairs[1]["id"], running.to_string());
         assert_eq!(repairs[1]["status"], "in_flight");
+    }
+
+    #[test]
+    fn copies_that_are_pid_1_in_their_containers_get_names_of_their_own() {
+        assert_eq!(worker_name("vm", 4242), "vm/4242");
+        let names: std::collections::HashSet<String> =
+            (0..3).map(|_| worker_name("vm", 1)).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("vm/1-") && n.len() == 11)
+        );
     }
 }
