@@ -7,6 +7,8 @@ mod ci;
 mod cluster;
 mod crash;
 mod faults;
+mod health;
+mod k8s;
 mod mre;
 mod patch;
 mod real;

@@ -122,6 +122,13 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// SIGKILL the server and wait for it to exit (bring it back with [`restart`](Self::restart)).
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// SIGKILL the server, then start it again on the same port and store (what it had
     /// synced survives).
     pub fn restart(&mut self) -> Result<()> {
