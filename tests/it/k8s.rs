@@ -17,7 +17,7 @@ use serde_json::Value;
 /// everything they use as GA (StatefulSet `spec.ordinals`, GA in 1.31).
 const KUBERNETES: &str = "1.31.0";
 /// The validator's version, as `scripts/test.sh` installs it.
-pub(crate) const KUBERNETES_VALIDATE: &str = "1.37.0";
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 fn k8s_dir() -> PathBuf {
     repo_root().join("deploy/k8s")
@@ -119,6 +119,13 @@ fn every_manifest_validates_strictly_and_kustomization_lists_every_file() -> Res
     ensure!(
         listed == on_disk,
         "kustomization.yaml lists {listed:?}, the directory has {on_disk:?}"
+    );
+    let script = std::fs::read_to_string(repo_root().join("scripts/test.sh"))?;
+    ensure!(
+        script.contains(&format!(
+            "KUBERNETES_VALIDATE_VERSION={KUBERNETES_VALIDATE}"
+        )),
+        "scripts/test.sh installs another kubernetes-validate than {KUBERNETES_VALIDATE}"
     );
     let docs = manifests()?;
     let deployments: BTreeSet<String> = of_kind(&docs, "Deployment")
