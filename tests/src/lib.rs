@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod fleet;
+pub mod jwt;
 pub mod otlp;
 pub mod real;
 
@@ -118,7 +119,12 @@ impl NatsServer {
             port,
             _dir: dir,
         };
-        wait_listening(port)?;
+        if let Err(e) = wait_listening(port) {
+            // A configuration the server refuses: say why (its log), not only that it is silent.
+            let log =
+                std::fs::read_to_string(server._dir.path().join("nats.log")).unwrap_or_default();
+            bail!("{e}; its log:\n{log}");
+        }
         Ok(server)
     }
 
