@@ -47,9 +47,11 @@ step "embedded scripts: ruff, node --check, shellcheck, the warm-server protocol
 # check both servers against the protocol's golden fixtures (crates/sandbox/protocol), each
 # with the interpreter that runs it there (Debian's python3 and node).
 readonly RUFF_VERSION=0.17.6 # pinned: a newer ruff's default rules may differ
+# The Kubernetes JSON schemas, offline, for tests/it/k8s.rs (pinned: the schemas it carries).
+readonly KUBERNETES_VALIDATE_VERSION=1.37.0
 ruff_venv="$dev/venv"
 ruff="$ruff_venv/bin/ruff"
-if [[ "$("$ruff" --version 2>/dev/null)" != "ruff $RUFF_VERSION" ]]; then
+venv_pip() {
   if [[ ! -x "$ruff_venv/bin/python" ]] || ! "$ruff_venv/bin/python" -c 'import pip' 2>/dev/null; then
     python3 -m venv --clear "$ruff_venv" >&2 || {
       # Debian's python3 ships venv and ensurepip separately.
@@ -57,9 +59,16 @@ if [[ "$("$ruff" --version 2>/dev/null)" != "ruff $RUFF_VERSION" ]]; then
       python3 -m venv --clear "$ruff_venv" >&2
     }
   fi
-  "$ruff_venv/bin/python" -m pip install --disable-pip-version-check -q "ruff==$RUFF_VERSION" >&2
+  "$ruff_venv/bin/python" -m pip install --disable-pip-version-check -q "$@" >&2
+}
+if [[ "$("$ruff" --version 2>/dev/null)" != "ruff $RUFF_VERSION" ]]; then
+  venv_pip "ruff==$RUFF_VERSION"
 fi
-"$ruff" check --no-cache crates/sandbox
+if [[ "$("$ruff_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null)" \
+  != "$KUBERNETES_VALIDATE_VERSION" ]]; then
+  venv_pip "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+"$ruff" check --no-cache crates/sandbox tests/k8s
 node --check crates/sandbox/src/warm_node.js
 # wrapper.sh has no shebang: its bytes are exactly the script the sandbox runs with `sh -c`.
 shellcheck --shell=sh crates/sandbox/src/docker/wrapper.sh

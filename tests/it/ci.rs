@@ -633,3 +633,40 @@ fn tokens_nkeys_and_tls_client_certificates_are_taken_from_flags_or_the_environm
     }
     Ok(())
 }
+
+/// Decentralized auth: a server in operator mode trusts only JWTs its operator's accounts
+/// signed; `coval submit` and a worker authenticate with a creds file (user JWT and nkey seed),
+/// as `nsc` writes it. The JWTs are signed in the test (`coval_tests::jwt`, with `nkeys`).
+#[test]
+fn a_creds_file_with_a_user_jwt_authenticates_against_an_operator_mode_server() -> Result<()> {
+    use coval_tests::jwt::{Operator, creds_file};
+    let ns = "cijwt";
+    let op = Operator::new()?;
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, text: String| -> Result<String> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text)?;
+        Ok(p.to_str().context("path")?.to_owned())
+    };
+    let good = write("worker.creds", op.creds()?)?;
+    let nats = NatsServer::start_with(SyncMode::Default, &op.server_config(), "nats")?;
+    let _w = Triage::start(&nats.url, ns, dir.path(), &[("NATS_CREDS", &good)])?;
+    let ok = submit_as(&nats.url, ns, dir.path(), &["--nats-creds", &good], &[])?;
+    ensure!(ok.status.success(), "creds: {}", text(&ok));
+    // Refused: no credentials; a user of an operator the server does not trust; a seed that
+    // is not the JWT's user (the signature of the server's nonce does not match).
+    let stranger = write("stranger.creds", Operator::new()?.creds()?)?;
+    let mismatched = write(
+        "mismatched.creds",
+        creds_file(&op.user_jwt, &nkeys::KeyPair::new_user())?,
+    )?;
+    for (what, args) in [
+        ("no credentials", vec![]),
+        ("another operator's user", vec!["--nats-creds", &stranger]),
+        ("a seed of another user", vec!["--nats-creds", &mismatched]),
+    ] {
+        let no = submit_as(&nats.url, ns, dir.path(), &args, &[])?;
+        ensure!(no.status.code() == Some(3), "{what}: {}", text(&no));
+    }
+    Ok(())
+}

@@ -8,6 +8,8 @@ mod cluster;
 mod compose;
 mod crash;
 mod faults;
+mod health;
+mod k8s;
 mod mre;
 mod patch;
 mod real;

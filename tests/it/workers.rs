@@ -21,6 +21,14 @@ pub(crate) struct WorkerProc {
 }
 
 impl WorkerProc {
+    pub(crate) fn new(name: &str, child: Child, log: PathBuf) -> WorkerProc {
+        WorkerProc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }

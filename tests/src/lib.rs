@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod fleet;
+pub mod jwt;
 pub mod otlp;
 pub mod real;
 
@@ -118,8 +119,20 @@ impl NatsServer {
             port,
             _dir: dir,
         };
-        wait_listening(port)?;
+        if let Err(e) = wait_listening(port) {
+            // A configuration the server refuses: say why (its log), not only that it is silent.
+            let log =
+                std::fs::read_to_string(server._dir.path().join("nats.log")).unwrap_or_default();
+            bail!("{e}; its log:\n{log}");
+        }
         Ok(server)
+    }
+
+    /// SIGKILL the server and wait for it to exit (bring it back with [`restart`](Self::restart)).
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// SIGKILL the server, then start it again on the same port and store (what it had

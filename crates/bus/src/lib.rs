@@ -8,6 +8,7 @@
 
 pub mod announce;
 pub mod context;
+pub mod health;
 pub mod jetstream;
 pub mod memory;
 pub mod runtime;

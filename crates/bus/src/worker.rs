@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announce;
 use crate::context::StageContext;
+use crate::health::Readiness;
 use crate::jetstream::JetStreamBus;
 use crate::runtime::{self, Handler, Ledger, Stats};
 use settings::{Config, LoadOptions};
@@ -46,6 +47,10 @@ pub struct WorkerArgs {
     pub namespace: Option<String>,
     #[command(flatten)]
     pub auth: crate::jetstream::NatsAuth,
+    /// Serve health probes over HTTP on this address: GET /livez (the process answers) and
+    /// GET /readyz (NATS connected and every stage consumer bound); e.g. 0.0.0.0:8080 in a pod
+    #[arg(long, env = "COVAL_HEALTH", value_name = "ADDR")]
+    pub health: Option<std::net::SocketAddr>,
 }
 
 /// How a worker names itself in progress events: `host/pid`. A process that is pid 1 is the
@@ -129,6 +134,20 @@ pub struct Worker {
     tasks: Vec<tokio::task::JoinHandle<Result<(), crate::BusError>>>,
     /// One per spawned stage runtime: `bound` says its consumer pulls.
     runtimes: Vec<Arc<Stats>>,
+    /// What `/readyz` answers from (kept even without `--health`: it costs nothing).
+    readiness: Arc<Readiness>,
+    /// The `--health` listener, stopped when the worker is dropped.
+    _health: Option<AbortOnDrop>,
+}
+
+/// A task aborted when this is dropped: the health listener of a worker that failed to
+/// start, or that has stopped, must not keep answering.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Worker {
@@ -144,6 +163,24 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| config.settings.bus.namespace.clone());
         let ns = Namespace::new(&ns_name).map_err(|e| WorkerError::Config(e.to_string()))?;
+        // The probes answer from the start: live while it connects (or stands by for the
+        // ledger), ready only once it pulls.
+        let readiness = Arc::new(Readiness::default());
+        let health = match args.health {
+            Some(addr) => {
+                let listener = crate::health::bind(addr).await.map_err(|e| {
+                    WorkerError::Config(format!(
+                        "--health {addr}: cannot listen there: {e}; pass a free address such as 0.0.0.0:8080"
+                    ))
+                })?;
+                tracing::info!(%addr, "health probes: GET /livez, GET /readyz");
+                Some(AbortOnDrop(tokio::spawn(crate::health::serve(
+                    listener,
+                    readiness.clone(),
+                ))))
+            }
+            None => None,
+        };
         std::fs::create_dir_all(workspace).map_err(|e| {
             WorkerError::Config(format!(
                 "cannot create the workspace {}: {e}",
@@ -170,6 +207,7 @@ impl Worker {
                 "{e}; start a nats-server with JetStream (scripts/dev-services.sh up) or pass --nats URL"
             )),
         })?;
+        readiness.set_client(bus.client().clone());
         // Made here, so a CI identity that may not create buckets finds it.
         bus.submissions()
             .await
@@ -232,6 +270,8 @@ impl Worker {
             name: worker_name(&host, std::process::id()),
             tasks: vec![],
             runtimes: vec![],
+            readiness,
+            _health: health,
         })
     }
 
@@ -267,6 +307,7 @@ impl Worker {
         let h = Announce::new(handler, Some(self.name.clone())).with_interim(interim);
         let stats = Arc::new(Stats::default());
         self.runtimes.push(stats.clone());
+        self.readiness.add_stage(h.stage(), stats.clone());
         self.tasks.push(tokio::spawn(async move {
             runtime::run(bus, Arc::new(h), ledger, cfg, stats, stop).await
         }));
@@ -336,6 +377,7 @@ impl Worker {
                 };
             }
         }
+        self.readiness.set_stopping();
         stop.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;
