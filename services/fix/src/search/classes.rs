@@ -961,6 +961,7 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
             score * 0.7 * sim,
         );
     }
+    compound_missing(ctx, n, score, ing);
     // The update a loop forgot: `while j >= 0 and ...` with no assignment to `j` in its body.
     if matches!(n.kind(), "while_statement" | "for_statement")
         && let Some(body) = n.child_by_field_name("body")
@@ -1032,6 +1033,117 @@ fn statements(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients, k: &Kinds)
             }
         }
     }
+}
+
+/// A missing compound statement: two statements the file has together elsewhere
+/// (`lines.append(line)` then `line = w`), or a statement of the file under a guard on a name
+/// it reads (`if line: lines.append(line)`, or a comparison of the file reading that name).
+/// After `n`, or before it when `n` is a return (the flush before returning). Ranked below the
+/// single missing line: two lines are a bigger edit.
+fn compound_missing(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
+    let src = ctx.src;
+    let before = n.kind() == "return_statement";
+    if n.kind() == "comment" || super::is_function_kind(n.kind()) {
+        return;
+    }
+    let Some(scope) = ing.scope_of(n) else { return };
+    let (start, end) = whole_lines(src, n);
+    let indent = &src[start..n.start_byte()];
+    if !indent.trim().is_empty() {
+        return;
+    }
+    let at = if before { start } else { end };
+    let unit = indent_unit(src, ctx.lang);
+    // The flush after a loop, as for one missing line: statements its body runs, placed
+    // after the loop or before the return that follows it.
+    let looped = if before {
+        n.prev_named_sibling()
+    } else {
+        Some(*n)
+    };
+    let body = looped
+        .filter(|l| {
+            matches!(
+                l.kind(),
+                "for_statement" | "while_statement" | "for_in_statement"
+            )
+        })
+        .and_then(|l| l.child_by_field_name("body"))
+        .map_or("", |b| text(&b, src));
+    let flush = |stmt: &str| {
+        if !body.is_empty() && body.contains(stmt) {
+            LOOP_FLUSH
+        } else {
+            1.0
+        }
+    };
+    let mut made: Vec<(String, String, f64)> = vec![];
+    for (a, b, sim) in ing.similar_pairs(n, src) {
+        let sim = sim * flush(&a).min(flush(&b));
+        made.push((
+            format!("{indent}{a}\n{indent}{b}\n"),
+            format!("`{a}` and `{b}`"),
+            sim,
+        ));
+    }
+    let guard = |cond: &str, stmt: &str| match ctx.lang {
+        Language::Python => format!("{indent}if {cond}:\n{indent}{unit}{stmt}\n"),
+        Language::Go => format!("{indent}if {cond} {{\n{indent}{unit}{stmt}\n{indent}}}\n"),
+        _ => format!("{indent}if ({cond}) {{\n{indent}{unit}{stmt}\n{indent}}}\n"),
+    };
+    for (stmt, sim) in ing.similar_statements(n, src).into_iter().take(3) {
+        let Some(tree) = ctx.parser.parse(&stmt, None) else {
+            continue;
+        };
+        let names = super::ingredients::identifiers(&tree.root_node(), &stmt);
+        let sim = sim * flush(&stmt);
+        for x in names.iter().take(3) {
+            let mut conds: Vec<(String, f64)> = ing
+                .conditions_reading(x, scope)
+                .into_iter()
+                .map(|c| (c, 0.85))
+                .collect();
+            // Truthiness: a value that may be empty (Go has none).
+            if ctx.lang != Language::Go {
+                conds.push((x.clone(), 0.9));
+            }
+            for (cond, w) in conds {
+                made.push((guard(&cond, &stmt), format!("`if {cond}: {stmt}`"), sim * w));
+            }
+        }
+    }
+    for (text_, what, sim) in made {
+        let desc = if before {
+            format!("line {}: insert {what} before it", line(n))
+        } else {
+            format!("line {}: insert {what} after it", line(n))
+        };
+        ctx.emit(
+            n,
+            "missing-line",
+            desc,
+            vec![Edit {
+                start: at,
+                end: at,
+                text: text_,
+            }],
+            score * 0.6 * sim,
+        );
+    }
+}
+
+/// One level of indentation in `src`: Go's tab, else the first indented line's leading
+/// whitespace (four spaces when no line is indented).
+fn indent_unit(src: &str, lang: Language) -> String {
+    if lang == Language::Go {
+        return "\t".into();
+    }
+    src.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| &l[..l.len() - l.trim_start().len()])
+        .find(|w| !w.is_empty())
+        .unwrap_or("    ")
+        .to_owned()
 }
 
 fn indent_tabs(src: &str, n: &Node) -> usize {
@@ -1875,5 +1987,28 @@ mod tests {
             &sentinel,
         );
         assert!(!ms.iter().any(|m| m.operator == "missing-raise"));
+    }
+
+    #[test]
+    fn a_missing_compound_statement_comes_from_the_same_file() {
+        // A guarded flush before the return: the statement is in the loop, the guard reads
+        // its name.
+        let fixed = "def chunks(items, size):\n    out = []\n    buf = []\n    for x in items:\n        if len(buf) == size:\n            out.append(buf)\n            buf = []\n        buf.append(x)\n    if buf:\n        out.append(buf)\n    return out\n";
+        let buggy = fixed.replace("    if buf:\n        out.append(buf)\n", "");
+        let r = rank(Language::Python, "c.py", &buggy, fixed, 9);
+        assert!(r.is_some(), "{r:?}");
+        // Two statements the file has together, after a loop.
+        let fixed = "def runs(xs):\n    out = []\n    run = []\n    for x in xs:\n        if run and run[-1] > x:\n            out.append(run)\n            run = []\n        run.append(x)\n    out.append(run)\n    run = []\n    return out\n";
+        let buggy = fixed.replace(
+            "    out.append(run)\n    run = []\n    return",
+            "    return",
+        );
+        let r = rank(Language::Python, "r.py", &buggy, fixed, 9);
+        assert!(r.is_some(), "{r:?}");
+        // JavaScript: the guard in braces, the file's own indentation.
+        let fixed = "function chunks(items, size) {\n  const out = [];\n  let buf = [];\n  for (const x of items) {\n    if (buf.length === size) {\n      out.push(buf);\n      buf = [];\n    }\n    buf.push(x);\n  }\n  if (buf) {\n    out.push(buf);\n  }\n  return out;\n}\n";
+        let buggy = fixed.replace("  if (buf) {\n    out.push(buf);\n  }\n", "");
+        let r = rank(Language::JavaScript, "c.js", &buggy, fixed, 11);
+        assert!(r.is_some(), "{r:?}");
     }
 }
