@@ -41,7 +41,11 @@ mod tests {
             without_vet(&v("/usr/lib/go/bin/go test ./pkg")),
             Some(v("/usr/lib/go/bin/go test -vet=off ./pkg"))
         );
-        let mut cd = vec!["sh".to_owned(), "-c".into(), "cd sub && exec \"$0\" \"$@\"".into()];
+        let mut cd = vec![
+            "sh".to_owned(),
+            "-c".into(),
+            "cd sub && exec \"$0\" \"$@\"".into(),
+        ];
         cd.extend(v("go test -json ./..."));
         let mut want = cd.clone();
         want.insert(5, "-vet=off".into());
