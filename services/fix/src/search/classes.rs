@@ -1276,10 +1276,21 @@ fn missing_raise(ctx: &mut Ctx, n: &Node, score: f64, ing: &Ingredients) {
     if !matches!(ctx.lang, Language::Python | Language::JavaScript) {
         return;
     }
-    let first = n.prev_named_sibling().is_none()
-        && n.parent()
-            .and_then(|b| b.parent())
-            .is_some_and(|f| super::is_function_kind(f.kind()));
+    // The first statement of a function, after its docstring (never before the docstring).
+    let docstring = |x: &Node| {
+        x.kind() == "expression_statement"
+            && x.named_child_count() == 1
+            && x.named_child(0).is_some_and(|s| s.kind() == "string")
+    };
+    let in_function = n
+        .parent()
+        .and_then(|b| b.parent())
+        .is_some_and(|f| super::is_function_kind(f.kind()));
+    let first = in_function
+        && match n.prev_named_sibling() {
+            None => !docstring(n),
+            Some(p) => docstring(&p) && p.prev_named_sibling().is_none(),
+        };
     if !(first || n.kind() == "return_statement") {
         return;
     }
@@ -1912,6 +1923,20 @@ mod tests {
                 &[expected("ValueError", m)],
             )
         };
+        // After a docstring, not before it.
+        let doc = "def cube_root(x):\n    \"\"\"The integer cube root.\"\"\"\n";
+        let (buggy_doc, fixed_doc) = (
+            buggy.replacen("def cube_root(x):\n", doc, 1),
+            fixed.replacen("def cube_root(x):\n", doc, 1),
+        );
+        let r = rank_raising(
+            Language::Python,
+            "b.py",
+            (&buggy_doc, &fixed_doc),
+            3,
+            &[expected("ValueError", Some("negative"))],
+        );
+        assert!(r.is_some(), "{r:?}");
         // The guard on the argument ranks above the same guard on a local.
         let local = fixed.replace("if x < 0", "if hi < 0");
         let py_local = rank_raising(
