@@ -273,7 +273,7 @@ fn ranks(bugs: &[Value]) {
         let targets = [fix::search::Target { line, score: 1.0 }];
         let log = std::fs::read_to_string(root().join("logs").join(format!("{}.log", s("id"))))
             .unwrap_or_default();
-        let raises = fix::search::expected_exceptions(&log);
+        let raises = fix::search::expected_raises(&log, &fix::search::reader_under(&program));
         let ms = fix::search::mutants_guided(
             lang,
             &s("file"),

@@ -1378,6 +1378,24 @@ fn the_search_engine_repairs_defect_classes_in_python_javascript_and_go() {
                         _ => proto::messages::Language::Python,
                     };
                     let exact = fix::search::same_ast(lang, &s("file"), &patched, &reference);
+                    // A Go candidate's suite runs without vet; the winner again as written.
+                    let paths: Vec<String> = v["attempts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|a| a["candidates"].as_array().into_iter().flatten())
+                        .filter(|c| c["passed"] == true)
+                        .map(|c| c["path"].as_str().unwrap_or("").to_owned())
+                        .collect();
+                    if lang == proto::messages::Language::Go {
+                        assert!(
+                            paths
+                                .iter()
+                                .any(|p| p.contains("suite without vet: ")
+                                    && p.contains(", suite: ")),
+                            "{id}: the winner was not run again with vet: {paths:?}"
+                        );
+                    }
                     results.lock().unwrap().push((
                         id,
                         v["outcome"].as_str().unwrap_or("error").to_owned(),

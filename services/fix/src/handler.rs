@@ -76,7 +76,7 @@ pub fn search_candidates(
     tried: &HashSet<String>,
     s: &SearchSettings,
     learned: &std::collections::HashMap<String, f64>,
-    raises: &[String],
+    raises: &[search::Expected],
 ) -> Vec<Candidate> {
     let mut by_file: BTreeMap<&str, Vec<Target>> = BTreeMap::new();
     for x in suspects
@@ -238,7 +238,7 @@ impl Handler for FixStage {
                 });
             }
             let (root2, settings) = (root.clone(), self.search.clone());
-            let raises = search::expected_exceptions(&request.error_log);
+            let raises = search::expected_raises(&request.error_log, &search::reader_under(&root));
             // Operators that fixed this category of failure before rank higher; a history
             // that cannot be read leaves the configured priors.
             let history = self.history.outcomes(triage.category).unwrap_or_default();

@@ -59,6 +59,23 @@ pub struct Ingredients {
     conditions: Vec<(String, Vec<String>)>,
     /// One-line simple statements, with the start of their function and their names.
     statements: Vec<(usize, String, Vec<String>, u32)>,
+    /// Two one-line simple statements written one after the other, with the start of their
+    /// function and their names.
+    pairs: Vec<(usize, String, String, Vec<String>)>,
+}
+
+/// A one-line simple statement directly in a block.
+fn is_simple(n: &Node, src: &str, k: &Kinds) -> bool {
+    n.parent().is_some_and(|p| k.block.contains(&p.kind()))
+        && matches!(
+            n.kind(),
+            "expression_statement"
+                | "assignment_statement"
+                | "short_var_declaration"
+                | "inc_statement"
+                | "dec_statement"
+        )
+        && !text(n, src).contains('\n')
 }
 
 fn is_function(kind: &str) -> bool {
@@ -77,7 +94,7 @@ fn is_function(kind: &str) -> bool {
 
 /// The names of values `n` reads or binds: identifiers, not the fields or methods after a dot
 /// (`append` of `out.append(x)`) nor called functions, which are not names in a scope.
-fn identifiers(n: &Node, src: &str) -> Vec<String> {
+pub(super) fn identifiers(n: &Node, src: &str) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     let mut stack = vec![*n];
     while let Some(x) = stack.pop() {
@@ -188,29 +205,28 @@ impl Ingredients {
                 self.conditions.push((t, identifiers(n, src)));
             }
         }
-        let simple = n.parent().is_some_and(|p| k.block.contains(&p.kind()))
-            && matches!(
-                kind,
-                "expression_statement"
-                    | "assignment_statement"
-                    | "short_var_declaration"
-                    | "inc_statement"
-                    | "dec_statement"
-            );
-        if simple {
+        if is_simple(n, src, k) {
             let t = text(n, src).to_owned();
-            if !t.contains('\n') {
-                let mut f = n.parent();
-                while let Some(p) = f {
-                    if is_function(p.kind()) {
-                        break;
-                    }
-                    f = p.parent();
+            let mut f = n.parent();
+            while let Some(p) = f {
+                if is_function(p.kind()) {
+                    break;
                 }
-                let start = f.map(|f| f.start_byte()).unwrap_or(0);
-                self.statements
-                    .push((start, t, identifiers(n, src), line(n)));
+                f = p.parent();
             }
+            let start = f.map(|f| f.start_byte()).unwrap_or(0);
+            let names = identifiers(n, src);
+            if let Some(next) = n.next_named_sibling().filter(|x| is_simple(x, src, k)) {
+                let mut both = names.clone();
+                for x in identifiers(&next, src) {
+                    if !both.contains(&x) {
+                        both.push(x);
+                    }
+                }
+                self.pairs
+                    .push((start, t.clone(), text(&next, src).to_owned(), both));
+            }
+            self.statements.push((start, t, names, line(n)));
         }
     }
 
@@ -294,6 +310,58 @@ impl Ingredients {
         v.dedup_by(|a, b| a.0 == b.0);
         v.truncate(5);
         v
+    }
+
+    /// Two statements the file has together (`out.append(run)` then `run = []`) that could
+    /// follow `n`, as [`Ingredients::similar_statements`] ranks one: all their names in
+    /// scope, neither `n` itself nor the statement after it.
+    pub fn similar_pairs(&self, n: &Node, src: &str) -> Vec<(String, String, f64)> {
+        let Some(scope) = self.scope_of(n) else {
+            return vec![];
+        };
+        let me = text(n, src);
+        let next = n.next_named_sibling().map(|x| text(&x, src)).unwrap_or("");
+        let mine = identifiers(n, src);
+        let mut v: Vec<(String, String, f64)> = self
+            .pairs
+            .iter()
+            .filter(|(_, a, b, names)| {
+                ![me, next].contains(&a.as_str())
+                    && ![me, next].contains(&b.as_str())
+                    && names
+                        .iter()
+                        .all(|x| scope.names.iter().any(|(s, _)| s == x))
+            })
+            .map(|(start, a, b, names)| {
+                let shared = names.iter().filter(|x| mine.contains(x)).count();
+                let same_fn = *start == scope.start;
+                (
+                    a.clone(),
+                    b.clone(),
+                    0.5 + 0.3 * f64::from(u8::from(same_fn))
+                        + 0.2 * (shared as f64 / names.len().max(1) as f64),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        v.truncate(3);
+        v
+    }
+
+    /// Comparisons of the file that read `name`, with names all in `scope`.
+    pub fn conditions_reading(&self, name: &str, scope: &Scope) -> Vec<String> {
+        self.conditions
+            .iter()
+            .filter(|(_, names)| {
+                names.iter().any(|x| x == name)
+                    && names
+                        .iter()
+                        .all(|x| scope.names.iter().any(|(n, _)| n == x))
+            })
+            .map(|(c, _)| c.clone())
+            .take(3)
+            .collect()
     }
 
     /// Expressions of `body` that read `name` (indexing, fields, calls): the values a loop

@@ -12,7 +12,9 @@ use tree_sitter::{Node, Parser, Tree};
 mod ast;
 mod classes;
 mod ingredients;
+mod raises;
 pub use ast::{leaf_distance, same_ast};
+pub use raises::{ANY_ERROR, Expected, expected_raises, reader_under};
 
 /// One candidate program: the whole new text of one file.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,8 +97,8 @@ struct Ctx<'a> {
     lang: Language,
     /// Multipliers of the operators' priors learned from the repair history.
     learned: &'a HashMap<String, f64>,
-    /// Exceptions the tests expected and that were not raised ([`expected_exceptions`]).
-    raises: &'a [String],
+    /// Exceptions the tests expected and that were not raised ([`expected_raises`]).
+    raises: &'a [Expected],
     file: &'a str,
     src: &'a str,
     parser: Parser,
@@ -259,31 +261,6 @@ pub fn learned_priors<'h>(operators: impl Iterator<Item = &'h str>) -> HashMap<S
         .collect()
 }
 
-/// The exceptions a test log says were expected and not raised: pytest's
-/// `DID NOT RAISE <class 'ValueError'>`, node's `Missing expected exception (RangeError)`.
-pub fn expected_exceptions(log: &str) -> Vec<String> {
-    let mut out: Vec<String> = vec![];
-    for (marker, end) in [
-        ("DID NOT RAISE <class '", '\''),
-        ("Missing expected exception (", ')'),
-    ] {
-        for (i, _) in log.match_indices(marker) {
-            let rest = &log[i + marker.len()..];
-            let name = rest.split(end).next().unwrap_or("");
-            // `builtins.ValueError` or a module path: the last part is the name.
-            let name = name.rsplit('.').next().unwrap_or(name);
-            let plain = !name.is_empty()
-                && name.len() <= 64
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && name.starts_with(|c: char| c.is_ascii_uppercase());
-            if plain && !out.iter().any(|o| o == name) {
-                out.push(name.to_owned());
-            }
-        }
-    }
-    out
-}
-
 /// [`mutants`] with operator priors learned from the repair history ([`learned_priors`]).
 pub fn mutants_with(
     lang: Language,
@@ -296,7 +273,7 @@ pub fn mutants_with(
     mutants_guided(lang, path, src, targets, limit, learned, &[])
 }
 
-/// [`mutants_with`], also told the exceptions the tests expected ([`expected_exceptions`]),
+/// [`mutants_with`], also told the exceptions the tests expected ([`expected_raises`]),
 /// which a missing raise may be.
 pub fn mutants_guided(
     lang: Language,
@@ -305,7 +282,7 @@ pub fn mutants_guided(
     targets: &[Target],
     limit: usize,
     learned: &HashMap<String, f64>,
-    raises: &[String],
+    raises: &[Expected],
 ) -> Vec<Mutant> {
     let Some(language) = language(lang, path) else {
         return vec![];

@@ -12,6 +12,7 @@ pub mod rank;
 pub mod sessions;
 pub mod timeouts;
 pub mod verdict;
+pub mod vet;
 
 /// What trying one candidate came to.
 #[derive(Debug, Clone)]
