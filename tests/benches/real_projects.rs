@@ -29,6 +29,8 @@ struct Row {
     repair: f64,
     again: f64,
     outcome: String,
+    /// Where a Docker cold build's time went (its log's `coval-env: phases:` line).
+    phases: String,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +78,17 @@ fn main() -> Result<()> {
                 env: real::user_env(&r, &cache.join("downloads")),
             };
             let cold = run.build_cold()?;
+            let phases = if backend == "docker" {
+                std::fs::read_to_string(cache.join(format!("logs/docker-{}.log", cold.key)))
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("coval-env: phases: "))
+                    .unwrap_or("(no phases line in the build log)")
+                    .to_owned()
+            } else {
+                String::new()
+            };
             // The same installer by hand, right after (the same caches, the same load).
             let by_hand = real::installer_by_hand(&r, &run.dir, backend, &cache.join("downloads"))?;
             let t = std::time::Instant::now();
@@ -136,6 +149,7 @@ fn main() -> Result<()> {
                 } else {
                     outcome
                 },
+                phases,
             });
         }
     }
@@ -167,6 +181,12 @@ fn main() -> Result<()> {
             r.again,
             r.outcome
         );
+    }
+    println!(
+        "\nwhere a Docker cold build's time goes (the install step's installer is the by-hand installer's counterpart):"
+    );
+    for r in rows.iter().filter(|r| !r.phases.is_empty()) {
+        println!("{:<24} {}", r.name, r.phases);
     }
     let fixed = rows
         .iter()
