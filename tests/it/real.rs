@@ -175,6 +175,12 @@ fn es_module_projects_import_their_dependencies_in_docker_and_locally() -> Resul
             env: vec![],
         };
         let log = local.error_log(&local.build()?)?;
+        // The log is the bug's failure, as CI prints it after `npm ci`: not a failed import.
+        let printed = std::fs::read_to_string(&log)?;
+        ensure!(
+            printed.contains("not ok") && !printed.contains("ERR_MODULE_NOT_FOUND"),
+            "{name}: the error log is not the bug's failure:\n{printed}"
+        );
         let run = Run { backend, ..local };
         let done = run.repair(&log)?;
         let patch = done.patch.clone().unwrap_or_default();

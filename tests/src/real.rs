@@ -386,7 +386,23 @@ impl Run<'_> {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        let out = c.output()?;
+        // Where CI ran `npm ci`, the project has its node_modules: ES modules find their
+        // dependencies only there (never through NODE_PATH). Linked for this run only, so
+        // coval never takes it for the user's own.
+        let modules = self.dir.join("node_modules");
+        let link = env
+            .vars
+            .iter()
+            .find(|nv| nv.name == "NODE_PATH")
+            .filter(|_| std::fs::symlink_metadata(&modules).is_err())
+            .map(|nv| std::os::unix::fs::symlink(&nv.value, &modules))
+            .transpose()?
+            .is_some();
+        let out = c.output();
+        if link {
+            std::fs::remove_file(&modules)?;
+        }
+        let out = out?;
         let log = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
