@@ -18,9 +18,25 @@ async fn mre_for(
     project: &Path,
     log: &str,
 ) -> Result<(proto::messages::MreSummary, tempfile::TempDir)> {
+    mre_with(project, log, &[]).await
+}
+
+/// The MRE stage's summary of `project` for `log`, in the local sandbox, with these settings
+/// (`COVAL_*` variables) too.
+async fn mre_with(
+    project: &Path,
+    log: &str,
+    settings: &[(&str, &str)],
+) -> Result<(proto::messages::MreSummary, tempfile::TempDir)> {
+    let mut env = vec![("COVAL_SANDBOX__BACKEND".to_owned(), "local".to_owned())];
+    env.extend(
+        settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     let cfg = settings::load(&settings::LoadOptions {
         cwd: std::env::temp_dir().join("coval-no-config"),
-        env: vec![("COVAL_SANDBOX__BACKEND".into(), "local".into())],
+        env,
         ..Default::default()
     })?;
     let tri = crate::triage::triage_of(log, project)?;
@@ -118,5 +134,65 @@ async fn an_mre_that_does_not_reproduce_falls_back_to_the_whole_project() -> Res
         m.notes
     );
     assert!(!m.files.iter().any(|f| f.ends_with("cases.json")), "{m:?}");
+    Ok(())
+}
+
+/// A suite longer than the sandbox's limit (slow tests after the failing one), whose log saw
+/// no loop: the baseline run is cut once at the limit, the log's failing test run alone ends
+/// and fails as in the log, so the failure reproduces and is the target; the stage says it
+/// is a long suite, not a loop, and ends within the limit plus the failing test's run.
+#[tokio::test]
+async fn a_suite_longer_than_the_limit_reproduces_from_the_logs_failing_tests() -> Result<()> {
+    coval_tests::ensure_host_pytest()?;
+    let project = tempfile::tempdir()?;
+    let p = project.path();
+    std::fs::create_dir(p.join("tests"))?;
+    std::fs::write(p.join("calc.py"), "def add(a, b):\n    return a - b\n")?;
+    std::fs::write(
+        p.join("tests/test_calc.py"),
+        "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n\ndef test_zero():\n    assert add(0, 0) == 0\n",
+    )?;
+    // Runs after test_calc.py (pytest takes files in name order): 8 s in all.
+    let slow: String = (0..4)
+        .map(|i| format!("def test_slow_{i}():\n    time.sleep(2)\n\n"))
+        .collect();
+    std::fs::write(
+        p.join("tests/test_slow.py"),
+        format!("import time\n\n{slow}"),
+    )?;
+    std::fs::write(p.join("pytest.ini"), "[pytest]\npythonpath = .\n")?;
+    // pytest's own output of the suite (as CI printed it).
+    let log = "..F...                                                                   [100%]\n\
+=================================== FAILURES ===================================\n\
+___________________________________ test_add ___________________________________\n\
+\n    def test_add():\n>       assert add(2, 3) == 5\nE       assert -1 == 5\n\
+E        +  where -1 = add(2, 3)\n\ntests/test_calc.py:4: AssertionError\n\
+=========================== short test summary info ============================\n\
+FAILED tests/test_calc.py::test_add - assert -1 == 5\n\
+1 failed, 5 passed in 8.14s\n";
+    let started = std::time::Instant::now();
+    let (m, _ws) = mre_with(p, log, &[("COVAL_SANDBOX__TIMEOUT_SECS", "4")]).await?;
+    let took = started.elapsed();
+    assert!(m.reproduced, "{m:?}");
+    assert_eq!(
+        m.failing_tests,
+        vec!["tests/test_calc.py::test_add".to_owned()],
+        "{m:?}"
+    );
+    assert!(m.baseline_timed_out && m.whole_project, "{m:?}");
+    assert!(
+        m.notes
+            .iter()
+            .any(|n| n.contains("a suite longer than the limit, not a loop")),
+        "{:?}",
+        m.notes
+    );
+    assert!(
+        !m.notes.iter().any(|n| n.contains("a test loops")),
+        "{:?}",
+        m.notes
+    );
+    // One cut run (4 s) and the failing test alone; no second whole-suite run.
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
     Ok(())
 }

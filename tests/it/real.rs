@@ -150,6 +150,65 @@ fn jest_and_vitest_projects_report_each_test() -> Result<()> {
     Ok(())
 }
 
+/// ES module projects (`"type": "module"`) import their dependencies in both sandboxes: in
+/// Docker from the environment's `/node_modules`, locally from the environment's
+/// `node_modules` linked into each run's copy (`import` never reads NODE_PATH). The failure
+/// reproduces (not an ERR_MODULE_NOT_FOUND) and the search engine repairs it.
+#[test]
+fn es_module_projects_import_their_dependencies_in_docker_and_locally() -> Result<()> {
+    let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;
+    let corpus = real::corpus()?;
+    let mut failures = vec![];
+    for (name, backend) in [
+        ("node_esm_columns", "local"),
+        ("node_esm_columns", "docker"),
+    ] {
+        let r = corpus.iter().find(|r| r.name == name).context(name)?;
+        let dir = root.path().join(format!("{name}-{backend}"));
+        real::make(r, &dir, &cache().join("downloads"))?;
+        let local = Run {
+            recipe: r,
+            dir,
+            backend: "local",
+            cache: cache(),
+            workspace: root.path().join(format!("ws-{name}-{backend}")),
+            env: vec![],
+        };
+        let log = local.error_log(&local.build()?)?;
+        // The log is the bug's failure, as CI prints it after `npm ci`: not a failed import.
+        let printed = std::fs::read_to_string(&log)?;
+        ensure!(
+            printed.contains("not ok") && !printed.contains("ERR_MODULE_NOT_FOUND"),
+            "{name}: the error log is not the bug's failure:\n{printed}"
+        );
+        let run = Run { backend, ..local };
+        let done = run.repair(&log)?;
+        let patch = done.patch.clone().unwrap_or_default();
+        let checks = [
+            (done.code == 0, "exit 0"),
+            (real::undoes(r, &patch), "a patch on the broken line"),
+            (
+                done.stderr.contains("reproduced in"),
+                "the failure reproduced",
+            ),
+            (
+                !done.stderr.contains("ERR_MODULE_NOT_FOUND"),
+                "free of ERR_MODULE_NOT_FOUND",
+            ),
+        ];
+        for (ok, what) in checks {
+            if !ok {
+                failures.push(format!(
+                    "{name} ({backend}): not {what}; exit {}:\n{}",
+                    done.code, done.stderr
+                ));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
+
 #[test]
 fn a_failed_install_is_its_own_outcome() -> Result<()> {
     let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;

@@ -386,7 +386,23 @@ impl Run<'_> {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        let out = c.output()?;
+        // Where CI ran `npm ci`, the project has its node_modules: ES modules find their
+        // dependencies only there (never through NODE_PATH). Linked for this run only, so
+        // coval never takes it for the user's own.
+        let modules = self.dir.join("node_modules");
+        let link = env
+            .vars
+            .iter()
+            .find(|nv| nv.name == "NODE_PATH")
+            .filter(|_| std::fs::symlink_metadata(&modules).is_err())
+            .map(|nv| std::os::unix::fs::symlink(&nv.value, &modules))
+            .transpose()?
+            .is_some();
+        let out = c.output();
+        if link {
+            std::fs::remove_file(&modules)?;
+        }
+        let out = out?;
         let log = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -464,6 +480,8 @@ fn quote(s: &str) -> String {
 /// The installer alone, run by hand on `r`'s project `dir` as a user would (the same
 /// installer coval runs: a venv and pip with the runner, `npm ci`, `go mod download`), on
 /// `backend`: locally, or with `docker run` on the base image (host networking, no commit).
+/// It uses the download cache coval's builds use (`downloads/{pip,npm}`), as a user's
+/// installer has its own: both sides then install, neither measures the registry.
 /// Its wall time in seconds.
 pub fn installer_by_hand(r: &Recipe, dir: &Path, backend: &str, downloads: &Path) -> Result<f64> {
     let scratch = tempfile::tempdir_in("/var/tmp")?;
@@ -510,7 +528,16 @@ pub fn installer_by_hand(r: &Recipe, dir: &Path, backend: &str, downloads: &Path
         ])
         .arg("-v")
         .arg(format!("{}:/src:ro", dir.display()))
-        .args(["-e", "HOME=/tmp", "-e", "npm_config_cache=/tmp/npm"]);
+        .arg("-v")
+        .arg(format!("{}:/coval-downloads", downloads.display()))
+        .args([
+            "-e",
+            "HOME=/tmp",
+            "-e",
+            "npm_config_cache=/coval-downloads/npm",
+            "-e",
+            "PIP_CACHE_DIR=/coval-downloads/pip",
+        ]);
         // The host's CA bundle, as coval's install step has it (a proxy may sign TLS here).
         let ca = std::env::var("SSL_CERT_FILE")
             .ok()
@@ -535,7 +562,10 @@ pub fn installer_by_hand(r: &Recipe, dir: &Path, backend: &str, downloads: &Path
         c.args([image, "sh", "-c", &script]).output()?
     } else {
         let mut c = Command::new("sh");
-        c.args(["-c", &script]).current_dir(dir);
+        c.args(["-c", &script])
+            .current_dir(dir)
+            .env("PIP_CACHE_DIR", downloads.join("pip"))
+            .env("npm_config_cache", downloads.join("npm"));
         for (k, v) in user_env(r, downloads) {
             c.env(k, v);
         }

@@ -2058,3 +2058,81 @@ fn analyze_lists_the_frames_and_names_the_innermost_project_frame() {
         assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
     }
 }
+
+/// The model path on a real corpus project (`ms` from the npm registry, our bug): two repairs,
+/// each answered by the protocol server as a model answers the prompt (the first a fenced
+/// diff, the second SEARCH/REPLACE blocks), both validated in the local sandbox on the
+/// project's environment, which the first repair builds and the second reuses.
+#[test]
+fn the_model_path_repairs_a_real_project_on_an_environment_built_once() {
+    use coval_tests::real::{self, Run};
+    use llm::testing::{ProtocolServer, Reply};
+    let corpus = real::corpus().unwrap();
+    let r = corpus
+        .iter()
+        .find(|r| r.name == "node_ms_durations")
+        .unwrap();
+    // Not under /tmp or /work: the local sandbox maps those to each run's own directories.
+    let shared = std::path::PathBuf::from("/var/tmp/coval-test-env-cache");
+    let root = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = root.path().join("durations");
+    real::make(r, &dir, &shared.join("downloads")).unwrap();
+    // The error log, as the project's CI prints it (in the tests' shared environment).
+    let ci = Run {
+        recipe: r,
+        dir: dir.clone(),
+        backend: "local",
+        cache: shared.clone(),
+        workspace: root.path().join("ws-ci"),
+        env: vec![],
+    };
+    let log = ci.error_log(&ci.build().unwrap()).unwrap();
+    // The repairs' own cache, with no environment yet (the downloads shared: no refetch).
+    let cache = root.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::symlink(shared.join("downloads"), cache.join("downloads")).unwrap();
+    let server = ProtocolServer::start().unwrap();
+    let diff = "`longest` keeps the shorter duration: the comparison is reversed.\n\n```diff\n--- a/durations.js\n+++ b/durations.js\n@@ -12,5 +12,5 @@ function longest(durations) {\n   let best = null;\n   for (const d of durations) {\n-    if (best === null || ms(d) < ms(best)) best = d;\n+    if (best === null || ms(d) > ms(best)) best = d;\n   }\n   return best;\n```\n";
+    let blocks = "<think>\nThe test expects '1d', the longest; `<` picks the shortest.\n</think>\nThe comparison must keep the longer duration.\n\ndurations.js\n<<<<<<< SEARCH\n    if (best === null || ms(d) < ms(best)) best = d;\n=======\n    if (best === null || ms(d) > ms(best)) best = d;\n>>>>>>> REPLACE\n";
+    for _ in 0..6 {
+        server.push("/api/tags", Reply::ollama_tags(&["qwen2.5-coder:7b"]));
+    }
+    server.push("/api/chat", Reply::ollama_chat(diff));
+    server.push("/api/chat", Reply::ollama_chat(blocks));
+    let run = Run {
+        cache: cache.clone(),
+        workspace: root.path().join("ws"),
+        env: vec![("COVAL_LLM_URL".into(), server.url())],
+        ..ci
+    };
+    let (log, src) = (log.display().to_string(), dir.display().to_string());
+    let args = [
+        "repair", "-e", &log, "-s", &src, "--engine", "llm", "--model", "qwen", "--json",
+    ];
+    let mut built = vec![];
+    for n in 0..2 {
+        let out = run.coval(&args).unwrap();
+        let said = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "repair {n}: {said}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["outcome"], "fixed", "repair {n}: {v:#}");
+        let patch = v["patch"].as_str().unwrap_or_default();
+        assert!(real::undoes(r, patch), "repair {n}: {patch}");
+        built.push(said.contains("environment: building"));
+    }
+    assert_eq!(built, [true, false], "built by the first repair only");
+    // Each repair asked the model once, with the project's code in the prompt.
+    let chats = server.requests_to("/api/chat");
+    assert_eq!(chats.len(), 2);
+    assert!(chats[0].json().to_string().contains("ms(d) < ms(best)"));
+    // One environment in the repairs' cache.
+    let out = run.coval(&["env", "list", "--json"]).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let local: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["backend"] == "local")
+        .collect();
+    assert_eq!(local.len(), 1, "{listed:#}");
+}

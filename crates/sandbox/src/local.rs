@@ -661,7 +661,33 @@ struct Staged {
     user: Option<(u32, u32)>,
 }
 
-fn stage(dir: &Path) -> Result<Staged, SandboxError> {
+/// The project environment's `node_modules`: the first `NODE_PATH` entry, when it is a
+/// directory named `node_modules` on this host.
+fn env_node_modules(env: &[(String, String)]) -> Option<PathBuf> {
+    let first = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "NODE_PATH")?
+        .1
+        .split(':')
+        .next()?;
+    let p = PathBuf::from(first);
+    (p.is_absolute() && p.file_name()? == "node_modules" && p.is_dir()).then_some(p)
+}
+
+/// Links `modules` as the copy's `node_modules` when it has none: an ES module finds what it
+/// `import`s only by walking up from its own file to a `node_modules`, never through
+/// `NODE_PATH` (which only `require` reads). In Docker the environment's `/node_modules` is
+/// on that walk already.
+fn link_node_modules(src: &Path, modules: &Path) -> std::io::Result<()> {
+    let link = src.join("node_modules");
+    if std::fs::symlink_metadata(&link).is_ok() || !src.join("package.json").is_file() {
+        return Ok(());
+    }
+    std::os::unix::fs::symlink(modules, &link)
+}
+
+fn stage(dir: &Path, modules: Option<&Path>) -> Result<Staged, SandboxError> {
     let root = vocab::scratch::ScratchDir::new("coval-local-")
         .map_err(|e| SandboxError::io("cannot create a temp dir for the local sandbox", e))?;
     let src = root.path().join("src");
@@ -677,6 +703,12 @@ fn stage(dir: &Path) -> Result<Staged, SandboxError> {
     } else {
         None
     };
+    // After the chown: the link is the only entry that points out of the copy, and the tree
+    // it points at stays the environment's own (read-only to the sandbox's user).
+    if let Some(m) = modules {
+        link_node_modules(&src, m)
+            .map_err(|e| SandboxError::io("cannot link the environment's node_modules", e))?;
+    }
     Ok(Staged {
         root,
         src,
@@ -702,7 +734,8 @@ fn looks_out_of_memory(stderr: &str) -> bool {
 async fn run_local(spec: &RunSpec) -> Result<RunResult, SandboxError> {
     let started = Instant::now();
     let dir = spec.dir.clone();
-    let staged = tokio::task::spawn_blocking(move || stage(&dir))
+    let modules = env_node_modules(&spec.env);
+    let staged = tokio::task::spawn_blocking(move || stage(&dir, modules.as_deref()))
         .await
         .map_err(|e| SandboxError::io("staging task failed", std::io::Error::other(e)))??;
     let lim = &spec.limits;
@@ -938,6 +971,62 @@ mod tests {
         );
         std::fs::write(bin.join("python"), "").unwrap();
         assert_eq!(python_shim(&path), None, "python exists: no shim");
+    }
+
+    /// An ES module project imports a package of the environment's `node_modules` (outside
+    /// the copy, named by NODE_PATH), and the environment is left as it was.
+    #[tokio::test]
+    async fn es_modules_import_from_the_environment() {
+        // Not under /tmp or /work: the local sandbox maps those to the run's own directories.
+        let env = tempfile::tempdir_in("/var/tmp").unwrap();
+        let pkg = env.path().join("node_modules/shout");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(
+            pkg.join("package.json"),
+            r#"{"name":"shout","type":"module","exports":"./index.js"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            pkg.join("index.js"),
+            "export default (s) => s.toUpperCase();\n",
+        )
+        .unwrap();
+        for d in [env.path(), &env.path().join("node_modules"), &pkg] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let project = tempfile::tempdir().unwrap();
+        std::fs::write(
+            project.path().join("package.json"),
+            r#"{"name":"p","type":"module"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            project.path().join("main.js"),
+            "import shout from 'shout';\nconsole.log(shout('ok'));\n",
+        )
+        .unwrap();
+        let mut spec = RunSpec::new(project.path(), vec!["node".into(), "main.js".into()]);
+        spec.env.push((
+            "NODE_PATH".into(),
+            env.path().join("node_modules").display().to_string(),
+        ));
+        let r = run_local(&spec).await.unwrap();
+        assert_eq!(r.exit_code, Some(0), "{}{}", r.stdout, r.stderr);
+        assert_eq!(r.stdout.trim(), "OK");
+        assert!(!project.path().join("node_modules").exists());
+        // Without the environment the import fails: the link is what resolves it.
+        spec.env.retain(|(k, _)| k != "NODE_PATH");
+        let r = run_local(&spec).await.unwrap();
+        assert_ne!(r.exit_code, Some(0), "{}", r.stdout);
+        assert!(r.stderr.contains("ERR_MODULE_NOT_FOUND"), "{}", r.stderr);
+        assert_eq!(
+            std::fs::read_dir(env.path().join("node_modules"))
+                .unwrap()
+                .count(),
+            1,
+            "the environment gained nothing"
+        );
     }
 
     #[test]

@@ -97,7 +97,35 @@ impl Handler for MreStage {
         // (the loop), whatever the log named.
         let looping_log = sandbox::outcomes::cut_by_time_limit(&d.request.error_log);
         let same = |r: &run::TestRun| reproduces(&d.triage, r) || looping_log && r.result.timed_out;
+        // A whole suite that outlasts its limit, where the log saw no loop: the log's failing
+        // tests alone (seconds on any suite) tell a long suite from a test that loops, and
+        // decide whether the failure reproduces. The whole suite is never run a second time.
+        let long_suite = match run::ended_tests_cmd(&kind, &d.triage.failing_tests) {
+            Some(cmd) if whole.result.timed_out && !looping_log => {
+                let alone_kind = sandbox::ProjectKind {
+                    test_cmd: cmd.clone(),
+                    ..kind.clone()
+                };
+                match run::run_tests(sb, &repro, env, &alone_kind, &root).await {
+                    Ok(r) if !r.result.timed_out && reproduces(&d.triage, &r) => Some((cmd, r)),
+                    Ok(r) => {
+                        notes.push(format!(
+                            "the log's failing tests alone do not fail as in the log: `{}` {}",
+                            build::shell_words(&cmd),
+                            r.result.verdict()
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        notes.push(format!("the log's failing tests could not run alone: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if !same(&whole)
+            && long_suite.is_none()
             && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
         {
             notes.push(format!(
@@ -150,7 +178,18 @@ impl Handler for MreStage {
         // the looping test too) are not run.
         let looped = whole.result.timed_out;
         let mut baseline_ms = whole.result.duration.as_millis() as u64;
-        let minimal = if looped {
+        let minimal = if let Some((cmd, alone)) = &long_suite {
+            // What candidates are scaled to: the failing tests alone, which ended.
+            baseline_ms = alone.result.duration.as_millis() as u64;
+            notes.push(format!(
+                "the whole suite did not end within its {} s limit, yet the log's failing tests ended alone (`{}` in {:.1} s) and fail as in the log: a suite longer than the limit, not a loop (sandbox.timeout_secs sets the limit); the baseline is the {} test(s) that ended, and the whole project is the example",
+                repro.timeout_secs,
+                build::shell_words(cmd),
+                alone.result.duration.as_secs_f64(),
+                whole.passing().len()
+            ));
+            None
+        } else if looped {
             notes.push(format!(
                 "the baseline run was cut by its {} s limit (a test loops): the whole project is the example",
                 repro.timeout_secs
@@ -195,7 +234,7 @@ impl Handler for MreStage {
                 if !looped {
                     notes.push("the minimal example does not reproduce the failure: the whole project is the example".into());
                 }
-                (same(&whole), true)
+                (same(&whole) || long_suite.is_some(), true)
             }
         };
         if !reproduced {
@@ -207,6 +246,9 @@ impl Handler for MreStage {
         // A narrow command is the target, not the proof: the tests around it that pass now
         // must pass after a fix too.
         let mut passing = whole.passing();
+        if let Some((_, alone)) = &long_suite {
+            passing.extend(alone.passing());
+        }
         let mut wider = vec![];
         for level in sandbox::widen(&kind).into_iter().filter(|_| !looped) {
             let level_kind = sandbox::ProjectKind {
@@ -239,8 +281,13 @@ impl Handler for MreStage {
         }
         passing.sort();
         passing.dedup();
-        let failing_tests = run::targets(&d.triage, &whole.failing(), reproduced);
-        let others = whole.failing().len() - failing_tests.len();
+        // A long suite's failures are those of the log's tests alone (the whole run was cut).
+        let failing_now = match &long_suite {
+            Some((_, alone)) => alone.failing(),
+            None => whole.failing(),
+        };
+        let failing_tests = run::targets(&d.triage, &failing_now, reproduced);
+        let others = failing_now.len() - failing_tests.len();
         if others > 0 {
             notes.push(format!(
                 "{others} other test(s) fail here before any fix, and the log does not name them: they are neither the target nor regressions"

@@ -30,6 +30,8 @@ use vocab::LanguageExt;
 const DOWNLOADS_IN: &str = "/coval-downloads";
 /// Where the host's CA bundle is mounted during the install step.
 const CA_IN: &str = "/coval-ca.crt";
+/// The install step's last line: its installer's and its permissions' milliseconds.
+const TIMES: &str = "coval-env-times:";
 
 impl DockerSandbox {
     /// The id of `image` (its content, for environment keys).
@@ -141,6 +143,7 @@ async fn build(
         steps: plan.steps.clone(),
         backend: "docker",
     });
+    let mut phases = Phases::new();
     let staging = Staging::new()?;
     staging.add("src", root).await?;
     let src = staging.path.join("src");
@@ -234,10 +237,12 @@ async fn build(
     }
     // The cache's new files go back to the user who runs coval (the step runs as root).
     let (uid, gid) = (crate::sys::euid(), crate::sys::egid());
+    // Its own times (the installer, then the permissions) close the output, for the phases.
     let script = format!(
-        "mkdir -p {DOCKER_ENV_DIR} && sh -e /coval-src/.coval-install.sh; rc=$?; \
-         chown -R {uid}:{gid} {DOWNLOADS_IN} 2>/dev/null; \
-         [ $rc = 0 ] && chmod -R a+rX {DOCKER_ENV_DIR} {DOCKER_NODE_MODULES} 2>/dev/null; exit $rc"
+        "t0=$(date +%s%N); mkdir -p {DOCKER_ENV_DIR} && sh -e /coval-src/.coval-install.sh; rc=$?; \
+         t1=$(date +%s%N); chown -R {uid}:{gid} {DOWNLOADS_IN} 2>/dev/null; \
+         [ $rc = 0 ] && chmod -R a+rX {DOCKER_ENV_DIR} {DOCKER_NODE_MODULES} 2>/dev/null; \
+         t2=$(date +%s%N); echo \"{TIMES} $(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))\"; exit $rc"
     );
     let host = HostConfig {
         network_mode: Some("host".into()),
@@ -271,11 +276,13 @@ async fn build(
         host_config: Some(host),
         ..Default::default()
     };
+    phases.lap("staging");
     let guard = d.create(body).await?;
     d.docker
         .start_container(&guard.id, None)
         .await
         .map_err(engine("start container"))?;
+    phases.lap("container start");
     let opts = LogsOptionsBuilder::default()
         .follow(true)
         .stdout(true)
@@ -297,7 +304,11 @@ async fn build(
                         let _ = f.write_all(text.as_bytes());
                     }
                     for l in text.lines().filter(|l| !l.trim().is_empty()) {
-                        env::progress(Progress::Line(l.to_owned()));
+                        if let Some(ms) = l.strip_prefix(TIMES) {
+                            phases.inside(ms);
+                        } else {
+                            env::progress(Progress::Line(l.to_owned()));
+                        }
                     }
                     keep_tail(&mut output, &text);
                 }
@@ -321,6 +332,7 @@ async fn build(
             .await;
     }
     let code = wait_exit(&d.docker, &guard.id).await?;
+    phases.lap("install step");
     let ok = !timed_out && code == 0;
     let result = if timed_out {
         Err(EnvError::Timeout {
@@ -375,8 +387,17 @@ async fn build(
             .map(|_| ())
             .map_err(|e| EnvError::Sandbox(format!("docker commit failed: {e}")))
     };
+    phases.lap("commit");
     let _ = guard.remove().await;
     drop(staging);
+    phases.lap("cleanup");
+    // Where a cold build's time goes beside the installer's own (the bench reads it here).
+    let said = phases.line();
+    if let Some(f) = log.as_mut() {
+        use std::io::Write;
+        let _ = writeln!(f, "{said}");
+    }
+    env::progress(Progress::Line(said));
     env::progress(Progress::Finished {
         key: key.to_owned(),
         took: started.elapsed(),
@@ -406,6 +427,52 @@ fn local_registries(vars: &[(String, String)]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The wall time of a build's phases, in order, and the install step's own split of its
+/// time (the installer, then the permissions), as it reports it.
+struct Phases {
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+    inside: Option<(u64, u64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+            laps: vec![],
+            inside: None,
+        }
+    }
+
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.laps.push((name, now - self.last));
+        self.last = now;
+    }
+
+    /// `INSTALLER_MS PERMISSIONS_MS`, the install step's last line (ignored when malformed).
+    fn inside(&mut self, ms: &str) {
+        let mut it = ms.split_whitespace().map(str::parse::<u64>);
+        if let (Some(Ok(a)), Some(Ok(b)), None) = (it.next(), it.next(), it.next()) {
+            self.inside = Some((a, b));
+        }
+    }
+
+    /// `coval-env: phases: staging 0.01 s, ..., installer 40.12 s, permissions 0.20 s`.
+    fn line(&self) -> String {
+        let mut parts: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(n, d)| format!("{n} {:.2} s", d.as_secs_f64()))
+            .collect();
+        if let Some((a, b)) = self.inside {
+            parts.push(format!("installer {:.2} s", a as f64 / 1000.0));
+            parts.push(format!("permissions {:.2} s", b as f64 / 1000.0));
+        }
+        format!("coval-env: phases: {}", parts.join(", "))
+    }
 }
 
 /// Keeps the last 64 KiB of the installer's output.
@@ -476,7 +543,22 @@ pub async fn prune(d: &DockerSandbox, key: Option<&str>) -> Result<Vec<Listed>, 
 
 #[cfg(test)]
 mod tests {
-    use super::local_registries;
+    use super::{Phases, local_registries};
+
+    #[test]
+    fn the_phases_line_has_the_install_steps_own_times() {
+        let mut p = Phases::new();
+        p.lap("staging");
+        p.inside("not numbers");
+        assert!(!p.line().contains("installer"), "{}", p.line());
+        p.inside("40123 205");
+        let line = p.line();
+        assert!(line.starts_with("coval-env: phases: staging 0."), "{line}");
+        assert!(
+            line.ends_with("installer 40.12 s, permissions 0.20 s"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn registries_on_disk_are_the_existing_absolute_dirs_the_variables_name() {

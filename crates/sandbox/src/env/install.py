@@ -5,7 +5,8 @@
 # through pip's own resolution) and installs it into a virtualenv, never the project itself:
 # candidates are copies of the project, and an installed copy would shadow them.
 #
-#   python3 install.py venv DIR          make the virtualenv DIR (exit 90: cannot)
+#   python3 install.py venv DIR [--lean] make the virtualenv DIR (exit 90: cannot); --lean: without
+#                                        pip of its own when this python's pip can target it
 #   DIR/bin/python install.py deps [M..] install the declared dependencies (and M.. with them)
 #   DIR/bin/python install.py runner M.. install modules M (pytest, coverage) when missing
 #   PY install.py check M..              exit 0 when M.. and every declared dependency import
@@ -20,10 +21,7 @@ import sys
 import tempfile
 
 GROUPS = ("test", "tests", "testing", "dev")
-PIP = [
-    sys.executable,
-    "-m",
-    "pip",
+PIP_FLAGS = [
     "--disable-pip-version-check",
     "--no-input",
     "--retries",
@@ -40,8 +38,18 @@ def say(msg):
     print("coval-env: " + msg, flush=True)
 
 
+def pip():
+    """pip for this interpreter: its own when it has one, else the base interpreter's pointed
+    at it (`--python`): a lean virtualenv has no pip of its own."""
+    base = getattr(sys, "_base_executable", None)
+    if sys.prefix != sys.base_prefix and base and not importable("pip"):
+        return [base, "-m", "pip", "--python", sys.executable] + PIP_FLAGS
+    return [sys.executable, "-m", "pip"] + PIP_FLAGS
+
+
 def run(args):
-    say(" ".join(a if " " not in a else repr(a) for a in args[2:] if a))
+    shown = args[args.index("pip") + 1 :] if "pip" in args else args
+    say(" ".join(a if " " not in a else repr(a) for a in shown if a and a not in PIP_FLAGS))
     rc = subprocess.call(args)
     if rc != 0:
         sys.exit(rc)
@@ -205,7 +213,7 @@ def metadata_deps(targets):
     pyproject), without the project: a dry run with a report."""
     with tempfile.TemporaryDirectory() as d:
         report = os.path.join(d, "report.json")
-        run(PIP + ["install", "--dry-run", "--ignore-installed", "--report", report] + targets)
+        run(pip() + ["install", "--dry-run", "--ignore-installed", "--report", report] + targets)
         with open(report, encoding="utf-8") as f:
             data = json.load(f)
     out = []
@@ -233,6 +241,7 @@ def deps(runner_modules=()):
         lines += metadata_deps(targets)
     if not lines and not files:
         say("the project declares no dependencies")
+        runner(runner_modules)
         return
     args = []
     for f in files:
@@ -244,7 +253,7 @@ def deps(runner_modules=()):
         args += ["-r", path]
         say("declared: " + ", ".join(lines))
     extra = [m for m in runner_modules if not importable(m)]
-    run(PIP + ["install"] + args + extra)
+    run(pip() + ["install"] + args + extra)
 
 
 def importable(module):
@@ -261,7 +270,7 @@ def importable(module):
 def runner(modules):
     missing = [m for m in modules if not importable(m)]
     if missing:
-        run(PIP + ["install"] + missing)
+        run(pip() + ["install"] + missing)
     else:
         say("runner present: " + ", ".join(modules))
 
@@ -327,9 +336,29 @@ def apt_install_venv():
     return ok
 
 
-def make_venv(path, retry=True):
+def pip_targets_others():
+    """This interpreter has a pip that can install into another one (`--python`, pip 22.3+)."""
+    from importlib import metadata
+
+    try:
+        m = re.match(r"(\d+)\.(\d+)", metadata.version("pip"))
+    except Exception:  # noqa: BLE001 - no pip, or unreadable metadata
+        return False
+    return m is not None and (int(m[1]), int(m[2])) >= (22, 3)
+
+
+def make_venv(path, retry=True, lean=False):
     import venv
 
+    if lean and pip_targets_others():
+        # No pip of its own: ensurepip alone takes seconds, and pip's files would be in every
+        # environment; this interpreter's pip installs into it (`--python`).
+        try:
+            venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(path)
+            say("virtualenv without pip of its own: " + sys.executable + " -m pip --python installs into it")
+            return
+        except BaseException as e:  # noqa: BLE001
+            say(f"venv without pip failed ({e!r}); trying with pip")
     # Debian's venv exits (SystemExit) when ensurepip is missing: catch everything.
     try:
         venv.EnvBuilder(with_pip=True, symlinks=True, clear=True).create(path)
@@ -362,7 +391,7 @@ def main(argv):
         return 2
     cmd = argv[1]
     if cmd == "venv":
-        make_venv(argv[2])
+        make_venv(argv[2], lean="--lean" in argv[3:])
     elif cmd == "deps":
         deps(argv[2:])
     elif cmd == "runner":

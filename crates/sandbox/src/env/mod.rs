@@ -214,17 +214,22 @@ pub fn plan(
     let declares;
     match kind.language {
         Language::Python => {
+            // Lean (no pip of its own) unless the user's setup commands may call the venv's pip.
+            let lean = if setup.is_empty() { " --lean" } else { "" };
             script.push_str(&format!(
-                "\"$COVAL_PY\" {HELPER} venv \"$COVAL_ENV/venv\"\n\
+                "\"$COVAL_PY\" {HELPER} venv \"$COVAL_ENV/venv\"{lean}\n\
                  export VIRTUAL_ENV=\"$COVAL_ENV/venv\" PATH=\"$COVAL_ENV/venv/bin:$PATH\"\n"
             ));
+            // The runner with the dependencies: one pip resolution, and no second Python
+            // start to check what that resolution installed.
+            let mut with_deps = false;
             if setup.is_empty() {
                 declares = python_declares(&m);
                 if declares {
-                    // The runner with the dependencies: one pip resolution.
                     script.push_str(&format!("python {HELPER} deps pytest coverage\n"));
                     let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
                     steps.push(format!("pip: {}", names.join(", ")));
+                    with_deps = true;
                 }
             } else {
                 declares = true;
@@ -236,10 +241,12 @@ pub fn plan(
             // one environment per project, whichever stage asks first.
             runner_modules.push("pytest".to_owned());
             runner_modules.push("coverage".to_owned());
-            script.push_str(&format!(
-                "python {HELPER} runner {}\n",
-                runner_modules.join(" ")
-            ));
+            if !with_deps {
+                script.push_str(&format!(
+                    "python {HELPER} runner {}\n",
+                    runner_modules.join(" ")
+                ));
+            }
             steps.push(format!("runner: {}", runner_modules.join(", ")));
         }
         Language::JavaScript | Language::TypeScript => {

@@ -81,8 +81,17 @@ fn python_projects_say_what_they_declare() {
         ("requirements-dev.txt", "# tools\nhypothesis\n"),
     ] {
         let d = project(&[(name, body), ("test_x.py", "def test_x(): pass\n")]);
-        assert!(plan_of(d.path()).declares, "{name}: {body}");
+        let p = plan_of(d.path());
+        assert!(p.declares, "{name}: {body}");
+        // The runner comes with the dependencies, in one pip call; no second check.
+        assert!(p.script.contains(" deps pytest coverage\n"), "{}", p.script);
+        assert!(!p.script.contains(" runner "), "{}", p.script);
     }
+    assert!(
+        plan_of(none.path())
+            .script
+            .contains(" runner pytest coverage\n")
+    );
     let empty = project(&[("requirements.txt", "# nothing\n\n"), ("test_x.py", "")]);
     assert!(!plan_of(empty.path()).declares);
 }
