@@ -137,14 +137,12 @@ fn jest_and_vitest_projects_report_each_test() -> Result<()> {
                 "the failing test fixed, by name, in the report",
             ),
         ];
-        for (ok, what) in checks {
-            if !ok {
-                failures.push(format!(
-                    "{name} ({backend}): not {what}; exit {}:\n{}\n{report}",
-                    done.code, done.stderr
-                ));
-            }
-        }
+        failures.extend(unmet(
+            &format!("{name} ({backend})"),
+            &done,
+            &checks,
+            &report,
+        ));
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
     Ok(())
@@ -196,17 +194,30 @@ fn es_module_projects_import_their_dependencies_in_docker_and_locally() -> Resul
                 "free of ERR_MODULE_NOT_FOUND",
             ),
         ];
-        for (ok, what) in checks {
-            if !ok {
-                failures.push(format!(
-                    "{name} ({backend}): not {what}; exit {}:\n{}",
-                    done.code, done.stderr
-                ));
-            }
-        }
+        failures.extend(unmet(&format!("{name} ({backend})"), &done, &checks, ""));
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
     Ok(())
+}
+
+/// One failure line per check a repair did not meet, with its exit code, its output and
+/// `more` (the report, say).
+fn unmet(
+    what_ran: &str,
+    done: &real::Repaired,
+    checks: &[(bool, &str)],
+    more: &str,
+) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, what)| {
+            format!(
+                "{what_ran}: not {what}; exit {}:\n{}\n{more}",
+                done.code, done.stderr
+            )
+        })
+        .collect()
 }
 
 #[test]
