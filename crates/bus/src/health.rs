@@ -52,6 +52,16 @@ impl Readiness {
         self.stopping.store(true, Ordering::Release);
     }
 
+    /// The stages whose consumer is not bound yet (none once all are, or before any started).
+    pub fn unbound(&self) -> Vec<&'static str> {
+        let stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        stages
+            .iter()
+            .filter(|(_, s)| !s.bound.load(Ordering::Acquire))
+            .map(|(stage, _)| stage.as_str())
+            .collect()
+    }
+
     /// `Ok` when ready, else why not.
     pub fn check(&self) -> Result<(), String> {
         if self.stopping.load(Ordering::Acquire) {
@@ -64,18 +74,15 @@ impl Readiness {
             async_nats::connection::State::Connected => {}
             s => return Err(format!("NATS connection is {s:?}").to_lowercase()),
         }
-        let stages = self
+        let started = self
             .stages
             .lock()
-            .map_err(|_| "internal: readiness state poisoned".to_owned())?;
-        if stages.is_empty() {
+            .map_err(|_| "internal: readiness state poisoned".to_owned())?
+            .len();
+        if started == 0 {
             return Err("no stage consumer started yet".into());
         }
-        let unbound: Vec<&str> = stages
-            .iter()
-            .filter(|(_, s)| !s.bound.load(Ordering::Acquire))
-            .map(|(stage, _)| stage.as_str())
-            .collect();
+        let unbound = self.unbound();
         if !unbound.is_empty() {
             return Err(format!("consumer not bound yet: {}", unbound.join(", ")));
         }

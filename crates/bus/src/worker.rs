@@ -132,8 +132,6 @@ pub struct Worker {
     pub stop: CancellationToken,
     name: String,
     tasks: Vec<tokio::task::JoinHandle<Result<(), crate::BusError>>>,
-    /// One per spawned stage runtime: `bound` says its consumer pulls.
-    runtimes: Vec<Arc<Stats>>,
     /// What `/readyz` answers from (kept even without `--health`: it costs nothing).
     readiness: Arc<Readiness>,
     /// The `--health` listener, stopped when the worker is dropped.
@@ -269,7 +267,6 @@ impl Worker {
             stop,
             name: worker_name(&host, std::process::id()),
             tasks: vec![],
-            runtimes: vec![],
             readiness,
             _health: health,
         })
@@ -306,7 +303,6 @@ impl Worker {
         }
         let h = Announce::new(handler, Some(self.name.clone())).with_interim(interim);
         let stats = Arc::new(Stats::default());
-        self.runtimes.push(stats.clone());
         self.readiness.add_stage(h.stage(), stats.clone());
         self.tasks.push(tokio::spawn(async move {
             runtime::run(bus, Arc::new(h), ledger, cfg, stats, stop).await
@@ -328,18 +324,13 @@ impl Worker {
         let stop = self.stop.clone();
         // Ready once every stage's consumer is bound: that can take a while when a cluster
         // is electing a leader (the runtimes retry), and a worker that says "ready" pulls.
-        let runtimes = self.runtimes.clone();
+        let readiness = self.readiness.clone();
         let name = self.name.clone();
         let namespace = self.bus.namespace().as_str().to_owned();
-        let bound = move || {
-            runtimes
-                .iter()
-                .all(|s| s.bound.load(std::sync::atomic::Ordering::Acquire))
-        };
         let announced = stop.clone();
         // Like every task here it lives until the worker stops: one that ends stops the rest.
         self.tasks.push(tokio::spawn(async move {
-            while !bound() {
+            while !readiness.unbound().is_empty() {
                 tokio::select! {
                     _ = announced.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
