@@ -387,10 +387,9 @@ pub fn analyse(junit_xml: &str, coverage_json: &str) -> Spectrum {
     }
     let runs: Vec<(HashSet<(String, u32)>, bool)> = per_test.into_values().collect();
     let failing = runs.iter().filter(|r| r.1).count();
-    let ranked = ochiai(&runs);
+    let ranked = kept(ochiai(&runs));
     let suspects = ranked
         .into_iter()
-        .take(20)
         .map(|((file, line), score)| Suspect {
             file,
             line: Some(line),
@@ -416,9 +415,52 @@ pub fn analyse(junit_xml: &str, coverage_json: &str) -> Spectrum {
     }
 }
 
+/// Lines kept as suspects, best first.
+const KEPT: usize = 20;
+
+/// The `KEPT` best lines of a ranking. When they are all tied at the top score, the tie says
+/// little (code that runs only when a test fails, such as a test helper's debug dump, ties
+/// with the bug), so the `KEPT` best lines below that score are kept as well: a bug line that
+/// passing tests also run still gets candidates, after the tied ones.
+fn kept(ranked: Vec<((String, u32), f64)>) -> Vec<((String, u32), f64)> {
+    let Some(top) = ranked.first().map(|r| r.1) else {
+        return ranked;
+    };
+    let flat = ranked.len() > KEPT && ranked[KEPT - 1].1 >= top;
+    let mut out: Vec<_> = ranked.iter().take(KEPT).cloned().collect();
+    if flat {
+        out.extend(ranked.into_iter().filter(|r| r.1 < top).take(KEPT));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flat_top_keeps_the_next_level_too() {
+        let line = |n: u32, score: f64| (("src/a.py".to_owned(), n), score);
+        // 20 lines tied at the top (a debug dump run only on failure), the bug line below.
+        let mut flat: Vec<_> = (1..=20).map(|n| line(n, 1.0)).collect();
+        flat.push(line(42, 0.7));
+        flat.extend((100..150).map(|n| line(n, 0.3)));
+        let k = kept(flat);
+        assert_eq!(k.len(), 2 * KEPT);
+        assert_eq!(
+            k[KEPT],
+            line(42, 0.7),
+            "the best line below the tie comes right after it"
+        );
+        // A ranking whose kept lines differ keeps only the best ones.
+        let mut steep: Vec<_> = (1..=5).map(|n| line(n, 1.0)).collect();
+        steep.extend((10..60).map(|n| line(n, 0.5)));
+        let k = kept(steep);
+        assert_eq!(k.len(), KEPT);
+        assert!(k.iter().all(|(l, _)| l.1 < 30));
+        assert_eq!(kept(vec![line(1, 1.0)]).len(), 1);
+        assert!(kept(vec![]).is_empty());
+    }
 
     #[test]
     fn ochiai_from_real_report_shapes() {
