@@ -147,6 +147,31 @@ pub fn ended_tests_cmd(kind: &ProjectKind, ended: &[String]) -> Option<Vec<Strin
     }
 }
 
+/// A long suite's wider level: the test files of the log's failing tests (pytest node ids),
+/// run with the whole command's own options; none for other runners, or when a name is not
+/// a node id of a `.py` file. Never the whole suite: it is known to outlast the limit.
+pub fn test_files_cmd(kind: &ProjectKind, failing: &[String]) -> Option<Vec<String>> {
+    if kind.runner != sandbox::Runner::Pytest || !sandbox::is_pytest_module_run(&kind.test_cmd) {
+        return None;
+    }
+    let mut files: Vec<&str> = vec![];
+    for t in failing {
+        let (file, rest) = t.split_once("::")?;
+        if !file.ends_with(".py") || rest.is_empty() || file.starts_with('-') || t.contains('\0') {
+            return None;
+        }
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return None;
+    }
+    let mut cmd = kind.test_cmd.clone();
+    cmd.extend(files.into_iter().map(str::to_owned));
+    Some(cmd)
+}
+
 /// How long a reproduction of a failure the log reports as a timeout may run.
 pub const REPRODUCE_LOOP_SECS: u64 = 30;
 
