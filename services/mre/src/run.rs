@@ -392,4 +392,45 @@ mod tests {
         assert_eq!(ended_tests_cmd(&go, &[]), None);
         assert_eq!(ended_tests_cmd(&go, &["p::Test$(x)".into()]), None);
     }
+
+    #[test]
+    fn a_long_suites_wider_level_is_the_failing_tests_files_only() {
+        let w = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        let py = sandbox::ProjectKind {
+            language: proto::messages::Language::Python,
+            framework: String::new(),
+            test_cmd: w(&["python3", "-m", "pytest", "-q"]),
+            runner: sandbox::Runner::Pytest,
+            reports: vec![],
+            env: vec![],
+            origin: String::new(),
+        };
+        let failing = w(&[
+            "tests/test_calc.py::test_add",
+            "tests/test_calc.py::TestMul::test_zero",
+            "tests/test_io.py::test_read[utf-8]",
+        ]);
+        assert_eq!(
+            test_files_cmd(&py, &failing).unwrap(),
+            w(&[
+                "python3",
+                "-m",
+                "pytest",
+                "-q",
+                "tests/test_calc.py",
+                "tests/test_io.py"
+            ])
+        );
+        // Nothing to narrow to, or a name that is not a node id of a file: no level (the
+        // whole suite is never the answer).
+        assert_eq!(test_files_cmd(&py, &[]), None);
+        assert_eq!(test_files_cmd(&py, &w(&["test_add"])), None);
+        assert_eq!(test_files_cmd(&py, &w(&["-x::y"])), None);
+        let go = sandbox::ProjectKind {
+            runner: sandbox::Runner::GoTest,
+            test_cmd: w(&["go", "test", "./..."]),
+            ..py.clone()
+        };
+        assert_eq!(test_files_cmd(&go, &failing), None);
+    }
 }
