@@ -179,7 +179,32 @@ FAILED tests/test_calc.py::test_add - assert -1 == 5\n\
         vec!["tests/test_calc.py::test_add".to_owned()],
         "{m:?}"
     );
-    assert!(m.baseline_timed_out && m.whole_project, "{m:?}");
+    // The candidates' baseline (the failing test alone) ended: not a loop.
+    assert!(!m.baseline_timed_out && m.whole_project, "{m:?}");
+    // Candidates run the failing test alone, then its file; never the whole suite again.
+    let cmd = m.candidate_cmd.clone().unwrap_or_default();
+    assert!(
+        cmd.last().map(String::as_str) == Some("tests/test_calc.py::test_add"),
+        "{m:?}"
+    );
+    assert_eq!(m.wider.len(), 1, "{m:?}");
+    assert_eq!(
+        m.wider[0].last().map(String::as_str),
+        Some("tests/test_calc.py"),
+        "{m:?}"
+    );
+    assert!(
+        m.passing_tests
+            .contains(&"tests/test_calc.py::test_zero".to_owned()),
+        "{m:?}"
+    );
+    assert!(
+        m.notes
+            .iter()
+            .any(|n| n.contains("the rest of the suite is NOT run")),
+        "{:?}",
+        m.notes
+    );
     assert!(
         m.notes
             .iter()
@@ -194,5 +219,103 @@ FAILED tests/test_calc.py::test_add - assert -1 == 5\n\
     );
     // One cut run (4 s) and the failing test alone; no second whole-suite run.
     assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    Ok(())
+}
+
+/// A suite longer than the limit, repaired by the real `coval` binary in the local sandbox
+/// (real pytest, a 4 s limit, a suite of 8 s): candidates run the log's failing test alone,
+/// then its test file, so the repair is FIXED; and the first candidate that makes the failing
+/// test pass (`a * b`, rank 2) breaks a test of that file that passed (`add(5, 0) == 5`), so
+/// it must lose to `a + b`. Before candidates ran the MRE's command, every one met the whole
+/// suite, which was cut: no fix.
+#[test]
+fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_files() -> Result<()> {
+    coval_tests::ensure_host_pytest()?;
+    let root = tempfile::tempdir()?;
+    let p = root.path().join("proj");
+    std::fs::create_dir_all(p.join("tests"))?;
+    std::fs::write(p.join("calc.py"), "def add(a, b):\n    return a - b\n")?;
+    std::fs::write(
+        p.join("tests/test_calc.py"),
+        "from calc import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n\n\ndef test_add_zero():\n    assert add(5, 0) == 5\n",
+    )?;
+    let slow: String = (0..4)
+        .map(|i| format!("def test_slow_{i}():\n    time.sleep(2)\n\n"))
+        .collect();
+    std::fs::write(
+        p.join("tests/test_slow.py"),
+        format!("import time\n\n{slow}"),
+    )?;
+    std::fs::write(p.join("pytest.ini"), "[pytest]\npythonpath = .\n")?;
+    // pytest's own output of the whole suite, as CI printed it.
+    let log = root.path().join("error.log");
+    let ci = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "pytest", "-q"])
+        .current_dir(&p)
+        .output()?;
+    std::fs::write(&log, [ci.stdout, ci.stderr].concat())?;
+    let coval = coval_tests::workspace_binary("coval")?;
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(coval)
+        .arg("--workspace")
+        .arg(root.path().join("ws"))
+        .args(["repair", "--engine", "search", "-e"])
+        .arg(&log)
+        .arg("-s")
+        .arg(&p)
+        .env("COVAL_SANDBOX__BACKEND", "local")
+        .env("COVAL_SANDBOX__TIMEOUT_SECS", "4")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("VIRTUAL_ENV")
+        .output()?;
+    let took = started.elapsed();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |prefix: &str| {
+        said.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|f| std::fs::read_to_string(f.trim()).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let (patch, report) = (file("patch"), file("report"));
+    let checks = [
+        (out.status.code() == Some(0), "exit 0 (fixed)"),
+        (
+            patch.contains("+    return a + b"),
+            "the patch is `a + b`",
+        ),
+        (
+            report.contains("`-` → `*`: breaks tests around the command that passed before: tests/test_calc.py::test_add_zero"),
+            "`a * b` passes the failing test alone and loses on its file",
+        ),
+        (
+            report.contains("| `tests/test_calc.py::test_add_zero` | passed | passed |"),
+            "the passing test of the target's file passes after",
+        ),
+        (
+            report.contains("The rest of the suite was NOT run for them")
+                && report.contains("COVAL_SANDBOX__TIMEOUT_SECS"),
+            "the report says the rest of the suite was not run, and which setting changes that",
+        ),
+        (
+            !report.contains("test_slow"),
+            "no candidate ran the slow file",
+        ),
+        // The cut suite once (4 s), the failing test alone, its file, then the candidates.
+        (took < std::time::Duration::from_secs(40), "under 40 s"),
+    ];
+    let unmet: Vec<&str> = checks
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, w)| *w)
+        .collect();
+    anyhow::ensure!(
+        unmet.is_empty(),
+        "unmet: {unmet:?} ({took:?})\n{said}\n{report}\n{patch}"
+    );
     Ok(())
 }

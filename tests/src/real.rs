@@ -387,20 +387,29 @@ impl Run<'_> {
             c.env(k, v);
         }
         // Where CI ran `npm ci`, the project has its node_modules: ES modules find their
-        // dependencies only there (never through NODE_PATH). Linked for this run only, so
-        // coval never takes it for the user's own.
+        // dependencies only there (never through NODE_PATH). Made for this run only, so coval
+        // never takes it for the user's own: a directory of links to the environment's entries
+        // (as the local sandbox makes it), so what tools write there (vitest's results cache)
+        // stays out of the shared environment.
         let modules = self.dir.join("node_modules");
-        let link = env
-            .vars
-            .iter()
-            .find(|nv| nv.name == "NODE_PATH")
-            .filter(|_| std::fs::symlink_metadata(&modules).is_err())
-            .map(|nv| std::os::unix::fs::symlink(&nv.value, &modules))
-            .transpose()?
-            .is_some();
+        let linked = match env.vars.iter().find(|nv| nv.name == "NODE_PATH") {
+            Some(nv) if std::fs::symlink_metadata(&modules).is_err() => {
+                std::fs::create_dir(&modules)?;
+                for entry in std::fs::read_dir(&nv.value)? {
+                    let name = entry?.file_name();
+                    if name != ".vite" && name != ".cache" {
+                        let target = Path::new(&nv.value).join(&name);
+                        std::os::unix::fs::symlink(target, modules.join(&name))?;
+                    }
+                }
+                true
+            }
+            _ => false,
+        };
         let out = c.output();
-        if link {
-            std::fs::remove_file(&modules)?;
+        if linked {
+            // Removes the links, never what they point at.
+            std::fs::remove_dir_all(&modules)?;
         }
         let out = out?;
         let log = format!(

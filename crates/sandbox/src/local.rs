@@ -675,17 +675,36 @@ fn env_node_modules(env: &[(String, String)]) -> Option<PathBuf> {
     (p.is_absolute() && p.file_name()? == "node_modules" && p.is_dir()).then_some(p)
 }
 
-/// Links `modules` as the copy's `node_modules` when it has none: an ES module finds what it
-/// `import`s only by walking up from its own file to a `node_modules`, never through
-/// `NODE_PATH` (which only `require` reads). In Docker the environment's `/node_modules` is
-/// on that walk already.
+/// Gives the copy a `node_modules` of the environment's packages when it has none: an ES
+/// module finds what it `import`s only by walking up from its own file to a `node_modules`,
+/// never through `NODE_PATH` (which only `require` reads). In Docker the environment's
+/// `/node_modules` is on that walk already.
+///
+/// The directory is the copy's own, with one link per entry of the environment's (each
+/// package, scope and `.bin`): tools write their caches into the project's `node_modules`
+/// (vitest its results to `node_modules/.vite`, a write that fails on the read-only
+/// environment, and a failed write is an unhandled error that fails the whole run), and those
+/// go to the copy. Node resolves a linked package to its real path, so its own imports walk
+/// up the environment, as after `npm ci`. Tool caches in the environment are not linked.
 fn link_node_modules(src: &Path, modules: &Path) -> std::io::Result<()> {
-    let link = src.join("node_modules");
-    if std::fs::symlink_metadata(&link).is_ok() || !src.join("package.json").is_file() {
+    let dir = src.join("node_modules");
+    if std::fs::symlink_metadata(&dir).is_ok() || !src.join("package.json").is_file() {
         return Ok(());
     }
-    std::os::unix::fs::symlink(modules, &link)
+    std::fs::create_dir(&dir)?;
+    for entry in std::fs::read_dir(modules)? {
+        let name = entry?.file_name();
+        if TOOL_CACHES.iter().any(|c| name == *c) {
+            continue;
+        }
+        std::os::unix::fs::symlink(modules.join(&name), dir.join(&name))?;
+    }
+    Ok(())
 }
+
+/// Directories of a `node_modules` that tools write at run time (vite and vitest, babel,
+/// eslint and others under `.cache`): each run's copy starts them empty.
+const TOOL_CACHES: [&str; 2] = [".vite", ".cache"];
 
 fn stage(dir: &Path, modules: Option<&Path>) -> Result<Staged, SandboxError> {
     let root = vocab::scratch::ScratchDir::new("coval-local-")
@@ -695,6 +714,12 @@ fn stage(dir: &Path, modules: Option<&Path>) -> Result<Staged, SandboxError> {
     copy_tree(dir, &src, Perms::Keep)
         .map_err(|e| SandboxError::io(format!("cannot copy {}", dir.display()), e))?;
     std::fs::create_dir(&tmp).map_err(|e| SandboxError::io("cannot create the temp dir", e))?;
+    // Before the chown, which takes the copy's `node_modules` and its links (never what they
+    // point at: the environment stays its own, read-only to the sandbox's user).
+    if let Some(m) = modules {
+        link_node_modules(&src, m)
+            .map_err(|e| SandboxError::io("cannot link the environment's node_modules", e))?;
+    }
     let user = if sys::euid() == 0 {
         let uid = ephemeral_uid();
         chown_tree(root.path(), uid, uid)
@@ -703,12 +728,6 @@ fn stage(dir: &Path, modules: Option<&Path>) -> Result<Staged, SandboxError> {
     } else {
         None
     };
-    // After the chown: the link is the only entry that points out of the copy, and the tree
-    // it points at stays the environment's own (read-only to the sandbox's user).
-    if let Some(m) = modules {
-        link_node_modules(&src, m)
-            .map_err(|e| SandboxError::io("cannot link the environment's node_modules", e))?;
-    }
     Ok(Staged {
         root,
         src,
@@ -974,7 +993,9 @@ mod tests {
     }
 
     /// An ES module project imports a package of the environment's `node_modules` (outside
-    /// the copy, named by NODE_PATH), and the environment is left as it was.
+    /// the copy, named by NODE_PATH), writes a tool's cache into its own `node_modules` (as
+    /// vitest does; the environment's own cache is not linked), and the environment is left
+    /// as it was.
     #[tokio::test]
     async fn es_modules_import_from_the_environment() {
         // Not under /tmp or /work: the local sandbox maps those to the run's own directories.
@@ -991,7 +1012,10 @@ mod tests {
             "export default (s) => s.toUpperCase();\n",
         )
         .unwrap();
-        for d in [env.path(), &env.path().join("node_modules"), &pkg] {
+        // A cache a run as the environment's owner left behind: never linked into a copy.
+        let cache = env.path().join("node_modules/.vite");
+        std::fs::create_dir_all(&cache).unwrap();
+        for d in [env.path(), &env.path().join("node_modules"), &pkg, &cache] {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -1003,7 +1027,10 @@ mod tests {
         .unwrap();
         std::fs::write(
             project.path().join("main.js"),
-            "import shout from 'shout';\nconsole.log(shout('ok'));\n",
+            "import shout from 'shout';\nimport { mkdirSync, writeFileSync } from 'node:fs';\n\
+             mkdirSync('node_modules/.vite/vitest', { recursive: true });\n\
+             writeFileSync('node_modules/.vite/vitest/results.json', '{}');\n\
+             console.log(shout('ok'));\n",
         )
         .unwrap();
         let mut spec = RunSpec::new(project.path(), vec!["node".into(), "main.js".into()]);
@@ -1024,8 +1051,13 @@ mod tests {
             std::fs::read_dir(env.path().join("node_modules"))
                 .unwrap()
                 .count(),
-            1,
+            2,
             "the environment gained nothing"
+        );
+        assert_eq!(
+            std::fs::read_dir(&cache).unwrap().count(),
+            0,
+            "nor its cache"
         );
     }
 

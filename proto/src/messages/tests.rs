@@ -94,6 +94,7 @@ fn mre() -> MreSummary {
         baseline_timed_out: false,
         blocked: None,
         wider: vec![],
+        candidate_cmd: None,
     }
 }
 
@@ -358,6 +359,72 @@ fn additive_optional_fields_keep_old_bodies_readable() {
     assert_eq!(m.engine, EngineChoice::Auto);
     assert!(!m.analyze_only);
     assert_eq!(m.model, None);
+}
+
+#[test]
+fn the_candidate_command_is_an_additive_field() {
+    // An MRE summary from before `candidate_cmd` (the committed snapshots are such bodies
+    // too): a map without it decodes, as the request's command.
+    #[derive(serde::Serialize)]
+    struct Old<'a> {
+        reproduced: bool,
+        whole_project: bool,
+        files: &'a [String],
+        test_cmd: &'a str,
+        failing_tests: &'a [String],
+        sandbox: &'a str,
+        notes: &'a [String],
+        wider: &'a [Vec<String>],
+    }
+    let m = mre();
+    let old = rmp_serde::to_vec_named(&Old {
+        reproduced: true,
+        whole_project: true,
+        files: &m.files,
+        test_cmd: &m.test_cmd,
+        failing_tests: &m.failing_tests,
+        sandbox: &m.sandbox,
+        notes: &m.notes,
+        wider: &[],
+    })
+    .unwrap();
+    let back: MreSummary = rmp_serde::from_slice(&old).unwrap();
+    assert_eq!(back.candidate_cmd, None);
+    assert_eq!(back.test_cmd, m.test_cmd);
+
+    // A summary with it round-trips in its message, and a reader from before it still reads
+    // the rest (MessagePack maps: an unknown key is skipped).
+    let argv = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let new = MreSummary {
+        candidate_cmd: Some(argv(&[
+            "python",
+            "-m",
+            "pytest",
+            "tests/test_calc.py::test_mean",
+        ])),
+        wider: vec![argv(&["python", "-m", "pytest", "tests/test_calc.py"])],
+        ..mre()
+    };
+    let msg = Message::MreReady(MreReady {
+        request: request(),
+        triage: triage(),
+        decision: decision(),
+        mre: new.clone(),
+    });
+    let body = msg.encode().unwrap();
+    let Message::MreReady(r) = Message::decode("mre_ready", 1, &body).unwrap() else {
+        panic!("wrong kind");
+    };
+    assert_eq!(r.mre, new);
+    #[derive(serde::Deserialize)]
+    struct OldReader {
+        test_cmd: String,
+        wider: Vec<Vec<String>>,
+    }
+    let old_reader: OldReader =
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(&new).unwrap()).unwrap();
+    assert_eq!(old_reader.test_cmd, new.test_cmd);
+    assert_eq!(old_reader.wider, new.wider);
 }
 
 #[test]

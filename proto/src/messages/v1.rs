@@ -347,6 +347,12 @@ pub struct MreSummary {
     /// must keep their passing tests (in `passing_tests`) passing before it wins.
     #[serde(default)]
     pub wider: Vec<Vec<String>>,
+    /// The command candidates run instead of the request's, when that one cannot serve: a
+    /// suite longer than `sandbox.timeout_secs` (the whole run is cut) has its candidates run
+    /// the log's failing tests alone, then `wider` (their test files), never the whole suite.
+    /// `None`: candidates run the request's command.
+    #[serde(default)]
+    pub candidate_cmd: Option<Vec<String>>,
 }
 
 /// Why a project's tests cannot run in the sandbox, apart from the bug being repaired.

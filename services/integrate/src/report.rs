@@ -328,6 +328,20 @@ pub fn markdown(f: &Facts) -> String {
             "the change touched code the tests exercise, and no test that passed before fails now"
         }
     );
+    if let Some(cmd) = f.mre.and_then(|m| m.candidate_cmd.as_ref()) {
+        let mut ran = vec![format!("`{}`", cmd.join(" "))];
+        ran.extend(
+            f.mre
+                .iter()
+                .flat_map(|m| &m.wider)
+                .map(|w| format!("`{}`", w.join(" "))),
+        );
+        let _ = writeln!(
+            s,
+            "Candidates ran {} only. The rest of the suite was NOT run for them: the whole suite is longer than `sandbox.timeout_secs`, so a change may still break a test elsewhere. Raise `sandbox.timeout_secs` (`COVAL_SANDBOX__TIMEOUT_SECS`) above the suite's time to validate against the whole suite.\n",
+            ran.join(" then ")
+        );
+    }
     let _ = writeln!(s, "## Recommendations\n");
     match f.outcome {
         RepairOutcome::Fixed => {
@@ -429,7 +443,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
         },
         "metrics": {"D": m.debt, "T": m.coverage, "T_measured": m.coverage_measured, "K": m.context, "S": m.capability, "loc": m.loc, "region_lines": m.region_lines, "module_lines": m.module_lines},
         "decision": {"verdict": f.decision.verdict, "c_fix": f.decision.c_fix, "c_new": f.decision.c_new, "p_success": f.decision.p_success, "reasons": f.decision.reasons, "overruled": f.decision.overruled},
-        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes, "blocked": m.blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint, "output_tail": b.output_tail}))})),
+        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes, "candidate_cmd": m.candidate_cmd, "wider": m.wider, "blocked": m.blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint, "output_tail": b.output_tail}))})),
         "attempts": f.history.iter().map(|a| serde_json::json!({
             "attempt": a.attempt,
             "engine": a.engine.to_string(),

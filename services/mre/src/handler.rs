@@ -176,7 +176,7 @@ impl Handler for MreStage {
         // A baseline cut by its limit (a test loops): the minimal example would loop as long,
         // so the whole project is the example, and the tests around the command (which run
         // the looping test too) are not run.
-        let looped = whole.result.timed_out;
+        let looped = whole.result.timed_out && long_suite.is_none();
         let mut baseline_ms = whole.result.duration.as_millis() as u64;
         let minimal = if let Some((cmd, alone)) = &long_suite {
             // What candidates are scaled to: the failing tests alone, which ended.
@@ -231,7 +231,7 @@ impl Handler for MreStage {
         let (reproduced, whole_project) = match &minimal {
             Some(m) if same(m) => (true, false),
             _ => {
-                if !looped {
+                if !whole.result.timed_out {
                     notes.push("the minimal example does not reproduce the failure: the whole project is the example".into());
                 }
                 (same(&whole) || long_suite.is_some(), true)
@@ -250,7 +250,51 @@ impl Handler for MreStage {
             passing.extend(alone.passing());
         }
         let mut wider = vec![];
-        for level in sandbox::widen(&kind).into_iter().filter(|_| !looped) {
+        // A long suite's candidates run the log's failing tests alone, then their test files
+        // (when those end in time), never the whole suite again.
+        let mut candidate_cmd = None;
+        if let Some((cmd, _)) = &long_suite {
+            candidate_cmd = Some(cmd.clone());
+            if let Some(files) = run::test_files_cmd(&kind, &d.triage.failing_tests) {
+                let files_kind = sandbox::ProjectKind {
+                    test_cmd: files.clone(),
+                    ..kind.clone()
+                };
+                match run::run_tests(sb, &self.sandbox, env, &files_kind, &root).await {
+                    Ok(r) if !r.result.timed_out => {
+                        notes.push(format!(
+                            "the tests around the failing ones: `{}` ({} passing, {:.1} s)",
+                            build::shell_words(&files),
+                            r.passing().len(),
+                            r.result.duration.as_secs_f64()
+                        ));
+                        passing.extend(r.passing());
+                        // Candidates' runs are scaled to the slowest command they run.
+                        baseline_ms = baseline_ms.max(r.result.duration.as_millis() as u64);
+                        wider.push(files);
+                    }
+                    Ok(r) => notes.push(format!(
+                        "the tests around the failing ones were not run: `{}` {}",
+                        build::shell_words(&files),
+                        r.result.verdict()
+                    )),
+                    Err(e) => notes.push(format!(
+                        "the tests around the failing ones could not run: {e}"
+                    )),
+                }
+            }
+            let mut ran = vec![format!("`{}`", build::shell_words(cmd))];
+            ran.extend(wider.iter().map(|w| format!("`{}`", build::shell_words(w))));
+            notes.push(format!(
+                "candidates are validated with {} only: the rest of the suite is NOT run for them, because the whole suite outlasts sandbox.timeout_secs ({} s); raise sandbox.timeout_secs (COVAL_SANDBOX__TIMEOUT_SECS) above the suite's time to validate candidates against the whole suite",
+                ran.join(" then "),
+                repro.timeout_secs
+            ));
+        }
+        for level in sandbox::widen(&kind)
+            .into_iter()
+            .filter(|_| !looped && long_suite.is_none())
+        {
             let level_kind = sandbox::ProjectKind {
                 test_cmd: level.clone(),
                 ..kind.clone()
@@ -306,6 +350,7 @@ impl Handler for MreStage {
             baseline_timed_out: looped,
             blocked: None,
             wider,
+            candidate_cmd,
         };
         let _ = std::fs::write(
             dir.join("result.txt"),

@@ -147,6 +147,31 @@ pub fn ended_tests_cmd(kind: &ProjectKind, ended: &[String]) -> Option<Vec<Strin
     }
 }
 
+/// A long suite's wider level: the test files of the log's failing tests (pytest node ids),
+/// run with the whole command's own options; none for other runners, or when a name is not
+/// a node id of a `.py` file. Never the whole suite: it is known to outlast the limit.
+pub fn test_files_cmd(kind: &ProjectKind, failing: &[String]) -> Option<Vec<String>> {
+    if kind.runner != sandbox::Runner::Pytest || !sandbox::is_pytest_module_run(&kind.test_cmd) {
+        return None;
+    }
+    let mut files: Vec<&str> = vec![];
+    for t in failing {
+        let (file, rest) = t.split_once("::")?;
+        if !file.ends_with(".py") || rest.is_empty() || file.starts_with('-') || t.contains('\0') {
+            return None;
+        }
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return None;
+    }
+    let mut cmd = kind.test_cmd.clone();
+    cmd.extend(files.into_iter().map(str::to_owned));
+    Some(cmd)
+}
+
 /// How long a reproduction of a failure the log reports as a timeout may run.
 pub const REPRODUCE_LOOP_SECS: u64 = 30;
 
@@ -366,5 +391,46 @@ mod tests {
         );
         assert_eq!(ended_tests_cmd(&go, &[]), None);
         assert_eq!(ended_tests_cmd(&go, &["p::Test$(x)".into()]), None);
+    }
+
+    #[test]
+    fn a_long_suites_wider_level_is_the_failing_tests_files_only() {
+        let w = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        let py = sandbox::ProjectKind {
+            language: proto::messages::Language::Python,
+            framework: String::new(),
+            test_cmd: w(&["python3", "-m", "pytest", "-q"]),
+            runner: sandbox::Runner::Pytest,
+            reports: vec![],
+            env: vec![],
+            origin: String::new(),
+        };
+        let failing = w(&[
+            "tests/test_calc.py::test_add",
+            "tests/test_calc.py::TestMul::test_zero",
+            "tests/test_io.py::test_read[utf-8]",
+        ]);
+        assert_eq!(
+            test_files_cmd(&py, &failing).unwrap(),
+            w(&[
+                "python3",
+                "-m",
+                "pytest",
+                "-q",
+                "tests/test_calc.py",
+                "tests/test_io.py"
+            ])
+        );
+        // Nothing to narrow to, or a name that is not a node id of a file: no level (the
+        // whole suite is never the answer).
+        assert_eq!(test_files_cmd(&py, &[]), None);
+        assert_eq!(test_files_cmd(&py, &w(&["test_add"])), None);
+        assert_eq!(test_files_cmd(&py, &w(&["-x::y"])), None);
+        let go = sandbox::ProjectKind {
+            runner: sandbox::Runner::GoTest,
+            test_cmd: w(&["go", "test", "./..."]),
+            ..py.clone()
+        };
+        assert_eq!(test_files_cmd(&go, &failing), None);
     }
 }

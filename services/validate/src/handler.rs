@@ -92,9 +92,15 @@ impl Handler for ValidateStage {
             Ok(r) => r,
             Err(e) => return bus::runtime::outcome_for(e),
         };
-        let Some(kind) = sandbox::detect_project_with(&root, f.request.test_cmd.as_deref()) else {
+        let Some(mut kind) = sandbox::detect_project_with(&root, f.request.test_cmd.as_deref())
+        else {
             return Outcome::Reject("no test command found: pass --test-cmd".into());
         };
+        // The MRE's command for candidates, when the request's cannot serve (a suite longer
+        // than the limit): the log's failing tests alone, then `mre.wider`.
+        if let Some(cmd) = f.mre.candidate_cmd.as_ref().filter(|c| !c.is_empty()) {
+            kind.test_cmd = cmd.clone();
+        }
         let a = Attempt {
             f,
             park_key: park_key(&f.request.repair_id, kind.language, &root),
@@ -166,13 +172,15 @@ impl ValidateStage {
         let mut lanes = self.take_lanes(a).await?;
         let lanes_used = lanes.len();
         let deadline = Instant::now() + self.settings.attempt_budget;
-        let first = (self.settings.failing_first && f.engine.is_search())
-            .then(|| {
-                failing_first_cmd(&a.kind, &f.mre.failing_tests, || {
-                    javascript_test_files(&a.root)
+        // A candidate command is already the failing tests alone: no separate first run.
+        let first =
+            (self.settings.failing_first && f.engine.is_search() && f.mre.candidate_cmd.is_none())
+                .then(|| {
+                    failing_first_cmd(&a.kind, &f.mre.failing_tests, || {
+                        javascript_test_files(&a.root)
+                    })
                 })
-            })
-            .flatten();
+                .flatten();
         let base = use_collected(self.settings.collected, first.is_some(), a.kind.runner)
             .then(|| {
                 let base = work.join("base");
