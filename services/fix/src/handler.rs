@@ -103,8 +103,13 @@ pub fn search_candidates(
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        for m in search::mutants_guided(lang, file, &text, &targets, s.per_file, learned, raises) {
+        for mut m in
+            search::mutants_guided(lang, file, &text, &targets, s.per_file, learned, raises)
+        {
             if let Some(d) = diff::unified(file, &text, &m.new_text) {
+                // The whole text is let go (pairs are made from the changes), so a large
+                // file's candidates cost their diffs, not copies of the file.
+                m.new_text = String::new();
                 all.push((m, d));
             }
         }

@@ -9,8 +9,14 @@ use super::language;
 /// The leaves and node kinds of `src` in order, comments left out.
 fn shape(parser: &mut Parser, src: &str) -> Option<Vec<String>> {
     let tree = parser.parse(src, None)?;
+    Some(shape_of(tree.root_node(), src))
+}
+
+/// The leaves and node kinds of the subtree at `node` (of a tree of `src`) in order, comments
+/// left out.
+pub(super) fn shape_of(node: Node, src: &str) -> Vec<String> {
     let mut out = vec![];
-    let mut stack: Vec<Node> = vec![tree.root_node()];
+    let mut stack: Vec<Node> = vec![node];
     while let Some(n) = stack.pop() {
         if n.kind().contains("comment") {
             continue;
@@ -28,7 +34,7 @@ fn shape(parser: &mut Parser, src: &str) -> Option<Vec<String>> {
         let children: Vec<Node> = n.children(&mut c).collect();
         stack.extend(children.into_iter().rev());
     }
-    Some(out)
+    out
 }
 
 /// Whether `a` and `b` (the file at `path`) are the same syntax tree; `None` when the
@@ -47,26 +53,12 @@ pub fn leaf_distance(lang: Language, path: &str, a: &str, b: &str) -> Option<usi
     leaf_distance_with(&mut parser, a, b)
 }
 
-/// The leaves of a program once, for many [`distance_from`] measures against it.
-pub(super) struct Leaves(Vec<String>);
-
-impl Leaves {
-    pub(super) fn of(parser: &mut Parser, src: &str) -> Option<Leaves> {
-        shape(parser, src).map(Leaves)
-    }
-
-    /// [`leaf_distance`] from this program to `b`.
-    pub(super) fn distance_to(&self, parser: &mut Parser, b: &str) -> Option<usize> {
-        Some(distance(&self.0, &shape(parser, b)?))
-    }
-}
-
 /// [`leaf_distance`] with a parser already set to the language.
 fn leaf_distance_with(parser: &mut Parser, a: &str, b: &str) -> Option<usize> {
     Some(distance(&shape(parser, a)?, &shape(parser, b)?))
 }
 
-fn distance(x: &[String], y: &[String]) -> usize {
+pub(super) fn distance(x: &[String], y: &[String]) -> usize {
     let prefix = x.iter().zip(y).take_while(|(p, q)| p == q).count();
     let suffix = x[prefix..]
         .iter()
