@@ -319,3 +319,82 @@ fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_file
     );
     Ok(())
 }
+
+/// A whole suite that cannot run here, for a reason outside the log's tests: a test file the
+/// log never ran imports a package this environment lacks, so pytest stops at collection. The
+/// log's own failing test runs alone and fails as in the log, so the repair goes on with it
+/// and its file, FIXED, and the report says the rest was not run and what would run it.
+/// Before, the repair stopped as "cannot run" (black 24.10 with a virtualenv without
+/// `aiohttp`, which only `tests/test_blackd.py` needs).
+#[test]
+fn a_suite_that_cannot_collect_elsewhere_is_repaired_on_the_logs_tests() -> Result<()> {
+    coval_tests::ensure_host_pytest()?;
+    let root = tempfile::tempdir()?;
+    let p = root.path().join("proj");
+    std::fs::create_dir_all(p.join("tests"))?;
+    std::fs::write(p.join("calc.py"), "def add(a, b):\n    return a - b\n")?;
+    std::fs::write(
+        p.join("tests/test_calc.py"),
+        "from calc import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n\n\ndef test_add_zero():\n    assert add(5, 0) == 5\n",
+    )?;
+    std::fs::write(
+        p.join("tests/test_server.py"),
+        "import coval_absent_server_pkg\n\n\ndef test_serve():\n    assert coval_absent_server_pkg.serve()\n",
+    )?;
+    std::fs::write(p.join("pytest.ini"), "[pytest]\npythonpath = .\n")?;
+    // The user ran the failing file, as the log shows.
+    let log = root.path().join("error.log");
+    let ci = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "pytest", "-q", "tests/test_calc.py"])
+        .current_dir(&p)
+        .output()?;
+    std::fs::write(&log, [ci.stdout, ci.stderr].concat())?;
+    let coval = coval_tests::workspace_binary("coval")?;
+    let out = std::process::Command::new(coval)
+        .arg("--workspace")
+        .arg(root.path().join("ws"))
+        .args(["repair", "--engine", "search", "-e"])
+        .arg(&log)
+        .arg("-s")
+        .arg(&p)
+        .env("COVAL_SANDBOX__BACKEND", "local")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("VIRTUAL_ENV")
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |prefix: &str| {
+        said.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|f| std::fs::read_to_string(f.trim()).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let (patch, report) = (file("patch"), file("report"));
+    let checks = [
+        (out.status.code() == Some(0), "exit 0 (fixed)"),
+        (patch.contains("+    return a + b"), "the patch is `a + b`"),
+        (
+            report.contains("breaks tests around the command that passed before: tests/test_calc.py::test_add_zero"),
+            "`a * b` passes the failing test alone and loses on its file",
+        ),
+        (
+            report.contains("The rest of the suite was NOT run for them: it cannot run in the sandbox")
+                && report.contains("coval_absent_server_pkg"),
+            "the report says the rest was not run, and the package that is missing",
+        ),
+    ];
+    let unmet: Vec<&str> = checks
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, w)| *w)
+        .collect();
+    anyhow::ensure!(
+        unmet.is_empty(),
+        "unmet: {unmet:?}\n{said}\n{report}\n{patch}"
+    );
+    Ok(())
+}

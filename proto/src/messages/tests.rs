@@ -95,6 +95,7 @@ fn mre() -> MreSummary {
         blocked: None,
         wider: vec![],
         candidate_cmd: None,
+        suite_blocked: None,
     }
 }
 
@@ -390,6 +391,7 @@ fn the_candidate_command_is_an_additive_field() {
     .unwrap();
     let back: MreSummary = rmp_serde::from_slice(&old).unwrap();
     assert_eq!(back.candidate_cmd, None);
+    assert_eq!(back.suite_blocked, None);
     assert_eq!(back.test_cmd, m.test_cmd);
 
     // A summary with it round-trips in its message, and a reader from before it still reads
@@ -403,6 +405,12 @@ fn the_candidate_command_is_an_additive_field() {
             "tests/test_calc.py::test_mean",
         ])),
         wider: vec![argv(&["python", "-m", "pytest", "tests/test_calc.py"])],
+        suite_blocked: Some(Blocked {
+            reason: BlockedReason::Dependency,
+            what: "the Python package `aiohttp`".into(),
+            hint: "`python3 -m pip install aiohttp`".into(),
+            output_tail: String::new(),
+        }),
         ..mre()
     };
     let msg = Message::MreReady(MreReady {

@@ -353,6 +353,11 @@ pub struct MreSummary {
     /// `None`: candidates run the request's command.
     #[serde(default)]
     pub candidate_cmd: Option<Vec<String>>,
+    /// Why the whole suite cannot serve candidates when it is not its length: it cannot run
+    /// here (a test file outside the log's needs a package this environment lacks), while the
+    /// log's failing tests run alone and fail as in the log. `candidate_cmd` is then set.
+    #[serde(default)]
+    pub suite_blocked: Option<Blocked>,
 }
 
 /// Why a project's tests cannot run in the sandbox, apart from the bug being repaired.

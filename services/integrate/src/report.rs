@@ -336,11 +336,24 @@ pub fn markdown(f: &Facts) -> String {
                 .flat_map(|m| &m.wider)
                 .map(|w| format!("`{}`", w.join(" "))),
         );
-        let _ = writeln!(
-            s,
-            "Candidates ran {} only. The rest of the suite was NOT run for them: the whole suite is longer than `sandbox.timeout_secs`, so a change may still break a test elsewhere. Raise `sandbox.timeout_secs` (`COVAL_SANDBOX__TIMEOUT_SECS`) above the suite's time to validate against the whole suite.\n",
-            ran.join(" then ")
-        );
+        match f.mre.and_then(|m| m.suite_blocked.as_ref()) {
+            Some(b) => {
+                let _ = writeln!(
+                    s,
+                    "Candidates ran {} only. The rest of the suite was NOT run for them: it cannot run in the sandbox ({} is missing), so a change may still break a test elsewhere. To validate against the whole suite: {}.\n",
+                    ran.join(" then "),
+                    b.what,
+                    b.hint
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "Candidates ran {} only. The rest of the suite was NOT run for them: the whole suite is longer than `sandbox.timeout_secs`, so a change may still break a test elsewhere. Raise `sandbox.timeout_secs` (`COVAL_SANDBOX__TIMEOUT_SECS`) above the suite's time to validate against the whole suite.\n",
+                    ran.join(" then ")
+                );
+            }
+        }
     }
     let _ = writeln!(s, "## Recommendations\n");
     match f.outcome {
@@ -443,7 +456,7 @@ pub fn json(f: &Facts) -> serde_json::Value {
         },
         "metrics": {"D": m.debt, "T": m.coverage, "T_measured": m.coverage_measured, "K": m.context, "S": m.capability, "loc": m.loc, "region_lines": m.region_lines, "module_lines": m.module_lines},
         "decision": {"verdict": f.decision.verdict, "c_fix": f.decision.c_fix, "c_new": f.decision.c_new, "p_success": f.decision.p_success, "reasons": f.decision.reasons, "overruled": f.decision.overruled},
-        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes, "candidate_cmd": m.candidate_cmd, "wider": m.wider, "blocked": m.blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint, "output_tail": b.output_tail}))})),
+        "mre": f.mre.map(|m| serde_json::json!({"reproduced": m.reproduced, "whole_project": m.whole_project, "files": m.files, "test_cmd": m.test_cmd, "failing_tests": m.failing_tests, "passing_tests": m.passing_tests, "sandbox": m.sandbox, "notes": m.notes, "candidate_cmd": m.candidate_cmd, "suite_blocked": m.suite_blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint})), "wider": m.wider, "blocked": m.blocked.as_ref().map(|b| serde_json::json!({"reason": b.reason, "what": b.what, "hint": b.hint, "output_tail": b.output_tail}))})),
         "attempts": f.history.iter().map(|a| serde_json::json!({
             "attempt": a.attempt,
             "engine": a.engine.to_string(),

@@ -124,6 +124,36 @@ impl Handler for MreStage {
             }
             _ => None,
         };
+        // A whole suite that cannot run here (a test file outside the log's needs a package
+        // this environment lacks: pytest stops at its import) while the log's failing tests
+        // run alone and fail as in the log: those tests are the baseline, as for a long suite.
+        let mut suite_blocked = None;
+        let mut long_suite = long_suite;
+        if !same(&whole)
+            && long_suite.is_none()
+            && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
+            && let Some(cmd) = run::ended_tests_cmd(&kind, &d.triage.failing_tests)
+        {
+            let alone_kind = sandbox::ProjectKind {
+                test_cmd: cmd.clone(),
+                ..kind.clone()
+            };
+            match run::run_tests(sb, &repro, env, &alone_kind, &root).await {
+                Ok(r) if !r.result.timed_out && reproduces(&d.triage, &r) => {
+                    notes.push(format!(
+                        "the whole suite cannot run in the sandbox: {} is missing ({}; {}), yet the log's failing tests run alone (`{}` in {:.1} s) and fail as in the log: they are the baseline, and the whole project is the example",
+                        blocked.what,
+                        whole.result.verdict(),
+                        blocked.hint,
+                        build::shell_words(&cmd),
+                        r.result.duration.as_secs_f64()
+                    ));
+                    suite_blocked = Some(blocked);
+                    long_suite = Some((cmd, r));
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
         if !same(&whole)
             && long_suite.is_none()
             && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
@@ -178,7 +208,12 @@ impl Handler for MreStage {
         // the looping test too) are not run.
         let looped = whole.result.timed_out && long_suite.is_none();
         let mut baseline_ms = whole.result.duration.as_millis() as u64;
-        let minimal = if let Some((cmd, alone)) = &long_suite {
+        let minimal = if let Some((_, alone)) = &long_suite
+            && suite_blocked.is_some()
+        {
+            baseline_ms = alone.result.duration.as_millis() as u64;
+            None
+        } else if let Some((cmd, alone)) = &long_suite {
             // What candidates are scaled to: the failing tests alone, which ended.
             baseline_ms = alone.result.duration.as_millis() as u64;
             notes.push(format!(
@@ -231,7 +266,7 @@ impl Handler for MreStage {
         let (reproduced, whole_project) = match &minimal {
             Some(m) if same(m) => (true, false),
             _ => {
-                if !whole.result.timed_out {
+                if !whole.result.timed_out && suite_blocked.is_none() {
                     notes.push("the minimal example does not reproduce the failure: the whole project is the example".into());
                 }
                 (same(&whole) || long_suite.is_some(), true)
@@ -285,11 +320,19 @@ impl Handler for MreStage {
             }
             let mut ran = vec![format!("`{}`", build::shell_words(cmd))];
             ran.extend(wider.iter().map(|w| format!("`{}`", build::shell_words(w))));
-            notes.push(format!(
-                "candidates are validated with {} only: the rest of the suite is NOT run for them, because the whole suite outlasts sandbox.timeout_secs ({} s); raise sandbox.timeout_secs (COVAL_SANDBOX__TIMEOUT_SECS) above the suite's time to validate candidates against the whole suite",
-                ran.join(" then "),
-                repro.timeout_secs
-            ));
+            notes.push(match &suite_blocked {
+                Some(b) => format!(
+                    "candidates are validated with {} only: the rest of the suite is NOT run for them, because it cannot run in the sandbox ({} is missing; {})",
+                    ran.join(" then "),
+                    b.what,
+                    b.hint
+                ),
+                None => format!(
+                    "candidates are validated with {} only: the rest of the suite is NOT run for them, because the whole suite outlasts sandbox.timeout_secs ({} s); raise sandbox.timeout_secs (COVAL_SANDBOX__TIMEOUT_SECS) above the suite's time to validate candidates against the whole suite",
+                    ran.join(" then "),
+                    repro.timeout_secs
+                ),
+            });
         }
         for level in sandbox::widen(&kind)
             .into_iter()
@@ -351,6 +394,7 @@ impl Handler for MreStage {
             blocked: None,
             wider,
             candidate_cmd,
+            suite_blocked,
         };
         let _ = std::fs::write(
             dir.join("result.txt"),
