@@ -256,3 +256,42 @@ impl Delivery for MemoryDelivery {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_duplicate_window_drops_repeats_and_forgets_the_oldest_id() {
+        let bus = MemoryBus::new(2);
+        let cause = MessageId::new();
+        // Derived ids share the cause's timestamp and differ only in their digest bits.
+        let ids: Vec<MessageId> = (0..3)
+            .map(|i| MessageId::derive(&cause, Stage::Triage, i))
+            .collect();
+        assert!(bus.first_sighting(ids[0]));
+        assert!(!bus.first_sighting(ids[0]));
+        assert!(bus.first_sighting(ids[1]));
+        assert!(!bus.first_sighting(ids[1]));
+        assert!(!bus.first_sighting(ids[0]));
+        // A third id pushes the first out of a window of two: it is new again.
+        assert!(bus.first_sighting(ids[2]));
+        assert!(bus.first_sighting(ids[0]));
+        assert!(!bus.first_sighting(ids[2]));
+    }
+
+    #[test]
+    fn ids_that_differ_in_any_part_hash_apart() {
+        use std::hash::BuildHasher;
+        let h = std::hash::BuildHasherDefault::<IdHasher>::default();
+        let a = MessageId::new();
+        let b = MessageId::derive(&a, Stage::Triage, 0);
+        let c = MessageId::derive(&a, Stage::Triage, 1);
+        let hashes = [h.hash_one(a), h.hash_one(b), h.hash_one(c)];
+        assert!(hashes[0] != hashes[1] && hashes[1] != hashes[2] && hashes[0] != hashes[2]);
+        assert_eq!(
+            h.hash_one(b),
+            h.hash_one(MessageId::derive(&a, Stage::Triage, 0))
+        );
+    }
+}
