@@ -90,7 +90,7 @@ impl Ledger for BenchLedger {
         &self,
         stage: Stage,
         id: &MessageId,
-        outputs: &[(Envelope, Message)],
+        outputs: &[(Envelope, Arc<Message>)],
     ) -> Result<(), StoreError> {
         self.store.record_processed(stage, id, outputs)
     }

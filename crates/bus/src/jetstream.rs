@@ -523,7 +523,29 @@ impl Bus for JetStreamBus {
     type Subscription = JetStreamSubscription;
 
     async fn publish(&self, envelope: &Envelope, message: Message) -> Result<Published, BusError> {
-        let subject = subject_for(&self.ns, &message);
+        self.publish_ref(envelope, &message).await
+    }
+
+    async fn publish_shared(
+        &self,
+        envelope: &Envelope,
+        message: Arc<Message>,
+    ) -> Result<Published, BusError> {
+        self.publish_ref(envelope, &message).await
+    }
+
+    async fn subscribe(&self, stage: Stage) -> Result<JetStreamSubscription, BusError> {
+        self.subscribe_stage(stage).await
+    }
+}
+
+impl JetStreamBus {
+    async fn publish_ref(
+        &self,
+        envelope: &Envelope,
+        message: &Message,
+    ) -> Result<Published, BusError> {
+        let subject = subject_for(&self.ns, message);
         let body = message.encode()?;
         let fail = |e: String| BusError::Publish {
             subject: subject.clone(),
@@ -541,7 +563,7 @@ impl Bus for JetStreamBus {
         })
     }
 
-    async fn subscribe(&self, stage: Stage) -> Result<JetStreamSubscription, BusError> {
+    async fn subscribe_stage(&self, stage: Stage) -> Result<JetStreamSubscription, BusError> {
         let consumer = self.consumer(stage).await?;
         let messages = consumer
             .stream()

@@ -144,6 +144,16 @@ pub trait Bus: Clone + Send + Sync + 'static {
         message: Message,
     ) -> impl Future<Output = Result<Published, BusError>> + Send;
 
+    /// [`publish`](Self::publish) of a shared message: what the stage runtime uses, so a
+    /// message (over a kilobyte) is not copied at each step between the handler and the bus.
+    fn publish_shared(
+        &self,
+        envelope: &Envelope,
+        message: Arc<Message>,
+    ) -> impl Future<Output = Result<Published, BusError>> + Send {
+        self.publish(envelope, Arc::unwrap_or_clone(message))
+    }
+
     /// Start receiving `stage`'s work.
     fn subscribe(
         &self,

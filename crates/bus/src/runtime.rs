@@ -70,7 +70,7 @@ pub trait Ledger: Send + Sync + 'static {
         &self,
         stage: Stage,
         id: &MessageId,
-        outputs: &[(Envelope, Message)],
+        outputs: &[(Envelope, Arc<Message>)],
     ) -> Result<(), StoreError>;
     /// Resolves once every record made before the call is on disk. The runtime acks an input
     /// only after this, so an acked message's record survives a crash. Implementations share
@@ -91,7 +91,7 @@ impl Ledger for Store {
         &self,
         stage: Stage,
         id: &MessageId,
-        outputs: &[(Envelope, Message)],
+        outputs: &[(Envelope, Arc<Message>)],
     ) -> Result<(), StoreError> {
         self.record_processed(stage, id, outputs)
     }
@@ -114,7 +114,12 @@ impl Ledger for NoLedger {
         Ok(None)
     }
 
-    fn record(&self, _: Stage, _: &MessageId, _: &[(Envelope, Message)]) -> Result<(), StoreError> {
+    fn record(
+        &self,
+        _: Stage,
+        _: &MessageId,
+        _: &[(Envelope, Arc<Message>)],
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -239,8 +244,11 @@ pub async fn run<B: Bus, H: Handler>(
             }
             Some(Ok(delivery)) => {
                 let shared = shared.clone();
+                // Boxed: the spawned future is then a few words, so spawning and polling it
+                // do not copy the whole state of `handle_one` (several kilobytes) around;
+                // those copies were the largest cost of an in-process hop.
                 tasks.spawn(async move {
-                    handle_one(&shared, delivery).await;
+                    Box::pin(handle_one(&shared, delivery)).await;
                     drop(permit);
                 });
             }
@@ -265,7 +273,7 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     let (envelope, message) = match d.open() {
         Ok(x) => x,
         Err(p) => {
-            dead_letter(s, d, None, p.reason).await;
+            Box::pin(dead_letter(s, d, None, p.reason)).await;
             return;
         }
     };
@@ -274,7 +282,7 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
             "a `{}` message does not belong to the `{stage}` stage",
             message.kind()
         );
-        dead_letter(s, d, Some(&envelope), reason).await;
+        Box::pin(dead_letter(s, d, Some(&envelope), reason)).await;
         return;
     }
 
@@ -282,17 +290,25 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     // again, with the same ids, and do not redo the handler's side effects.
     match s.ledger.outputs(stage, &envelope.message_id) {
         Ok(Some(outputs)) => {
+            let outputs = outputs.into_iter().map(|(e, m)| (e, Arc::new(m))).collect();
             s.stats.republished.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%stage, message = %envelope.message_id, "already handled; republishing its outputs");
             // The record may be this process's own, not yet on disk (a redelivery while its
             // first handling waits for the flush).
-            settle_publish(s, d, &envelope, outputs, true).await;
+            Box::pin(settle_publish(s, d, &envelope, outputs, true)).await;
             return;
         }
         Ok(None) => {}
         Err(e) => {
             tracing::warn!(%stage, error = %e, "cannot read the processed-message ledger; retrying later");
-            retry(s, d, &envelope, None, format!("ledger unreadable: {e}")).await;
+            Box::pin(retry(
+                s,
+                d,
+                &envelope,
+                None,
+                format!("ledger unreadable: {e}"),
+            ))
+            .await;
             return;
         }
     }
@@ -306,12 +322,15 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
         delivered,
         trace_id = tracing::field::Empty,
     );
-    let parent = TraceContextPropagator::new().extract(&EnvelopeHeaders(&envelope));
-    let _ = span.set_parent(parent);
-    // The trace id in the span's fields, so JSON log lines name it beside the repair id.
-    let trace_id = span.context().span().span_context().trace_id();
-    if trace_id != opentelemetry::trace::TraceId::INVALID {
-        span.record("trace_id", tracing::field::display(trace_id));
+    // No subscriber wants the span (no log output, no exporter): skip the trace context work.
+    if !span.is_disabled() {
+        let parent = TraceContextPropagator::new().extract(&EnvelopeHeaders(&envelope));
+        let _ = span.set_parent(parent);
+        // The trace id in the span's fields, so JSON log lines name it beside the repair id.
+        let trace_id = span.context().span().span_context().trace_id();
+        if trace_id != opentelemetry::trace::TraceId::INVALID {
+            span.record("trace_id", tracing::field::display(trace_id));
+        }
     }
 
     let input = Input {
@@ -376,7 +395,8 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
 
     match outcome {
         Outcome::Publish(messages) => {
-            let outputs: Vec<(Envelope, Message)> = messages
+            // Shared from here on: the ledger and the bus read the same copy.
+            let outputs: Vec<(Envelope, Arc<Message>)> = messages
                 .into_iter()
                 .enumerate()
                 .map(|(i, m)| {
@@ -389,7 +409,7 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
                         m.attempt(),
                     );
                     inject_trace(&span, &envelope, &mut env);
-                    (env, m)
+                    (env, Arc::new(m))
                 })
                 .collect();
             let recorded = match s.ledger.record(stage, &envelope.message_id, &outputs) {
@@ -410,13 +430,21 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
             if s.ledger.record(stage, &envelope.message_id, &[]).is_ok()
                 && let Err(e) = s.ledger.durable().await
             {
-                retry(s, d, &envelope, None, format!("ledger flush failed: {e}")).await;
+                Box::pin(retry(
+                    s,
+                    d,
+                    &envelope,
+                    None,
+                    format!("ledger flush failed: {e}"),
+                ))
+                .await;
                 return;
             }
             ack(d, stage).await;
         }
-        Outcome::Retry { after, reason } => retry(s, d, &envelope, after, reason).await,
-        Outcome::Reject(reason) => dead_letter(s, d, Some(&envelope), reason).await,
+        // The rare outcomes are boxed so their state does not enlarge every hop's future.
+        Outcome::Retry { after, reason } => Box::pin(retry(s, d, &envelope, after, reason)).await,
+        Outcome::Reject(reason) => Box::pin(dead_letter(s, d, Some(&envelope), reason)).await,
     }
 }
 
@@ -426,14 +454,14 @@ async fn settle_publish<B: Bus, H: Handler>(
     s: &Shared<B, H>,
     d: B::Delivery,
     input: &Envelope,
-    outputs: Vec<(Envelope, Message)>,
+    outputs: Vec<(Envelope, Arc<Message>)>,
     recorded: bool,
 ) {
     let stage = s.handler.stage();
     let publish = async {
         for (env, msg) in outputs {
             let kind = msg.kind();
-            match s.bus.publish(&env, msg).await {
+            match s.bus.publish_shared(&env, msg).await {
                 Ok(p) if p.duplicate => {
                     tracing::debug!(%stage, message = %env.message_id, "output was already published")
                 }
@@ -455,7 +483,7 @@ async fn settle_publish<B: Bus, H: Handler>(
     };
     match tokio::join!(publish, durable) {
         (Ok(()), Ok(())) => ack(d, stage).await,
-        (Err(reason), _) | (_, Err(reason)) => retry(s, d, input, None, reason).await,
+        (Err(reason), _) | (_, Err(reason)) => Box::pin(retry(s, d, input, None, reason)).await,
     }
 }
 
@@ -580,7 +608,11 @@ impl Injector for EnvelopeHeadersMut<'_> {
 /// Carry the trace on: the handler's span when tracing exports, else the input's context
 /// unchanged, so a worker without an exporter does not break the trace.
 fn inject_trace(span: &Span, input: &Envelope, out: &mut Envelope) {
-    let cx = span.context();
+    let cx = if span.is_disabled() {
+        opentelemetry::Context::new()
+    } else {
+        span.context()
+    };
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut EnvelopeHeadersMut(out));
     } else {

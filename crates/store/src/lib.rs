@@ -381,11 +381,11 @@ impl Store {
     }
 
     /// Record that `stage` handled `id` by publishing `outputs`.
-    pub fn record_processed(
+    pub fn record_processed<M: std::borrow::Borrow<Message>>(
         &self,
         stage: Stage,
         id: &MessageId,
-        outputs: &[(Envelope, Message)],
+        outputs: &[(Envelope, M)],
     ) -> Result<(), StoreError> {
         let stored = outputs
             .iter()
@@ -398,7 +398,7 @@ impl Store {
                         .collect(),
                     kind: e.kind.as_str().to_owned(),
                     version: e.version,
-                    body: m.encode().map_err(|err| StoreError::Corrupt {
+                    body: m.borrow().encode().map_err(|err| StoreError::Corrupt {
                         tree: "processed",
                         key: e.message_id.to_string(),
                         reason: err.to_string(),
@@ -780,7 +780,9 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let id = MessageId::new();
-                    store.record_processed(Stage::Fix, &id, &[]).unwrap();
+                    store
+                        .record_processed::<Message>(Stage::Fix, &id, &[])
+                        .unwrap();
                     store.flush_grouped().await
                 })
             })
