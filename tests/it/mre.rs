@@ -222,14 +222,25 @@ FAILED tests/test_calc.py::test_add - assert -1 == 5\n\
     Ok(())
 }
 
-/// A suite longer than the limit, repaired by the real `coval` binary in the local sandbox
-/// (real pytest, a 4 s limit, a suite of 8 s): candidates run the log's failing test alone,
-/// then its test file, so the repair is FIXED; and the first candidate that makes the failing
-/// test pass (`a * b`, rank 2) breaks a test of that file that passed (`add(5, 0) == 5`), so
-/// it must lose to `a + b`. Before candidates ran the MRE's command, every one met the whole
-/// suite, which was cut: no fix.
-#[test]
-fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_files() -> Result<()> {
+/// What `coval repair` of the calc project said: its exit code, its output, the patch and the
+/// report, and how long it took.
+struct Repaired {
+    code: Option<i32>,
+    said: String,
+    patch: String,
+    report: String,
+    took: std::time::Duration,
+}
+
+/// `add(a, b)` returns `a - b`; `tests/test_calc.py` has `test_add` (fails) and
+/// `test_add_zero` (passes, and fails for `a * b`), beside the `extra` files. The log is
+/// pytest's own output of `pytest_args`, as CI printed it; the repair runs the real `coval`
+/// binary, search engine, local sandbox, with `env`.
+fn repair_calc(
+    extra: &[(&str, String)],
+    pytest_args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Repaired> {
     coval_tests::ensure_host_pytest()?;
     let root = tempfile::tempdir()?;
     let p = root.path().join("proj");
@@ -239,18 +250,14 @@ fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_file
         p.join("tests/test_calc.py"),
         "from calc import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n\n\ndef test_add_zero():\n    assert add(5, 0) == 5\n",
     )?;
-    let slow: String = (0..4)
-        .map(|i| format!("def test_slow_{i}():\n    time.sleep(2)\n\n"))
-        .collect();
-    std::fs::write(
-        p.join("tests/test_slow.py"),
-        format!("import time\n\n{slow}"),
-    )?;
+    for (path, text) in extra {
+        std::fs::write(p.join(path), text)?;
+    }
     std::fs::write(p.join("pytest.ini"), "[pytest]\npythonpath = .\n")?;
-    // pytest's own output of the whole suite, as CI printed it.
     let log = root.path().join("error.log");
     let ci = std::process::Command::new("/usr/bin/python3")
         .args(["-m", "pytest", "-q"])
+        .args(pytest_args)
         .current_dir(&p)
         .output()?;
     std::fs::write(&log, [ci.stdout, ci.stderr].concat())?;
@@ -264,7 +271,7 @@ fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_file
         .arg("-s")
         .arg(&p)
         .env("COVAL_SANDBOX__BACKEND", "local")
-        .env("COVAL_SANDBOX__TIMEOUT_SECS", "4")
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .env_remove("VIRTUAL_ENV")
@@ -281,33 +288,17 @@ fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_file
             .map(|f| std::fs::read_to_string(f.trim()).unwrap_or_default())
             .unwrap_or_default()
     };
-    let (patch, report) = (file("patch"), file("report"));
-    let checks = [
-        (out.status.code() == Some(0), "exit 0 (fixed)"),
-        (
-            patch.contains("+    return a + b"),
-            "the patch is `a + b`",
-        ),
-        (
-            report.contains("`-` → `*`: breaks tests around the command that passed before: tests/test_calc.py::test_add_zero"),
-            "`a * b` passes the failing test alone and loses on its file",
-        ),
-        (
-            report.contains("| `tests/test_calc.py::test_add_zero` | passed | passed |"),
-            "the passing test of the target's file passes after",
-        ),
-        (
-            report.contains("The rest of the suite was NOT run for them")
-                && report.contains("COVAL_SANDBOX__TIMEOUT_SECS"),
-            "the report says the rest of the suite was not run, and which setting changes that",
-        ),
-        (
-            !report.contains("test_slow"),
-            "no candidate ran the slow file",
-        ),
-        // The cut suite once (4 s), the failing test alone, its file, then the candidates.
-        (took < std::time::Duration::from_secs(40), "under 40 s"),
-    ];
+    Ok(Repaired {
+        code: out.status.code(),
+        patch: file("patch"),
+        report: file("report"),
+        said,
+        took,
+    })
+}
+
+/// The checks of `r` that are not met, with everything needed to see why.
+fn ensure_met(r: &Repaired, checks: &[(bool, &str)]) -> Result<()> {
     let unmet: Vec<&str> = checks
         .iter()
         .filter(|(ok, _)| !ok)
@@ -315,9 +306,56 @@ fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_file
         .collect();
     anyhow::ensure!(
         unmet.is_empty(),
-        "unmet: {unmet:?} ({took:?})\n{said}\n{report}\n{patch}"
+        "unmet: {unmet:?} ({:?})\n{}\n{}\n{}",
+        r.took,
+        r.said,
+        r.report,
+        r.patch
     );
     Ok(())
+}
+
+/// A suite longer than the limit, repaired by the real `coval` binary in the local sandbox
+/// (real pytest, a 4 s limit, a suite of 8 s): candidates run the log's failing test alone,
+/// then its test file, so the repair is FIXED; and the first candidate that makes the failing
+/// test pass (`a * b`, rank 2) breaks a test of that file that passed (`add(5, 0) == 5`), so
+/// it must lose to `a + b`. Before candidates ran the MRE's command, every one met the whole
+/// suite, which was cut: no fix.
+#[test]
+fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_files() -> Result<()> {
+    let slow: String = (0..4)
+        .map(|i| format!("def test_slow_{i}():\n    time.sleep(2)\n\n"))
+        .collect();
+    // pytest's own output of the whole suite.
+    let r = repair_calc(
+        &[("tests/test_slow.py", format!("import time\n\n{slow}"))],
+        &[],
+        &[("COVAL_SANDBOX__TIMEOUT_SECS", "4")],
+    )?;
+    let report = &r.report;
+    ensure_met(
+        &r,
+        &[
+            (r.code == Some(0), "exit 0 (fixed)"),
+            (r.patch.contains("+    return a + b"), "the patch is `a + b`"),
+            (
+                report.contains("`-` → `*`: breaks tests around the command that passed before: tests/test_calc.py::test_add_zero"),
+                "`a * b` passes the failing test alone and loses on its file",
+            ),
+            (
+                report.contains("| `tests/test_calc.py::test_add_zero` | passed | passed |"),
+                "the passing test of the target's file passes after",
+            ),
+            (
+                report.contains("The rest of the suite was NOT run for them")
+                    && report.contains("COVAL_SANDBOX__TIMEOUT_SECS"),
+                "the report says the rest of the suite was not run, and which setting changes that",
+            ),
+            (!report.contains("test_slow"), "no candidate ran the slow file"),
+            // The cut suite once (4 s), the failing test alone, its file, then the candidates.
+            (r.took < std::time::Duration::from_secs(40), "under 40 s"),
+        ],
+    )
 }
 
 /// A whole suite that cannot run here, for a reason outside the log's tests: a test file the
@@ -328,73 +366,29 @@ fn a_suite_longer_than_the_limit_is_repaired_on_its_failing_tests_and_their_file
 /// `aiohttp`, which only `tests/test_blackd.py` needs).
 #[test]
 fn a_suite_that_cannot_collect_elsewhere_is_repaired_on_the_logs_tests() -> Result<()> {
-    coval_tests::ensure_host_pytest()?;
-    let root = tempfile::tempdir()?;
-    let p = root.path().join("proj");
-    std::fs::create_dir_all(p.join("tests"))?;
-    std::fs::write(p.join("calc.py"), "def add(a, b):\n    return a - b\n")?;
-    std::fs::write(
-        p.join("tests/test_calc.py"),
-        "from calc import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n\n\ndef test_add_zero():\n    assert add(5, 0) == 5\n",
-    )?;
-    std::fs::write(
-        p.join("tests/test_server.py"),
-        "import coval_absent_server_pkg\n\n\ndef test_serve():\n    assert coval_absent_server_pkg.serve()\n",
-    )?;
-    std::fs::write(p.join("pytest.ini"), "[pytest]\npythonpath = .\n")?;
     // The user ran the failing file, as the log shows.
-    let log = root.path().join("error.log");
-    let ci = std::process::Command::new("/usr/bin/python3")
-        .args(["-m", "pytest", "-q", "tests/test_calc.py"])
-        .current_dir(&p)
-        .output()?;
-    std::fs::write(&log, [ci.stdout, ci.stderr].concat())?;
-    let coval = coval_tests::workspace_binary("coval")?;
-    let out = std::process::Command::new(coval)
-        .arg("--workspace")
-        .arg(root.path().join("ws"))
-        .args(["repair", "--engine", "search", "-e"])
-        .arg(&log)
-        .arg("-s")
-        .arg(&p)
-        .env("COVAL_SANDBOX__BACKEND", "local")
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("VIRTUAL_ENV")
-        .output()?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let file = |prefix: &str| {
-        said.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|f| std::fs::read_to_string(f.trim()).unwrap_or_default())
-            .unwrap_or_default()
-    };
-    let (patch, report) = (file("patch"), file("report"));
-    let checks = [
-        (out.status.code() == Some(0), "exit 0 (fixed)"),
-        (patch.contains("+    return a + b"), "the patch is `a + b`"),
-        (
-            report.contains("breaks tests around the command that passed before: tests/test_calc.py::test_add_zero"),
-            "`a * b` passes the failing test alone and loses on its file",
-        ),
-        (
-            report.contains("The rest of the suite was NOT run for them: it cannot run in the sandbox")
-                && report.contains("coval_absent_server_pkg"),
-            "the report says the rest was not run, and the package that is missing",
-        ),
-    ];
-    let unmet: Vec<&str> = checks
-        .iter()
-        .filter(|(ok, _)| !ok)
-        .map(|(_, w)| *w)
-        .collect();
-    anyhow::ensure!(
-        unmet.is_empty(),
-        "unmet: {unmet:?}\n{said}\n{report}\n{patch}"
-    );
-    Ok(())
+    let r = repair_calc(
+        &[(
+            "tests/test_server.py",
+            "import coval_absent_server_pkg\n\n\ndef test_serve():\n    assert coval_absent_server_pkg.serve()\n".into(),
+        )],
+        &["tests/test_calc.py"],
+        &[],
+    )?;
+    ensure_met(
+        &r,
+        &[
+            (r.code == Some(0), "exit 0 (fixed)"),
+            (r.patch.contains("+    return a + b"), "the patch is `a + b`"),
+            (
+                r.report.contains("breaks tests around the command that passed before: tests/test_calc.py::test_add_zero"),
+                "`a * b` passes the failing test alone and loses on its file",
+            ),
+            (
+                r.report.contains("The rest of the suite was NOT run for them: it cannot run in the sandbox")
+                    && r.report.contains("coval_absent_server_pkg"),
+                "the report says the rest was not run, and the package that is missing",
+            ),
+        ],
+    )
 }
