@@ -675,16 +675,35 @@ fn env_node_modules(env: &[(String, String)]) -> Option<PathBuf> {
     (p.is_absolute() && p.file_name()? == "node_modules" && p.is_dir()).then_some(p)
 }
 
-/// Links `modules` as the copy's `node_modules` when it has none: an ES module finds what it
-/// `import`s only by walking up from its own file to a `node_modules`, never through
-/// `NODE_PATH` (which only `require` reads). In Docker the environment's `/node_modules` is
-/// on that walk already.
-fn link_node_modules(src: &Path, modules: &Path) -> std::io::Result<()> {
-    let link = src.join("node_modules");
-    if std::fs::symlink_metadata(&link).is_ok() || !src.join("package.json").is_file() {
+/// Tool caches kept in `node_modules` (vitest's and vite's `.vite`, babel's and others'
+/// `.cache`): never linked from the environment, so a run makes its own in the copy.
+const NODE_CACHES: &[&str] = &[".vite", ".cache"];
+
+/// Gives the copy a `node_modules` of its own when it has none: a directory of links to the
+/// entries of `modules` (packages, scopes, `.bin`), owned by the sandbox's user. An ES module
+/// finds what it `import`s only by walking up from its own file to a `node_modules`, never
+/// through `NODE_PATH` (which only `require` reads); in Docker the environment's
+/// `/node_modules` is on that walk already. A directory, not one link to the environment:
+/// tools write their caches there (vitest its results in `node_modules/.vite`, which failed
+/// every passing run with EACCES, exit 1), and the environment is read-only to the user.
+fn link_node_modules(src: &Path, modules: &Path, user: Option<(u32, u32)>) -> std::io::Result<()> {
+    let dir = src.join("node_modules");
+    if std::fs::symlink_metadata(&dir).is_ok() || !src.join("package.json").is_file() {
         return Ok(());
     }
-    std::os::unix::fs::symlink(modules, &link)
+    std::fs::create_dir(&dir)?;
+    for e in std::fs::read_dir(modules)? {
+        let e = e?;
+        let name = e.file_name();
+        if NODE_CACHES.iter().any(|c| name == *c) {
+            continue;
+        }
+        std::os::unix::fs::symlink(e.path(), dir.join(&name))?;
+    }
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 fn stage(dir: &Path, modules: Option<&Path>) -> Result<Staged, SandboxError> {
@@ -703,10 +722,10 @@ fn stage(dir: &Path, modules: Option<&Path>) -> Result<Staged, SandboxError> {
     } else {
         None
     };
-    // After the chown: the link is the only entry that points out of the copy, and the tree
-    // it points at stays the environment's own (read-only to the sandbox's user).
+    // After the chown: the links are the only entries that point out of the copy, and the
+    // trees they point at stay the environment's own (read-only to the sandbox's user).
     if let Some(m) = modules {
-        link_node_modules(&src, m)
+        link_node_modules(&src, m, user)
             .map_err(|e| SandboxError::io("cannot link the environment's node_modules", e))?;
     }
     Ok(Staged {
@@ -1015,6 +1034,27 @@ mod tests {
         assert_eq!(r.exit_code, Some(0), "{}{}", r.stdout, r.stderr);
         assert_eq!(r.stdout.trim(), "OK");
         assert!(!project.path().join("node_modules").exists());
+        // A tool's cache in node_modules (vitest's results) is written in the run's copy,
+        // even where the environment already has one.
+        std::fs::create_dir_all(env.path().join("node_modules/.vite")).unwrap();
+        std::fs::write(
+            project.path().join("cache.js"),
+            "import fs from 'node:fs';\nimport shout from 'shout';\n\
+             fs.mkdirSync('node_modules/.vite/vitest', { recursive: true });\n\
+             fs.writeFileSync('node_modules/.vite/vitest/results.json', '{}');\n\
+             console.log(shout('cached'));\n",
+        )
+        .unwrap();
+        let mut cached = spec.clone();
+        cached.argv = vec!["node".into(), "cache.js".into()];
+        let r = run_local(&cached).await.unwrap();
+        assert_eq!(r.exit_code, Some(0), "{}{}", r.stdout, r.stderr);
+        assert_eq!(r.stdout.trim(), "CACHED");
+        assert!(
+            !env.path().join("node_modules/.vite/vitest").exists(),
+            "the environment's own cache is untouched"
+        );
+        std::fs::remove_dir(env.path().join("node_modules/.vite")).unwrap();
         // Without the environment the import fails: the link is what resolves it.
         spec.env.retain(|(k, _)| k != "NODE_PATH");
         let r = run_local(&spec).await.unwrap();
