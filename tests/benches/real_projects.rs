@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use coval_tests::real::{self, Run};
 
 struct Row {
@@ -72,112 +72,159 @@ fn main() -> Result<()> {
         };
         let env = probe.build()?;
         let (ok, out) = probe.tests(&env)?;
-        ensure!(
-            ok,
-            "{}: the unbroken project fails its own tests:\n{out}",
-            r.name
-        );
-        for &backend in &backends {
-            let dir = root.path().join(format!("{}-{backend}", r.name));
-            real::make(&r, &dir, &cache.join("downloads"))?;
-            let run = Run {
-                recipe: &r,
-                dir,
-                backend,
-                cache: cache.clone(),
-                workspace: root.path().join(format!("ws-{}-{backend}", r.name)),
-                env: real::user_env(&r, &cache.join("downloads")),
-            };
-            // Cold build and installer by hand in turns, `repeat` times (this machine is
-            // shared: one pair is noise); their medians go in the table.
-            let (mut colds, mut hands) = (vec![], vec![]);
-            let mut cold = run.build_cold()?;
-            for i in 0..repeat {
-                if i > 0 {
-                    cold = run.build_cold()?;
-                }
-                colds.push(cold.seconds);
-                // The same installer by hand, right after (the same caches, the same load).
-                hands.push(real::installer_by_hand(
-                    &r,
-                    &run.dir,
+        if !ok {
+            // Not a repair to measure (the error log would not be the bug's): said in the
+            // table, with the failing tests' lines here, and the rest of the corpus goes on.
+            let failed: Vec<&str> = out
+                .lines()
+                .filter(|l| l.starts_with("FAILED") || l.contains(" failed"))
+                .collect();
+            eprintln!(
+                "{}: the unbroken project fails its own tests (not benched):\n{}",
+                r.name,
+                failed.join("\n")
+            );
+            for &backend in &backends {
+                rows.push(Row {
+                    name: r.name.clone(),
                     backend,
-                    &cache.join("downloads"),
-                )?);
+                    cold: f64::NAN,
+                    by_hand: f64::NAN,
+                    warm_process: f64::NAN,
+                    warm_inside: f64::NAN,
+                    mib: f64::NAN,
+                    repair: f64::NAN,
+                    again: f64::NAN,
+                    outcome: "not benched: the unbroken project fails its own tests".into(),
+                    phases: String::new(),
+                });
             }
-            let phases = if backend == "docker" {
-                std::fs::read_to_string(cache.join(format!("logs/docker-{}.log", cold.key)))
-                    .unwrap_or_default()
-                    .lines()
-                    .rev()
-                    .find_map(|l| l.strip_prefix("coval-env: phases: "))
-                    .unwrap_or("(no phases line in the build log)")
-                    .to_owned()
-            } else {
-                String::new()
-            };
-            let by_hand = median(&mut hands);
-            let cold_s = median(&mut colds);
-            let t = std::time::Instant::now();
-            let warm = run.build()?;
-            let warm_process = t.elapsed().as_secs_f64();
-            if !warm.reused {
-                // Another key at once: the base image was rebuilt meanwhile (another process).
-                eprintln!(
-                    "{} {backend}: the second build was not a reuse ({})",
-                    r.name, warm.description
-                );
-            }
-            let mib = run.size(&cold.key)? as f64 / (1024.0 * 1024.0);
-            let local = Run {
-                backend: "local",
-                ..Run {
+            continue;
+        }
+        for &backend in &backends {
+            // One project on one backend; an error is its row, and the corpus goes on.
+            let one = || -> Result<Row> {
+                let dir = root.path().join(format!("{}-{backend}", r.name));
+                real::make(&r, &dir, &cache.join("downloads"))?;
+                let run = Run {
                     recipe: &r,
-                    dir: run.dir.clone(),
+                    dir,
                     backend,
                     cache: cache.clone(),
-                    workspace: run.workspace.clone(),
+                    workspace: root.path().join(format!("ws-{}-{backend}", r.name)),
                     env: real::user_env(&r, &cache.join("downloads")),
+                };
+                // Cold build and installer by hand in turns, `repeat` times (this machine is
+                // shared: one pair is noise); their medians go in the table.
+                let (mut colds, mut hands) = (vec![], vec![]);
+                let mut cold = run.build_cold()?;
+                for i in 0..repeat {
+                    if i > 0 {
+                        cold = run.build_cold()?;
+                    }
+                    colds.push(cold.seconds);
+                    // The same installer by hand, right after (the same caches, the same load).
+                    hands.push(real::installer_by_hand(
+                        &r,
+                        &run.dir,
+                        backend,
+                        &cache.join("downloads"),
+                    )?);
                 }
-            };
-            let log = local.error_log(&local.build()?)?;
-            let first = run.repair(&log)?;
-            let again = run.repair(&log)?;
-            let outcome = match (&first.patch, first.code) {
-                (Some(p), 0) if real::undoes(&r, p) => "fixed".to_owned(),
-                (Some(_), 0) => "fixed elsewhere".to_owned(),
-                (_, c) => format!("exit {c}"),
-            };
-            let rebuilt = again.stderr.contains("environment: building");
-            eprintln!(
-                "{} {backend}: cold {:.1} s, warm {:.2} s, repair {:.1} s ({outcome}), again {:.1} s{}",
-                r.name,
-                cold_s,
-                warm_process,
-                first.wall.as_secs_f64(),
-                again.wall.as_secs_f64(),
-                if rebuilt { " REBUILT" } else { "" }
-            );
-            if first.code != 0 {
-                eprintln!("{}", first.stderr);
-            }
-            rows.push(Row {
-                name: r.name.clone(),
-                backend,
-                cold: cold_s,
-                by_hand,
-                warm_process,
-                warm_inside: warm.seconds,
-                mib,
-                repair: first.wall.as_secs_f64(),
-                again: again.wall.as_secs_f64(),
-                outcome: if rebuilt {
-                    format!("{outcome}, REBUILT")
+                let phases = if backend == "docker" {
+                    std::fs::read_to_string(cache.join(format!("logs/docker-{}.log", cold.key)))
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .find_map(|l| l.strip_prefix("coval-env: phases: "))
+                        .unwrap_or("(no phases line in the build log)")
+                        .to_owned()
                 } else {
-                    outcome
-                },
-                phases,
-            });
+                    String::new()
+                };
+                let by_hand = median(&mut hands);
+                let cold_s = median(&mut colds);
+                let t = std::time::Instant::now();
+                let warm = run.build()?;
+                let warm_process = t.elapsed().as_secs_f64();
+                if !warm.reused {
+                    // Another key at once: the base image was rebuilt meanwhile (another process).
+                    eprintln!(
+                        "{} {backend}: the second build was not a reuse ({})",
+                        r.name, warm.description
+                    );
+                }
+                let mib = run.size(&cold.key)? as f64 / (1024.0 * 1024.0);
+                let local = Run {
+                    backend: "local",
+                    ..Run {
+                        recipe: &r,
+                        dir: run.dir.clone(),
+                        backend,
+                        cache: cache.clone(),
+                        workspace: run.workspace.clone(),
+                        env: real::user_env(&r, &cache.join("downloads")),
+                    }
+                };
+                let log = local.error_log(&local.build()?)?;
+                let first = run.repair(&log)?;
+                let again = run.repair(&log)?;
+                let outcome = match (&first.patch, first.code) {
+                    (Some(p), 0) if real::undoes(&r, p) => "fixed".to_owned(),
+                    (Some(_), 0) => "fixed elsewhere".to_owned(),
+                    (_, c) => format!("exit {c}"),
+                };
+                let rebuilt = again.stderr.contains("environment: building");
+                eprintln!(
+                    "{} {backend}: cold {:.1} s, warm {:.2} s, repair {:.1} s ({outcome}), again {:.1} s{}",
+                    r.name,
+                    cold_s,
+                    warm_process,
+                    first.wall.as_secs_f64(),
+                    again.wall.as_secs_f64(),
+                    if rebuilt { " REBUILT" } else { "" }
+                );
+                if first.code != 0 {
+                    eprintln!("{}", first.stderr);
+                }
+                Ok(Row {
+                    name: r.name.clone(),
+                    backend,
+                    cold: cold_s,
+                    by_hand,
+                    warm_process,
+                    warm_inside: warm.seconds,
+                    mib,
+                    repair: first.wall.as_secs_f64(),
+                    again: again.wall.as_secs_f64(),
+                    outcome: if rebuilt {
+                        format!("{outcome}, REBUILT")
+                    } else {
+                        outcome
+                    },
+                    phases,
+                })
+            };
+            match one() {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    eprintln!("{} {backend}: {e:#}", r.name);
+                    let first = format!("{e:#}");
+                    rows.push(Row {
+                        name: r.name.clone(),
+                        backend,
+                        cold: f64::NAN,
+                        by_hand: f64::NAN,
+                        warm_process: f64::NAN,
+                        warm_inside: f64::NAN,
+                        mib: f64::NAN,
+                        repair: f64::NAN,
+                        again: f64::NAN,
+                        outcome: format!("bench error: {}", first.lines().next().unwrap_or("")),
+                        phases: String::new(),
+                    });
+                }
+            }
         }
     }
     println!(

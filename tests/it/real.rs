@@ -4,6 +4,7 @@
 //! outcome (exit 2 for a broken manifest, 3 for an unreachable registry), never a failing test.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use coval_tests::real::{self, Run};
@@ -353,5 +354,116 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
             "{backend}: {report}"
         );
     }
+    Ok(())
+}
+
+/// The build containers of a project dir (`dev.coval.env.project` label), running or not.
+fn build_containers(dir: &std::path::Path) -> Result<Vec<String>> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=dev.coval.env.project={}", dir.display()))
+        .output()?;
+    ensure!(out.status.success(), "docker ps failed: {out:?}");
+    Ok(String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Polls until `dir` has no build container; how long that took.
+fn until_no_build_container(dir: &std::path::Path, limit: Duration) -> Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        let left = build_containers(dir)?;
+        if left.is_empty() {
+            return Ok(t0.elapsed());
+        }
+        ensure!(
+            t0.elapsed() < limit,
+            "build containers still there after {limit:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A Docker environment build does not wait for its container's removal (the engine removes
+/// it, AutoRemove), and leaves none behind: after a build, and after a `coval env build`
+/// killed in the middle of its install step (the step ends when coval's attached stdin
+/// closes, whatever its installer was doing).
+#[test]
+fn docker_environment_builds_leave_no_container_even_when_killed() -> Result<()> {
+    let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;
+    let dir = root.path().join("p");
+    std::fs::create_dir_all(dir.join("tests"))?;
+    std::fs::write(
+        dir.join("tests/test_a.py"),
+        "def test_a():\n    assert 1 + 1 == 2\n",
+    )?;
+    let recipe = real::Recipe {
+        name: "env-build-container".into(),
+        language: "python".into(),
+        source: "app".into(),
+        bug: real::Bug {
+            file: String::new(),
+            find: String::new(),
+            replace: String::new(),
+        },
+        ci: true,
+        note: String::new(),
+        go_modules: vec![],
+    };
+    // A fresh key every run: the nonce is in the setup commands.
+    let nonce = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let mut run = Run {
+        recipe: &recipe,
+        dir: dir.clone(),
+        backend: "docker",
+        cache: cache(),
+        workspace: root.path().join("ws"),
+        env: vec![(
+            "COVAL_SANDBOX__SETUP".into(),
+            format!("echo slow-install-{nonce}; sleep 300"),
+        )],
+    };
+    let src = dir.display().to_string();
+    let mut child = run
+        .command(&["env", "build", "-s", &src])?
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Killed once its install step runs (the container exists).
+    let t0 = Instant::now();
+    while build_containers(&dir)?.is_empty() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("coval env build ended before its install step: {status}");
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no build container after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill()?;
+    child.wait()?;
+    let gone = until_no_build_container(&dir, Duration::from_secs(30))?;
+    eprintln!("killed build: its container was gone {gone:?} after the kill");
+
+    // A build that succeeds: the image is there, and its container goes without coval.
+    run.env = vec![(
+        "COVAL_SANDBOX__SETUP".into(),
+        format!("echo quick-install-{nonce}"),
+    )];
+    let built = run.build()?;
+    ensure!(!built.reused, "{built:?}");
+    let gone = until_no_build_container(&dir, Duration::from_secs(30))?;
+    eprintln!("built: its container was gone {gone:?} after coval env build returned");
+    let out = run.coval(&["env", "prune", "--key", &built.key])?;
+    ensure!(out.status.success(), "prune failed: {out:?}");
     Ok(())
 }

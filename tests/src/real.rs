@@ -295,6 +295,11 @@ pub struct Repaired {
 
 impl Run<'_> {
     pub fn coval(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.command(args)?.output()?)
+    }
+
+    /// The `coval` command of [`Run::coval`], not started.
+    pub fn command(&self, args: &[&str]) -> Result<Command> {
         let mut c = Command::new(crate::workspace_binary("coval")?);
         c.args(["--workspace"])
             .arg(&self.workspace)
@@ -307,7 +312,7 @@ impl Run<'_> {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        Ok(c.output()?)
+        Ok(c)
     }
 
     /// `coval env build --json`.

@@ -124,6 +124,12 @@ pub(super) struct ContainerGuard {
 }
 
 impl ContainerGuard {
+    /// Disarms the guard of a container created with AutoRemove that has been told to end
+    /// (its stdin closed, its process exiting): the engine removes it, coval does not wait.
+    pub fn leave_to_engine(mut self) {
+        self.armed = false;
+    }
+
     pub async fn remove(mut self) -> Result<(), SandboxError> {
         let r = remove_container(&self.docker, &self.id).await;
         if r.is_ok() {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, KillContainerOptionsBuilder, ListImagesOptionsBuilder,
-    LogsOptionsBuilder, RemoveImageOptionsBuilder,
+    AttachContainerOptionsBuilder, CommitContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -237,12 +237,22 @@ async fn build(
     }
     // The cache's new files go back to the user who runs coval (the step runs as root).
     let (uid, gid) = (crate::sys::euid(), crate::sys::egid());
-    // Its own times (the installer, then the permissions) close the output, for the phases.
+    // The install step ends when coval's attached stdin closes: a watcher waits on it and,
+    // when it closes before the installer is done (coval was killed, or gave up), kills
+    // every process of the container. The installer itself reads no stdin. Its own times
+    // (the installer, then the permissions) and its exit code close the output. On success
+    // the step then waits for the watcher: the container is committed while nothing writes
+    // any more (so without a pause), and ends when coval closes stdin. The engine removes
+    // it then (AutoRemove): coval waits neither for its exit nor for its removal, and no
+    // build container outlives coval.
     let script = format!(
-        "t0=$(date +%s%N); mkdir -p {DOCKER_ENV_DIR} && sh -e /coval-src/.coval-install.sh; rc=$?; \
+        "exec 3<&0; ( read -r _ <&3; [ -e /tmp/.coval-installed ] || kill -s KILL -- -1 ) & w=$!; \
+         t0=$(date +%s%N); mkdir -p {DOCKER_ENV_DIR} && sh -e /coval-src/.coval-install.sh </dev/null 3<&-; \
+         rc=$?; touch /tmp/.coval-installed; exec 3<&-; \
          t1=$(date +%s%N); chown -R {uid}:{gid} {DOWNLOADS_IN} 2>/dev/null; \
          [ $rc = 0 ] && chmod -R a+rX {DOCKER_ENV_DIR} {DOCKER_NODE_MODULES} 2>/dev/null; \
-         t2=$(date +%s%N); echo \"{TIMES} $(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))\"; exit $rc"
+         t2=$(date +%s%N); echo \"{TIMES} $(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 )) $rc\"; \
+         if [ $rc = 0 ]; then wait; else kill -s KILL $w; fi; exit $rc"
     );
     let host = HostConfig {
         network_mode: Some("host".into()),
@@ -257,7 +267,7 @@ async fn build(
         pids_limit: Some(4096),
         init: Some(true),
         runtime: d.runtime.clone(),
-        auto_remove: Some(false),
+        auto_remove: Some(true),
         ..Default::default()
     };
     let body = ContainerCreateBody {
@@ -266,35 +276,55 @@ async fn build(
         user: Some("0:0".into()),
         env: Some(envs),
         working_dir: Some("/coval-src".into()),
+        attach_stdin: Some(true),
+        open_stdin: Some(true),
+        // The container's stdin closes when coval's attached stream ends.
+        stdin_once: Some(true),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         tty: Some(false),
         labels: Some(HashMap::from([
             (LABEL.to_owned(), d.instance.clone()),
             (ROLE_LABEL.to_owned(), "env-build".to_owned()),
+            // Which project it builds for (`docker ps --filter label=...`).
+            (
+                "dev.coval.env.project".to_owned(),
+                root.display().to_string(),
+            ),
         ])),
         host_config: Some(host),
         ..Default::default()
     };
     phases.lap("staging");
     let guard = d.create(body).await?;
+    let opts = AttachContainerOptionsBuilder::default()
+        .stream(true)
+        .logs(true)
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let attached = d
+        .docker
+        .attach_container(&guard.id, Some(opts))
+        .await
+        .map_err(engine("attach"))?;
+    let (mut stream, mut stdin) = (attached.output, attached.input);
     d.docker
         .start_container(&guard.id, None)
         .await
         .map_err(engine("start container"))?;
     phases.lap("container start");
-    let opts = LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut stream = d.docker.logs(&guard.id, Some(opts));
     let mut output = String::new();
     let mut log = std::fs::File::create(&log_path).ok();
     let timeout = Duration::from_secs(cfg.install_timeout_secs);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut timed_out = false;
-    loop {
+    let mut lines = Lines::default();
+    // The install step's exit code, from its last line (or from the engine when it ended
+    // without one).
+    let mut reported: Option<i64> = None;
+    while reported.is_none() {
         tokio::select! {
             item = stream.next() => match item {
                 Some(Ok(chunk)) => {
@@ -303,11 +333,11 @@ async fn build(
                         use std::io::Write;
                         let _ = f.write_all(text.as_bytes());
                     }
-                    for l in text.lines().filter(|l| !l.trim().is_empty()) {
-                        if let Some(ms) = l.strip_prefix(TIMES) {
-                            phases.inside(ms);
-                        } else {
-                            env::progress(Progress::Line(l.to_owned()));
+                    for l in lines.push(&text) {
+                        if let Some(times) = l.strip_prefix(TIMES) {
+                            reported = phases.inside(times);
+                        } else if !l.trim().is_empty() {
+                            env::progress(Progress::Line(l));
                         }
                     }
                     keep_tail(&mut output, &text);
@@ -317,7 +347,6 @@ async fn build(
             _ = tokio::time::sleep_until(deadline) => { timed_out = true; break }
         }
     }
-    drop(stream);
     if timed_out {
         let _ = d
             .docker
@@ -331,7 +360,13 @@ async fn build(
             )
             .await;
     }
-    let code = wait_exit(&d.docker, &guard.id).await?;
+    let code = match reported {
+        Some(c) => c,
+        None if timed_out => -1,
+        // Ended without its last line (killed, out of memory): the engine's word, while the
+        // container is still there to ask.
+        None => wait_exit(&d.docker, &guard.id).await.unwrap_or(-1),
+    };
     phases.lap("install step");
     let ok = !timed_out && code == 0;
     let result = if timed_out {
@@ -344,7 +379,7 @@ async fn build(
         Err(env::classify(
             plan.language,
             &output,
-            i32::try_from(code).ok(),
+            i32::try_from(code).ok().filter(|c| *c >= 0),
             &log_path,
         ))
     } else {
@@ -373,6 +408,10 @@ async fn build(
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
                 "LANG=C.UTF-8".into(),
             ]),
+            // The build's stdin settings stay out of the image.
+            open_stdin: Some(false),
+            stdin_once: Some(false),
+            attach_stdin: Some(false),
             ..Default::default()
         };
         let opts = CommitContainerOptionsBuilder::default()
@@ -380,6 +419,7 @@ async fn build(
             .repo(repo)
             .tag(tag)
             .comment(&format!("coval environment {key}"))
+            .pause(false)
             .build();
         d.docker
             .commit_container(opts, config)
@@ -388,7 +428,11 @@ async fn build(
             .map_err(|e| EnvError::Sandbox(format!("docker commit failed: {e}")))
     };
     phases.lap("commit");
-    let _ = guard.remove().await;
+    // The step ends as its stdin closes; the engine removes the container (AutoRemove).
+    use tokio::io::AsyncWriteExt;
+    let _ = stdin.shutdown().await;
+    drop((stdin, stream));
+    guard.leave_to_engine();
     drop(staging);
     phases.lap("cleanup");
     // Where a cold build's time goes beside the installer's own (the bench reads it here).
@@ -452,11 +496,16 @@ impl Phases {
         self.last = now;
     }
 
-    /// `INSTALLER_MS PERMISSIONS_MS`, the install step's last line (ignored when malformed).
-    fn inside(&mut self, ms: &str) {
-        let mut it = ms.split_whitespace().map(str::parse::<u64>);
-        if let (Some(Ok(a)), Some(Ok(b)), None) = (it.next(), it.next(), it.next()) {
-            self.inside = Some((a, b));
+    /// `INSTALLER_MS PERMISSIONS_MS EXIT_CODE`, the install step's last line: its exit code
+    /// (`None` when malformed).
+    fn inside(&mut self, line: &str) -> Option<i64> {
+        let mut it = line.split_whitespace().map(str::parse::<i64>);
+        match (it.next(), it.next(), it.next(), it.next()) {
+            (Some(Ok(a)), Some(Ok(b)), Some(Ok(rc)), None) => {
+                self.inside = Some((a.max(0).unsigned_abs(), b.max(0).unsigned_abs()));
+                Some(rc)
+            }
+            _ => None,
         }
     }
 
@@ -472,6 +521,24 @@ impl Phases {
             parts.push(format!("permissions {:.2} s", b as f64 / 1000.0));
         }
         format!("coval-env: phases: {}", parts.join(", "))
+    }
+}
+
+/// Splits chunks of output into whole lines (a chunk may end inside a line).
+#[derive(Default)]
+struct Lines {
+    partial: String,
+}
+
+impl Lines {
+    fn push(&mut self, text: &str) -> Vec<String> {
+        self.partial.push_str(text);
+        let Some(end) = self.partial.rfind('\n') else {
+            return vec![];
+        };
+        let rest = self.partial.split_off(end + 1);
+        let whole = std::mem::replace(&mut self.partial, rest);
+        whole.lines().map(str::to_owned).collect()
     }
 }
 
@@ -543,15 +610,25 @@ pub async fn prune(d: &DockerSandbox, key: Option<&str>) -> Result<Vec<Listed>, 
 
 #[cfg(test)]
 mod tests {
-    use super::{Phases, local_registries};
+    use super::{Lines, Phases, local_registries};
+
+    #[test]
+    fn output_lines_are_whole_even_when_a_chunk_ends_inside_one() {
+        let mut l = Lines::default();
+        assert!(l.push("coval-env-ti").is_empty());
+        assert_eq!(l.push("mes: 1 2 0\nnext"), vec!["coval-env-times: 1 2 0"]);
+        assert_eq!(l.push(" line\r\n\nlast\n"), vec!["next line", "", "last"]);
+        assert!(l.push("").is_empty());
+    }
 
     #[test]
     fn the_phases_line_has_the_install_steps_own_times() {
         let mut p = Phases::new();
         p.lap("staging");
-        p.inside("not numbers");
+        assert_eq!(p.inside("not numbers"), None);
+        assert_eq!(p.inside("40123 205"), None, "no exit code");
         assert!(!p.line().contains("installer"), "{}", p.line());
-        p.inside("40123 205");
+        assert_eq!(p.inside(" 40123 205 0"), Some(0));
         let line = p.line();
         assert!(line.starts_with("coval-env: phases: staging 0."), "{line}");
         assert!(
