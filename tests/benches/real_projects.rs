@@ -34,6 +34,25 @@ struct Row {
     phases: String,
 }
 
+impl Row {
+    /// A project that has a row but no figures: `outcome` says why.
+    fn unmeasured(name: &str, backend: &'static str, outcome: String) -> Row {
+        Row {
+            name: name.to_owned(),
+            backend,
+            cold: f64::NAN,
+            by_hand: f64::NAN,
+            warm_process: f64::NAN,
+            warm_inside: f64::NAN,
+            mib: f64::NAN,
+            repair: f64::NAN,
+            again: f64::NAN,
+            outcome,
+            phases: String::new(),
+        }
+    }
+}
+
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs.get(xs.len() / 2).copied().unwrap_or(0.0)
@@ -85,19 +104,11 @@ fn main() -> Result<()> {
                 failed.join("\n")
             );
             for &backend in &backends {
-                rows.push(Row {
-                    name: r.name.clone(),
+                rows.push(Row::unmeasured(
+                    &r.name,
                     backend,
-                    cold: f64::NAN,
-                    by_hand: f64::NAN,
-                    warm_process: f64::NAN,
-                    warm_inside: f64::NAN,
-                    mib: f64::NAN,
-                    repair: f64::NAN,
-                    again: f64::NAN,
-                    outcome: "not benched: the unbroken project fails its own tests".into(),
-                    phases: String::new(),
-                });
+                    "not benched: the unbroken project fails its own tests".into(),
+                ));
             }
             continue;
         }
@@ -210,19 +221,11 @@ fn main() -> Result<()> {
                 Err(e) => {
                     eprintln!("{} {backend}: {e:#}", r.name);
                     let first = format!("{e:#}");
-                    rows.push(Row {
-                        name: r.name.clone(),
+                    rows.push(Row::unmeasured(
+                        &r.name,
                         backend,
-                        cold: f64::NAN,
-                        by_hand: f64::NAN,
-                        warm_process: f64::NAN,
-                        warm_inside: f64::NAN,
-                        mib: f64::NAN,
-                        repair: f64::NAN,
-                        again: f64::NAN,
-                        outcome: format!("bench error: {}", first.lines().next().unwrap_or("")),
-                        phases: String::new(),
-                    });
+                        format!("bench error: {}", first.lines().next().unwrap_or("")),
+                    ));
                 }
             }
         }

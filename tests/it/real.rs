@@ -241,6 +241,23 @@ fn unmet(
         .collect()
 }
 
+/// A Python project of the test's own (`source: app`), with no bug to write.
+fn app_recipe(name: &str) -> real::Recipe {
+    real::Recipe {
+        name: name.into(),
+        language: "python".into(),
+        source: "app".into(),
+        bug: real::Bug {
+            file: String::new(),
+            find: String::new(),
+            replace: String::new(),
+        },
+        ci: true,
+        note: String::new(),
+        go_modules: vec![],
+    }
+}
+
 #[test]
 fn a_failed_install_is_its_own_outcome() -> Result<()> {
     let root = tempfile::tempdir_in(coval_tests::repo_root().join("target"))?;
@@ -254,19 +271,7 @@ fn a_failed_install_is_its_own_outcome() -> Result<()> {
         dir.join("error.log"),
         "FAILED tests/test_a.py::test_a - AssertionError\n",
     )?;
-    let recipe = real::Recipe {
-        name: "install".into(),
-        language: "python".into(),
-        source: "app".into(),
-        bug: real::Bug {
-            file: String::new(),
-            find: String::new(),
-            replace: String::new(),
-        },
-        ci: true,
-        note: String::new(),
-        go_modules: vec![],
-    };
+    let recipe = app_recipe("install");
     let mut run = Run {
         recipe: &recipe,
         dir: dir.clone(),
@@ -399,19 +404,7 @@ fn docker_environment_builds_leave_no_container_even_when_killed() -> Result<()>
         dir.join("tests/test_a.py"),
         "def test_a():\n    assert 1 + 1 == 2\n",
     )?;
-    let recipe = real::Recipe {
-        name: "env-build-container".into(),
-        language: "python".into(),
-        source: "app".into(),
-        bug: real::Bug {
-            file: String::new(),
-            find: String::new(),
-            replace: String::new(),
-        },
-        ci: true,
-        note: String::new(),
-        go_modules: vec![],
-    };
+    let recipe = app_recipe("env-build-container");
     // A fresh key every run: the nonce is in the setup commands.
     let nonce = format!(
         "{:x}",
