@@ -336,24 +336,18 @@ pub fn markdown(f: &Facts) -> String {
                 .flat_map(|m| &m.wider)
                 .map(|w| format!("`{}`", w.join(" "))),
         );
-        match f.mre.and_then(|m| m.suite_blocked.as_ref()) {
-            Some(b) => {
-                let _ = writeln!(
-                    s,
-                    "Candidates ran {} only. The rest of the suite was NOT run for them: it cannot run in the sandbox ({} is missing), so a change may still break a test elsewhere. To validate against the whole suite: {}.\n",
-                    ran.join(" then "),
-                    b.what,
-                    b.hint
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "Candidates ran {} only. The rest of the suite was NOT run for them: the whole suite is longer than `sandbox.timeout_secs`, so a change may still break a test elsewhere. Raise `sandbox.timeout_secs` (`COVAL_SANDBOX__TIMEOUT_SECS`) above the suite's time to validate against the whole suite.\n",
-                    ran.join(" then ")
-                );
-            }
-        }
+        let why = match f.mre.and_then(|m| m.suite_blocked.as_ref()) {
+            Some(b) => format!(
+                "it cannot run in the sandbox ({} is missing), so a change may still break a test elsewhere. To validate against the whole suite: {}.",
+                b.what, b.hint
+            ),
+            None => "the whole suite is longer than `sandbox.timeout_secs`, so a change may still break a test elsewhere. Raise `sandbox.timeout_secs` (`COVAL_SANDBOX__TIMEOUT_SECS`) above the suite's time to validate against the whole suite.".into(),
+        };
+        let _ = writeln!(
+            s,
+            "Candidates ran {} only. The rest of the suite was NOT run for them: {why}\n",
+            ran.join(" then ")
+        );
     }
     let _ = writeln!(s, "## Recommendations\n");
     match f.outcome {

@@ -97,18 +97,25 @@ impl Handler for MreStage {
         // (the loop), whatever the log named.
         let looping_log = sandbox::outcomes::cut_by_time_limit(&d.request.error_log);
         let same = |r: &run::TestRun| reproduces(&d.triage, r) || looping_log && r.result.timed_out;
-        // A whole suite that outlasts its limit, where the log saw no loop: the log's failing
-        // tests alone (seconds on any suite) tell a long suite from a test that loops, and
-        // decide whether the failure reproduces. The whole suite is never run a second time.
+        // Why the tests cannot run here, apart from the bug (a missing runner or package).
+        let blocked = (!same(&whole))
+            .then(|| blocked::diagnose(&whole, &d.triage, &root, sb.name()))
+            .flatten();
+        // A whole suite that outlasts its limit, where the log saw no loop, or that cannot run
+        // here (a test file outside the log's needs a package this environment lacks: pytest
+        // stops at its import): the log's failing tests alone (seconds on any suite) decide
+        // whether the failure reproduces, and then they are the baseline. The whole suite is
+        // never run a second time.
+        let too_long = whole.result.timed_out && !looping_log;
         let long_suite = match run::ended_tests_cmd(&kind, &d.triage.failing_tests) {
-            Some(cmd) if whole.result.timed_out && !looping_log => {
+            Some(cmd) if too_long || blocked.is_some() => {
                 let alone_kind = sandbox::ProjectKind {
                     test_cmd: cmd.clone(),
                     ..kind.clone()
                 };
                 match run::run_tests(sb, &repro, env, &alone_kind, &root).await {
                     Ok(r) if !r.result.timed_out && reproduces(&d.triage, &r) => Some((cmd, r)),
-                    Ok(r) => {
+                    Ok(r) if too_long => {
                         notes.push(format!(
                             "the log's failing tests alone do not fail as in the log: `{}` {}",
                             build::shell_words(&cmd),
@@ -116,47 +123,21 @@ impl Handler for MreStage {
                         ));
                         None
                     }
-                    Err(e) => {
+                    Err(e) if too_long => {
                         notes.push(format!("the log's failing tests could not run alone: {e}"));
                         None
                     }
+                    Ok(_) | Err(_) => None,
                 }
             }
             _ => None,
         };
-        // A whole suite that cannot run here (a test file outside the log's needs a package
-        // this environment lacks: pytest stops at its import) while the log's failing tests
-        // run alone and fail as in the log: those tests are the baseline, as for a long suite.
-        let mut suite_blocked = None;
-        let mut long_suite = long_suite;
-        if !same(&whole)
-            && long_suite.is_none()
-            && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
-            && let Some(cmd) = run::ended_tests_cmd(&kind, &d.triage.failing_tests)
-        {
-            let alone_kind = sandbox::ProjectKind {
-                test_cmd: cmd.clone(),
-                ..kind.clone()
-            };
-            match run::run_tests(sb, &repro, env, &alone_kind, &root).await {
-                Ok(r) if !r.result.timed_out && reproduces(&d.triage, &r) => {
-                    notes.push(format!(
-                        "the whole suite cannot run in the sandbox: {} is missing ({}; {}), yet the log's failing tests run alone (`{}` in {:.1} s) and fail as in the log: they are the baseline, and the whole project is the example",
-                        blocked.what,
-                        whole.result.verdict(),
-                        blocked.hint,
-                        build::shell_words(&cmd),
-                        r.result.duration.as_secs_f64()
-                    ));
-                    suite_blocked = Some(blocked);
-                    long_suite = Some((cmd, r));
-                }
-                Ok(_) | Err(_) => {}
-            }
-        }
-        if !same(&whole)
-            && long_suite.is_none()
-            && let Some(blocked) = blocked::diagnose(&whole, &d.triage, &root, sb.name())
+        // The suite is blocked, not long: why the rest of it is not run for candidates.
+        let suite_blocked = blocked
+            .clone()
+            .filter(|_| long_suite.is_some() && !too_long);
+        if long_suite.is_none()
+            && let Some(blocked) = blocked
         {
             notes.push(format!(
                 "the tests cannot run in the sandbox: {} is missing ({})",
@@ -208,21 +189,26 @@ impl Handler for MreStage {
         // the looping test too) are not run.
         let looped = whole.result.timed_out && long_suite.is_none();
         let mut baseline_ms = whole.result.duration.as_millis() as u64;
-        let minimal = if let Some((_, alone)) = &long_suite
-            && suite_blocked.is_some()
-        {
-            baseline_ms = alone.result.duration.as_millis() as u64;
-            None
-        } else if let Some((cmd, alone)) = &long_suite {
+        let minimal = if let Some((cmd, alone)) = &long_suite {
             // What candidates are scaled to: the failing tests alone, which ended.
             baseline_ms = alone.result.duration.as_millis() as u64;
-            notes.push(format!(
+            notes.push(match &suite_blocked {
+                Some(b) => format!(
+                    "the whole suite cannot run in the sandbox: {} is missing ({}; {}), yet the log's failing tests run alone (`{}` in {:.1} s) and fail as in the log: they are the baseline, and the whole project is the example",
+                    b.what,
+                    whole.result.verdict(),
+                    b.hint,
+                    build::shell_words(cmd),
+                    alone.result.duration.as_secs_f64()
+                ),
+                None => format!(
                 "the whole suite did not end within its {} s limit, yet the log's failing tests ended alone (`{}` in {:.1} s) and fail as in the log: a suite longer than the limit, not a loop (sandbox.timeout_secs sets the limit); the baseline is the {} test(s) that ended, and the whole project is the example",
                 repro.timeout_secs,
                 build::shell_words(cmd),
                 alone.result.duration.as_secs_f64(),
                 whole.passing().len()
-            ));
+                ),
+            });
             None
         } else if looped {
             notes.push(format!(
@@ -320,19 +306,20 @@ impl Handler for MreStage {
             }
             let mut ran = vec![format!("`{}`", build::shell_words(cmd))];
             ran.extend(wider.iter().map(|w| format!("`{}`", build::shell_words(w))));
-            notes.push(match &suite_blocked {
+            let because = match &suite_blocked {
                 Some(b) => format!(
-                    "candidates are validated with {} only: the rest of the suite is NOT run for them, because it cannot run in the sandbox ({} is missing; {})",
-                    ran.join(" then "),
-                    b.what,
-                    b.hint
+                    "it cannot run in the sandbox ({} is missing; {})",
+                    b.what, b.hint
                 ),
                 None => format!(
-                    "candidates are validated with {} only: the rest of the suite is NOT run for them, because the whole suite outlasts sandbox.timeout_secs ({} s); raise sandbox.timeout_secs (COVAL_SANDBOX__TIMEOUT_SECS) above the suite's time to validate candidates against the whole suite",
-                    ran.join(" then "),
+                    "the whole suite outlasts sandbox.timeout_secs ({} s); raise sandbox.timeout_secs (COVAL_SANDBOX__TIMEOUT_SECS) above the suite's time to validate candidates against the whole suite",
                     repro.timeout_secs
                 ),
-            });
+            };
+            notes.push(format!(
+                "candidates are validated with {} only: the rest of the suite is NOT run for them, because {because}",
+                ran.join(" then ")
+            ));
         }
         for level in sandbox::widen(&kind)
             .into_iter()

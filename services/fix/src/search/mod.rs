@@ -109,21 +109,12 @@ struct Ctx<'a> {
     tree: Tree,
     /// Byte offset of each line's start in `src`.
     line_starts: Vec<usize>,
-    out: Vec<Pending>,
+    /// Mutants with their change only (no file, no whole text) until they are ranked, so a
+    /// large file's thousands of mutants cost their edits, not thousands of copies of it.
+    out: Vec<Mutant>,
     /// The changes already made (a change is the byte range of `src` it replaces and what
     /// replaces it), so an edit reached twice yields one mutant.
     seen: HashSet<(usize, usize, String)>,
-}
-
-/// A mutant before it is ranked: its change, not yet the whole new text, so a large file's
-/// thousands of mutants cost their edits, not thousands of copies of the file.
-struct Pending {
-    line: u32,
-    operator: &'static str,
-    description: String,
-    change: (usize, usize, String),
-    score: f64,
-    edit_size: usize,
 }
 
 fn language(lang: Language, path: &str) -> Option<tree_sitter::Language> {
@@ -175,10 +166,9 @@ impl Ctx<'_> {
             return;
         };
         let change = (p, end, with.to_owned());
-        if self.seen.contains(&change) {
+        if !self.seen.insert(change.clone()) {
             return;
         }
-        self.seen.insert(change.clone());
         let Some(tree) = self.reparse(&new, &change) else {
             return;
         };
@@ -187,10 +177,12 @@ impl Ctx<'_> {
         }
         // Equal scores: the smaller change to the syntax tree first (the edit a person makes).
         let edit_size = self.tree_distance(&tree, &new, &change).unwrap_or(size);
-        self.out.push(Pending {
+        self.out.push(Mutant {
+            file: String::new(),
             line: line(at),
             operator,
             description,
+            new_text: String::new(),
             change,
             score: score * prior(operator) * self.learned.get(operator).copied().unwrap_or(1.0),
             edit_size,
@@ -452,22 +444,12 @@ pub fn mutants_guided(
     });
     out.truncate(limit);
     // Only the mutants kept become whole texts.
-    out.into_iter()
-        .map(|m| {
-            let (p, end, with) = &m.change;
-            let new_text = format!("{}{with}{}", &src[..*p], &src[*end..]);
-            Mutant {
-                file: path.to_owned(),
-                line: m.line,
-                operator: m.operator,
-                description: m.description,
-                new_text,
-                change: m.change,
-                score: m.score,
-                edit_size: m.edit_size,
-            }
-        })
-        .collect()
+    for m in &mut out {
+        let (p, end, with) = &m.change;
+        m.new_text = format!("{}{with}{}", &src[..*p], &src[*end..]);
+        m.file = path.to_owned();
+    }
+    out
 }
 
 /// The byte range of `src` that `new` replaces, and its replacement: what is left between the
