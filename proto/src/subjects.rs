@@ -49,14 +49,34 @@ impl Namespace {
         format!("{}.stage.{}.>", self.0, stage.as_str())
     }
 
-    /// Every stage's work, as captured by the work stream.
+    /// Every stage's work: what the single work stream of earlier releases captured.
     pub fn work_subjects(&self) -> String {
         format!("{}.stage.>", self.0)
     }
 
-    /// The work-queue stream holding messages not yet handled.
-    pub fn work_stream(&self) -> String {
+    /// The work-queue stream holding `stage`'s messages not yet handled (its subjects are
+    /// [`stage_filter`](Self::stage_filter)). One stream per stage: the server stores, and
+    /// with `sync_interval: always` syncs, each stage's work on its own, in parallel with the
+    /// other stages', where one stream for all six made every write wait for the one before.
+    pub fn work_stream(&self, stage: Stage) -> String {
+        format!(
+            "{}_WORK_{}",
+            self.upper(),
+            stage.as_str().to_ascii_uppercase()
+        )
+    }
+
+    /// The one work stream of every stage that releases before per-stage streams created
+    /// (subjects [`work_subjects`](Self::work_subjects)). A worker that finds it retires it:
+    /// its subjects move to [`retired_work_subject`](Self::retired_work_subject), its
+    /// messages are still handled, and it is deleted once empty.
+    pub fn legacy_work_stream(&self) -> String {
         format!("{}_WORK", self.upper())
+    }
+
+    /// Where the retired work stream listens: a subject nothing publishes on.
+    pub fn retired_work_subject(&self) -> String {
+        format!("{}.retired.work", self.0)
     }
 
     pub fn dead_letter_subject(&self, stage: Stage) -> String {
@@ -154,7 +174,16 @@ mod tests {
             "t-1.stage.fix.mre_ready"
         );
         assert_eq!(ns.stage_filter(Stage::Fix), "t-1.stage.fix.>");
-        assert_eq!(ns.work_stream(), "T_1_WORK");
+        assert_eq!(ns.work_stream(Stage::Fix), "T_1_WORK_FIX");
+        assert_eq!(ns.legacy_work_stream(), "T_1_WORK");
+        // The retired stream's subject is outside every stage's filter.
+        for stage in Stage::WORKERS {
+            let filter = ns.stage_filter(stage);
+            assert!(
+                !ns.retired_work_subject()
+                    .starts_with(filter.trim_end_matches('>'))
+            );
+        }
         assert!(Namespace::new("Bad.Name").is_err());
         assert!(Namespace::new("").is_err());
     }

@@ -11,6 +11,13 @@
 //! client, for the first hop) to the next stage's handler starting on it.
 //! On JetStream every copy of a stage has its own connection and its own sled ledger, as a
 //! worker process does; "records/flush" is how many handled messages shared one ledger flush.
+//! CPU ms per chain, over the throughput run: this process (every stage copy and the client)
+//! and the nats-server; where their sum per second nears the cores there are, the run was
+//! bound by CPU, not by waiting.
+
+/// What workers allocate with (`stages::Allocator`), so the bench measures what they run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -146,6 +153,20 @@ struct Row {
     p99_ms: f64,
     /// Handled messages per ledger flush (JetStream rows that flush).
     per_flush: Option<f64>,
+    /// CPU milliseconds per chain of this process and of the server (one server's rows).
+    cpu_ms: (f64, Option<f64>),
+}
+
+/// CPU seconds (user and system) a process has used so far, from /proc.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: utime and
+    // stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // In USER_HZ, which Linux fixes at 100 for user space.
+    Some(ticks as f64 / 100.0)
 }
 
 /// One stage runtime to start: its bus (a connection of its own on JetStream), stage, ledger.
@@ -158,6 +179,7 @@ async fn measure<B: Bus>(
     mut done: impl Completions,
     chains: usize,
     latency_chains: usize,
+    server: Option<u32>,
 ) -> Result<Row> {
     let copies = workers.len() / Stage::WORKERS.len();
     let starts: Starts = Arc::default();
@@ -197,6 +219,8 @@ async fn measure<B: Bus>(
             )
         })
         .collect();
+    let own = std::process::id();
+    let cpu0 = (cpu_secs(own), server.and_then(cpu_secs));
     let t0 = Instant::now();
     let publisher = {
         let bus = client.clone();
@@ -219,6 +243,12 @@ async fn measure<B: Bus>(
             .with_context(|| format!("{name}: throughput run stalled"))??;
     }
     let elapsed = t0.elapsed();
+    let per_chain =
+        |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1000.0 / chains as f64);
+    let cpu_ms = (
+        per_chain(cpu0.0, cpu_secs(own)).unwrap_or(f64::NAN),
+        per_chain(cpu0.1, server.and_then(cpu_secs)),
+    );
     publisher.await?;
 
     // Latency, one chain at a time.
@@ -265,6 +295,7 @@ async fn measure<B: Bus>(
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         per_flush: None,
+        cpu_ms,
     })
 }
 
@@ -282,6 +313,7 @@ async fn in_process(copies: usize, chains: usize, latency_chains: usize) -> Resu
         MemCompletions(bus),
         chains,
         latency_chains,
+        None,
     )
     .await
 }
@@ -289,6 +321,8 @@ async fn in_process(copies: usize, chains: usize, latency_chains: usize) -> Resu
 struct JsRow<'a> {
     name: &'a str,
     url: &'a str,
+    /// The one server's process, for its CPU time (`None` for a cluster).
+    server: Option<u32>,
     copies: usize,
     flush: Flush,
     replicas: usize,
@@ -339,7 +373,16 @@ async fn jetstream(r: JsRow<'_>) -> Result<Row> {
             workers.push((bus, stage, ledger as Arc<dyn Ledger>));
         }
     }
-    let mut row = measure(r.name, client, workers, done, r.chains, r.latency_chains).await?;
+    let mut row = measure(
+        r.name,
+        client,
+        workers,
+        done,
+        r.chains,
+        r.latency_chains,
+        r.server,
+    )
+    .await?;
     let flushes: u64 = ledgers.iter().map(|l| l.flushes()).sum();
     if r.flush != Flush::None && flushes > 0 {
         let handled = (r.chains + r.latency_chains) * Stage::WORKERS.len();
@@ -450,20 +493,33 @@ async fn jetstream_rows(
 ) -> Result<()> {
     let default = NatsServer::start(SyncMode::Default)?;
     let always = NatsServer::start(SyncMode::Always)?;
-    let js = |name, url, copies, flush, chains| JsRow {
-        name,
-        url,
-        copies,
-        flush,
-        replicas: 1,
-        chains,
+    fn js<'a>(
+        name: &'a str,
+        server: &'a NatsServer,
+        copies: usize,
+        flush: Flush,
+        chains: usize,
+    ) -> JsRow<'a> {
+        JsRow {
+            name,
+            url: &server.url,
+            server: Some(server.pid()),
+            copies,
+            flush,
+            replicas: 1,
+            chains,
+            latency_chains: 0,
+        }
+    }
+    let js = |name, server, copies, flush, chains| JsRow {
         latency_chains,
+        ..js(name, server, copies, flush, chains)
     };
     for copies in [1, 2, 4] {
         rows.push(
             jetstream(js(
                 "jetstream default sync",
-                &default.url,
+                &default,
                 copies,
                 Flush::Grouped,
                 js_chains,
@@ -475,7 +531,7 @@ async fn jetstream_rows(
         rows.push(
             jetstream(js(
                 "jetstream sync always",
-                &always.url,
+                &always,
                 copies,
                 Flush::Grouped,
                 always_chains,
@@ -486,7 +542,7 @@ async fn jetstream_rows(
     rows.push(
         jetstream(js(
             "default sync, ledger not flushed",
-            &default.url,
+            &default,
             1,
             Flush::None,
             js_chains,
@@ -496,7 +552,7 @@ async fn jetstream_rows(
     rows.push(
         jetstream(js(
             "sync always, ledger not flushed",
-            &always.url,
+            &always,
             1,
             Flush::None,
             always_chains,
@@ -509,7 +565,7 @@ async fn jetstream_rows(
         rows.push(
             jetstream(js(
                 "sync always, a flush per message",
-                &always.url,
+                &always,
                 1,
                 Flush::PerMessage,
                 // Slow (each handler waits for a flush of its own): a few chains.
@@ -537,6 +593,7 @@ async fn cluster_rows(
             jetstream(JsRow {
                 name,
                 url: &cluster.url,
+                server: None,
                 copies: 1,
                 flush: Flush::Grouped,
                 replicas,
@@ -555,13 +612,14 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
     println!(
         "six no-op stages; {chains} in-process chains, {js_chains} JetStream chains at the default sync, {always_chains} with sync always (a fiftieth with `--per-message`; a sled ledger per stage copy), {latency_chains} sequential chains for latency"
     );
+    println!("CPU ms/chain: this process (stages and client) + the nats-server, throughput run");
     println!(
         "load average before: {load_before}, after: {} ({} cores)",
         load_average(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<34} {:>6} {:>10} {:>11} {:>11} {:>13} {:>10} {:>10}",
+        "{:<34} {:>6} {:>10} {:>11} {:>11} {:>13} {:>10} {:>10} {:>14}",
         "bus",
         "copies",
         "chains/s",
@@ -569,7 +627,8 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
         "hop p99 ms",
         "records/flush",
         "vs in-proc",
-        "vs default"
+        "vs default",
+        "CPU ms/chain"
     );
     let base = rows
         .iter()
@@ -588,8 +647,12 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
                 .map(|d| format!("{:.3}", r.chains_per_s / d))
                 .unwrap_or_else(|| "-".into())
         };
+        let cpu = match r.cpu_ms {
+            (own, Some(server)) => format!("{own:.3}+{server:.3}"),
+            (own, None) => format!("{own:.3}"),
+        };
         println!(
-            "{:<34} {:>6} {:>10.0} {:>11.3} {:>11.3} {:>13} {:>10.4} {:>10}",
+            "{:<34} {:>6} {:>10.0} {:>11.3} {:>11.3} {:>13} {:>10.4} {:>10} {:>14}",
             r.name,
             r.copies,
             r.chains_per_s,
@@ -600,6 +663,7 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
                 .unwrap_or_else(|| "-".into()),
             r.chains_per_s / base,
             vs_default,
+            cpu,
         );
     }
     let profile = if cfg!(debug_assertions) {

@@ -140,19 +140,22 @@ async fn chain_completes_on_jetstream() -> Result<()> {
             env.repair_id
         );
     }
-    // Work-queue retention: nothing is left unhandled. A stage acks its input after it has
-    // published the output, so the last acks may land just after the last completion.
-    let mut work = bus
-        .context()
-        .get_stream(bus.namespace().work_stream())
-        .await?;
+    // Work-queue retention: nothing is left unhandled in any stage's stream. A stage acks its
+    // input after it has published the output, so the last acks may land just after the
+    // last completion.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut left = work.info().await?.state.messages;
-    while left > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        left = work.info().await?.state.messages;
+    for stage in Stage::WORKERS {
+        let mut work = bus
+            .context()
+            .get_stream(bus.namespace().work_stream(stage))
+            .await?;
+        let mut left = work.info().await?.state.messages;
+        while left > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            left = work.info().await?.state.messages;
+        }
+        assert_eq!(left, 0, "unhandled work left in the {stage} stream");
     }
-    assert_eq!(left, 0, "unhandled work left in the stream");
     stop.cancel();
     for t in tasks {
         t.await?;
@@ -252,7 +255,7 @@ async fn js_events_work(
 ) -> Result<async_nats::jetstream::consumer::pull::Stream> {
     let stream = bus
         .context()
-        .get_stream(bus.namespace().work_stream())
+        .get_stream(bus.namespace().work_stream(stage))
         .await?;
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
@@ -390,7 +393,7 @@ async fn shutdown_finishes_in_flight_work_and_progress_acks_prevent_redelivery()
     // Nothing is left for redelivery: the input was acked.
     let work = bus
         .context()
-        .get_stream(bus.namespace().work_stream())
+        .get_stream(bus.namespace().work_stream(Stage::Triage))
         .await?;
     let mut c = work
         .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
@@ -404,5 +407,110 @@ async fn shutdown_finishes_in_flight_work_and_progress_acks_prevent_redelivery()
         info.num_redelivered, 0,
         "in-progress acks did not prevent redelivery"
     );
+    Ok(())
+}
+
+/// A server holding the single work stream of an earlier release, with unhandled work in it:
+/// workers of this release retire it (new work goes to a stream per stage), handle what was
+/// left in it exactly once, and delete it once it is empty.
+#[tokio::test]
+async fn workers_drain_and_delete_the_work_stream_of_an_earlier_release() -> Result<()> {
+    use async_nats::jetstream::{consumer, stream};
+    let nats = NatsServer::start(SyncMode::Default)?;
+    let ns = Namespace::new("upgrade")?;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+    // What an earlier release made: one stream for every stage's work, a consumer per stage.
+    let legacy = js
+        .create_stream(stream::Config {
+            name: ns.legacy_work_stream(),
+            subjects: vec![ns.work_subjects()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await?;
+    legacy
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(ns.consumer(Stage::Triage)),
+            filter_subject: ns.stage_filter(Stage::Triage),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let left: Vec<RepairId> = (0..4).map(|_| RepairId::new()).collect();
+    for r in &left {
+        let (e, m) = origin(*r);
+        let mut headers = async_nats::HeaderMap::new();
+        for (k, v) in e.to_headers() {
+            headers.insert(k, v);
+        }
+        js.publish_with_headers(
+            proto::subjects::subject_for(&ns, &m),
+            headers,
+            m.encode()?.into(),
+        )
+        .await?
+        .await?;
+    }
+
+    let bus = JetStreamBus::connect(&nats.url, ns.clone(), test_bus_config()).await?;
+    let info = js
+        .get_stream(ns.legacy_work_stream())
+        .await?
+        .info()
+        .await?
+        .clone();
+    assert_eq!(info.config.subjects, vec![ns.retired_work_subject()]);
+    assert_eq!(
+        info.state.messages, 4,
+        "the work left must stay until handled"
+    );
+    for stage in Stage::WORKERS {
+        js.get_stream(ns.work_stream(stage)).await?;
+    }
+
+    let dirs: Vec<_> = (0..6)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let stop = CancellationToken::new();
+    let mut tasks = vec![];
+    for (stage, dir) in Stage::WORKERS.into_iter().zip(&dirs) {
+        let store = Store::open(dir.path())?;
+        tasks.push(spawn_stage(&bus, NoopStage::new(stage), Arc::new(store), &stop).0);
+    }
+    let mut completions = js_events(&bus, bus.namespace().event_subjects()).await?;
+    let new: Vec<RepairId> = (0..3).map(|_| RepairId::new()).collect();
+    for r in &new {
+        let (e, m) = origin(*r);
+        bus.publish(&e, m).await?;
+    }
+    let mut done = std::collections::HashSet::new();
+    while done.len() < left.len() + new.len() {
+        let (env, _) = next_message(&mut completions, Duration::from_secs(20)).await?;
+        assert!(
+            left.contains(&env.repair_id) || new.contains(&env.repair_id),
+            "a completion of an unknown repair"
+        );
+        assert!(done.insert(env.repair_id), "completed twice");
+    }
+    // Emptied, the retired stream goes (a subscription checks every 10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while js.get_stream(ns.legacy_work_stream()).await.is_ok() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the emptied work stream of the earlier release is still there after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No completion came twice in the meantime.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), completions.next())
+            .await
+            .is_err(),
+        "a repair completed again"
+    );
+    stop.cancel();
+    for t in tasks {
+        t.await?;
+    }
     Ok(())
 }

@@ -371,7 +371,7 @@ fn a_publish_only_ci_identity_submits_and_may_do_nothing_else() -> Result<()> {
           "$O.{ns}-snapshots.>",
           "$KV.{ns}-submissions.>",
           "$JS.API.INFO",
-          "$JS.API.STREAM.INFO.{ups}_WORK",
+          "$JS.API.STREAM.INFO.{ups}_WORK_TRIAGE",
           "$JS.API.STREAM.INFO.{ups}_EVENTS",
           "$JS.API.STREAM.INFO.OBJ_{ns}-snapshots",
           "$JS.API.STREAM.INFO.KV_{ns}-submissions",
@@ -380,7 +380,7 @@ fn a_publish_only_ci_identity_submits_and_may_do_nothing_else() -> Result<()> {
           "$JS.API.STREAM.MSG.GET.KV_{ns}-submissions",
           "$JS.API.DIRECT.GET.OBJ_{ns}-snapshots.>",
           "$JS.API.DIRECT.GET.KV_{ns}-submissions.>",
-          "$JS.API.CONSUMER.INFO.{ups}_WORK.triage"
+          "$JS.API.CONSUMER.INFO.{ups}_WORK_TRIAGE.triage"
         ] }}
         subscribe: {{ allow: ["_INBOX.>"] }}
     }} }}

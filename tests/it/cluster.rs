@@ -28,7 +28,8 @@ async fn streams_and_buckets_are_created_with_the_configured_replicas() -> Resul
     let ns = Namespace::new("rep")?;
     let bus = JetStreamBus::connect(&cluster.url, ns.clone(), r3()).await?;
     let bucket = Bucket::open_replicated(bus.context(), &ns.snapshot_bucket(), 3).await?;
-    let mut names = vec![ns.work_stream(), ns.dead_letter_stream(), ns.event_stream()];
+    let mut names: Vec<String> = Stage::WORKERS.map(|s| ns.work_stream(s)).into();
+    names.extend([ns.dead_letter_stream(), ns.event_stream()]);
     names.push(format!("OBJ_{}", bucket.name()));
     for name in names {
         let mut s = bus.context().get_stream(&name).await?;
@@ -82,9 +83,13 @@ async fn repairs_complete_while_the_work_streams_leader_is_killed_and_restarted(
         )
         .await?;
     }
-    // Kill the node that leads the work stream while those repairs are in flight.
+    // Kill the node that leads the first stage's work stream (every repair passes through
+    // it) while those repairs are in flight.
     let leader = {
-        let mut s = bus.context().get_stream(ns.work_stream()).await?;
+        let mut s = bus
+            .context()
+            .get_stream(ns.work_stream(Stage::Triage))
+            .await?;
         let info = s.info().await?;
         info.cluster
             .clone()
@@ -124,7 +129,10 @@ async fn repairs_complete_while_the_work_streams_leader_is_killed_and_restarted(
         },
     )?;
     // The restarted node caught up: it serves the stream again as leader or follower.
-    let mut s = bus.context().get_stream(ns.work_stream()).await?;
+    let mut s = bus
+        .context()
+        .get_stream(ns.work_stream(Stage::Triage))
+        .await?;
     let info = s.info().await?;
     let cl = info.cluster.clone().context("cluster info")?;
     ensure!(

@@ -222,7 +222,7 @@ fn validate_waiting(url: &str) -> Result<usize> {
         let client = async_nats::connect(url).await?;
         let js = async_nats::jetstream::new(client);
         let stream = js
-            .get_stream(ns.work_stream())
+            .get_stream(ns.work_stream(Stage::Validate))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let info = stream

@@ -385,7 +385,10 @@ fn the_manifests_name_what_the_code_and_the_cluster_file_name() -> Result<()> {
     )?;
     let meta = &so["spec"]["triggers"][0]["metadata"];
     let ns = proto::subjects::Namespace::new("coval")?;
-    ensure!(meta["stream"] == ns.work_stream().as_str(), "{meta}");
+    ensure!(
+        meta["stream"] == ns.work_stream(proto::Stage::Validate).as_str(),
+        "{meta}"
+    );
     ensure!(
         meta["consumer"] == ns.consumer(proto::Stage::Validate).as_str(),
         "{meta}"

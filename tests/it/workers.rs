@@ -429,7 +429,7 @@ fn a_validation_worker_killed_mid_repair_is_replaced_by_a_second_copy() -> Resul
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok(s) = js
-                .get_stream(format!("{}_WORK", c.ns.to_ascii_uppercase()))
+                .get_stream(format!("{}_WORK_VALIDATE", c.ns.to_ascii_uppercase()))
                 .await
                 && let Ok(info) = s.consumer_info("validate").await
                 && info.num_ack_pending > 0

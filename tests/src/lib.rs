@@ -82,6 +82,11 @@ fn wait_listening(port: u16) -> Result<()> {
 }
 
 impl NatsServer {
+    /// The server process's id (for its CPU time, in benches).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(sync: SyncMode) -> Result<NatsServer> {
         Self::start_with(sync, "", "nats")
     }

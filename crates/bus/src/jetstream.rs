@@ -1,6 +1,6 @@
-//! The JetStream bus: one work-queue stream whose subjects route each message to exactly one
-//! stage, a durable pull consumer per stage with explicit acks, a dead-letter stream and an
-//! event stream for completions. Bodies are MessagePack, envelopes are headers, and the
+//! The JetStream bus: a work-queue stream per stage (its subjects route each message to
+//! exactly that stage), a durable pull consumer per stage with explicit acks, a dead-letter
+//! stream and an event stream for completions. Bodies are MessagePack, envelopes are headers, and the
 //! `Nats-Msg-Id` header makes the server drop a republished copy within the duplicate window.
 
 use std::sync::Arc;
@@ -253,9 +253,7 @@ impl JetStreamBus {
             ns,
             cfg,
         };
-        let present = role == Role::Client
-            && bus.js.get_stream(bus.ns.work_stream()).await.is_ok()
-            && bus.js.get_stream(bus.ns.event_stream()).await.is_ok();
+        let present = role == Role::Client && bus.streams_present().await;
         if !present {
             match role {
                 // A worker waits out a cluster that cannot create streams yet (no quorum, a
@@ -288,26 +286,42 @@ impl JetStreamBus {
         &self.ns
     }
 
+    /// Whether the streams a client uses exist already: the first stage's work stream (where
+    /// it submits) and the event stream (where it follows a repair).
+    async fn streams_present(&self) -> bool {
+        self.js
+            .get_stream(self.ns.work_stream(Stage::Triage))
+            .await
+            .is_ok()
+            && self.js.get_stream(self.ns.event_stream()).await.is_ok()
+    }
+
     async fn ensure_streams(&self) -> Result<(), BusError> {
         let setup = |what: String| move |e: Failed| e.setup(&what);
         let ns = &self.ns;
+        // Its subjects overlap the per-stage streams': it must let go of them first.
+        self.retire_legacy_work()
+            .await
+            .map_err(setup(ns.legacy_work_stream()))?;
         // Work: each message is removed once its stage acks it. Unlimited size with discard
         // "new": when a limit is ever set, a full stream refuses work instead of silently
         // deleting unhandled messages.
-        let work = stream::Config {
-            name: ns.work_stream(),
-            subjects: vec![ns.work_subjects()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::New,
-            max_bytes: self.cfg.work_max_bytes,
-            duplicate_window: self.cfg.duplicate_window(),
-            num_replicas: self.cfg.replicas,
-            ..Default::default()
-        };
-        self.create_or_update(work)
-            .await
-            .map_err(setup(ns.work_stream()))?;
+        for stage in Stage::WORKERS {
+            let work = stream::Config {
+                name: ns.work_stream(stage),
+                subjects: vec![ns.stage_filter(stage)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                discard: stream::DiscardPolicy::New,
+                max_bytes: self.cfg.work_max_bytes,
+                duplicate_window: self.cfg.duplicate_window(),
+                num_replicas: self.cfg.replicas,
+                ..Default::default()
+            };
+            self.create_or_update(work)
+                .await
+                .map_err(setup(ns.work_stream(stage)))?;
+        }
         let dlq = stream::Config {
             name: ns.dead_letter_stream(),
             subjects: vec![ns.dead_letter_subjects()],
@@ -337,6 +351,33 @@ impl JetStreamBus {
         Ok(())
     }
 
+    /// The single work stream of earlier releases, if there is one, stops capturing new work
+    /// (its subjects move to one nothing publishes on) and is deleted once empty. Until
+    /// then each stage's subscription also pulls the stage's messages left in it, with the
+    /// stage's durable consumer there, so an upgrade loses and repeats nothing.
+    async fn retire_legacy_work(&self) -> Result<(), Failed> {
+        let name = self.ns.legacy_work_stream();
+        let Ok(legacy) = self.js.get_stream(&name).await else {
+            return Ok(());
+        };
+        let info = legacy.cached_info().clone();
+        let retired = vec![self.ns.retired_work_subject()];
+        if info.config.subjects != retired {
+            let mut config = info.config.clone();
+            config.subjects = retired;
+            self.js.update_stream(config).await.map_err(failed)?;
+            tracing::info!(
+                stream = %name,
+                messages = info.state.messages,
+                "retired the single work stream of an earlier release: new work goes to a stream per stage; the messages left in it are still handled"
+            );
+        }
+        if info.state.messages == 0 {
+            delete_retired(&self.js, &name).await;
+        }
+        Ok(())
+    }
+
     async fn create_or_update(&self, cfg: stream::Config) -> Result<(), Failed> {
         match self.js.get_stream(&cfg.name).await {
             Ok(_) => self.js.update_stream(cfg).await.map(|_| ()).map_err(failed),
@@ -350,12 +391,19 @@ impl JetStreamBus {
         let err = |e: Failed| e.setup(&what);
         let s = self
             .js
-            .get_stream(self.ns.work_stream())
+            .get_stream(self.ns.work_stream(stage))
             .await
             .map_err(|e| err(failed(e)))?;
         let name = self.ns.consumer(stage);
-        let config = consumer::pull::Config {
-            durable_name: Some(name.clone()),
+        s.get_or_create_consumer(&name, self.consumer_config(stage))
+            .await
+            .map_err(|e| err(failed(e)))
+    }
+
+    /// `stage`'s durable consumer: explicit acks, redelivery after the ack wait.
+    fn consumer_config(&self, stage: Stage) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.ns.consumer(stage)),
             filter_subject: self.ns.stage_filter(stage),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.cfg.ack_wait(),
@@ -364,10 +412,7 @@ impl JetStreamBus {
             max_deliver: i64::from(self.cfg.max_deliver) + 1,
             max_ack_pending: self.cfg.max_ack_pending,
             ..Default::default()
-        };
-        s.get_or_create_consumer(&name, config)
-            .await
-            .map_err(|e| err(failed(e)))
+        }
     }
 }
 
@@ -472,7 +517,7 @@ impl JetStreamBus {
     /// The load of `stage`'s consumer; `None` when the stream or the consumer does not exist
     /// (no worker of the stage ever started) or the server does not answer.
     pub async fn consumer_load(&self, stage: Stage) -> Option<ConsumerLoad> {
-        let stream = self.js.get_stream(self.ns.work_stream()).await.ok()?;
+        let stream = self.js.get_stream(self.ns.work_stream(stage)).await.ok()?;
         let info = stream.consumer_info(self.ns.consumer(stage)).await.ok()?;
         Some(ConsumerLoad {
             pending: info.num_pending,
@@ -565,24 +610,70 @@ impl JetStreamBus {
 
     async fn subscribe_stage(&self, stage: Stage) -> Result<JetStreamSubscription, BusError> {
         let consumer = self.consumer(stage).await?;
-        let messages = consumer
+        let messages = self.pull(&consumer).await.map_err(|e| BusError::Receive {
+            stage,
+            reason: e.to_string(),
+        })?;
+        Ok(JetStreamSubscription {
+            stage,
+            messages,
+            legacy: self.legacy_messages(stage).await,
+            js: self.js.clone(),
+            legacy_name: self.ns.legacy_work_stream(),
+            check: tokio::time::interval(LEGACY_CHECK),
+        })
+    }
+
+    async fn pull(
+        &self,
+        consumer: &consumer::PullConsumer,
+    ) -> Result<consumer::pull::Stream, consumer::StreamError> {
+        consumer
             .stream()
             .max_messages_per_batch(self.cfg.concurrency.max(1))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
             .await
-            .map_err(|e| BusError::Receive {
-                stage,
-                reason: e.to_string(),
-            })?;
-        Ok(JetStreamSubscription { stage, messages })
+    }
+
+    /// The stage's messages left in the retired work stream of an earlier release, through
+    /// the stage's durable consumer there (made if no worker of the stage ever ran); `None`
+    /// when there is no such stream.
+    async fn legacy_messages(&self, stage: Stage) -> Option<consumer::pull::Stream> {
+        let legacy = self
+            .js
+            .get_stream(self.ns.legacy_work_stream())
+            .await
+            .ok()?;
+        let consumer = legacy
+            .get_or_create_consumer(&self.ns.consumer(stage), self.consumer_config(stage))
+            .await
+            .ok()?;
+        tracing::info!(%stage, stream = %self.ns.legacy_work_stream(), "also handling this stage's messages left in the retired work stream");
+        self.pull(&consumer).await.ok()
+    }
+}
+
+/// How often a subscription still draining the retired work stream checks whether it is
+/// empty (and then deletes it).
+const LEGACY_CHECK: Duration = Duration::from_secs(10);
+
+/// Deletes the retired work stream; another worker may have done it first.
+async fn delete_retired(js: &jetstream::Context, name: &str) {
+    if js.delete_stream(name).await.is_ok() {
+        tracing::info!(stream = %name, "deleted the retired work stream: it is empty");
     }
 }
 
 pub struct JetStreamSubscription {
     stage: Stage,
     messages: consumer::pull::Stream,
+    /// The stage's messages left in the retired work stream, until it is empty.
+    legacy: Option<consumer::pull::Stream>,
+    js: jetstream::Context,
+    legacy_name: String,
+    check: tokio::time::Interval,
 }
 
 impl Subscription for JetStreamSubscription {
@@ -590,7 +681,35 @@ impl Subscription for JetStreamSubscription {
 
     async fn next(&mut self) -> Option<Result<JetStreamDelivery, BusError>> {
         let stage = self.stage;
-        let m = self.messages.next().await?;
+        let m = loop {
+            let Some(legacy) = self.legacy.as_mut() else {
+                break self.messages.next().await?;
+            };
+            tokio::select! {
+                m = self.messages.next() => break m?,
+                m = legacy.next() => match m {
+                    Some(Ok(m)) => break Ok(m),
+                    // A missed heartbeat while a server restarts: the pull goes on.
+                    Some(Err(e)) => tracing::debug!(%stage, error = %e, "pulling from the retired work stream"),
+                    None => self.legacy = None,
+                },
+                _ = self.check.tick() => {
+                    let empty = match self.js.get_stream(&self.legacy_name).await {
+                        Ok(s) => s.cached_info().state.messages == 0,
+                        // Deleted by another worker once empty; any other error may pass.
+                        Err(e) => matches!(
+                            e.kind(),
+                            jetstream::context::GetStreamErrorKind::JetStream(j)
+                                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                        ),
+                    };
+                    if empty {
+                        self.legacy = None;
+                        delete_retired(&self.js, &self.legacy_name).await;
+                    }
+                }
+            }
+        };
         Some(
             m.map(|message| JetStreamDelivery { stage, message })
                 .map_err(|e| BusError::Receive {

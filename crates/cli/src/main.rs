@@ -6,6 +6,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The workers' allocator (see `stages::Allocator`): `coval` runs the same stages.
+#[global_allocator]
+static ALLOCATOR: stages::Allocator = stages::Allocator;
+
 use clap::{Args, Parser, Subcommand};
 use settings::LoadOptions;
 use telemetry::LogFormat;

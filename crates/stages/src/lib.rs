@@ -8,6 +8,27 @@
 
 use std::process::ExitCode;
 
+/// The allocator of the programs that run stages: the six `coval-<stage>` workers, `coval`
+/// (its embedded pipeline and `coval worker`) and the chain bench, which must measure what
+/// workers run. A hop allocates dozens of small, short-lived buffers (headers, bodies,
+/// futures) on one thread and frees them on another; glibc's malloc spent about a third of a
+/// worker's CPU on that (its arena locks and `malloc_consolidate`). Each binary declares it
+/// (`#[global_allocator]`) itself, so a bench may still count allocations with its own.
+pub use mimalloc::MiMalloc as Allocator;
+
+/// A `coval-<stage>` binary: the stage's worker, with the workers' [`Allocator`].
+#[macro_export]
+macro_rules! worker_binary {
+    ($stage:expr) => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::Allocator = $crate::Allocator;
+
+        fn main() -> std::process::ExitCode {
+            $crate::main($stage)
+        }
+    };
+}
+
 use bus::context::StageContext;
 use bus::runtime::{Handler, Input, Outcome};
 use bus::worker::WorkerError;

@@ -201,7 +201,12 @@ impl Message {
     /// The body as MessagePack (a map with field names, so optional fields can be added).
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         fn enc<T: Serialize>(kind: Kind, v: &T) -> Result<Vec<u8>, EncodeError> {
-            rmp_serde::to_vec_named(v).map_err(|source| EncodeError { kind, source })
+            // Sized for a typical body up front: growing from empty took several
+            // reallocations per message on the hot path.
+            let mut buf = Vec::with_capacity(1024);
+            rmp_serde::encode::write_named(&mut buf, v)
+                .map_err(|source| EncodeError { kind, source })?;
+            Ok(buf)
         }
         let kind = self.kind();
         match self {

@@ -1,6 +1,4 @@
 //! `coval-decision`: the decision stage as its own worker process on NATS JetStream.
 //! `coval-decision --help` lists its options; `coval worker decision` runs the same code.
 
-fn main() -> std::process::ExitCode {
-    stages::main(proto::Stage::Decision)
-}
+stages::worker_binary!(proto::Stage::Decision);

@@ -1,6 +1,4 @@
 //! `coval-fix`: the fix stage as its own worker process on NATS JetStream.
 //! `coval-fix --help` lists its options; `coval worker fix` runs the same code.
 
-fn main() -> std::process::ExitCode {
-    stages::main(proto::Stage::Fix)
-}
+stages::worker_binary!(proto::Stage::Fix);

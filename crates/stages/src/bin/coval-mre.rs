@@ -1,6 +1,4 @@
 //! `coval-mre`: the mre stage as its own worker process on NATS JetStream.
 //! `coval-mre --help` lists its options; `coval worker mre` runs the same code.
 
-fn main() -> std::process::ExitCode {
-    stages::main(proto::Stage::Mre)
-}
+stages::worker_binary!(proto::Stage::Mre);

@@ -1,6 +1,4 @@
 //! `coval-validate`: the validate stage as its own worker process on NATS JetStream.
 //! `coval-validate --help` lists its options; `coval worker validate` runs the same code.
 
-fn main() -> std::process::ExitCode {
-    stages::main(proto::Stage::Validate)
-}
+stages::worker_binary!(proto::Stage::Validate);
