@@ -40,6 +40,23 @@ fn spawn_stage<B: Bus, H: Handler>(
     (task, stats)
 }
 
+/// A no-op stage of each kind on `bus`, each with a sled ledger of its own (kept in the
+/// returned directories), as six worker processes would run.
+fn spawn_noop_chain(
+    bus: &JetStreamBus,
+    stop: &CancellationToken,
+) -> Result<(Vec<tempfile::TempDir>, Vec<tokio::task::JoinHandle<()>>)> {
+    let dirs: Vec<_> = (0..6)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let mut tasks = vec![];
+    for (stage, dir) in Stage::WORKERS.into_iter().zip(&dirs) {
+        let store = Store::open(dir.path())?;
+        tasks.push(spawn_stage(bus, NoopStage::new(stage), Arc::new(store), stop).0);
+    }
+    Ok((dirs, tasks))
+}
+
 /// Reads completions and dead letters from the event and dead-letter streams.
 async fn js_events(
     bus: &JetStreamBus,
@@ -113,15 +130,8 @@ async fn chain_completes_on_the_in_process_bus() -> Result<()> {
 async fn chain_completes_on_jetstream() -> Result<()> {
     let nats = NatsServer::start(SyncMode::Always)?;
     let bus = JetStreamBus::connect(&nats.url, Namespace::new("chain")?, test_bus_config()).await?;
-    let dirs: Vec<_> = (0..6)
-        .map(|_| tempfile::tempdir())
-        .collect::<Result<_, _>>()?;
     let stop = CancellationToken::new();
-    let mut tasks = vec![];
-    for (stage, dir) in Stage::WORKERS.into_iter().zip(&dirs) {
-        let store = Store::open(dir.path())?;
-        tasks.push(spawn_stage(&bus, NoopStage::new(stage), Arc::new(store), &stop).0);
-    }
+    let (_dirs, tasks) = spawn_noop_chain(&bus, &stop)?;
     let mut completions = js_events(&bus, bus.namespace().event_subjects()).await?;
     let repairs: Vec<RepairId> = (0..30).map(|_| RepairId::new()).collect();
     for r in &repairs {
@@ -468,15 +478,8 @@ async fn workers_drain_and_delete_the_work_stream_of_an_earlier_release() -> Res
         js.get_stream(ns.work_stream(stage)).await?;
     }
 
-    let dirs: Vec<_> = (0..6)
-        .map(|_| tempfile::tempdir())
-        .collect::<Result<_, _>>()?;
     let stop = CancellationToken::new();
-    let mut tasks = vec![];
-    for (stage, dir) in Stage::WORKERS.into_iter().zip(&dirs) {
-        let store = Store::open(dir.path())?;
-        tasks.push(spawn_stage(&bus, NoopStage::new(stage), Arc::new(store), &stop).0);
-    }
+    let (_dirs, tasks) = spawn_noop_chain(&bus, &stop)?;
     let mut completions = js_events(&bus, bus.namespace().event_subjects()).await?;
     let new: Vec<RepairId> = (0..3).map(|_| RepairId::new()).collect();
     for r in &new {
