@@ -493,12 +493,14 @@ async fn jetstream_rows(
 ) -> Result<()> {
     let default = NatsServer::start(SyncMode::Default)?;
     let always = NatsServer::start(SyncMode::Always)?;
+    /// A row on one server (its CPU time is measured too).
     fn js<'a>(
         name: &'a str,
         server: &'a NatsServer,
         copies: usize,
         flush: Flush,
         chains: usize,
+        latency_chains: usize,
     ) -> JsRow<'a> {
         JsRow {
             name,
@@ -508,13 +510,9 @@ async fn jetstream_rows(
             flush,
             replicas: 1,
             chains,
-            latency_chains: 0,
+            latency_chains,
         }
     }
-    let js = |name, server, copies, flush, chains| JsRow {
-        latency_chains,
-        ..js(name, server, copies, flush, chains)
-    };
     for copies in [1, 2, 4] {
         rows.push(
             jetstream(js(
@@ -523,6 +521,7 @@ async fn jetstream_rows(
                 copies,
                 Flush::Grouped,
                 js_chains,
+                latency_chains,
             ))
             .await?,
         );
@@ -535,6 +534,7 @@ async fn jetstream_rows(
                 copies,
                 Flush::Grouped,
                 always_chains,
+                latency_chains,
             ))
             .await?,
         );
@@ -546,6 +546,7 @@ async fn jetstream_rows(
             1,
             Flush::None,
             js_chains,
+            latency_chains,
         ))
         .await?,
     );
@@ -556,6 +557,7 @@ async fn jetstream_rows(
             1,
             Flush::None,
             always_chains,
+            latency_chains,
         ))
         .await?,
     );
@@ -570,6 +572,7 @@ async fn jetstream_rows(
                 Flush::PerMessage,
                 // Slow (each handler waits for a flush of its own): a few chains.
                 (always_chains / 50).max(20),
+                latency_chains,
             ))
             .await?,
         );

@@ -1,7 +1,8 @@
 //! The JetStream bus: a work-queue stream per stage (its subjects route each message to
 //! exactly that stage), a durable pull consumer per stage with explicit acks, a dead-letter
-//! stream and an event stream for completions. Bodies are MessagePack, envelopes are headers, and the
-//! `Nats-Msg-Id` header makes the server drop a republished copy within the duplicate window.
+//! stream and an event stream for completions. Bodies are MessagePack, envelopes are
+//! headers, and the `Nats-Msg-Id` header makes the server drop a republished copy within the
+//! duplicate window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -360,7 +361,7 @@ impl JetStreamBus {
         let Ok(legacy) = self.js.get_stream(&name).await else {
             return Ok(());
         };
-        let info = legacy.cached_info().clone();
+        let info = legacy.cached_info();
         let retired = vec![self.ns.retired_work_subject()];
         if info.config.subjects != retired {
             let mut config = info.config.clone();
@@ -617,10 +618,7 @@ impl JetStreamBus {
         Ok(JetStreamSubscription {
             stage,
             messages,
-            legacy: self.legacy_messages(stage).await,
-            js: self.js.clone(),
-            legacy_name: self.ns.legacy_work_stream(),
-            check: tokio::time::interval(LEGACY_CHECK),
+            retired: self.retired_messages(stage).await,
         })
     }
 
@@ -640,18 +638,43 @@ impl JetStreamBus {
     /// The stage's messages left in the retired work stream of an earlier release, through
     /// the stage's durable consumer there (made if no worker of the stage ever ran); `None`
     /// when there is no such stream.
-    async fn legacy_messages(&self, stage: Stage) -> Option<consumer::pull::Stream> {
-        let legacy = self
-            .js
-            .get_stream(self.ns.legacy_work_stream())
-            .await
-            .ok()?;
+    async fn retired_messages(&self, stage: Stage) -> Option<Retired> {
+        let name = self.ns.legacy_work_stream();
+        let legacy = self.js.get_stream(&name).await.ok()?;
         let consumer = legacy
             .get_or_create_consumer(&self.ns.consumer(stage), self.consumer_config(stage))
             .await
             .ok()?;
-        tracing::info!(%stage, stream = %self.ns.legacy_work_stream(), "also handling this stage's messages left in the retired work stream");
-        self.pull(&consumer).await.ok()
+        tracing::info!(%stage, stream = %name, "also handling this stage's messages left in the retired work stream");
+        Some(Retired {
+            messages: self.pull(&consumer).await.ok()?,
+            js: self.js.clone(),
+            name,
+            check: tokio::time::interval(LEGACY_CHECK),
+        })
+    }
+}
+
+/// A subscription's pull from the retired work stream, until that stream is empty.
+struct Retired {
+    messages: consumer::pull::Stream,
+    js: jetstream::Context,
+    name: String,
+    check: tokio::time::Interval,
+}
+
+impl Retired {
+    /// Whether the stream is empty or gone (deleted by another worker once empty); any
+    /// other error may pass.
+    async fn drained(&self) -> bool {
+        match self.js.get_stream(&self.name).await {
+            Ok(s) => s.cached_info().state.messages == 0,
+            Err(e) => matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ),
+        }
     }
 }
 
@@ -670,10 +693,7 @@ pub struct JetStreamSubscription {
     stage: Stage,
     messages: consumer::pull::Stream,
     /// The stage's messages left in the retired work stream, until it is empty.
-    legacy: Option<consumer::pull::Stream>,
-    js: jetstream::Context,
-    legacy_name: String,
-    check: tokio::time::Interval,
+    retired: Option<Retired>,
 }
 
 impl Subscription for JetStreamSubscription {
@@ -682,30 +702,21 @@ impl Subscription for JetStreamSubscription {
     async fn next(&mut self) -> Option<Result<JetStreamDelivery, BusError>> {
         let stage = self.stage;
         let m = loop {
-            let Some(legacy) = self.legacy.as_mut() else {
+            let Some(retired) = self.retired.as_mut() else {
                 break self.messages.next().await?;
             };
             tokio::select! {
                 m = self.messages.next() => break m?,
-                m = legacy.next() => match m {
+                m = retired.messages.next() => match m {
                     Some(Ok(m)) => break Ok(m),
                     // A missed heartbeat while a server restarts: the pull goes on.
                     Some(Err(e)) => tracing::debug!(%stage, error = %e, "pulling from the retired work stream"),
-                    None => self.legacy = None,
+                    None => self.retired = None,
                 },
-                _ = self.check.tick() => {
-                    let empty = match self.js.get_stream(&self.legacy_name).await {
-                        Ok(s) => s.cached_info().state.messages == 0,
-                        // Deleted by another worker once empty; any other error may pass.
-                        Err(e) => matches!(
-                            e.kind(),
-                            jetstream::context::GetStreamErrorKind::JetStream(j)
-                                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                        ),
-                    };
-                    if empty {
-                        self.legacy = None;
-                        delete_retired(&self.js, &self.legacy_name).await;
+                _ = retired.check.tick() => {
+                    if retired.drained().await {
+                        delete_retired(&retired.js, &retired.name).await;
+                        self.retired = None;
                     }
                 }
             }
