@@ -4,7 +4,8 @@
 //! a three-node cluster with R1 and R3 streams; and the idle memory of the stage binaries.
 //!
 //!   cargo bench -p coval-tests --bench chain [-- --chains N --js-chains N --always-chains N
-//!       --latency-chains N --no-rss --per-message --only in-process|jetstream|cluster|rss]
+//!       --latency-chains N --no-rss --per-message --allocs
+//!       --only in-process|jetstream|cluster|rss]
 //!
 //! Throughput: N chains submitted at once, chains/s = N / time to the last completion.
 //! Latency: chains one at a time; a hop is the time from a stage publishing a message (or the
@@ -13,16 +14,14 @@
 //! worker process does; "records/flush" is how many handled messages shared one ledger flush.
 //! CPU ms per chain, over the throughput run: this process (every stage copy and the client)
 //! and the nats-server; where their sum per second nears the cores there are, the run was
-//! bound by CPU, not by waiting.
+//! bound by CPU, not by waiting. With `--allocs`, allocations per chain in this process (a
+//! count that does not drift with the machine's load, unlike the times).
 
-/// What workers allocate with (`stages::Allocator`), so the bench measures what they run.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +41,48 @@ use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
 type Starts = Arc<Mutex<HashMap<RepairId, Vec<Instant>>>>;
+
+/// What workers allocate with (`stages::Allocator`), so the bench measures what they run.
+/// With `--allocs` it also counts allocations: one shared counter bumped by every thread
+/// costs time, so the counting runs are for the count, not for the chains/s.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+fn count_alloc() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to mimalloc unchanged; only a counter is added.
+// (A counting allocator needs `unsafe`: the bench counts allocations without a profiler.)
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { mimalloc::MiMalloc.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` was allocated by mimalloc through this allocator with this layout.
+        unsafe { mimalloc::MiMalloc.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { mimalloc::MiMalloc.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
@@ -155,6 +196,8 @@ struct Row {
     per_flush: Option<f64>,
     /// CPU milliseconds per chain of this process and of the server (one server's rows).
     cpu_ms: (f64, Option<f64>),
+    /// Allocations (and reallocations) per chain in this process, with `--allocs`.
+    allocs: Option<f64>,
 }
 
 /// CPU seconds (user and system) a process has used so far, from /proc.
@@ -221,6 +264,7 @@ async fn measure<B: Bus>(
         .collect();
     let own = std::process::id();
     let cpu0 = (cpu_secs(own), server.and_then(cpu_secs));
+    let allocs0 = ALLOCS.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let publisher = {
         let bus = client.clone();
@@ -243,6 +287,9 @@ async fn measure<B: Bus>(
             .with_context(|| format!("{name}: throughput run stalled"))??;
     }
     let elapsed = t0.elapsed();
+    let allocs = COUNTING
+        .load(Ordering::Relaxed)
+        .then(|| (ALLOCS.load(Ordering::Relaxed) - allocs0) as f64 / chains as f64);
     let per_chain =
         |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1000.0 / chains as f64);
     let cpu_ms = (
@@ -296,6 +343,7 @@ async fn measure<B: Bus>(
         p99_ms: pct(0.99),
         per_flush: None,
         cpu_ms,
+        allocs,
     })
 }
 
@@ -457,6 +505,7 @@ async fn run() -> Result<()> {
     let always_chains = arg("--always-chains", 1_500);
     let latency_chains = arg("--latency-chains", 200);
     let load_before = load_average();
+    COUNTING.store(flag("--allocs"), Ordering::Relaxed);
     let mut rows = vec![];
 
     for copies in [1, 2, 4] {
@@ -622,7 +671,7 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<34} {:>6} {:>10} {:>11} {:>11} {:>13} {:>10} {:>10} {:>14}",
+        "{:<34} {:>6} {:>10} {:>11} {:>11} {:>13} {:>10} {:>10} {:>14} {:>12}",
         "bus",
         "copies",
         "chains/s",
@@ -631,7 +680,8 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
         "records/flush",
         "vs in-proc",
         "vs default",
-        "CPU ms/chain"
+        "CPU ms/chain",
+        "allocs/chain"
     );
     let base = rows
         .iter()
@@ -655,7 +705,7 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
             (own, None) => format!("{own:.3}"),
         };
         println!(
-            "{:<34} {:>6} {:>10.0} {:>11.3} {:>11.3} {:>13} {:>10.4} {:>10} {:>14}",
+            "{:<34} {:>6} {:>10.0} {:>11.3} {:>11.3} {:>13} {:>10.4} {:>10} {:>14} {:>12}",
             r.name,
             r.copies,
             r.chains_per_s,
@@ -667,6 +717,9 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
             r.chains_per_s / base,
             vs_default,
             cpu,
+            r.allocs
+                .map(|a| format!("{a:.0}"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     let profile = if cfg!(debug_assertions) {
