@@ -103,12 +103,13 @@ impl Envelope {
         h
     }
 
-    /// Read an envelope from received headers. `get` looks a header up by name.
+    /// Read an envelope from received headers. `get` looks a header up by name (always one
+    /// of [`headers`], so a lookup may use the name without copying it).
     pub fn from_headers<'a>(
-        get: impl Fn(&str) -> Option<&'a str>,
+        get: impl Fn(&'static str) -> Option<&'a str>,
     ) -> Result<Envelope, EnvelopeError> {
         fn req<'a>(
-            get: &impl Fn(&str) -> Option<&'a str>,
+            get: &impl Fn(&'static str) -> Option<&'a str>,
             n: &'static str,
         ) -> Result<&'a str, EnvelopeError> {
             get(n).ok_or(EnvelopeError::Missing(n))

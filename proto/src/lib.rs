@@ -5,12 +5,14 @@
 pub mod envelope;
 pub mod ids;
 pub mod messages;
+pub mod outgoing;
 pub mod subjects;
 pub mod summary;
 
 pub use envelope::{Envelope, EnvelopeError};
 pub use ids::{IdError, IterationId, MessageId, RepairId};
 pub use messages::{DecodeError, Kind, Message};
+pub use outgoing::{Outgoing, Wire};
 
 use serde::{Deserialize, Serialize};
 

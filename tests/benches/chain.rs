@@ -34,7 +34,7 @@ use coval_tests::bench_arg as arg;
 use coval_tests::{NatsCluster, NatsServer, NoopStage, SyncMode, request, test_bus_config};
 use futures::StreamExt;
 use proto::subjects::Namespace;
-use proto::{Envelope, Kind, Message, MessageId, RepairId, Stage};
+use proto::{Envelope, Kind, Message, MessageId, Outgoing, RepairId, Stage};
 use settings::BusConfig;
 use store::{Store, StoreError};
 use tokio::io::AsyncBufReadExt;
@@ -134,12 +134,7 @@ impl Ledger for BenchLedger {
         self.store.processed(stage, id)
     }
 
-    fn record(
-        &self,
-        stage: Stage,
-        id: &MessageId,
-        outputs: &[(Envelope, Arc<Message>)],
-    ) -> Result<(), StoreError> {
+    fn record(&self, stage: Stage, id: &MessageId, outputs: &[Outgoing]) -> Result<(), StoreError> {
         self.store.record_processed(stage, id, outputs)
     }
 

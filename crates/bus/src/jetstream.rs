@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 use proto::subjects::{Namespace, subject_for};
-use proto::{Envelope, Message, Stage};
+use proto::{Envelope, Message, Outgoing, Stage, Wire};
 
 use crate::{Bus, BusError, Delivery, Poison, Published, Subscription};
 use settings::BusConfig;
@@ -556,12 +557,22 @@ impl JetStreamBus {
     }
 }
 
-pub(crate) fn header_map(envelope: &Envelope) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in envelope.to_headers() {
-        h.insert(k, v);
-    }
-    h
+/// The headers a message is sent with. The names are the envelope's constants, used as they
+/// are (a name given as `&str` is copied, and checked, at each use).
+fn header_map(headers: Vec<(&'static str, String)>) -> HeaderMap {
+    headers
+        .into_iter()
+        .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from(v)))
+        .collect()
+}
+
+/// The envelope of a received message.
+fn envelope_of(headers: &HeaderMap) -> Result<Envelope, proto::EnvelopeError> {
+    Envelope::from_headers(|n| {
+        headers
+            .get(HeaderName::from_static(n))
+            .map(HeaderValue::as_str)
+    })
 }
 
 impl Bus for JetStreamBus {
@@ -580,6 +591,11 @@ impl Bus for JetStreamBus {
         self.publish_ref(envelope, &message).await
     }
 
+    async fn publish_output(&self, output: Outgoing) -> Result<Published, BusError> {
+        let subject = subject_for(&self.ns, &output.message);
+        self.send(subject, output.into_wire()?).await
+    }
+
     async fn subscribe(&self, stage: Stage) -> Result<JetStreamSubscription, BusError> {
         self.subscribe_stage(stage).await
     }
@@ -592,14 +608,18 @@ impl JetStreamBus {
         message: &Message,
     ) -> Result<Published, BusError> {
         let subject = subject_for(&self.ns, message);
-        let body = message.encode()?;
+        self.send(subject, Wire::of(envelope, message)?).await
+    }
+
+    /// Send a message's wire form and wait for the server to store it.
+    async fn send(&self, subject: String, wire: Wire) -> Result<Published, BusError> {
         let fail = |e: String| BusError::Publish {
             subject: subject.clone(),
             reason: e,
         };
         let ack = self
             .js
-            .publish_with_headers(subject.clone(), header_map(envelope), body.into())
+            .publish_with_headers(subject.clone(), header_map(wire.headers), wire.body.into())
             .await
             .map_err(|e| fail(e.to_string()))?
             .await
@@ -753,10 +773,9 @@ impl Delivery for JetStreamDelivery {
         let headers = self.message.headers.as_ref().ok_or_else(|| Poison {
             reason: "message has no headers, so no envelope".into(),
         })?;
-        let envelope =
-            Envelope::from_headers(|n| headers.get(n).map(|v| v.as_str())).map_err(|e| Poison {
-                reason: format!("bad envelope: {e}"),
-            })?;
+        let envelope = envelope_of(headers).map_err(|e| Poison {
+            reason: format!("bad envelope: {e}"),
+        })?;
         let message = Message::decode(
             envelope.kind.as_str(),
             envelope.version,
@@ -825,7 +844,7 @@ impl Delivery for JetStreamDelivery {
 /// Decodes a message read from the event or dead-letter stream (not a work delivery).
 fn decode_event(m: &jetstream::Message) -> Option<Message> {
     let headers = m.headers.as_ref()?;
-    let envelope = Envelope::from_headers(|n| headers.get(n).map(|v| v.as_str())).ok()?;
+    let envelope = envelope_of(headers).ok()?;
     Message::decode(envelope.kind.as_str(), envelope.version, &m.payload).ok()
 }
 

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::{Envelope, Message, Stage};
+use proto::{Envelope, Message, Outgoing, Stage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -152,6 +152,19 @@ pub trait Bus: Clone + Send + Sync + 'static {
         message: Arc<Message>,
     ) -> impl Future<Output = Result<Published, BusError>> + Send {
         self.publish(envelope, Arc::unwrap_or_clone(message))
+    }
+
+    /// [`publish`](Self::publish) of a stage's output. A bus that sends bytes takes the
+    /// output's wire form (made once, and already made if the ledger recorded it); the
+    /// in-process bus passes the message itself.
+    fn publish_output(
+        &self,
+        output: Outgoing,
+    ) -> impl Future<Output = Result<Published, BusError>> + Send {
+        let Outgoing {
+            envelope, message, ..
+        } = output;
+        async move { self.publish_shared(&envelope, message).await }
     }
 
     /// Start receiving `stage`'s work.

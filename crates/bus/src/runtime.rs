@@ -16,7 +16,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use proto::messages::DeadLetter;
-use proto::{Envelope, Kind, Message, MessageId, RepairId, Stage};
+use proto::{Envelope, Kind, Message, MessageId, Outgoing, RepairId, Stage};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -66,12 +66,7 @@ pub trait Ledger: Send + Sync + 'static {
         stage: Stage,
         id: &MessageId,
     ) -> Result<Option<Vec<(Envelope, Message)>>, StoreError>;
-    fn record(
-        &self,
-        stage: Stage,
-        id: &MessageId,
-        outputs: &[(Envelope, Arc<Message>)],
-    ) -> Result<(), StoreError>;
+    fn record(&self, stage: Stage, id: &MessageId, outputs: &[Outgoing]) -> Result<(), StoreError>;
     /// Resolves once every record made before the call is on disk. The runtime acks an input
     /// only after this, so an acked message's record survives a crash. Implementations share
     /// one flush among all who wait at once (a group commit), not one flush per message.
@@ -87,12 +82,7 @@ impl Ledger for Store {
         self.processed(stage, id)
     }
 
-    fn record(
-        &self,
-        stage: Stage,
-        id: &MessageId,
-        outputs: &[(Envelope, Arc<Message>)],
-    ) -> Result<(), StoreError> {
+    fn record(&self, stage: Stage, id: &MessageId, outputs: &[Outgoing]) -> Result<(), StoreError> {
         self.record_processed(stage, id, outputs)
     }
 
@@ -114,12 +104,7 @@ impl Ledger for NoLedger {
         Ok(None)
     }
 
-    fn record(
-        &self,
-        _: Stage,
-        _: &MessageId,
-        _: &[(Envelope, Arc<Message>)],
-    ) -> Result<(), StoreError> {
+    fn record(&self, _: Stage, _: &MessageId, _: &[Outgoing]) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -290,7 +275,10 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     // again, with the same ids, and do not redo the handler's side effects.
     match s.ledger.outputs(stage, &envelope.message_id) {
         Ok(Some(outputs)) => {
-            let outputs = outputs.into_iter().map(|(e, m)| (e, Arc::new(m))).collect();
+            let outputs = outputs
+                .into_iter()
+                .map(|(e, m)| Outgoing::new(e, Arc::new(m)))
+                .collect();
             s.stats.republished.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%stage, message = %envelope.message_id, "already handled; republishing its outputs");
             // The record may be this process's own, not yet on disk (a redelivery while its
@@ -343,16 +331,22 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
     let task = std::panic::AssertUnwindSafe(s.handler.handle(input).instrument(span.clone()))
         .catch_unwind();
     tokio::pin!(task);
-    let every = s.cfg.progress_interval();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let joined = loop {
-        tokio::select! {
-            // The handler first: one that finishes at once never arms the progress timer.
-            biased;
-            r = &mut task => break r,
-            _ = tick.tick() => {
-                if let Err(e) = d.progress().await {
-                    tracing::warn!(%stage, error = %e, "in-progress ack failed");
+    // A handler that is done on its first poll (one that waits on nothing) needs no progress
+    // timer: making one per message took a timer allocation and a clock read per hop.
+    let joined = match task.as_mut().now_or_never() {
+        Some(r) => r,
+        None => {
+            let every = s.cfg.progress_interval();
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut task => break r,
+                    _ = tick.tick() => {
+                        if let Err(e) = d.progress().await {
+                            tracing::warn!(%stage, error = %e, "in-progress ack failed");
+                        }
+                    }
                 }
             }
         }
@@ -395,8 +389,9 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
 
     match outcome {
         Outcome::Publish(messages) => {
-            // Shared from here on: the ledger and the bus read the same copy.
-            let outputs: Vec<(Envelope, Arc<Message>)> = messages
+            // Shared from here on: the ledger and the bus read the same copy (and, on a bus
+            // that sends bytes, the same encoding).
+            let outputs: Vec<Outgoing> = messages
                 .into_iter()
                 .enumerate()
                 .map(|(i, m)| {
@@ -409,7 +404,7 @@ async fn handle_one<B: Bus, H: Handler>(s: &Shared<B, H>, mut d: B::Delivery) {
                         m.attempt(),
                     );
                     inject_trace(&span, &envelope, &mut env);
-                    (env, Arc::new(m))
+                    Outgoing::new(env, Arc::new(m))
                 })
                 .collect();
             let recorded = match s.ledger.record(stage, &envelope.message_id, &outputs) {
@@ -454,16 +449,16 @@ async fn settle_publish<B: Bus, H: Handler>(
     s: &Shared<B, H>,
     d: B::Delivery,
     input: &Envelope,
-    outputs: Vec<(Envelope, Arc<Message>)>,
+    outputs: Vec<Outgoing>,
     recorded: bool,
 ) {
     let stage = s.handler.stage();
     let publish = async {
-        for (env, msg) in outputs {
-            let kind = msg.kind();
-            match s.bus.publish_shared(&env, msg).await {
+        for out in outputs {
+            let (kind, id) = (out.envelope.kind, out.envelope.message_id);
+            match s.bus.publish_output(out).await {
                 Ok(p) if p.duplicate => {
-                    tracing::debug!(%stage, message = %env.message_id, "output was already published")
+                    tracing::debug!(%stage, message = %id, "output was already published")
                 }
                 Ok(_) => {}
                 Err(e) => return Err(format!("publishing `{kind}` failed: {e}")),

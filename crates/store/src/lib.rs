@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use proto::messages::{Category, RepairOutcome};
-use proto::{Envelope, IterationId, Message, MessageId, RepairId, Stage};
+use proto::{Envelope, IterationId, Message, MessageId, Outgoing, RepairId, Stage};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -133,13 +133,24 @@ pub struct Completion {
 }
 
 /// A message a handler published, kept to republish it unchanged on redelivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct StoredOutput {
     headers: Vec<(String, String)>,
     kind: String,
     version: u16,
     #[serde(with = "bytes_as_bin")]
     body: Vec<u8>,
+}
+
+/// [`StoredOutput`] as written: borrowed from the output's wire form, so the record holds
+/// the very headers and body the bus sends. The same MessagePack as the owned form.
+#[derive(Serialize)]
+struct StoredOutputRef<'a> {
+    headers: &'a [(&'static str, String)],
+    kind: &'a str,
+    version: u16,
+    #[serde(with = "bytes_as_bin")]
+    body: &'a [u8],
 }
 
 mod bytes_as_bin {
@@ -380,29 +391,27 @@ impl Store {
             .map(Some)
     }
 
-    /// Record that `stage` handled `id` by publishing `outputs`.
-    pub fn record_processed<M: std::borrow::Borrow<Message>>(
+    /// Record that `stage` handled `id` by publishing `outputs` (their wire forms, made here
+    /// if not yet made, and then shared with the publish).
+    pub fn record_processed(
         &self,
         stage: Stage,
         id: &MessageId,
-        outputs: &[(Envelope, M)],
+        outputs: &[Outgoing],
     ) -> Result<(), StoreError> {
         let stored = outputs
             .iter()
-            .map(|(e, m)| {
-                Ok(StoredOutput {
-                    headers: e
-                        .to_headers()
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect(),
-                    kind: e.kind.as_str().to_owned(),
-                    version: e.version,
-                    body: m.borrow().encode().map_err(|err| StoreError::Corrupt {
-                        tree: "processed",
-                        key: e.message_id.to_string(),
-                        reason: err.to_string(),
-                    })?,
+            .map(|o| {
+                let wire = o.wire().map_err(|err| StoreError::Corrupt {
+                    tree: "processed",
+                    key: o.envelope.message_id.to_string(),
+                    reason: err.to_string(),
+                })?;
+                Ok(StoredOutputRef {
+                    headers: &wire.headers,
+                    kind: o.envelope.kind.as_str(),
+                    version: o.envelope.version,
+                    body: &wire.body,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -770,6 +779,64 @@ mod tests {
         assert!(store.retention_plan(10, &[]).unwrap().is_empty());
     }
 
+    #[test]
+    fn a_recorded_output_is_read_back_as_it_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r = RepairId::new();
+        let input = Envelope::origin(proto::Kind::RepairRequested, r);
+        let msg = Message::RepairCompleted(proto::messages::RepairCompleted {
+            repair_id: r,
+            outcome: RepairOutcome::Fixed,
+            summary: "fixed app/calc.py:3".into(),
+            new_iteration: Some(IterationId(4)),
+            report_dir: None,
+            completed_at_ms: 1_764_000_005_000,
+            report: None,
+            blocked: None,
+        });
+        let mut env = Envelope::derived(&input, Stage::Integrate, 0, msg.kind(), r, None);
+        env.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let out = Outgoing::new(env.clone(), std::sync::Arc::new(msg.clone()));
+        store
+            .record_processed(
+                Stage::Integrate,
+                &input.message_id,
+                std::slice::from_ref(&out),
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .processed(Stage::Integrate, &input.message_id)
+                .unwrap(),
+            Some(vec![(env, msg)])
+        );
+        // The record holds the wire form the publish then sends, in the owned layout that
+        // records of earlier releases have.
+        let bytes = store
+            .processed
+            .get(processed_key(Stage::Integrate, &input.message_id))
+            .unwrap()
+            .unwrap();
+        let stored: Vec<StoredOutput> = dec("processed", b"k", &bytes).unwrap();
+        let wire = out.into_wire().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].body, wire.body);
+        let sent: Vec<(String, String)> = wire
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(stored[0].headers, sent);
+        assert_eq!(
+            (stored[0].kind.as_str(), stored[0].version),
+            (
+                "repair_completed",
+                proto::Kind::RepairCompleted.current_version()
+            )
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn grouped_flushes_serve_many_writers_with_few_flushes() {
         let dir = tempfile::tempdir().unwrap();
@@ -780,9 +847,7 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let id = MessageId::new();
-                    store
-                        .record_processed::<Message>(Stage::Fix, &id, &[])
-                        .unwrap();
+                    store.record_processed(Stage::Fix, &id, &[]).unwrap();
                     store.flush_grouped().await
                 })
             })
