@@ -14,8 +14,11 @@
 //! worker process does; "records/flush" is how many handled messages shared one ledger flush.
 //! CPU ms per chain, over the throughput run: this process (every stage copy and the client)
 //! and the nats-server; where their sum per second nears the cores there are, the run was
-//! bound by CPU, not by waiting. With `--allocs`, allocations per chain in this process (a
-//! count that does not drift with the machine's load, unlike the times).
+//! bound by CPU, not by waiting. "busy/steal": the share of all cores' time that was busy
+//! during the throughput run (every process), and the share the hypervisor took from this
+//! virtual machine (steal): a run with steal had fewer cores than it counts. With `--allocs`,
+//! allocations per chain in this process (a count that does not drift with the machine's
+//! load, unlike the times).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
@@ -193,6 +196,27 @@ struct Row {
     cpu_ms: (f64, Option<f64>),
     /// Allocations (and reallocations) per chain in this process, with `--allocs`.
     allocs: Option<f64>,
+    /// The machine over the throughput run: the share of all cores' time that was busy (in
+    /// any process), and the share the hypervisor took (steal).
+    machine: Option<(f64, f64)>,
+}
+
+/// The machine's CPU time so far, from /proc/stat: (busy, steal, total), in ticks.
+fn machine_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = *f.get(..8)? else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq;
+    Some((busy, steal, busy + steal + idle + iowait))
 }
 
 /// CPU seconds (user and system) a process has used so far, from /proc.
@@ -260,6 +284,7 @@ async fn measure<B: Bus>(
     let own = std::process::id();
     let cpu0 = (cpu_secs(own), server.and_then(cpu_secs));
     let allocs0 = ALLOCS.load(Ordering::Relaxed);
+    let machine0 = machine_ticks();
     let t0 = Instant::now();
     let publisher = {
         let bus = client.clone();
@@ -282,6 +307,10 @@ async fn measure<B: Bus>(
             .with_context(|| format!("{name}: throughput run stalled"))??;
     }
     let elapsed = t0.elapsed();
+    let machine = machine0.zip(machine_ticks()).and_then(|(a, b)| {
+        let total = b.2.checked_sub(a.2).filter(|t| *t > 0)? as f64;
+        Some(((b.0 - a.0) as f64 / total, (b.1 - a.1) as f64 / total))
+    });
     let allocs = COUNTING
         .load(Ordering::Relaxed)
         .then(|| (ALLOCS.load(Ordering::Relaxed) - allocs0) as f64 / chains as f64);
@@ -339,6 +368,7 @@ async fn measure<B: Bus>(
         per_flush: None,
         cpu_ms,
         allocs,
+        machine,
     })
 }
 
@@ -659,14 +689,16 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
     println!(
         "six no-op stages; {chains} in-process chains, {js_chains} JetStream chains at the default sync, {always_chains} with sync always (a fiftieth with `--per-message`; a sled ledger per stage copy), {latency_chains} sequential chains for latency"
     );
-    println!("CPU ms/chain: this process (stages and client) + the nats-server, throughput run");
+    println!(
+        "CPU ms/chain: this process (stages and client) + the nats-server, throughput run; busy/steal: the machine over that run"
+    );
     println!(
         "load average before: {load_before}, after: {} ({} cores)",
         load_average(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<34} {:>6} {:>10} {:>11} {:>11} {:>13} {:>10} {:>10} {:>14} {:>12}",
+        "{:<34} {:>6} {:>10} {:>11} {:>11} {:>13} {:>10} {:>10} {:>14} {:>12} {:>11}",
         "bus",
         "copies",
         "chains/s",
@@ -676,7 +708,8 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
         "vs in-proc",
         "vs default",
         "CPU ms/chain",
-        "allocs/chain"
+        "allocs/chain",
+        "busy/steal"
     );
     let base = rows
         .iter()
@@ -700,7 +733,7 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
             (own, None) => format!("{own:.3}"),
         };
         println!(
-            "{:<34} {:>6} {:>10.0} {:>11.3} {:>11.3} {:>13} {:>10.4} {:>10} {:>14} {:>12}",
+            "{:<34} {:>6} {:>10.0} {:>11.3} {:>11.3} {:>13} {:>10.4} {:>10} {:>14} {:>12} {:>11}",
             r.name,
             r.copies,
             r.chains_per_s,
@@ -714,6 +747,9 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
             cpu,
             r.allocs
                 .map(|a| format!("{a:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            r.machine
+                .map(|(busy, steal)| format!("{:.0}%/{:.0}%", busy * 100.0, steal * 100.0))
                 .unwrap_or_else(|| "-".into()),
         );
     }
