@@ -1,7 +1,8 @@
 //! The invariants ARCHITECTURE.md states about the code's shape, checked on the source tree:
 //! which crate may depend on which, that stages never depend on each other, which crates may
-//! read the process environment, that subjects are only spelled in `proto`, and that the
-//! codemap names every crate. Each failure says which rule broke and where.
+//! read the process environment, that subjects are only spelled in `proto`, that the
+//! codemap names every crate, and that no doc test waits for a run the test command does not
+//! make. Each failure says which rule broke and where.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -261,4 +262,71 @@ fn every_crate_opens_with_its_purpose_and_the_codemap_names_it() {
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The README's test command runs `cargo test --tests`, which leaves rustdoc's doc tests out
+/// (the workspace has none, and running the empty sets took 40 s). A Rust code block in a doc
+/// comment would be a doc test that never runs: this says so, so the step is added instead.
+#[test]
+fn no_doc_comment_holds_a_doc_test_the_test_command_would_skip() {
+    let root = repo_root();
+    // A fence rustdoc compiles or lists: no info string, or only rustdoc's own attributes.
+    let is_doc_test = |info: &str| {
+        info.split(',').map(str::trim).all(|t| {
+            matches!(
+                t,
+                "" | "rust"
+                    | "ignore"
+                    | "no_run"
+                    | "should_panic"
+                    | "compile_fail"
+                    | "test_harness"
+            ) || t.starts_with("edition")
+        })
+    };
+    let mut found = vec![];
+    for m in members(&root) {
+        let mut stack = vec![root.join(&m).join("src")];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if p.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let text = fs::read_to_string(&p).unwrap();
+                let mut open = false;
+                for (i, line) in text.lines().enumerate() {
+                    let t = line.trim_start();
+                    let Some(doc) = t.strip_prefix("///").or_else(|| t.strip_prefix("//!")) else {
+                        continue;
+                    };
+                    let Some(info) = doc.trim_start().strip_prefix("```") else {
+                        continue;
+                    };
+                    if !open && is_doc_test(info) {
+                        found.push(format!(
+                            "{}:{}: {}",
+                            p.strip_prefix(&root).unwrap_or(&p).display(),
+                            i + 1,
+                            line.trim()
+                        ));
+                    }
+                    open = !open;
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "doc tests that scripts/test.sh (`cargo test --tests`) does not run; mark the block \
+         `text`, or add a `cargo test --workspace --doc` step there:\n{}",
+        found.join("\n")
+    );
 }
