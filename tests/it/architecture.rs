@@ -137,9 +137,10 @@ fn crates_depend_only_on_lower_layers_and_stages_never_on_each_other() {
 
 /// The Rust sources of a member, without unit-test files (`tests.rs`) and without anything
 /// inside or after a `#[cfg(test)]` item: tests may set up environments as they like.
-fn production_sources(dir: &Path) -> Vec<(PathBuf, String)> {
+/// Every `.rs` file under a member's `src/`.
+fn rust_files(member: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.join("src")];
+    let mut stack = vec![member.join("src")];
     while let Some(d) = stack.pop() {
         let Ok(entries) = fs::read_dir(&d) else {
             continue;
@@ -148,16 +149,25 @@ fn production_sources(dir: &Path) -> Vec<(PathBuf, String)> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs")
-                && p.file_name().is_some_and(|n| n != "tests.rs")
-            {
-                let text = fs::read_to_string(&p).unwrap();
-                let cut = text.find("#[cfg(test)]").unwrap_or(text.len());
-                out.push((p, text[..cut].to_owned()));
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
             }
         }
     }
     out
+}
+
+fn production_sources(dir: &Path) -> Vec<(PathBuf, String)> {
+    rust_files(dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "tests.rs"))
+        .map(|p| {
+            let text = fs::read_to_string(&p).unwrap();
+            let cut = text.find("#[cfg(test)]").unwrap_or(text.len());
+            let code = text[..cut].to_owned();
+            (p, code)
+        })
+        .collect()
 }
 
 /// `path:line: text` of every production line whose code (before a `//`) matches, in every
@@ -286,40 +296,26 @@ fn no_doc_comment_holds_a_doc_test_the_test_command_would_skip() {
     };
     let mut found = vec![];
     for m in members(&root) {
-        let mut stack = vec![root.join(&m).join("src")];
-        while let Some(d) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&d) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
+        for p in rust_files(&root.join(&m)) {
+            let text = fs::read_to_string(&p).unwrap();
+            let mut open = false;
+            for (i, line) in text.lines().enumerate() {
+                let t = line.trim_start();
+                let Some(doc) = t.strip_prefix("///").or_else(|| t.strip_prefix("//!")) else {
                     continue;
-                }
-                if p.extension().is_none_or(|x| x != "rs") {
+                };
+                let Some(info) = doc.trim_start().strip_prefix("```") else {
                     continue;
+                };
+                if !open && is_doc_test(info) {
+                    found.push(format!(
+                        "{}:{}: {}",
+                        p.strip_prefix(&root).unwrap_or(&p).display(),
+                        i + 1,
+                        line.trim()
+                    ));
                 }
-                let text = fs::read_to_string(&p).unwrap();
-                let mut open = false;
-                for (i, line) in text.lines().enumerate() {
-                    let t = line.trim_start();
-                    let Some(doc) = t.strip_prefix("///").or_else(|| t.strip_prefix("//!")) else {
-                        continue;
-                    };
-                    let Some(info) = doc.trim_start().strip_prefix("```") else {
-                        continue;
-                    };
-                    if !open && is_doc_test(info) {
-                        found.push(format!(
-                            "{}:{}: {}",
-                            p.strip_prefix(&root).unwrap_or(&p).display(),
-                            i + 1,
-                            line.trim()
-                        ));
-                    }
-                    open = !open;
-                }
+                open = !open;
             }
         }
     }
