@@ -720,14 +720,15 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
             .find(|r| r.name == "jetstream default sync" && r.copies == copies)
             .map(|r| r.chains_per_s)
     };
+    // A figure a row does not have shows as "-".
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for r in rows {
-        let vs_default = if r.name == "in-process" {
-            "-".to_owned()
-        } else {
-            default_of(r.copies)
-                .map(|d| format!("{:.3}", r.chains_per_s / d))
-                .unwrap_or_else(|| "-".into())
-        };
+        let vs_default = or_dash(
+            (r.name != "in-process")
+                .then(|| default_of(r.copies))
+                .flatten()
+                .map(|d| format!("{:.3}", r.chains_per_s / d)),
+        );
         let cpu = match r.cpu_ms {
             (own, Some(server)) => format!("{own:.3}+{server:.3}"),
             (own, None) => format!("{own:.3}"),
@@ -739,18 +740,16 @@ fn print_rows(rows: &[Row], rss: &[(String, u64, u64)], load_before: &str, count
             r.chains_per_s,
             r.p50_ms,
             r.p99_ms,
-            r.per_flush
-                .map(|f| format!("{f:.1}"))
-                .unwrap_or_else(|| "-".into()),
+            or_dash(r.per_flush.map(|f| format!("{f:.1}"))),
             r.chains_per_s / base,
             vs_default,
             cpu,
-            r.allocs
-                .map(|a| format!("{a:.0}"))
-                .unwrap_or_else(|| "-".into()),
-            r.machine
-                .map(|(busy, steal)| format!("{:.0}%/{:.0}%", busy * 100.0, steal * 100.0))
-                .unwrap_or_else(|| "-".into()),
+            or_dash(r.allocs.map(|a| format!("{a:.0}"))),
+            or_dash(r.machine.map(|(busy, steal)| format!(
+                "{:.0}%/{:.0}%",
+                busy * 100.0,
+                steal * 100.0
+            ))),
         );
     }
     let profile = if cfg!(debug_assertions) {

@@ -135,8 +135,6 @@ fn crates_depend_only_on_lower_layers_and_stages_never_on_each_other() {
     );
 }
 
-/// The Rust sources of a member, without unit-test files (`tests.rs`) and without anything
-/// inside or after a `#[cfg(test)]` item: tests may set up environments as they like.
 /// Every `.rs` file under a member's `src/`.
 fn rust_files(member: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -157,6 +155,8 @@ fn rust_files(member: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The Rust sources of a member, without unit-test files (`tests.rs`) and without anything
+/// inside or after a `#[cfg(test)]` item: tests may set up environments as they like.
 fn production_sources(dir: &Path) -> Vec<(PathBuf, String)> {
     rust_files(dir)
         .into_iter()
