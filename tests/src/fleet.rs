@@ -261,17 +261,30 @@ pub async fn completion_events(
 ) -> Result<HashMap<RepairId, usize>> {
     let deadline = tokio::time::Instant::now() + within;
     let mut counts: HashMap<RepairId, usize> = HashMap::new();
-    let stream = bus
-        .context()
-        .get_stream(bus.namespace().event_stream())
-        .await?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: bus.namespace().event_subjects(),
-            ..Default::default()
-        })
-        .await?;
-    let mut msgs = consumer.messages().await?;
+    // Right after a node of a cluster restarts, a JetStream API request can time out while
+    // the stream's replicas catch up: the reader is set up again until the deadline.
+    let mut msgs = loop {
+        let setup = async {
+            let stream = bus
+                .context()
+                .get_stream(bus.namespace().event_stream())
+                .await?;
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: bus.namespace().event_subjects(),
+                    ..Default::default()
+                })
+                .await?;
+            anyhow::Ok(consumer.messages().await?)
+        };
+        match setup.await {
+            Ok(m) => break m,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context("cannot read the event stream"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
     let all_in = |c: &HashMap<RepairId, usize>| expected.iter().all(|r| c.contains_key(r));
     while !all_in(&counts) {
         let m = match tokio::time::timeout_at(deadline, msgs.next()).await {
